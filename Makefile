@@ -1,0 +1,131 @@
+# deltanet build. Knobs: DEBUG=1 (no optimisation), SAN=address,undefined (sanitizers; objects go
+# to build-san/), OPENMP=0 (single-threaded), CC=clang, PREFIX=/usr/local for `make install`.
+# Targets: all (library + tool), test, bench, run, install, clean.
+
+CC      ?= cc
+PREFIX  ?= /usr/local
+OPENMP  ?= 1
+SAN     ?=
+DEBUG   ?= 0
+
+BUILD   := build$(if $(SAN),-san)
+ARCH    := $(shell $(CC) -dumpmachine 2>/dev/null)
+
+CFLAGS_BASE := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wshadow -Wno-unused-function \
+               -fPIC -fvisibility=hidden -g -Iinclude
+ifeq ($(DEBUG),1)
+  OPT := -O0
+else
+  OPT := -O2
+endif
+KOPT := $(if $(filter 1,$(DEBUG)),-O0,-O3) -ffp-contract=fast
+LDLIBS := -lm
+
+ifneq ($(SAN),)
+  CFLAGS_BASE += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
+  LDFLAGS += -fsanitize=$(SAN)
+endif
+
+# --- what the machine has -------------------------------------------------------------------
+HAVE_OPENMP := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo 1)
+ifeq ($(OPENMP),1)
+ifeq ($(HAVE_OPENMP),1)
+  CFLAGS_BASE += -fopenmp
+  LDFLAGS += -fopenmp
+  OMP_MSG := yes
+else
+  OMP_MSG := not found (single-threaded)
+endif
+else
+  OMP_MSG := disabled (OPENMP=0)
+endif
+
+ISAS := generic
+ifneq ($(findstring x86_64,$(ARCH)),)
+  ISAS += avx2 avx512
+  CFLAGS_BASE += -DDN_HAVE_X86_KERNELS
+endif
+ISA_FLAGS_generic :=
+ISA_FLAGS_avx2    := -mavx2 -mfma
+ISA_FLAGS_avx512  := -mavx512f -mavx512vl -mavx2 -mfma
+
+HAVE_NVCC := $(shell command -v nvcc >/dev/null 2>&1 && echo 1)
+CPU_ISA   := $(shell grep -q avx512f /proc/cpuinfo 2>/dev/null && echo avx512 || (grep -q avx2 /proc/cpuinfo 2>/dev/null && echo avx2 || echo generic))
+
+CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
+
+# --- sources ------------------------------------------------------------------------------------
+LIB_SRC    := src/core.c src/la.c src/ref/gdn.c
+KERNEL_SRC := src/cpu/gdn.c
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
+              $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
+HEADERS    := include/deltanet.h src/internal.h src/cpu/simd.h src/cpu/gemm.h
+
+STATIC := $(BUILD)/libdeltanet.a
+SHARED := $(BUILD)/libdeltanet.so
+TOOL   := $(BUILD)/deltanet
+TEST   := $(BUILD)/test_deltanet
+
+.PHONY: all test bench run install clean info
+all: info $(STATIC) $(SHARED) $(TOOL) $(TEST)
+
+info:
+	@echo "deltanet build: CC=$(CC) ($(ARCH)), kernels: $(ISAS), this CPU: $(CPU_ISA), OpenMP: $(OMP_MSG)"
+	@echo "  BLAS: not linked (the fused kernels' products are at most 256x128x128, cache-resident; see src/cpu/gemm.h)"
+	@echo "  CUDA toolkit: $(if $(HAVE_NVCC),found ($(shell nvcc --version 2>/dev/null | grep -o 'release [0-9.]*')), no CUDA kernels in this version,not found)"
+	@echo "  build dir: $(BUILD)$(if $(SAN), (sanitizers: $(SAN)))$(if $(filter 1,$(DEBUG)), (debug))"
+
+$(BUILD)/src/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# The reference is the math as written: no contraction of a*b+c into FMAs.
+$(BUILD)/src/ref/%.o: src/ref/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -ffp-contract=off -c $< -o $@
+
+define KERNEL_RULE
+$(BUILD)/src/cpu/%_$(1).o: src/cpu/%.c $(HEADERS)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(CFLAGS_BASE) $$(CFLAGS_EXTRA) $$(KOPT) $$(ISA_FLAGS_$(1)) -DDN_ISA_SUFFIX=$(1) -c $$< -o $$@
+endef
+$(foreach isa,$(ISAS),$(eval $(call KERNEL_RULE,$(isa))))
+
+$(STATIC): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ)
+	$(CC) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/tools/%.o $(BUILD)/bench/%.o $(BUILD)/tests/%.o: CFLAGS += -Ibench -Itests
+$(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Ibench -Itests -c $< -o $@
+
+$(TOOL): $(BUILD)/tools/deltanet.o $(BUILD)/bench/gdn.o $(STATIC)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(STATIC)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+test: info $(TEST)
+	./$(TEST)
+
+bench: info $(TOOL)
+	./$(TOOL) bench
+
+run: bench
+
+install: $(STATIC) $(SHARED) $(TOOL)
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/deltanet.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(TOOL) $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' \
+	    -e 's|@LIBS_PRIVATE@|-lm$(if $(filter yes,$(OMP_MSG)), -fopenmp)|' deltanet.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/deltanet.pc
+
+clean:
+	rm -rf build build-san

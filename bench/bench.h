@@ -1,0 +1,12 @@
+/*
+ * bench.h - benchmark entry points, linked into the `deltanet` tool as subcommands.
+ */
+#ifndef DN_BENCH_H
+#define DN_BENCH_H
+
+#include "deltanet.h"
+
+/* `deltanet bench`: the linear-attention family forward (bench/gdn.c). */
+int dn_bench_gdn_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,210 @@
+/*
+ * deltanet.h - the one public header of libdeltanet.
+ *
+ * deltanet implements the linear-attention family (linear attention, scalar-gated linear attention
+ * as in Mamba-2, DeltaNet, Gated DeltaNet) with an explicit recurrent state, in a token-by-token
+ * recurrent form (decode) and a chunkwise-parallel form (prefill), each checked against a plain-C
+ * reference. The math every implementation follows is the contract in docs/OPS.md.
+ *
+ * Conventions
+ *   - Layout (B,T,H,D), row-major, last dimension contiguous. Every tensor is passed as a pointer
+ *     plus element strides of its first three dimensions (dn_strides), so views need no copy.
+ *   - All index arithmetic is 64-bit.
+ *   - States are fp32 [B,HV,K,V] (or [N,HV,K,V] for variable-length batches), contiguous.
+ *   - Every public function returns a dn_status. On error nothing is written to any output, and
+ *     dn_last_error() gives a sentence naming the offending argument. The library never exits.
+ *   - The caller owns memory. Ops needing scratch report it with a _workspace_size query; passing
+ *     no workspace makes the op allocate (and free) it itself.
+ *   - Backward rule (for the backward passes to come): parameter gradients accumulate (+=),
+ *     activation gradients are written.
+ *
+ * Usage: one Gated DeltaNet prefill, then one decode step carrying the state.
+ *
+ *   dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, H, HV, K, V);
+ *   p.q = q; p.k = k; p.v = v; p.g = g; p.beta = beta;   // [B,T,H,K] x2, [B,T,HV,V], [B,T,HV] x2
+ *   p.o = o;                                             // [B,T,HV,V]
+ *   p.final_state = state;                               // [B,HV,K,V], written
+ *   p.qk_l2norm = 1;                                     // normalise q and k inside the op
+ *   dn_status st = dn_la_forward(&p);
+ *   if (st != DN_OK) fprintf(stderr, "%s\n", dn_last_error());
+ *   // decode: one token per sequence, state updated in place
+ *   st = dn_la_step(DN_OP_GDN, o1, state, q1, k1, v1, g1, beta1, B, H, HV, K, V, p.scale, 1);
+ */
+#ifndef DELTANET_H
+#define DELTANET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DN_VERSION_MAJOR 0
+#define DN_VERSION_MINOR 1
+#define DN_VERSION_PATCH 0
+
+#if defined(_WIN32)
+#define DN_API
+#else
+#define DN_API __attribute__((visibility("default")))
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Status codes
+ * ------------------------------------------------------------------------------------------- */
+typedef enum dn_status {
+    DN_OK = 0,
+    DN_ERR_NULL,        /* a required pointer is NULL */
+    DN_ERR_SHAPE,       /* a dimension is out of range or inconsistent with another */
+    DN_ERR_STRIDE,      /* a stride is negative or makes views overlap where they must not */
+    DN_ERR_ARG,         /* an option is out of range (chunk size, cu_seqlens, op kind, ...) */
+    DN_ERR_UNSUPPORTED, /* the requested implementation does not support this case */
+    DN_ERR_ALLOC,       /* an internal allocation failed */
+    DN_STATUS_COUNT
+} dn_status;
+
+/* Short fixed text for a status code ("shape error", ...). Never NULL. */
+DN_API const char *dn_status_str(dn_status s);
+/* The detailed message of the last error on this thread ("HV (6) is not a multiple of H (4)"). */
+DN_API const char *dn_last_error(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Ops, implementations and the machine
+ * ------------------------------------------------------------------------------------------- */
+typedef enum dn_op {
+    DN_OP_LINEAR_ATTN = 0, /* S = S + k v^T */
+    DN_OP_GLA,             /* S = exp(g) S + k v^T                      (Mamba-2 / SSD, scalar gate) */
+    DN_OP_DELTANET,        /* u = beta (v - S^T k); S = S + k u^T */
+    DN_OP_GDN,             /* S = exp(g) S; u = beta (v - S^T k); S = S + k u^T */
+    DN_OP_COUNT
+} dn_op;
+
+/* "linear_attn", "gla", "deltanet", "gdn"; NULL for an unknown op. */
+DN_API const char *dn_op_name(dn_op op);
+/* Parses a name as printed by dn_op_name. Returns DN_ERR_ARG for an unknown name. */
+DN_API dn_status dn_op_from_name(const char *name, dn_op *op);
+
+typedef enum dn_impl {
+    DN_IMPL_AUTO = 0,  /* the fastest fast path for the shape */
+    DN_IMPL_REF,       /* plain-C reference, double accumulation (slow; for tests) */
+    DN_IMPL_RECURRENT, /* fast token-by-token recurrence (decode, and prefill) */
+    DN_IMPL_CHUNK,     /* fast chunkwise-parallel form (prefill) */
+    DN_IMPL_COUNT
+} dn_impl;
+
+DN_API const char *dn_impl_name(dn_impl impl);
+
+/* SIMD level of the fast CPU kernels. dn_isa_active() is the one in use: the best the processor
+ * supports, unless lowered by dn_set_isa() or the environment variable DN_ISA
+ * (generic | avx2 | avx512). */
+typedef enum dn_isa { DN_ISA_GENERIC = 0, DN_ISA_AVX2, DN_ISA_AVX512, DN_ISA_COUNT } dn_isa;
+
+DN_API const char *dn_isa_name(dn_isa isa);
+DN_API dn_isa dn_isa_best(void);   /* best level this processor and this build support */
+DN_API dn_isa dn_isa_active(void); /* level the kernels use now */
+/* Selects a level; DN_ERR_UNSUPPORTED if the processor or the build lacks it. */
+DN_API dn_status dn_set_isa(dn_isa isa);
+
+/* Threads for the fast paths when a params struct leaves n_threads at 0. 0 means all cores
+ * (OpenMP's default). Builds without OpenMP run single-threaded. */
+DN_API void dn_set_num_threads(int n);
+DN_API int dn_get_num_threads(void);
+/* One line describing the build: version, compiler, SIMD levels, OpenMP. */
+DN_API const char *dn_build_info(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Linear-attention family: linear attention, GLA (scalar gate), DeltaNet, Gated DeltaNet
+ * ------------------------------------------------------------------------------------------- */
+
+/* Element strides of the first three dimensions of a (B,T,H,D) tensor. The last dimension is
+ * contiguous (stride 1). For a 3-D tensor (B,T,H) such as g or beta, h is the head stride. */
+typedef struct dn_strides {
+    int64_t b, t, h;
+} dn_strides;
+
+/*
+ * Shape contract (per the op table in docs/OPS.md):
+ *   q, k          [B,T,H,K]     strides q_s, k_s
+ *   v             [B,T,HV,V]    strides v_s           HV % H == 0; value head j reads key head
+ *                                                     j / (HV/H)
+ *   g             [B,T,HV]      strides g_s           log decay (<= 0); GLA and GDN only, else NULL
+ *   beta          [B,T,HV]      strides beta_s        DeltaNet and GDN only, else NULL; 0..1, or
+ *                                                     up to 2 for negative eigenvalues
+ *   o             [B,T,HV,V]    strides o_s           written, every element
+ *   initial_state [NS,HV,K,V]   contiguous, may be NULL (zeros); NS = B, or N with cu_seqlens
+ *   final_state   [NS,HV,K,V]   contiguous, may be NULL; may equal initial_state (in place)
+ *   cu_seqlens    [N+1] int64   optional: B must be 1, cu_seqlens[0] = 0, non-decreasing,
+ *                               cu_seqlens[N] = T; each sequence has its own states.
+ * Options: scale (1/sqrt(K) by default), qk_l2norm (q and k scaled by 1/sqrt(sum x^2 + 1e-6)
+ * inside the op), chunk_size (16, 32, 64 or 128; used by DN_IMPL_CHUNK), impl, n_threads.
+ * Outputs must not overlap inputs, except initial_state == final_state.
+ */
+typedef struct dn_la_params {
+    dn_op op;
+    int64_t B, T, H, HV, K, V;
+
+    const float *q;
+    dn_strides q_s;
+    const float *k;
+    dn_strides k_s;
+    const float *v;
+    dn_strides v_s;
+    const float *g;
+    dn_strides g_s;
+    const float *beta;
+    dn_strides beta_s;
+    float *o;
+    dn_strides o_s;
+
+    const float *initial_state;
+    float *final_state;
+
+    const int64_t *cu_seqlens;
+    int64_t n_seqs; /* N, the number of sequences in cu_seqlens (which has N+1 entries) */
+
+    float scale;
+    int qk_l2norm;
+    int chunk_size;
+    dn_impl impl;
+    int n_threads; /* 0: dn_get_num_threads() */
+
+    void *workspace; /* optional scratch of at least dn_la_workspace_size() bytes, 64-byte aligned */
+    size_t workspace_bytes;
+} dn_la_params;
+
+/* Params for contiguous tensors of the given shape with the defaults above; pointers NULL. */
+DN_API dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV,
+                                         int64_t K, int64_t V);
+
+/* Checks a params struct without running it; the same checks dn_la_forward makes. */
+DN_API dn_status dn_la_check(const dn_la_params *p);
+
+/* Scratch bytes dn_la_forward needs for these params (0 if none). */
+DN_API dn_status dn_la_workspace_size(const dn_la_params *p, size_t *bytes);
+
+/* Forward pass: o (and final_state when given) from the inputs, per p->impl. */
+DN_API dn_status dn_la_forward(const dn_la_params *p);
+
+/*
+ * One decode step for B independent sequences, the call a model makes per generated token.
+ *   o [B,HV,V] written; state [B,HV,K,V] read and updated in place;
+ *   q, k [B,H,K]; v [B,HV,V]; g [B,HV] (NULL unless GLA/GDN); beta [B,HV] (NULL unless
+ *   DeltaNet/GDN); all contiguous. scale <= 0 selects 1/sqrt(K).
+ */
+DN_API dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, const float *k,
+                            const float *v, const float *g, const float *beta, int64_t B,
+                            int64_t H, int64_t HV, int64_t K, int64_t V, float scale,
+                            int qk_l2norm);
+
+/* ---------------------------------------------------------------------------------------------
+ * Measuring the machine (used by the benchmarks)
+ * ------------------------------------------------------------------------------------------- */
+/* Measured fp32 FMA throughput of the active ISA over n_threads threads (0: default), in GFLOP/s
+ * (one FMA = 2 FLOP). Runs for about `seconds`. */
+DN_API double dn_measure_fma_peak(int n_threads, double seconds);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DELTANET_H */

@@ -1,0 +1,208 @@
+/*
+ * core.c - status and name tables, error messages, thread count, SIMD level selection.
+ */
+#include "internal.h"
+
+#include <stdarg.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define DN_COUNTOF(a) (sizeof(a) / sizeof((a)[0]))
+
+static const char *const status_names[] = {
+    [DN_OK] = "ok",
+    [DN_ERR_NULL] = "null pointer",
+    [DN_ERR_SHAPE] = "bad shape",
+    [DN_ERR_STRIDE] = "bad stride",
+    [DN_ERR_ARG] = "bad argument",
+    [DN_ERR_UNSUPPORTED] = "unsupported",
+    [DN_ERR_ALLOC] = "out of memory",
+};
+_Static_assert(DN_COUNTOF(status_names) == DN_STATUS_COUNT, "status name table out of date");
+
+static const char *const op_names[] = {
+    [DN_OP_LINEAR_ATTN] = "linear_attn",
+    [DN_OP_GLA] = "gla",
+    [DN_OP_DELTANET] = "deltanet",
+    [DN_OP_GDN] = "gdn",
+};
+_Static_assert(DN_COUNTOF(op_names) == DN_OP_COUNT, "op name table out of date");
+
+static const char *const impl_names[] = {
+    [DN_IMPL_AUTO] = "auto",
+    [DN_IMPL_REF] = "ref",
+    [DN_IMPL_RECURRENT] = "recurrent",
+    [DN_IMPL_CHUNK] = "chunk",
+};
+_Static_assert(DN_COUNTOF(impl_names) == DN_IMPL_COUNT, "impl name table out of date");
+
+static const char *const isa_names[] = {
+    [DN_ISA_GENERIC] = "generic",
+    [DN_ISA_AVX2] = "avx2",
+    [DN_ISA_AVX512] = "avx512",
+};
+_Static_assert(DN_COUNTOF(isa_names) == DN_ISA_COUNT, "isa name table out of date");
+
+const char *dn_status_str(dn_status s) {
+    if ((unsigned)s >= DN_STATUS_COUNT) return "unknown status";
+    return status_names[s];
+}
+
+const char *dn_op_name(dn_op op) { return (unsigned)op < DN_OP_COUNT ? op_names[op] : NULL; }
+
+dn_status dn_op_from_name(const char *name, dn_op *op) {
+    if (!name || !op) return dn_fail(DN_ERR_NULL, "dn_op_from_name: NULL argument");
+    for (int i = 0; i < DN_OP_COUNT; i++)
+        if (strcmp(name, op_names[i]) == 0) {
+            *op = (dn_op)i;
+            return DN_OK;
+        }
+    return dn_fail(DN_ERR_ARG, "unknown op '%s' (expected linear_attn, gla, deltanet or gdn)", name);
+}
+
+const char *dn_impl_name(dn_impl impl) {
+    return (unsigned)impl < DN_IMPL_COUNT ? impl_names[impl] : NULL;
+}
+
+const char *dn_isa_name(dn_isa isa) { return (unsigned)isa < DN_ISA_COUNT ? isa_names[isa] : NULL; }
+
+/* ---- errors ---- */
+static _Thread_local char last_error[256] = "no error";
+
+dn_status dn_fail(dn_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+const char *dn_last_error(void) { return last_error; }
+
+/* ---- threads ---- */
+static int default_threads = 0;
+
+void dn_set_num_threads(int n) { default_threads = n > 0 ? n : 0; }
+
+int dn_get_num_threads(void) {
+#ifdef _OPENMP
+    return default_threads > 0 ? default_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int dn_threads_for(int requested) {
+#ifdef _OPENMP
+    return requested > 0 ? requested : dn_get_num_threads();
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+/* ---- SIMD level ---- */
+static int isa_supported(dn_isa isa) {
+    switch (isa) {
+    case DN_ISA_GENERIC: return 1;
+#if defined(DN_HAVE_X86_KERNELS)
+    case DN_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case DN_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma");
+#endif
+    default: return 0;
+    }
+}
+
+dn_isa dn_isa_best(void) {
+    for (int i = DN_ISA_COUNT - 1; i > 0; i--)
+        if (isa_supported((dn_isa)i)) return (dn_isa)i;
+    return DN_ISA_GENERIC;
+}
+
+static int active_isa = -1;
+
+dn_isa dn_isa_active(void) {
+    if (active_isa < 0) {
+        dn_isa best = dn_isa_best(), want = best;
+        const char *env = getenv("DN_ISA");
+        if (env)
+            for (int i = 0; i < DN_ISA_COUNT; i++)
+                if (strcmp(env, isa_names[i]) == 0 && isa_supported((dn_isa)i)) want = (dn_isa)i;
+        active_isa = (int)want;
+    }
+    return (dn_isa)active_isa;
+}
+
+dn_status dn_set_isa(dn_isa isa) {
+    if ((unsigned)isa >= DN_ISA_COUNT) return dn_fail(DN_ERR_ARG, "unknown ISA %d", (int)isa);
+    if (!isa_supported(isa))
+        return dn_fail(DN_ERR_UNSUPPORTED, "ISA %s is not supported by this processor or build",
+                       isa_names[isa]);
+    active_isa = (int)isa;
+    return DN_OK;
+}
+
+const char *dn_build_info(void) {
+    static char buf[256];
+    snprintf(buf, sizeof buf, "deltanet %d.%d.%d, %s, kernels: generic%s, %s, isa in use: %s",
+             DN_VERSION_MAJOR, DN_VERSION_MINOR, DN_VERSION_PATCH,
+#if defined(__clang__)
+             "clang " __clang_version__,
+#elif defined(__GNUC__)
+             "gcc " __VERSION__,
+#else
+             "unknown compiler",
+#endif
+#if defined(DN_HAVE_X86_KERNELS)
+             " avx2 avx512",
+#else
+             "",
+#endif
+#ifdef _OPENMP
+             "OpenMP",
+#else
+             "no OpenMP",
+#endif
+             isa_names[dn_isa_active()]);
+    return buf;
+}
+
+double dn_measure_fma_peak(int n_threads, double seconds) {
+    int nt = dn_threads_for(n_threads);
+    double (*fn)(long, double *) = dn_cpu_fma_peak_generic;
+#if defined(DN_HAVE_X86_KERNELS)
+    if (dn_isa_active() == DN_ISA_AVX2) fn = dn_cpu_fma_peak_avx2;
+    if (dn_isa_active() == DN_ISA_AVX512) fn = dn_cpu_fma_peak_avx512;
+#endif
+    /* Calibrate the iteration count on one thread, then run all threads at once. */
+    long iters = 1 << 16;
+    double t = 0, flops = 0;
+    for (;;) {
+        t = fn(iters, &flops);
+        if (t > 0.02 || iters > (1L << 40)) break;
+        iters *= 4;
+    }
+    double flops_per_iter = flops / (double)iters;
+    iters = (long)(iters * (seconds / (t > 0 ? t : 1e-3)));
+    if (iters < 1) iters = 1;
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double tmax = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) reduction(max : tmax)
+#endif
+        {
+            double f = 0, tt = fn(iters, &f);
+            tmax = tt > tmax ? tt : tmax;
+        }
+        /* every thread did the same work; the slowest one bounds the rate */
+        double gf = (double)nt * flops_per_iter * (double)iters / tmax * 1e-9;
+        if (gf > best) best = gf;
+    }
+    return best;
+}

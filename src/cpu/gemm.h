@@ -1,0 +1,75 @@
+/*
+ * gemm.h - small register-blocked fp32 matrix products for the fused CPU kernels.
+ *
+ * The chunkwise kernels multiply matrices of at most 2C x 128 x 128 that live in one thread's
+ * cache, between steps that are not matrix products (gates, triangular solves, masks). A BLAS
+ * call per product would cost more in dispatch than these products take, and its own threads
+ * would fight ours, so the products are written here, with the A operand addressed through a
+ * (row, column) stride pair so that transposes need no copy.
+ *
+ * Included by src/cpu/ files compiled once per SIMD level (see simd.h).
+ */
+#ifndef DN_CPU_GEMM_H
+#define DN_CPU_GEMM_H
+
+#include "simd.h"
+
+#include <stdint.h>
+
+/* C[MR rows][NV vectors] (+)= A[rows][0..kend) * B[0..kend)[cols] */
+#define DN_GEMM_MICRO(NAME, MRX, NVX)                                                                 \
+    static inline void NAME(int64_t kend, const float *A, int64_t rs,       \
+                                                int64_t cs, const float *B, int64_t ldb,        \
+                                                float *C, int64_t ldc, int acc) {               \
+        vf c[MRX][NVX];                                                                         \
+        for (int m = 0; m < MRX; m++)                                                           \
+            for (int r = 0; r < NVX; r++)                                                       \
+                c[m][r] = acc ? vload(C + m * ldc + r * DN_VW) : vzero();                       \
+        for (int64_t k = 0; k < kend; k++) {                                                    \
+            vf b[NVX];                                                                          \
+            for (int r = 0; r < NVX; r++) b[r] = vload(B + k * ldb + r * DN_VW);                \
+            for (int m = 0; m < MRX; m++) {                                                     \
+                vf a = vset1(A[m * rs + k * cs]);                                               \
+                for (int r = 0; r < NVX; r++) c[m][r] += a * b[r];                              \
+            }                                                                                   \
+        }                                                                                       \
+        for (int m = 0; m < MRX; m++)                                                           \
+            for (int r = 0; r < NVX; r++) vstore(C + m * ldc + r * DN_VW, c[m][r]);             \
+    }
+
+DN_GEMM_MICRO(gemm_micro_full, DN_MR, DN_NR)
+DN_GEMM_MICRO(gemm_micro_rows, DN_MR, 1)
+DN_GEMM_MICRO(gemm_micro_cols, 1, DN_NR)
+DN_GEMM_MICRO(gemm_micro_one, 1, 1)
+
+/*
+ * C[M][N] = (acc ? C : 0) + A[M][Kc] * B[Kc][N]
+ *   A element (i,k) at A[i*rs + k*cs]; B row-major with leading dim ldb; C with ldc.
+ *   N must be a multiple of DN_VW (callers pad their buffers).
+ *   lower: A is lower triangular (A[i][k] = 0 for k > i, zeros stored), so row block i0..i0+mr
+ *   stops its sum at k = i0+mr.
+ */
+static void gemm_f32(int64_t M, int64_t N, int64_t Kc, const float *A, int64_t rs, int64_t cs,
+                     const float *B, int64_t ldb, float *C, int64_t ldc, int acc, int lower) {
+    int64_t i = 0;
+    for (; i + DN_MR <= M; i += DN_MR) {
+        int64_t kend = lower && i + DN_MR < Kc ? i + DN_MR : Kc;
+        const float *a = A + i * rs;
+        float *c = C + i * ldc;
+        int64_t j = 0;
+        for (; j + DN_NR * DN_VW <= N; j += DN_NR * DN_VW)
+            gemm_micro_full(kend, a, rs, cs, B + j, ldb, c + j, ldc, acc);
+        for (; j < N; j += DN_VW) gemm_micro_rows(kend, a, rs, cs, B + j, ldb, c + j, ldc, acc);
+    }
+    for (; i < M; i++) {
+        int64_t kend = lower && i + 1 < Kc ? i + 1 : Kc;
+        const float *a = A + i * rs;
+        float *c = C + i * ldc;
+        int64_t j = 0;
+        for (; j + DN_NR * DN_VW <= N; j += DN_NR * DN_VW)
+            gemm_micro_cols(kend, a, rs, cs, B + j, ldb, c + j, ldc, acc);
+        for (; j < N; j += DN_VW) gemm_micro_one(kend, a, rs, cs, B + j, ldb, c + j, ldc, acc);
+    }
+}
+
+#endif

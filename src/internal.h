@@ -1,0 +1,65 @@
+/*
+ * internal.h - declarations shared by the library's layers (not installed).
+ *
+ * The public entry points validate everything; the reference (src/ref) and the fast kernels
+ * (src/cpu) receive params that already passed dn_la_check and may assume them valid.
+ */
+#ifndef DN_INTERNAL_H
+#define DN_INTERNAL_H
+
+#include "deltanet.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+/* Records the detailed message for dn_last_error() and returns the status. */
+dn_status dn_fail(dn_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Internal invariants only (never for user input): reports file:line, then aborts. */
+#define DN_ASSERT(x)                                                                   \
+    do {                                                                               \
+        if (!(x)) {                                                                    \
+            fprintf(stderr, "deltanet: internal error at %s:%d: %s\n", __FILE__, __LINE__, \
+                    #x);                                                               \
+            abort();                                                                   \
+        }                                                                              \
+    } while (0)
+
+static inline int dn_op_has_gate(dn_op op) { return op == DN_OP_GLA || op == DN_OP_GDN; }
+static inline int dn_op_has_delta(dn_op op) { return op == DN_OP_DELTANET || op == DN_OP_GDN; }
+
+/* Number of sequences and the token range [*t0, *t1) of sequence n (batch row b = n without
+ * cu_seqlens, row 0 with). */
+static inline int64_t dn_la_nseq(const dn_la_params *p) { return p->cu_seqlens ? p->n_seqs : p->B; }
+static inline void dn_la_seq(const dn_la_params *p, int64_t n, int64_t *b, int64_t *t0,
+                             int64_t *t1) {
+    if (p->cu_seqlens) {
+        *b = 0;
+        *t0 = p->cu_seqlens[n];
+        *t1 = p->cu_seqlens[n + 1];
+    } else {
+        *b = n;
+        *t0 = 0;
+        *t1 = p->T;
+    }
+}
+
+int dn_threads_for(int requested);
+
+/* Reference (plain C, double accumulation): src/ref/gdn.c */
+dn_status dn_ref_la_forward(const dn_la_params *p);
+
+/* Fast CPU kernels, one copy per ISA: src/cpu/gdn.c compiled with DN_ISA_SUFFIX. */
+#define DN_CPU_DECL(isa)                                                                   \
+    size_t dn_cpu_la_workspace_##isa(const dn_la_params *p, dn_impl impl, int nthreads);   \
+    void dn_cpu_la_forward_##isa(const dn_la_params *p, dn_impl impl, int nthreads, void *ws); \
+    double dn_cpu_fma_peak_##isa(long iters, double *flops);
+DN_CPU_DECL(generic)
+DN_CPU_DECL(avx2)
+DN_CPU_DECL(avx512)
+
+#endif

@@ -1,0 +1,237 @@
+/*
+ * la.c - public entry points of the linear-attention family: defaults, argument checks,
+ * workspace queries and the dispatch to the reference or the fast CPU kernels.
+ *
+ * Every check happens here, before anything is written, so that a rejected call leaves all
+ * outputs untouched.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static dn_strides contiguous(int64_t T, int64_t H, int64_t D) {
+    dn_strides s = {T * H * D, H * D, D};
+    return s;
+}
+
+dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV,
+                                  int64_t K, int64_t V) {
+    dn_la_params p;
+    memset(&p, 0, sizeof p);
+    p.op = op;
+    p.B = B;
+    p.T = T;
+    p.H = H;
+    p.HV = HV;
+    p.K = K;
+    p.V = V;
+    p.q_s = contiguous(T, H, K);
+    p.k_s = contiguous(T, H, K);
+    p.v_s = contiguous(T, HV, V);
+    p.o_s = contiguous(T, HV, V);
+    p.g_s = contiguous(T, HV, 1);
+    p.beta_s = contiguous(T, HV, 1);
+    p.scale = K > 0 ? (float)(1.0 / sqrt((double)K)) : 1.0f;
+    p.chunk_size = 64;
+    p.impl = DN_IMPL_AUTO;
+    return p;
+}
+
+static int strides_ok(dn_strides s) { return s.b >= 0 && s.t >= 0 && s.h >= 0; }
+
+/* True when the rows of an output view [n0,n1,n2,D] (strides s) never share an element: sorted by
+ * stride, each dimension must step over the whole extent of the ones inside it. */
+static int rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D) {
+    int64_t st[3] = {s.b, s.t, s.h}, ext[3] = {n0, n1, n2};
+    for (int i = 0; i < 3; i++) /* insertion sort by stride */
+        for (int j = i; j > 0 && st[j] < st[j - 1]; j--) {
+            int64_t a = st[j], e = ext[j];
+            st[j] = st[j - 1], ext[j] = ext[j - 1];
+            st[j - 1] = a, ext[j - 1] = e;
+        }
+    int64_t span = D;
+    for (int i = 0; i < 3; i++) {
+        if (ext[i] <= 1) continue;
+        if (st[i] < span) return 0;
+        span = st[i] * (ext[i] - 1) + span;
+    }
+    return 1;
+}
+
+static int mul_ok(int64_t a, int64_t b) { return a == 0 || b <= INT64_MAX / a; }
+
+dn_status dn_la_check(const dn_la_params *p) {
+    if (!p) return dn_fail(DN_ERR_NULL, "params is NULL");
+    if ((unsigned)p->op >= DN_OP_COUNT)
+        return dn_fail(DN_ERR_ARG, "op %d is not a linear-attention family op", (int)p->op);
+    const char *name = dn_op_name(p->op);
+    if (p->B < 1 || p->T < 0 || p->H < 1 || p->HV < 1 || p->K < 1 || p->V < 1)
+        return dn_fail(DN_ERR_SHAPE,
+                       "%s: dims must be positive (B=%lld T=%lld H=%lld HV=%lld K=%lld V=%lld)",
+                       name, (long long)p->B, (long long)p->T, (long long)p->H, (long long)p->HV,
+                       (long long)p->K, (long long)p->V);
+    if (p->HV % p->H != 0)
+        return dn_fail(DN_ERR_SHAPE, "%s: HV (%lld) is not a multiple of H (%lld)", name,
+                       (long long)p->HV, (long long)p->H);
+    if (p->K > 65536 || p->V > 65536)
+        return dn_fail(DN_ERR_SHAPE, "%s: K (%lld) and V (%lld) must be at most 65536", name,
+                       (long long)p->K, (long long)p->V);
+    if (!mul_ok(p->B, p->T) || !mul_ok(p->B * p->T, p->HV) || !mul_ok(p->B * p->T * p->HV, p->V) ||
+        !mul_ok(p->B * p->T * p->H, p->K) || !mul_ok(p->B * p->HV, p->K * p->V))
+        return dn_fail(DN_ERR_SHAPE, "%s: tensor sizes overflow 64-bit indexing", name);
+    if (!p->q || !p->k || !p->v || !p->o)
+        return dn_fail(DN_ERR_NULL, "%s: q, k, v and o are required (q=%p k=%p v=%p o=%p)", name,
+                       (const void *)p->q, (const void *)p->k, (const void *)p->v, (void *)p->o);
+    if (dn_op_has_gate(p->op) && !p->g)
+        return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required", name);
+    if (!dn_op_has_gate(p->op) && p->g)
+        return dn_fail(DN_ERR_ARG, "%s has no gate but g was given (use gla or gdn)", name);
+    if (dn_op_has_delta(p->op) && !p->beta)
+        return dn_fail(DN_ERR_NULL, "%s: beta [B,T,HV] is required", name);
+    if (!dn_op_has_delta(p->op) && p->beta)
+        return dn_fail(DN_ERR_ARG, "%s has no delta rule but beta was given (use deltanet or gdn)",
+                       name);
+    if (!strides_ok(p->q_s) || !strides_ok(p->k_s) || !strides_ok(p->v_s) || !strides_ok(p->o_s) ||
+        !strides_ok(p->g_s) || !strides_ok(p->beta_s))
+        return dn_fail(DN_ERR_STRIDE, "%s: strides must be non-negative", name);
+    /* Output rows must not alias each other: each (b,t,h) row of o needs its own V elements. */
+    if (!rows_disjoint(p->o_s, p->B, p->T, p->HV, p->V))
+        return dn_fail(DN_ERR_STRIDE, "%s: o strides (%lld, %lld, %lld) make output rows overlap",
+                       name, (long long)p->o_s.b, (long long)p->o_s.t, (long long)p->o_s.h);
+    if (!(isfinite(p->scale)))
+        return dn_fail(DN_ERR_ARG, "%s: scale must be finite", name);
+    if (p->chunk_size != 16 && p->chunk_size != 32 && p->chunk_size != 64 && p->chunk_size != 128)
+        return dn_fail(DN_ERR_ARG, "%s: chunk_size %d is not one of 16, 32, 64, 128", name,
+                       p->chunk_size);
+    if ((unsigned)p->impl >= DN_IMPL_COUNT)
+        return dn_fail(DN_ERR_ARG, "%s: impl %d is unknown", name, (int)p->impl);
+    if (p->n_threads < 0)
+        return dn_fail(DN_ERR_ARG, "%s: n_threads %d is negative", name, p->n_threads);
+    if (p->cu_seqlens) {
+        if (p->B != 1)
+            return dn_fail(DN_ERR_SHAPE, "%s: cu_seqlens needs B = 1 (got B=%lld)", name,
+                           (long long)p->B);
+        if (p->n_seqs < 1)
+            return dn_fail(DN_ERR_ARG, "%s: n_seqs (%lld) must be at least 1 with cu_seqlens", name,
+                           (long long)p->n_seqs);
+        if (p->cu_seqlens[0] != 0)
+            return dn_fail(DN_ERR_ARG, "%s: cu_seqlens[0] is %lld, must be 0", name,
+                           (long long)p->cu_seqlens[0]);
+        for (int64_t i = 0; i < p->n_seqs; i++)
+            if (p->cu_seqlens[i + 1] < p->cu_seqlens[i])
+                return dn_fail(DN_ERR_ARG, "%s: cu_seqlens decreases at %lld (%lld -> %lld)", name,
+                               (long long)i, (long long)p->cu_seqlens[i],
+                               (long long)p->cu_seqlens[i + 1]);
+        if (p->cu_seqlens[p->n_seqs] != p->T)
+            return dn_fail(DN_ERR_ARG, "%s: cu_seqlens[%lld] is %lld, must equal T = %lld", name,
+                           (long long)p->n_seqs, (long long)p->cu_seqlens[p->n_seqs],
+                           (long long)p->T);
+    }
+    return DN_OK;
+}
+
+typedef size_t (*ws_fn)(const dn_la_params *, dn_impl, int);
+typedef void (*fwd_fn)(const dn_la_params *, dn_impl, int, void *);
+
+static void pick_kernels(ws_fn *ws, fwd_fn *fwd) {
+    *ws = dn_cpu_la_workspace_generic;
+    *fwd = dn_cpu_la_forward_generic;
+#if defined(DN_HAVE_X86_KERNELS)
+    switch (dn_isa_active()) {
+    case DN_ISA_AVX2:
+        *ws = dn_cpu_la_workspace_avx2;
+        *fwd = dn_cpu_la_forward_avx2;
+        break;
+    case DN_ISA_AVX512:
+        *ws = dn_cpu_la_workspace_avx512;
+        *fwd = dn_cpu_la_forward_avx512;
+        break;
+    default: break;
+    }
+#endif
+}
+
+/* Longest sequence in the call: the chunkwise form pays only once sequences span chunks. */
+static int64_t longest_seq(const dn_la_params *p) {
+    if (!p->cu_seqlens) return p->T;
+    int64_t m = 0;
+    for (int64_t n = 0; n < p->n_seqs; n++) {
+        int64_t len = p->cu_seqlens[n + 1] - p->cu_seqlens[n];
+        if (len > m) m = len;
+    }
+    return m;
+}
+
+static dn_impl resolve_impl(const dn_la_params *p) {
+    if (p->impl != DN_IMPL_AUTO) return p->impl;
+    /* Measured by bench/gdn (see README): the recurrence wins for short sequences (decode), the
+     * chunkwise form once a sequence covers a few chunks. */
+    return longest_seq(p) >= 2 * (int64_t)p->chunk_size ? DN_IMPL_CHUNK : DN_IMPL_RECURRENT;
+}
+
+dn_status dn_la_workspace_size(const dn_la_params *p, size_t *bytes) {
+    dn_status st = dn_la_check(p);
+    if (st != DN_OK) return st;
+    if (!bytes) return dn_fail(DN_ERR_NULL, "dn_la_workspace_size: bytes is NULL");
+    dn_impl impl = resolve_impl(p);
+    if (impl == DN_IMPL_REF) {
+        *bytes = 0;
+        return DN_OK;
+    }
+    ws_fn ws;
+    fwd_fn fwd;
+    pick_kernels(&ws, &fwd);
+    *bytes = ws(p, impl, dn_threads_for(p->n_threads));
+    return DN_OK;
+}
+
+dn_status dn_la_forward(const dn_la_params *p) {
+    dn_status st = dn_la_check(p);
+    if (st != DN_OK) return st;
+    dn_impl impl = resolve_impl(p);
+    if (impl == DN_IMPL_REF) return dn_ref_la_forward(p);
+
+    ws_fn wsf;
+    fwd_fn fwd;
+    pick_kernels(&wsf, &fwd);
+    int nt = dn_threads_for(p->n_threads);
+    size_t need = wsf(p, impl, nt);
+    void *ws = p->workspace, *owned = NULL;
+    if (need > 0) {
+        if (ws && p->workspace_bytes < need)
+            return dn_fail(DN_ERR_ARG, "%s: workspace has %zu bytes, needs %zu",
+                           dn_op_name(p->op), p->workspace_bytes, need);
+        if (ws && ((uintptr_t)ws & 63))
+            return dn_fail(DN_ERR_ARG, "%s: workspace must be 64-byte aligned", dn_op_name(p->op));
+        if (!ws) {
+            owned = aligned_alloc(64, (need + 63) & ~(size_t)63);
+            if (!owned)
+                return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate %zu bytes of workspace",
+                               dn_op_name(p->op), need);
+            ws = owned;
+        }
+    }
+    fwd(p, impl, nt, ws);
+    free(owned);
+    return DN_OK;
+}
+
+dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, const float *k,
+                     const float *v, const float *g, const float *beta, int64_t B, int64_t H,
+                     int64_t HV, int64_t K, int64_t V, float scale, int qk_l2norm) {
+    dn_la_params p = dn_la_params_default(op, B, 1, H, HV, K, V);
+    if (!state) return dn_fail(DN_ERR_NULL, "dn_la_step: state is NULL");
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.g = g;
+    p.beta = beta;
+    p.o = o;
+    p.initial_state = state;
+    p.final_state = state;
+    if (scale > 0) p.scale = scale;
+    p.qk_l2norm = qk_l2norm;
+    p.impl = DN_IMPL_RECURRENT;
+    return dn_la_forward(&p);
+}

@@ -1,0 +1,94 @@
+/*
+ * test.h - helpers shared by the test files: random inputs, poisoned buffers, relative RMS error,
+ * and the case registry that tests/test_main.c walks.
+ */
+#ifndef DN_TEST_H
+#define DN_TEST_H
+
+#include "deltanet.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*fn)(void); /* returns the number of failed checks */
+} test_case;
+
+/* splitmix64: reproducible, seeded per case */
+typedef struct {
+    uint64_t s;
+} rng;
+static inline uint64_t rng_next(rng *r) {
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static inline float rng_uniform(rng *r, float lo, float hi) { /* [lo, hi) */
+    return lo + (hi - lo) * (float)((rng_next(r) >> 40) * (1.0 / 16777216.0));
+}
+static inline void fill_uniform(rng *r, float *x, int64_t n, float lo, float hi) {
+    for (int64_t i = 0; i < n; i++) x[i] = rng_uniform(r, lo, hi);
+}
+
+static inline float *falloc(int64_t n) {
+    float *p = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (!p) {
+        fprintf(stderr, "test: out of memory (%lld floats)\n", (long long)n);
+        exit(2);
+    }
+    return p;
+}
+static inline void poison(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = NAN;
+}
+
+/* Relative RMS error of got against ref over n elements with strides: sqrt(sum d^2 / sum r^2).
+ * Non-finite values in got make it infinite. *worst gets the index of the largest |d|. */
+static inline double rel_rms(const float *got, const float *ref, int64_t n, int64_t *worst) {
+    double num = 0, den = 0, wd = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) {
+            if (worst) *worst = i;
+            return INFINITY;
+        }
+        double d = (double)got[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+        if (fabs(d) > wd) {
+            wd = fabs(d);
+            if (worst) *worst = i;
+        }
+    }
+    if (den == 0) return num == 0 ? 0 : INFINITY;
+    return sqrt(num / den);
+}
+
+/* Reports a comparison; returns 1 on failure. */
+static inline int check_close(const char *what, const float *got, const float *ref, int64_t n,
+                              double tol) {
+    int64_t w = 0;
+    double e = rel_rms(got, ref, n, &w);
+    if (!(e <= tol)) {
+        printf("    FAIL %s: rel RMS %.3g > %.1g (worst [%lld] got %.9g ref %.9g)\n", what, e, tol,
+               (long long)w, n ? got[w] : 0.f, n ? ref[w] : 0.f);
+        return 1;
+    }
+    return 0;
+}
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            printf("    FAIL %s:%d: ", __FILE__, __LINE__);                                        \
+            printf(__VA_ARGS__);                                                                   \
+            printf("\n");                                                                          \
+            fails++;                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#endif

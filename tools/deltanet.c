@@ -1,0 +1,36 @@
+/*
+ * deltanet - the command-line tool. Subcommands:
+ *   bench   benchmark the linear-attention family forward (default when no subcommand is given)
+ *   info    build, SIMD level, threads and the measured FMA peak
+ */
+#include "bench.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(void) {
+    printf("usage: deltanet <command> [options]\n"
+           "  bench   Gated DeltaNet (and family) forward: decode and prefill speed against the\n"
+           "          machine's measured FMA peak (deltanet bench --help for options)\n"
+           "  info    what this build and machine provide\n"
+           "With no command, runs `bench` with its defaults.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return dn_bench_gdn_main(argc, argv);
+    if (!strcmp(argv[1], "bench")) return dn_bench_gdn_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "info")) {
+        printf("%s\n", dn_build_info());
+        printf("best SIMD level: %s, threads: %d\n", dn_isa_name(dn_isa_best()),
+               dn_get_num_threads());
+        printf("measured fp32 FMA peak: %.1f GFLOP/s\n", dn_measure_fma_peak(0, 0.3));
+        return 0;
+    }
+    if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage();
+        return 0;
+    }
+    fprintf(stderr, "deltanet: unknown command '%s'\n", argv[1]);
+    usage();
+    return 2;
+}
