@@ -346,7 +346,8 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
  * Entry points
  * ------------------------------------------------------------------------------------------- */
 static size_t per_thread_floats(const dn_la_params *p, dn_impl impl, split s) {
-    if (impl == DN_IMPL_CHUNK) return chunk_floats(p->K, p->chunk_size, s.vbp, NULL, NULL);
+    chunk_ws layout_only;
+    if (impl == DN_IMPL_CHUNK) return chunk_floats(p->K, p->chunk_size, s.vbp, &layout_only, NULL);
     return 2 * ROUND_UP((size_t)p->K, 16) + (size_t)(p->K * s.vbp);
 }
 
@@ -355,33 +356,43 @@ size_t DN_ISA_FN(dn_cpu_la_workspace)(const dn_la_params *p, dn_impl impl, int n
     return sizeof(float) * per_thread_floats(p, impl, s) * (size_t)nthreads;
 }
 
+static void run_task(const dn_la_params *p, dn_impl impl, split s, int64_t task, float *ws) {
+    const int64_t vbi = task % s.nvb, pair = task / s.nvb;
+    const int64_t hv = pair % p->HV, n = pair / p->HV;
+    const int64_t v0 = vbi * s.vbw;
+    const int64_t vb = p->V - v0 < s.vbw ? p->V - v0 : s.vbw;
+    if (impl == DN_IMPL_CHUNK)
+        chunk_task(p, n, hv, v0, vb, s.vbp, ws);
+    else
+        rec_task(p, n, hv, v0, vb, ws);
+}
+
 void DN_ISA_FN(dn_cpu_la_forward)(const dn_la_params *p, dn_impl impl, int nthreads, void *ws) {
     split s = make_split(p, nthreads);
     const size_t per = per_thread_floats(p, impl, s);
     const int64_t ntask = dn_la_nseq(p) * p->HV * s.nvb;
     int nt = ntask < nthreads ? (int)ntask : nthreads;
     if (nt < 1) nt = 1;
+    /* Equal-length sequences: a static split, so that a head's state stays in the cache of the
+     * core that updated it on the previous call (decode calls this once per token; a dynamic
+     * schedule moved states between cores and cost 2x). Ragged varlen batches: dynamic. */
+    const int ragged = p->cu_seqlens != NULL;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
     {
-#ifdef _OPENMP
         float *mine = (float *)ws + per * (size_t)omp_get_thread_num();
+        if (ragged) {
 #pragma omp for schedule(dynamic, 1)
-#else
-        float *mine = (float *)ws;
-#endif
-        for (int64_t task = 0; task < ntask; task++) {
-            const int64_t vbi = task % s.nvb, pair = task / s.nvb;
-            const int64_t hv = pair % p->HV, n = pair / p->HV;
-            const int64_t v0 = vbi * s.vbw;
-            const int64_t vb = p->V - v0 < s.vbw ? p->V - v0 : s.vbw;
-            if (impl == DN_IMPL_CHUNK)
-                chunk_task(p, n, hv, v0, vb, s.vbp, mine);
-            else
-                rec_task(p, n, hv, v0, vb, mine);
+            for (int64_t task = 0; task < ntask; task++) run_task(p, impl, s, task, mine);
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t task = 0; task < ntask; task++) run_task(p, impl, s, task, mine);
         }
     }
+#else
+    (void)ragged, (void)per;
+    for (int64_t task = 0; task < ntask; task++) run_task(p, impl, s, task, (float *)ws);
+#endif
 }
 
 /* ---------------------------------------------------------------------------------------------
