@@ -58,6 +58,7 @@ typedef struct {
     int threads;
     int json;
     int reps;
+    int chunk;
     int64_t Ts[8];
     int nT;
     double peak;
@@ -96,7 +97,7 @@ static int bench_decode(bench_cfg *c) {
     float *q = malloc(sizeof(float) * H * K), *k = malloc(sizeof(float) * H * K);
     float *v = malloc(sizeof(float) * HV * V), *g = malloc(sizeof(float) * HV);
     float *beta = malloc(sizeof(float) * HV), *o = malloc(sizeof(float) * HV * V);
-    float *state = malloc(sizeof(float) * HV * K * V);
+    float *state = aligned_alloc(64, sizeof(float) * HV * K * V); /* as a model's arena would */
     if (!q || !k || !v || !g || !beta || !o || !state) return fprintf(stderr, "out of memory\n"), 1;
     fill(q, H * K, -1, 1, 1);
     fill(k, H * K, -1, 1, 2);
@@ -130,8 +131,8 @@ static int bench_prefill(bench_cfg *c, int64_t T) {
     dn_la_params p = dn_la_params_default(c->op, 1, T, H, HV, K, V);
     float *q = malloc(sizeof(float) * T * H * K), *k = malloc(sizeof(float) * T * H * K);
     float *v = malloc(sizeof(float) * T * HV * V), *g = malloc(sizeof(float) * T * HV);
-    float *beta = malloc(sizeof(float) * T * HV), *o = malloc(sizeof(float) * T * HV * V);
-    float *state = malloc(sizeof(float) * HV * K * V);
+    float *beta = malloc(sizeof(float) * T * HV), *o = aligned_alloc(64, sizeof(float) * T * HV * V);
+    float *state = aligned_alloc(64, sizeof(float) * HV * K * V);
     if (!q || !k || !v || !g || !beta || !o || !state) return fprintf(stderr, "out of memory\n"), 1;
     fill(q, T * H * K, -1, 1, 1);
     fill(k, T * H * K, -1, 1, 2);
@@ -143,6 +144,7 @@ static int bench_prefill(bench_cfg *c, int64_t T) {
     p.beta = (c->op == DN_OP_DELTANET || c->op == DN_OP_GDN) ? beta : NULL;
     p.qk_l2norm = 1;
     p.n_threads = c->threads;
+    p.chunk_size = c->chunk;
     const dn_impl impls[] = {DN_IMPL_RECURRENT, DN_IMPL_CHUNK, DN_IMPL_AUTO};
     for (int ii = 0; ii < 3; ii++) {
         p.impl = impls[ii];
@@ -160,7 +162,12 @@ static int bench_prefill(bench_cfg *c, int64_t T) {
             if (st != DN_OK) return fprintf(stderr, "prefill: %s\n", dn_last_error()), 1;
             if (i >= 0) t[i] = t1 - t0;
         }
-        emit(c, "prefill", dn_impl_name(impls[ii]), T, median(t, n), (double)T,
+        char label[32];
+        if (impls[ii] == DN_IMPL_CHUNK)
+            snprintf(label, sizeof label, "chunk%d", c->chunk);
+        else
+            snprintf(label, sizeof label, "%s", dn_impl_name(impls[ii]));
+        emit(c, "prefill", label, T, median(t, n), (double)T,
              flops_per_token_head(c->op, K, V) * HV * (double)T, 0);
         free(p.workspace);
     }
@@ -188,13 +195,14 @@ static void usage(void) {
            "  --k N, --v N     key and value head dims (default 128)\n"
            "  --T LIST         prefill lengths, comma-separated (default 512,4096)\n"
            "  --threads N      threads (default: all cores)\n"
+           "  --chunk N        chunk size of the chunkwise form: 16, 32, 64 or 128 (default 64)\n"
            "  --reps N         timed repetitions per prefill point (default 7)\n"
            "  --isa NAME       generic | avx2 | avx512 (default: best available)\n"
            "  --json           machine-readable output (a JSON object with a records array)\n");
 }
 
 int dn_bench_gdn_main(int argc, char **argv) {
-    bench_cfg c = {DN_OP_GDN, 32, 32, 128, 128, 0, 0, 7, {512, 4096}, 2, 0};
+    bench_cfg c = {DN_OP_GDN, 32, 32, 128, 128, 0, 0, 7, 64, {512, 4096}, 2, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--json")) {
@@ -215,6 +223,8 @@ int dn_bench_gdn_main(int argc, char **argv) {
             c.V = atoll(val);
         else if (!strcmp(a, "--threads"))
             c.threads = atoi(val);
+        else if (!strcmp(a, "--chunk"))
+            c.chunk = atoi(val);
         else if (!strcmp(a, "--reps"))
             c.reps = atoi(val);
         else if (!strcmp(a, "--T")) {

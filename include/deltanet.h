@@ -86,7 +86,9 @@ DN_API const char *dn_op_name(dn_op op);
 DN_API dn_status dn_op_from_name(const char *name, dn_op *op);
 
 typedef enum dn_impl {
-    DN_IMPL_AUTO = 0,  /* the fastest fast path for the shape */
+    DN_IMPL_AUTO = 0,  /* the fastest fast path for the shape: the recurrence for sequences
+                          shorter than 16 tokens, else the chunkwise form with the chunk size
+                          that measured fastest on CPU (16), whatever chunk_size says */
     DN_IMPL_REF,       /* plain-C reference, double accumulation (slow; for tests) */
     DN_IMPL_RECURRENT, /* fast token-by-token recurrence (decode, and prefill) */
     DN_IMPL_CHUNK,     /* fast chunkwise-parallel form (prefill) */
@@ -137,7 +139,8 @@ typedef struct dn_strides {
  *   cu_seqlens    [N+1] int64   optional: B must be 1, cu_seqlens[0] = 0, non-decreasing,
  *                               cu_seqlens[N] = T; each sequence has its own states.
  * Options: scale (1/sqrt(K) by default), qk_l2norm (q and k scaled by 1/sqrt(sum x^2 + 1e-6)
- * inside the op), chunk_size (16, 32, 64 or 128; used by DN_IMPL_CHUNK), impl, n_threads.
+ * inside the op), chunk_size (16, 32, 64 or 128, default 64; used by DN_IMPL_CHUNK), impl,
+ * n_threads.
  * Outputs must not overlap inputs, except initial_state == final_state.
  */
 typedef struct dn_la_params {

@@ -163,56 +163,66 @@ static int64_t longest_seq(const dn_la_params *p) {
     return m;
 }
 
-static dn_impl resolve_impl(const dn_la_params *p) {
-    if (p->impl != DN_IMPL_AUTO) return p->impl;
-    /* Measured by bench/gdn (see README): the recurrence wins for short sequences (decode), the
-     * chunkwise form once a sequence covers a few chunks. */
-    return longest_seq(p) >= 2 * (int64_t)p->chunk_size ? DN_IMPL_CHUNK : DN_IMPL_RECURRENT;
+/* The params the kernels run with: DN_IMPL_AUTO resolved to a form and, for the chunkwise form,
+ * a chunk size. Measured by `deltanet bench` on Zen 3-5 class CPUs (docs/PERF.md): the
+ * recurrence wins below 16 tokens per sequence; above, the chunkwise form with 16-token chunks
+ * (on CPU the triangular per-chunk work grows with C while the state products do not shrink,
+ * so small chunks win; C = 64 suits tensor-core GPUs). */
+static dn_la_params resolved(const dn_la_params *p) {
+    dn_la_params r = *p;
+    if (p->impl != DN_IMPL_AUTO) return r;
+    if (longest_seq(p) < 16) {
+        r.impl = DN_IMPL_RECURRENT;
+    } else {
+        r.impl = DN_IMPL_CHUNK;
+        r.chunk_size = 16;
+    }
+    return r;
 }
 
 dn_status dn_la_workspace_size(const dn_la_params *p, size_t *bytes) {
     dn_status st = dn_la_check(p);
     if (st != DN_OK) return st;
     if (!bytes) return dn_fail(DN_ERR_NULL, "dn_la_workspace_size: bytes is NULL");
-    dn_impl impl = resolve_impl(p);
-    if (impl == DN_IMPL_REF) {
+    dn_la_params r = resolved(p);
+    if (r.impl == DN_IMPL_REF) {
         *bytes = 0;
         return DN_OK;
     }
     ws_fn ws;
     fwd_fn fwd;
     pick_kernels(&ws, &fwd);
-    *bytes = ws(p, impl, dn_threads_for(p->n_threads));
+    *bytes = ws(&r, r.impl, dn_threads_for(r.n_threads));
     return DN_OK;
 }
 
 dn_status dn_la_forward(const dn_la_params *p) {
     dn_status st = dn_la_check(p);
     if (st != DN_OK) return st;
-    dn_impl impl = resolve_impl(p);
-    if (impl == DN_IMPL_REF) return dn_ref_la_forward(p);
+    const dn_la_params r = resolved(p);
+    if (r.impl == DN_IMPL_REF) return dn_ref_la_forward(&r);
 
     ws_fn wsf;
     fwd_fn fwd;
     pick_kernels(&wsf, &fwd);
-    int nt = dn_threads_for(p->n_threads);
-    size_t need = wsf(p, impl, nt);
-    void *ws = p->workspace, *owned = NULL;
+    int nt = dn_threads_for(r.n_threads);
+    size_t need = wsf(&r, r.impl, nt);
+    void *ws = r.workspace, *owned = NULL;
     if (need > 0) {
-        if (ws && p->workspace_bytes < need)
+        if (ws && r.workspace_bytes < need)
             return dn_fail(DN_ERR_ARG, "%s: workspace has %zu bytes, needs %zu",
-                           dn_op_name(p->op), p->workspace_bytes, need);
+                           dn_op_name(r.op), r.workspace_bytes, need);
         if (ws && ((uintptr_t)ws & 63))
-            return dn_fail(DN_ERR_ARG, "%s: workspace must be 64-byte aligned", dn_op_name(p->op));
+            return dn_fail(DN_ERR_ARG, "%s: workspace must be 64-byte aligned", dn_op_name(r.op));
         if (!ws) {
             owned = aligned_alloc(64, (need + 63) & ~(size_t)63);
             if (!owned)
                 return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate %zu bytes of workspace",
-                               dn_op_name(p->op), need);
+                               dn_op_name(r.op), need);
             ws = owned;
         }
     }
-    fwd(p, impl, nt, ws);
+    fwd(&r, r.impl, nt, ws);
     free(owned);
     return DN_OK;
 }

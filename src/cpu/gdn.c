@@ -42,15 +42,15 @@ static split make_split(const dn_la_params *p, int nthreads) {
     return s;
 }
 
+static inline void prefetch_row(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i);
+}
+
 /* q (times scale) and k of one token, L2-normalised if asked. */
 static void load_qk(float *qd, float *kd, const float *q, const float *k, int64_t K, float scale,
                     int l2norm) {
     if (l2norm) {
-        float sq = 0, sk = 0;
-        for (int64_t i = 0; i < K; i++) {
-            sq += q[i] * q[i];
-            sk += k[i] * k[i];
-        }
+        float sq = dot_f32(q, q, K), sk = dot_f32(k, k, K);
         float rq = scale / sqrtf(sq + 1e-6f), rk = 1.0f / sqrtf(sk + 1e-6f);
         for (int64_t i = 0; i < K; i++) {
             qd[i] = q[i] * rq;
@@ -174,9 +174,7 @@ static void rec_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0, i
         float *o = p->o + b * p->o_s.b + t * p->o_s.t + hv * p->o_s.h + v0;
         if (tk.gate) tk.e = expf(p->g[b * p->g_s.b + t * p->g_s.t + hv * p->g_s.h]);
         if (tk.delta) tk.beta = p->beta[b * p->beta_s.b + t * p->beta_s.t + hv * p->beta_s.h];
-        float kq = 0;
-        for (int64_t i = 0; i < K; i++) kq += kd[i] * qd[i];
-        tk.kq = kq;
+        tk.kq = dot_f32(kd, qd, K);
 
         int64_t j = 0;
         for (; j + REC_NV * DN_VW <= vb; j += REC_NV * DN_VW)
@@ -209,14 +207,16 @@ typedef struct {
     float *Kd;   /* C x K      diag(e^{gamma_L - gamma}) K */
     float *eg;   /* C          e^{gamma_i} */
     float *bt;   /* C          beta */
+    float *row;  /* Cp         one row of Gam */
     double *gam; /* C          gamma, cumulative log decay within the chunk */
 } chunk_ws;
 
 static size_t chunk_floats(int64_t K, int64_t C, int64_t vbp, chunk_ws *w, float *base) {
     const int64_t Cp = ROUND_UP(C, DN_VW);
     int64_t sizes[] = {K * vbp, 2 * C * K, K * Cp, 2 * C * Cp, 2 * C * vbp, C * vbp, C * K, C, C,
-                       2 * C /* doubles */};
-    float **slots[] = {&w->S, &w->QK, &w->KT, &w->P, &w->X, &w->U, &w->Kd, &w->eg, &w->bt, NULL};
+                       Cp, 2 * C /* doubles */};
+    float **slots[] = {&w->S,  &w->QK, &w->KT, &w->P,   &w->X,  &w->U,
+                       &w->Kd, &w->eg, &w->bt, &w->row, NULL};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base) {
@@ -229,6 +229,27 @@ static size_t chunk_floats(int64_t K, int64_t C, int64_t vbp, chunk_ws *w, float
     }
     return off;
 }
+
+/* U = (I + A)^{-1} diag(b) (V - E KS) by forward substitution, NV column vectors at a time so
+ * that NV independent FMA chains hide the latency. U holds V on entry; KS is K S0. */
+#define SOLVE_ROWS(NAME, NV)                                                                       \
+    static inline void NAME(float *U, const float *KS, int64_t ld, const float *A, int64_t lda,    \
+                            const float *eg, const float *bt, int64_t L) {                         \
+        for (int64_t i = 0; i < L; i++) {                                                          \
+            vf acc[NV], e = vset1(eg[i]), b = vset1(bt[i]);                                        \
+            for (int r = 0; r < NV; r++)                                                           \
+                acc[r] = b * (vload(U + i * ld + r * DN_VW) - e * vload(KS + i * ld + r * DN_VW)); \
+            const float *a = A + i * lda;                                                          \
+            for (int64_t l = 0; l < i; l++) {                                                      \
+                vf al = vset1(a[l]);                                                               \
+                for (int r = 0; r < NV; r++) acc[r] -= al * vload(U + l * ld + r * DN_VW);         \
+            }                                                                                      \
+            for (int r = 0; r < NV; r++) vstore(U + i * ld + r * DN_VW, acc[r]);                   \
+        }                                                                                          \
+    }
+#define SOLVE_NV (DN_NR * 2)
+SOLVE_ROWS(solve_rows_wide, SOLVE_NV)
+SOLVE_ROWS(solve_rows_one, 1)
 
 static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0, int64_t vb,
                        int64_t vbp, float *ws) {
@@ -254,10 +275,16 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
         const int64_t L = t1 - tc < C ? t1 - tc : C;
         float *Qc = w.QK, *Kc = w.QK + L * K;
 
-        /* Load q (scaled), k, gates. */
+        /* Load q (scaled), k, gates; ask for the next chunk's rows meanwhile (rows of one head
+         * are H*K apart, too far apart for the hardware prefetcher to follow). */
         double gacc = 0;
         for (int64_t l = 0; l < L; l++) {
             const int64_t t = tc + l;
+            if (t + C < t1) {
+                prefetch_row(p->q + b * p->q_s.b + (t + C) * p->q_s.t + h * p->q_s.h, K);
+                prefetch_row(p->k + b * p->k_s.b + (t + C) * p->k_s.t + h * p->k_s.h, K);
+                prefetch_row(p->v + b * p->v_s.b + (t + C) * p->v_s.t + hv * p->v_s.h + v0, vb);
+            }
             load_qk(Qc + l * K, Kc + l * K, p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h,
                     p->k + b * p->k_s.b + t * p->k_s.t + h * p->k_s.h, K, p->scale, p->qk_l2norm);
             if (gate) gacc += p->g[b * p->g_s.b + t * p->g_s.t + hv * p->g_s.h];
@@ -279,8 +306,14 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
         gemm_f32(M, Lp, K, w.QK, K, 1, w.KT, Cp, w.P, Cp, 0, 0);
         for (int64_t i = 0; i < L; i++) {
             float *pq = w.P + i * Cp, *pa = w.P + (L + i) * Cp;
+            if (gate) {
+                /* Gam[i][j] = exp(gamma_i - gamma_j) <= 1: differences taken in double, so that
+                 * long cumulative sums lose nothing, then exponentiated in vectors. */
+                for (int64_t j = 0; j <= i; j++) w.row[j] = (float)(w.gam[j] - w.gam[i]);
+                for (int64_t j = 0; j <= i; j += DN_VW) vstore(w.row + j, vexp_neg(-vload(w.row + j)));
+            }
             for (int64_t j = 0; j <= i; j++) {
-                float gm = gate ? (float)exp(w.gam[i] - w.gam[j]) : 1.0f;
+                float gm = gate ? w.row[j] : 1.0f;
                 pq[j] *= gm;
                 if (delta) pa[j] = j < i ? w.bt[i] * gm * pa[j] : 0.0f;
             }
@@ -298,14 +331,11 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
             memset(ur + vb, 0, sizeof(float) * (vbp - vb));
         }
         if (delta) {
-            for (int64_t j = 0; j < vbp; j += DN_VW)
-                for (int64_t i = 0; i < L; i++) {
-                    vf e = vset1(w.eg[i]), bt = vset1(w.bt[i]);
-                    vf acc = bt * (vload(w.U + i * vbp + j) - e * vload(w.X + (L + i) * vbp + j));
-                    const float *pa = w.P + (L + i) * Cp;
-                    for (int64_t l = 0; l < i; l++) acc -= vset1(pa[l]) * vload(w.U + l * vbp + j);
-                    vstore(w.U + i * vbp + j, acc);
-                }
+            int64_t j = 0;
+            for (; j + SOLVE_NV * DN_VW <= vbp; j += SOLVE_NV * DN_VW)
+                solve_rows_wide(w.U + j, w.X + L * vbp + j, vbp, w.P + L * Cp, Cp, w.eg, w.bt, L);
+            for (; j < vbp; j += DN_VW)
+                solve_rows_one(w.U + j, w.X + L * vbp + j, vbp, w.P + L * Cp, Cp, w.eg, w.bt, L);
         }
 
         /* O = E (Q S0) + tril(QK^T * Gam) U, written to o. */
@@ -315,7 +345,7 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
                 for (int64_t j = 0; j < vbp; j += DN_VW)
                     vstore(w.X + i * vbp + j, e * vload(w.X + i * vbp + j));
             }
-        gemm_f32(L, vbp, L, w.P, Cp, 1, w.U, vbp, w.X, vbp, 1, 1);
+        gemm_f32(L, vbp, L, w.P, Cp, 1, w.U, vbp, w.X, vbp, 1, DN_TRI_A);
         for (int64_t l = 0; l < L; l++) {
             const int64_t t = tc + l;
             memcpy(p->o + b * p->o_s.b + t * p->o_s.t + hv * p->o_s.h + v0, w.X + l * vbp,

@@ -46,29 +46,42 @@ DN_GEMM_MICRO(gemm_micro_one, 1, 1)
  * C[M][N] = (acc ? C : 0) + A[M][Kc] * B[Kc][N]
  *   A element (i,k) at A[i*rs + k*cs]; B row-major with leading dim ldb; C with ldc.
  *   N must be a multiple of DN_VW (callers pad their buffers).
- *   lower: A is lower triangular (A[i][k] = 0 for k > i, zeros stored), so row block i0..i0+mr
- *   stops its sum at k = i0+mr.
+ *   tri & DN_TRI_A: A is lower triangular (A[i][k] = 0 for k > i, zeros stored), so row block
+ *     i0..i0+mr stops its sum at k = i0+mr.
+ *   tri & DN_TRI_C: only the lower triangle of C is wanted (C[i][j] for j <= i); column blocks
+ *     wholly above the diagonal of a row block are skipped and left unwritten.
  */
+enum { DN_TRI_A = 1, DN_TRI_C = 2 };
+
 static void gemm_f32(int64_t M, int64_t N, int64_t Kc, const float *A, int64_t rs, int64_t cs,
-                     const float *B, int64_t ldb, float *C, int64_t ldc, int acc, int lower) {
-    int64_t i = 0;
-    for (; i + DN_MR <= M; i += DN_MR) {
-        int64_t kend = lower && i + DN_MR < Kc ? i + DN_MR : Kc;
-        const float *a = A + i * rs;
-        float *c = C + i * ldc;
-        int64_t j = 0;
-        for (; j + DN_NR * DN_VW <= N; j += DN_NR * DN_VW)
-            gemm_micro_full(kend, a, rs, cs, B + j, ldb, c + j, ldc, acc);
-        for (; j < N; j += DN_VW) gemm_micro_rows(kend, a, rs, cs, B + j, ldb, c + j, ldc, acc);
+                     const float *B, int64_t ldb, float *C, int64_t ldc, int acc, int tri) {
+    /* Column blocks outside, row blocks inside: one K x (DN_NR vectors) panel of B stays in L1
+     * while all rows of A stream past it. */
+    const int lowa = tri & DN_TRI_A, lowc = tri & DN_TRI_C;
+    int64_t j = 0;
+    for (; j + DN_NR * DN_VW <= N; j += DN_NR * DN_VW) {
+        int64_t i = lowc ? j / DN_MR * DN_MR : 0;
+        for (; i + DN_MR <= M; i += DN_MR) {
+            int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;
+            gemm_micro_full(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, acc);
+        }
+        for (; i < M; i++) {
+            if (lowc && i < j) continue;
+            int64_t kend = lowa && i + 1 < Kc ? i + 1 : Kc;
+            gemm_micro_cols(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, acc);
+        }
     }
-    for (; i < M; i++) {
-        int64_t kend = lower && i + 1 < Kc ? i + 1 : Kc;
-        const float *a = A + i * rs;
-        float *c = C + i * ldc;
-        int64_t j = 0;
-        for (; j + DN_NR * DN_VW <= N; j += DN_NR * DN_VW)
-            gemm_micro_cols(kend, a, rs, cs, B + j, ldb, c + j, ldc, acc);
-        for (; j < N; j += DN_VW) gemm_micro_one(kend, a, rs, cs, B + j, ldb, c + j, ldc, acc);
+    for (; j < N; j += DN_VW) {
+        int64_t i = lowc ? j / DN_MR * DN_MR : 0;
+        for (; i + DN_MR <= M; i += DN_MR) {
+            int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;
+            gemm_micro_rows(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, acc);
+        }
+        for (; i < M; i++) {
+            if (lowc && i < j) continue;
+            int64_t kend = lowa && i + 1 < Kc ? i + 1 : Kc;
+            gemm_micro_one(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, acc);
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 #ifndef DN_CPU_SIMD_H
 #define DN_CPU_SIMD_H
 
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__AVX512F__)
@@ -27,6 +28,7 @@
 #endif
 
 typedef float vf __attribute__((vector_size(DN_VW * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(DN_VW * sizeof(int32_t))));
 
 static inline vf vload(const float *p) {
     vf r;
@@ -36,6 +38,51 @@ static inline vf vload(const float *p) {
 static inline void vstore(float *p, vf x) { memcpy(p, &x, sizeof x); }
 static inline vf vset1(float x) { return (vf){0} + x; }
 static inline vf vzero(void) { return (vf){0}; }
+
+static inline float vhsum(vf x) {
+    float s = 0;
+    for (int i = 0; i < DN_VW; i++) s += x[i];
+    return s;
+}
+
+/* sum a[i] b[i] with vector partial sums (a plain loop would be summed lane by lane in order,
+ * since the compiler may not reassociate float additions). */
+static inline float dot_f32(const float *a, const float *b, int64_t n) {
+    vf acc0 = vzero(), acc1 = vzero();
+    int64_t i = 0;
+    for (; i + 2 * DN_VW <= n; i += 2 * DN_VW) {
+        acc0 += vload(a + i) * vload(b + i);
+        acc1 += vload(a + i + DN_VW) * vload(b + i + DN_VW);
+    }
+    for (; i + DN_VW <= n; i += DN_VW) acc0 += vload(a + i) * vload(b + i);
+    float s = vhsum(acc0 + acc1);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* exp(x) for x <= 0 (the only sign the kernels exponentiate), about 2 ulp: x = n ln2 + r with
+ * |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^n put into the exponent bits. Inputs below
+ * -87.3 (where e^x leaves the normal range) give 0. */
+static inline vf vexp_neg(vf x) {
+    const vf lo = vset1(-87.3f);
+    vi keep = x >= lo;
+    x = (vf)(((vi)x & keep) | ((vi)lo & ~keep));
+    const vf shifter = vset1(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    vf nf = x * vset1(1.44269504088896341f) + shifter;
+    nf -= shifter;
+    vf r = x - nf * vset1(0.693359375f);
+    r -= nf * vset1(-2.12194440e-4f);
+    vf p = vset1(1.0f / 720);
+    p = p * r + vset1(1.0f / 120);
+    p = p * r + vset1(1.0f / 24);
+    p = p * r + vset1(1.0f / 6);
+    p = p * r + vset1(0.5f);
+    p = p * r + vset1(1.0f);
+    p = p * r + vset1(1.0f);
+    vi n = __builtin_convertvector(nf, vi);
+    vf scale = (vf)((n + 127) << 23);
+    return (vf)((vi)(p * scale) & keep);
+}
 
 #define DN_CAT2(a, b) a##_##b
 #define DN_CAT(a, b) DN_CAT2(a, b)
