@@ -46,7 +46,7 @@ ifneq ($(findstring x86_64,$(ARCH)),)
   CFLAGS_BASE += -DDN_HAVE_X86_KERNELS
 endif
 ISA_FLAGS_generic :=
-ISA_FLAGS_avx2    := -mavx2 -mfma
+ISA_FLAGS_avx2    := -mavx2 -mfma -mf16c
 ISA_FLAGS_avx512  := -mavx512f -mavx512vl -mavx2 -mfma
 
 HAVE_NVCC := $(shell command -v nvcc >/dev/null 2>&1 && echo 1)
@@ -55,11 +55,11 @@ CPU_ISA   := $(shell grep -q avx512f /proc/cpuinfo 2>/dev/null && echo avx512 ||
 CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 
 # --- sources ------------------------------------------------------------------------------------
-LIB_SRC    := src/core.c src/la.c src/ref/gdn.c
-KERNEL_SRC := src/cpu/gdn.c
+LIB_SRC    := src/core.c src/la.c src/attn.c src/ref/gdn.c src/ref/attn.c src/cpu/dispatch.c
+KERNEL_SRC := src/cpu/gdn.c src/cpu/attn.c
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
-HEADERS    := include/deltanet.h src/internal.h src/cpu/simd.h src/cpu/gemm.h
+HEADERS    := include/deltanet.h src/internal.h src/half.h src/cpu/simd.h src/cpu/gemm.h
 
 STATIC := $(BUILD)/libdeltanet.a
 SHARED := $(BUILD)/libdeltanet.so
@@ -106,7 +106,7 @@ $(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h)
 $(TOOL): $(BUILD)/tools/deltanet.o $(BUILD)/bench/gdn.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 test: info $(TEST)

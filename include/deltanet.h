@@ -61,6 +61,7 @@ typedef enum dn_status {
     DN_ERR_ARG,         /* an option is out of range (chunk size, cu_seqlens, op kind, ...) */
     DN_ERR_UNSUPPORTED, /* the requested implementation does not support this case */
     DN_ERR_ALLOC,       /* an internal allocation failed */
+    DN_ERR_FULL,        /* a KV cache would grow past its capacity (and may not grow) */
     DN_STATUS_COUNT
 } dn_status;
 
@@ -77,10 +78,11 @@ typedef enum dn_op {
     DN_OP_GLA,             /* S = exp(g) S + k v^T                      (Mamba-2 / SSD, scalar gate) */
     DN_OP_DELTANET,        /* u = beta (v - S^T k); S = S + k u^T */
     DN_OP_GDN,             /* S = exp(g) S; u = beta (v - S^T k); S = S + k u^T */
+    DN_OP_SOFTMAX_ATTN,    /* causal softmax attention, the Transformer baseline */
     DN_OP_COUNT
 } dn_op;
 
-/* "linear_attn", "gla", "deltanet", "gdn"; NULL for an unknown op. */
+/* "linear_attn", "gla", "deltanet", "gdn", "softmax_attn"; NULL for an unknown op. */
 DN_API const char *dn_op_name(dn_op op);
 /* Parses a name as printed by dn_op_name. Returns DN_ERR_ARG for an unknown name. */
 DN_API dn_status dn_op_from_name(const char *name, dn_op *op);
@@ -201,11 +203,85 @@ DN_API dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, co
                             int qk_l2norm);
 
 /* ---------------------------------------------------------------------------------------------
+ * Causal softmax attention (the Transformer baseline)
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Shape contract:
+ *   q     [B,TQ,H,D]    strides q_s
+ *   k, v  [B,TK,HKV,D]  strides k_s, v_s      H % HKV == 0 (grouped-query: query head h reads
+ *                                             key/value head h / (H/HKV)); D <= 256
+ *   o     [B,TQ,H,D]    strides o_s           written, every element
+ *   lse   [B,H,TQ]      contiguous, optional  natural-log sum of exp of the scaled scores per
+ *                                             row (-inf for a row that sees no key)
+ * Query i sits at position TK - TQ + i (aligned to the end of the keys, so a chunk of new
+ * queries can attend over earlier keys; TQ = TK is the plain causal prefill) and attends to keys
+ * j <= that position, and with window W > 0 only to the last W of them (j > position - W).
+ * A row that sees no key returns zeros. scale defaults to 1/sqrt(D). Never allocates [TQ,TK]:
+ * extra memory is O(block * D) per thread.
+ */
+typedef struct dn_attn_params {
+    int64_t B, TQ, TK, H, HKV, D;
+    const float *q;
+    dn_strides q_s;
+    const float *k;
+    dn_strides k_s;
+    const float *v;
+    dn_strides v_s;
+    float *o;
+    dn_strides o_s;
+    float *lse;     /* optional */
+    float scale;
+    int64_t window; /* 0: no window */
+    dn_impl impl;   /* DN_IMPL_AUTO (tiled fast path) or DN_IMPL_REF */
+    int n_threads;
+} dn_attn_params;
+
+DN_API dn_attn_params dn_attn_params_default(int64_t B, int64_t T, int64_t H, int64_t HKV,
+                                             int64_t D);
+DN_API dn_status dn_attn_check(const dn_attn_params *p);
+/* Scratch the tiled path allocates for these params (all threads): independent of TQ and TK. */
+DN_API dn_status dn_attn_workspace_size(const dn_attn_params *p, size_t *bytes);
+DN_API dn_status dn_attn_forward(const dn_attn_params *p);
+
+/* KV cache for decode: [B,HKV,capacity,D] keys and values, stored as fp32, fp16 or bf16
+ * (converted on append, round to nearest even; attention math is fp32). */
+typedef enum dn_dtype { DN_F32 = 0, DN_F16, DN_BF16, DN_DTYPE_COUNT } dn_dtype;
+DN_API const char *dn_dtype_name(dn_dtype t);
+
+typedef struct dn_kv_cache dn_kv_cache;
+
+enum { DN_KV_GROW = 1 }; /* flags: let append double the capacity instead of failing */
+
+DN_API dn_status dn_kv_cache_create(dn_kv_cache **out, int64_t B, int64_t HKV, int64_t D,
+                                    int64_t capacity, dn_dtype dtype, int flags);
+DN_API void dn_kv_cache_free(dn_kv_cache *c); /* NULL is a no-op */
+DN_API dn_status dn_kv_cache_reset(dn_kv_cache *c);
+DN_API int64_t dn_kv_cache_len(const dn_kv_cache *c);
+DN_API int64_t dn_kv_cache_capacity(const dn_kv_cache *c);
+/* Bytes held for keys and values at the current capacity (what the cache costs in memory). */
+DN_API size_t dn_kv_cache_bytes(const dn_kv_cache *c);
+/* Bytes of keys and values in use (len tokens): what one decode step reads. */
+DN_API size_t dn_kv_cache_used_bytes(const dn_kv_cache *c);
+/* Appends T tokens: k, v [B,T,HKV,D] with strides. DN_ERR_FULL past capacity unless DN_KV_GROW;
+ * on any error the cache is unchanged. */
+DN_API dn_status dn_kv_cache_append(dn_kv_cache *c, const float *k, dn_strides k_s,
+                                    const float *v, dn_strides v_s, int64_t T);
+/* q [B,TQ,H,D] attends over the cached keys; query i at position len - TQ + i, causal, optional
+ * window, exactly as dn_attn_forward with TK = len. o [B,TQ,H,D]; lse [B,H,TQ] optional. */
+DN_API dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o_s, float *lse,
+                                    const float *q, dn_strides q_s, int64_t TQ, int64_t H,
+                                    float scale, int64_t window, int n_threads);
+
+/* ---------------------------------------------------------------------------------------------
  * Measuring the machine (used by the benchmarks)
  * ------------------------------------------------------------------------------------------- */
 /* Measured fp32 FMA throughput of the active ISA over n_threads threads (0: default), in GFLOP/s
  * (one FMA = 2 FLOP). Runs for about `seconds`. */
 DN_API double dn_measure_fma_peak(int n_threads, double seconds);
+/* Measured memory copy bandwidth over n_threads threads, in GB/s, counting bytes read plus bytes
+ * written (the STREAM convention), on a buffer well past the last-level cache. */
+DN_API double dn_measure_copy_bandwidth(int n_threads, double seconds);
 
 #ifdef __cplusplus
 }

@@ -5,6 +5,7 @@
 
 #include <stdarg.h>
 #include <string.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -19,6 +20,7 @@ static const char *const status_names[] = {
     [DN_ERR_ARG] = "bad argument",
     [DN_ERR_UNSUPPORTED] = "unsupported",
     [DN_ERR_ALLOC] = "out of memory",
+    [DN_ERR_FULL] = "capacity exceeded",
 };
 _Static_assert(DN_COUNTOF(status_names) == DN_STATUS_COUNT, "status name table out of date");
 
@@ -27,6 +29,7 @@ static const char *const op_names[] = {
     [DN_OP_GLA] = "gla",
     [DN_OP_DELTANET] = "deltanet",
     [DN_OP_GDN] = "gdn",
+    [DN_OP_SOFTMAX_ATTN] = "softmax_attn",
 };
 _Static_assert(DN_COUNTOF(op_names) == DN_OP_COUNT, "op name table out of date");
 
@@ -59,12 +62,18 @@ dn_status dn_op_from_name(const char *name, dn_op *op) {
             *op = (dn_op)i;
             return DN_OK;
         }
-    return dn_fail(DN_ERR_ARG, "unknown op '%s' (expected linear_attn, gla, deltanet or gdn)", name);
+    return dn_fail(DN_ERR_ARG, "unknown op '%s' (expected one of linear_attn, gla, deltanet, gdn, "
+                               "softmax_attn)", name);
 }
 
 const char *dn_impl_name(dn_impl impl) {
     return (unsigned)impl < DN_IMPL_COUNT ? impl_names[impl] : NULL;
 }
+
+static const char *const dtype_names[] = {[DN_F32] = "f32", [DN_F16] = "f16", [DN_BF16] = "bf16"};
+_Static_assert(DN_COUNTOF(dtype_names) == DN_DTYPE_COUNT, "dtype name table out of date");
+
+const char *dn_dtype_name(dn_dtype t) { return (unsigned)t < DN_DTYPE_COUNT ? dtype_names[t] : NULL; }
 
 const char *dn_isa_name(dn_isa isa) { return (unsigned)isa < DN_ISA_COUNT ? isa_names[isa] : NULL; }
 
@@ -174,11 +183,7 @@ const char *dn_build_info(void) {
 
 double dn_measure_fma_peak(int n_threads, double seconds) {
     int nt = dn_threads_for(n_threads);
-    double (*fn)(long, double *) = dn_cpu_fma_peak_generic;
-#if defined(DN_HAVE_X86_KERNELS)
-    if (dn_isa_active() == DN_ISA_AVX2) fn = dn_cpu_fma_peak_avx2;
-    if (dn_isa_active() == DN_ISA_AVX512) fn = dn_cpu_fma_peak_avx512;
-#endif
+    double (*fn)(long, double *) = dn_cpu()->fma_peak;
     /* Calibrate the iteration count on one thread, then run all threads at once. */
     long iters = 1 << 16;
     double t = 0, flops = 0;
@@ -204,5 +209,41 @@ double dn_measure_fma_peak(int n_threads, double seconds) {
         double gf = (double)nt * flops_per_iter * (double)iters / tmax * 1e-9;
         if (gf > best) best = gf;
     }
+    return best;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+double dn_measure_copy_bandwidth(int n_threads, double seconds) {
+    const size_t bytes = (size_t)256 << 20; /* 8x a 32 MiB last-level cache */
+    int nt = dn_threads_for(n_threads);
+    char *src = aligned_alloc(64, bytes), *dst = aligned_alloc(64, bytes);
+    if (!src || !dst) {
+        free(src);
+        free(dst);
+        return 0;
+    }
+    memset(src, 1, bytes);
+    memset(dst, 2, bytes);
+    double best = 0, t_end = now_s() + seconds;
+    for (int rep = 0; rep < 3 || now_s() < t_end; rep++) {
+        double t0 = now_s();
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static)
+#endif
+        for (int i = 0; i < nt; i++) {
+            size_t lo = bytes / (size_t)nt * (size_t)i, hi = i == nt - 1 ? bytes : lo + bytes / (size_t)nt;
+            memcpy(dst + lo, src + lo, hi - lo);
+        }
+        double gbs = 2.0 * (double)bytes / (now_s() - t0) * 1e-9;
+        if (gbs > best) best = gbs;
+        if (rep > 50) break;
+    }
+    free(src);
+    free(dst);
     return best;
 }

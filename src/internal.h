@@ -29,6 +29,7 @@ dn_status dn_fail(dn_status st, const char *fmt, ...)
         }                                                                              \
     } while (0)
 
+static inline int dn_op_is_la(dn_op op) { return (unsigned)op <= (unsigned)DN_OP_GDN; }
 static inline int dn_op_has_gate(dn_op op) { return op == DN_OP_GLA || op == DN_OP_GDN; }
 static inline int dn_op_has_delta(dn_op op) { return op == DN_OP_DELTANET || op == DN_OP_GDN; }
 
@@ -53,13 +54,49 @@ int dn_threads_for(int requested);
 /* Reference (plain C, double accumulation): src/ref/gdn.c */
 dn_status dn_ref_la_forward(const dn_la_params *p);
 
-/* Fast CPU kernels, one copy per ISA: src/cpu/gdn.c compiled with DN_ISA_SUFFIX. */
-#define DN_CPU_DECL(isa)                                                                   \
-    size_t dn_cpu_la_workspace_##isa(const dn_la_params *p, dn_impl impl, int nthreads);   \
+/* Reference of causal softmax attention: src/ref/attn.c */
+dn_status dn_ref_attn_forward(const dn_attn_params *p);
+
+/* A KV cache as the kernels see it: [B,HKV,cap,D] keys and values of dtype, len tokens valid. */
+typedef struct {
+    const void *k, *v;
+    int64_t B, HKV, D, cap, len;
+    dn_dtype dtype;
+} dn_kv_view;
+
+/* Fast CPU kernels, one copy per ISA (each file in src/cpu compiled with DN_ISA_SUFFIX), reached
+ * through the table of the active ISA (src/cpu/dispatch.c). Params arrive checked. */
+typedef struct {
+    size_t (*la_workspace)(const dn_la_params *p, dn_impl impl, int nthreads);
+    void (*la_forward)(const dn_la_params *p, dn_impl impl, int nthreads, void *ws);
+    size_t (*attn_workspace)(const dn_attn_params *p, int nthreads);
+    void (*attn_forward)(const dn_attn_params *p, int nthreads, void *ws);
+    size_t (*decode_workspace)(const dn_kv_view *kv, int64_t TQ, int64_t H, int64_t window,
+                               int nthreads);
+    void (*decode)(const dn_kv_view *kv, float *o, dn_strides o_s, float *lse, const float *q,
+                   dn_strides q_s, int64_t TQ, int64_t H, float scale, int64_t window,
+                   int nthreads, void *ws);
+    double (*fma_peak)(long iters, double *flops);
+} dn_cpu_kernels;
+
+const dn_cpu_kernels *dn_cpu(void);
+
+#define DN_CPU_DECL(isa)                                                                       \
+    size_t dn_cpu_la_workspace_##isa(const dn_la_params *p, dn_impl impl, int nthreads);       \
     void dn_cpu_la_forward_##isa(const dn_la_params *p, dn_impl impl, int nthreads, void *ws); \
+    size_t dn_cpu_attn_workspace_##isa(const dn_attn_params *p, int nthreads);                 \
+    void dn_cpu_attn_forward_##isa(const dn_attn_params *p, int nthreads, void *ws);           \
+    size_t dn_cpu_decode_workspace_##isa(const dn_kv_view *kv, int64_t TQ, int64_t H,          \
+                                         int64_t window, int nthreads);                        \
+    void dn_cpu_decode_##isa(const dn_kv_view *kv, float *o, dn_strides o_s, float *lse,       \
+                             const float *q, dn_strides q_s, int64_t TQ, int64_t H,            \
+                             float scale, int64_t window, int nthreads, void *ws);             \
     double dn_cpu_fma_peak_##isa(long iters, double *flops);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)
+
+/* 64-byte aligned scratch: the caller's if big enough, else allocated into *owned. */
+void *dn_scratch(void *given, size_t given_bytes, size_t need, void **owned);
 
 #endif

@@ -63,7 +63,7 @@ static int mul_ok(int64_t a, int64_t b) { return a == 0 || b <= INT64_MAX / a; }
 
 dn_status dn_la_check(const dn_la_params *p) {
     if (!p) return dn_fail(DN_ERR_NULL, "params is NULL");
-    if ((unsigned)p->op >= DN_OP_COUNT)
+    if (!dn_op_is_la(p->op))
         return dn_fail(DN_ERR_ARG, "op %d is not a linear-attention family op", (int)p->op);
     const char *name = dn_op_name(p->op);
     if (p->B < 1 || p->T < 0 || p->H < 1 || p->HV < 1 || p->K < 1 || p->V < 1)
@@ -131,27 +131,6 @@ dn_status dn_la_check(const dn_la_params *p) {
     return DN_OK;
 }
 
-typedef size_t (*ws_fn)(const dn_la_params *, dn_impl, int);
-typedef void (*fwd_fn)(const dn_la_params *, dn_impl, int, void *);
-
-static void pick_kernels(ws_fn *ws, fwd_fn *fwd) {
-    *ws = dn_cpu_la_workspace_generic;
-    *fwd = dn_cpu_la_forward_generic;
-#if defined(DN_HAVE_X86_KERNELS)
-    switch (dn_isa_active()) {
-    case DN_ISA_AVX2:
-        *ws = dn_cpu_la_workspace_avx2;
-        *fwd = dn_cpu_la_forward_avx2;
-        break;
-    case DN_ISA_AVX512:
-        *ws = dn_cpu_la_workspace_avx512;
-        *fwd = dn_cpu_la_forward_avx512;
-        break;
-    default: break;
-    }
-#endif
-}
-
 /* Longest sequence in the call: the chunkwise form pays only once sequences span chunks. */
 static int64_t longest_seq(const dn_la_params *p) {
     if (!p->cu_seqlens) return p->T;
@@ -189,10 +168,7 @@ dn_status dn_la_workspace_size(const dn_la_params *p, size_t *bytes) {
         *bytes = 0;
         return DN_OK;
     }
-    ws_fn ws;
-    fwd_fn fwd;
-    pick_kernels(&ws, &fwd);
-    *bytes = ws(&r, r.impl, dn_threads_for(r.n_threads));
+    *bytes = dn_cpu()->la_workspace(&r, r.impl, dn_threads_for(r.n_threads));
     return DN_OK;
 }
 
@@ -202,11 +178,9 @@ dn_status dn_la_forward(const dn_la_params *p) {
     const dn_la_params r = resolved(p);
     if (r.impl == DN_IMPL_REF) return dn_ref_la_forward(&r);
 
-    ws_fn wsf;
-    fwd_fn fwd;
-    pick_kernels(&wsf, &fwd);
+    const dn_cpu_kernels *kern = dn_cpu();
     int nt = dn_threads_for(r.n_threads);
-    size_t need = wsf(&r, r.impl, nt);
+    size_t need = kern->la_workspace(&r, r.impl, nt);
     void *ws = r.workspace, *owned = NULL;
     if (need > 0) {
         if (ws && r.workspace_bytes < need)
@@ -222,7 +196,7 @@ dn_status dn_la_forward(const dn_la_params *p) {
             ws = owned;
         }
     }
-    fwd(&r, r.impl, nt, ws);
+    kern->la_forward(&r, r.impl, nt, ws);
     free(owned);
     return DN_OK;
 }

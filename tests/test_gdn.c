@@ -193,7 +193,7 @@ static int test_grid(void) {
     for (size_t ti = 0; ti < 7; ti++)
         for (size_t hi = 0; hi < 3; hi++)
             for (size_t bi = 0; bi < 2; bi++)
-                for (int op = 0; op < DN_OP_COUNT; op++, idx++) {
+                for (int op = 0; op <= DN_OP_GDN; op++, idx++) {
                     int64_t T = Ts[ti], H = heads[hi][0], HV = heads[hi][1], B = Bs[bi];
                     int64_t K = dims[idx % 4], V = dims[(idx / 4 + idx) % 4];
                     /* keep the largest products of the grid affordable for the reference */
@@ -224,7 +224,7 @@ static int test_state_carry(void) {
     int fails = 0;
     const int64_t B = 2, T = 200, H = 2, HV = 4, K = 64, V = 100;
     static const int64_t splits[] = {1, 64, 77, 199};
-    for (int op = 0; op < DN_OP_COUNT; op++)
+    for (int op = 0; op <= DN_OP_GDN; op++)
         for (int impl = DN_IMPL_RECURRENT; impl <= DN_IMPL_CHUNK; impl++)
             for (size_t si = 0; si < 4; si++) {
                 input_opts io = default_opts;
@@ -285,7 +285,7 @@ static int test_varlen(void) {
     int fails = 0;
     static const int64_t cu[] = {0, 1, 71, 71, 200, 207}; /* lengths 1, 70, 0, 129, 7 */
     const int64_t N = 5, T = 207, H = 2, HV = 4, K = 64, V = 64;
-    for (int op = 0; op < DN_OP_COUNT; op++)
+    for (int op = 0; op <= DN_OP_GDN; op++)
         for (int impl = DN_IMPL_RECURRENT; impl <= DN_IMPL_CHUNK; impl++) {
             input_opts io = default_opts;
             io.l2norm = 1;
@@ -358,7 +358,7 @@ static int test_varlen(void) {
 static int test_step(void) {
     int fails = 0;
     const int64_t B = 3, T = 20, H = 2, HV = 4, K = 100, V = 64;
-    for (int op = 0; op < DN_OP_COUNT; op++) {
+    for (int op = 0; op <= DN_OP_GDN; op++) {
         problem pr;
         problem_init(&pr, (dn_op)op, B, T, H, HV, K, V, NULL, 0, default_opts, 900 + op);
         const int64_t no = B * T * HV * V;
@@ -408,7 +408,7 @@ static int test_stress_gates(void) {
     int fails = 0;
     static const float gs[] = {0.0f, -30.0f};
     static const float betas[] = {0.0f, 1.0f, 2.0f};
-    for (int op = 0; op < DN_OP_COUNT; op++)
+    for (int op = 0; op <= DN_OP_GDN; op++)
         for (int gi = 0; gi < 2; gi++)
             for (int bi = 0; bi < 3; bi++) {
                 if (!(op == DN_OP_GLA || op == DN_OP_GDN) && gi > 0) continue;

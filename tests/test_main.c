@@ -7,6 +7,7 @@
 #include <time.h>
 
 extern const test_case dn_tests_gdn[];
+extern const test_case dn_tests_attn[];
 
 static double now(void) {
     struct timespec t;
@@ -22,7 +23,7 @@ static int selected(const char *name, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    const test_case *suites[] = {dn_tests_gdn};
+    const test_case *suites[] = {dn_tests_gdn, dn_tests_attn};
     printf("%s\n", dn_build_info());
     int failed = 0, run = 0;
     double t_all = now();

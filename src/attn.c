@@ -1,0 +1,267 @@
+/*
+ * attn.c - public entry points of causal softmax attention: argument checks, the dispatch to the
+ * reference or the tiled CPU kernel, and the KV cache used for decode.
+ */
+#include "half.h"
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+dn_attn_params dn_attn_params_default(int64_t B, int64_t T, int64_t H, int64_t HKV, int64_t D) {
+    dn_attn_params p;
+    memset(&p, 0, sizeof p);
+    p.B = B;
+    p.TQ = p.TK = T;
+    p.H = H;
+    p.HKV = HKV;
+    p.D = D;
+    p.q_s = (dn_strides){T * H * D, H * D, D};
+    p.o_s = p.q_s;
+    p.k_s = (dn_strides){T * HKV * D, HKV * D, D};
+    p.v_s = p.k_s;
+    p.scale = D > 0 ? (float)(1.0 / sqrt((double)D)) : 1.0f;
+    p.impl = DN_IMPL_AUTO;
+    return p;
+}
+
+static int strides_ok(dn_strides s) { return s.b >= 0 && s.t >= 0 && s.h >= 0; }
+
+/* Rows of an output view never share an element (same test as for the linear family). */
+static int rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D) {
+    int64_t st[3] = {s.b, s.t, s.h}, ext[3] = {n0, n1, n2};
+    for (int i = 0; i < 3; i++)
+        for (int j = i; j > 0 && st[j] < st[j - 1]; j--) {
+            int64_t a = st[j], e = ext[j];
+            st[j] = st[j - 1], ext[j] = ext[j - 1];
+            st[j - 1] = a, ext[j - 1] = e;
+        }
+    int64_t span = D;
+    for (int i = 0; i < 3; i++) {
+        if (ext[i] <= 1) continue;
+        if (st[i] < span) return 0;
+        span = st[i] * (ext[i] - 1) + span;
+    }
+    return 1;
+}
+
+static dn_status check_heads(const char *who, int64_t H, int64_t HKV, int64_t D) {
+    if (H < 1 || HKV < 1 || D < 1)
+        return dn_fail(DN_ERR_SHAPE, "%s: H (%lld), HKV (%lld) and D (%lld) must be positive", who,
+                       (long long)H, (long long)HKV, (long long)D);
+    if (H % HKV)
+        return dn_fail(DN_ERR_SHAPE, "%s: H (%lld) is not a multiple of HKV (%lld)", who,
+                       (long long)H, (long long)HKV);
+    if (D > 256)
+        return dn_fail(DN_ERR_SHAPE, "%s: head dim D = %lld is above 256", who, (long long)D);
+    return DN_OK;
+}
+
+dn_status dn_attn_check(const dn_attn_params *p) {
+    if (!p) return dn_fail(DN_ERR_NULL, "attention params is NULL");
+    dn_status st = check_heads("softmax_attn", p->H, p->HKV, p->D);
+    if (st != DN_OK) return st;
+    if (p->B < 1 || p->TQ < 0 || p->TK < 0)
+        return dn_fail(DN_ERR_SHAPE, "softmax_attn: B (%lld) must be positive, TQ (%lld) and TK "
+                                     "(%lld) non-negative",
+                       (long long)p->B, (long long)p->TQ, (long long)p->TK);
+    if (p->TQ > INT64_MAX / 1024 / p->B || p->TK > INT64_MAX / 1024 / p->B)
+        return dn_fail(DN_ERR_SHAPE, "softmax_attn: sizes overflow 64-bit indexing");
+    if (!p->q || !p->k || !p->v || !p->o)
+        return dn_fail(DN_ERR_NULL, "softmax_attn: q, k, v and o are required");
+    if (!strides_ok(p->q_s) || !strides_ok(p->k_s) || !strides_ok(p->v_s) || !strides_ok(p->o_s))
+        return dn_fail(DN_ERR_STRIDE, "softmax_attn: strides must be non-negative");
+    if (!rows_disjoint(p->o_s, p->B, p->TQ, p->H, p->D))
+        return dn_fail(DN_ERR_STRIDE, "softmax_attn: o strides (%lld, %lld, %lld) make rows overlap",
+                       (long long)p->o_s.b, (long long)p->o_s.t, (long long)p->o_s.h);
+    if (!isfinite(p->scale)) return dn_fail(DN_ERR_ARG, "softmax_attn: scale must be finite");
+    if (p->window < 0)
+        return dn_fail(DN_ERR_ARG, "softmax_attn: window %lld is negative (0 means none)",
+                       (long long)p->window);
+    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "softmax_attn: n_threads is negative");
+    if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_REF)
+        return dn_fail((unsigned)p->impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
+                       "softmax_attn: impl must be auto (tiled) or ref, not %d", (int)p->impl);
+    return DN_OK;
+}
+
+dn_status dn_attn_workspace_size(const dn_attn_params *p, size_t *bytes) {
+    dn_status st = dn_attn_check(p);
+    if (st != DN_OK) return st;
+    if (!bytes) return dn_fail(DN_ERR_NULL, "dn_attn_workspace_size: bytes is NULL");
+    *bytes = p->impl == DN_IMPL_REF ? 0 : dn_cpu()->attn_workspace(p, dn_threads_for(p->n_threads));
+    return DN_OK;
+}
+
+dn_status dn_attn_forward(const dn_attn_params *p) {
+    dn_status st = dn_attn_check(p);
+    if (st != DN_OK) return st;
+    if (p->impl == DN_IMPL_REF) return dn_ref_attn_forward(p);
+    const dn_cpu_kernels *kern = dn_cpu();
+    int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->attn_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "softmax_attn: cannot allocate the tile workspace");
+    kern->attn_forward(p, nt, ws);
+    free(owned);
+    return DN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * KV cache
+ * ------------------------------------------------------------------------------------------- */
+struct dn_kv_cache {
+    int64_t B, HKV, D, cap, len;
+    dn_dtype dtype;
+    int flags;
+    void *k, *v; /* [B,HKV,cap,D] */
+};
+
+static size_t dtype_size(dn_dtype t) { return t == DN_F32 ? 4 : 2; }
+
+static size_t kv_bytes(int64_t B, int64_t HKV, int64_t D, int64_t cap, dn_dtype t) {
+    return (size_t)B * (size_t)HKV * (size_t)cap * (size_t)D * dtype_size(t);
+}
+
+dn_status dn_kv_cache_create(dn_kv_cache **out, int64_t B, int64_t HKV, int64_t D, int64_t capacity,
+                             dn_dtype dtype, int flags) {
+    if (!out) return dn_fail(DN_ERR_NULL, "kv cache: out is NULL");
+    if (B < 1 || HKV < 1 || D < 1 || D > 256 || capacity < 1)
+        return dn_fail(DN_ERR_SHAPE, "kv cache: need B, HKV, capacity >= 1 and 1 <= D <= 256 "
+                                     "(got B=%lld HKV=%lld D=%lld capacity=%lld)",
+                       (long long)B, (long long)HKV, (long long)D, (long long)capacity);
+    if ((unsigned)dtype >= DN_DTYPE_COUNT)
+        return dn_fail(DN_ERR_ARG, "kv cache: unknown dtype %d", (int)dtype);
+    if (flags & ~DN_KV_GROW) return dn_fail(DN_ERR_ARG, "kv cache: unknown flags 0x%x", flags);
+    if (capacity > ((int64_t)1 << 40) / (B * HKV * D))
+        return dn_fail(DN_ERR_SHAPE, "kv cache: capacity %lld is too large", (long long)capacity);
+    dn_kv_cache *c = calloc(1, sizeof *c);
+    size_t bytes = kv_bytes(B, HKV, D, capacity, dtype);
+    if (c) {
+        c->k = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        c->v = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    }
+    if (!c || !c->k || !c->v) {
+        if (c) free(c->k), free(c->v);
+        free(c);
+        return dn_fail(DN_ERR_ALLOC, "kv cache: cannot allocate 2 x %zu bytes", bytes);
+    }
+    c->B = B, c->HKV = HKV, c->D = D, c->cap = capacity, c->len = 0;
+    c->dtype = dtype, c->flags = flags;
+    *out = c;
+    return DN_OK;
+}
+
+void dn_kv_cache_free(dn_kv_cache *c) {
+    if (!c) return;
+    free(c->k);
+    free(c->v);
+    free(c);
+}
+
+dn_status dn_kv_cache_reset(dn_kv_cache *c) {
+    if (!c) return dn_fail(DN_ERR_NULL, "kv cache is NULL");
+    c->len = 0;
+    return DN_OK;
+}
+
+int64_t dn_kv_cache_len(const dn_kv_cache *c) { return c ? c->len : 0; }
+int64_t dn_kv_cache_capacity(const dn_kv_cache *c) { return c ? c->cap : 0; }
+size_t dn_kv_cache_bytes(const dn_kv_cache *c) {
+    return c ? 2 * kv_bytes(c->B, c->HKV, c->D, c->cap, c->dtype) : 0;
+}
+size_t dn_kv_cache_used_bytes(const dn_kv_cache *c) {
+    return c ? 2 * kv_bytes(c->B, c->HKV, c->D, c->len, c->dtype) : 0;
+}
+
+/* Moves the cache to a larger capacity; the middle dimension changes, so rows are re-laid. */
+static dn_status kv_grow(dn_kv_cache *c, int64_t need) {
+    int64_t cap = c->cap;
+    while (cap < need) cap = cap > INT64_MAX / 2 ? need : 2 * cap;
+    if (cap > ((int64_t)1 << 40) / (c->B * c->HKV * c->D))
+        return dn_fail(DN_ERR_FULL, "kv cache: cannot grow to %lld tokens", (long long)cap);
+    size_t bytes = kv_bytes(c->B, c->HKV, c->D, cap, c->dtype);
+    char *k = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    char *v = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return dn_fail(DN_ERR_ALLOC, "kv cache: cannot grow to %lld tokens", (long long)cap);
+    }
+    const size_t row = (size_t)c->D * dtype_size(c->dtype);
+    for (int64_t bh = 0; bh < c->B * c->HKV; bh++) {
+        memcpy(k + (size_t)bh * (size_t)cap * row, (char *)c->k + (size_t)bh * (size_t)c->cap * row,
+               (size_t)c->len * row);
+        memcpy(v + (size_t)bh * (size_t)cap * row, (char *)c->v + (size_t)bh * (size_t)c->cap * row,
+               (size_t)c->len * row);
+    }
+    free(c->k);
+    free(c->v);
+    c->k = k, c->v = v, c->cap = cap;
+    return DN_OK;
+}
+
+static void store_row(void *dst, const float *src, int64_t D, dn_dtype t) {
+    if (t == DN_F32) {
+        memcpy(dst, src, sizeof(float) * (size_t)D);
+    } else if (t == DN_F16) {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < D; i++) d[i] = dn_f32_to_f16(src[i]);
+    } else {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < D; i++) d[i] = dn_f32_to_bf16(src[i]);
+    }
+}
+
+dn_status dn_kv_cache_append(dn_kv_cache *c, const float *k, dn_strides k_s, const float *v,
+                             dn_strides v_s, int64_t T) {
+    if (!c) return dn_fail(DN_ERR_NULL, "kv cache is NULL");
+    if (T < 0) return dn_fail(DN_ERR_SHAPE, "kv cache append: T = %lld is negative", (long long)T);
+    if (T == 0) return DN_OK;
+    if (!k || !v) return dn_fail(DN_ERR_NULL, "kv cache append: k and v are required");
+    if (!strides_ok(k_s) || !strides_ok(v_s))
+        return dn_fail(DN_ERR_STRIDE, "kv cache append: strides must be non-negative");
+    if (c->len + T > c->cap) {
+        if (!(c->flags & DN_KV_GROW))
+            return dn_fail(DN_ERR_FULL,
+                           "kv cache append: %lld + %lld tokens exceed the capacity %lld (create "
+                           "the cache with DN_KV_GROW to let it grow)",
+                           (long long)c->len, (long long)T, (long long)c->cap);
+        dn_status st = kv_grow(c, c->len + T);
+        if (st != DN_OK) return st;
+    }
+    const size_t row = (size_t)c->D * dtype_size(c->dtype);
+    for (int64_t b = 0; b < c->B; b++)
+        for (int64_t h = 0; h < c->HKV; h++)
+            for (int64_t t = 0; t < T; t++) {
+                size_t off = ((size_t)(b * c->HKV + h) * (size_t)c->cap + (size_t)(c->len + t)) * row;
+                store_row((char *)c->k + off, k + b * k_s.b + t * k_s.t + h * k_s.h, c->D, c->dtype);
+                store_row((char *)c->v + off, v + b * v_s.b + t * v_s.t + h * v_s.h, c->D, c->dtype);
+            }
+    c->len += T;
+    return DN_OK;
+}
+
+dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o_s, float *lse,
+                             const float *q, dn_strides q_s, int64_t TQ, int64_t H, float scale,
+                             int64_t window, int n_threads) {
+    if (!c) return dn_fail(DN_ERR_NULL, "kv cache is NULL");
+    if (!o || !q) return dn_fail(DN_ERR_NULL, "kv cache attend: q and o are required");
+    dn_status st = check_heads("kv cache attend", H, c->HKV, c->D);
+    if (st != DN_OK) return st;
+    if (TQ < 1) return dn_fail(DN_ERR_SHAPE, "kv cache attend: TQ = %lld", (long long)TQ);
+    if (!strides_ok(q_s) || !strides_ok(o_s) || !rows_disjoint(o_s, c->B, TQ, H, c->D))
+        return dn_fail(DN_ERR_STRIDE, "kv cache attend: negative strides or overlapping o rows");
+    if (!isfinite(scale)) return dn_fail(DN_ERR_ARG, "kv cache attend: scale must be finite");
+    if (window < 0) return dn_fail(DN_ERR_ARG, "kv cache attend: window is negative");
+    if (n_threads < 0) return dn_fail(DN_ERR_ARG, "kv cache attend: n_threads is negative");
+    dn_kv_view kv = {c->k, c->v, c->B, c->HKV, c->D, c->cap, c->len, c->dtype};
+    const dn_cpu_kernels *kern = dn_cpu();
+    int nt = dn_threads_for(n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->decode_workspace(&kv, TQ, H, window, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "kv cache attend: cannot allocate the workspace");
+    kern->decode(&kv, o, o_s, lse, q, q_s, TQ, H, scale, window, nt, ws);
+    free(owned);
+    return DN_OK;
+}

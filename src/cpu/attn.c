@@ -1,0 +1,363 @@
+/*
+ * cpu/attn.c - fast CPU causal softmax attention: a tiled prefill with an online softmax, and a
+ * split-key decode over the KV cache. Compiled once per SIMD level (see simd.h).
+ *
+ * Prefill: a task is (batch, KV head, block of queries) and stacks the queries of all G heads
+ * that share the KV head into one tile, so each key/value block is read once for the group.
+ * Per key block: S = (scale Q) K^T, masked, running max and sum updated, O = alpha O + P V.
+ * Extra memory per thread: the Q and O tiles, one K^T and V block and one score tile, whatever T.
+ *
+ * Decode: the keys visible to the new queries are split into ranges across threads (so one KV
+ * head can use every core); each range keeps its own (max, sum, output) and the ranges are merged
+ * at the end. The cache is read once per step: a memory-bound loop.
+ */
+#include "../half.h"
+#include "../internal.h"
+#include "gemm.h"
+
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define ROUND_UP(x, m) (((x) + (m)-1) / (m) * (m))
+#define ATT_BC 64   /* keys per block, prefill */
+#define DEC_BLK 64  /* keys per block, decode */
+#define DEC_MIN 512 /* fewest keys worth a decode split of their own */
+
+static int64_t att_br(int64_t G) { /* query rows per head in one tile: about 128 rows a tile */
+    int64_t br = 128 / G;
+    return br < 16 ? 16 : br;
+}
+
+typedef struct {
+    float *Q, *O, *KT, *Vb, *S, *m, *l;
+} att_ws;
+
+static size_t att_layout(int64_t G, int64_t D, att_ws *w, float *base) {
+    const int64_t R = G * att_br(G), Dp = ROUND_UP(D, DN_VW);
+    int64_t sizes[] = {R * Dp, R * Dp, D * ATT_BC, ATT_BC * Dp, R * ATT_BC, R, R};
+    float **slots[] = {&w->Q, &w->O, &w->KT, &w->Vb, &w->S, &w->m, &w->l};
+    size_t off = 0;
+    for (int i = 0; i < 7; i++) {
+        *slots[i] = base ? base + off : NULL;
+        off += ROUND_UP((size_t)sizes[i], 16);
+    }
+    return off;
+}
+
+size_t DN_ISA_FN(dn_cpu_attn_workspace)(const dn_attn_params *p, int nthreads) {
+    att_ws w;
+    return sizeof(float) * att_layout(p->H / p->HKV, p->D, &w, NULL) * (size_t)nthreads;
+}
+
+/* Row update of the online softmax over one block: s holds n (multiple of DN_VW) scores, those
+ * outside [a, e] are masked. Turns s into probabilities; returns the factor for the old state. */
+static inline float softmax_row(float *s, int64_t n, int64_t a, int64_t e, float *m, float *l) {
+    for (int64_t j = 0; j < a; j++) s[j] = -INFINITY;
+    for (int64_t j = e + 1; j < n; j++) s[j] = -INFINITY;
+    vf mx = vset1(-INFINITY);
+    for (int64_t j = 0; j < n; j += DN_VW) {
+        vf x = vload(s + j);
+        vi gt = x > mx;
+        mx = (vf)(((vi)x & gt) | ((vi)mx & ~gt));
+    }
+    float rowmax = -INFINITY;
+    for (int i = 0; i < DN_VW; i++) rowmax = mx[i] > rowmax ? mx[i] : rowmax;
+    const float mn = rowmax > *m ? rowmax : *m;
+    const float alpha = *m == -INFINITY ? 0.0f : expf(*m - mn);
+    vf sum = vzero(), mnv = vset1(mn);
+    for (int64_t j = 0; j < n; j += DN_VW) {
+        vf pj = vexp_neg(vload(s + j) - mnv);
+        vstore(s + j, pj);
+        sum += pj;
+    }
+    *l = *l * alpha + vhsum(sum);
+    *m = mn;
+    return alpha;
+}
+
+static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb, float *base) {
+    const int64_t G = p->H / p->HKV, D = p->D, Dp = ROUND_UP(D, DN_VW), br = att_br(G);
+    const int64_t q0 = qb * br, nq = p->TQ - q0 < br ? p->TQ - q0 : br, R = G * nq;
+    const int64_t W = p->window;
+    att_ws w;
+    att_layout(G, D, &w, base);
+
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t i = 0; i < nq; i++) {
+            const float *q = p->q + b * p->q_s.b + (q0 + i) * p->q_s.t + (kh * G + g) * p->q_s.h;
+            float *row = w.Q + (g * nq + i) * Dp;
+            for (int64_t d = 0; d < D; d++) row[d] = q[d] * p->scale;
+            for (int64_t d = D; d < Dp; d++) row[d] = 0;
+        }
+    memset(w.O, 0, sizeof(float) * (size_t)(R * Dp));
+    for (int64_t r = 0; r < R; r++) w.m[r] = -INFINITY, w.l[r] = 0;
+
+    const int64_t posmin = p->TK - p->TQ + q0, posmax = posmin + nq - 1;
+    int64_t jlo = W > 0 && posmin - W + 1 > 0 ? posmin - W + 1 : 0;
+    int64_t jhi = posmax < p->TK - 1 ? posmax : p->TK - 1;
+    for (int64_t j0 = jlo; j0 <= jhi; j0 += ATT_BC) {
+        const int64_t nk = jhi + 1 - j0 < ATT_BC ? jhi + 1 - j0 : ATT_BC, nkp = ROUND_UP(nk, DN_VW);
+        for (int64_t jj = 0; jj < nk; jj++) {
+            const float *k = p->k + b * p->k_s.b + (j0 + jj) * p->k_s.t + kh * p->k_s.h;
+            const float *v = p->v + b * p->v_s.b + (j0 + jj) * p->v_s.t + kh * p->v_s.h;
+            for (int64_t d = 0; d < D; d++) w.KT[d * ATT_BC + jj] = k[d];
+            memcpy(w.Vb + jj * Dp, v, sizeof(float) * (size_t)D);
+            for (int64_t d = D; d < Dp; d++) w.Vb[jj * Dp + d] = 0;
+        }
+        for (int64_t d = 0; d < D; d++)
+            for (int64_t jj = nk; jj < nkp; jj++) w.KT[d * ATT_BC + jj] = 0;
+
+        gemm_f32(R, nkp, D, w.Q, Dp, 1, w.KT, ATT_BC, w.S, ATT_BC, 0, 0);
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t pos = posmin + r % nq;
+            int64_t a = W > 0 ? pos - W + 1 - j0 : 0, e = pos - j0;
+            if (a < 0) a = 0;
+            if (e > nk - 1) e = nk - 1;
+            float *s = w.S + r * ATT_BC;
+            if (e < a) { /* this row sees no key of the block */
+                memset(s, 0, sizeof(float) * (size_t)nkp);
+                continue;
+            }
+            float alpha = softmax_row(s, nkp, a, e, &w.m[r], &w.l[r]);
+            if (alpha != 1.0f) {
+                vf av = vset1(alpha);
+                float *o = w.O + r * Dp;
+                for (int64_t d = 0; d < Dp; d += DN_VW) vstore(o + d, av * vload(o + d));
+            }
+        }
+        gemm_f32(R, Dp, nk, w.S, ATT_BC, 1, w.Vb, Dp, w.O, Dp, 1, 0);
+    }
+
+    for (int64_t r = 0; r < R; r++) {
+        const int64_t g = r / nq, i = r % nq, h = kh * G + g;
+        float *o = p->o + b * p->o_s.b + (q0 + i) * p->o_s.t + h * p->o_s.h;
+        const float inv = w.l[r] > 0 ? 1.0f / w.l[r] : 0.0f;
+        for (int64_t d = 0; d < D; d++) o[d] = w.O[r * Dp + d] * inv;
+        if (p->lse)
+            p->lse[(b * p->H + h) * p->TQ + q0 + i] =
+                w.l[r] > 0 ? w.m[r] + logf(w.l[r]) : -INFINITY;
+    }
+}
+
+void DN_ISA_FN(dn_cpu_attn_forward)(const dn_attn_params *p, int nthreads, void *ws) {
+    const int64_t G = p->H / p->HKV, nqb = (p->TQ + att_br(G) - 1) / att_br(G);
+    const int64_t ntask = p->B * p->HKV * nqb;
+    att_ws w;
+    const size_t per = att_layout(G, p->D, &w, NULL);
+    int nt = ntask < nthreads ? (int)ntask : nthreads;
+    if (nt < 1) nt = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        float *mine = (float *)ws + per * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+#else
+        float *mine = (float *)ws;
+#endif
+        for (int64_t t = 0; t < ntask; t++) {
+            /* causal rows grow with the query index: hand out the last (longest) blocks first */
+            const int64_t qb = nqb - 1 - t % nqb, bh = t / nqb;
+            att_task(p, bh / p->HKV, bh % p->HKV, qb, mine);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Decode over the KV cache
+ * ------------------------------------------------------------------------------------------- */
+
+/* One cached row as fp32: f32 rows are used in place, 16-bit rows converted into buf. */
+static inline const float *kv_row(const dn_kv_view *kv, const void *base, int64_t off, int64_t D,
+                                  float *buf) {
+    if (kv->dtype == DN_F32) return (const float *)base + off;
+    const uint16_t *h = (const uint16_t *)base + off;
+    int64_t d = 0;
+    if (kv->dtype == DN_BF16) {
+        typedef uint16_t vh __attribute__((vector_size(DN_VW * sizeof(uint16_t))));
+        for (; d + DN_VW <= D; d += DN_VW) {
+            vh x;
+            memcpy(&x, h + d, sizeof x);
+            vi wide = __builtin_convertvector(x, vi) << 16;
+            vstore(buf + d, (vf)wide);
+        }
+        for (; d < D; d++) buf[d] = dn_bf16_to_f32(h[d]);
+    } else {
+#if defined(__AVX512F__)
+        for (; d + 16 <= D; d += 16)
+            _mm512_storeu_ps(buf + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + d))));
+#elif defined(__F16C__)
+        for (; d + 8 <= D; d += 8)
+            _mm256_storeu_ps(buf + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + d))));
+#endif
+        for (; d < D; d++) buf[d] = dn_f16_to_f32(h[d]);
+    }
+    return buf;
+}
+
+typedef struct {
+    int64_t R, Dp, nsplit, jlo, jhi, per_split;
+} dec_plan;
+
+static dec_plan dec_make_plan(const dn_kv_view *kv, int64_t TQ, int64_t H, int64_t window,
+                              int nthreads) {
+    dec_plan pl;
+    pl.R = (H / kv->HKV) * TQ;
+    pl.Dp = ROUND_UP(kv->D, DN_VW);
+    const int64_t posmin = kv->len - TQ;
+    pl.jlo = window > 0 && posmin - window + 1 > 0 ? posmin - window + 1 : 0;
+    pl.jhi = kv->len - 1;
+    const int64_t range = pl.jhi >= pl.jlo ? pl.jhi - pl.jlo + 1 : 0;
+    int64_t want = (4 * (int64_t)nthreads + kv->B * kv->HKV - 1) / (kv->B * kv->HKV);
+    int64_t most = range / DEC_MIN;
+    if (want > most) want = most;
+    if (want < 1) want = 1;
+    pl.per_split = ROUND_UP((range + want - 1) / want, DEC_BLK);
+    if (pl.per_split < DEC_BLK) pl.per_split = DEC_BLK;
+    pl.nsplit = range > 0 ? (range + pl.per_split - 1) / pl.per_split : 1;
+    return pl;
+}
+
+/* Partial results of one (b, kv head, split): m[R], l[R], O[R][Dp]. Scratch per thread:
+ * q tile R x Dp, scores R x DEC_BLK, two converted rows. */
+static size_t dec_partial_floats(const dec_plan *pl) { return ROUND_UP((size_t)(pl->R * (pl->Dp + 2)), 16); }
+static size_t dec_thread_floats(const dec_plan *pl) {
+    return ROUND_UP((size_t)(pl->R * pl->Dp + pl->R * DEC_BLK + 2 * pl->Dp), 16);
+}
+
+size_t DN_ISA_FN(dn_cpu_decode_workspace)(const dn_kv_view *kv, int64_t TQ, int64_t H,
+                                          int64_t window, int nthreads) {
+    dec_plan pl = dec_make_plan(kv, TQ, H, window, nthreads);
+    const int64_t ntask = kv->B * kv->HKV * pl.nsplit;
+    return sizeof(float) * (dec_partial_floats(&pl) * (size_t)ntask +
+                            dec_thread_floats(&pl) * (size_t)nthreads);
+}
+
+static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, dn_strides q_s,
+                     int64_t TQ, int64_t H, float scale, int64_t window, int64_t b, int64_t kh,
+                     int64_t split, float *part, float *scratch) {
+    const int64_t G = H / kv->HKV, D = kv->D, Dp = pl->Dp, R = pl->R;
+    float *Q = scratch, *S = Q + R * Dp, *kb = S + R * DEC_BLK, *vb = kb + Dp;
+    float *m = part, *l = part + R, *O = part + 2 * R;
+    for (int64_t r = 0; r < R; r++) {
+        const int64_t g = r / TQ, i = r % TQ;
+        const float *qr = q + b * q_s.b + i * q_s.t + (kh * G + g) * q_s.h;
+        for (int64_t d = 0; d < D; d++) Q[r * Dp + d] = qr[d] * scale;
+        for (int64_t d = D; d < Dp; d++) Q[r * Dp + d] = 0;
+        m[r] = -INFINITY, l[r] = 0;
+    }
+    memset(O, 0, sizeof(float) * (size_t)(R * Dp));
+    const int64_t s0 = pl->jlo + split * pl->per_split;
+    const int64_t s1 = s0 + pl->per_split - 1 < pl->jhi ? s0 + pl->per_split - 1 : pl->jhi;
+    const int64_t rowbase = (b * kv->HKV + kh) * kv->cap;
+    const int64_t Dv = D / DN_VW * DN_VW;
+
+    for (int64_t j0 = s0; j0 <= s1; j0 += DEC_BLK) {
+        const int64_t nk = s1 + 1 - j0 < DEC_BLK ? s1 + 1 - j0 : DEC_BLK, nkp = ROUND_UP(nk, DN_VW);
+        for (int64_t jj = 0; jj < nk; jj++) {
+            const float *k = kv_row(kv, kv->k, (rowbase + j0 + jj) * D, D, kb);
+            if (jj + 1 < nk && kv->dtype == DN_F32)
+                for (int64_t d = 0; d < D; d += 16)
+                    __builtin_prefetch((const float *)kv->k + (rowbase + j0 + jj + 4) * D + d);
+            for (int64_t r = 0; r < R; r++) {
+                const float *qr = Q + r * Dp;
+                vf acc = vzero();
+                int64_t d = 0;
+                for (; d < Dv; d += DN_VW) acc += vload(qr + d) * vload(k + d);
+                float s = vhsum(acc);
+                for (; d < D; d++) s += qr[d] * k[d];
+                S[r * DEC_BLK + jj] = s;
+            }
+        }
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t pos = kv->len - TQ + r % TQ;
+            int64_t a = window > 0 ? pos - window + 1 - j0 : 0, e = pos - j0;
+            if (a < 0) a = 0;
+            if (e > nk - 1) e = nk - 1;
+            float *s = S + r * DEC_BLK;
+            if (e < a) {
+                memset(s, 0, sizeof(float) * (size_t)nkp);
+                continue;
+            }
+            float alpha = softmax_row(s, nkp, a, e, &m[r], &l[r]);
+            if (alpha != 1.0f) {
+                vf av = vset1(alpha);
+                for (int64_t d = 0; d < Dp; d += DN_VW) vstore(O + r * Dp + d, av * vload(O + r * Dp + d));
+            }
+        }
+        for (int64_t jj = 0; jj < nk; jj++) {
+            const float *v = kv_row(kv, kv->v, (rowbase + j0 + jj) * D, D, vb);
+            for (int64_t r = 0; r < R; r++) {
+                const float pr = S[r * DEC_BLK + jj];
+                if (pr == 0.0f) continue;
+                vf pv = vset1(pr);
+                float *o = O + r * Dp;
+                int64_t d = 0;
+                for (; d < Dv; d += DN_VW) vstore(o + d, vload(o + d) + pv * vload(v + d));
+                for (; d < D; d++) o[d] += pr * v[d];
+            }
+        }
+    }
+}
+
+void DN_ISA_FN(dn_cpu_decode)(const dn_kv_view *kv, float *o, dn_strides o_s, float *lse,
+                              const float *q, dn_strides q_s, int64_t TQ, int64_t H, float scale,
+                              int64_t window, int nthreads, void *ws) {
+    if (scale == 0.0f) scale = 1.0f / sqrtf((float)kv->D);
+    const dec_plan pl = dec_make_plan(kv, TQ, H, window, nthreads);
+    const int64_t G = H / kv->HKV, R = pl.R, Dp = pl.Dp, D = kv->D;
+    const int64_t ntask = kv->B * kv->HKV * pl.nsplit;
+    const size_t per_part = dec_partial_floats(&pl), per_thread = dec_thread_floats(&pl);
+    float *parts = ws, *scratch = parts + per_part * (size_t)ntask;
+    int nt = ntask < nthreads ? (int)ntask : nthreads;
+    if (nt < 1) nt = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        float *mine = scratch + per_thread * (size_t)omp_get_thread_num();
+#pragma omp for schedule(static)
+#else
+        float *mine = scratch;
+#endif
+        for (int64_t t = 0; t < ntask; t++) {
+            const int64_t split = t % pl.nsplit, bh = t / pl.nsplit;
+            dec_task(kv, &pl, q, q_s, TQ, H, scale, window, bh / kv->HKV, bh % kv->HKV, split,
+                     parts + per_part * (size_t)t, mine);
+        }
+    }
+    /* Merge the splits of each (b, kv head): rescale every split to the common max. */
+    for (int64_t bh = 0; bh < kv->B * kv->HKV; bh++)
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t b = bh / kv->HKV, kh = bh % kv->HKV, g = r / TQ, i = r % TQ;
+            const int64_t h = kh * G + g;
+            float M = -INFINITY;
+            for (int64_t s = 0; s < pl.nsplit; s++) {
+                const float *part = parts + per_part * (size_t)(bh * pl.nsplit + s);
+                if (part[r] > M) M = part[r];
+            }
+            float *out = o + b * o_s.b + i * o_s.t + h * o_s.h;
+            for (int64_t d = 0; d < D; d++) out[d] = 0;
+            float L = 0;
+            if (M != -INFINITY)
+                for (int64_t s = 0; s < pl.nsplit; s++) {
+                    const float *part = parts + per_part * (size_t)(bh * pl.nsplit + s);
+                    if (part[r] == -INFINITY) continue;
+                    const float f = expf(part[r] - M);
+                    L += f * part[R + r];
+                    const float *Os = part + 2 * R + r * Dp;
+                    for (int64_t d = 0; d < D; d++) out[d] += f * Os[d];
+                }
+            const float inv = L > 0 ? 1.0f / L : 0.0f;
+            for (int64_t d = 0; d < D; d++) out[d] *= inv;
+            if (lse) lse[(b * H + h) * TQ + i] = L > 0 ? M + logf(L) : -INFINITY;
+        }
+}

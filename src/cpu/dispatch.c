@@ -1,0 +1,36 @@
+/*
+ * cpu/dispatch.c - the kernel table of each SIMD level, and the choice of the active one.
+ */
+#include "../internal.h"
+
+#define DN_TABLE(isa)                                                                          \
+    {                                                                                          \
+        dn_cpu_la_workspace_##isa, dn_cpu_la_forward_##isa, dn_cpu_attn_workspace_##isa,       \
+            dn_cpu_attn_forward_##isa, dn_cpu_decode_workspace_##isa, dn_cpu_decode_##isa,     \
+            dn_cpu_fma_peak_##isa                                                              \
+    }
+
+static const dn_cpu_kernels table_generic = DN_TABLE(generic);
+#if defined(DN_HAVE_X86_KERNELS)
+static const dn_cpu_kernels table_avx2 = DN_TABLE(avx2);
+static const dn_cpu_kernels table_avx512 = DN_TABLE(avx512);
+#endif
+
+const dn_cpu_kernels *dn_cpu(void) {
+#if defined(DN_HAVE_X86_KERNELS)
+    switch (dn_isa_active()) {
+    case DN_ISA_AVX2: return &table_avx2;
+    case DN_ISA_AVX512: return &table_avx512;
+    default: break;
+    }
+#endif
+    return &table_generic;
+}
+
+void *dn_scratch(void *given, size_t given_bytes, size_t need, void **owned) {
+    *owned = NULL;
+    if (need == 0) return given;
+    if (given && given_bytes >= need && ((uintptr_t)given & 63) == 0) return given;
+    *owned = aligned_alloc(64, (need + 63) & ~(size_t)63);
+    return *owned;
+}

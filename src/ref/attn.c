@@ -1,0 +1,55 @@
+/*
+ * ref/attn.c - plain-C reference of causal softmax attention: for every query row the full row of
+ * scores over its visible keys, a max-subtracted softmax and the weighted sum of values, all in
+ * double. Slow on purpose; the tiled fast path and the KV-cache decode are tested against it.
+ */
+#include "../internal.h"
+
+#include <math.h>
+
+dn_status dn_ref_attn_forward(const dn_attn_params *p) {
+    const int64_t G = p->H / p->HKV, D = p->D;
+    double *s = malloc(sizeof(double) * (size_t)(p->TK > 0 ? p->TK : 1));
+    double *acc = malloc(sizeof(double) * (size_t)D);
+    if (!s || !acc) {
+        free(s);
+        free(acc);
+        return dn_fail(DN_ERR_ALLOC, "attention reference: cannot allocate a score row");
+    }
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t h = 0; h < p->H; h++)
+            for (int64_t i = 0; i < p->TQ; i++) {
+                const int64_t kh = h / G, pos = p->TK - p->TQ + i;
+                int64_t lo = 0, hi = pos < p->TK - 1 ? pos : p->TK - 1;
+                if (p->window > 0 && pos - p->window + 1 > lo) lo = pos - p->window + 1;
+                const float *q = p->q + b * p->q_s.b + i * p->q_s.t + h * p->q_s.h;
+                float *o = p->o + b * p->o_s.b + i * p->o_s.t + h * p->o_s.h;
+                float *lse = p->lse ? p->lse + (b * p->H + h) * p->TQ + i : NULL;
+                if (hi < lo) { /* no visible key */
+                    for (int64_t d = 0; d < D; d++) o[d] = 0;
+                    if (lse) *lse = -INFINITY;
+                    continue;
+                }
+                double m = -INFINITY;
+                for (int64_t j = lo; j <= hi; j++) {
+                    const float *k = p->k + b * p->k_s.b + j * p->k_s.t + kh * p->k_s.h;
+                    double dot = 0;
+                    for (int64_t d = 0; d < D; d++) dot += (double)q[d] * k[d];
+                    s[j] = dot * p->scale;
+                    if (s[j] > m) m = s[j];
+                }
+                double sum = 0;
+                for (int64_t d = 0; d < D; d++) acc[d] = 0;
+                for (int64_t j = lo; j <= hi; j++) {
+                    const float *v = p->v + b * p->v_s.b + j * p->v_s.t + kh * p->v_s.h;
+                    double w = exp(s[j] - m);
+                    sum += w;
+                    for (int64_t d = 0; d < D; d++) acc[d] += w * v[d];
+                }
+                for (int64_t d = 0; d < D; d++) o[d] = (float)(acc[d] / sum);
+                if (lse) *lse = (float)(m + log(sum));
+            }
+    free(s);
+    free(acc);
+    return DN_OK;
+}
