@@ -56,7 +56,7 @@ CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 
 # --- sources ------------------------------------------------------------------------------------
 LIB_SRC    := src/core.c src/la.c src/attn.c src/ref/gdn.c src/ref/attn.c src/cpu/dispatch.c
-KERNEL_SRC := src/cpu/gdn.c src/cpu/attn.c
+KERNEL_SRC := src/cpu/gdn.c src/cpu/attn.c src/cpu/probe.c
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
 HEADERS    := include/deltanet.h src/internal.h src/half.h src/cpu/simd.h src/cpu/gemm.h
@@ -103,7 +103,7 @@ $(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ibench -Itests -c $< -o $@
 
-$(TOOL): $(BUILD)/tools/deltanet.o $(BUILD)/bench/gdn.o $(STATIC)
+$(TOOL): $(BUILD)/tools/deltanet.o $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(STATIC)

@@ -279,9 +279,12 @@ DN_API dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o
 /* Measured fp32 FMA throughput of the active ISA over n_threads threads (0: default), in GFLOP/s
  * (one FMA = 2 FLOP). Runs for about `seconds`. */
 DN_API double dn_measure_fma_peak(int n_threads, double seconds);
-/* Measured memory copy bandwidth over n_threads threads, in GB/s, counting bytes read plus bytes
- * written (the STREAM convention), on a buffer well past the last-level cache. */
+/* Measured memory copy bandwidth over n_threads threads: bytes copied per second by memcpy (each
+ * byte is read once and written once; the STREAM convention would count it twice), in GB/s, on
+ * buffers well past the last-level cache. */
 DN_API double dn_measure_copy_bandwidth(int n_threads, double seconds);
+/* Measured bandwidth of a pure streaming read over n_threads threads, in GB/s. */
+DN_API double dn_measure_read_bandwidth(int n_threads, double seconds);
 
 #ifdef __cplusplus
 }

@@ -77,6 +77,7 @@ typedef struct {
                    dn_strides q_s, int64_t TQ, int64_t H, float scale, int64_t window,
                    int nthreads, void *ws);
     double (*fma_peak)(long iters, double *flops);
+    float (*read_sum)(const float *x, int64_t n);
 } dn_cpu_kernels;
 
 const dn_cpu_kernels *dn_cpu(void);
@@ -91,7 +92,8 @@ const dn_cpu_kernels *dn_cpu(void);
     void dn_cpu_decode_##isa(const dn_kv_view *kv, float *o, dn_strides o_s, float *lse,       \
                              const float *q, dn_strides q_s, int64_t TQ, int64_t H,            \
                              float scale, int64_t window, int nthreads, void *ws);             \
-    double dn_cpu_fma_peak_##isa(long iters, double *flops);
+    double dn_cpu_fma_peak_##isa(long iters, double *flops);                                   \
+    float dn_cpu_read_sum_##isa(const float *x, int64_t n);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)

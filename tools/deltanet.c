@@ -10,15 +10,21 @@
 
 static void usage(void) {
     printf("usage: deltanet <command> [options]\n"
-           "  bench   Gated DeltaNet (and family) forward: decode and prefill speed against the\n"
-           "          machine's measured FMA peak (deltanet bench --help for options)\n"
+           "  bench [gdn]  Gated DeltaNet (and family) forward: decode and prefill speed against\n"
+           "               the machine's measured FMA peak (deltanet bench --help for options)\n"
+           "  bench attn   causal softmax attention: tiled prefill, and KV-cache decode against\n"
+           "               the measured copy bandwidth (deltanet bench attn --help)\n"
            "  info    what this build and machine provide\n"
            "With no command, runs `bench` with its defaults.\n");
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) return dn_bench_gdn_main(argc, argv);
-    if (!strcmp(argv[1], "bench")) return dn_bench_gdn_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "bench")) {
+        if (argc > 2 && !strcmp(argv[2], "attn")) return dn_bench_attn_main(argc - 2, argv + 2);
+        if (argc > 2 && !strcmp(argv[2], "gdn")) return dn_bench_gdn_main(argc - 2, argv + 2);
+        return dn_bench_gdn_main(argc - 1, argv + 1);
+    }
     if (!strcmp(argv[1], "info")) {
         printf("%s\n", dn_build_info());
         printf("best SIMD level: %s, threads: %d\n", dn_isa_name(dn_isa_best()),

@@ -174,34 +174,6 @@ void DN_ISA_FN(dn_cpu_attn_forward)(const dn_attn_params *p, int nthreads, void 
  * Decode over the KV cache
  * ------------------------------------------------------------------------------------------- */
 
-/* One cached row as fp32: f32 rows are used in place, 16-bit rows converted into buf. */
-static inline const float *kv_row(const dn_kv_view *kv, const void *base, int64_t off, int64_t D,
-                                  float *buf) {
-    if (kv->dtype == DN_F32) return (const float *)base + off;
-    const uint16_t *h = (const uint16_t *)base + off;
-    int64_t d = 0;
-    if (kv->dtype == DN_BF16) {
-        typedef uint16_t vh __attribute__((vector_size(DN_VW * sizeof(uint16_t))));
-        for (; d + DN_VW <= D; d += DN_VW) {
-            vh x;
-            memcpy(&x, h + d, sizeof x);
-            vi wide = __builtin_convertvector(x, vi) << 16;
-            vstore(buf + d, (vf)wide);
-        }
-        for (; d < D; d++) buf[d] = dn_bf16_to_f32(h[d]);
-    } else {
-#if defined(__AVX512F__)
-        for (; d + 16 <= D; d += 16)
-            _mm512_storeu_ps(buf + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + d))));
-#elif defined(__F16C__)
-        for (; d + 8 <= D; d += 8)
-            _mm256_storeu_ps(buf + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + d))));
-#endif
-        for (; d < D; d++) buf[d] = dn_f16_to_f32(h[d]);
-    }
-    return buf;
-}
-
 typedef struct {
     int64_t R, Dp, nsplit, jlo, jhi, per_split;
 } dec_plan;
@@ -225,11 +197,13 @@ static dec_plan dec_make_plan(const dn_kv_view *kv, int64_t TQ, int64_t H, int64
     return pl;
 }
 
-/* Partial results of one (b, kv head, split): m[R], l[R], O[R][Dp]. Scratch per thread:
- * q tile R x Dp, scores R x DEC_BLK, two converted rows. */
-static size_t dec_partial_floats(const dec_plan *pl) { return ROUND_UP((size_t)(pl->R * (pl->Dp + 2)), 16); }
+/* Partial results of one (b, kv head, split): m[R], l[R], O[R][Dp]. Scratch per thread: the
+ * q tile R x Dp and the scores R x DEC_BLK. */
+static size_t dec_partial_floats(const dec_plan *pl) {
+    return ROUND_UP((size_t)(pl->R * (pl->Dp + 2)), 16);
+}
 static size_t dec_thread_floats(const dec_plan *pl) {
-    return ROUND_UP((size_t)(pl->R * pl->Dp + pl->R * DEC_BLK + 2 * pl->Dp), 16);
+    return ROUND_UP((size_t)(pl->R * pl->Dp + pl->R * DEC_BLK), 16);
 }
 
 size_t DN_ISA_FN(dn_cpu_decode_workspace)(const dn_kv_view *kv, int64_t TQ, int64_t H,
@@ -240,11 +214,111 @@ size_t DN_ISA_FN(dn_cpu_decode_workspace)(const dn_kv_view *kv, int64_t TQ, int6
                             dec_thread_floats(&pl) * (size_t)nthreads);
 }
 
+/* Loading DN_VW cached values as fp32, and one value, per storage type: the decode loops below are
+ * instantiated once per type so that 16-bit caches convert in registers, with no extra pass. */
+static inline vf ld_f32(const void *p, int64_t i) { return vload((const float *)p + i); }
+static inline float ld1_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
+static inline vf ld_bf16(const void *p, int64_t i) {
+    typedef uint16_t vh __attribute__((vector_size(DN_VW * sizeof(uint16_t))));
+    vh x;
+    memcpy(&x, (const uint16_t *)p + i, sizeof x);
+    return (vf)(__builtin_convertvector(x, vi) << 16);
+}
+static inline float ld1_bf16(const void *p, int64_t i) {
+    return dn_bf16_to_f32(((const uint16_t *)p)[i]);
+}
+static inline vf ld_f16(const void *p, int64_t i) {
+    const uint16_t *h = (const uint16_t *)p + i;
+#if defined(__AVX512F__)
+    return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
+#elif defined(__F16C__)
+    return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+#else
+    vf r;
+    for (int k = 0; k < DN_VW; k++) r[k] = dn_f16_to_f32(h[k]);
+    return r;
+#endif
+}
+static inline float ld1_f16(const void *p, int64_t i) {
+    return dn_f16_to_f32(((const uint16_t *)p)[i]);
+}
+
+/* s[j] = q . k_j for nk keys (rows of D values starting at element row0 * D), four keys at a time
+ * so that four FMA chains overlap; and o += sum_j p[j] v_j with o held in registers across keys,
+ * eight vectors at a time. */
+#define DEC_LOOPS(T)                                                                               \
+    static void dec_scores_##T(float *s, const float *q, const void *K, int64_t row0, int64_t nk, \
+                               int64_t D) {                                                        \
+        const int64_t Dv = D / DN_VW * DN_VW;                                                      \
+        int64_t j = 0;                                                                             \
+        for (; j + 4 <= nk; j += 4) {                                                              \
+            const int64_t r0 = (row0 + j) * D;                                                     \
+            for (int64_t d = 0; d < 4 * D; d += 64 / (int64_t)sizeof(float))                       \
+                __builtin_prefetch((const char *)K + (r0 + DEC_AHEAD * D) * ESZ_##T + d * ESZ_##T); \
+            vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                             \
+            for (int64_t d = 0; d < Dv; d += DN_VW) {                                              \
+                vf qv = vload(q + d);                                                              \
+                a0 += qv * ld_##T(K, r0 + d);                                                      \
+                a1 += qv * ld_##T(K, r0 + D + d);                                                  \
+                a2 += qv * ld_##T(K, r0 + 2 * D + d);                                              \
+                a3 += qv * ld_##T(K, r0 + 3 * D + d);                                              \
+            }                                                                                      \
+            float s0 = vhsum(a0), s1 = vhsum(a1), s2 = vhsum(a2), s3 = vhsum(a3);                  \
+            for (int64_t d = Dv; d < D; d++) {                                                     \
+                s0 += q[d] * ld1_##T(K, r0 + d), s1 += q[d] * ld1_##T(K, r0 + D + d);              \
+                s2 += q[d] * ld1_##T(K, r0 + 2 * D + d), s3 += q[d] * ld1_##T(K, r0 + 3 * D + d);  \
+            }                                                                                      \
+            s[j] = s0, s[j + 1] = s1, s[j + 2] = s2, s[j + 3] = s3;                                \
+        }                                                                                          \
+        for (; j < nk; j++) {                                                                      \
+            const int64_t r0 = (row0 + j) * D;                                                     \
+            vf a0 = vzero();                                                                       \
+            for (int64_t d = 0; d < Dv; d += DN_VW) a0 += vload(q + d) * ld_##T(K, r0 + d);        \
+            float s0 = vhsum(a0);                                                                  \
+            for (int64_t d = Dv; d < D; d++) s0 += q[d] * ld1_##T(K, r0 + d);                      \
+            s[j] = s0;                                                                             \
+        }                                                                                          \
+    }                                                                                              \
+    static void dec_accumulate_##T(float *o, const float *p, const void *Vc, int64_t row0,        \
+                                   int64_t nk, int64_t D) {                                        \
+        const int64_t Dv = D / DN_VW * DN_VW;                                                      \
+        int64_t d0 = 0;                                                                            \
+        for (; d0 + 8 * DN_VW <= Dv; d0 += 8 * DN_VW) {                                            \
+            vf acc[8];                                                                             \
+            for (int c = 0; c < 8; c++) acc[c] = vload(o + d0 + c * DN_VW);                        \
+            for (int64_t j = 0; j < nk; j++) {                                                     \
+                vf pj = vset1(p[j]);                                                               \
+                const int64_t r0 = (row0 + j) * D + d0;                                            \
+                for (int64_t d = 0; d < 8 * DN_VW; d += 64 / (int64_t)sizeof(float))               \
+                    __builtin_prefetch((const char *)Vc + (r0 + DEC_AHEAD * D + d) * ESZ_##T);     \
+                for (int c = 0; c < 8; c++) acc[c] += pj * ld_##T(Vc, r0 + c * DN_VW);            \
+            }                                                                                      \
+            for (int c = 0; c < 8; c++) vstore(o + d0 + c * DN_VW, acc[c]);                       \
+        }                                                                                          \
+        for (; d0 < Dv; d0 += DN_VW) {                                                             \
+            vf acc = vload(o + d0);                                                                \
+            for (int64_t j = 0; j < nk; j++) acc += vset1(p[j]) * ld_##T(Vc, (row0 + j) * D + d0); \
+            vstore(o + d0, acc);                                                                   \
+        }                                                                                          \
+        for (int64_t d = Dv; d < D; d++) {                                                         \
+            float acc = o[d];                                                                      \
+            for (int64_t j = 0; j < nk; j++) acc += p[j] * ld1_##T(Vc, (row0 + j) * D + d);        \
+            o[d] = acc;                                                                            \
+        }                                                                                          \
+    }
+#define ESZ_f32 4
+#define ESZ_bf16 2
+#define ESZ_f16 2
+#define DEC_AHEAD 16 /* rows of software prefetch ahead of the loads */
+DEC_LOOPS(f32)
+DEC_LOOPS(bf16)
+DEC_LOOPS(f16)
+
 static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, dn_strides q_s,
                      int64_t TQ, int64_t H, float scale, int64_t window, int64_t b, int64_t kh,
                      int64_t split, float *part, float *scratch) {
     const int64_t G = H / kv->HKV, D = kv->D, Dp = pl->Dp, R = pl->R;
-    float *Q = scratch, *S = Q + R * Dp, *kb = S + R * DEC_BLK, *vb = kb + Dp;
+    float *Q = scratch, *S = Q + R * Dp;
     float *m = part, *l = part + R, *O = part + 2 * R;
     for (int64_t r = 0; r < R; r++) {
         const int64_t g = r / TQ, i = r % TQ;
@@ -257,25 +331,20 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
     const int64_t s0 = pl->jlo + split * pl->per_split;
     const int64_t s1 = s0 + pl->per_split - 1 < pl->jhi ? s0 + pl->per_split - 1 : pl->jhi;
     const int64_t rowbase = (b * kv->HKV + kh) * kv->cap;
-    const int64_t Dv = D / DN_VW * DN_VW;
 
     for (int64_t j0 = s0; j0 <= s1; j0 += DEC_BLK) {
         const int64_t nk = s1 + 1 - j0 < DEC_BLK ? s1 + 1 - j0 : DEC_BLK, nkp = ROUND_UP(nk, DN_VW);
-        for (int64_t jj = 0; jj < nk; jj++) {
-            const float *k = kv_row(kv, kv->k, (rowbase + j0 + jj) * D, D, kb);
-            if (jj + 1 < nk && kv->dtype == DN_F32)
-                for (int64_t d = 0; d < D; d += 16)
-                    __builtin_prefetch((const float *)kv->k + (rowbase + j0 + jj + 4) * D + d);
-            for (int64_t r = 0; r < R; r++) {
-                const float *qr = Q + r * Dp;
-                vf acc = vzero();
-                int64_t d = 0;
-                for (; d < Dv; d += DN_VW) acc += vload(qr + d) * vload(k + d);
-                float s = vhsum(acc);
-                for (; d < D; d++) s += qr[d] * k[d];
-                S[r * DEC_BLK + jj] = s;
-            }
+        for (int64_t r = 0; r < R; r++) {
+            float *s = S + r * DEC_BLK;
+            const float *qr = Q + r * Dp;
+            if (kv->dtype == DN_F32)
+                dec_scores_f32(s, qr, kv->k, rowbase + j0, nk, D);
+            else if (kv->dtype == DN_BF16)
+                dec_scores_bf16(s, qr, kv->k, rowbase + j0, nk, D);
+            else
+                dec_scores_f16(s, qr, kv->k, rowbase + j0, nk, D);
         }
+        int any = 0;
         for (int64_t r = 0; r < R; r++) {
             const int64_t pos = kv->len - TQ + r % TQ;
             int64_t a = window > 0 ? pos - window + 1 - j0 : 0, e = pos - j0;
@@ -286,23 +355,23 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
                 memset(s, 0, sizeof(float) * (size_t)nkp);
                 continue;
             }
+            any = 1;
             float alpha = softmax_row(s, nkp, a, e, &m[r], &l[r]);
             if (alpha != 1.0f) {
                 vf av = vset1(alpha);
                 for (int64_t d = 0; d < Dp; d += DN_VW) vstore(O + r * Dp + d, av * vload(O + r * Dp + d));
             }
         }
-        for (int64_t jj = 0; jj < nk; jj++) {
-            const float *v = kv_row(kv, kv->v, (rowbase + j0 + jj) * D, D, vb);
-            for (int64_t r = 0; r < R; r++) {
-                const float pr = S[r * DEC_BLK + jj];
-                if (pr == 0.0f) continue;
-                vf pv = vset1(pr);
-                float *o = O + r * Dp;
-                int64_t d = 0;
-                for (; d < Dv; d += DN_VW) vstore(o + d, vload(o + d) + pv * vload(v + d));
-                for (; d < D; d++) o[d] += pr * v[d];
-            }
+        if (!any) continue;
+        for (int64_t r = 0; r < R; r++) {
+            float *o = O + r * Dp;
+            const float *pr = S + r * DEC_BLK;
+            if (kv->dtype == DN_F32)
+                dec_accumulate_f32(o, pr, kv->v, rowbase + j0, nk, D);
+            else if (kv->dtype == DN_BF16)
+                dec_accumulate_bf16(o, pr, kv->v, rowbase + j0, nk, D);
+            else
+                dec_accumulate_f16(o, pr, kv->v, rowbase + j0, nk, D);
         }
     }
 }

@@ -425,24 +425,3 @@ void DN_ISA_FN(dn_cpu_la_forward)(const dn_la_params *p, dn_impl impl, int nthre
 #endif
 }
 
-/* ---------------------------------------------------------------------------------------------
- * FMA throughput probe: independent multiply-adds on as many accumulators as the pipeline needs.
- * ------------------------------------------------------------------------------------------- */
-#define PEAK_ACC 12
-double DN_ISA_FN(dn_cpu_fma_peak)(long iters, double *flops) {
-    volatile float seed = 1.0f;
-    vf acc[PEAK_ACC], a = vset1(seed * 0.999999f), c = vset1(seed * 1e-7f);
-    for (int r = 0; r < PEAK_ACC; r++) acc[r] = vset1(seed + (float)r);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (long it = 0; it < iters; it++) {
-        for (int r = 0; r < PEAK_ACC; r++) acc[r] = acc[r] * a + c;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    vf sum = vzero();
-    for (int r = 0; r < PEAK_ACC; r++) sum += acc[r];
-    volatile float sink = sum[0];
-    (void)sink;
-    *flops = (double)iters * PEAK_ACC * DN_VW * 2.0;
-    return (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-}

@@ -39,10 +39,27 @@ static inline void vstore(float *p, vf x) { memcpy(p, &x, sizeof x); }
 static inline vf vset1(float x) { return (vf){0} + x; }
 static inline vf vzero(void) { return (vf){0}; }
 
+/* Horizontal sum by halving: 16 -> 8 -> 4 lanes in vector adds, then the last four. */
+typedef float vf4 __attribute__((vector_size(4 * sizeof(float))));
 static inline float vhsum(vf x) {
-    float s = 0;
-    for (int i = 0; i < DN_VW; i++) s += x[i];
-    return s;
+#if DN_VW >= 8
+    typedef float vhalf __attribute__((vector_size(DN_VW / 2 * sizeof(float))));
+    vhalf a, b;
+    memcpy(&a, &x, sizeof a);
+    memcpy(&b, (char *)&x + sizeof a, sizeof b);
+    a += b;
+#if DN_VW == 16
+    vf4 c, d;
+    memcpy(&c, &a, sizeof c);
+    memcpy(&d, (char *)&a + sizeof c, sizeof d);
+    c += d;
+#else
+    vf4 c = a;
+#endif
+#else
+    vf4 c = x;
+#endif
+    return (c[0] + c[2]) + (c[1] + c[3]);
 }
 
 /* sum a[i] b[i] with vector partial sums (a plain loop would be summed lane by lane in order,
