@@ -55,8 +55,11 @@ CPU_ISA   := $(shell grep -q avx512f /proc/cpuinfo 2>/dev/null && echo avx512 ||
 CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 
 # --- sources ------------------------------------------------------------------------------------
-LIB_SRC    := src/core.c src/la.c src/attn.c src/ref/gdn.c src/ref/attn.c src/cpu/dispatch.c
-KERNEL_SRC := src/cpu/gdn.c src/cpu/attn.c src/cpu/probe.c
+LIB_SRC    := src/core.c src/check.c src/la.c src/attn.c src/mamba.c src/rwkv4.c src/conv.c \
+              src/ref/gdn.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
+              src/cpu/dispatch.c
+KERNEL_SRC := src/cpu/gdn.c src/cpu/attn.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
+              src/cpu/conv.c
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
 HEADERS    := include/deltanet.h src/internal.h src/half.h src/cpu/simd.h src/cpu/gemm.h
@@ -106,7 +109,7 @@ $(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h)
 $(TOOL): $(BUILD)/tools/deltanet.o $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 test: info $(TEST)

@@ -79,10 +79,15 @@ typedef enum dn_op {
     DN_OP_DELTANET,        /* u = beta (v - S^T k); S = S + k u^T */
     DN_OP_GDN,             /* S = exp(g) S; u = beta (v - S^T k); S = S + k u^T */
     DN_OP_SOFTMAX_ATTN,    /* causal softmax attention, the Transformer baseline */
+    DN_OP_MAMBA1,          /* Mamba-1 selective scan, per-channel state [D,N] */
+    DN_OP_MAMBA2,          /* Mamba-2, through the scalar-gated linear attention (GLA) op */
+    DN_OP_RWKV4,           /* RWKV-4 WKV, decayed weighted key-value average */
+    DN_OP_SHORT_CONV,      /* short causal depthwise convolution before a mixer */
     DN_OP_COUNT
 } dn_op;
 
-/* "linear_attn", "gla", "deltanet", "gdn", "softmax_attn"; NULL for an unknown op. */
+/* "linear_attn", "gla", "deltanet", "gdn", "softmax_attn", "mamba1", "mamba2", "rwkv4",
+ * "short_conv"; NULL for an unknown op. */
 DN_API const char *dn_op_name(dn_op op);
 /* Parses a name as printed by dn_op_name. Returns DN_ERR_ARG for an unknown name. */
 DN_API dn_status dn_op_from_name(const char *name, dn_op *op);
@@ -272,6 +277,154 @@ DN_API dn_status dn_kv_cache_append(dn_kv_cache *c, const float *k, dn_strides k
 DN_API dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o_s, float *lse,
                                     const float *q, dn_strides q_s, int64_t TQ, int64_t H,
                                     float scale, int64_t window, int n_threads);
+
+/* ---------------------------------------------------------------------------------------------
+ * Mamba-1 selective scan
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Per channel d with state h[d][0..N):
+ *   dt' = softplus(dt + dt_bias) if dt_softplus, else dt + dt_bias (dt_bias optional)
+ *   h[d][n] = exp(dt' A[d][n]) h[d][n] + dt' Bm[g][n] x[d]      (g = d / (D/G), the group of d)
+ *   y[d] = sum_n Cm[g][n] h[d][n] + Dskip[d] x[d],  then y *= silu(z[d]) when z is given
+ * Shape contract (3-D tensors [B,T,D] take strides b and t; their h stride is ignored):
+ *   x, dt        [B,T,D]     strides x_s, dt_s
+ *   A            [D,N]       contiguous
+ *   Bm, Cm       [B,T,G,N]   strides Bm_s, Cm_s (G = 1: shared by all channels)  D % G == 0
+ *   Dskip        [D]         optional;  dt_bias [D] optional
+ *   z            [B,T,D]     optional output gate, strides z_s
+ *   y            [B,T,D]     strides y_s, written
+ *   initial_state, final_state  [B,D,N] contiguous, optional; may be the same buffer (in place)
+ * T = 1 with initial_state == final_state is the decode step.
+ */
+typedef struct dn_mamba_params {
+    int64_t B, T, D, N, G;
+    const float *x;
+    dn_strides x_s;
+    const float *dt;
+    dn_strides dt_s;
+    const float *A;
+    const float *Bm;
+    dn_strides Bm_s;
+    const float *Cm;
+    dn_strides Cm_s;
+    const float *Dskip;
+    const float *dt_bias;
+    int dt_softplus;
+    const float *z;
+    dn_strides z_s;
+    float *y;
+    dn_strides y_s;
+    const float *initial_state;
+    float *final_state;
+    dn_impl impl; /* DN_IMPL_AUTO (fast) or DN_IMPL_REF */
+    int n_threads;
+} dn_mamba_params;
+
+DN_API dn_mamba_params dn_mamba_params_default(int64_t B, int64_t T, int64_t D, int64_t N,
+                                               int64_t G);
+DN_API dn_status dn_mamba_forward(const dn_mamba_params *p);
+
+/* ---------------------------------------------------------------------------------------------
+ * Mamba-2 (SSD), computed by the scalar-gated linear attention op
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Per head h (P channels, state [N,P]), with dt' = softplus(dt + dt_bias) (or dt + dt_bias):
+ *   S = exp(dt' A[h]) S + Bm (dt' x)^T,   y = S^T Cm + Dskip[h] x
+ * which is GLA with g = dt' A[h], k = Bm, q = Cm, v = dt' x, scale = 1 (docs/OPS.md).
+ *   x   [B,T,H,P]  strides x_s        dt [B,T,H] strides dt_s      A [H]   Dskip, dt_bias [H] opt.
+ *   Bm, Cm [B,T,G,N] strides          H % G == 0 (head h reads group h / (H/G))
+ *   y   [B,T,H,P]  strides y_s        states [B,H,N,P] optional, in place allowed
+ * impl: DN_IMPL_AUTO, _RECURRENT, _CHUNK (as GLA) or DN_IMPL_REF (the Mamba-2 recurrence written
+ * directly, in double; not through GLA). Allocates O(B T H (P + 1)) floats for v and g.
+ */
+typedef struct dn_mamba2_params {
+    int64_t B, T, H, P, N, G;
+    const float *x;
+    dn_strides x_s;
+    const float *dt;
+    dn_strides dt_s;
+    const float *A;
+    const float *Bm;
+    dn_strides Bm_s;
+    const float *Cm;
+    dn_strides Cm_s;
+    const float *Dskip;
+    const float *dt_bias;
+    int dt_softplus;
+    float *y;
+    dn_strides y_s;
+    const float *initial_state;
+    float *final_state;
+    dn_impl impl;
+    int chunk_size;
+    int n_threads;
+} dn_mamba2_params;
+
+DN_API dn_mamba2_params dn_mamba2_params_default(int64_t B, int64_t T, int64_t H, int64_t P,
+                                                 int64_t N, int64_t G);
+DN_API dn_status dn_mamba2_forward(const dn_mamba2_params *p);
+
+/* ---------------------------------------------------------------------------------------------
+ * RWKV-4 WKV
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Per channel c, with w = -exp(time_decay[c]), u = time_first[c], in the running-maximum form
+ * (num and den kept scaled by exp(-m)):
+ *   wkv_t = (num + e^{u+k_t} v_t) / (den + e^{u+k_t});  num = e^w num + e^{k_t} v_t;
+ *   den = e^w den + e^{k_t}
+ *   k, v   [B,T,C]  strides k_s, v_s (b and t)          time_decay, time_first [C]
+ *   y      [B,T,C]  strides y_s, written
+ *   state  [B,3,C]  optional in and out: rows num, den, m; NULL initial state means num = den =
+ *                   0, m = -1e38. In place allowed. Finite for |k| of 100 and beyond.
+ */
+typedef struct dn_rwkv4_params {
+    int64_t B, T, C;
+    const float *k;
+    dn_strides k_s;
+    const float *v;
+    dn_strides v_s;
+    const float *time_decay, *time_first;
+    float *y;
+    dn_strides y_s;
+    const float *initial_state;
+    float *final_state;
+    dn_impl impl; /* DN_IMPL_AUTO or DN_IMPL_REF */
+    int n_threads;
+} dn_rwkv4_params;
+
+DN_API dn_rwkv4_params dn_rwkv4_params_default(int64_t B, int64_t T, int64_t C);
+DN_API dn_status dn_rwkv4_forward(const dn_rwkv4_params *p);
+
+/* ---------------------------------------------------------------------------------------------
+ * Short causal depthwise convolution (before Mamba and Gated DeltaNet mixers)
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ *   y[t][d] = bias[d] + sum_{j<W} weight[d][j] x[t - W + 1 + j][d],  then SiLU if silu
+ * inputs before the sequence start come from the state (the W-1 previous inputs, oldest first).
+ *   x, y    [B,T,D]   strides x_s, y_s (b and t)   weight [D,W] contiguous (W = 2, 3 or 4)
+ *   bias    [D] optional
+ *   initial_state, final_state  [B,D,W-1] optional (zeros when absent), in place allowed
+ */
+typedef struct dn_conv_params {
+    int64_t B, T, D, W;
+    const float *x;
+    dn_strides x_s;
+    const float *weight, *bias;
+    int silu;
+    float *y;
+    dn_strides y_s;
+    const float *initial_state;
+    float *final_state;
+    dn_impl impl; /* DN_IMPL_AUTO or DN_IMPL_REF */
+    int n_threads;
+} dn_conv_params;
+
+DN_API dn_conv_params dn_conv_params_default(int64_t B, int64_t T, int64_t D, int64_t W);
+DN_API dn_status dn_conv_forward(const dn_conv_params *p);
 
 /* ---------------------------------------------------------------------------------------------
  * Measuring the machine (used by the benchmarks)

@@ -25,25 +25,6 @@ dn_attn_params dn_attn_params_default(int64_t B, int64_t T, int64_t H, int64_t H
     return p;
 }
 
-static int strides_ok(dn_strides s) { return s.b >= 0 && s.t >= 0 && s.h >= 0; }
-
-/* Rows of an output view never share an element (same test as for the linear family). */
-static int rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D) {
-    int64_t st[3] = {s.b, s.t, s.h}, ext[3] = {n0, n1, n2};
-    for (int i = 0; i < 3; i++)
-        for (int j = i; j > 0 && st[j] < st[j - 1]; j--) {
-            int64_t a = st[j], e = ext[j];
-            st[j] = st[j - 1], ext[j] = ext[j - 1];
-            st[j - 1] = a, ext[j - 1] = e;
-        }
-    int64_t span = D;
-    for (int i = 0; i < 3; i++) {
-        if (ext[i] <= 1) continue;
-        if (st[i] < span) return 0;
-        span = st[i] * (ext[i] - 1) + span;
-    }
-    return 1;
-}
 
 static dn_status check_heads(const char *who, int64_t H, int64_t HKV, int64_t D) {
     if (H < 1 || HKV < 1 || D < 1)
@@ -69,9 +50,9 @@ dn_status dn_attn_check(const dn_attn_params *p) {
         return dn_fail(DN_ERR_SHAPE, "softmax_attn: sizes overflow 64-bit indexing");
     if (!p->q || !p->k || !p->v || !p->o)
         return dn_fail(DN_ERR_NULL, "softmax_attn: q, k, v and o are required");
-    if (!strides_ok(p->q_s) || !strides_ok(p->k_s) || !strides_ok(p->v_s) || !strides_ok(p->o_s))
+    if (!dn_strides_ok(p->q_s) || !dn_strides_ok(p->k_s) || !dn_strides_ok(p->v_s) || !dn_strides_ok(p->o_s))
         return dn_fail(DN_ERR_STRIDE, "softmax_attn: strides must be non-negative");
-    if (!rows_disjoint(p->o_s, p->B, p->TQ, p->H, p->D))
+    if (!dn_rows_disjoint(p->o_s, p->B, p->TQ, p->H, p->D))
         return dn_fail(DN_ERR_STRIDE, "softmax_attn: o strides (%lld, %lld, %lld) make rows overlap",
                        (long long)p->o_s.b, (long long)p->o_s.t, (long long)p->o_s.h);
     if (!isfinite(p->scale)) return dn_fail(DN_ERR_ARG, "softmax_attn: scale must be finite");
@@ -219,7 +200,7 @@ dn_status dn_kv_cache_append(dn_kv_cache *c, const float *k, dn_strides k_s, con
     if (T < 0) return dn_fail(DN_ERR_SHAPE, "kv cache append: T = %lld is negative", (long long)T);
     if (T == 0) return DN_OK;
     if (!k || !v) return dn_fail(DN_ERR_NULL, "kv cache append: k and v are required");
-    if (!strides_ok(k_s) || !strides_ok(v_s))
+    if (!dn_strides_ok(k_s) || !dn_strides_ok(v_s))
         return dn_fail(DN_ERR_STRIDE, "kv cache append: strides must be non-negative");
     if (c->len + T > c->cap) {
         if (!(c->flags & DN_KV_GROW))
@@ -250,7 +231,7 @@ dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o_s, flo
     dn_status st = check_heads("kv cache attend", H, c->HKV, c->D);
     if (st != DN_OK) return st;
     if (TQ < 1) return dn_fail(DN_ERR_SHAPE, "kv cache attend: TQ = %lld", (long long)TQ);
-    if (!strides_ok(q_s) || !strides_ok(o_s) || !rows_disjoint(o_s, c->B, TQ, H, c->D))
+    if (!dn_strides_ok(q_s) || !dn_strides_ok(o_s) || !dn_rows_disjoint(o_s, c->B, TQ, H, c->D))
         return dn_fail(DN_ERR_STRIDE, "kv cache attend: negative strides or overlapping o rows");
     if (!isfinite(scale)) return dn_fail(DN_ERR_ARG, "kv cache attend: scale must be finite");
     if (window < 0) return dn_fail(DN_ERR_ARG, "kv cache attend: window is negative");

@@ -30,6 +30,10 @@ static const char *const op_names[] = {
     [DN_OP_DELTANET] = "deltanet",
     [DN_OP_GDN] = "gdn",
     [DN_OP_SOFTMAX_ATTN] = "softmax_attn",
+    [DN_OP_MAMBA1] = "mamba1",
+    [DN_OP_MAMBA2] = "mamba2",
+    [DN_OP_RWKV4] = "rwkv4",
+    [DN_OP_SHORT_CONV] = "short_conv",
 };
 _Static_assert(DN_COUNTOF(op_names) == DN_OP_COUNT, "op name table out of date");
 
@@ -63,7 +67,7 @@ dn_status dn_op_from_name(const char *name, dn_op *op) {
             return DN_OK;
         }
     return dn_fail(DN_ERR_ARG, "unknown op '%s' (expected one of linear_attn, gla, deltanet, gdn, "
-                               "softmax_attn)", name);
+                               "softmax_attn, mamba1, mamba2, rwkv4, short_conv)", name);
 }
 
 const char *dn_impl_name(dn_impl impl) {

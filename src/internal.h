@@ -51,11 +51,23 @@ static inline void dn_la_seq(const dn_la_params *p, int64_t n, int64_t *b, int64
 
 int dn_threads_for(int requested);
 
+/* Shared argument checks (src/check.c). An output view's rows (n0 x n1 x n2 rows of D elements)
+ * must not share elements; views of 3-D tensors [B,T,D] pass n2 = 1. */
+int dn_strides_ok(dn_strides s);
+int dn_rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D);
+dn_status dn_check_output(const char *op, const char *name, const float *ptr, dn_strides s,
+                          int64_t n0, int64_t n1, int64_t n2, int64_t D);
+dn_status dn_check_input(const char *op, const char *name, const float *ptr, dn_strides s);
+
 /* Reference (plain C, double accumulation): src/ref/gdn.c */
 dn_status dn_ref_la_forward(const dn_la_params *p);
 
-/* Reference of causal softmax attention: src/ref/attn.c */
+/* References (plain C, double): src/ref/ */
 dn_status dn_ref_attn_forward(const dn_attn_params *p);
+dn_status dn_ref_mamba_forward(const dn_mamba_params *p);
+dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p);
+dn_status dn_ref_rwkv4_forward(const dn_rwkv4_params *p);
+dn_status dn_ref_conv_forward(const dn_conv_params *p);
 
 /* A KV cache as the kernels see it: [B,HKV,cap,D] keys and values of dtype, len tokens valid. */
 typedef struct {
@@ -78,6 +90,9 @@ typedef struct {
                    int nthreads, void *ws);
     double (*fma_peak)(long iters, double *flops);
     float (*read_sum)(const float *x, int64_t n);
+    void (*mamba_forward)(const dn_mamba_params *p, int nthreads);
+    void (*rwkv4_forward)(const dn_rwkv4_params *p, int nthreads);
+    void (*conv_forward)(const dn_conv_params *p, int nthreads);
 } dn_cpu_kernels;
 
 const dn_cpu_kernels *dn_cpu(void);
@@ -93,7 +108,10 @@ const dn_cpu_kernels *dn_cpu(void);
                              const float *q, dn_strides q_s, int64_t TQ, int64_t H,            \
                              float scale, int64_t window, int nthreads, void *ws);             \
     double dn_cpu_fma_peak_##isa(long iters, double *flops);                                   \
-    float dn_cpu_read_sum_##isa(const float *x, int64_t n);
+    float dn_cpu_read_sum_##isa(const float *x, int64_t n);                                   \
+    void dn_cpu_mamba_forward_##isa(const dn_mamba_params *p, int nthreads);                   \
+    void dn_cpu_rwkv4_forward_##isa(const dn_rwkv4_params *p, int nthreads);                   \
+    void dn_cpu_conv_forward_##isa(const dn_conv_params *p, int nthreads);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)

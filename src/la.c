@@ -38,26 +38,6 @@ dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int
     return p;
 }
 
-static int strides_ok(dn_strides s) { return s.b >= 0 && s.t >= 0 && s.h >= 0; }
-
-/* True when the rows of an output view [n0,n1,n2,D] (strides s) never share an element: sorted by
- * stride, each dimension must step over the whole extent of the ones inside it. */
-static int rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D) {
-    int64_t st[3] = {s.b, s.t, s.h}, ext[3] = {n0, n1, n2};
-    for (int i = 0; i < 3; i++) /* insertion sort by stride */
-        for (int j = i; j > 0 && st[j] < st[j - 1]; j--) {
-            int64_t a = st[j], e = ext[j];
-            st[j] = st[j - 1], ext[j] = ext[j - 1];
-            st[j - 1] = a, ext[j - 1] = e;
-        }
-    int64_t span = D;
-    for (int i = 0; i < 3; i++) {
-        if (ext[i] <= 1) continue;
-        if (st[i] < span) return 0;
-        span = st[i] * (ext[i] - 1) + span;
-    }
-    return 1;
-}
 
 static int mul_ok(int64_t a, int64_t b) { return a == 0 || b <= INT64_MAX / a; }
 
@@ -92,11 +72,11 @@ dn_status dn_la_check(const dn_la_params *p) {
     if (!dn_op_has_delta(p->op) && p->beta)
         return dn_fail(DN_ERR_ARG, "%s has no delta rule but beta was given (use deltanet or gdn)",
                        name);
-    if (!strides_ok(p->q_s) || !strides_ok(p->k_s) || !strides_ok(p->v_s) || !strides_ok(p->o_s) ||
-        !strides_ok(p->g_s) || !strides_ok(p->beta_s))
+    if (!dn_strides_ok(p->q_s) || !dn_strides_ok(p->k_s) || !dn_strides_ok(p->v_s) || !dn_strides_ok(p->o_s) ||
+        !dn_strides_ok(p->g_s) || !dn_strides_ok(p->beta_s))
         return dn_fail(DN_ERR_STRIDE, "%s: strides must be non-negative", name);
     /* Output rows must not alias each other: each (b,t,h) row of o needs its own V elements. */
-    if (!rows_disjoint(p->o_s, p->B, p->T, p->HV, p->V))
+    if (!dn_rows_disjoint(p->o_s, p->B, p->T, p->HV, p->V))
         return dn_fail(DN_ERR_STRIDE, "%s: o strides (%lld, %lld, %lld) make output rows overlap",
                        name, (long long)p->o_s.b, (long long)p->o_s.t, (long long)p->o_s.h);
     if (!(isfinite(p->scale)))

@@ -8,6 +8,7 @@
 
 extern const test_case dn_tests_gdn[];
 extern const test_case dn_tests_attn[];
+extern const test_case dn_tests_ssm[];
 
 static double now(void) {
     struct timespec t;
@@ -23,7 +24,7 @@ static int selected(const char *name, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    const test_case *suites[] = {dn_tests_gdn, dn_tests_attn};
+    const test_case *suites[] = {dn_tests_gdn, dn_tests_attn, dn_tests_ssm};
     printf("%s\n", dn_build_info());
     int failed = 0, run = 0;
     double t_all = now();

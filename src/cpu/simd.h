@@ -77,13 +77,15 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* exp(x) for x <= 0 (the only sign the kernels exponentiate), about 2 ulp: x = n ln2 + r with
- * |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^n put into the exponent bits. Inputs below
- * -87.3 (where e^x leaves the normal range) give 0. */
-static inline vf vexp_neg(vf x) {
-    const vf lo = vset1(-87.3f);
+/* exp(x), about 2 ulp: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^n
+ * put into the exponent bits. Inputs below -87.3 (where e^x leaves the normal range) give 0;
+ * inputs above 88 are clamped there (e^88 = 1.65e38), so the result is always finite. */
+static inline vf vexp(vf x) {
+    const vf lo = vset1(-87.3f), hi = vset1(88.0f);
     vi keep = x >= lo;
+    vi over = x > hi;
     x = (vf)(((vi)x & keep) | ((vi)lo & ~keep));
+    x = (vf)(((vi)x & ~over) | ((vi)hi & over));
     const vf shifter = vset1(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
     vf nf = x * vset1(1.44269504088896341f) + shifter;
     nf -= shifter;
@@ -99,6 +101,14 @@ static inline vf vexp_neg(vf x) {
     vi n = __builtin_convertvector(nf, vi);
     vf scale = (vf)((n + 127) << 23);
     return (vf)((vi)(p * scale) & keep);
+}
+
+/* The kernels' decays and softmax weights: arguments known to be <= 0. */
+static inline vf vexp_neg(vf x) { return vexp(x); }
+
+static inline vf vmax(vf a, vf b) {
+    vi gt = a > b;
+    return (vf)(((vi)a & gt) | ((vi)b & ~gt));
 }
 
 #define DN_CAT2(a, b) a##_##b

@@ -1,0 +1,155 @@
+/*
+ * mamba.c - public entry points of the Mamba selective scans: argument checks, Mamba-1 dispatch,
+ * and Mamba-2 expressed through the scalar-gated linear attention op.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+dn_mamba_params dn_mamba_params_default(int64_t B, int64_t T, int64_t D, int64_t N, int64_t G) {
+    dn_mamba_params p;
+    memset(&p, 0, sizeof p);
+    p.B = B, p.T = T, p.D = D, p.N = N, p.G = G;
+    p.x_s = p.dt_s = p.z_s = p.y_s = (dn_strides){T * D, D, 0};
+    p.Bm_s = p.Cm_s = (dn_strides){T * G * N, G * N, N};
+    p.impl = DN_IMPL_AUTO;
+    return p;
+}
+
+static dn_status check_impl(const char *op, dn_impl impl, int n_threads) {
+    if (impl != DN_IMPL_AUTO && impl != DN_IMPL_REF)
+        return dn_fail((unsigned)impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
+                       "%s: impl must be auto or ref, not %d", op, (int)impl);
+    if (n_threads < 0) return dn_fail(DN_ERR_ARG, "%s: n_threads is negative", op);
+    return DN_OK;
+}
+
+static dn_status mamba_check(const dn_mamba_params *p) {
+    const char *op = "mamba1";
+    if (!p) return dn_fail(DN_ERR_NULL, "mamba1 params is NULL");
+    if (p->B < 1 || p->T < 0 || p->D < 1 || p->N < 1 || p->G < 1 || p->D % p->G)
+        return dn_fail(DN_ERR_SHAPE, "mamba1: need B, D, N, G >= 1, T >= 0, D %% G == 0 (B=%lld "
+                                     "T=%lld D=%lld N=%lld G=%lld)",
+                       (long long)p->B, (long long)p->T, (long long)p->D, (long long)p->N,
+                       (long long)p->G);
+    if (p->N > 4096 || p->T > INT64_MAX / 4096 / p->B / p->D)
+        return dn_fail(DN_ERR_SHAPE, "mamba1: sizes out of range");
+    dn_status st;
+    if ((st = dn_check_input(op, "x", p->x, p->x_s)) || (st = dn_check_input(op, "dt", p->dt, p->dt_s)) ||
+        (st = dn_check_input(op, "Bm", p->Bm, p->Bm_s)) ||
+        (st = dn_check_input(op, "Cm", p->Cm, p->Cm_s)) ||
+        (st = dn_check_output(op, "y", p->y, p->y_s, p->B, p->T, 1, p->D)))
+        return st;
+    if (!p->A) return dn_fail(DN_ERR_NULL, "mamba1: A [D,N] is required");
+    if (p->z && (st = dn_check_input(op, "z", p->z, p->z_s))) return st;
+    return check_impl(op, p->impl, p->n_threads);
+}
+
+dn_status dn_mamba_forward(const dn_mamba_params *p) {
+    dn_status st = mamba_check(p);
+    if (st != DN_OK) return st;
+    if (p->impl == DN_IMPL_REF) return dn_ref_mamba_forward(p);
+    dn_cpu()->mamba_forward(p, dn_threads_for(p->n_threads));
+    return DN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Mamba-2
+ * ------------------------------------------------------------------------------------------- */
+dn_mamba2_params dn_mamba2_params_default(int64_t B, int64_t T, int64_t H, int64_t P, int64_t N,
+                                          int64_t G) {
+    dn_mamba2_params p;
+    memset(&p, 0, sizeof p);
+    p.B = B, p.T = T, p.H = H, p.P = P, p.N = N, p.G = G;
+    p.x_s = p.y_s = (dn_strides){T * H * P, H * P, P};
+    p.dt_s = (dn_strides){T * H, H, 1};
+    p.Bm_s = p.Cm_s = (dn_strides){T * G * N, G * N, N};
+    p.impl = DN_IMPL_AUTO;
+    p.chunk_size = 64;
+    return p;
+}
+
+static dn_status mamba2_check(const dn_mamba2_params *p) {
+    const char *op = "mamba2";
+    if (!p) return dn_fail(DN_ERR_NULL, "mamba2 params is NULL");
+    if (p->B < 1 || p->T < 0 || p->H < 1 || p->P < 1 || p->N < 1 || p->G < 1 || p->H % p->G)
+        return dn_fail(DN_ERR_SHAPE, "mamba2: need B, H, P, N, G >= 1, T >= 0, H %% G == 0 (B=%lld "
+                                     "T=%lld H=%lld P=%lld N=%lld G=%lld)",
+                       (long long)p->B, (long long)p->T, (long long)p->H, (long long)p->P,
+                       (long long)p->N, (long long)p->G);
+    if (p->N > 65536 || p->P > 65536 || p->T > INT64_MAX / 65536 / p->B / p->H / p->P)
+        return dn_fail(DN_ERR_SHAPE, "mamba2: sizes out of range");
+    dn_status st;
+    if ((st = dn_check_input(op, "x", p->x, p->x_s)) || (st = dn_check_input(op, "dt", p->dt, p->dt_s)) ||
+        (st = dn_check_input(op, "Bm", p->Bm, p->Bm_s)) ||
+        (st = dn_check_input(op, "Cm", p->Cm, p->Cm_s)) ||
+        (st = dn_check_output(op, "y", p->y, p->y_s, p->B, p->T, p->H, p->P)))
+        return st;
+    if (!p->A) return dn_fail(DN_ERR_NULL, "mamba2: A [H] is required");
+    if ((unsigned)p->impl >= DN_IMPL_COUNT)
+        return dn_fail(DN_ERR_ARG, "mamba2: impl %d is unknown", (int)p->impl);
+    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "mamba2: n_threads is negative");
+    if (p->chunk_size != 16 && p->chunk_size != 32 && p->chunk_size != 64 && p->chunk_size != 128)
+        return dn_fail(DN_ERR_ARG, "mamba2: chunk_size %d is not one of 16, 32, 64, 128",
+                       p->chunk_size);
+    return DN_OK;
+}
+
+static float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/*
+ * The Mamba-2 -> GLA parameter mapping (docs/OPS.md): with dt' = softplus(dt + dt_bias),
+ *   g = dt' A[h]   (log decay per head and token)     k = Bm (one key head per group)
+ *   q = Cm                                            v = dt' x (the input, scaled per token)
+ *   scale = 1                                         state [B,H,N,P] = GLA's [B,HV,K,V]
+ * and the skip term Dskip[h] x is added to GLA's output.
+ */
+dn_status dn_mamba2_forward(const dn_mamba2_params *p) {
+    dn_status st = mamba2_check(p);
+    if (st != DN_OK) return st;
+    if (p->impl == DN_IMPL_REF) return dn_ref_mamba2_forward(p);
+
+    const int64_t B = p->B, T = p->T, H = p->H, P = p->P;
+    float *g = malloc(sizeof(float) * (size_t)(B * T * H + 1));
+    float *v = malloc(sizeof(float) * (size_t)(B * T * H * P + 1));
+    if (!g || !v) {
+        free(g), free(v);
+        return dn_fail(DN_ERR_ALLOC, "mamba2: cannot allocate v and g for %lld tokens",
+                       (long long)(B * T));
+    }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                float dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h];
+                if (p->dt_bias) dt += p->dt_bias[h];
+                if (p->dt_softplus) dt = softplusf(dt);
+                const int64_t row = (b * T + t) * H + h;
+                g[row] = dt * p->A[h];
+                const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
+                for (int64_t c = 0; c < P; c++) v[row * P + c] = dt * x[c];
+            }
+    dn_la_params la = dn_la_params_default(DN_OP_GLA, B, T, p->G, H, p->N, P);
+    la.q = p->Cm, la.q_s = p->Cm_s;
+    la.k = p->Bm, la.k_s = p->Bm_s;
+    la.v = v;
+    la.g = g;
+    la.o = p->y, la.o_s = p->y_s;
+    la.initial_state = p->initial_state;
+    la.final_state = p->final_state;
+    la.scale = 1.0f;
+    la.chunk_size = p->chunk_size;
+    la.impl = p->impl;
+    la.n_threads = p->n_threads;
+    st = dn_la_forward(&la);
+    if (st == DN_OK && p->Dskip)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
+                    float *y = p->y + b * p->y_s.b + t * p->y_s.t + h * p->y_s.h;
+                    for (int64_t c = 0; c < P; c++) y[c] += p->Dskip[h] * x[c];
+                }
+    free(g), free(v);
+    return st;
+}

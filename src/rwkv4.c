@@ -1,0 +1,36 @@
+/*
+ * rwkv4.c - public entry point of the RWKV-4 WKV: checks and dispatch.
+ */
+#include "internal.h"
+
+#include <string.h>
+
+dn_rwkv4_params dn_rwkv4_params_default(int64_t B, int64_t T, int64_t C) {
+    dn_rwkv4_params p;
+    memset(&p, 0, sizeof p);
+    p.B = B, p.T = T, p.C = C;
+    p.k_s = p.v_s = p.y_s = (dn_strides){T * C, C, 0};
+    p.impl = DN_IMPL_AUTO;
+    return p;
+}
+
+dn_status dn_rwkv4_forward(const dn_rwkv4_params *p) {
+    const char *op = "rwkv4";
+    if (!p) return dn_fail(DN_ERR_NULL, "rwkv4 params is NULL");
+    if (p->B < 1 || p->T < 0 || p->C < 1 || p->T > INT64_MAX / 16 / p->B / p->C)
+        return dn_fail(DN_ERR_SHAPE, "rwkv4: need B, C >= 1 and T >= 0 (B=%lld T=%lld C=%lld)",
+                       (long long)p->B, (long long)p->T, (long long)p->C);
+    dn_status st;
+    if ((st = dn_check_input(op, "k", p->k, p->k_s)) || (st = dn_check_input(op, "v", p->v, p->v_s)) ||
+        (st = dn_check_output(op, "y", p->y, p->y_s, p->B, p->T, 1, p->C)))
+        return st;
+    if (!p->time_decay || !p->time_first)
+        return dn_fail(DN_ERR_NULL, "rwkv4: time_decay and time_first [C] are required");
+    if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_REF)
+        return dn_fail((unsigned)p->impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
+                       "rwkv4: impl must be auto or ref");
+    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "rwkv4: n_threads is negative");
+    if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_forward(p);
+    dn_cpu()->rwkv4_forward(p, dn_threads_for(p->n_threads));
+    return DN_OK;
+}
