@@ -106,7 +106,7 @@ $(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ibench -Itests -c $< -o $@
 
-$(TOOL): $(BUILD)/tools/deltanet.o $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(STATIC)
+$(TOOL): $(BUILD)/tools/deltanet.o $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(STATIC)

@@ -10,5 +10,7 @@
 int dn_bench_gdn_main(int argc, char **argv);
 /* `deltanet bench attn`: causal softmax attention prefill and KV-cache decode (bench/attn.c). */
 int dn_bench_attn_main(int argc, char **argv);
+/* `deltanet bench ssm`: Mamba-1, Mamba-2, RWKV-4 and the short convolution (bench/ssm.c). */
+int dn_bench_ssm_main(int argc, char **argv);
 
 #endif

@@ -14,6 +14,8 @@ static void usage(void) {
            "               the machine's measured FMA peak (deltanet bench --help for options)\n"
            "  bench attn   causal softmax attention: tiled prefill, and KV-cache decode against\n"
            "               the measured copy bandwidth (deltanet bench attn --help)\n"
+           "  bench ssm    Mamba-1, Mamba-2, RWKV-4 and the short convolution: prefill and\n"
+           "               decode tokens/s\n"
            "  info    what this build and machine provide\n"
            "With no command, runs `bench` with its defaults.\n");
 }
@@ -23,6 +25,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "bench")) {
         if (argc > 2 && !strcmp(argv[2], "attn")) return dn_bench_attn_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "gdn")) return dn_bench_gdn_main(argc - 2, argv + 2);
+        if (argc > 2 && !strcmp(argv[2], "ssm")) return dn_bench_ssm_main(argc - 2, argv + 2);
         return dn_bench_gdn_main(argc - 1, argv + 1);
     }
     if (!strcmp(argv[1], "info")) {

@@ -189,22 +189,21 @@ static void rec_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0, i
  * Chunkwise form (docs/OPS.md), per chunk of L <= C tokens, with the entering state S0 held in
  * a K x vbp tile:
  *   X  = [Q; K] S0                       (one product, 2L x K x vb)
- *   P  = [Q; K] K^T                      (2L x K x L): Q K^T masked by Gam, and A = b Gam K K^T
+ *   P  = lower parts of Q K^T (masked by Gam) and of K K^T (A = b Gam K K^T, strictly lower),
+ *        as dot products: only the triangle is needed and no transpose of K is made
  *   U  = (I + A)^{-1} diag(b) (V - E K S0)   by forward substitution (delta ops), else U = V
  *   O  = E Q S0 + tril(Q K^T * Gam) U
- *   S1 = e^{gamma_L} S0 + (diag(e^{gamma_L - gamma}) K)^T U
- * q is pre-scaled, so O needs no further scale. The matrices P and A depend only on keys and
- * gates; with several column blocks per head they are recomputed per block, which is cheap
- * next to the three K x vb products.
+ *   S1 = e^{gamma_L} S0 + K^T diag(e^{gamma_L - gamma}) U   (the decay folded into the product)
+ * q is pre-scaled, so O needs no further scale. P and A depend only on keys and gates; with
+ * several column blocks per head they are recomputed per block, cheap next to the three K x vb
+ * products.
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
     float *S;    /* K x vbp    state tile */
     float *QK;   /* 2C x K     rows 0..L-1: scaled q, rows L..2L-1: k */
-    float *KT;   /* K x Cp     k transposed, zero padded */
     float *P;    /* 2C x Cp    [Q; K] K^T, then masked */
     float *X;    /* 2C x vbp   [Q; K] S0, then O in rows 0..L-1 */
     float *U;    /* C x vbp */
-    float *Kd;   /* C x K      diag(e^{gamma_L - gamma}) K */
     float *eg;   /* C          e^{gamma_i} */
     float *bt;   /* C          beta */
     float *row;  /* Cp         one row of Gam */
@@ -213,10 +212,9 @@ typedef struct {
 
 static size_t chunk_floats(int64_t K, int64_t C, int64_t vbp, chunk_ws *w, float *base) {
     const int64_t Cp = ROUND_UP(C, DN_VW);
-    int64_t sizes[] = {K * vbp, 2 * C * K, K * Cp, 2 * C * Cp, 2 * C * vbp, C * vbp, C * K, C, C,
-                       Cp, 2 * C /* doubles */};
-    float **slots[] = {&w->S,  &w->QK, &w->KT, &w->P,   &w->X,  &w->U,
-                       &w->Kd, &w->eg, &w->bt, &w->row, NULL};
+    int64_t sizes[] = {K * vbp, 2 * C * K, 2 * C * Cp, 2 * C * vbp, C * vbp, C, C, Cp,
+                       2 * C /* doubles */};
+    float **slots[] = {&w->S, &w->QK, &w->P, &w->X, &w->U, &w->eg, &w->bt, &w->row, NULL};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (base) {
@@ -293,17 +291,11 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
             w.bt[l] = delta ? p->beta[b * p->beta_s.b + t * p->beta_s.t + hv * p->beta_s.h] : 1.0f;
         }
         const int64_t Lp = ROUND_UP(L, DN_VW);
-        for (int64_t i = 0; i < K; i++) {
-            float *row = w.KT + i * Cp;
-            for (int64_t l = 0; l < L; l++) row[l] = Kc[l * K + i];
-            for (int64_t l = L; l < Lp; l++) row[l] = 0;
-        }
 
-        /* X = [Q; K] S0 and P = [Q; K] K^T; then mask P: rows 0..L-1 become tril(QK^T * Gam),
-         * rows L..2L-1 become A = strictly-lower(diag(b) Gam KK^T). */
+        /* X = [Q; K] S0. P: rows 0..L-1 hold tril(Q K^T * Gam), rows L..2L-1 hold
+         * A = strictly-lower(diag(b) Gam K K^T), zeros above. */
         const int64_t M = delta ? 2 * L : L;
         gemm_f32(M, vbp, K, w.QK, K, 1, w.S, vbp, w.X, vbp, 0, 0);
-        gemm_f32(M, Lp, K, w.QK, K, 1, w.KT, Cp, w.P, Cp, 0, 0);
         for (int64_t i = 0; i < L; i++) {
             float *pq = w.P + i * Cp, *pa = w.P + (L + i) * Cp;
             if (gate) {
@@ -314,8 +306,8 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
             }
             for (int64_t j = 0; j <= i; j++) {
                 float gm = gate ? w.row[j] : 1.0f;
-                pq[j] *= gm;
-                if (delta) pa[j] = j < i ? w.bt[i] * gm * pa[j] : 0.0f;
+                pq[j] = gm * dot_f32(Qc + i * K, Kc + j * K, K);
+                if (delta) pa[j] = j < i ? w.bt[i] * gm * dot_f32(Kc + i * K, Kc + j * K, K) : 0.0f;
             }
             for (int64_t j = i + 1; j < Lp; j++) {
                 pq[j] = 0;
@@ -352,19 +344,13 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
                    sizeof(float) * vb);
         }
 
-        /* S1 = e^{gamma_L} S0 + Kd^T U. */
-        const float *Ka = Kc;
-        if (gate) {
-            const float eL = w.eg[L - 1];
+        /* S1 = e^{gamma_L} S0 + K^T (diag(e^{gamma_L - gamma}) U); U is not needed after. */
+        if (gate)
             for (int64_t l = 0; l < L; l++) {
-                float d = (float)exp(w.gam[L - 1] - w.gam[l]);
-                for (int64_t i = 0; i < K; i++) w.Kd[l * K + i] = d * Kc[l * K + i];
+                vf d = vset1((float)exp(w.gam[L - 1] - w.gam[l]));
+                for (int64_t j = 0; j < vbp; j += DN_VW) vstore(w.U + l * vbp + j, d * vload(w.U + l * vbp + j));
             }
-            Ka = w.Kd;
-            vf e = vset1(eL);
-            for (int64_t i = 0; i < K * vbp; i += DN_VW) vstore(w.S + i, e * vload(w.S + i));
-        }
-        gemm_f32(K, vbp, L, Ka, 1, K, w.U, vbp, w.S, vbp, 1, 0);
+        gemm_f32(K, vbp, L, Kc, 1, K, w.U, vbp, w.S, vbp, gate ? w.eg[L - 1] : 1.0f, 0);
     }
 
     if (p->final_state)

@@ -20,11 +20,11 @@
 #define DN_GEMM_MICRO(NAME, MRX, NVX)                                                                 \
     static inline void NAME(int64_t kend, const float *A, int64_t rs,       \
                                                 int64_t cs, const float *B, int64_t ldb,        \
-                                                float *C, int64_t ldc, int acc) {               \
+                                                float *C, int64_t ldc, float beta) {            \
         vf c[MRX][NVX];                                                                         \
         for (int m = 0; m < MRX; m++)                                                           \
             for (int r = 0; r < NVX; r++)                                                       \
-                c[m][r] = acc ? vload(C + m * ldc + r * DN_VW) : vzero();                       \
+                c[m][r] = beta != 0.0f ? vset1(beta) * vload(C + m * ldc + r * DN_VW) : vzero();                       \
         for (int64_t k = 0; k < kend; k++) {                                                    \
             vf b[NVX];                                                                          \
             for (int r = 0; r < NVX; r++) b[r] = vload(B + k * ldb + r * DN_VW);                \
@@ -43,7 +43,7 @@ DN_GEMM_MICRO(gemm_micro_cols, 1, DN_NR)
 DN_GEMM_MICRO(gemm_micro_one, 1, 1)
 
 /*
- * C[M][N] = (acc ? C : 0) + A[M][Kc] * B[Kc][N]
+ * C[M][N] = beta C + A[M][Kc] * B[Kc][N]   (beta = 0: C is only written, never read)
  *   A element (i,k) at A[i*rs + k*cs]; B row-major with leading dim ldb; C with ldc.
  *   N must be a multiple of DN_VW (callers pad their buffers).
  *   tri & DN_TRI_A: A is lower triangular (A[i][k] = 0 for k > i, zeros stored), so row block
@@ -54,7 +54,7 @@ DN_GEMM_MICRO(gemm_micro_one, 1, 1)
 enum { DN_TRI_A = 1, DN_TRI_C = 2 };
 
 static void gemm_f32(int64_t M, int64_t N, int64_t Kc, const float *A, int64_t rs, int64_t cs,
-                     const float *B, int64_t ldb, float *C, int64_t ldc, int acc, int tri) {
+                     const float *B, int64_t ldb, float *C, int64_t ldc, float beta, int tri) {
     /* Column blocks outside, row blocks inside: one K x (DN_NR vectors) panel of B stays in L1
      * while all rows of A stream past it. */
     const int lowa = tri & DN_TRI_A, lowc = tri & DN_TRI_C;
@@ -63,24 +63,24 @@ static void gemm_f32(int64_t M, int64_t N, int64_t Kc, const float *A, int64_t r
         int64_t i = lowc ? j / DN_MR * DN_MR : 0;
         for (; i + DN_MR <= M; i += DN_MR) {
             int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;
-            gemm_micro_full(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, acc);
+            gemm_micro_full(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta);
         }
         for (; i < M; i++) {
             if (lowc && i < j) continue;
             int64_t kend = lowa && i + 1 < Kc ? i + 1 : Kc;
-            gemm_micro_cols(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, acc);
+            gemm_micro_cols(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta);
         }
     }
     for (; j < N; j += DN_VW) {
         int64_t i = lowc ? j / DN_MR * DN_MR : 0;
         for (; i + DN_MR <= M; i += DN_MR) {
             int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;
-            gemm_micro_rows(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, acc);
+            gemm_micro_rows(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta);
         }
         for (; i < M; i++) {
             if (lowc && i < j) continue;
             int64_t kend = lowa && i + 1 < Kc ? i + 1 : Kc;
-            gemm_micro_one(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, acc);
+            gemm_micro_one(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta);
         }
     }
 }
