@@ -121,8 +121,9 @@ typedef struct {
         }                                                                                          \
     }
 
-#define REC_NV (DN_NR * 2)
+#define REC_NV 8 /* 128 columns with AVX-512: a whole K=V=128 head in one pass */
 REC_BLOCK(rec_block_wide, REC_NV)
+REC_BLOCK(rec_block_half, REC_NV / 2)
 REC_BLOCK(rec_block_vec, 1)
 
 /* Columns past the last full vector. */
@@ -179,6 +180,8 @@ static void rec_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0, i
         int64_t j = 0;
         for (; j + REC_NV * DN_VW <= vb; j += REC_NV * DN_VW)
             rec_block_wide(S + j, ld, K, qd, kd, v + j, o + j, tk);
+        for (; j + REC_NV / 2 * DN_VW <= vb; j += REC_NV / 2 * DN_VW)
+            rec_block_half(S + j, ld, K, qd, kd, v + j, o + j, tk);
         for (; j + DN_VW <= vb; j += DN_VW) rec_block_vec(S + j, ld, K, qd, kd, v + j, o + j, tk);
         if (j < vb) rec_block_scalar(S + j, ld, K, vb - j, qd, kd, v + j, o + j, tk);
     }

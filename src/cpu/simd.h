@@ -15,7 +15,7 @@
 
 #if defined(__AVX512F__)
 #define DN_VW 16
-#define DN_MR 6
+#define DN_MR 4
 #define DN_NR 4
 #elif defined(__AVX2__)
 #define DN_VW 8
