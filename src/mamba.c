@@ -118,17 +118,21 @@ dn_status dn_mamba2_forward(const dn_mamba2_params *p) {
         return dn_fail(DN_ERR_ALLOC, "mamba2: cannot allocate v and g for %lld tokens",
                        (long long)(B * T));
     }
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t h = 0; h < H; h++) {
-                float dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h];
-                if (p->dt_bias) dt += p->dt_bias[h];
-                if (p->dt_softplus) dt = softplusf(dt);
-                const int64_t row = (b * T + t) * H + h;
-                g[row] = dt * p->A[h];
-                const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
-                for (int64_t c = 0; c < P; c++) v[row * P + c] = dt * x[c];
-            }
+    const int nt = dn_threads_for(p->n_threads);
+    const int par = nt > 1 && B * T * H * P > 65536;
+    (void)nt, (void)par;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+#endif
+    for (int64_t row = 0; row < B * T * H; row++) {
+        const int64_t b = row / (T * H), t = row / H % T, h = row % H;
+        float dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h];
+        if (p->dt_bias) dt += p->dt_bias[h];
+        if (p->dt_softplus) dt = softplusf(dt);
+        g[row] = dt * p->A[h];
+        const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
+        for (int64_t c = 0; c < P; c++) v[row * P + c] = dt * x[c];
+    }
     dn_la_params la = dn_la_params_default(DN_OP_GLA, B, T, p->G, H, p->N, P);
     la.q = p->Cm, la.q_s = p->Cm_s;
     la.k = p->Bm, la.k_s = p->Bm_s;
@@ -142,14 +146,17 @@ dn_status dn_mamba2_forward(const dn_mamba2_params *p) {
     la.impl = p->impl;
     la.n_threads = p->n_threads;
     st = dn_la_forward(&la);
-    if (st == DN_OK && p->Dskip)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t t = 0; t < T; t++)
-                for (int64_t h = 0; h < H; h++) {
-                    const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
-                    float *y = p->y + b * p->y_s.b + t * p->y_s.t + h * p->y_s.h;
-                    for (int64_t c = 0; c < P; c++) y[c] += p->Dskip[h] * x[c];
-                }
+    if (st == DN_OK && p->Dskip) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static) if (par)
+#endif
+        for (int64_t row = 0; row < B * T * H; row++) {
+            const int64_t b = row / (T * H), t = row / H % T, h = row % H;
+            const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
+            float *y = p->y + b * p->y_s.b + t * p->y_s.t + h * p->y_s.h;
+            for (int64_t c = 0; c < P; c++) y[c] += p->Dskip[h] * x[c];
+        }
+    }
     free(g), free(v);
     return st;
 }
