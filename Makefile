@@ -101,15 +101,17 @@ $(STATIC): $(LIB_OBJ)
 $(SHARED): $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/tools/%.o $(BUILD)/bench/%.o $(BUILD)/tests/%.o: CFLAGS += -Ibench -Itests
-$(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h)
+$(BUILD)/tools/%.o $(BUILD)/bench/%.o $(BUILD)/tests/%.o: CFLAGS += -Ibench -Itests -Itools
+$(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h tools/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Ibench -Itests -c $< -o $@
+	$(CC) $(CFLAGS) -Ibench -Itests -Itools -c $< -o $@
 
-$(TOOL): $(BUILD)/tools/deltanet.o $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(STATIC)
+TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/svg.o
+
+$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 test: info $(TEST)
@@ -117,8 +119,12 @@ test: info $(TEST)
 
 bench: info $(TOOL)
 	./$(TOOL) bench
+	./$(TOOL) bench attn
+	./$(TOOL) bench ssm
 
-run: bench
+# The main job: softmax attention against the linear family, measured here.
+run: info $(TOOL)
+	./$(TOOL) compare
 
 install: $(STATIC) $(SHARED) $(TOOL)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin

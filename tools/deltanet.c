@@ -1,15 +1,20 @@
 /*
  * deltanet - the command-line tool. Subcommands:
- *   bench   benchmark the linear-attention family forward (default when no subcommand is given)
+ *   compare the Transformer against the linear family, measured (default with no subcommand)
+ *   bench   benchmarks of the ops (gdn, attn, ssm)
  *   info    build, SIMD level, threads and the measured FMA peak
  */
 #include "bench.h"
+#include "compare.h"
 
 #include <stdio.h>
 #include <string.h>
 
 static void usage(void) {
     printf("usage: deltanet <command> [options]\n"
+           "  compare      softmax attention against Gated DeltaNet and its relatives, measured:\n"
+           "               prefill cost, decode cost and state bytes, memory capacity; tables,\n"
+           "               SVG charts and JSON (deltanet compare --help)\n"
            "  bench [gdn]  Gated DeltaNet (and family) forward: decode and prefill speed against\n"
            "               the machine's measured FMA peak (deltanet bench --help for options)\n"
            "  bench attn   causal softmax attention: tiled prefill, and KV-cache decode against\n"
@@ -17,11 +22,12 @@ static void usage(void) {
            "  bench ssm    Mamba-1, Mamba-2, RWKV-4 and the short convolution: prefill and\n"
            "               decode tokens/s\n"
            "  info    what this build and machine provide\n"
-           "With no command, runs `bench` with its defaults.\n");
+           "With no command, runs `compare` with its defaults.\n");
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return dn_bench_gdn_main(argc, argv);
+    if (argc < 2) return dn_compare_main(argc, argv);
+    if (!strcmp(argv[1], "compare")) return dn_compare_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "bench")) {
         if (argc > 2 && !strcmp(argv[2], "attn")) return dn_bench_attn_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "gdn")) return dn_bench_gdn_main(argc - 2, argv + 2);
