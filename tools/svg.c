@@ -31,7 +31,7 @@ static void fmt_tick(char *buf, size_t n, double v) {
 int svg_chart_write(const char *path, const svg_chart *c) {
     FILE *f = fopen(path, "w");
     if (!f) return -1;
-    const double W = 760, H = 480, L = 90, R = 200, T = 50, B = 60;
+    const double W = 860, H = 480, L = 90, R = 300, T = 50, B = 60;
     double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
     for (int s = 0; s < c->n_series; s++)
         for (int i = 0; i < c->series[s].n; i++) {
