@@ -514,7 +514,7 @@ static void usage(void) {
            "  Measures softmax attention against the linear-attention family and its relatives on\n"
            "  this machine: prefill cost against length, decode cost and state bytes against\n"
            "  context, and the memory capacity of linear attention, DeltaNet and Gated DeltaNet.\n"
-           "  --max-len N      longest prefill / context of the geometric sweep from 256 (16384)\n"
+           "  --max-len N      longest prefill / context of the geometric sweep from 32 (16384)\n"
            "  --lengths LIST   prefill lengths, comma-separated (overrides --max-len)\n"
            "  --contexts LIST  decode contexts, comma-separated (default: the prefill lengths)\n"
            "  --heads N        heads (8); --dim N  head dimension (128); model width heads x dim\n"
@@ -567,10 +567,11 @@ int dn_compare_main(int argc, char **argv) {
     }
     if (c.H < 1 || c.H > 64 || c.Dh < 2 || c.Dh > 256 || c.threads < 0 || maxlen < 1 || maxlen > (1 << 22))
         return fprintf(stderr, "compare: heads 1-64, dim 2-256, max-len 1-4194304\n"), 2;
-    if (!have_lens) c.nlens = geometric(maxlen < 256 ? maxlen : 256, maxlen, c.lens);
-    if (!have_ctx) {
-        memcpy(c.ctxs, c.lens, sizeof c.lens);
-        c.nctx = c.nlens;
+    if (!have_lens) c.nlens = geometric(maxlen < 32 ? maxlen : 32, maxlen, c.lens);
+    if (!have_ctx) { /* contexts from 256: below, every decode is a few microseconds */
+        c.nctx = 0;
+        for (int i = 0; i < c.nlens; i++)
+            if (c.lens[i] >= 256 || c.lens[i] == c.lens[c.nlens - 1]) c.ctxs[c.nctx++] = c.lens[i];
     }
     if (c.threads > 0) dn_set_num_threads((int)c.threads);
     c.threads = dn_get_num_threads();
