@@ -155,21 +155,25 @@ static int test_prefill_grid(void) {
 /* New queries aligned to the end of longer keys (chunked prefill), and more queries than keys
  * (the first rows see no key: zeros and lse = -inf). */
 static int test_prefill_offsets(void) {
-    static const int64_t shapes[][3] = {{17, 300, 0}, {64, 129, 50}, {40, 25, 0}, {7, 3, 2}};
+    /* TQ, TK, window, D: head dims up to 256, and 72 (not a multiple of any vector width) */
+    static const int64_t shapes[][4] = {{17, 300, 0, 64},  {64, 129, 50, 64}, {40, 25, 0, 64},
+                                        {7, 3, 2, 64},     {90, 90, 0, 256},  {33, 200, 40, 256},
+                                        {150, 150, 0, 72}};
     int fails = 0;
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 7; i++) {
         aproblem a;
-        aproblem_init(&a, 2, shapes[i][0], shapes[i][1], 4, 2, 64, shapes[i][2], i % 2, 1.0f, 7 + i);
+        aproblem_init(&a, 2, shapes[i][0], shapes[i][1], 4, 2, shapes[i][3], shapes[i][2], i % 2,
+                      1.0f, 7 + i);
         char label[80];
-        snprintf(label, sizeof label, "attn TQ=%lld TK=%lld W=%lld", (long long)shapes[i][0],
-                 (long long)shapes[i][1], (long long)shapes[i][2]);
+        snprintf(label, sizeof label, "attn TQ=%lld TK=%lld W=%lld D=%lld", (long long)shapes[i][0],
+                 (long long)shapes[i][1], (long long)shapes[i][2], (long long)shapes[i][3]);
         fails += check_prefill(&a, label);
         if (shapes[i][0] > shapes[i][1]) { /* rows 0 .. TQ-TK-1 see nothing */
-            float *o = falloc(2 * shapes[i][0] * 4 * 64), *l = falloc(2 * 4 * shapes[i][0]);
+            float *o = falloc(2 * shapes[i][0] * 4 * shapes[i][3]), *l = falloc(2 * 4 * shapes[i][0]);
             fails += arun(&a, DN_IMPL_AUTO, o, l, label);
             int64_t nz = 0;
             for (int64_t t = 0; t < shapes[i][0] - shapes[i][1]; t++)
-                for (int64_t x = 0; x < 4 * 64; x++) nz += o[t * 4 * 64 + x] != 0.0f;
+                for (int64_t x = 0; x < 4 * shapes[i][3]; x++) nz += o[t * 4 * shapes[i][3] + x] != 0.0f;
             CHECK(nz == 0 && isinf(l[0]) && l[0] < 0, "%s: rows with no key are not zero", label);
             free(o), free(l);
         }

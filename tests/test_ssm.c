@@ -285,6 +285,44 @@ static int test_rwkv4(void) {
     return fails;
 }
 
+/* Two calls carrying the state (y[0:t1] then y[t1:T]) and token-by-token steps in place equal
+ * one call. */
+static int test_rwkv4_split(void) {
+    int fails = 0;
+    const int64_t B = 2, T = 90, C = 100;
+    rng r = {31};
+    dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
+    float *k = falloc(B * T * C), *v = falloc(B * T * C), *td = falloc(C), *tf = falloc(C);
+    float *y1 = falloc(B * T * C), *y2 = falloc(B * T * C), *s1 = falloc(B * 3 * C), *s2 = falloc(B * 3 * C);
+    fill_uniform(&r, k, B * T * C, -20, 20), fill_uniform(&r, v, B * T * C, -1, 1);
+    fill_uniform(&r, td, C, -3, 1), fill_uniform(&r, tf, C, -1, 1);
+    p.k = k, p.v = v, p.time_decay = td, p.time_first = tf, p.y = y1, p.final_state = s1;
+    CHECK(dn_rwkv4_forward(&p) == DN_OK, "%s", dn_last_error());
+    static const int64_t splits[] = {1, 37, 89};
+    for (int si = 0; si < 3; si++) {
+        const int64_t t1 = splits[si];
+        dn_rwkv4_params a = p, b2 = p;
+        a.T = t1, a.y = y2, a.final_state = s2;
+        b2.T = T - t1, b2.k = k + t1 * C, b2.v = v + t1 * C, b2.y = y2 + t1 * C;
+        b2.initial_state = s2, b2.final_state = s2; /* in place */
+        CHECK(dn_rwkv4_forward(&a) == DN_OK && dn_rwkv4_forward(&b2) == DN_OK, "%s", dn_last_error());
+        fails += check_close("rwkv4 split: y", y2, y1, B * T * C, TOL);
+        fails += check_close("rwkv4 split: state", s2, s1, B * 3 * C, TOL);
+    }
+    /* token by token */
+    float *st = falloc(B * 3 * C);
+    for (int64_t t = 0; t < T; t++) {
+        dn_rwkv4_params q = p;
+        q.T = 1, q.k = k + t * C, q.v = v + t * C, q.y = y2 + t * C;
+        q.initial_state = t ? st : NULL, q.final_state = st;
+        CHECK(dn_rwkv4_forward(&q) == DN_OK, "%s", dn_last_error());
+    }
+    fails += check_close("rwkv4 steps: y", y2, y1, B * T * C, TOL);
+    fails += check_close("rwkv4 steps: state", st, s1, B * 3 * C, TOL);
+    free(k), free(v), free(td), free(tf), free(y1), free(y2), free(s1), free(s2), free(st);
+    return fails;
+}
+
 /* Keys in [-100, 100] over long sequences: finite, and equal to the double reference. Exponent
  * differences of size ~200 carry an fp32 rounding of ~1.5e-5 absolute, which moves each weight by
  * that relative amount: 1e-4 allows a few of them. */
@@ -439,6 +477,7 @@ const test_case dn_tests_ssm[] = {
     {"rwkv4_reference", test_rwkv4_reference},
     {"rwkv4", test_rwkv4},
     {"rwkv4_stress", test_rwkv4_stress},
+    {"rwkv4_split", test_rwkv4_split},
     {"conv", test_conv},
     {NULL, NULL},
 };
