@@ -56,13 +56,13 @@ CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 
 # --- sources ------------------------------------------------------------------------------------
 LIB_SRC    := src/core.c src/check.c src/la.c src/attn.c src/mamba.c src/rwkv4.c src/conv.c \
-              src/ref/gdn.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
+              src/ref/gdn.c src/ref/la_core.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
               src/cpu/dispatch.c
 KERNEL_SRC := src/cpu/gdn.c src/cpu/attn.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
               src/cpu/conv.c
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
-HEADERS    := include/deltanet.h src/internal.h src/half.h src/cpu/simd.h src/cpu/gemm.h
+HEADERS    := include/deltanet.h src/internal.h src/half.h src/ref/la_core.h src/cpu/simd.h src/cpu/gemm.h
 
 STATIC := $(BUILD)/libdeltanet.a
 SHARED := $(BUILD)/libdeltanet.so
@@ -111,7 +111,7 @@ TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/svg.o
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_bwd.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 test: info $(TEST)
