@@ -427,6 +427,46 @@ DN_API dn_conv_params dn_conv_params_default(int64_t B, int64_t T, int64_t D, in
 DN_API dn_status dn_conv_forward(const dn_conv_params *p);
 
 /* ---------------------------------------------------------------------------------------------
+ * Backward of the linear-attention family
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Gradients of every input of dn_la_forward(fwd) given the gradients of its outputs. All the
+ * op's inputs are activations, so every gradient is written (not accumulated); the gradients of
+ * q and k sum over the value heads that share a key head.
+ *   dout            [B,T,HV,V]   strides dout_s        gradient of o (required)
+ *   dfinal_state    [NS,HV,K,V]  optional              gradient of final_state
+ *   dq, dk          [B,T,H,K]    strides dq_s, dk_s    written (required)
+ *   dv              [B,T,HV,V]   strides dv_s          written (required)
+ *   dg              [B,T,HV]     strides dg_s          written; gated ops only, else NULL
+ *   dbeta           [B,T,HV]     strides dbeta_s       written; delta ops only, else NULL
+ *   dinitial_state  [NS,HV,K,V]  optional              written
+ * fwd.o and fwd.final_state are not used. fwd.impl: DN_IMPL_REF (the double reference, through
+ * the recurrence); the fast backward is not available yet (DN_ERR_UNSUPPORTED).
+ */
+typedef struct dn_la_bwd_params {
+    dn_la_params fwd;
+    const float *dout;
+    dn_strides dout_s;
+    const float *dfinal_state;
+    float *dq;
+    dn_strides dq_s;
+    float *dk;
+    dn_strides dk_s;
+    float *dv;
+    dn_strides dv_s;
+    float *dg;
+    dn_strides dg_s;
+    float *dbeta;
+    dn_strides dbeta_s;
+    float *dinitial_state;
+} dn_la_bwd_params;
+
+/* Backward params matching fwd's shapes, gradients contiguous; pointers NULL. */
+DN_API dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd);
+DN_API dn_status dn_la_backward(const dn_la_bwd_params *p);
+
+/* ---------------------------------------------------------------------------------------------
  * Measuring the machine (used by the benchmarks)
  * ------------------------------------------------------------------------------------------- */
 /* Measured fp32 FMA throughput of the active ISA over n_threads threads (0: default), in GFLOP/s

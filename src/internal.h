@@ -61,6 +61,7 @@ dn_status dn_check_input(const char *op, const char *name, const float *ptr, dn_
 
 /* Reference (plain C, double accumulation): src/ref/gdn.c */
 dn_status dn_ref_la_forward(const dn_la_params *p);
+dn_status dn_ref_la_backward(const dn_la_bwd_params *p);
 
 /* References (plain C, double): src/ref/ */
 dn_status dn_ref_attn_forward(const dn_attn_params *p);

@@ -199,3 +199,46 @@ dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, const flo
     p.impl = DN_IMPL_RECURRENT;
     return dn_la_forward(&p);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Backward
+ * ------------------------------------------------------------------------------------------- */
+dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd) {
+    dn_la_bwd_params b;
+    memset(&b, 0, sizeof b);
+    if (!fwd) return b;
+    b.fwd = *fwd;
+    const int64_t T = fwd->T, H = fwd->H, HV = fwd->HV, K = fwd->K, V = fwd->V;
+    b.dq_s = b.dk_s = (dn_strides){T * H * K, H * K, K};
+    b.dv_s = b.dout_s = (dn_strides){T * HV * V, HV * V, V};
+    b.dg_s = b.dbeta_s = (dn_strides){T * HV, HV, 1};
+    return b;
+}
+
+dn_status dn_la_backward(const dn_la_bwd_params *bp) {
+    if (!bp) return dn_fail(DN_ERR_NULL, "backward params is NULL");
+    const dn_la_params *p = &bp->fwd;
+    dn_la_params chk = *p;
+    chk.o = bp->dv ? bp->dv : (float *)1; /* o is not used: check the rest of the forward */
+    chk.o_s = bp->dv_s;
+    dn_status st = dn_la_check(&chk);
+    if (st != DN_OK) return st;
+    const char *op = dn_op_name(p->op);
+    if ((st = dn_check_input(op, "dout", bp->dout, bp->dout_s)) ||
+        (st = dn_check_output(op, "dq", bp->dq, bp->dq_s, p->B, p->T, p->H, p->K)) ||
+        (st = dn_check_output(op, "dk", bp->dk, bp->dk_s, p->B, p->T, p->H, p->K)) ||
+        (st = dn_check_output(op, "dv", bp->dv, bp->dv_s, p->B, p->T, p->HV, p->V)))
+        return st;
+    if (dn_op_has_gate(p->op) != (bp->dg != NULL))
+        return dn_fail(DN_ERR_ARG, "%s: dg must be given exactly for gated ops", op);
+    if (dn_op_has_delta(p->op) != (bp->dbeta != NULL))
+        return dn_fail(DN_ERR_ARG, "%s: dbeta must be given exactly for delta-rule ops", op);
+    if (bp->dg && (st = dn_check_output(op, "dg", bp->dg, bp->dg_s, p->B, p->T, p->HV, 1))) return st;
+    if (bp->dbeta && (st = dn_check_output(op, "dbeta", bp->dbeta, bp->dbeta_s, p->B, p->T, p->HV, 1)))
+        return st;
+    if (p->impl != DN_IMPL_REF)
+        return dn_fail(DN_ERR_UNSUPPORTED, "%s backward: only the reference (DN_IMPL_REF) exists "
+                                           "so far; the fast chunkwise backward is not written yet",
+                       op);
+    return dn_ref_la_backward(bp);
+}

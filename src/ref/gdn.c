@@ -75,3 +75,77 @@ dn_status dn_ref_la_forward(const dn_la_params *p) {
     free(S);
     return DN_OK;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Backward: each (sequence, value head) through the double core of ref/la_core.c.
+ * ------------------------------------------------------------------------------------------- */
+#include "la_core.h"
+
+dn_status dn_ref_la_backward(const dn_la_bwd_params *bp) {
+    const dn_la_params *p = &bp->fwd;
+    const int64_t K = p->K, V = p->V, HV = p->HV, group = p->HV / p->H;
+    int64_t Tmax = 0;
+    for (int64_t n = 0; n < dn_la_nseq(p); n++) {
+        int64_t b, t0, t1;
+        dn_la_seq(p, n, &b, &t0, &t1);
+        if (t1 - t0 > Tmax) Tmax = t1 - t0;
+    }
+    const size_t per_t = (size_t)(4 * K + 4 * V + 4);
+    double *mem = malloc(sizeof(double) * ((size_t)(Tmax + 1) * per_t + (size_t)(4 * K * V)));
+    if (!mem) return dn_fail(DN_ERR_ALLOC, "reference backward: out of memory");
+    double *q = mem, *k = q + Tmax * K, *v = k + Tmax * K, *g = v + Tmax * V, *beta = g + Tmax;
+    double *dout = beta + Tmax, *dq = dout + Tmax * V, *dk = dq + Tmax * K, *dv = dk + Tmax * K;
+    double *dg = dv + Tmax * V, *db = dg + Tmax, *h0 = db + Tmax, *dhT = h0 + K * V;
+    double *dh0 = dhT + K * V;
+
+    for (int64_t n = 0; n < dn_la_nseq(p); n++) {
+        int64_t b, t0, t1;
+        dn_la_seq(p, n, &b, &t0, &t1);
+        const int64_t T = t1 - t0;
+        for (int64_t hv = 0; hv < HV; hv++) {
+            const int64_t h = hv / group, soff = (n * HV + hv) * K * V;
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t tt = t0 + t;
+                for (int64_t i = 0; i < K; i++) {
+                    q[t * K + i] = p->q[b * p->q_s.b + tt * p->q_s.t + h * p->q_s.h + i];
+                    k[t * K + i] = p->k[b * p->k_s.b + tt * p->k_s.t + h * p->k_s.h + i];
+                }
+                for (int64_t j = 0; j < V; j++) {
+                    v[t * V + j] = p->v[b * p->v_s.b + tt * p->v_s.t + hv * p->v_s.h + j];
+                    dout[t * V + j] = bp->dout[b * bp->dout_s.b + tt * bp->dout_s.t + hv * bp->dout_s.h + j];
+                }
+                g[t] = p->g ? p->g[b * p->g_s.b + tt * p->g_s.t + hv * p->g_s.h] : 0;
+                beta[t] = p->beta ? p->beta[b * p->beta_s.b + tt * p->beta_s.t + hv * p->beta_s.h] : 1;
+            }
+            for (int64_t i = 0; i < K * V; i++) {
+                h0[i] = p->initial_state ? p->initial_state[soff + i] : 0;
+                dhT[i] = bp->dfinal_state ? bp->dfinal_state[soff + i] : 0;
+            }
+            dn_la_core c = {p->op, T, K, V, p->scale, p->qk_l2norm, q, k, v, g, beta, h0};
+            if (dn_la_core_backward(&c, dout, dhT, dq, dk, dv, dg, db, dh0) != 0) {
+                free(mem);
+                return dn_fail(DN_ERR_ALLOC, "reference backward: out of memory");
+            }
+            /* q and k gradients: the first value head of a group writes, the others add */
+            const int first = hv % group == 0;
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t tt = t0 + t;
+                float *dqr = bp->dq + b * bp->dq_s.b + tt * bp->dq_s.t + h * bp->dq_s.h;
+                float *dkr = bp->dk + b * bp->dk_s.b + tt * bp->dk_s.t + h * bp->dk_s.h;
+                for (int64_t i = 0; i < K; i++) {
+                    dqr[i] = (float)((first ? 0.0 : dqr[i]) + dq[t * K + i]);
+                    dkr[i] = (float)((first ? 0.0 : dkr[i]) + dk[t * K + i]);
+                }
+                float *dvr = bp->dv + b * bp->dv_s.b + tt * bp->dv_s.t + hv * bp->dv_s.h;
+                for (int64_t j = 0; j < V; j++) dvr[j] = (float)dv[t * V + j];
+                if (bp->dg) bp->dg[b * bp->dg_s.b + tt * bp->dg_s.t + hv * bp->dg_s.h] = (float)dg[t];
+                if (bp->dbeta)
+                    bp->dbeta[b * bp->dbeta_s.b + tt * bp->dbeta_s.t + hv * bp->dbeta_s.h] = (float)db[t];
+            }
+            if (bp->dinitial_state)
+                for (int64_t i = 0; i < K * V; i++) bp->dinitial_state[soff + i] = (float)dh0[i];
+        }
+    }
+    free(mem);
+    return DN_OK;
+}
