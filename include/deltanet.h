@@ -441,8 +441,10 @@ DN_API dn_status dn_conv_forward(const dn_conv_params *p);
  *   dg              [B,T,HV]     strides dg_s          written; gated ops only, else NULL
  *   dbeta           [B,T,HV]     strides dbeta_s       written; delta ops only, else NULL
  *   dinitial_state  [NS,HV,K,V]  optional              written
- * fwd.o and fwd.final_state are not used. fwd.impl: DN_IMPL_REF (the double reference, through
- * the recurrence); the fast backward is not available yet (DN_ERR_UNSUPPORTED).
+ * fwd.o and fwd.final_state are not used. fwd.impl: DN_IMPL_AUTO or DN_IMPL_CHUNK for the fast
+ * chunkwise backward (chunks of fwd.chunk_size; it recomputes the states at chunk boundaries and
+ * keeps O(T V + (T/C) K V) floats per thread, never O(T K V)), DN_IMPL_REF for the double
+ * reference. Gradients of the backward itself (double backward) are not provided.
  */
 typedef struct dn_la_bwd_params {
     dn_la_params fwd;
@@ -465,6 +467,8 @@ typedef struct dn_la_bwd_params {
 /* Backward params matching fwd's shapes, gradients contiguous; pointers NULL. */
 DN_API dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd);
 DN_API dn_status dn_la_backward(const dn_la_bwd_params *p);
+/* Scratch bytes the fast backward allocates for these params (all threads). */
+DN_API dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *p, size_t *bytes);
 
 /* ---------------------------------------------------------------------------------------------
  * Measuring the machine (used by the benchmarks)

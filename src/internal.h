@@ -94,6 +94,8 @@ typedef struct {
     void (*mamba_forward)(const dn_mamba_params *p, int nthreads);
     void (*rwkv4_forward)(const dn_rwkv4_params *p, int nthreads);
     void (*conv_forward)(const dn_conv_params *p, int nthreads);
+    size_t (*la_bwd_workspace)(const dn_la_params *p, int nthreads);
+    void (*la_backward)(const dn_la_bwd_params *p, int nthreads, void *ws);
 } dn_cpu_kernels;
 
 const dn_cpu_kernels *dn_cpu(void);
@@ -112,7 +114,9 @@ const dn_cpu_kernels *dn_cpu(void);
     float dn_cpu_read_sum_##isa(const float *x, int64_t n);                                   \
     void dn_cpu_mamba_forward_##isa(const dn_mamba_params *p, int nthreads);                   \
     void dn_cpu_rwkv4_forward_##isa(const dn_rwkv4_params *p, int nthreads);                   \
-    void dn_cpu_conv_forward_##isa(const dn_conv_params *p, int nthreads);
+    void dn_cpu_conv_forward_##isa(const dn_conv_params *p, int nthreads);                     \
+    size_t dn_cpu_la_bwd_workspace_##isa(const dn_la_params *p, int nthreads);                 \
+    void dn_cpu_la_backward_##isa(const dn_la_bwd_params *p, int nthreads, void *ws);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)

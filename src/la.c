@@ -215,6 +215,20 @@ dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd) {
     return b;
 }
 
+/* Scratch of the fast backward (all threads): checkpoints (T/C + 1) K V, U and R 2 T V, and one
+ * chunk's matrices, per thread. */
+dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *bp, size_t *bytes) {
+    if (!bp || !bytes) return dn_fail(DN_ERR_NULL, "dn_la_backward_workspace_size: NULL argument");
+    dn_la_params chk = bp->fwd;
+    chk.o = (float *)1;
+    chk.o_s = bp->dv_s;
+    dn_status st = dn_la_check(&chk);
+    if (st != DN_OK) return st;
+    *bytes = bp->fwd.impl == DN_IMPL_REF ? 0
+                                        : dn_cpu()->la_bwd_workspace(&bp->fwd, dn_threads_for(bp->fwd.n_threads));
+    return DN_OK;
+}
+
 dn_status dn_la_backward(const dn_la_bwd_params *bp) {
     if (!bp) return dn_fail(DN_ERR_NULL, "backward params is NULL");
     const dn_la_params *p = &bp->fwd;
@@ -236,9 +250,16 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp) {
     if (bp->dg && (st = dn_check_output(op, "dg", bp->dg, bp->dg_s, p->B, p->T, p->HV, 1))) return st;
     if (bp->dbeta && (st = dn_check_output(op, "dbeta", bp->dbeta, bp->dbeta_s, p->B, p->T, p->HV, 1)))
         return st;
-    if (p->impl != DN_IMPL_REF)
-        return dn_fail(DN_ERR_UNSUPPORTED, "%s backward: only the reference (DN_IMPL_REF) exists "
-                                           "so far; the fast chunkwise backward is not written yet",
-                       op);
-    return dn_ref_la_backward(bp);
+    if (p->impl == DN_IMPL_REF) return dn_ref_la_backward(bp);
+    if (p->impl == DN_IMPL_RECURRENT)
+        return dn_fail(DN_ERR_UNSUPPORTED, "%s backward: the fast backward is chunkwise; use "
+                                           "DN_IMPL_AUTO or DN_IMPL_CHUNK (or DN_IMPL_REF)", op);
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->la_bwd_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "%s backward: cannot allocate the workspace", op);
+    kern->la_backward(bp, nt, ws);
+    free(owned);
+    return DN_OK;
 }

@@ -1,0 +1,402 @@
+/*
+ * cpu/gdn_bwd.c - fast CPU backward of the linear-attention family, chunkwise (docs/OPS.md).
+ * Compiled once per SIMD level (see simd.h).
+ *
+ * A task is (sequence, key head) and walks the value heads that share the key head, so their
+ * gradients of q and k add up without races. Per value head:
+ *   1. a forward sweep over chunks keeps the state entering every chunk (checkpoints, (T/C) K V
+ *      floats) and, for the delta rule, the corrected values U and residuals R of every token
+ *      (2 T V floats): extra memory O(T V + (T/C) K V), never O(T K V);
+ *   2. a backward sweep, last chunk first, carries dS and differentiates the chunk equations:
+ *        dU  = M^T dO + diag(d) K dS1                 d = exp(gamma_L - gamma)
+ *        dY  = (I + A)^{-T} dU, dR = b dY, dV = dR    (delta ops; else dV = dU)
+ *        dA  = -dY U^T (strictly lower),  dM = dO U^T (lower)
+ *        dS0 = e^{gamma_L} dS1 + Qs^T E dO - K^T E dR
+ *        dQs = E dO S0^T + (dM * Gam) K
+ *        dK  = (dM * Gam)^T Qs + Z K + Z^T K + diag(d) U dS1^T - E dR S0^T,  Z = dA * b Gam
+ *      and the gate gradient from every place gamma enters (Gam in M and A, E in O and R,
+ *      e^{gamma_L} and d in S1), summed from the end of the chunk (dg = reverse cumsum).
+ * Products with S0^T and dS1^T are taken in transposed form (K x L outputs) so that only small
+ * L x V blocks are transposed.
+ */
+#include "../internal.h"
+#include "gemm.h"
+
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define ROUND_UP(x, m) (((x) + (m)-1) / (m) * (m))
+
+typedef struct {
+    int64_t K, V, C, Vp, Cp, nck; /* nck: checkpoints (chunks + 1) of the longest sequence */
+    int delta, gate;
+} bdims;
+
+/* Per-thread scratch layout. */
+typedef struct {
+    float *ck;                                      /* nck x K x Vp       states entering chunks */
+    float *Ub, *Rb;                                 /* Tmax x Vp          per-token U and R */
+    float *QK;                                      /* 2C x K             Qs rows, then K rows */
+    float *M, *A, *GK, *Gam, *W, *Z;                /* C x Cp each */
+    float *dO, *KdS, *dU, *dY, *EdOR;               /* C x Vp (EdOR 2C x Vp) */
+    float *BT, *UT;                                 /* Vp x 2Cp, Vp x Cp  transposed blocks */
+    float *G1, *G2;                                 /* K x 2Cp, K x Cp */
+    float *dQr, *dKr;                               /* C x K */
+    float *dS, *raw;                                /* K x Vp; 2 x C x K raw q, k */
+    float *eg, *dd, *bt, *dgam, *row;               /* C, C, C, C, Cp */
+    double *gam;                                    /* C */
+} bws;
+
+static size_t bws_layout(const bdims *d, int64_t Tmax, bws *w, float *base) {
+    const int64_t K = d->K, Vp = d->Vp, C = d->C, Cp = d->Cp;
+    const int64_t sizes[] = {d->nck * K * Vp, Tmax * Vp, Tmax * Vp, 2 * C * K,
+                             C * Cp, C * Cp, C * Cp, C * Cp, C * Cp, C * Cp,
+                             C * Vp, C * Vp, C * Vp, C * Vp, 2 * C * Vp,
+                             Vp * 2 * Cp, Vp * Cp, K * 2 * Cp, K * Cp, C * K, C * K,
+                             K * Vp, 2 * C * K, C, C, C, C, Cp, 2 * C};
+    float **slots[] = {&w->ck, &w->Ub, &w->Rb, &w->QK, &w->M, &w->A, &w->GK, &w->Gam, &w->W,
+                       &w->Z, &w->dO, &w->KdS, &w->dU, &w->dY, &w->EdOR, &w->BT, &w->UT,
+                       &w->G1, &w->G2, &w->dQr, &w->dKr, &w->dS, &w->raw, &w->eg, &w->dd,
+                       &w->bt, &w->dgam, &w->row, NULL};
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        if (slots[i])
+            *slots[i] = base ? base + off : NULL;
+        else
+            w->gam = base ? (double *)(void *)(base + off) : NULL;
+        off += ROUND_UP((size_t)sizes[i], 16);
+    }
+    return off;
+}
+
+static bdims make_dims(const dn_la_params *p, int64_t *Tmax) {
+    bdims d;
+    d.K = p->K, d.V = p->V, d.C = p->chunk_size, d.Vp = ROUND_UP(p->V, DN_VW);
+    d.Cp = ROUND_UP(d.C, DN_VW);
+    d.delta = dn_op_has_delta(p->op), d.gate = dn_op_has_gate(p->op);
+    int64_t m = 0;
+    for (int64_t n = 0; n < dn_la_nseq(p); n++) {
+        int64_t b, t0, t1;
+        dn_la_seq(p, n, &b, &t0, &t1);
+        if (t1 - t0 > m) m = t1 - t0;
+    }
+    *Tmax = m > 0 ? m : 1;
+    d.nck = (m + d.C - 1) / d.C + 1;
+    return d;
+}
+
+size_t DN_ISA_FN(dn_cpu_la_bwd_workspace)(const dn_la_params *p, int nthreads) {
+    int64_t Tmax;
+    bdims d = make_dims(p, &Tmax);
+    bws w;
+    return sizeof(float) * bws_layout(&d, Tmax, &w, NULL) * (size_t)nthreads;
+}
+
+/* x^ = x / sqrt(|x|^2 + 1e-6) times s (or x s) */
+static inline void prep_row(float *dst, const float *x, int64_t K, int l2, float s) {
+    float r = l2 ? 1.0f / sqrtf(dot_f32(x, x, K) + 1e-6f) : 1.0f;
+    for (int64_t i = 0; i < K; i++) dst[i] = x[i] * r * s;
+}
+/* dx = s (r dy - r^3 (x.dy) x), or s dy without the normalisation */
+static inline void prep_row_back(float *dx, const float *x, const float *dy, int64_t K, int l2,
+                                 float s, int add) {
+    float r = 1, c = 0;
+    if (l2) {
+        r = 1.0f / sqrtf(dot_f32(x, x, K) + 1e-6f);
+        c = r * r * r * dot_f32(x, dy, K);
+    }
+    for (int64_t i = 0; i < K; i++) {
+        float v = s * (r * dy[i] - c * x[i]);
+        dx[i] = add ? dx[i] + v : v;
+    }
+}
+
+/* Loads chunk rows: raw q, k (kept for the normalisation's gradient), Qs and K, gates, betas;
+ * builds Gam, GK = Gam * K K^T (strictly lower), M = tril(Qs K^T * Gam), A = b GK. */
+static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b, int64_t h,
+                       int64_t hv, int64_t tc, int64_t L, int need_q) {
+    const int64_t K = d->K, Cp = d->Cp;
+    float *Qc = w->QK, *Kc = w->QK + L * K, *rq = w->raw, *rk = w->raw + d->C * K;
+    double gacc = 0;
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t t = tc + l;
+        memcpy(rk + l * K, p->k + b * p->k_s.b + t * p->k_s.t + h * p->k_s.h, sizeof(float) * K);
+        prep_row(Kc + l * K, rk + l * K, K, p->qk_l2norm, 1.0f);
+        if (need_q) {
+            memcpy(rq + l * K, p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h, sizeof(float) * K);
+            prep_row(Qc + l * K, rq + l * K, K, p->qk_l2norm, p->scale);
+        }
+        if (d->gate) gacc += p->g[b * p->g_s.b + t * p->g_s.t + hv * p->g_s.h];
+        w->gam[l] = gacc;
+        w->eg[l] = d->gate ? (float)exp(gacc) : 1.0f;
+        w->bt[l] = d->delta ? p->beta[b * p->beta_s.b + t * p->beta_s.t + hv * p->beta_s.h] : 1.0f;
+    }
+    for (int64_t l = 0; l < L; l++) w->dd[l] = d->gate ? (float)exp(w->gam[L - 1] - w->gam[l]) : 1.0f;
+    for (int64_t i = 0; i < L; i++) {
+        float *gm = w->Gam + i * Cp, *gk = w->GK + i * Cp, *m = w->M + i * Cp, *a = w->A + i * Cp;
+        if (d->gate) {
+            for (int64_t j = 0; j <= i; j++) w->row[j] = (float)(w->gam[j] - w->gam[i]);
+            for (int64_t j = 0; j <= i; j += DN_VW) vstore(gm + j, vexp_neg(-vload(w->row + j)));
+        } else {
+            for (int64_t j = 0; j <= i; j++) gm[j] = 1.0f;
+        }
+        for (int64_t j = 0; j <= i; j++) {
+            m[j] = need_q ? gm[j] * dot_f32(Qc + i * K, Kc + j * K, K) : 0.0f;
+            gk[j] = d->delta && j < i ? gm[j] * dot_f32(Kc + i * K, Kc + j * K, K) : 0.0f;
+            a[j] = w->bt[i] * gk[j];
+        }
+        for (int64_t j = i + 1; j < Cp; j++) gm[j] = gk[j] = m[j] = a[j] = 0.0f;
+    }
+}
+
+/* Rows of one (b, t, head) tensor of width n into a padded L x ld block. */
+static void load_rows(float *dst, int64_t ld, const float *src, dn_strides s, int64_t b, int64_t tc,
+                      int64_t head, int64_t L, int64_t n) {
+    for (int64_t l = 0; l < L; l++) {
+        memcpy(dst + l * ld, src + b * s.b + (tc + l) * s.t + head * s.h, sizeof(float) * n);
+        memset(dst + l * ld + n, 0, sizeof(float) * (ld - n));
+    }
+}
+
+static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t n, int64_t hv,
+                     int first) {
+    const dn_la_params *p = &bp->fwd;
+    const int64_t K = d->K, V = d->V, Vp = d->Vp, C = d->C, Cp = d->Cp, h = hv / (p->HV / p->H);
+    int64_t b, t0, t1;
+    dn_la_seq(p, n, &b, &t0, &t1);
+    const int64_t soff = (n * p->HV + hv) * K * V, nch = (t1 - t0 + C - 1) / C;
+
+    /* 1. forward sweep: checkpoints, and U, R per token */
+    float *S = w->ck;
+    for (int64_t i = 0; i < K; i++) {
+        if (p->initial_state) memcpy(S + i * Vp, p->initial_state + soff + i * V, sizeof(float) * V);
+        else memset(S + i * Vp, 0, sizeof(float) * V);
+        memset(S + i * Vp + V, 0, sizeof(float) * (Vp - V));
+    }
+    for (int64_t c = 0; c < nch; c++) {
+        const int64_t tc = t0 + c * C, L = t1 - tc < C ? t1 - tc : C;
+        float *S0 = w->ck + c * K * Vp, *S1 = S0 + K * Vp, *U = w->Ub + (tc - t0) * Vp;
+        float *R = w->Rb + (tc - t0) * Vp, *Kc = w->QK + L * K;
+        load_chunk(p, d, w, b, h, hv, tc, L, 0);
+        load_rows(U, Vp, p->v, p->v_s, b, tc, hv, L, V);
+        if (d->delta) {
+            gemm_f32(L, Vp, K, Kc, K, 1, S0, Vp, R, Vp, 0, 0); /* K S0 */
+            for (int64_t i = 0; i < L; i++) { /* R = V - E K S0, then U = (I + A)^{-1} b R */
+                vf e = vset1(w->eg[i]), bb = vset1(w->bt[i]);
+                for (int64_t j = 0; j < Vp; j += DN_VW) {
+                    vf r = vload(U + i * Vp + j) - e * vload(R + i * Vp + j);
+                    vstore(R + i * Vp + j, r);
+                    vf acc = bb * r;
+                    for (int64_t l = 0; l < i; l++) acc -= vset1(w->A[i * Cp + l]) * vload(U + l * Vp + j);
+                    vstore(U + i * Vp + j, acc);
+                }
+            }
+        }
+        /* S1 = e^{gamma_L} S0 + K^T diag(d) U */
+        memcpy(S1, S0, sizeof(float) * K * Vp);
+        for (int64_t l = 0; l < L; l++) {
+            vf dl = vset1(w->dd[l]);
+            for (int64_t j = 0; j < Vp; j += DN_VW) vstore(w->dU + l * Vp + j, dl * vload(U + l * Vp + j));
+        }
+        gemm_f32(K, Vp, L, Kc, 1, K, w->dU, Vp, S1, Vp, d->gate ? w->eg[L - 1] : 1.0f, 0);
+    }
+
+    /* 2. backward sweep */
+    float *dS = w->dS;
+    for (int64_t i = 0; i < K; i++) {
+        if (bp->dfinal_state) memcpy(dS + i * Vp, bp->dfinal_state + soff + i * V, sizeof(float) * V);
+        else memset(dS + i * Vp, 0, sizeof(float) * V);
+        memset(dS + i * Vp + V, 0, sizeof(float) * (Vp - V));
+    }
+    for (int64_t c = nch - 1; c >= 0; c--) {
+        const int64_t tc = t0 + c * C, L = t1 - tc < C ? t1 - tc : C, Lp = ROUND_UP(L, DN_VW);
+        const float *S0 = w->ck + c * K * Vp, *U = w->Ub + (tc - t0) * Vp, *R = w->Rb + (tc - t0) * Vp;
+        float *Qc = w->QK, *Kc = w->QK + L * K;
+        load_chunk(p, d, w, b, h, hv, tc, L, 1);
+        load_rows(w->dO, Vp, bp->dout, bp->dout_s, b, tc, hv, L, V);
+        for (int64_t l = 0; l < L; l++) w->dgam[l] = 0;
+        double dgL = 0; /* gradient reaching gamma_L through e^{gamma_L} and d */
+
+        /* dU = M^T dO + diag(d) K dS1 */
+        gemm_f32(L, Vp, K, Kc, K, 1, dS, Vp, w->KdS, Vp, 0, 0);
+        gemm_f32(L, Vp, L, w->M, 1, Cp, w->dO, Vp, w->dU, Vp, 0, 0);
+        for (int64_t i = 0; i < L; i++) {
+            vf di = vset1(w->dd[i]);
+            for (int64_t j = 0; j < Vp; j += DN_VW)
+                vstore(w->dU + i * Vp + j, vload(w->dU + i * Vp + j) + di * vload(w->KdS + i * Vp + j));
+        }
+        /* delta: dY = (I + A)^{-T} dU by back substitution; dR = b dY; db = dY . R */
+        const float *dVsrc = w->dU;
+        if (d->delta) {
+            for (int64_t i = L - 1; i >= 0; i--)
+                for (int64_t j = 0; j < Vp; j += DN_VW) {
+                    vf acc = vload(w->dU + i * Vp + j);
+                    for (int64_t l = i + 1; l < L; l++) acc -= vset1(w->A[l * Cp + i]) * vload(w->dY + l * Vp + j);
+                    vstore(w->dY + i * Vp + j, acc);
+                }
+            for (int64_t i = 0; i < L; i++) {
+                w->row[i] = dot_f32(w->dY + i * Vp, R + i * Vp, Vp); /* db, before the A term */
+                vf bb = vset1(w->bt[i]);
+                for (int64_t j = 0; j < Vp; j += DN_VW)
+                    vstore(w->KdS + i * Vp + j, bb * vload(w->dY + i * Vp + j)); /* KdS := dR */
+            }
+            dVsrc = w->KdS;
+        }
+        for (int64_t l = 0; l < L; l++)
+            memcpy(bp->dv + b * bp->dv_s.b + (tc + l) * bp->dv_s.t + hv * bp->dv_s.h, dVsrc + l * Vp,
+                   sizeof(float) * V);
+        const float *dR = w->KdS;
+
+        /* dM = lower(dO U^T) -> W = dM * Gam; dA = -dY U^T (strictly lower) -> Z = dA b Gam;
+         * gamma gets dM*M and dA*A (+ at i, - at j); db gets sum_j dA GK */
+        for (int64_t i = 0; i < L; i++) {
+            float *wr = w->W + i * Cp, *zr = w->Z + i * Cp;
+            double db_extra = 0, dgi = 0;
+            for (int64_t j = 0; j <= i; j++) {
+                const float dm = dot_f32(w->dO + i * Vp, U + j * Vp, Vp);
+                wr[j] = dm * w->Gam[i * Cp + j];
+                const float tm = dm * w->M[i * Cp + j];
+                float ta = 0;
+                zr[j] = 0;
+                if (d->delta && j < i) {
+                    const float da = -dot_f32(w->dY + i * Vp, U + j * Vp, Vp);
+                    zr[j] = da * w->bt[i] * w->Gam[i * Cp + j];
+                    db_extra += (double)da * w->GK[i * Cp + j];
+                    ta = da * w->A[i * Cp + j];
+                }
+                dgi += (double)tm + ta;
+                w->dgam[j] -= tm + ta;
+            }
+            w->dgam[i] += (float)dgi;
+            for (int64_t j = i + 1; j < Cp; j++) wr[j] = zr[j] = 0;
+            if (d->delta) w->row[i] += (float)db_extra;
+        }
+        if (bp->dbeta)
+            for (int64_t l = 0; l < L; l++)
+                bp->dbeta[b * bp->dbeta_s.b + (tc + l) * bp->dbeta_s.t + hv * bp->dbeta_s.h] = w->row[l];
+
+        /* E-scaled [dO; -dR] blocks, and their transposes */
+        float *EdO = w->EdOR, *EdR = w->EdOR + L * Vp;
+        for (int64_t i = 0; i < L; i++) {
+            vf e = vset1(w->eg[i]);
+            for (int64_t j = 0; j < Vp; j += DN_VW) {
+                vstore(EdO + i * Vp + j, e * vload(w->dO + i * Vp + j));
+                if (d->delta) vstore(EdR + i * Vp + j, -(e * vload(dR + i * Vp + j)));
+            }
+        }
+        const int64_t M2 = d->delta ? 2 * L : L, N2 = ROUND_UP(M2, DN_VW);
+        for (int64_t j = 0; j < Vp; j++) {
+            float *bt = w->BT + j * 2 * Cp;
+            for (int64_t i = 0; i < M2; i++) bt[i] = w->EdOR[i * Vp + j];
+            for (int64_t i = M2; i < N2; i++) bt[i] = 0;
+            float *ut = w->UT + j * Cp;
+            for (int64_t i = 0; i < L; i++) ut[i] = U[i * Vp + j];
+            for (int64_t i = L; i < Lp; i++) ut[i] = 0;
+        }
+        /* G1 = S0 [E dO | -E dR]^T (K x 2L);  G2 = dS1 U^T (K x L) */
+        gemm_f32(K, N2, Vp, S0, Vp, 1, w->BT, 2 * Cp, w->G1, 2 * Cp, 0, 0);
+        gemm_f32(K, Lp, Vp, dS, Vp, 1, w->UT, Cp, w->G2, Cp, 0, 0);
+
+        /* gamma: E in O (qs_i . G1[:, i]), E in R (dR_i . (R_i - V_i)), d in S1, e^{gamma_L} */
+        if (d->gate) {
+            for (int64_t i = 0; i < L; i++) {
+                double acc = 0, kg = 0;
+                for (int64_t k = 0; k < K; k++) {
+                    acc += (double)Qc[i * K + k] * w->G1[k * 2 * Cp + i];
+                    kg += (double)Kc[i * K + k] * w->G2[k * Cp + i];
+                }
+                if (d->delta) { /* R_i - V_i = -e_i S0^T k_i, the derivative of R_i in gamma_i */
+                    double rr = 0;
+                    const float *vrow = p->v + b * p->v_s.b + (tc + i) * p->v_s.t + hv * p->v_s.h;
+                    for (int64_t j = 0; j < V; j++) rr += (double)dR[i * Vp + j] * (R[i * Vp + j] - vrow[j]);
+                    acc += rr;
+                }
+                w->dgam[i] += (float)(acc - w->dd[i] * kg);
+                dgL += w->dd[i] * kg;
+            }
+            double sd = 0;
+            for (int64_t i = 0; i < K * Vp; i++) sd += (double)dS[i] * S0[i];
+            dgL += w->eg[L - 1] * sd;
+            w->dgam[L - 1] += (float)dgL;
+        }
+
+        /* dS0 = e^{gamma_L} dS1 + [Qs; K]^T [E dO; -E dR], in place in dS */
+        gemm_f32(K, Vp, M2, w->QK, 1, K, w->EdOR, Vp, dS, Vp, d->gate ? w->eg[L - 1] : 1.0f, 0);
+
+        /* row parts: dQs = W K;  dK = W^T Qs + Z K + Z^T K */
+        gemm_f32(L, K % DN_VW ? 0 : K, L, w->W, Cp, 1, Kc, K, w->dQr, K, 0, 0);
+        gemm_f32(L, K % DN_VW ? 0 : K, L, w->W, 1, Cp, Qc, K, w->dKr, K, 0, 0);
+        if (K % DN_VW) { /* K not a multiple of the vector width: plain loops */
+            for (int64_t i = 0; i < L; i++)
+                for (int64_t k = 0; k < K; k++) {
+                    float aq = 0, ak = 0;
+                    for (int64_t j = 0; j < L; j++) {
+                        aq += w->W[i * Cp + j] * Kc[j * K + k];
+                        ak += w->W[j * Cp + i] * Qc[j * K + k];
+                    }
+                    w->dQr[i * K + k] = aq, w->dKr[i * K + k] = ak;
+                }
+        }
+        if (d->delta)
+            for (int64_t i = 0; i < L; i++)
+                for (int64_t j = 0; j < L; j++) {
+                    const float zij = w->Z[i * Cp + j], zji = w->Z[j * Cp + i], s = zij + zji;
+                    if (s == 0.0f) continue;
+                    /* dk_i += Z_ij k_j (from Z K) and dk_i += Z_ji k_j (from Z^T K) */
+                    for (int64_t k = 0; k < K; k++) w->dKr[i * K + k] += s * Kc[j * K + k];
+                }
+        /* add the transposed parts, then through the normalisation into dq, dk */
+        for (int64_t i = 0; i < L; i++) {
+            float *dq_i = w->dQr + i * K, *dk_i = w->dKr + i * K;
+            for (int64_t k = 0; k < K; k++) {
+                dq_i[k] += w->G1[k * 2 * Cp + i];
+                dk_i[k] += w->dd[i] * w->G2[k * Cp + i] + (d->delta ? w->G1[k * 2 * Cp + L + i] : 0.0f);
+            }
+            const int64_t t = tc + i;
+            prep_row_back(bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h, w->raw + i * K,
+                          dq_i, K, p->qk_l2norm, p->scale, !first);
+            prep_row_back(bp->dk + b * bp->dk_s.b + t * bp->dk_s.t + h * bp->dk_s.h,
+                          w->raw + C * K + i * K, dk_i, K, p->qk_l2norm, 1.0f, !first);
+        }
+        if (bp->dg) {
+            float acc = 0;
+            for (int64_t l = L - 1; l >= 0; l--) {
+                acc += w->dgam[l];
+                bp->dg[b * bp->dg_s.b + (tc + l) * bp->dg_s.t + hv * bp->dg_s.h] = acc;
+            }
+        }
+    }
+    if (bp->dinitial_state)
+        for (int64_t i = 0; i < K; i++) memcpy(bp->dinitial_state + soff + i * V, dS + i * Vp, sizeof(float) * V);
+}
+
+void DN_ISA_FN(dn_cpu_la_backward)(const dn_la_bwd_params *bp, int nthreads, void *ws) {
+    const dn_la_params *p = &bp->fwd;
+    int64_t Tmax;
+    bdims d = make_dims(p, &Tmax);
+    bws layout;
+    const size_t per = bws_layout(&d, Tmax, &layout, NULL);
+    const int64_t G = p->HV / p->H, ntask = dn_la_nseq(p) * p->H;
+    int nt = ntask < nthreads ? (int)ntask : nthreads;
+    if (nt < 1) nt = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        float *mine = (float *)ws + per * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+#else
+        float *mine = (float *)ws;
+#endif
+        for (int64_t task = 0; task < ntask; task++) {
+            bws w;
+            bws_layout(&d, Tmax, &w, mine);
+            const int64_t n = task / p->H, h = task % p->H;
+            for (int64_t g = 0; g < G; g++) bwd_head(bp, &d, &w, n, h * G + g, g == 0);
+        }
+    }
+}
