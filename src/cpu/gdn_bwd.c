@@ -251,21 +251,31 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
         const float *dR = w->KdS;
 
         /* dM = lower(dO U^T) -> W = dM * Gam; dA = -dY U^T (strictly lower) -> Z = dA b Gam;
-         * gamma gets dM*M and dA*A (+ at i, - at j); db gets sum_j dA GK */
+         * gamma gets dM*M and dA*A (+ at i, - at j); db gets sum_j dA GK. The products with U^T
+         * fill W and Z first (lower triangles), then are turned into the masked forms. */
+        for (int64_t j = 0; j < Vp; j++) {
+            float *ut = w->UT + j * Cp;
+            for (int64_t i = 0; i < L; i++) ut[i] = U[i * Vp + j];
+            for (int64_t i = L; i < Lp; i++) ut[i] = 0;
+        }
+        gemm_f32(L, Lp, Vp, w->dO, Vp, 1, w->UT, Cp, w->W, Cp, 0, DN_TRI_C);
+        if (d->delta) gemm_f32(L, Lp, Vp, w->dY, Vp, 1, w->UT, Cp, w->Z, Cp, 0, DN_TRI_C);
         for (int64_t i = 0; i < L; i++) {
             float *wr = w->W + i * Cp, *zr = w->Z + i * Cp;
             double db_extra = 0, dgi = 0;
             for (int64_t j = 0; j <= i; j++) {
-                const float dm = dot_f32(w->dO + i * Vp, U + j * Vp, Vp);
+                const float dm = wr[j];
                 wr[j] = dm * w->Gam[i * Cp + j];
                 const float tm = dm * w->M[i * Cp + j];
                 float ta = 0;
-                zr[j] = 0;
                 if (d->delta && j < i) {
-                    const float da = -dot_f32(w->dY + i * Vp, U + j * Vp, Vp);
+                    const float da = -zr[j];
                     zr[j] = da * w->bt[i] * w->Gam[i * Cp + j];
                     db_extra += (double)da * w->GK[i * Cp + j];
                     ta = da * w->A[i * Cp + j];
+                }
+                else if (d->delta) {
+                    zr[j] = 0;
                 }
                 dgi += (double)tm + ta;
                 w->dgam[j] -= tm + ta;
@@ -292,9 +302,6 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
             float *bt = w->BT + j * 2 * Cp;
             for (int64_t i = 0; i < M2; i++) bt[i] = w->EdOR[i * Vp + j];
             for (int64_t i = M2; i < N2; i++) bt[i] = 0;
-            float *ut = w->UT + j * Cp;
-            for (int64_t i = 0; i < L; i++) ut[i] = U[i * Vp + j];
-            for (int64_t i = L; i < Lp; i++) ut[i] = 0;
         }
         /* G1 = S0 [E dO | -E dR]^T (K x 2L);  G2 = dS1 U^T (K x L) */
         gemm_f32(K, N2, Vp, S0, Vp, 1, w->BT, 2 * Cp, w->G1, 2 * Cp, 0, 0);
@@ -309,17 +316,13 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
                     kg += (double)Kc[i * K + k] * w->G2[k * Cp + i];
                 }
                 if (d->delta) { /* R_i - V_i = -e_i S0^T k_i, the derivative of R_i in gamma_i */
-                    double rr = 0;
                     const float *vrow = p->v + b * p->v_s.b + (tc + i) * p->v_s.t + hv * p->v_s.h;
-                    for (int64_t j = 0; j < V; j++) rr += (double)dR[i * Vp + j] * (R[i * Vp + j] - vrow[j]);
-                    acc += rr;
+                    acc += dot_f32(dR + i * Vp, R + i * Vp, V) - dot_f32(dR + i * Vp, vrow, V);
                 }
                 w->dgam[i] += (float)(acc - w->dd[i] * kg);
                 dgL += w->dd[i] * kg;
             }
-            double sd = 0;
-            for (int64_t i = 0; i < K * Vp; i++) sd += (double)dS[i] * S0[i];
-            dgL += w->eg[L - 1] * sd;
+            dgL += w->eg[L - 1] * (double)dot_f32(dS, S0, K * Vp);
             w->dgam[L - 1] += (float)dgL;
         }
 
@@ -340,14 +343,18 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
                     w->dQr[i * K + k] = aq, w->dKr[i * K + k] = ak;
                 }
         }
-        if (d->delta)
+        if (d->delta) { /* dk_i += sum_j (Z_ij + Z_ji) k_j, with Z + Z^T built in GK (done with) */
             for (int64_t i = 0; i < L; i++)
-                for (int64_t j = 0; j < L; j++) {
-                    const float zij = w->Z[i * Cp + j], zji = w->Z[j * Cp + i], s = zij + zji;
-                    if (s == 0.0f) continue;
-                    /* dk_i += Z_ij k_j (from Z K) and dk_i += Z_ji k_j (from Z^T K) */
-                    for (int64_t k = 0; k < K; k++) w->dKr[i * K + k] += s * Kc[j * K + k];
-                }
+                for (int64_t j = 0; j < L; j++) w->GK[i * Cp + j] = w->Z[i * Cp + j] + w->Z[j * Cp + i];
+            if (K % DN_VW == 0)
+                gemm_f32(L, K, L, w->GK, Cp, 1, Kc, K, w->dKr, K, 1.0f, 0);
+            else
+                for (int64_t i = 0; i < L; i++)
+                    for (int64_t j = 0; j < L; j++) {
+                        const float zs = w->GK[i * Cp + j];
+                        for (int64_t k = 0; k < K; k++) w->dKr[i * K + k] += zs * Kc[j * K + k];
+                    }
+        }
         /* add the transposed parts, then through the normalisation into dq, dk */
         for (int64_t i = 0; i < L; i++) {
             float *dq_i = w->dQr + i * K, *dk_i = w->dKr + i * K;
