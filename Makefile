@@ -58,7 +58,7 @@ CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 LIB_SRC    := src/core.c src/check.c src/la.c src/attn.c src/mamba.c src/rwkv4.c src/conv.c \
               src/ref/gdn.c src/ref/la_core.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
               src/cpu/dispatch.c
-KERNEL_SRC := src/cpu/gdn.c src/cpu/gdn_bwd.c src/cpu/attn.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
+KERNEL_SRC := src/cpu/gdn.c src/cpu/gdn_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
               src/cpu/conv.c
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))

@@ -249,6 +249,31 @@ DN_API dn_status dn_attn_check(const dn_attn_params *p);
 DN_API dn_status dn_attn_workspace_size(const dn_attn_params *p, size_t *bytes);
 DN_API dn_status dn_attn_forward(const dn_attn_params *p);
 
+/*
+ * Backward of causal softmax attention: dq, dk, dv from dout and the forward's o and lse, the
+ * scores recomputed block by block (no [TQ,TK] matrix). All three are activation gradients:
+ * written; dk and dv sum over the query heads that share a key/value head.
+ *   fwd     the forward's params, with fwd.o and fwd.lse holding its outputs (both required)
+ *   dout    [B,TQ,H,D]    strides dout_s
+ *   dq      [B,TQ,H,D]    strides dq_s, written
+ *   dk, dv  [B,TK,HKV,D]  strides dk_s, dv_s, written
+ * fwd.impl: DN_IMPL_AUTO (tiled) or DN_IMPL_REF (double reference).
+ */
+typedef struct dn_attn_bwd_params {
+    dn_attn_params fwd;
+    const float *dout;
+    dn_strides dout_s;
+    float *dq;
+    dn_strides dq_s;
+    float *dk;
+    dn_strides dk_s;
+    float *dv;
+    dn_strides dv_s;
+} dn_attn_bwd_params;
+
+DN_API dn_attn_bwd_params dn_attn_bwd_params_default(const dn_attn_params *fwd);
+DN_API dn_status dn_attn_backward(const dn_attn_bwd_params *p);
+
 /* KV cache for decode: [B,HKV,capacity,D] keys and values, stored as fp32, fp16 or bf16
  * (converted on append, round to nearest even; attention math is fp32). */
 typedef enum dn_dtype { DN_F32 = 0, DN_F16, DN_BF16, DN_DTYPE_COUNT } dn_dtype;

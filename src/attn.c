@@ -88,6 +88,39 @@ dn_status dn_attn_forward(const dn_attn_params *p) {
     return DN_OK;
 }
 
+dn_attn_bwd_params dn_attn_bwd_params_default(const dn_attn_params *fwd) {
+    dn_attn_bwd_params b;
+    memset(&b, 0, sizeof b);
+    if (!fwd) return b;
+    b.fwd = *fwd;
+    b.dout_s = b.dq_s = (dn_strides){fwd->TQ * fwd->H * fwd->D, fwd->H * fwd->D, fwd->D};
+    b.dk_s = b.dv_s = (dn_strides){fwd->TK * fwd->HKV * fwd->D, fwd->HKV * fwd->D, fwd->D};
+    return b;
+}
+
+dn_status dn_attn_backward(const dn_attn_bwd_params *bp) {
+    if (!bp) return dn_fail(DN_ERR_NULL, "attention backward params is NULL");
+    const dn_attn_params *p = &bp->fwd;
+    dn_status st = dn_attn_check(p);
+    if (st != DN_OK) return st;
+    const char *op = "softmax_attn backward";
+    if (!p->lse) return dn_fail(DN_ERR_NULL, "%s: fwd.lse (the forward's logsumexp) is required", op);
+    if ((st = dn_check_input(op, "dout", bp->dout, bp->dout_s)) ||
+        (st = dn_check_output(op, "dq", bp->dq, bp->dq_s, p->B, p->TQ, p->H, p->D)) ||
+        (st = dn_check_output(op, "dk", bp->dk, bp->dk_s, p->B, p->TK, p->HKV, p->D)) ||
+        (st = dn_check_output(op, "dv", bp->dv, bp->dv_s, p->B, p->TK, p->HKV, p->D)))
+        return st;
+    if (p->impl == DN_IMPL_REF) return dn_ref_attn_backward(bp);
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->attn_bwd_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the workspace", op);
+    kern->attn_backward(bp, nt, ws);
+    free(owned);
+    return DN_OK;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * KV cache
  * ------------------------------------------------------------------------------------------- */

@@ -65,6 +65,7 @@ dn_status dn_ref_la_backward(const dn_la_bwd_params *p);
 
 /* References (plain C, double): src/ref/ */
 dn_status dn_ref_attn_forward(const dn_attn_params *p);
+dn_status dn_ref_attn_backward(const dn_attn_bwd_params *p);
 dn_status dn_ref_mamba_forward(const dn_mamba_params *p);
 dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p);
 dn_status dn_ref_rwkv4_forward(const dn_rwkv4_params *p);
@@ -96,6 +97,8 @@ typedef struct {
     void (*conv_forward)(const dn_conv_params *p, int nthreads);
     size_t (*la_bwd_workspace)(const dn_la_params *p, int nthreads);
     void (*la_backward)(const dn_la_bwd_params *p, int nthreads, void *ws);
+    size_t (*attn_bwd_workspace)(const dn_attn_params *p, int nthreads);
+    void (*attn_backward)(const dn_attn_bwd_params *p, int nthreads, void *ws);
 } dn_cpu_kernels;
 
 const dn_cpu_kernels *dn_cpu(void);
@@ -116,7 +119,9 @@ const dn_cpu_kernels *dn_cpu(void);
     void dn_cpu_rwkv4_forward_##isa(const dn_rwkv4_params *p, int nthreads);                   \
     void dn_cpu_conv_forward_##isa(const dn_conv_params *p, int nthreads);                     \
     size_t dn_cpu_la_bwd_workspace_##isa(const dn_la_params *p, int nthreads);                 \
-    void dn_cpu_la_backward_##isa(const dn_la_bwd_params *p, int nthreads, void *ws);
+    void dn_cpu_la_backward_##isa(const dn_la_bwd_params *p, int nthreads, void *ws);        \
+    size_t dn_cpu_attn_bwd_workspace_##isa(const dn_attn_params *p, int nthreads);             \
+    void dn_cpu_attn_backward_##isa(const dn_attn_bwd_params *p, int nthreads, void *ws);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)

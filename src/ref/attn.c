@@ -53,3 +53,69 @@ dn_status dn_ref_attn_forward(const dn_attn_params *p) {
     free(acc);
     return DN_OK;
 }
+
+/* Backward: per query row the scores again, P, dP = dO.v, dS = P (dP - dO.o); dq, and dk, dv
+ * summed in double over rows and query heads. */
+dn_status dn_ref_attn_backward(const dn_attn_bwd_params *bp) {
+    const dn_attn_params *p = &bp->fwd;
+    const int64_t G = p->H / p->HKV, D = p->D;
+    const size_t nkv = (size_t)(p->B * p->TK * p->HKV * D);
+    double *dk = calloc(nkv + 1, sizeof(double)), *dv = calloc(nkv + 1, sizeof(double));
+    double *s = malloc(sizeof(double) * (size_t)(p->TK + 1)), *dq = malloc(sizeof(double) * (size_t)D);
+    if (!dk || !dv || !s || !dq) {
+        free(dk), free(dv), free(s), free(dq);
+        return dn_fail(DN_ERR_ALLOC, "attention reference backward: out of memory");
+    }
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t h = 0; h < p->H; h++)
+            for (int64_t i = 0; i < p->TQ; i++) {
+                const int64_t kh = h / G, pos = p->TK - p->TQ + i;
+                int64_t lo = 0, hi = pos < p->TK - 1 ? pos : p->TK - 1;
+                if (p->window > 0 && pos - p->window + 1 > lo) lo = pos - p->window + 1;
+                const float *q = p->q + b * p->q_s.b + i * p->q_s.t + h * p->q_s.h;
+                const float *o = p->o + b * p->o_s.b + i * p->o_s.t + h * p->o_s.h;
+                const float *dO = bp->dout + b * bp->dout_s.b + i * bp->dout_s.t + h * bp->dout_s.h;
+                float *dqo = bp->dq + b * bp->dq_s.b + i * bp->dq_s.t + h * bp->dq_s.h;
+                for (int64_t d = 0; d < D; d++) dq[d] = 0;
+                if (hi >= lo) {
+                    double m = -INFINITY, Di = 0;
+                    for (int64_t d = 0; d < D; d++) Di += (double)dO[d] * o[d];
+                    for (int64_t j = lo; j <= hi; j++) {
+                        const float *k = p->k + b * p->k_s.b + j * p->k_s.t + kh * p->k_s.h;
+                        double dot = 0;
+                        for (int64_t d = 0; d < D; d++) dot += (double)q[d] * k[d];
+                        s[j] = dot * p->scale;
+                        if (s[j] > m) m = s[j];
+                    }
+                    double sum = 0;
+                    for (int64_t j = lo; j <= hi; j++) sum += exp(s[j] - m);
+                    for (int64_t j = lo; j <= hi; j++) {
+                        const float *k = p->k + b * p->k_s.b + j * p->k_s.t + kh * p->k_s.h;
+                        const float *v = p->v + b * p->v_s.b + j * p->v_s.t + kh * p->v_s.h;
+                        const double P = exp(s[j] - m) / sum;
+                        double dP = 0;
+                        for (int64_t d = 0; d < D; d++) dP += (double)dO[d] * v[d];
+                        const double dS = P * (dP - Di) * p->scale;
+                        double *dkj = dk + ((b * p->TK + j) * p->HKV + kh) * D;
+                        double *dvj = dv + ((b * p->TK + j) * p->HKV + kh) * D;
+                        for (int64_t d = 0; d < D; d++) {
+                            dq[d] += dS * k[d];
+                            dkj[d] += dS * q[d];
+                            dvj[d] += P * dO[d];
+                        }
+                    }
+                }
+                for (int64_t d = 0; d < D; d++) dqo[d] = (float)dq[d];
+            }
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t j = 0; j < p->TK; j++)
+            for (int64_t kh = 0; kh < p->HKV; kh++) {
+                const double *a = dk + ((b * p->TK + j) * p->HKV + kh) * D;
+                const double *c = dv + ((b * p->TK + j) * p->HKV + kh) * D;
+                float *x = bp->dk + b * bp->dk_s.b + j * bp->dk_s.t + kh * bp->dk_s.h;
+                float *y = bp->dv + b * bp->dv_s.b + j * bp->dv_s.t + kh * bp->dv_s.h;
+                for (int64_t d = 0; d < D; d++) x[d] = (float)a[d], y[d] = (float)c[d];
+            }
+    free(dk), free(dv), free(s), free(dq);
+    return DN_OK;
+}

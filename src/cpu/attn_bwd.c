@@ -1,0 +1,186 @@
+/*
+ * cpu/attn_bwd.c - fast CPU backward of causal softmax attention. Compiled once per SIMD level.
+ *
+ * A task owns one block of keys of one KV head, so its dk and dv rows are written by no one else;
+ * it walks the query blocks (all G heads of the group stacked) that can see the block and
+ * recomputes, per tile: S = (scale Q) K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D) with
+ * D = dO . o per row; then dV += P^T dO, dK += dS^T (scale Q), and dQ += dS K into a per-thread
+ * accumulator, summed over threads at the end. Nothing of size TQ x TK is formed.
+ */
+#include "../internal.h"
+#include "gemm.h"
+
+#include <math.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define ROUND_UP(x, m) (((x) + (m)-1) / (m) * (m))
+#define BC 64 /* keys per task */
+
+static int64_t bwd_br(int64_t G) {
+    int64_t br = 64 / G;
+    return br < 8 ? 8 : br;
+}
+
+typedef struct {
+    float *dQ;                      /* B*TQ*H x Dp   per-thread accumulator */
+    float *Q, *dO, *dQt;            /* R x Dp */
+    float *KT, *VT;                 /* D x BC */
+    float *Kb, *dKb, *dVb;          /* BC x Dp */
+    float *S, *dP;                  /* R x BC */
+    float *lse, *Dr;                /* R */
+} abws;
+
+static size_t abws_layout(const dn_attn_params *p, abws *w, float *base) {
+    const int64_t G = p->H / p->HKV, R = G * bwd_br(G), Dp = ROUND_UP(p->D, DN_VW), D = p->D;
+    const int64_t sizes[] = {p->B * p->TQ * p->H * Dp, R * Dp, R * Dp, R * Dp, D * BC, D * BC,
+                             BC * Dp, BC * Dp, BC * Dp, R * BC, R * BC, R, R};
+    float **slots[] = {&w->dQ, &w->Q, &w->dO, &w->dQt, &w->KT, &w->VT, &w->Kb, &w->dKb, &w->dVb,
+                       &w->S, &w->dP, &w->lse, &w->Dr};
+    size_t off = 0;
+    for (int i = 0; i < 13; i++) {
+        *slots[i] = base ? base + off : NULL;
+        off += ROUND_UP((size_t)sizes[i], 16);
+    }
+    return off;
+}
+
+size_t DN_ISA_FN(dn_cpu_attn_bwd_workspace)(const dn_attn_params *p, int nthreads) {
+    abws w;
+    /* + D_i = dO_i . o_i for every row, shared */
+    return sizeof(float) * (abws_layout(p, &w, NULL) * (size_t)nthreads +
+                            ROUND_UP((size_t)(p->B * p->H * p->TQ), 16));
+}
+
+static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64_t b, int64_t kh,
+                 int64_t j0) {
+    const dn_attn_params *p = &bp->fwd;
+    const int64_t G = p->H / p->HKV, D = p->D, Dp = ROUND_UP(D, DN_VW), br = bwd_br(G);
+    const int64_t W = p->window, off = p->TK - p->TQ;
+    const int64_t nk = p->TK - j0 < BC ? p->TK - j0 : BC, nkp = ROUND_UP(nk, DN_VW);
+    for (int64_t jj = 0; jj < nk; jj++) {
+        const float *k = p->k + b * p->k_s.b + (j0 + jj) * p->k_s.t + kh * p->k_s.h;
+        const float *v = p->v + b * p->v_s.b + (j0 + jj) * p->v_s.t + kh * p->v_s.h;
+        for (int64_t d = 0; d < D; d++) w->KT[d * BC + jj] = k[d], w->VT[d * BC + jj] = v[d];
+        memcpy(w->Kb + jj * Dp, k, sizeof(float) * (size_t)D);
+        memset(w->Kb + jj * Dp + D, 0, sizeof(float) * (size_t)(Dp - D));
+    }
+    for (int64_t d = 0; d < D; d++)
+        for (int64_t jj = nk; jj < nkp; jj++) w->KT[d * BC + jj] = w->VT[d * BC + jj] = 0;
+    memset(w->dKb, 0, sizeof(float) * (size_t)(BC * Dp));
+    memset(w->dVb, 0, sizeof(float) * (size_t)(BC * Dp));
+
+    /* query rows that see some key of the block: j0 <= pos, and pos - W + 1 <= j0 + nk - 1 */
+    int64_t ilo = j0 - off > 0 ? j0 - off : 0, ihi = p->TQ - 1;
+    if (W > 0 && j0 + nk - 1 + W - 1 - off < ihi) ihi = j0 + nk - 1 + W - 1 - off;
+    for (int64_t i0 = ilo; i0 <= ihi; i0 += br) {
+        const int64_t nq = ihi + 1 - i0 < br ? ihi + 1 - i0 : br, R = G * nq;
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t i = 0; i < nq; i++) {
+                const int64_t h = kh * G + g, t = i0 + i, r = g * nq + i;
+                const float *q = p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h;
+                const float *dO = bp->dout + b * bp->dout_s.b + t * bp->dout_s.t + h * bp->dout_s.h;
+                for (int64_t d = 0; d < D; d++) w->Q[r * Dp + d] = q[d] * p->scale;
+                memcpy(w->dO + r * Dp, dO, sizeof(float) * (size_t)D);
+                for (int64_t d = D; d < Dp; d++) w->Q[r * Dp + d] = w->dO[r * Dp + d] = 0;
+                w->lse[r] = p->lse[(b * p->H + h) * p->TQ + t];
+                w->Dr[r] = Dall[(b * p->H + h) * p->TQ + t];
+            }
+        gemm_f32(R, nkp, D, w->Q, Dp, 1, w->KT, BC, w->S, BC, 0, 0);
+        gemm_f32(R, nkp, D, w->dO, Dp, 1, w->VT, BC, w->dP, BC, 0, 0);
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t pos = off + i0 + r % nq;
+            int64_t a = W > 0 ? pos - W + 1 - j0 : 0, e = pos - j0;
+            if (a < 0) a = 0;
+            if (e > nk - 1) e = nk - 1;
+            float *s = w->S + r * BC, *dp = w->dP + r * BC;
+            if (e < a || w->lse[r] == -INFINITY) {
+                memset(s, 0, sizeof(float) * (size_t)nkp);
+                memset(dp, 0, sizeof(float) * (size_t)nkp);
+                continue;
+            }
+            for (int64_t j = 0; j < a; j++) s[j] = -INFINITY;
+            for (int64_t j = e + 1; j < nkp; j++) s[j] = -INFINITY;
+            const vf l = vset1(w->lse[r]), dr = vset1(w->Dr[r]);
+            for (int64_t j = 0; j < nkp; j += DN_VW) {
+                vf pj = vexp_neg(vload(s + j) - l);
+                vstore(s + j, pj);
+                vstore(dp + j, pj * (vload(dp + j) - dr)); /* dS */
+            }
+        }
+        /* dV += P^T dO;  dK += dS^T (scale Q);  dQt = dS K */
+        gemm_f32(nk, Dp, R, w->S, 1, BC, w->dO, Dp, w->dVb, Dp, 1.0f, 0);
+        gemm_f32(nk, Dp, R, w->dP, 1, BC, w->Q, Dp, w->dKb, Dp, 1.0f, 0);
+        gemm_f32(R, Dp, nk, w->dP, BC, 1, w->Kb, Dp, w->dQt, Dp, 0, 0);
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t i = 0; i < nq; i++) {
+                const int64_t h = kh * G + g, r = g * nq + i;
+                float *acc = w->dQ + ((b * p->TQ + i0 + i) * p->H + h) * Dp;
+                for (int64_t d = 0; d < Dp; d += DN_VW)
+                    vstore(acc + d, vload(acc + d) + vload(w->dQt + r * Dp + d));
+            }
+    }
+    for (int64_t jj = 0; jj < nk; jj++) {
+        memcpy(bp->dk + b * bp->dk_s.b + (j0 + jj) * bp->dk_s.t + kh * bp->dk_s.h, w->dKb + jj * Dp,
+               sizeof(float) * (size_t)D);
+        memcpy(bp->dv + b * bp->dv_s.b + (j0 + jj) * bp->dv_s.t + kh * bp->dv_s.h, w->dVb + jj * Dp,
+               sizeof(float) * (size_t)D);
+    }
+}
+
+void DN_ISA_FN(dn_cpu_attn_backward)(const dn_attn_bwd_params *bp, int nthreads, void *ws) {
+    const dn_attn_params *p = &bp->fwd;
+    const int64_t D = p->D, Dp = ROUND_UP(D, DN_VW), nkb = (p->TK + BC - 1) / BC;
+    const int64_t ntask = p->B * p->HKV * nkb, nrows = p->B * p->H * p->TQ;
+    abws lay;
+    const size_t per = abws_layout(p, &lay, NULL);
+    float *Dall = (float *)ws + per * (size_t)nthreads;
+    int nt = nthreads < 1 ? 1 : nthreads;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int me = omp_get_thread_num();
+#else
+        const int me = 0;
+#endif
+        abws w;
+        abws_layout(p, &w, (float *)ws + per * (size_t)me);
+        memset(w.dQ, 0, sizeof(float) * (size_t)(p->B * p->TQ * p->H * Dp));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t row = 0; row < nrows; row++) { /* D_i = dO_i . o_i, row order [B,H,TQ] */
+            const int64_t b = row / (p->H * p->TQ), h = row / p->TQ % p->H, t = row % p->TQ;
+            Dall[row] = dot_f32(bp->dout + b * bp->dout_s.b + t * bp->dout_s.t + h * bp->dout_s.h,
+                                p->o + b * p->o_s.b + t * p->o_s.t + h * p->o_s.h, D);
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t t = 0; t < ntask; t++) {
+            const int64_t kb = t % nkb, bh = t / nkb;
+            task(bp, &w, Dall, bh / p->HKV, bh % p->HKV, kb * BC);
+        }
+        /* dq = scale * sum over threads of the accumulators, rows split across threads */
+#ifdef _OPENMP
+        const int team = omp_get_num_threads();
+#pragma omp for schedule(static)
+#else
+        const int team = 1;
+#endif
+        for (int64_t row = 0; row < p->B * p->TQ * p->H; row++) {
+            const int64_t b = row / (p->TQ * p->H), t = row / p->H % p->TQ, h = row % p->H;
+            float *out = bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h;
+            for (int64_t d = 0; d < D; d++) {
+                float acc = 0;
+                for (int th = 0; th < team; th++)
+                    acc += ((float *)ws + per * (size_t)th)[row * Dp + d];
+                out[d] = acc * p->scale;
+            }
+        }
+    }
+}
