@@ -108,7 +108,7 @@ $(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h tools/*.h)
 
 TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/svg.o
 
-$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(STATIC)
+$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_bwd.o $(TOOL_OBJ) $(STATIC)
@@ -121,6 +121,7 @@ bench: info $(TOOL)
 	./$(TOOL) bench
 	./$(TOOL) bench attn
 	./$(TOOL) bench ssm
+	./$(TOOL) bench bwd
 
 # The main job: softmax attention against the linear family, measured here.
 run: info $(TOOL)

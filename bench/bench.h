@@ -12,5 +12,7 @@ int dn_bench_gdn_main(int argc, char **argv);
 int dn_bench_attn_main(int argc, char **argv);
 /* `deltanet bench ssm`: Mamba-1, Mamba-2, RWKV-4 and the short convolution (bench/ssm.c). */
 int dn_bench_ssm_main(int argc, char **argv);
+/* `deltanet bench bwd`: forward + backward of Gated DeltaNet and attention (bench/bwd.c). */
+int dn_bench_bwd_main(int argc, char **argv);
 
 #endif

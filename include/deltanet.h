@@ -487,6 +487,8 @@ typedef struct dn_la_bwd_params {
     float *dbeta;
     dn_strides dbeta_s;
     float *dinitial_state;
+    void *workspace; /* optional, dn_la_backward_workspace_size() bytes, 64-byte aligned */
+    size_t workspace_bytes;
 } dn_la_bwd_params;
 
 /* Backward params matching fwd's shapes, gradients contiguous; pointers NULL. */

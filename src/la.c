@@ -256,8 +256,13 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp) {
                                            "DN_IMPL_AUTO or DN_IMPL_CHUNK (or DN_IMPL_REF)", op);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
+    const size_t need = kern->la_bwd_workspace(p, nt);
+    if (bp->workspace && (bp->workspace_bytes < need || ((uintptr_t)bp->workspace & 63)))
+        return dn_fail(DN_ERR_ARG, "%s backward: workspace of %zu bytes (alignment %d) is not %zu "
+                                   "bytes 64-byte aligned",
+                       op, bp->workspace_bytes, (int)((uintptr_t)bp->workspace & 63), need);
     void *owned;
-    void *ws = dn_scratch(NULL, 0, kern->la_bwd_workspace(p, nt), &owned);
+    void *ws = dn_scratch(bp->workspace, bp->workspace_bytes, need, &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "%s backward: cannot allocate the workspace", op);
     kern->la_backward(bp, nt, ws);
     free(owned);

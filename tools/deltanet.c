@@ -21,6 +21,8 @@ static void usage(void) {
            "               the measured copy bandwidth (deltanet bench attn --help)\n"
            "  bench ssm    Mamba-1, Mamba-2, RWKV-4 and the short convolution: prefill and\n"
            "               decode tokens/s\n"
+           "  bench bwd    training step (forward + backward) of Gated DeltaNet and attention\n"
+           "               against length\n"
            "  info    what this build and machine provide\n"
            "With no command, runs `compare` with its defaults.\n");
 }
@@ -32,6 +34,7 @@ int main(int argc, char **argv) {
         if (argc > 2 && !strcmp(argv[2], "attn")) return dn_bench_attn_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "gdn")) return dn_bench_gdn_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "ssm")) return dn_bench_ssm_main(argc - 2, argv + 2);
+        if (argc > 2 && !strcmp(argv[2], "bwd")) return dn_bench_bwd_main(argc - 2, argv + 2);
         return dn_bench_gdn_main(argc - 1, argv + 1);
     }
     if (!strcmp(argv[1], "info")) {

@@ -38,6 +38,7 @@ typedef struct {
 /* Per-thread scratch layout. */
 typedef struct {
     float *ck;                                      /* nck x K x Vp       states entering chunks */
+    float *mats;                                    /* nck x 4 x C x Cp   M, A, GK, Gam per chunk */
     float *Ub, *Rb;                                 /* Tmax x Vp          per-token U and R */
     float *QK;                                      /* 2C x K             Qs rows, then K rows */
     float *M, *A, *GK, *Gam, *W, *Z;                /* C x Cp each */
@@ -52,12 +53,12 @@ typedef struct {
 
 static size_t bws_layout(const bdims *d, int64_t Tmax, bws *w, float *base) {
     const int64_t K = d->K, Vp = d->Vp, C = d->C, Cp = d->Cp;
-    const int64_t sizes[] = {d->nck * K * Vp, Tmax * Vp, Tmax * Vp, 2 * C * K,
+    const int64_t sizes[] = {d->nck * K * Vp, d->nck * 4 * C * Cp, Tmax * Vp, Tmax * Vp, 2 * C * K,
                              C * Cp, C * Cp, C * Cp, C * Cp, C * Cp, C * Cp,
                              C * Vp, C * Vp, C * Vp, C * Vp, 2 * C * Vp,
                              Vp * 2 * Cp, Vp * Cp, K * 2 * Cp, K * Cp, C * K, C * K,
                              K * Vp, 2 * C * K, C, C, C, C, Cp, 2 * C};
-    float **slots[] = {&w->ck, &w->Ub, &w->Rb, &w->QK, &w->M, &w->A, &w->GK, &w->Gam, &w->W,
+    float **slots[] = {&w->ck, &w->mats, &w->Ub, &w->Rb, &w->QK, &w->M, &w->A, &w->GK, &w->Gam, &w->W,
                        &w->Z, &w->dO, &w->KdS, &w->dU, &w->dY, &w->EdOR, &w->BT, &w->UT,
                        &w->G1, &w->G2, &w->dQr, &w->dKr, &w->dS, &w->raw, &w->eg, &w->dd,
                        &w->bt, &w->dgam, &w->row, NULL};
@@ -117,7 +118,7 @@ static inline void prep_row_back(float *dx, const float *x, const float *dy, int
 /* Loads chunk rows: raw q, k (kept for the normalisation's gradient), Qs and K, gates, betas;
  * builds Gam, GK = Gam * K K^T (strictly lower), M = tril(Qs K^T * Gam), A = b GK. */
 static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b, int64_t h,
-                       int64_t hv, int64_t tc, int64_t L, int need_q) {
+                       int64_t hv, int64_t tc, int64_t L, int need_q, int dots) {
     const int64_t K = d->K, Cp = d->Cp;
     float *Qc = w->QK, *Kc = w->QK + L * K, *rq = w->raw, *rk = w->raw + d->C * K;
     double gacc = 0;
@@ -135,6 +136,7 @@ static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
         w->bt[l] = d->delta ? p->beta[b * p->beta_s.b + t * p->beta_s.t + hv * p->beta_s.h] : 1.0f;
     }
     for (int64_t l = 0; l < L; l++) w->dd[l] = d->gate ? (float)exp(w->gam[L - 1] - w->gam[l]) : 1.0f;
+    if (!dots) return;
     for (int64_t i = 0; i < L; i++) {
         float *gm = w->Gam + i * Cp, *gk = w->GK + i * Cp, *m = w->M + i * Cp, *a = w->A + i * Cp;
         if (d->gate) {
@@ -156,6 +158,9 @@ static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
 static void load_rows(float *dst, int64_t ld, const float *src, dn_strides s, int64_t b, int64_t tc,
                       int64_t head, int64_t L, int64_t n) {
     for (int64_t l = 0; l < L; l++) {
+        /* the rows of one head are a head-stride apart: ask for the next chunk's ahead */
+        const float *next = src + b * s.b + (tc + L + l) * s.t + head * s.h;
+        for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(next + i);
         memcpy(dst + l * ld, src + b * s.b + (tc + l) * s.t + head * s.h, sizeof(float) * n);
         memset(dst + l * ld + n, 0, sizeof(float) * (ld - n));
     }
@@ -180,7 +185,9 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
         const int64_t tc = t0 + c * C, L = t1 - tc < C ? t1 - tc : C;
         float *S0 = w->ck + c * K * Vp, *S1 = S0 + K * Vp, *U = w->Ub + (tc - t0) * Vp;
         float *R = w->Rb + (tc - t0) * Vp, *Kc = w->QK + L * K;
-        load_chunk(p, d, w, b, h, hv, tc, L, 0);
+        float *mc = w->mats + c * 4 * C * Cp;
+        w->M = mc, w->A = mc + C * Cp, w->GK = mc + 2 * C * Cp, w->Gam = mc + 3 * C * Cp;
+        load_chunk(p, d, w, b, h, hv, tc, L, 1, 1);
         load_rows(U, Vp, p->v, p->v_s, b, tc, hv, L, V);
         if (d->delta) {
             gemm_f32(L, Vp, K, Kc, K, 1, S0, Vp, R, Vp, 0, 0); /* K S0 */
@@ -196,12 +203,11 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
             }
         }
         /* S1 = e^{gamma_L} S0 + K^T diag(d) U */
-        memcpy(S1, S0, sizeof(float) * K * Vp);
         for (int64_t l = 0; l < L; l++) {
             vf dl = vset1(w->dd[l]);
             for (int64_t j = 0; j < Vp; j += DN_VW) vstore(w->dU + l * Vp + j, dl * vload(U + l * Vp + j));
         }
-        gemm_f32(K, Vp, L, Kc, 1, K, w->dU, Vp, S1, Vp, d->gate ? w->eg[L - 1] : 1.0f, 0);
+        gemm_f32_from(K, Vp, L, Kc, 1, K, w->dU, Vp, S1, Vp, d->gate ? w->eg[L - 1] : 1.0f, S0, 0);
     }
 
     /* 2. backward sweep */
@@ -215,7 +221,9 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
         const int64_t tc = t0 + c * C, L = t1 - tc < C ? t1 - tc : C, Lp = ROUND_UP(L, DN_VW);
         const float *S0 = w->ck + c * K * Vp, *U = w->Ub + (tc - t0) * Vp, *R = w->Rb + (tc - t0) * Vp;
         float *Qc = w->QK, *Kc = w->QK + L * K;
-        load_chunk(p, d, w, b, h, hv, tc, L, 1);
+        float *mc = w->mats + c * 4 * C * Cp;
+        w->M = mc, w->A = mc + C * Cp, w->GK = mc + 2 * C * Cp, w->Gam = mc + 3 * C * Cp;
+        load_chunk(p, d, w, b, h, hv, tc, L, 1, 0);
         load_rows(w->dO, Vp, bp->dout, bp->dout_s, b, tc, hv, L, V);
         for (int64_t l = 0; l < L; l++) w->dgam[l] = 0;
         double dgL = 0; /* gradient reaching gamma_L through e^{gamma_L} and d */

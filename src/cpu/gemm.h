@@ -20,11 +20,11 @@
 #define DN_GEMM_MICRO(NAME, MRX, NVX)                                                                 \
     static inline void NAME(int64_t kend, const float *A, int64_t rs,       \
                                                 int64_t cs, const float *B, int64_t ldb,        \
-                                                float *C, int64_t ldc, float beta) {            \
+                                                float *C, int64_t ldc, float beta, const float *Cin) { \
         vf c[MRX][NVX];                                                                         \
         for (int m = 0; m < MRX; m++)                                                           \
             for (int r = 0; r < NVX; r++)                                                       \
-                c[m][r] = beta != 0.0f ? vset1(beta) * vload(C + m * ldc + r * DN_VW) : vzero();                       \
+                c[m][r] = beta != 0.0f ? vset1(beta) * vload(Cin + m * ldc + r * DN_VW) : vzero();                       \
         for (int64_t k = 0; k < kend; k++) {                                                    \
             vf b[NVX];                                                                          \
             for (int r = 0; r < NVX; r++) b[r] = vload(B + k * ldb + r * DN_VW);                \
@@ -38,6 +38,7 @@
     }
 
 DN_GEMM_MICRO(gemm_micro_full, DN_MR, DN_NR)
+DN_GEMM_MICRO(gemm_micro_half, DN_MR, (DN_NR + 1) / 2)
 DN_GEMM_MICRO(gemm_micro_rows, DN_MR, 1)
 DN_GEMM_MICRO(gemm_micro_cols, 1, DN_NR)
 DN_GEMM_MICRO(gemm_micro_one, 1, 1)
@@ -53,36 +54,56 @@ DN_GEMM_MICRO(gemm_micro_one, 1, 1)
  */
 enum { DN_TRI_A = 1, DN_TRI_C = 2 };
 
-static void gemm_f32(int64_t M, int64_t N, int64_t Kc, const float *A, int64_t rs, int64_t cs,
-                     const float *B, int64_t ldb, float *C, int64_t ldc, float beta, int tri) {
+/* As gemm_f32, with the beta term read from Cin (same leading dimension as C) instead of C. */
+static void gemm_f32_from(int64_t M, int64_t N, int64_t Kc, const float *A, int64_t rs, int64_t cs,
+                          const float *B, int64_t ldb, float *C, int64_t ldc, float beta,
+                          const float *Cin, int tri) {
     /* Column blocks outside, row blocks inside: one K x (DN_NR vectors) panel of B stays in L1
      * while all rows of A stream past it. */
     const int lowa = tri & DN_TRI_A, lowc = tri & DN_TRI_C;
+    const int64_t HALF = (DN_NR + 1) / 2;
     int64_t j = 0;
-    for (; j + DN_NR * DN_VW <= N; j += DN_NR * DN_VW) {
-        int64_t i = lowc ? j / DN_MR * DN_MR : 0;
-        for (; i + DN_MR <= M; i += DN_MR) {
-            int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;
-            gemm_micro_full(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta);
-        }
-        for (; i < M; i++) {
-            if (lowc && i < j) continue;
-            int64_t kend = lowa && i + 1 < Kc ? i + 1 : Kc;
-            gemm_micro_cols(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta);
+#define DN_PANEL(WIDTH, BIG, ONE)                                                                  \
+    for (; j + (WIDTH)*DN_VW <= N; j += (WIDTH)*DN_VW) {                                           \
+        int64_t i = lowc ? j / DN_MR * DN_MR : 0;                                                  \
+        for (; i + DN_MR <= M; i += DN_MR) {                                                       \
+            int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;                                \
+            BIG(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta,                  \
+                Cin + i * ldc + j);                                                                \
+        }                                                                                          \
+        for (; i < M; i++) {                                                                       \
+            if (lowc && i < j) continue;                                                           \
+            int64_t kend = lowa && i + 1 < Kc ? i + 1 : Kc;                                        \
+            ONE(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta,                  \
+                Cin + i * ldc + j);                                                                \
+        }                                                                                          \
+    }
+    DN_PANEL(DN_NR, gemm_micro_full, gemm_micro_cols)
+    if (HALF > 1 && HALF < DN_NR) {
+        for (; j + HALF * DN_VW <= N; j += HALF * DN_VW) {
+            int64_t i = lowc ? j / DN_MR * DN_MR : 0;
+            for (; i + DN_MR <= M; i += DN_MR) {
+                int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;
+                gemm_micro_half(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta,
+                                Cin + i * ldc + j);
+            }
+            for (; i < M; i++) {
+                if (lowc && i < j) continue;
+                int64_t kend = lowa && i + 1 < Kc ? i + 1 : Kc;
+                for (int64_t jj = j; jj < j + HALF * DN_VW; jj += DN_VW)
+                    gemm_micro_one(kend, A + i * rs, rs, cs, B + jj, ldb, C + i * ldc + jj, ldc,
+                                   beta, Cin + i * ldc + jj);
+            }
         }
     }
-    for (; j < N; j += DN_VW) {
-        int64_t i = lowc ? j / DN_MR * DN_MR : 0;
-        for (; i + DN_MR <= M; i += DN_MR) {
-            int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;
-            gemm_micro_rows(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta);
-        }
-        for (; i < M; i++) {
-            if (lowc && i < j) continue;
-            int64_t kend = lowa && i + 1 < Kc ? i + 1 : Kc;
-            gemm_micro_one(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta);
-        }
-    }
+    DN_PANEL(1, gemm_micro_rows, gemm_micro_one)
+#undef DN_PANEL
+}
+
+static inline void gemm_f32(int64_t M, int64_t N, int64_t Kc, const float *A, int64_t rs,
+                            int64_t cs, const float *B, int64_t ldb, float *C, int64_t ldc,
+                            float beta, int tri) {
+    gemm_f32_from(M, N, Kc, A, rs, cs, B, ldb, C, ldc, beta, C, tri);
 }
 
 #endif

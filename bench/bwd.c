@@ -1,0 +1,178 @@
+/*
+ * bench/bwd.c - training cost against sequence length (`deltanet bench bwd`): forward plus
+ * backward of Gated DeltaNet and of causal softmax attention, side by side, H = 16 heads of 128,
+ * at T = 512, 2048, 8192 (by default); the length from which Gated DeltaNet's training step is
+ * cheaper, and Gated DeltaNet's backward over its forward at T = 4096. Also the scratch the GDN
+ * backward allocates at T = 65536, against its bound.
+ */
+#include "bench.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static float *buf(int64_t n, float lo, float hi) {
+    float *x = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) & ~(size_t)63);
+    if (!x) {
+        fprintf(stderr, "bench bwd: out of memory\n");
+        exit(1);
+    }
+    uint64_t s = 0x9e3779b97f4a7c15ull ^ (uint64_t)n;
+    for (int64_t i = 0; i < n; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        x[i] = lo + (hi - lo) * (float)((s >> 40) * (1.0 / 16777216.0));
+    }
+    return x;
+}
+
+static void check(dn_status st) {
+    if (st != DN_OK) {
+        fprintf(stderr, "bench bwd: %s\n", dn_last_error());
+        exit(1);
+    }
+}
+
+/* best of n: these runs are long, and the minimum is the least disturbed by neighbours */
+#define TIME_BEST(n, out, stmt)                                                                    \
+    do {                                                                                           \
+        (out) = INFINITY;                                                                          \
+        for (int rep_ = 0; rep_ < (n); rep_++) {                                                   \
+            double t0_ = now_s();                                                                  \
+            stmt;                                                                                  \
+            double t_ = now_s() - t0_;                                                             \
+            if (t_ < (out)) (out) = t_;                                                            \
+        }                                                                                          \
+    } while (0)
+
+static void gdn(int64_t T, int64_t H, int64_t D, int reps, double *tf, double *tb, size_t *ws) {
+    dn_la_params f = dn_la_params_default(DN_OP_GDN, 1, T, H, H, D, D);
+    const int64_t n = T * H * D;
+    float *q = buf(n, -1, 1), *k = buf(n, -1, 1), *v = buf(n, -1, 1), *g = buf(T * H, -0.1f, 0);
+    float *beta = buf(T * H, 0, 1), *o = buf(n, 0, 0), *dO = buf(n, -1, 1);
+    float *dq = buf(n, 0, 0), *dk = buf(n, 0, 0), *dv = buf(n, 0, 0), *dg = buf(T * H, 0, 0);
+    float *db = buf(T * H, 0, 0);
+    f.q = q, f.k = k, f.v = v, f.g = g, f.beta = beta, f.o = o, f.qk_l2norm = 1;
+    TIME_BEST(reps, *tf, check(dn_la_forward(&f)));
+    dn_la_bwd_params b = dn_la_bwd_params_default(&f);
+    b.fwd.chunk_size = 32;
+    b.dout = dO, b.dq = dq, b.dk = dk, b.dv = dv, b.dg = dg, b.dbeta = db;
+    /* a trainer keeps its scratch across steps: so does the benchmark */
+    check(dn_la_backward_workspace_size(&b, ws));
+    b.workspace = aligned_alloc(64, (*ws + 63) & ~(size_t)63);
+    b.workspace_bytes = *ws;
+    if (!b.workspace) exit(1);
+    TIME_BEST(reps, *tb, check(dn_la_backward(&b)));
+    free(b.workspace);
+    free(q), free(k), free(v), free(g), free(beta), free(o), free(dO), free(dq), free(dk), free(dv);
+    free(dg), free(db);
+}
+
+static void attn(int64_t T, int64_t H, int64_t D, int reps, double *tf, double *tb) {
+    dn_attn_params p = dn_attn_params_default(1, T, H, H, D);
+    const int64_t n = T * H * D;
+    float *q = buf(n, -1, 1), *k = buf(n, -1, 1), *v = buf(n, -1, 1), *o = buf(n, 0, 0);
+    float *lse = buf(T * H, 0, 0), *dO = buf(n, -1, 1), *dq = buf(n, 0, 0), *dk = buf(n, 0, 0);
+    float *dv = buf(n, 0, 0);
+    p.q = q, p.k = k, p.v = v, p.o = o, p.lse = lse;
+    TIME_BEST(reps, *tf, check(dn_attn_forward(&p)));
+    dn_attn_bwd_params b = dn_attn_bwd_params_default(&p);
+    b.dout = dO, b.dq = dq, b.dk = dk, b.dv = dv;
+    TIME_BEST(reps, *tb, check(dn_attn_backward(&b)));
+    free(q), free(k), free(v), free(o), free(lse), free(dO), free(dq), free(dk), free(dv);
+}
+
+int dn_bench_bwd_main(int argc, char **argv) {
+    int64_t Ts[8] = {512, 2048, 8192}, H = 16, D = 128;
+    int nT = 3, json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--heads") && i + 1 < argc) H = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) dn_set_num_threads(atoi(argv[++i]));
+        else if (!strcmp(argv[i], "--T") && i + 1 < argc) {
+            nT = 0;
+            for (char *s = argv[++i]; *s && nT < 8;) {
+                char *e;
+                Ts[nT++] = strtoll(s, &e, 10);
+                s = *e == ',' ? e + 1 : e;
+                if (e == s && *s) break;
+            }
+        } else {
+            printf("usage: deltanet bench bwd [--T LIST] [--heads N] [--threads N] [--json]\n");
+            return strcmp(argv[i], "--help") && strcmp(argv[i], "-h") ? 2 : 0;
+        }
+    }
+    for (int i = 0; i < nT; i++)
+        if (Ts[i] < 1 || Ts[i] > (1 << 20)) return fprintf(stderr, "bench bwd: bad T\n"), 2;
+    if (H < 1 || H > 256) return fprintf(stderr, "bench bwd: bad heads\n"), 2;
+    if (json)
+        printf("{\"build\": \"%s\", \"threads\": %d, \"records\": [\n", dn_build_info(),
+               dn_get_num_threads());
+    else
+        printf("%s\nforward + backward, fp32, H=%lld, head dim %lld, %d threads (best of runs)\n"
+               "%8s %12s %12s %12s %12s %12s %12s\n",
+               dn_build_info(), (long long)H, (long long)D, dn_get_num_threads(), "T", "gdn fwd",
+               "gdn bwd", "gdn total", "attn fwd", "attn bwd", "attn total");
+    double prev_ratio = 0;
+    int64_t prev_T = 0;
+    double cross = -1;
+    for (int i = 0; i < nT; i++) {
+        const int64_t T = Ts[i];
+        const int reps = T >= 8192 ? 1 : 3;
+        double gf, gb, af, ab;
+        size_t ws;
+        gdn(T, H, D, reps, &gf, &gb, &ws);
+        attn(T, H, D, reps, &af, &ab);
+        const double ratio = (gf + gb) / (af + ab);
+        if (cross < 0 && ratio < 1) /* interpolate on log-log axes */
+            cross = i == 0 ? (double)T
+                           : exp(log((double)prev_T) + log(prev_ratio) / (log(prev_ratio) - log(ratio)) *
+                                                             (log((double)T) - log((double)prev_T)));
+        prev_ratio = ratio, prev_T = T;
+        if (json)
+            printf("%s  {\"T\": %lld, \"H\": %lld, \"D\": %lld, \"gdn_fwd_s\": %.6g, \"gdn_bwd_s\": %.6g, "
+                   "\"attn_fwd_s\": %.6g, \"attn_bwd_s\": %.6g, \"gdn_bwd_workspace_bytes\": %zu}",
+                   i ? ",\n" : "", (long long)T, (long long)H, (long long)D, gf, gb, af, ab, ws);
+        else
+            printf("%8lld %9.2f ms %9.2f ms %9.2f ms %9.2f ms %9.2f ms %9.2f ms\n", (long long)T,
+                   gf * 1e3, gb * 1e3, (gf + gb) * 1e3, af * 1e3, ab * 1e3, (af + ab) * 1e3);
+    }
+    /* the ratio the issue asks for, at T = 4096 */
+    double gf, gb;
+    size_t ws4;
+    gdn(4096, H, D, 3, &gf, &gb, &ws4);
+    /* scratch of the GDN backward at T = 65536 against O(T (K+V) + (T/C) K V) per thread */
+    dn_la_params f = dn_la_params_default(DN_OP_GDN, 1, 65536, 1, 1, D, D);
+    float dummy[1];
+    f.q = f.k = f.v = f.g = f.beta = f.o = dummy;
+    dn_la_bwd_params b = dn_la_bwd_params_default(&f);
+    b.fwd.chunk_size = 32;
+    b.dout = dummy, b.dq = b.dk = b.dv = b.dg = b.dbeta = dummy;
+    size_t ws64 = 0;
+    dn_la_backward_workspace_size(&b, &ws64);
+    const double bound = 4.0 * (65536.0 * 2 * D + 65536.0 / 32 * D * D) * dn_get_num_threads();
+    const double tkv = 4.0 * 65536.0 * D * D;
+    if (json) {
+        printf(",\n  {\"gdn_bwd_over_fwd_T4096\": %.4f, \"crossover_T\": %.1f, "
+               "\"gdn_bwd_workspace_T65536_bytes\": %zu, \"bound_bytes\": %.0f, \"TKV_bytes\": %.0f}\n]}\n",
+               gb / gf, cross, ws64, bound, tkv);
+    } else {
+        if (cross > 0)
+            printf("Gated DeltaNet's training step is cheaper than attention's from T = %.0f\n", cross);
+        else
+            printf("Gated DeltaNet's training step is not cheaper at the lengths measured\n");
+        printf("T = 4096: Gated DeltaNet backward %.2f ms = %.2fx its forward (%.2f ms)\n", gb * 1e3,
+               gb / gf, gf * 1e3);
+        printf("T = 65536, one head of 128: backward scratch %.1f MiB; T (K+V) + (T/C) K V floats "
+               "per thread = %.1f MiB; T K V floats would be %.0f MiB\n",
+               (double)ws64 / 1048576, bound / 1048576, tkv / 1048576);
+    }
+    return 0;
+}
