@@ -350,6 +350,34 @@ DN_API dn_mamba_params dn_mamba_params_default(int64_t B, int64_t T, int64_t D, 
                                                int64_t G);
 DN_API dn_status dn_mamba_forward(const dn_mamba_params *p);
 
+/*
+ * Backward of the Mamba-1 scan. Activation gradients are written: dx, ddt, dz [B,T,D],
+ * dBm, dCm [B,T,G,N] (summed over the channels of a group), dinitial_state [B,D,N]. Parameter
+ * gradients accumulate (+=): dA [D,N], dDskip [D], ddt_bias [D]. dz exactly when fwd.z, dDskip
+ * exactly when fwd.Dskip, ddt_bias exactly when fwd.dt_bias; dinitial_state and dfinal_state
+ * optional. fwd.y and fwd.final_state are not used. fwd.impl: DN_IMPL_AUTO or DN_IMPL_REF.
+ */
+typedef struct dn_mamba_bwd_params {
+    dn_mamba_params fwd;
+    const float *dy;
+    dn_strides dy_s;
+    const float *dfinal_state;
+    float *dx;
+    dn_strides dx_s;
+    float *ddt;
+    dn_strides ddt_s;
+    float *dBm;
+    dn_strides dBm_s;
+    float *dCm;
+    dn_strides dCm_s;
+    float *dz;
+    dn_strides dz_s;
+    float *dA, *dDskip, *ddt_bias, *dinitial_state;
+} dn_mamba_bwd_params;
+
+DN_API dn_mamba_bwd_params dn_mamba_bwd_params_default(const dn_mamba_params *fwd);
+DN_API dn_status dn_mamba_backward(const dn_mamba_bwd_params *p);
+
 /* ---------------------------------------------------------------------------------------------
  * Mamba-2 (SSD), computed by the scalar-gated linear attention op
  * ------------------------------------------------------------------------------------------- */
@@ -496,6 +524,24 @@ DN_API dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd);
 DN_API dn_status dn_la_backward(const dn_la_bwd_params *p);
 /* Scratch bytes the fast backward allocates for these params (all threads). */
 DN_API dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *p, size_t *bytes);
+
+/*
+ * Backward of the short convolution: dx [B,T,D] and dinitial_state [B,D,W-1] (optional) written;
+ * dweight [D,W] and dbias [D] (exactly when fwd.bias) accumulated. dfinal_state optional.
+ * fwd.impl: DN_IMPL_AUTO or DN_IMPL_REF.
+ */
+typedef struct dn_conv_bwd_params {
+    dn_conv_params fwd;
+    const float *dy;
+    dn_strides dy_s;
+    const float *dfinal_state;
+    float *dx;
+    dn_strides dx_s;
+    float *dweight, *dbias, *dinitial_state;
+} dn_conv_bwd_params;
+
+DN_API dn_conv_bwd_params dn_conv_bwd_params_default(const dn_conv_params *fwd);
+DN_API dn_status dn_conv_backward(const dn_conv_bwd_params *p);
 
 /* ---------------------------------------------------------------------------------------------
  * Measuring the machine (used by the benchmarks)

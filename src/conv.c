@@ -14,7 +14,7 @@ dn_conv_params dn_conv_params_default(int64_t B, int64_t T, int64_t D, int64_t W
     return p;
 }
 
-dn_status dn_conv_forward(const dn_conv_params *p) {
+dn_status dn_conv_forward_check(const dn_conv_params *p) {
     const char *op = "short_conv";
     if (!p) return dn_fail(DN_ERR_NULL, "short_conv params is NULL");
     if (p->B < 1 || p->T < 0 || p->D < 1 || p->T > INT64_MAX / 16 / p->B / p->D)
@@ -32,7 +32,40 @@ dn_status dn_conv_forward(const dn_conv_params *p) {
         return dn_fail((unsigned)p->impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
                        "short_conv: impl must be auto or ref");
     if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "short_conv: n_threads is negative");
+    return DN_OK;
+}
+
+dn_status dn_conv_forward(const dn_conv_params *p) {
+    dn_status st = dn_conv_forward_check(p);
+    if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_conv_forward(p);
     dn_cpu()->conv_forward(p, dn_threads_for(p->n_threads));
+    return DN_OK;
+}
+
+dn_conv_bwd_params dn_conv_bwd_params_default(const dn_conv_params *fwd) {
+    dn_conv_bwd_params b;
+    memset(&b, 0, sizeof b);
+    if (!fwd) return b;
+    b.fwd = *fwd;
+    b.dy_s = b.dx_s = (dn_strides){fwd->T * fwd->D, fwd->D, 0};
+    return b;
+}
+
+dn_status dn_conv_backward(const dn_conv_bwd_params *bp) {
+    if (!bp) return dn_fail(DN_ERR_NULL, "short_conv backward params is NULL");
+    const dn_conv_params *p = &bp->fwd;
+    const char *op = "short_conv backward";
+    dn_conv_params chk = *p;
+    chk.y = bp->dx, chk.y_s = bp->dx_s; /* y is not used: check the rest with dx in its place */
+    dn_status st = dn_conv_forward_check(&chk);
+    if (st != DN_OK) return st;
+    if ((st = dn_check_input(op, "dy", bp->dy, bp->dy_s))) return st;
+    if (!bp->dweight) return dn_fail(DN_ERR_NULL, "%s: dweight [D,W] is required", op);
+    if ((p->bias != NULL) != (bp->dbias != NULL))
+        return dn_fail(DN_ERR_ARG, "%s: dbias must be given exactly when bias is", op);
+    if (p->impl == DN_IMPL_REF) return dn_ref_conv_backward(bp);
+    if (dn_cpu()->conv_backward(bp, dn_threads_for(p->n_threads)) != 0)
+        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate its scratch", op);
     return DN_OK;
 }

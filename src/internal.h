@@ -70,6 +70,8 @@ dn_status dn_ref_mamba_forward(const dn_mamba_params *p);
 dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p);
 dn_status dn_ref_rwkv4_forward(const dn_rwkv4_params *p);
 dn_status dn_ref_conv_forward(const dn_conv_params *p);
+dn_status dn_ref_conv_backward(const dn_conv_bwd_params *p);
+dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *p);
 
 /* A KV cache as the kernels see it: [B,HKV,cap,D] keys and values of dtype, len tokens valid. */
 typedef struct {
@@ -99,6 +101,8 @@ typedef struct {
     void (*la_backward)(const dn_la_bwd_params *p, int nthreads, void *ws);
     size_t (*attn_bwd_workspace)(const dn_attn_params *p, int nthreads);
     void (*attn_backward)(const dn_attn_bwd_params *p, int nthreads, void *ws);
+    int (*conv_backward)(const dn_conv_bwd_params *p, int nthreads); /* -1: out of memory */
+    int (*mamba_backward)(const dn_mamba_bwd_params *p, int nthreads); /* -1: out of memory */
 } dn_cpu_kernels;
 
 const dn_cpu_kernels *dn_cpu(void);
@@ -121,10 +125,15 @@ const dn_cpu_kernels *dn_cpu(void);
     size_t dn_cpu_la_bwd_workspace_##isa(const dn_la_params *p, int nthreads);                 \
     void dn_cpu_la_backward_##isa(const dn_la_bwd_params *p, int nthreads, void *ws);        \
     size_t dn_cpu_attn_bwd_workspace_##isa(const dn_attn_params *p, int nthreads);             \
-    void dn_cpu_attn_backward_##isa(const dn_attn_bwd_params *p, int nthreads, void *ws);
+    void dn_cpu_attn_backward_##isa(const dn_attn_bwd_params *p, int nthreads, void *ws);      \
+    int dn_cpu_conv_backward_##isa(const dn_conv_bwd_params *p, int nthreads);                \
+    int dn_cpu_mamba_backward_##isa(const dn_mamba_bwd_params *p, int nthreads);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)
+
+dn_status dn_conv_forward_check(const dn_conv_params *p);
+dn_status dn_mamba_forward_check(const dn_mamba_params *p);
 
 /* 64-byte aligned scratch: the caller's if big enough, else allocated into *owned. */
 void *dn_scratch(void *given, size_t given_bytes, size_t need, void **owned);

@@ -25,7 +25,7 @@ static dn_status check_impl(const char *op, dn_impl impl, int n_threads) {
     return DN_OK;
 }
 
-static dn_status mamba_check(const dn_mamba_params *p) {
+dn_status dn_mamba_forward_check(const dn_mamba_params *p) {
     const char *op = "mamba1";
     if (!p) return dn_fail(DN_ERR_NULL, "mamba1 params is NULL");
     if (p->B < 1 || p->T < 0 || p->D < 1 || p->N < 1 || p->G < 1 || p->D % p->G)
@@ -47,10 +47,46 @@ static dn_status mamba_check(const dn_mamba_params *p) {
 }
 
 dn_status dn_mamba_forward(const dn_mamba_params *p) {
-    dn_status st = mamba_check(p);
+    dn_status st = dn_mamba_forward_check(p);
     if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba_forward(p);
     dn_cpu()->mamba_forward(p, dn_threads_for(p->n_threads));
+    return DN_OK;
+}
+
+dn_mamba_bwd_params dn_mamba_bwd_params_default(const dn_mamba_params *fwd) {
+    dn_mamba_bwd_params b;
+    memset(&b, 0, sizeof b);
+    if (!fwd) return b;
+    b.fwd = *fwd;
+    const int64_t T = fwd->T, D = fwd->D, G = fwd->G, N = fwd->N;
+    b.dy_s = b.dx_s = b.ddt_s = b.dz_s = (dn_strides){T * D, D, 0};
+    b.dBm_s = b.dCm_s = (dn_strides){T * G * N, G * N, N};
+    return b;
+}
+
+dn_status dn_mamba_backward(const dn_mamba_bwd_params *bp) {
+    if (!bp) return dn_fail(DN_ERR_NULL, "mamba1 backward params is NULL");
+    const dn_mamba_params *p = &bp->fwd;
+    const char *op = "mamba1 backward";
+    dn_mamba_params chk = *p;
+    chk.y = bp->dx, chk.y_s = bp->dx_s;
+    dn_status st = dn_mamba_forward_check(&chk);
+    if (st != DN_OK) return st;
+    if ((st = dn_check_input(op, "dy", bp->dy, bp->dy_s)) ||
+        (st = dn_check_output(op, "ddt", bp->ddt, bp->ddt_s, p->B, p->T, 1, p->D)) ||
+        (st = dn_check_output(op, "dBm", bp->dBm, bp->dBm_s, p->B, p->T, p->G, p->N)) ||
+        (st = dn_check_output(op, "dCm", bp->dCm, bp->dCm_s, p->B, p->T, p->G, p->N)))
+        return st;
+    if (!bp->dA) return dn_fail(DN_ERR_NULL, "%s: dA [D,N] is required", op);
+    if ((p->z != NULL) != (bp->dz != NULL) || (p->Dskip != NULL) != (bp->dDskip != NULL) ||
+        (p->dt_bias != NULL) != (bp->ddt_bias != NULL))
+        return dn_fail(DN_ERR_ARG, "%s: dz, dDskip and ddt_bias must be given exactly when z, Dskip "
+                                   "and dt_bias are", op);
+    if (bp->dz && (st = dn_check_output(op, "dz", bp->dz, bp->dz_s, p->B, p->T, 1, p->D))) return st;
+    if (p->impl == DN_IMPL_REF) return dn_ref_mamba_backward(bp);
+    if (dn_cpu()->mamba_backward(bp, dn_threads_for(p->n_threads)) != 0)
+        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the checkpoints and accumulators", op);
     return DN_OK;
 }
 

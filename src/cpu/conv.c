@@ -66,3 +66,112 @@ void DN_ISA_FN(dn_cpu_conv_forward)(const dn_conv_params *p, int nthreads) {
         conv_block(p, b, d0, p->D - d0 < CC ? p->D - d0 : CC);
     }
 }
+
+/* Backward, one block of channels per task: a forward pass recomputes the pre-activation and
+ * keeps the gradient through the SiLU for every token (T x CC floats), with the weight and bias
+ * sums; a second pass gathers each input's gradient from the W outputs it feeds. */
+static void conv_bwd_block(const dn_conv_bwd_params *bp, int64_t b, int64_t d0, int64_t nd,
+                           float *da) {
+    const dn_conv_params *p = &bp->fwd;
+    const int64_t W = p->W, D = p->D, T = p->T;
+    float wt[4][CC], hist[3][CC], bias[CC], dw[4][CC], dbias[CC];
+    for (int64_t i = 0; i < CC; i++) {
+        for (int64_t j = 0; j < 4; j++) wt[j][i] = dw[j][i] = 0;
+        for (int64_t j = 0; j < 3; j++) hist[j][i] = 0;
+        bias[i] = dbias[i] = 0;
+    }
+    for (int64_t i = 0; i < nd; i++) {
+        const int64_t d = d0 + i;
+        for (int64_t j = 0; j < W; j++) wt[j][i] = p->weight[d * W + j];
+        for (int64_t j = 0; j < W - 1; j++)
+            hist[j][i] = p->initial_state ? p->initial_state[(b * D + d) * (W - 1) + j] : 0.0f;
+        bias[i] = p->bias ? p->bias[d] : 0.0f;
+    }
+    const int64_t ndv = nd / DN_VW * DN_VW;
+    for (int64_t t = 0; t < T; t++) {
+        const float *src[4];
+        for (int64_t j = 0; j < W; j++) {
+            const int64_t s = t - W + 1 + j;
+            src[j] = s >= 0 ? p->x + b * p->x_s.b + s * p->x_s.t + d0 : hist[W - 1 + s];
+        }
+        const float *dy = bp->dy + b * bp->dy_s.b + t * bp->dy_s.t + d0;
+        float *dar = da + t * CC;
+        int64_t i = 0;
+        for (; i < ndv; i += DN_VW) {
+            vf a = vload(bias + i);
+            for (int64_t j = 0; j < W; j++) a += vload(wt[j] + i) * vload(src[j] + i);
+            vf g = vload(dy + i);
+            if (p->silu) {
+                vf sg = vset1(1.0f) / (vset1(1.0f) + vexp(-a));
+                g *= sg * (vset1(1.0f) + a * (vset1(1.0f) - sg));
+            }
+            vstore(dar + i, g);
+            vstore(dbias + i, vload(dbias + i) + g);
+            for (int64_t j = 0; j < W; j++) vstore(dw[j] + i, vload(dw[j] + i) + g * vload(src[j] + i));
+        }
+        for (; i < nd; i++) {
+            float a = bias[i];
+            for (int64_t j = 0; j < W; j++) a += wt[j][i] * src[j][i];
+            float g = dy[i];
+            if (p->silu) {
+                const float sg = 1.0f / (1.0f + expf(-a));
+                g *= sg * (1.0f + a * (1.0f - sg));
+            }
+            dar[i] = g, dbias[i] += g;
+            for (int64_t j = 0; j < W; j++) dw[j][i] += g * src[j][i];
+        }
+    }
+    for (int64_t i = 0; i < nd; i++) {
+        for (int64_t j = 0; j < W; j++) bp->dweight[(d0 + i) * W + j] += dw[j][i];
+        if (bp->dbias) bp->dbias[d0 + i] += dbias[i];
+    }
+    for (int64_t s = -(W - 1); s < T; s++) {
+        float acc[CC];
+        for (int64_t i = 0; i < CC; i++) acc[i] = 0;
+        for (int64_t j = 0; j < W; j++) {
+            const int64_t t = s + W - 1 - j;
+            if (t < 0 || t >= T) continue;
+            int64_t i = 0;
+            for (; i < ndv; i += DN_VW) vstore(acc + i, vload(acc + i) + vload(da + t * CC + i) * vload(wt[j] + i));
+            for (; i < nd; i++) acc[i] += da[t * CC + i] * wt[j][i];
+        }
+        const int64_t fj = s - (T - (W - 1));
+        for (int64_t i = 0; i < nd; i++) {
+            float v = acc[i];
+            if (bp->dfinal_state && fj >= 0) v += bp->dfinal_state[(b * D + d0 + i) * (W - 1) + fj];
+            if (s >= 0)
+                bp->dx[b * bp->dx_s.b + s * bp->dx_s.t + d0 + i] = v;
+            else if (bp->dinitial_state)
+                bp->dinitial_state[(b * D + d0 + i) * (W - 1) + W - 1 + s] = v;
+        }
+    }
+}
+
+int DN_ISA_FN(dn_cpu_conv_backward)(const dn_conv_bwd_params *bp, int nthreads) {
+    const dn_conv_params *p = &bp->fwd;
+    /* a task owns its channels in every batch row: their weight and bias sums have one writer */
+    const int64_t nblk = (p->D + CC - 1) / CC, ntask = nblk;
+    int nt = ntask < nthreads ? (int)ntask : nthreads;
+    if (nt < 1) nt = 1;
+    const size_t per = (size_t)((p->T + 1) * CC);
+    float *all = aligned_alloc(64, sizeof(float) * per * (size_t)nt);
+    if (!all) return -1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        float *da = all + per * (size_t)omp_get_thread_num();
+#pragma omp for schedule(static)
+#else
+        float *da = all;
+#endif
+        for (int64_t task = 0; task < ntask; task++) {
+            const int64_t d0 = task * CC;
+            for (int64_t b = 0; b < p->B; b++)
+                conv_bwd_block(bp, b, d0, p->D - d0 < CC ? p->D - d0 : CC, da);
+        }
+    }
+    free(all);
+    return 0;
+}

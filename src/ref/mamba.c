@@ -76,3 +76,80 @@ dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p) {
     free(S);
     return DN_OK;
 }
+
+/* Backward of Mamba-1, per channel in double, every state kept. */
+dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *bp) {
+    const dn_mamba_params *p = &bp->fwd;
+    const int64_t D = p->D, N = p->N, T = p->T, per_group = p->D / p->G;
+    double *h = malloc(sizeof(double) * (size_t)((T + 1) * N + 2 * N + 1));
+    if (!h) return dn_fail(DN_ERR_ALLOC, "mamba1 reference backward: out of memory");
+    double *dh = h + (T + 1) * N, *dA = dh + N;
+    /* dBm, dCm are sums over the channels of a group: zero them first */
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t g = 0; g < p->G; g++)
+                for (int64_t n = 0; n < N; n++) {
+                    bp->dBm[b * bp->dBm_s.b + t * bp->dBm_s.t + g * bp->dBm_s.h + n] = 0;
+                    bp->dCm[b * bp->dCm_s.b + t * bp->dCm_s.t + g * bp->dCm_s.h + n] = 0;
+                }
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t d = 0; d < D; d++) {
+            const int64_t g = d / per_group, soff = (b * D + d) * N;
+            for (int64_t n = 0; n < N; n++) h[n] = p->initial_state ? p->initial_state[soff + n] : 0;
+            for (int64_t t = 0; t < T; t++) {
+                double dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + d] + (p->dt_bias ? p->dt_bias[d] : 0.0);
+                if (p->dt_softplus) dt = softplus(dt);
+                const double x = p->x[b * p->x_s.b + t * p->x_s.t + d];
+                const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h;
+                for (int64_t n = 0; n < N; n++)
+                    h[(t + 1) * N + n] = exp(dt * p->A[d * N + n]) * h[t * N + n] + dt * Bm[n] * x;
+            }
+            for (int64_t n = 0; n < N; n++) dh[n] = bp->dfinal_state ? bp->dfinal_state[soff + n] : 0;
+            double dD = 0, dbias = 0;
+            for (int64_t n = 0; n < N; n++) dA[n] = 0;
+            for (int64_t t = T - 1; t >= 0; t--) {
+                const double raw = p->dt[b * p->dt_s.b + t * p->dt_s.t + d] + (p->dt_bias ? p->dt_bias[d] : 0.0);
+                const double dt = p->dt_softplus ? softplus(raw) : raw;
+                const double x = p->x[b * p->x_s.b + t * p->x_s.t + d];
+                const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h;
+                const float *Cm = p->Cm + b * p->Cm_s.b + t * p->Cm_s.t + g * p->Cm_s.h;
+                float *dBm = bp->dBm + b * bp->dBm_s.b + t * bp->dBm_s.t + g * bp->dBm_s.h;
+                float *dCm = bp->dCm + b * bp->dCm_s.b + t * bp->dCm_s.t + g * bp->dCm_s.h;
+                const double *ht = h + (t + 1) * N, *hp = h + t * N;
+                /* output: y = C.h + D x, then y * silu(z) */
+                double y = 0;
+                for (int64_t n = 0; n < N; n++) y += (double)Cm[n] * ht[n];
+                if (p->Dskip) y += (double)p->Dskip[d] * x;
+                double dy = bp->dy[b * bp->dy_s.b + t * bp->dy_s.t + d];
+                if (p->z) {
+                    const double z = p->z[b * p->z_s.b + t * p->z_s.t + d], sg = 1 / (1 + exp(-z));
+                    bp->dz[b * bp->dz_s.b + t * bp->dz_s.t + d] = (float)(dy * y * sg * (1 + z * (1 - sg)));
+                    dy *= z * sg;
+                }
+                double dx = p->Dskip ? dy * p->Dskip[d] : 0, ddt = 0;
+                dD += dy * x;
+                for (int64_t n = 0; n < N; n++) {
+                    dCm[n] += (float)(dy * ht[n]);
+                    dh[n] += dy * Cm[n];
+                    /* h = exp(dt A) h_prev + dt B x */
+                    const double a = p->A[d * N + n], e = exp(dt * a);
+                    ddt += dh[n] * (e * a * hp[n] + (double)Bm[n] * x);
+                    dA[n] += dh[n] * e * dt * hp[n];
+                    dBm[n] += (float)(dh[n] * dt * x);
+                    dx += dh[n] * dt * Bm[n];
+                    dh[n] *= e;
+                }
+                if (p->dt_softplus) ddt *= 1 / (1 + exp(-raw));
+                dbias += ddt;
+                bp->dx[b * bp->dx_s.b + t * bp->dx_s.t + d] = (float)dx;
+                bp->ddt[b * bp->ddt_s.b + t * bp->ddt_s.t + d] = (float)ddt;
+            }
+            for (int64_t n = 0; n < N; n++) bp->dA[d * N + n] += (float)dA[n];
+            if (bp->dDskip) bp->dDskip[d] += (float)dD;
+            if (bp->ddt_bias) bp->ddt_bias[d] += (float)dbias;
+            if (bp->dinitial_state)
+                for (int64_t n = 0; n < N; n++) bp->dinitial_state[soff + n] = (float)dh[n];
+        }
+    free(h);
+    return DN_OK;
+}
