@@ -451,6 +451,27 @@ typedef struct dn_rwkv4_params {
 DN_API dn_rwkv4_params dn_rwkv4_params_default(int64_t B, int64_t T, int64_t C);
 DN_API dn_status dn_rwkv4_forward(const dn_rwkv4_params *p);
 
+/*
+ * Backward of the RWKV-4 WKV: dk, dv [B,T,C] written; dtime_decay, dtime_first [C] accumulated;
+ * dinitial_state [B,3,C] written (optional), dfinal_state optional. The state is differentiated
+ * in its own (num, den, m) form, piecewise through the running maximum, so that a sequence split
+ * in two calls gives the gradients of one call. fwd.impl: DN_IMPL_AUTO or DN_IMPL_REF.
+ */
+typedef struct dn_rwkv4_bwd_params {
+    dn_rwkv4_params fwd;
+    const float *dy;
+    dn_strides dy_s;
+    const float *dfinal_state;
+    float *dk;
+    dn_strides dk_s;
+    float *dv;
+    dn_strides dv_s;
+    float *dtime_decay, *dtime_first, *dinitial_state;
+} dn_rwkv4_bwd_params;
+
+DN_API dn_rwkv4_bwd_params dn_rwkv4_bwd_params_default(const dn_rwkv4_params *fwd);
+DN_API dn_status dn_rwkv4_backward(const dn_rwkv4_bwd_params *p);
+
 /* ---------------------------------------------------------------------------------------------
  * Short causal depthwise convolution (before Mamba and Gated DeltaNet mixers)
  * ------------------------------------------------------------------------------------------- */

@@ -69,6 +69,7 @@ dn_status dn_ref_attn_backward(const dn_attn_bwd_params *p);
 dn_status dn_ref_mamba_forward(const dn_mamba_params *p);
 dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p);
 dn_status dn_ref_rwkv4_forward(const dn_rwkv4_params *p);
+dn_status dn_ref_rwkv4_backward(const dn_rwkv4_bwd_params *p);
 dn_status dn_ref_conv_forward(const dn_conv_params *p);
 dn_status dn_ref_conv_backward(const dn_conv_bwd_params *p);
 dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *p);
@@ -103,6 +104,7 @@ typedef struct {
     void (*attn_backward)(const dn_attn_bwd_params *p, int nthreads, void *ws);
     int (*conv_backward)(const dn_conv_bwd_params *p, int nthreads); /* -1: out of memory */
     int (*mamba_backward)(const dn_mamba_bwd_params *p, int nthreads); /* -1: out of memory */
+    int (*rwkv4_backward)(const dn_rwkv4_bwd_params *p, int nthreads); /* -1: out of memory */
 } dn_cpu_kernels;
 
 const dn_cpu_kernels *dn_cpu(void);
@@ -127,7 +129,8 @@ const dn_cpu_kernels *dn_cpu(void);
     size_t dn_cpu_attn_bwd_workspace_##isa(const dn_attn_params *p, int nthreads);             \
     void dn_cpu_attn_backward_##isa(const dn_attn_bwd_params *p, int nthreads, void *ws);      \
     int dn_cpu_conv_backward_##isa(const dn_conv_bwd_params *p, int nthreads);                \
-    int dn_cpu_mamba_backward_##isa(const dn_mamba_bwd_params *p, int nthreads);
+    int dn_cpu_mamba_backward_##isa(const dn_mamba_bwd_params *p, int nthreads);               \
+    int dn_cpu_rwkv4_backward_##isa(const dn_rwkv4_bwd_params *p, int nthreads);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)

@@ -14,7 +14,7 @@ dn_rwkv4_params dn_rwkv4_params_default(int64_t B, int64_t T, int64_t C) {
     return p;
 }
 
-dn_status dn_rwkv4_forward(const dn_rwkv4_params *p) {
+static dn_status rwkv4_check(const dn_rwkv4_params *p) {
     const char *op = "rwkv4";
     if (!p) return dn_fail(DN_ERR_NULL, "rwkv4 params is NULL");
     if (p->B < 1 || p->T < 0 || p->C < 1 || p->T > INT64_MAX / 16 / p->B / p->C)
@@ -30,7 +30,41 @@ dn_status dn_rwkv4_forward(const dn_rwkv4_params *p) {
         return dn_fail((unsigned)p->impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
                        "rwkv4: impl must be auto or ref");
     if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "rwkv4: n_threads is negative");
+    return DN_OK;
+}
+
+dn_status dn_rwkv4_forward(const dn_rwkv4_params *p) {
+    dn_status st = rwkv4_check(p);
+    if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_forward(p);
     dn_cpu()->rwkv4_forward(p, dn_threads_for(p->n_threads));
+    return DN_OK;
+}
+
+dn_rwkv4_bwd_params dn_rwkv4_bwd_params_default(const dn_rwkv4_params *fwd) {
+    dn_rwkv4_bwd_params b;
+    memset(&b, 0, sizeof b);
+    if (!fwd) return b;
+    b.fwd = *fwd;
+    b.dy_s = b.dk_s = b.dv_s = (dn_strides){fwd->T * fwd->C, fwd->C, 0};
+    return b;
+}
+
+dn_status dn_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
+    if (!bp) return dn_fail(DN_ERR_NULL, "rwkv4 backward params is NULL");
+    const dn_rwkv4_params *p = &bp->fwd;
+    const char *op = "rwkv4 backward";
+    dn_rwkv4_params chk = *p;
+    chk.y = bp->dk, chk.y_s = bp->dk_s;
+    dn_status st = rwkv4_check(&chk);
+    if (st != DN_OK) return st;
+    if ((st = dn_check_input(op, "dy", bp->dy, bp->dy_s)) ||
+        (st = dn_check_output(op, "dv", bp->dv, bp->dv_s, p->B, p->T, 1, p->C)))
+        return st;
+    if (!bp->dtime_decay || !bp->dtime_first)
+        return dn_fail(DN_ERR_NULL, "%s: dtime_decay and dtime_first [C] are required", op);
+    if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_backward(bp);
+    if (dn_cpu()->rwkv4_backward(bp, dn_threads_for(p->n_threads)) != 0)
+        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the per-token states", op);
     return DN_OK;
 }

@@ -280,7 +280,236 @@ static int test_conv_grad_fast(void) {
     return fails;
 }
 
+/* ---- RWKV-4 ----------------------------------------------------------------------------------- */
+typedef struct {
+    int64_t B, T, C;
+    double *k, *v, *td, *tf, *s0;
+} rdd;
+
+/* the running-maximum forward in double, as OPS.md states it; L = sum y wy + sum state ws */
+static double r_loss(const rdd *r, const double *wy, const double *ws) {
+    double L = 0;
+    for (int64_t b = 0; b < r->B; b++)
+        for (int64_t c = 0; c < r->C; c++) {
+            const double w = -exp(r->td[c]), u = r->tf[c];
+            double a = r->s0[b * 3 * r->C + c], bb = r->s0[b * 3 * r->C + r->C + c];
+            double pp = r->s0[b * 3 * r->C + 2 * r->C + c];
+            for (int64_t t = 0; t < r->T; t++) {
+                const double k = r->k[(b * r->T + t) * r->C + c], v = r->v[(b * r->T + t) * r->C + c];
+                double q = fmax(pp, u + k), e1 = exp(pp - q), e2 = exp(u + k - q);
+                L += (e1 * a + e2 * v) / (e1 * bb + e2) * wy[(b * r->T + t) * r->C + c];
+                q = fmax(w + pp, k), e1 = exp(w + pp - q), e2 = exp(k - q);
+                a = e1 * a + e2 * v, bb = e1 * bb + e2, pp = q;
+            }
+            L += a * ws[b * 3 * r->C + c] + bb * ws[b * 3 * r->C + r->C + c] +
+                 pp * ws[b * 3 * r->C + 2 * r->C + c];
+        }
+    return L;
+}
+
+static int test_rwkv_grad_fd(void) {
+    int fails = 0;
+    static const double kamps[] = {1.0, 8.0, 60.0};
+    for (int ki = 0; ki < 3; ki++) {
+        const int64_t B = 2, T = 25, C = 3;
+        rng r = {40 + (uint64_t)ki};
+        rdd m = {B, T, C, NULL, NULL, NULL, NULL, NULL};
+        m.k = dvec(&r, B * T * C, -kamps[ki], kamps[ki]), m.v = dvec(&r, B * T * C, -1, 1);
+        m.td = dvec(&r, C, -2, 1), m.tf = dvec(&r, C, -1, 1), m.s0 = dvec(&r, B * 3 * C, 0.2, 1.5);
+        double *wy = dvec(&r, B * T * C, -1, 1), *ws = dvec(&r, B * 3 * C, -1, 1);
+        float *fk = tof(m.k, B * T * C), *fv = tof(m.v, B * T * C), *ftd = tof(m.td, C);
+        float *ftf = tof(m.tf, C), *fs0 = tof(m.s0, B * 3 * C), *fwy = tof(wy, B * T * C), *fws = tof(ws, B * 3 * C);
+        float *y = falloc(B * T * C), *dk = falloc(B * T * C), *dv = falloc(B * T * C), *ds0 = falloc(B * 3 * C);
+        float *dtd = calloc((size_t)C, 4), *dtf = calloc((size_t)C, 4);
+        dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
+        p.k = fk, p.v = fv, p.time_decay = ftd, p.time_first = ftf, p.initial_state = fs0, p.y = y;
+        p.impl = DN_IMPL_REF;
+        dn_rwkv4_bwd_params b = dn_rwkv4_bwd_params_default(&p);
+        b.dy = fwy, b.dfinal_state = fws, b.dk = dk, b.dv = dv, b.dtime_decay = dtd, b.dtime_first = dtf;
+        b.dinitial_state = ds0;
+        CHECK(dn_rwkv4_backward(&b) == DN_OK, "%s", dn_last_error());
+        char nm[64];
+        /* the state in double from the float inputs, for the finite differences */
+        for (int64_t i = 0; i < B * T * C; i++) m.k[i] = fk[i], m.v[i] = fv[i];
+#define RFD(arr, n, g)                                                                             \
+    snprintf(nm, sizeof nm, "rwkv4 |k| <= %g: d" #arr, kamps[ki]);                                 \
+    FD_CHECK(nm, m.arr, n, g, r_loss(&m, wy, ws))
+        RFD(k, B * T * C, dk);
+        RFD(v, B * T * C, dv);
+        RFD(td, C, dtd);
+        RFD(tf, C, dtf);
+        RFD(s0, B * 3 * C, ds0);
+#undef RFD
+        free(m.k), free(m.v), free(m.td), free(m.tf), free(m.s0), free(wy), free(ws), free(fk), free(fv);
+        free(ftd), free(ftf), free(fs0), free(fwy), free(fws), free(y), free(dk), free(dv), free(ds0);
+        free(dtd), free(dtf);
+    }
+    return fails;
+}
+
+static int test_rwkv_grad_fast(void) {
+    int fails = 0, idx = 0;
+    static const int64_t Ts[] = {1, 17, 64, 300}, Cs[] = {16, 100, 128};
+    for (int ti = 0; ti < 4; ti++)
+        for (int ci = 0; ci < 3; ci++, idx++) {
+            const int64_t B = 2, T = Ts[ti], C = Cs[ci], n = B * T * C, ns = B * 3 * C;
+            rng r = {900 + (uint64_t)idx};
+            float *k = falloc(n), *v = falloc(n), *td = falloc(C), *tf = falloc(C), *s0 = falloc(ns);
+            float *dy = falloc(n), *dsT = falloc(ns), *y = falloc(n), *init = falloc(C);
+            fill_uniform(&r, k, n, -8, 8), fill_uniform(&r, v, n, -1, 1), fill_uniform(&r, td, C, -3, 1);
+            fill_uniform(&r, tf, C, -1, 1), fill_uniform(&r, dy, n, -1, 1), fill_uniform(&r, init, C, -1, 1);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t c = 0; c < C; c++) {
+                    s0[b * 3 * C + c] = rng_uniform(&r, -1, 1), s0[b * 3 * C + C + c] = rng_uniform(&r, 0.5f, 2);
+                    s0[b * 3 * C + 2 * C + c] = rng_uniform(&r, -3, 3);
+                    for (int j = 0; j < 3; j++) dsT[b * 3 * C + j * C + c] = rng_uniform(&r, -1, 1);
+                }
+            dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
+            p.k = k, p.v = v, p.time_decay = td, p.time_first = tf, p.initial_state = s0, p.y = y;
+            const int64_t sz[5] = {n, n, C, C, ns};
+            float *g[2][5];
+            for (int w = 0; w < 2; w++)
+                for (int i = 0; i < 5; i++) g[w][i] = falloc(sz[i]);
+            dn_isa best = dn_isa_best();
+            for (int isa = 0; isa <= (int)best; isa++) {
+                if (dn_set_isa((dn_isa)isa) != DN_OK) continue;
+                for (int w = 0; w < 2; w++) {
+                    if (w == 0 && isa > 0) continue;
+                    poison(g[w][0], n), poison(g[w][1], n), poison(g[w][4], ns);
+                    memcpy(g[w][2], init, sizeof(float) * C), memcpy(g[w][3], init, sizeof(float) * C);
+                    dn_rwkv4_bwd_params b = dn_rwkv4_bwd_params_default(&p);
+                    b.fwd.impl = w == 0 ? DN_IMPL_REF : DN_IMPL_AUTO;
+                    b.dy = dy, b.dfinal_state = dsT, b.dk = g[w][0], b.dv = g[w][1];
+                    b.dtime_decay = g[w][2], b.dtime_first = g[w][3], b.dinitial_state = g[w][4];
+                    CHECK(dn_rwkv4_backward(&b) == DN_OK, "%s", dn_last_error());
+                }
+                static const char *const nm[5] = {"dk", "dv", "dtime_decay", "dtime_first", "dh0"};
+                for (int i = 0; i < 5; i++) {
+                    char what[100];
+                    snprintf(what, sizeof what, "rwkv4 bwd T=%lld C=%lld %s %s", (long long)T,
+                             (long long)C, dn_isa_name((dn_isa)isa), nm[i]);
+                    fails += check_close(what, g[1][i], g[0][i], sz[i], 1e-5);
+                }
+            }
+            dn_set_isa(best);
+            free(k), free(v), free(td), free(tf), free(s0), free(dy), free(dsT), free(y), free(init);
+            for (int w = 0; w < 2; w++)
+                for (int i = 0; i < 5; i++) free(g[w][i]);
+        }
+    return fails;
+}
+
+/* ---- split sequences: two calls chained through the state gradient equal one call ----------- */
+static int test_split_grads(void) {
+    int fails = 0;
+    const int64_t B = 1, T = 60, t1 = 23;
+    rng r = {5};
+    { /* RWKV-4 */
+        const int64_t C = 40;
+        float *k = falloc(T * C), *v = falloc(T * C), *td = falloc(C), *tf = falloc(C), *dy = falloc(T * C);
+        float *y = falloc(T * C), *mid = falloc(3 * C), *dmid = falloc(3 * C);
+        fill_uniform(&r, k, T * C, -10, 10), fill_uniform(&r, v, T * C, -1, 1), fill_uniform(&r, td, C, -2, 1);
+        fill_uniform(&r, tf, C, -1, 1), fill_uniform(&r, dy, T * C, -1, 1);
+        float *g1[4], *g2[4];
+        for (int i = 0; i < 4; i++) g1[i] = calloc((size_t)(T * C), 4), g2[i] = calloc((size_t)(T * C), 4);
+        dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
+        p.k = k, p.v = v, p.time_decay = td, p.time_first = tf, p.y = y;
+        dn_rwkv4_bwd_params b = dn_rwkv4_bwd_params_default(&p);
+        b.dy = dy, b.dk = g1[0], b.dv = g1[1], b.dtime_decay = g1[2], b.dtime_first = g1[3];
+        CHECK(dn_rwkv4_backward(&b) == DN_OK, "%s", dn_last_error());
+        dn_rwkv4_params pa = p, pb = p;
+        pa.T = t1, pa.final_state = mid;
+        CHECK(dn_rwkv4_forward(&pa) == DN_OK, "%s", dn_last_error());
+        pb.T = T - t1, pb.k = k + t1 * C, pb.v = v + t1 * C, pb.y = y + t1 * C, pb.initial_state = mid;
+        dn_rwkv4_bwd_params bb = dn_rwkv4_bwd_params_default(&pb);
+        bb.dy = dy + t1 * C, bb.dk = g2[0] + t1 * C, bb.dv = g2[1] + t1 * C;
+        bb.dtime_decay = g2[2], bb.dtime_first = g2[3], bb.dinitial_state = dmid;
+        CHECK(dn_rwkv4_backward(&bb) == DN_OK, "%s", dn_last_error());
+        dn_rwkv4_bwd_params ba = dn_rwkv4_bwd_params_default(&pa);
+        ba.dy = dy, ba.dfinal_state = dmid, ba.dk = g2[0], ba.dv = g2[1];
+        ba.dtime_decay = g2[2], ba.dtime_first = g2[3];
+        CHECK(dn_rwkv4_backward(&ba) == DN_OK, "%s", dn_last_error());
+        static const char *const nm[4] = {"rwkv4 split dk", "rwkv4 split dv", "rwkv4 split dtime_decay",
+                                          "rwkv4 split dtime_first"};
+        for (int i = 0; i < 4; i++) fails += check_close(nm[i], g2[i], g1[i], i < 2 ? T * C : C, 1e-5);
+        free(k), free(v), free(td), free(tf), free(dy), free(y), free(mid), free(dmid);
+        for (int i = 0; i < 4; i++) free(g1[i]), free(g2[i]);
+    }
+    { /* Mamba-1 */
+        const int64_t D = 24, N = 16;
+        float *x = falloc(T * D), *dt = falloc(T * D), *A = falloc(D * N), *Bm = falloc(T * N), *Cm = falloc(T * N);
+        float *dy = falloc(T * D), *y = falloc(T * D), *mid = falloc(D * N), *dmid = falloc(D * N);
+        fill_uniform(&r, x, T * D, -1, 1), fill_uniform(&r, dt, T * D, 0.01f, 0.3f);
+        fill_uniform(&r, A, D * N, -3, -0.1f), fill_uniform(&r, Bm, T * N, -1, 1), fill_uniform(&r, Cm, T * N, -1, 1);
+        fill_uniform(&r, dy, T * D, -1, 1);
+        float *g1[5], *g2[5];
+        for (int i = 0; i < 5; i++) g1[i] = calloc((size_t)(T * D * 2), 4), g2[i] = calloc((size_t)(T * D * 2), 4);
+        dn_mamba_params p = dn_mamba_params_default(B, T, D, N, 1);
+        p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.y = y;
+        dn_mamba_bwd_params b = dn_mamba_bwd_params_default(&p);
+        b.dy = dy, b.dx = g1[0], b.ddt = g1[1], b.dBm = g1[2], b.dCm = g1[3], b.dA = g1[4];
+        CHECK(dn_mamba_backward(&b) == DN_OK, "%s", dn_last_error());
+        dn_mamba_params pa = p, pb = p;
+        pa.T = t1, pa.final_state = mid;
+        pa.x_s = pa.dt_s = pa.y_s = pb.x_s = pb.dt_s = pb.y_s = p.x_s;
+        CHECK(dn_mamba_forward(&pa) == DN_OK, "%s", dn_last_error());
+        pb.T = T - t1, pb.x = x + t1 * D, pb.dt = dt + t1 * D, pb.Bm = Bm + t1 * N, pb.Cm = Cm + t1 * N;
+        pb.y = y + t1 * D, pb.initial_state = mid;
+        dn_mamba_bwd_params bb = dn_mamba_bwd_params_default(&pb);
+        bb.dy_s = bb.dx_s = bb.ddt_s = p.x_s, bb.dBm_s = bb.dCm_s = p.Bm_s;
+        bb.dy = dy + t1 * D, bb.dx = g2[0] + t1 * D, bb.ddt = g2[1] + t1 * D, bb.dBm = g2[2] + t1 * N;
+        bb.dCm = g2[3] + t1 * N, bb.dA = g2[4], bb.dinitial_state = dmid;
+        CHECK(dn_mamba_backward(&bb) == DN_OK, "%s", dn_last_error());
+        dn_mamba_bwd_params ba = dn_mamba_bwd_params_default(&pa);
+        ba.dy_s = ba.dx_s = ba.ddt_s = p.x_s, ba.dBm_s = ba.dCm_s = p.Bm_s;
+        ba.dy = dy, ba.dfinal_state = dmid, ba.dx = g2[0], ba.ddt = g2[1], ba.dBm = g2[2];
+        ba.dCm = g2[3], ba.dA = g2[4];
+        CHECK(dn_mamba_backward(&ba) == DN_OK, "%s", dn_last_error());
+        static const char *const nm[5] = {"mamba1 split dx", "mamba1 split ddt", "mamba1 split dBm",
+                                          "mamba1 split dCm", "mamba1 split dA"};
+        const int64_t sz[5] = {T * D, T * D, T * N, T * N, D * N};
+        for (int i = 0; i < 5; i++) fails += check_close(nm[i], g2[i], g1[i], sz[i], 1e-5);
+        free(x), free(dt), free(A), free(Bm), free(Cm), free(dy), free(y), free(mid), free(dmid);
+        for (int i = 0; i < 5; i++) free(g1[i]), free(g2[i]);
+    }
+    { /* short convolution */
+        const int64_t D = 70, W = 4;
+        float *x = falloc(T * D), *w = falloc(D * W), *bias = falloc(D), *dy = falloc(T * D), *y = falloc(T * D);
+        float *mid = falloc(D * (W - 1)), *dmid = falloc(D * (W - 1));
+        fill_uniform(&r, x, T * D, -1, 1), fill_uniform(&r, w, D * W, -1, 1), fill_uniform(&r, bias, D, -1, 1);
+        fill_uniform(&r, dy, T * D, -1, 1);
+        float *g1[3], *g2[3];
+        for (int i = 0; i < 3; i++) g1[i] = calloc((size_t)(T * D), 4), g2[i] = calloc((size_t)(T * D), 4);
+        dn_conv_params p = dn_conv_params_default(B, T, D, W);
+        p.x = x, p.weight = w, p.bias = bias, p.silu = 1, p.y = y;
+        dn_conv_bwd_params b = dn_conv_bwd_params_default(&p);
+        b.dy = dy, b.dx = g1[0], b.dweight = g1[1], b.dbias = g1[2];
+        CHECK(dn_conv_backward(&b) == DN_OK, "%s", dn_last_error());
+        dn_conv_params pa = p, pb = p;
+        pa.T = t1, pa.final_state = mid;
+        CHECK(dn_conv_forward(&pa) == DN_OK, "%s", dn_last_error());
+        pb.T = T - t1, pb.x = x + t1 * D, pb.y = y + t1 * D, pb.initial_state = mid;
+        dn_conv_bwd_params bb = dn_conv_bwd_params_default(&pb);
+        bb.dy_s = bb.dx_s = p.x_s;
+        bb.dy = dy + t1 * D, bb.dx = g2[0] + t1 * D, bb.dweight = g2[1], bb.dbias = g2[2], bb.dinitial_state = dmid;
+        CHECK(dn_conv_backward(&bb) == DN_OK, "%s", dn_last_error());
+        dn_conv_bwd_params ba = dn_conv_bwd_params_default(&pa);
+        ba.dy_s = ba.dx_s = p.x_s;
+        ba.dy = dy, ba.dfinal_state = dmid, ba.dx = g2[0], ba.dweight = g2[1], ba.dbias = g2[2];
+        CHECK(dn_conv_backward(&ba) == DN_OK, "%s", dn_last_error());
+        fails += check_close("conv split dx", g2[0], g1[0], T * D, 1e-5);
+        fails += check_close("conv split dweight", g2[1], g1[1], D * W, 1e-5);
+        fails += check_close("conv split dbias", g2[2], g1[2], D, 1e-5);
+        free(x), free(w), free(bias), free(dy), free(y), free(mid), free(dmid);
+        for (int i = 0; i < 3; i++) free(g1[i]), free(g2[i]);
+    }
+    return fails;
+}
+
 const test_case dn_tests_bwd_ssm[] = {
+    {"bwd_rwkv4_reference_vs_finite_differences", test_rwkv_grad_fd},
+    {"bwd_rwkv4_fast", test_rwkv_grad_fast},
+    {"bwd_split_sequences", test_split_grads},
     {"bwd_mamba1_reference_vs_finite_differences", test_mamba_grad_fd},
     {"bwd_conv_reference_vs_finite_differences", test_conv_grad_fd},
     {"bwd_mamba1_fast", test_mamba_grad_fast},

@@ -11,7 +11,8 @@
             dn_cpu_rwkv4_forward_##isa, dn_cpu_conv_forward_##isa,                             \
             dn_cpu_la_bwd_workspace_##isa, dn_cpu_la_backward_##isa,                           \
             dn_cpu_attn_bwd_workspace_##isa, dn_cpu_attn_backward_##isa,                       \
-            dn_cpu_conv_backward_##isa, dn_cpu_mamba_backward_##isa                            \
+            dn_cpu_conv_backward_##isa, dn_cpu_mamba_backward_##isa,                           \
+            dn_cpu_rwkv4_backward_##isa                                                        \
     }
 
 static const dn_cpu_kernels table_generic = DN_TABLE(generic);

@@ -6,6 +6,7 @@
 #include "simd.h"
 
 #include <math.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -92,4 +93,159 @@ void DN_ISA_FN(dn_cpu_rwkv4_forward)(const dn_rwkv4_params *p, int nthreads) {
         }
         free(ws);
     }
+}
+
+/* Backward, vectorised over channels: one contiguous channel range per task (in every batch row,
+ * so that the parameter sums have one writer); the states of every token kept (3 T floats per
+ * channel), then walked back on the branch each maximum took (see ref/rwkv4.c). */
+static void rwkv_bwd_range(const dn_rwkv4_bwd_params *bp, int64_t b, int64_t c0, int64_t n,
+                           float *st, float *gwu) {
+    const dn_rwkv4_params *p = &bp->fwd;
+    const int64_t C = p->C, T = p->T;
+    float *w = st + 3 * (T + 1) * n; /* n decays after the states */
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t c = c0 + i;
+        w[i] = -expf(p->time_decay[c]);
+        const float *s0 = p->initial_state ? p->initial_state + b * 3 * C : NULL;
+        st[i] = s0 ? s0[c] : 0.0f, st[n + i] = s0 ? s0[C + c] : 0.0f, st[2 * n + i] = s0 ? s0[2 * C + c] : -1e38f;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        const float *kr = p->k + b * p->k_s.b + t * p->k_s.t + c0, *vr = p->v + b * p->v_s.b + t * p->v_s.t + c0;
+        const float *cur = st + 3 * t * n;
+        float *nx = st + 3 * (t + 1) * n;
+        for (int64_t i = 0; i < n; i += DN_VW) {
+            vf k = vload(kr + i), v = vload(vr + i), a = vload(cur + i), bb = vload(cur + n + i);
+            vf mw = vload(cur + 2 * n + i) + vload(w + i), q2 = vmax(mw, k);
+            vf f1 = vexp_neg(mw - q2), f2 = vexp_neg(k - q2);
+            vstore(nx + i, f1 * a + f2 * v), vstore(nx + n + i, f1 * bb + f2), vstore(nx + 2 * n + i, q2);
+        }
+    }
+    float *ga = gwu + 2 * n, *gb = ga + n, *gp = gb + n; /* gwu: [gw | gu | ga | gb | gp] */
+    for (int64_t i = 0; i < n; i++) {
+        const float *sT = bp->dfinal_state ? bp->dfinal_state + b * 3 * C : NULL;
+        ga[i] = sT ? sT[c0 + i] : 0.0f, gb[i] = sT ? sT[C + c0 + i] : 0.0f, gp[i] = sT ? sT[2 * C + c0 + i] : 0.0f;
+    }
+    const vf one = vset1(1.0f), zero = vzero();
+    for (int64_t t = T - 1; t >= 0; t--) {
+        const float *kr = p->k + b * p->k_s.b + t * p->k_s.t + c0, *vr = p->v + b * p->v_s.b + t * p->v_s.t + c0;
+        const float *gyr = bp->dy + b * bp->dy_s.b + t * bp->dy_s.t + c0, *cur = st + 3 * t * n;
+        float *dkr = bp->dk + b * bp->dk_s.b + t * bp->dk_s.t + c0, *dvr = bp->dv + b * bp->dv_s.b + t * bp->dv_s.t + c0;
+        for (int64_t i = 0; i < n; i += DN_VW) {
+            const vf k = vload(kr + i), v = vload(vr + i), a = vload(cur + i), bb = vload(cur + n + i);
+            const vf pp = vload(cur + 2 * n + i), gy = vload(gyr + i), u = vload(p->time_first + c0 + i);
+            const vf gav = vload(ga + i), gbv = vload(gb + i), gpv = vload(gp + i);
+            const vf mw = pp + vload(w + i), q2 = vmax(mw, k), f1 = vexp_neg(mw - q2), f2 = vexp_neg(k - q2);
+            const vi first = mw >= k; /* the maximum was w + p */
+#define SEL(x, y) ((vf)(((vi)(x) & first) | ((vi)(y) & ~first)))
+            const vf dap = SEL(-(f2 * v), f1 * a), dbp = SEL(-f2, f1 * bb), dpp = SEL(one, zero);
+            const vf dak = SEL(f2 * v, -(f1 * a)), dbk = SEL(f2, -(f1 * bb)), dpk = SEL(zero, one);
+#undef SEL
+            vf gk = gav * dak + gbv * dbk + gpv * dpk, gv = gav * f2;
+            vf gpp = gav * dap + gbv * dbp + gpv * dpp;
+            vstore(gwu + i, vload(gwu + i) + gpp);
+            vf gaa = gav * f1, gbb = gbv * f1;
+            const vf uk = u + k, q = vmax(pp, uk), e1 = vexp_neg(pp - q), e2 = vexp_neg(uk - q);
+            const vf Dn = e1 * bb + e2, y = (e1 * a + e2 * v) / Dn, r = gy / Dn;
+            gaa += r * e1;
+            gbb -= r * e1 * y;
+            gpp += r * e1 * (a - y * bb);
+            const vf gku = r * e2 * (v - y);
+            gk += gku, gv += r * e2;
+            vstore(gwu + n + i, vload(gwu + n + i) + gku);
+            vstore(dkr + i, gk), vstore(dvr + i, gv);
+            vstore(ga + i, gaa), vstore(gb + i, gbb), vstore(gp + i, gpp);
+        }
+    }
+    if (bp->dinitial_state) {
+        float *d0 = bp->dinitial_state + b * 3 * C;
+        for (int64_t i = 0; i < n; i++) d0[c0 + i] = ga[i], d0[C + c0 + i] = gb[i], d0[2 * C + c0 + i] = gp[i];
+    }
+}
+
+/* One channel, scalar: the channels past the last full vector. */
+static void rwkv_bwd_scalar(const dn_rwkv4_bwd_params *bp, int64_t b, int64_t c, float *st,
+                            float *gw_out, float *gu_out) {
+    const dn_rwkv4_params *p = &bp->fwd;
+    const int64_t C = p->C, T = p->T;
+    const float w = -expf(p->time_decay[c]), u = p->time_first[c];
+    const float *s0 = p->initial_state ? p->initial_state + b * 3 * C : NULL;
+    st[0] = s0 ? s0[c] : 0.0f, st[1] = s0 ? s0[C + c] : 0.0f, st[2] = s0 ? s0[2 * C + c] : -1e38f;
+    for (int64_t t = 0; t < T; t++) {
+        const float k = p->k[b * p->k_s.b + t * p->k_s.t + c], v = p->v[b * p->v_s.b + t * p->v_s.t + c];
+        const float mw = st[3 * t + 2] + w, q2 = fmaxf(mw, k), f1 = expf(mw - q2), f2 = expf(k - q2);
+        st[3 * t + 3] = f1 * st[3 * t] + f2 * v, st[3 * t + 4] = f1 * st[3 * t + 1] + f2;
+        st[3 * t + 5] = q2;
+    }
+    const float *sT = bp->dfinal_state ? bp->dfinal_state + b * 3 * C : NULL;
+    float ga = sT ? sT[c] : 0, gb = sT ? sT[C + c] : 0, gp = sT ? sT[2 * C + c] : 0, gw = 0, gu = 0;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        const float k = p->k[b * p->k_s.b + t * p->k_s.t + c], v = p->v[b * p->v_s.b + t * p->v_s.t + c];
+        const float a = st[3 * t], bb = st[3 * t + 1], pp = st[3 * t + 2];
+        const float gy = bp->dy[b * bp->dy_s.b + t * bp->dy_s.t + c];
+        const float mw = pp + w, q2 = fmaxf(mw, k), f1 = expf(mw - q2), f2 = expf(k - q2);
+        const int first = mw >= k;
+        const float dap = first ? -f2 * v : f1 * a, dbp = first ? -f2 : f1 * bb, dpp = first ? 1.0f : 0.0f;
+        const float dak = first ? f2 * v : -f1 * a, dbk = first ? f2 : -f1 * bb, dpk = first ? 0.0f : 1.0f;
+        float gk = ga * dak + gb * dbk + gp * dpk, gv = ga * f2, gpp = ga * dap + gb * dbp + gp * dpp;
+        gw += gpp;
+        float gaa = ga * f1, gbb = gb * f1;
+        const float q = fmaxf(pp, u + k), e1 = expf(pp - q), e2 = expf(u + k - q);
+        const float Dn = e1 * bb + e2, y = (e1 * a + e2 * v) / Dn, r = gy / Dn;
+        gaa += r * e1, gbb -= r * e1 * y, gpp += r * e1 * (a - y * bb);
+        const float gku = r * e2 * (v - y);
+        gk += gku, gu += gku, gv += r * e2;
+        bp->dk[b * bp->dk_s.b + t * bp->dk_s.t + c] = gk;
+        bp->dv[b * bp->dv_s.b + t * bp->dv_s.t + c] = gv;
+        ga = gaa, gb = gbb, gp = gpp;
+    }
+    *gw_out += gw, *gu_out += gu;
+    if (bp->dinitial_state) {
+        float *d0 = bp->dinitial_state + b * 3 * C;
+        d0[c] = ga, d0[C + c] = gb, d0[2 * C + c] = gp;
+    }
+}
+
+int DN_ISA_FN(dn_cpu_rwkv4_backward)(const dn_rwkv4_bwd_params *bp, int nthreads) {
+    const dn_rwkv4_params *p = &bp->fwd;
+    const int64_t C = p->C, T = p->T, nvec = C / DN_VW, ntail = C - nvec * DN_VW;
+    int64_t parts = nvec < nthreads ? nvec : nthreads;
+    const int64_t maxn = parts > 0 ? (nvec + parts - 1) / parts * DN_VW : 0;
+    const size_t per = (size_t)(3 * (T + 1) * (maxn > 1 ? maxn : 1) + 6 * maxn + 16);
+    const int64_t ntask = parts + ntail;
+    int nt = ntask < nthreads ? (int)ntask : nthreads;
+    if (nt < 1) nt = 1;
+    float *all = aligned_alloc(64, sizeof(float) * (((size_t)nt * per + 15) & ~(size_t)15));
+    if (!all) return -1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        float *st = all + per * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+#else
+        float *st = all;
+#endif
+        for (int64_t task = 0; task < ntask; task++) {
+            if (task < parts) {
+                const int64_t v0 = nvec * task / parts, v1 = nvec * (task + 1) / parts;
+                const int64_t c0 = v0 * DN_VW, n = (v1 - v0) * DN_VW;
+                float *gwu = st + 3 * (T + 1) * n + n;
+                memset(gwu, 0, sizeof(float) * (size_t)(2 * n));
+                for (int64_t b = 0; b < p->B; b++) rwkv_bwd_range(bp, b, c0, n, st, gwu);
+                for (int64_t i = 0; i < n; i++) {
+                    bp->dtime_decay[c0 + i] += gwu[i] * -expf(p->time_decay[c0 + i]);
+                    bp->dtime_first[c0 + i] += gwu[n + i];
+                }
+            } else {
+                const int64_t c = nvec * DN_VW + (task - parts);
+                float gw = 0, gu = 0;
+                for (int64_t b = 0; b < p->B; b++) rwkv_bwd_scalar(bp, b, c, st, &gw, &gu);
+                bp->dtime_decay[c] += gw * -expf(p->time_decay[c]);
+                bp->dtime_first[c] += gu;
+            }
+        }
+    }
+    free(all);
+    return 0;
 }
