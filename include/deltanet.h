@@ -419,6 +419,32 @@ DN_API dn_mamba2_params dn_mamba2_params_default(int64_t B, int64_t T, int64_t H
                                                  int64_t N, int64_t G);
 DN_API dn_status dn_mamba2_forward(const dn_mamba2_params *p);
 
+/*
+ * Backward of Mamba-2, through the GLA backward and the chain rule of the mapping above.
+ * Written: dx [B,T,H,P], ddt [B,T,H], dBm, dCm [B,T,G,N], dinitial_state [B,H,N,P] (optional).
+ * Accumulated: dA [H], dDskip [H] (exactly when fwd.Dskip), ddt_bias [H] (exactly when
+ * fwd.dt_bias). dfinal_state optional. fwd.impl: DN_IMPL_AUTO / DN_IMPL_CHUNK or DN_IMPL_REF
+ * (both through GLA; the reference uses GLA's double reference backward).
+ */
+typedef struct dn_mamba2_bwd_params {
+    dn_mamba2_params fwd;
+    const float *dy;
+    dn_strides dy_s;
+    const float *dfinal_state;
+    float *dx;
+    dn_strides dx_s;
+    float *ddt;
+    dn_strides ddt_s;
+    float *dBm;
+    dn_strides dBm_s;
+    float *dCm;
+    dn_strides dCm_s;
+    float *dA, *dDskip, *ddt_bias, *dinitial_state;
+} dn_mamba2_bwd_params;
+
+DN_API dn_mamba2_bwd_params dn_mamba2_bwd_params_default(const dn_mamba2_params *fwd);
+DN_API dn_status dn_mamba2_backward(const dn_mamba2_bwd_params *p);
+
 /* ---------------------------------------------------------------------------------------------
  * RWKV-4 WKV
  * ------------------------------------------------------------------------------------------- */

@@ -196,3 +196,90 @@ dn_status dn_mamba2_forward(const dn_mamba2_params *p) {
     free(g), free(v);
     return st;
 }
+
+dn_mamba2_bwd_params dn_mamba2_bwd_params_default(const dn_mamba2_params *fwd) {
+    dn_mamba2_bwd_params b;
+    memset(&b, 0, sizeof b);
+    if (!fwd) return b;
+    b.fwd = *fwd;
+    const int64_t T = fwd->T, H = fwd->H, P = fwd->P, G = fwd->G, N = fwd->N;
+    b.dy_s = b.dx_s = (dn_strides){T * H * P, H * P, P};
+    b.ddt_s = (dn_strides){T * H, H, 1};
+    b.dBm_s = b.dCm_s = (dn_strides){T * G * N, G * N, N};
+    return b;
+}
+
+/* GLA on (q, k, v, g) = (Cm, Bm, dt' x, dt' A): its gradients dq, dk, dv, dg give
+ * dCm = dq, dBm = dk, dx = dt' dv + Dskip dy, ddt' = dv . x + A dg, dA += sum dt' dg,
+ * dDskip += sum dy . x, then ddt = ddt' sigmoid(dt + dt_bias) under the softplus. */
+dn_status dn_mamba2_backward(const dn_mamba2_bwd_params *bp) {
+    if (!bp) return dn_fail(DN_ERR_NULL, "mamba2 backward params is NULL");
+    const dn_mamba2_params *p = &bp->fwd;
+    const char *op = "mamba2 backward";
+    dn_mamba2_params chk = *p;
+    chk.y = bp->dx, chk.y_s = bp->dx_s;
+    dn_status st = mamba2_check(&chk);
+    if (st != DN_OK) return st;
+    if ((st = dn_check_input(op, "dy", bp->dy, bp->dy_s)) ||
+        (st = dn_check_output(op, "ddt", bp->ddt, bp->ddt_s, p->B, p->T, p->H, 1)) ||
+        (st = dn_check_output(op, "dBm", bp->dBm, bp->dBm_s, p->B, p->T, p->G, p->N)) ||
+        (st = dn_check_output(op, "dCm", bp->dCm, bp->dCm_s, p->B, p->T, p->G, p->N)))
+        return st;
+    if (!bp->dA) return dn_fail(DN_ERR_NULL, "%s: dA [H] is required", op);
+    if ((p->Dskip != NULL) != (bp->dDskip != NULL) || (p->dt_bias != NULL) != (bp->ddt_bias != NULL))
+        return dn_fail(DN_ERR_ARG, "%s: dDskip and ddt_bias must be given exactly when Dskip and "
+                                   "dt_bias are", op);
+    if (p->impl == DN_IMPL_RECURRENT)
+        return dn_fail(DN_ERR_UNSUPPORTED, "%s: the backward is chunkwise (or DN_IMPL_REF)", op);
+    const int64_t B = p->B, T = p->T, H = p->H, P = p->P, rows = B * T * H;
+    float *g = malloc(sizeof(float) * (size_t)(rows + 1)), *v = malloc(sizeof(float) * (size_t)(rows * P + 1));
+    float *dtp = malloc(sizeof(float) * (size_t)(rows + 1)), *dg = malloc(sizeof(float) * (size_t)(rows + 1));
+    float *dv = malloc(sizeof(float) * (size_t)(rows * P + 1));
+    if (!g || !v || !dtp || !dg || !dv) {
+        free(g), free(v), free(dtp), free(dg), free(dv);
+        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the mapped inputs", op);
+    }
+    for (int64_t row = 0; row < rows; row++) {
+        const int64_t b = row / (T * H), t = row / H % T, h = row % H;
+        float dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h];
+        if (p->dt_bias) dt += p->dt_bias[h];
+        if (p->dt_softplus) dt = softplusf(dt);
+        dtp[row] = dt, g[row] = dt * p->A[h];
+        const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
+        for (int64_t c = 0; c < P; c++) v[row * P + c] = dt * x[c];
+    }
+    dn_la_params la = dn_la_params_default(DN_OP_GLA, B, T, p->G, H, p->N, P);
+    la.q = p->Cm, la.q_s = p->Cm_s, la.k = p->Bm, la.k_s = p->Bm_s, la.v = v, la.g = g;
+    la.o = bp->dx, la.o_s = bp->dx_s; /* not written by the backward */
+    la.initial_state = p->initial_state, la.scale = 1.0f, la.chunk_size = p->chunk_size;
+    la.impl = p->impl == DN_IMPL_REF ? DN_IMPL_REF : DN_IMPL_CHUNK, la.n_threads = p->n_threads;
+    dn_la_bwd_params lb = dn_la_bwd_params_default(&la);
+    lb.dout = bp->dy, lb.dout_s = bp->dy_s, lb.dfinal_state = bp->dfinal_state;
+    lb.dq = bp->dCm, lb.dq_s = bp->dCm_s, lb.dk = bp->dBm, lb.dk_s = bp->dBm_s;
+    lb.dv = dv, lb.dg = dg, lb.dinitial_state = bp->dinitial_state;
+    st = dn_la_backward(&lb);
+    if (st == DN_OK)
+        for (int64_t row = 0; row < rows; row++) {
+            const int64_t b = row / (T * H), t = row / H % T, h = row % H;
+            const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
+            const float *dy = bp->dy + b * bp->dy_s.b + t * bp->dy_s.t + h * bp->dy_s.h;
+            float *dx = bp->dx + b * bp->dx_s.b + t * bp->dx_s.t + h * bp->dx_s.h;
+            float ddt = p->A[h] * dg[row], dD = 0;
+            for (int64_t c = 0; c < P; c++) {
+                ddt += dv[row * P + c] * x[c];
+                dx[c] = dtp[row] * dv[row * P + c] + (p->Dskip ? p->Dskip[h] * dy[c] : 0.0f);
+                dD += dy[c] * x[c];
+            }
+            bp->dA[h] += dtp[row] * dg[row];
+            if (bp->dDskip) bp->dDskip[h] += dD;
+            if (p->dt_softplus) {
+                const float raw = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h] +
+                                  (p->dt_bias ? p->dt_bias[h] : 0.0f);
+                ddt *= 1.0f / (1.0f + expf(-raw));
+            }
+            if (bp->ddt_bias) bp->ddt_bias[h] += ddt;
+            bp->ddt[b * bp->ddt_s.b + t * bp->ddt_s.t + h * bp->ddt_s.h] = ddt;
+        }
+    free(g), free(v), free(dtp), free(dg), free(dv);
+    return st;
+}

@@ -506,7 +506,91 @@ static int test_split_grads(void) {
     return fails;
 }
 
+/* ---- Mamba-2: its backward (through GLA) against finite differences of its own recurrence ---- */
+typedef struct {
+    int64_t T, H, P, N, G;
+    double *x, *dt, *A, *Bm, *Cm, *Ds, *bias, *h0;
+} m2d;
+
+static double m2_loss(const m2d *m, const double *wy, const double *wh) {
+    double L = 0, *S = malloc(sizeof(double) * (size_t)(m->N * m->P));
+    for (int64_t h = 0; h < m->H; h++) {
+        const int64_t g = h / (m->H / m->G);
+        for (int64_t i = 0; i < m->N * m->P; i++) S[i] = m->h0[h * m->N * m->P + i];
+        for (int64_t t = 0; t < m->T; t++) {
+            double dt = m->dt[t * m->H + h] + m->bias[h];
+            dt = dt > 20 ? dt : log1p(exp(dt));
+            const double e = exp(dt * m->A[h]);
+            const double *x = m->x + (t * m->H + h) * m->P, *Bm = m->Bm + (t * m->G + g) * m->N;
+            const double *Cm = m->Cm + (t * m->G + g) * m->N;
+            for (int64_t n = 0; n < m->N; n++)
+                for (int64_t c = 0; c < m->P; c++) S[n * m->P + c] = e * S[n * m->P + c] + Bm[n] * dt * x[c];
+            for (int64_t c = 0; c < m->P; c++) {
+                double y = m->Ds[h] * x[c];
+                for (int64_t n = 0; n < m->N; n++) y += S[n * m->P + c] * Cm[n];
+                L += y * wy[(t * m->H + h) * m->P + c];
+            }
+        }
+        for (int64_t i = 0; i < m->N * m->P; i++) L += S[i] * wh[h * m->N * m->P + i];
+    }
+    free(S);
+    return L;
+}
+
+static int test_mamba2_grad(void) {
+    int fails = 0;
+    const int64_t T = 20, H = 4, P = 3, N = 5, G = 2;
+    rng r = {61};
+    m2d m = {T, H, P, N, G, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    const int64_t nx = T * H * P, nd = T * H, nb = T * G * N, nh = H * N * P;
+    m.x = dvec(&r, nx, -1, 1), m.dt = dvec(&r, nd, -2, 1), m.A = dvec(&r, H, -2, -0.3);
+    m.Bm = dvec(&r, nb, -1, 1), m.Cm = dvec(&r, nb, -1, 1), m.Ds = dvec(&r, H, -1, 1);
+    m.bias = dvec(&r, H, -0.5, 0.5), m.h0 = dvec(&r, nh, -0.5, 0.5);
+    double *wy = dvec(&r, nx, -1, 1), *wh = dvec(&r, nh, -1, 1);
+    float *fx = tof(m.x, nx), *fdt = tof(m.dt, nd), *fA = tof(m.A, H), *fB = tof(m.Bm, nb), *fC = tof(m.Cm, nb);
+    float *fD = tof(m.Ds, H), *fbias = tof(m.bias, H), *fh0 = tof(m.h0, nh), *fwy = tof(wy, nx), *fwh = tof(wh, nh);
+    dn_mamba2_params p = dn_mamba2_params_default(1, T, H, P, N, G);
+    p.x = fx, p.dt = fdt, p.A = fA, p.Bm = fB, p.Cm = fC, p.Dskip = fD, p.dt_bias = fbias;
+    p.dt_softplus = 1, p.initial_state = fh0, p.chunk_size = 16;
+    const int64_t sz[8] = {nx, nd, nb, nb, H, H, H, nh};
+    float *g[2][8];
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < 8; i++) g[w][i] = calloc((size_t)sz[i], 4);
+    for (int w = 0; w < 2; w++) {
+        dn_mamba2_bwd_params b = dn_mamba2_bwd_params_default(&p);
+        b.fwd.impl = w == 0 ? DN_IMPL_REF : DN_IMPL_AUTO;
+        b.dy = fwy, b.dfinal_state = fwh, b.dx = g[w][0], b.ddt = g[w][1], b.dBm = g[w][2], b.dCm = g[w][3];
+        b.dA = g[w][4], b.dDskip = g[w][5], b.ddt_bias = g[w][6], b.dinitial_state = g[w][7];
+        CHECK(dn_mamba2_backward(&b) == DN_OK, "%s", dn_last_error());
+    }
+    char nm[64];
+#define M2FD(arr, n, i)                                                                            \
+    snprintf(nm, sizeof nm, "mamba2 d" #arr);                                                      \
+    FD_CHECK(nm, m.arr, n, g[0][i], m2_loss(&m, wy, wh))
+    M2FD(x, nx, 0);
+    M2FD(dt, nd, 1);
+    M2FD(Bm, nb, 2);
+    M2FD(Cm, nb, 3);
+    M2FD(A, H, 4);
+    M2FD(Ds, H, 5);
+    M2FD(bias, H, 6);
+    M2FD(h0, nh, 7);
+#undef M2FD
+    static const char *const names[8] = {"dx", "ddt", "dBm", "dCm", "dA", "dDskip", "ddt_bias", "dh0"};
+    for (int i = 0; i < 8; i++) {
+        snprintf(nm, sizeof nm, "mamba2 fast %s", names[i]);
+        fails += check_close(nm, g[1][i], g[0][i], sz[i], 1e-5);
+    }
+    free(m.x), free(m.dt), free(m.A), free(m.Bm), free(m.Cm), free(m.Ds), free(m.bias), free(m.h0);
+    free(wy), free(wh), free(fx), free(fdt), free(fA), free(fB), free(fC), free(fD), free(fbias);
+    free(fh0), free(fwy), free(fwh);
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < 8; i++) free(g[w][i]);
+    return fails;
+}
+
 const test_case dn_tests_bwd_ssm[] = {
+    {"bwd_mamba2", test_mamba2_grad},
     {"bwd_rwkv4_reference_vs_finite_differences", test_rwkv_grad_fd},
     {"bwd_rwkv4_fast", test_rwkv_grad_fast},
     {"bwd_split_sequences", test_split_grads},
