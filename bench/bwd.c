@@ -33,6 +33,26 @@ static float *buf(int64_t n, float lo, float hi) {
     return x;
 }
 
+static long status_kb(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long v = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, strlen(key))) v = atol(line + strlen(key));
+    fclose(f);
+    return v;
+}
+
+/* resets the resident high-water mark (Linux); returns the current resident size in KiB */
+static long hwm_reset(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return -1;
+    int ok = fputs("5", f) >= 0;
+    if (fclose(f) != 0 || !ok) return -1;
+    return status_kb("VmRSS:");
+}
+
 static void check(dn_status st) {
     if (st != DN_OK) {
         fprintf(stderr, "bench bwd: %s\n", dn_last_error());
@@ -148,21 +168,32 @@ int dn_bench_bwd_main(int argc, char **argv) {
     double gf, gb;
     size_t ws4;
     gdn(4096, H, D, 3, &gf, &gb, &ws4);
-    /* scratch of the GDN backward at T = 65536 against O(T (K+V) + (T/C) K V) per thread */
-    dn_la_params f = dn_la_params_default(DN_OP_GDN, 1, 65536, 1, 1, D, D);
-    float dummy[1];
-    f.q = f.k = f.v = f.g = f.beta = f.o = dummy;
+    /* the GDN backward at T = 65536, one head: its scratch, and the resident memory it adds,
+     * measured, against O(T (K+V) + (T/C) K V) per thread */
+    const int64_t TL = 65536, nl = TL * D;
+    dn_la_params f = dn_la_params_default(DN_OP_GDN, 1, TL, 1, 1, D, D);
+    float *lq = buf(nl, -1, 1), *lk = buf(nl, -1, 1), *lv = buf(nl, -1, 1), *lg = buf(TL, -0.1f, 0);
+    float *lb = buf(TL, 0, 1), *ldo = buf(nl, -1, 1), *ldq = buf(nl, 0, 0), *ldk = buf(nl, 0, 0);
+    float *ldv = buf(nl, 0, 0), *ldg = buf(TL, 0, 0), *ldb = buf(TL, 0, 0);
+    f.q = lq, f.k = lk, f.v = lv, f.g = lg, f.beta = lb, f.o = ldo, f.qk_l2norm = 1;
     dn_la_bwd_params b = dn_la_bwd_params_default(&f);
     b.fwd.chunk_size = 32;
-    b.dout = dummy, b.dq = b.dk = b.dv = b.dg = b.dbeta = dummy;
+    b.dout = ldo, b.dq = ldq, b.dk = ldk, b.dv = ldv, b.dg = ldg, b.dbeta = ldb;
     size_t ws64 = 0;
     dn_la_backward_workspace_size(&b, &ws64);
+    long base = hwm_reset();
+    check(dn_la_backward(&b));
+    long hwm = status_kb("VmHWM:");
+    const double peak = base >= 0 && hwm >= 0 ? (double)(hwm - base) * 1024.0 : -1;
+    free(lq), free(lk), free(lv), free(lg), free(lb), free(ldo), free(ldq), free(ldk), free(ldv);
+    free(ldg), free(ldb);
     const double bound = 4.0 * (65536.0 * 2 * D + 65536.0 / 32 * D * D) * dn_get_num_threads();
     const double tkv = 4.0 * 65536.0 * D * D;
     if (json) {
         printf(",\n  {\"gdn_bwd_over_fwd_T4096\": %.4f, \"crossover_T\": %.1f, "
-               "\"gdn_bwd_workspace_T65536_bytes\": %zu, \"bound_bytes\": %.0f, \"TKV_bytes\": %.0f}\n]}\n",
-               gb / gf, cross, ws64, bound, tkv);
+               "\"gdn_bwd_workspace_T65536_bytes\": %zu, \"gdn_bwd_peak_rss_T65536_bytes\": %.0f, "
+               "\"bound_bytes\": %.0f, \"TKV_bytes\": %.0f}\n]}\n",
+               gb / gf, cross, ws64, peak, bound, tkv);
     } else {
         if (cross > 0)
             printf("Gated DeltaNet's training step is cheaper than attention's from T = %.0f\n", cross);
@@ -170,9 +201,10 @@ int dn_bench_bwd_main(int argc, char **argv) {
             printf("Gated DeltaNet's training step is not cheaper at the lengths measured\n");
         printf("T = 4096: Gated DeltaNet backward %.2f ms = %.2fx its forward (%.2f ms)\n", gb * 1e3,
                gb / gf, gf * 1e3);
-        printf("T = 65536, one head of 128: backward scratch %.1f MiB; T (K+V) + (T/C) K V floats "
-               "per thread = %.1f MiB; T K V floats would be %.0f MiB\n",
-               (double)ws64 / 1048576, bound / 1048576, tkv / 1048576);
+        printf("T = 65536, one head of 128: backward scratch %.1f MiB (all threads), resident memory "
+               "added by the call %.1f MiB (measured); T (K+V) + (T/C) K V floats per thread = "
+               "%.1f MiB; T K V floats would be %.0f MiB\n",
+               (double)ws64 / 1048576, peak / 1048576, bound / 1048576, tkv / 1048576);
     }
     return 0;
 }
