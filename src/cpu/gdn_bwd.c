@@ -154,13 +154,40 @@ static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
     }
 }
 
+/* x -= sum_{l in [l0, l1)} a[l * as] Y[l], over the Vp columns of the row x, eight vectors at a
+ * time: eight independent FMA chains instead of one (the triangular solves of the chunk). */
+#define SUBST_NV 8
+static void subst_row(float *x, const float *Y, int64_t Vp, const float *a, int64_t as, int64_t l0,
+                      int64_t l1) {
+    int64_t j = 0;
+    for (; j + SUBST_NV * DN_VW <= Vp; j += SUBST_NV * DN_VW) {
+        vf acc[SUBST_NV];
+        for (int r = 0; r < SUBST_NV; r++) acc[r] = vload(x + j + r * DN_VW);
+        for (int64_t l = l0; l < l1; l++) {
+            const vf al = vset1(a[l * as]);
+            for (int r = 0; r < SUBST_NV; r++) acc[r] -= al * vload(Y + l * Vp + j + r * DN_VW);
+        }
+        for (int r = 0; r < SUBST_NV; r++) vstore(x + j + r * DN_VW, acc[r]);
+    }
+    for (; j < Vp; j += DN_VW) {
+        vf acc = vload(x + j);
+        for (int64_t l = l0; l < l1; l++) acc -= vset1(a[l * as]) * vload(Y + l * Vp + j);
+        vstore(x + j, acc);
+    }
+}
+
+/* Asks for the rows [t0, t1) of one head ahead of their use: rows of one head are a head stride
+ * apart, too far for the hardware prefetcher to follow. */
+static inline void prefetch_rows(const float *src, dn_strides s, int64_t b, int64_t t0, int64_t t1,
+                                 int64_t head, int64_t n) {
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(src + b * s.b + t * s.t + head * s.h + i);
+}
+
 /* Rows of one (b, t, head) tensor of width n into a padded L x ld block. */
 static void load_rows(float *dst, int64_t ld, const float *src, dn_strides s, int64_t b, int64_t tc,
                       int64_t head, int64_t L, int64_t n) {
     for (int64_t l = 0; l < L; l++) {
-        /* the rows of one head are a head-stride apart: ask for the next chunk's ahead */
-        const float *next = src + b * s.b + (tc + L + l) * s.t + head * s.h;
-        for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(next + i);
         memcpy(dst + l * ld, src + b * s.b + (tc + l) * s.t + head * s.h, sizeof(float) * n);
         memset(dst + l * ld + n, 0, sizeof(float) * (ld - n));
     }
@@ -187,6 +214,12 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
         float *R = w->Rb + (tc - t0) * Vp, *Kc = w->QK + L * K;
         float *mc = w->mats + c * 4 * C * Cp;
         w->M = mc, w->A = mc + C * Cp, w->GK = mc + 2 * C * Cp, w->Gam = mc + 3 * C * Cp;
+        if (c + 1 < nch) { /* the next chunk's rows */
+            const int64_t n0 = tc + L, n1 = t1 - n0 < C ? t1 : n0 + C;
+            prefetch_rows(p->q, p->q_s, b, n0, n1, h, K);
+            prefetch_rows(p->k, p->k_s, b, n0, n1, h, K);
+            prefetch_rows(p->v, p->v_s, b, n0, n1, hv, V);
+        }
         load_chunk(p, d, w, b, h, hv, tc, L, 1, 1);
         load_rows(U, Vp, p->v, p->v_s, b, tc, hv, L, V);
         if (d->delta) {
@@ -196,10 +229,9 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
                 for (int64_t j = 0; j < Vp; j += DN_VW) {
                     vf r = vload(U + i * Vp + j) - e * vload(R + i * Vp + j);
                     vstore(R + i * Vp + j, r);
-                    vf acc = bb * r;
-                    for (int64_t l = 0; l < i; l++) acc -= vset1(w->A[i * Cp + l]) * vload(U + l * Vp + j);
-                    vstore(U + i * Vp + j, acc);
+                    vstore(U + i * Vp + j, bb * r);
                 }
+                subst_row(U + i * Vp, U, Vp, w->A + i * Cp, 1, 0, i);
             }
         }
         /* S1 = e^{gamma_L} S0 + K^T diag(d) U */
@@ -223,6 +255,11 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
         float *Qc = w->QK, *Kc = w->QK + L * K;
         float *mc = w->mats + c * 4 * C * Cp;
         w->M = mc, w->A = mc + C * Cp, w->GK = mc + 2 * C * Cp, w->Gam = mc + 3 * C * Cp;
+        if (c > 0) { /* the previous chunk's rows, next in this sweep */
+            prefetch_rows(p->q, p->q_s, b, tc - C, tc, h, K);
+            prefetch_rows(p->k, p->k_s, b, tc - C, tc, h, K);
+            prefetch_rows(bp->dout, bp->dout_s, b, tc - C, tc, hv, V);
+        }
         load_chunk(p, d, w, b, h, hv, tc, L, 1, 0);
         load_rows(w->dO, Vp, bp->dout, bp->dout_s, b, tc, hv, L, V);
         for (int64_t l = 0; l < L; l++) w->dgam[l] = 0;
@@ -239,12 +276,10 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
         /* delta: dY = (I + A)^{-T} dU by back substitution; dR = b dY; db = dY . R */
         const float *dVsrc = w->dU;
         if (d->delta) {
-            for (int64_t i = L - 1; i >= 0; i--)
-                for (int64_t j = 0; j < Vp; j += DN_VW) {
-                    vf acc = vload(w->dU + i * Vp + j);
-                    for (int64_t l = i + 1; l < L; l++) acc -= vset1(w->A[l * Cp + i]) * vload(w->dY + l * Vp + j);
-                    vstore(w->dY + i * Vp + j, acc);
-                }
+            for (int64_t i = L - 1; i >= 0; i--) {
+                memcpy(w->dY + i * Vp, w->dU + i * Vp, sizeof(float) * (size_t)Vp);
+                subst_row(w->dY + i * Vp, w->dY, Vp, w->A + i, Cp, i + 1, L);
+            }
             for (int64_t i = 0; i < L; i++) {
                 w->row[i] = dot_f32(w->dY + i * Vp, R + i * Vp, Vp); /* db, before the A term */
                 vf bb = vset1(w->bt[i]);
