@@ -46,6 +46,7 @@ typedef struct {
     float *BT, *UT;                                 /* Vp x 2Cp, Vp x Cp  transposed blocks */
     float *G1, *G2;                                 /* K x 2Cp, K x Cp */
     float *dQr, *dKr;                               /* C x K */
+    float *GT1, *GT2, *KT;                          /* 2C x K, C x K, K x Cp */
     float *dS, *raw;                                /* K x Vp; 2 x C x K raw q, k */
     float *eg, *dd, *bt, *dgam, *row;               /* C, C, C, C, Cp */
     double *gam;                                    /* C */
@@ -57,10 +58,12 @@ static size_t bws_layout(const bdims *d, int64_t Tmax, bws *w, float *base) {
                              C * Cp, C * Cp, C * Cp, C * Cp, C * Cp, C * Cp,
                              C * Vp, C * Vp, C * Vp, C * Vp, 2 * C * Vp,
                              Vp * 2 * Cp, Vp * Cp, K * 2 * Cp, K * Cp, C * K, C * K,
+                             2 * C * K, C * K, K * Cp,
                              K * Vp, 2 * C * K, C, C, C, C, Cp, 2 * C};
     float **slots[] = {&w->ck, &w->mats, &w->Ub, &w->Rb, &w->QK, &w->M, &w->A, &w->GK, &w->Gam, &w->W,
                        &w->Z, &w->dO, &w->KdS, &w->dU, &w->dY, &w->EdOR, &w->BT, &w->UT,
-                       &w->G1, &w->G2, &w->dQr, &w->dKr, &w->dS, &w->raw, &w->eg, &w->dd,
+                       &w->G1, &w->G2, &w->dQr, &w->dKr, &w->GT1, &w->GT2, &w->KT, &w->dS,
+                       &w->raw, &w->eg, &w->dd,
                        &w->bt, &w->dgam, &w->row, NULL};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -137,6 +140,15 @@ static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
     }
     for (int64_t l = 0; l < L; l++) w->dd[l] = d->gate ? (float)exp(w->gam[L - 1] - w->gam[l]) : 1.0f;
     if (!dots) return;
+    /* Q K^T and K K^T, lower triangles, as products with K^T */
+    const int64_t Lp = ROUND_UP(L, DN_VW);
+    for (int64_t k = 0; k < K; k++) {
+        float *kt = w->KT + k * Cp;
+        for (int64_t l = 0; l < L; l++) kt[l] = Kc[l * K + k];
+        for (int64_t l = L; l < Lp; l++) kt[l] = 0;
+    }
+    if (need_q) gemm_f32(L, Lp, K, Qc, K, 1, w->KT, Cp, w->M, Cp, 0, DN_TRI_C);
+    if (d->delta) gemm_f32(L, Lp, K, Kc, K, 1, w->KT, Cp, w->GK, Cp, 0, DN_TRI_C);
     for (int64_t i = 0; i < L; i++) {
         float *gm = w->Gam + i * Cp, *gk = w->GK + i * Cp, *m = w->M + i * Cp, *a = w->A + i * Cp;
         if (d->gate) {
@@ -146,8 +158,8 @@ static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
             for (int64_t j = 0; j <= i; j++) gm[j] = 1.0f;
         }
         for (int64_t j = 0; j <= i; j++) {
-            m[j] = need_q ? gm[j] * dot_f32(Qc + i * K, Kc + j * K, K) : 0.0f;
-            gk[j] = d->delta && j < i ? gm[j] * dot_f32(Kc + i * K, Kc + j * K, K) : 0.0f;
+            m[j] = need_q ? gm[j] * m[j] : 0.0f;
+            gk[j] = d->delta && j < i ? gm[j] * gk[j] : 0.0f;
             a[j] = w->bt[i] * gk[j];
         }
         for (int64_t j = i + 1; j < Cp; j++) gm[j] = gk[j] = m[j] = a[j] = 0.0f;
@@ -350,14 +362,17 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
         gemm_f32(K, N2, Vp, S0, Vp, 1, w->BT, 2 * Cp, w->G1, 2 * Cp, 0, 0);
         gemm_f32(K, Lp, Vp, dS, Vp, 1, w->UT, Cp, w->G2, Cp, 0, 0);
 
+        /* G1, G2 into rows: GT1 (M2 x K), GT2 (L x K) */
+        for (int64_t k = 0; k < K; k++) {
+            const float *g1 = w->G1 + k * 2 * Cp, *g2 = w->G2 + k * Cp;
+            for (int64_t i = 0; i < M2; i++) w->GT1[i * K + k] = g1[i];
+            for (int64_t i = 0; i < L; i++) w->GT2[i * K + k] = g2[i];
+        }
         /* gamma: E in O (qs_i . G1[:, i]), E in R (dR_i . (R_i - V_i)), d in S1, e^{gamma_L} */
         if (d->gate) {
             for (int64_t i = 0; i < L; i++) {
-                double acc = 0, kg = 0;
-                for (int64_t k = 0; k < K; k++) {
-                    acc += (double)Qc[i * K + k] * w->G1[k * 2 * Cp + i];
-                    kg += (double)Kc[i * K + k] * w->G2[k * Cp + i];
-                }
+                double acc = dot_f32(Qc + i * K, w->GT1 + i * K, K);
+                const double kg = dot_f32(Kc + i * K, w->GT2 + i * K, K);
                 if (d->delta) { /* R_i - V_i = -e_i S0^T k_i, the derivative of R_i in gamma_i */
                     const float *vrow = p->v + b * p->v_s.b + (tc + i) * p->v_s.t + hv * p->v_s.h;
                     acc += dot_f32(dR + i * Vp, R + i * Vp, V) - dot_f32(dR + i * Vp, vrow, V);
@@ -401,9 +416,11 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
         /* add the transposed parts, then through the normalisation into dq, dk */
         for (int64_t i = 0; i < L; i++) {
             float *dq_i = w->dQr + i * K, *dk_i = w->dKr + i * K;
+            const float di = w->dd[i], *g1 = w->GT1 + i * K, *g2 = w->GT2 + i * K;
+            const float *g1r = d->delta ? w->GT1 + (L + i) * K : NULL;
             for (int64_t k = 0; k < K; k++) {
-                dq_i[k] += w->G1[k * 2 * Cp + i];
-                dk_i[k] += w->dd[i] * w->G2[k * Cp + i] + (d->delta ? w->G1[k * 2 * Cp + L + i] : 0.0f);
+                dq_i[k] += g1[k];
+                dk_i[k] += di * g2[k] + (g1r ? g1r[k] : 0.0f);
             }
             const int64_t t = tc + i;
             prep_row_back(bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h, w->raw + i * K,
