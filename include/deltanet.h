@@ -564,6 +564,8 @@ typedef struct dn_la_bwd_params {
     float *dinitial_state;
     void *workspace; /* optional, dn_la_backward_workspace_size() bytes, 64-byte aligned */
     size_t workspace_bytes;
+    const void *saved; /* optional: the buffer a dn_la_forward_train() call filled for fwd */
+    size_t saved_bytes;
 } dn_la_bwd_params;
 
 /* Backward params matching fwd's shapes, gradients contiguous; pointers NULL. */
@@ -571,6 +573,14 @@ DN_API dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd);
 DN_API dn_status dn_la_backward(const dn_la_bwd_params *p);
 /* Scratch bytes the fast backward allocates for these params (all threads). */
 DN_API dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *p, size_t *bytes);
+
+/* Training forward: the outputs of dn_la_forward (chunkwise, chunks of p->chunk_size) and, in
+ * `saved`, what the backward would otherwise recompute: the state entering every chunk, the
+ * chunk's masked products, and the corrected values and residuals of every token; O(T (K+V) +
+ * (T/C) K V) floats per head (dn_la_saved_size). Hand the same buffer to the backward as
+ * bwd.saved, with the same params, and it skips its forward sweep. */
+DN_API dn_status dn_la_saved_size(const dn_la_params *p, size_t *bytes);
+DN_API dn_status dn_la_forward_train(const dn_la_params *p, void *saved, size_t saved_bytes);
 
 /*
  * Backward of the short convolution: dx [B,T,D] and dinitial_state [B,D,W-1] (optional) written;

@@ -100,6 +100,8 @@ typedef struct {
     void (*conv_forward)(const dn_conv_params *p, int nthreads);
     size_t (*la_bwd_workspace)(const dn_la_params *p, int nthreads);
     void (*la_backward)(const dn_la_bwd_params *p, int nthreads, void *ws);
+    size_t (*la_saved_floats)(const dn_la_params *p);
+    void (*la_forward_train)(const dn_la_params *p, int nthreads, void *ws, void *saved);
     size_t (*attn_bwd_workspace)(const dn_attn_params *p, int nthreads);
     void (*attn_backward)(const dn_attn_bwd_params *p, int nthreads, void *ws);
     int (*conv_backward)(const dn_conv_bwd_params *p, int nthreads); /* -1: out of memory */
@@ -126,6 +128,9 @@ const dn_cpu_kernels *dn_cpu(void);
     void dn_cpu_conv_forward_##isa(const dn_conv_params *p, int nthreads);                     \
     size_t dn_cpu_la_bwd_workspace_##isa(const dn_la_params *p, int nthreads);                 \
     void dn_cpu_la_backward_##isa(const dn_la_bwd_params *p, int nthreads, void *ws);        \
+    size_t dn_cpu_la_saved_floats_##isa(const dn_la_params *p);                                \
+    void dn_cpu_la_forward_train_##isa(const dn_la_params *p, int nthreads, void *ws,           \
+                                       void *saved);                                           \
     size_t dn_cpu_attn_bwd_workspace_##isa(const dn_attn_params *p, int nthreads);             \
     void dn_cpu_attn_backward_##isa(const dn_attn_bwd_params *p, int nthreads, void *ws);      \
     int dn_cpu_conv_backward_##isa(const dn_conv_bwd_params *p, int nthreads);                \

@@ -250,6 +250,14 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp) {
     if (bp->dg && (st = dn_check_output(op, "dg", bp->dg, bp->dg_s, p->B, p->T, p->HV, 1))) return st;
     if (bp->dbeta && (st = dn_check_output(op, "dbeta", bp->dbeta, bp->dbeta_s, p->B, p->T, p->HV, 1)))
         return st;
+    if (bp->saved) {
+        if (p->impl == DN_IMPL_REF)
+            return dn_fail(DN_ERR_ARG, "%s backward: saved is for the fast backward", op);
+        const size_t need_saved = sizeof(float) * dn_cpu()->la_saved_floats(p);
+        if (bp->saved_bytes < need_saved || ((uintptr_t)bp->saved & 63))
+            return dn_fail(DN_ERR_ARG, "%s backward: saved has %zu bytes, needs %zu, 64-byte aligned",
+                           op, bp->saved_bytes, need_saved);
+    }
     if (p->impl == DN_IMPL_REF) return dn_ref_la_backward(bp);
     if (p->impl == DN_IMPL_RECURRENT)
         return dn_fail(DN_ERR_UNSUPPORTED, "%s backward: the fast backward is chunkwise; use "
@@ -265,6 +273,35 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp) {
     void *ws = dn_scratch(bp->workspace, bp->workspace_bytes, need, &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "%s backward: cannot allocate the workspace", op);
     kern->la_backward(bp, nt, ws);
+    free(owned);
+    return DN_OK;
+}
+
+dn_status dn_la_saved_size(const dn_la_params *p, size_t *bytes) {
+    dn_status st = dn_la_check(p);
+    if (st != DN_OK) return st;
+    if (!bytes) return dn_fail(DN_ERR_NULL, "dn_la_saved_size: bytes is NULL");
+    *bytes = sizeof(float) * dn_cpu()->la_saved_floats(p);
+    return DN_OK;
+}
+
+dn_status dn_la_forward_train(const dn_la_params *p, void *saved, size_t saved_bytes) {
+    dn_status st = dn_la_check(p);
+    if (st != DN_OK) return st;
+    const char *op = dn_op_name(p->op);
+    if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_CHUNK)
+        return dn_fail(DN_ERR_UNSUPPORTED, "%s training forward: chunkwise only (impl auto or chunk)", op);
+    const dn_cpu_kernels *kern = dn_cpu();
+    const size_t need_saved = sizeof(float) * kern->la_saved_floats(p);
+    if (!saved) return dn_fail(DN_ERR_NULL, "%s training forward: saved is NULL", op);
+    if (saved_bytes < need_saved || ((uintptr_t)saved & 63))
+        return dn_fail(DN_ERR_ARG, "%s training forward: saved has %zu bytes, needs %zu, 64-byte aligned",
+                       op, saved_bytes, need_saved);
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->la_bwd_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "%s training forward: cannot allocate the workspace", op);
+    kern->la_forward_train(p, nt, ws, saved);
     free(owned);
     return DN_OK;
 }

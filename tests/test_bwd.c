@@ -266,6 +266,43 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
         }
     }
     dn_set_isa(best);
+    /* the training forward: its outputs equal the forward's; the backward reading its saved
+     * buffer equals the reference */
+    {
+        const int64_t no = B * T * HV * V;
+        float *o_ref = falloc(no), *s_ref = falloc(nst), *o_tr = falloc(no), *s_tr = falloc(nst);
+        dn_la_params fr = f;
+        fr.o = o_ref, fr.final_state = s_ref, fr.impl = DN_IMPL_REF;
+        fr.o_s = (dn_strides){T * HV * V, HV * V, V};
+        CHECK(dn_la_forward(&fr) == DN_OK, "%s", dn_last_error());
+        dn_la_params ft = fr;
+        ft.o = o_tr, ft.final_state = s_tr, ft.impl = DN_IMPL_CHUNK;
+        size_t sb = 0;
+        CHECK(dn_la_saved_size(&ft, &sb) == DN_OK, "%s", dn_last_error());
+        void *saved = aligned_alloc(64, (sb + 63) & ~(size_t)63);
+        poison(o_tr, no), poison(s_tr, nst);
+        CHECK(dn_la_forward_train(&ft, saved, sb) == DN_OK, "%s", dn_last_error());
+        char what[200];
+        snprintf(what, sizeof what, "%s training forward o", label);
+        fails += check_close(what, o_tr, o_ref, no, 1e-5);
+        snprintf(what, sizeof what, "%s training forward state", label);
+        fails += check_close(what, s_tr, s_ref, nst, 1e-5);
+        dn_la_bwd_params b = dn_la_bwd_params_default(&ft);
+        b.dout = dout, b.dfinal_state = dhT, b.saved = saved, b.saved_bytes = sb;
+        b.dq = out[1][0], b.dk = out[1][1], b.dv = out[1][2];
+        b.dg = f.g ? out[1][3] : NULL, b.dbeta = f.beta ? out[1][4] : NULL, b.dinitial_state = out[1][5];
+        for (int i = 0; i < 6; i++) poison(out[1][i], sz[i]);
+        CHECK(dn_la_backward(&b) == DN_OK, "%s", dn_last_error());
+        static const char *const names[6] = {"dq", "dk", "dv", "dg", "dbeta", "dh0"};
+        for (int i = 0; i < 6; i++) {
+            if ((i == 3 && !f.g) || (i == 4 && !f.beta)) continue;
+            snprintf(what, sizeof what, "%s with saved %s", label, names[i]);
+            fails += check_close(what, out[1][i], out[0][i], sz[i], 1e-5);
+        }
+        b.saved_bytes = sb - 4;
+        CHECK(dn_la_backward(&b) == DN_ERR_ARG, "a short saved buffer accepted");
+        free(saved), free(o_ref), free(s_ref), free(o_tr), free(s_tr);
+    }
     free(q), free(k), free(v), free(g), free(beta), free(h0), free(dout), free(dhT);
     for (int w = 0; w < 2; w++)
         for (int i = 0; i < 6; i++) free(out[w][i]);

@@ -10,6 +10,7 @@
             dn_cpu_fma_peak_##isa, dn_cpu_read_sum_##isa, dn_cpu_mamba_forward_##isa,          \
             dn_cpu_rwkv4_forward_##isa, dn_cpu_conv_forward_##isa,                             \
             dn_cpu_la_bwd_workspace_##isa, dn_cpu_la_backward_##isa,                           \
+            dn_cpu_la_saved_floats_##isa, dn_cpu_la_forward_train_##isa,                       \
             dn_cpu_attn_bwd_workspace_##isa, dn_cpu_attn_backward_##isa,                       \
             dn_cpu_conv_backward_##isa, dn_cpu_mamba_backward_##isa,                           \
             dn_cpu_rwkv4_backward_##isa                                                        \

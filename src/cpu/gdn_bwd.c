@@ -92,6 +92,49 @@ static bdims make_dims(const dn_la_params *p, int64_t *Tmax) {
     return d;
 }
 
+/* What the backward sweep reads per (sequence, value head): the checkpoints, the chunk matrices,
+ * U and R per token. In a thread's scratch (recomputed), or in the buffer of a training forward. */
+typedef struct {
+    float *ck, *mats, *Ub, *Rb;
+} sview;
+
+static size_t saved_head_floats(const bdims *d, int64_t Tn) {
+    const int64_t nch = (Tn + d->C - 1) / d->C;
+    return ROUND_UP((size_t)((nch + 1) * d->K * d->Vp), 16) + ROUND_UP((size_t)(nch * 4 * d->C * d->Cp), 16) +
+           2 * ROUND_UP((size_t)(Tn * d->Vp), 16);
+}
+
+static sview saved_at(const dn_la_params *p, const bdims *d, float *base, int64_t n, int64_t hv) {
+    size_t off = 0;
+    for (int64_t m = 0; m < n; m++) {
+        int64_t b, t0, t1;
+        dn_la_seq(p, m, &b, &t0, &t1);
+        off += (size_t)p->HV * saved_head_floats(d, t1 - t0);
+    }
+    int64_t b, t0, t1;
+    dn_la_seq(p, n, &b, &t0, &t1);
+    const int64_t Tn = t1 - t0, nch = (Tn + d->C - 1) / d->C;
+    off += (size_t)hv * saved_head_floats(d, Tn);
+    sview v;
+    v.ck = base + off;
+    v.mats = v.ck + ROUND_UP((size_t)((nch + 1) * d->K * d->Vp), 16);
+    v.Ub = v.mats + ROUND_UP((size_t)(nch * 4 * d->C * d->Cp), 16);
+    v.Rb = v.Ub + ROUND_UP((size_t)(Tn * d->Vp), 16);
+    return v;
+}
+
+size_t DN_ISA_FN(dn_cpu_la_saved_floats)(const dn_la_params *p) {
+    int64_t Tmax;
+    bdims d = make_dims(p, &Tmax);
+    size_t tot = 0;
+    for (int64_t m = 0; m < dn_la_nseq(p); m++) {
+        int64_t b, t0, t1;
+        dn_la_seq(p, m, &b, &t0, &t1);
+        tot += (size_t)p->HV * saved_head_floats(&d, t1 - t0);
+    }
+    return tot;
+}
+
 size_t DN_ISA_FN(dn_cpu_la_bwd_workspace)(const dn_la_params *p, int nthreads) {
     int64_t Tmax;
     bdims d = make_dims(p, &Tmax);
@@ -205,16 +248,15 @@ static void load_rows(float *dst, int64_t ld, const float *src, dn_strides s, in
     }
 }
 
-static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t n, int64_t hv,
-                     int first) {
-    const dn_la_params *p = &bp->fwd;
+/* Forward sweep: checkpoints, chunk matrices, U and R per token into sv; with o_out, also the
+ * outputs o (and final_state) of the forward pass. */
+static void fwd_sweep(const dn_la_params *p, const bdims *d, bws *w, sview sv, int64_t n, int64_t hv,
+                      int outputs) {
     const int64_t K = d->K, V = d->V, Vp = d->Vp, C = d->C, Cp = d->Cp, h = hv / (p->HV / p->H);
     int64_t b, t0, t1;
     dn_la_seq(p, n, &b, &t0, &t1);
     const int64_t soff = (n * p->HV + hv) * K * V, nch = (t1 - t0 + C - 1) / C;
-
-    /* 1. forward sweep: checkpoints, and U, R per token */
-    float *S = w->ck;
+    float *S = sv.ck;
     for (int64_t i = 0; i < K; i++) {
         if (p->initial_state) memcpy(S + i * Vp, p->initial_state + soff + i * V, sizeof(float) * V);
         else memset(S + i * Vp, 0, sizeof(float) * V);
@@ -222,9 +264,9 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
     }
     for (int64_t c = 0; c < nch; c++) {
         const int64_t tc = t0 + c * C, L = t1 - tc < C ? t1 - tc : C;
-        float *S0 = w->ck + c * K * Vp, *S1 = S0 + K * Vp, *U = w->Ub + (tc - t0) * Vp;
-        float *R = w->Rb + (tc - t0) * Vp, *Kc = w->QK + L * K;
-        float *mc = w->mats + c * 4 * C * Cp;
+        float *S0 = sv.ck + c * K * Vp, *S1 = S0 + K * Vp, *U = sv.Ub + (tc - t0) * Vp;
+        float *R = sv.Rb + (tc - t0) * Vp, *Qc = w->QK, *Kc = w->QK + L * K;
+        float *mc = sv.mats + c * 4 * C * Cp;
         w->M = mc, w->A = mc + C * Cp, w->GK = mc + 2 * C * Cp, w->Gam = mc + 3 * C * Cp;
         if (c + 1 < nch) { /* the next chunk's rows */
             const int64_t n0 = tc + L, n1 = t1 - n0 < C ? t1 : n0 + C;
@@ -251,10 +293,34 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
             vf dl = vset1(w->dd[l]);
             for (int64_t j = 0; j < Vp; j += DN_VW) vstore(w->dU + l * Vp + j, dl * vload(U + l * Vp + j));
         }
+        if (outputs) { /* O = E (Q S0) + M U, into o */
+            float *O = w->KdS;
+            gemm_f32(L, Vp, K, Qc, K, 1, S0, Vp, O, Vp, 0, 0);
+            if (d->gate)
+                for (int64_t i = 0; i < L; i++) {
+                    const vf e = vset1(w->eg[i]);
+                    for (int64_t j = 0; j < Vp; j += DN_VW) vstore(O + i * Vp + j, e * vload(O + i * Vp + j));
+                }
+            gemm_f32(L, Vp, L, w->M, Cp, 1, U, Vp, O, Vp, 1.0f, DN_TRI_A);
+            for (int64_t l = 0; l < L; l++)
+                memcpy(p->o + b * p->o_s.b + (tc + l) * p->o_s.t + hv * p->o_s.h, O + l * Vp,
+                       sizeof(float) * (size_t)V);
+        }
         gemm_f32_from(K, Vp, L, Kc, 1, K, w->dU, Vp, S1, Vp, d->gate ? w->eg[L - 1] : 1.0f, S0, 0);
     }
+    if (outputs && p->final_state)
+        for (int64_t i = 0; i < K; i++)
+            memcpy(p->final_state + soff + i * V, sv.ck + nch * K * Vp + i * Vp, sizeof(float) * (size_t)V);
+}
 
-    /* 2. backward sweep */
+/* Backward sweep over the chunks, last first, reading sv. */
+static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview sv, int64_t n,
+                      int64_t hv, int first) {
+    const dn_la_params *p = &bp->fwd;
+    const int64_t K = d->K, V = d->V, Vp = d->Vp, C = d->C, Cp = d->Cp, h = hv / (p->HV / p->H);
+    int64_t b, t0, t1;
+    dn_la_seq(p, n, &b, &t0, &t1);
+    const int64_t soff = (n * p->HV + hv) * K * V, nch = (t1 - t0 + C - 1) / C;
     float *dS = w->dS;
     for (int64_t i = 0; i < K; i++) {
         if (bp->dfinal_state) memcpy(dS + i * Vp, bp->dfinal_state + soff + i * V, sizeof(float) * V);
@@ -263,9 +329,9 @@ static void bwd_head(const dn_la_bwd_params *bp, const bdims *d, bws *w, int64_t
     }
     for (int64_t c = nch - 1; c >= 0; c--) {
         const int64_t tc = t0 + c * C, L = t1 - tc < C ? t1 - tc : C, Lp = ROUND_UP(L, DN_VW);
-        const float *S0 = w->ck + c * K * Vp, *U = w->Ub + (tc - t0) * Vp, *R = w->Rb + (tc - t0) * Vp;
+        const float *S0 = sv.ck + c * K * Vp, *U = sv.Ub + (tc - t0) * Vp, *R = sv.Rb + (tc - t0) * Vp;
         float *Qc = w->QK, *Kc = w->QK + L * K;
-        float *mc = w->mats + c * 4 * C * Cp;
+        float *mc = sv.mats + c * 4 * C * Cp;
         w->M = mc, w->A = mc + C * Cp, w->GK = mc + 2 * C * Cp, w->Gam = mc + 3 * C * Cp;
         if (c > 0) { /* the previous chunk's rows, next in this sweep */
             prefetch_rows(p->q, p->q_s, b, tc - C, tc, h, K);
@@ -463,7 +529,44 @@ void DN_ISA_FN(dn_cpu_la_backward)(const dn_la_bwd_params *bp, int nthreads, voi
             bws w;
             bws_layout(&d, Tmax, &w, mine);
             const int64_t n = task / p->H, h = task % p->H;
-            for (int64_t g = 0; g < G; g++) bwd_head(bp, &d, &w, n, h * G + g, g == 0);
+            for (int64_t g = 0; g < G; g++) {
+                const int64_t hv = h * G + g;
+                sview sv;
+                if (bp->saved) {
+                    sv = saved_at(p, &d, (float *)(uintptr_t)bp->saved, n, hv);
+                } else {
+                    sv.ck = w.ck, sv.mats = w.mats, sv.Ub = w.Ub, sv.Rb = w.Rb;
+                    fwd_sweep(p, &d, &w, sv, n, hv, 0);
+                }
+                bwd_sweep(bp, &d, &w, sv, n, hv, g == 0);
+            }
+        }
+    }
+}
+
+void DN_ISA_FN(dn_cpu_la_forward_train)(const dn_la_params *p, int nthreads, void *ws, void *saved) {
+    int64_t Tmax;
+    bdims d = make_dims(p, &Tmax);
+    bws layout;
+    const size_t per = bws_layout(&d, Tmax, &layout, NULL);
+    const int64_t ntask = dn_la_nseq(p) * p->HV;
+    int nt = ntask < nthreads ? (int)ntask : nthreads;
+    if (nt < 1) nt = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#ifdef _OPENMP
+        float *mine = (float *)ws + per * (size_t)omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+#else
+        float *mine = (float *)ws;
+#endif
+        for (int64_t task = 0; task < ntask; task++) {
+            bws w;
+            bws_layout(&d, Tmax, &w, mine);
+            const int64_t n = task / p->HV, hv = task % p->HV;
+            fwd_sweep(p, &d, &w, saved_at(p, &d, (float *)saved, n, hv), n, hv, 1);
         }
     }
 }
