@@ -47,7 +47,7 @@ typedef struct {
     float *G1, *G2;                                 /* K x 2Cp, K x Cp */
     float *dQr, *dKr;                               /* C x K */
     float *GT1, *GT2, *KT;                          /* 2C x K, C x K, K x Cp */
-    float *dS, *raw;                                /* K x Vp; 2 x C x K raw q, k */
+    float *dS;                                      /* K x Vp */
     float *eg, *dd, *bt, *dgam, *row;               /* C, C, C, C, Cp */
     double *gam;                                    /* C */
 } bws;
@@ -59,11 +59,11 @@ static size_t bws_layout(const bdims *d, int64_t Tmax, bws *w, float *base) {
                              C * Vp, C * Vp, C * Vp, C * Vp, 2 * C * Vp,
                              Vp * 2 * Cp, Vp * Cp, K * 2 * Cp, K * Cp, C * K, C * K,
                              2 * C * K, C * K, K * Cp,
-                             K * Vp, 2 * C * K, C, C, C, C, Cp, 2 * C};
+                             K * Vp, C, C, C, C, Cp, 2 * C};
     float **slots[] = {&w->ck, &w->mats, &w->Ub, &w->Rb, &w->QK, &w->M, &w->A, &w->GK, &w->Gam, &w->W,
                        &w->Z, &w->dO, &w->KdS, &w->dU, &w->dY, &w->EdOR, &w->BT, &w->UT,
                        &w->G1, &w->G2, &w->dQr, &w->dKr, &w->GT1, &w->GT2, &w->KT, &w->dS,
-                       &w->raw, &w->eg, &w->dd,
+                       &w->eg, &w->dd,
                        &w->bt, &w->dgam, &w->row, NULL};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -95,13 +95,13 @@ static bdims make_dims(const dn_la_params *p, int64_t *Tmax) {
 /* What the backward sweep reads per (sequence, value head): the checkpoints, the chunk matrices,
  * U and R per token. In a thread's scratch (recomputed), or in the buffer of a training forward. */
 typedef struct {
-    float *ck, *mats, *Ub, *Rb;
+    float *ck, *mats, *Ub, *Rb, *qk; /* qk: normalised q and k rows per chunk (saved only) */
 } sview;
 
 static size_t saved_head_floats(const bdims *d, int64_t Tn) {
     const int64_t nch = (Tn + d->C - 1) / d->C;
     return ROUND_UP((size_t)((nch + 1) * d->K * d->Vp), 16) + ROUND_UP((size_t)(nch * 4 * d->C * d->Cp), 16) +
-           2 * ROUND_UP((size_t)(Tn * d->Vp), 16);
+           2 * ROUND_UP((size_t)(Tn * d->Vp), 16) + ROUND_UP((size_t)(nch * 2 * d->C * d->K), 16);
 }
 
 static sview saved_at(const dn_la_params *p, const bdims *d, float *base, int64_t n, int64_t hv) {
@@ -120,6 +120,7 @@ static sview saved_at(const dn_la_params *p, const bdims *d, float *base, int64_
     v.mats = v.ck + ROUND_UP((size_t)((nch + 1) * d->K * d->Vp), 16);
     v.Ub = v.mats + ROUND_UP((size_t)(nch * 4 * d->C * d->Cp), 16);
     v.Rb = v.Ub + ROUND_UP((size_t)(Tn * d->Vp), 16);
+    v.qk = v.Rb + ROUND_UP((size_t)(Tn * d->Vp), 16);
     return v;
 }
 
@@ -163,25 +164,32 @@ static inline void prep_row_back(float *dx, const float *x, const float *dy, int
 
 /* Loads chunk rows: raw q, k (kept for the normalisation's gradient), Qs and K, gates, betas;
  * builds Gam, GK = Gam * K K^T (strictly lower), M = tril(Qs K^T * Gam), A = b GK. */
-static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b, int64_t h,
-                       int64_t hv, int64_t tc, int64_t L, int need_q, int dots) {
-    const int64_t K = d->K, Cp = d->Cp;
-    float *Qc = w->QK, *Kc = w->QK + L * K, *rq = w->raw, *rk = w->raw + d->C * K;
+/* Gate and beta vectors of a chunk: gamma (cumulative, double), e^gamma, beta, e^{gamma_L - gamma}. */
+static void load_gates(const dn_la_params *p, const bdims *d, bws *w, int64_t b, int64_t hv,
+                       int64_t tc, int64_t L) {
     double gacc = 0;
     for (int64_t l = 0; l < L; l++) {
         const int64_t t = tc + l;
-        memcpy(rk + l * K, p->k + b * p->k_s.b + t * p->k_s.t + h * p->k_s.h, sizeof(float) * K);
-        prep_row(Kc + l * K, rk + l * K, K, p->qk_l2norm, 1.0f);
-        if (need_q) {
-            memcpy(rq + l * K, p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h, sizeof(float) * K);
-            prep_row(Qc + l * K, rq + l * K, K, p->qk_l2norm, p->scale);
-        }
         if (d->gate) gacc += p->g[b * p->g_s.b + t * p->g_s.t + hv * p->g_s.h];
         w->gam[l] = gacc;
         w->eg[l] = d->gate ? (float)exp(gacc) : 1.0f;
         w->bt[l] = d->delta ? p->beta[b * p->beta_s.b + t * p->beta_s.t + hv * p->beta_s.h] : 1.0f;
     }
     for (int64_t l = 0; l < L; l++) w->dd[l] = d->gate ? (float)exp(w->gam[L - 1] - w->gam[l]) : 1.0f;
+}
+
+static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b, int64_t h,
+                       int64_t hv, int64_t tc, int64_t L, int need_q, int dots) {
+    const int64_t K = d->K, Cp = d->Cp;
+    float *Qc = w->QK, *Kc = w->QK + L * K;
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t t = tc + l;
+        prep_row(Kc + l * K, p->k + b * p->k_s.b + t * p->k_s.t + h * p->k_s.h, K, p->qk_l2norm, 1.0f);
+        if (need_q)
+            prep_row(Qc + l * K, p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h, K, p->qk_l2norm,
+                     p->scale);
+    }
+    load_gates(p, d, w, b, hv, tc, L);
     if (!dots) return;
     /* Q K^T and K K^T, lower triangles, as products with K^T */
     const int64_t Lp = ROUND_UP(L, DN_VW);
@@ -275,6 +283,7 @@ static void fwd_sweep(const dn_la_params *p, const bdims *d, bws *w, sview sv, i
             prefetch_rows(p->v, p->v_s, b, n0, n1, hv, V);
         }
         load_chunk(p, d, w, b, h, hv, tc, L, 1, 1);
+        if (sv.qk) memcpy(sv.qk + c * 2 * C * K, w->QK, sizeof(float) * (size_t)(2 * L * K));
         load_rows(U, Vp, p->v, p->v_s, b, tc, hv, L, V);
         if (d->delta) {
             gemm_f32(L, Vp, K, Kc, K, 1, S0, Vp, R, Vp, 0, 0); /* K S0 */
@@ -330,7 +339,8 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
     for (int64_t c = nch - 1; c >= 0; c--) {
         const int64_t tc = t0 + c * C, L = t1 - tc < C ? t1 - tc : C, Lp = ROUND_UP(L, DN_VW);
         const float *S0 = sv.ck + c * K * Vp, *U = sv.Ub + (tc - t0) * Vp, *R = sv.Rb + (tc - t0) * Vp;
-        float *Qc = w->QK, *Kc = w->QK + L * K;
+        float *QKc = sv.qk ? sv.qk + c * 2 * C * K : w->QK;
+        float *Qc = QKc, *Kc = QKc + L * K;
         float *mc = sv.mats + c * 4 * C * Cp;
         w->M = mc, w->A = mc + C * Cp, w->GK = mc + 2 * C * Cp, w->Gam = mc + 3 * C * Cp;
         if (c > 0) { /* the previous chunk's rows, next in this sweep */
@@ -338,7 +348,10 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
             prefetch_rows(p->k, p->k_s, b, tc - C, tc, h, K);
             prefetch_rows(bp->dout, bp->dout_s, b, tc - C, tc, hv, V);
         }
-        load_chunk(p, d, w, b, h, hv, tc, L, 1, 0);
+        if (sv.qk)
+            load_gates(p, d, w, b, hv, tc, L);
+        else
+            load_chunk(p, d, w, b, h, hv, tc, L, 1, 0);
         load_rows(w->dO, Vp, bp->dout, bp->dout_s, b, tc, hv, L, V);
         for (int64_t l = 0; l < L; l++) w->dgam[l] = 0;
         double dgL = 0; /* gradient reaching gamma_L through e^{gamma_L} and d */
@@ -451,7 +464,7 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
         }
 
         /* dS0 = e^{gamma_L} dS1 + [Qs; K]^T [E dO; -E dR], in place in dS */
-        gemm_f32(K, Vp, M2, w->QK, 1, K, w->EdOR, Vp, dS, Vp, d->gate ? w->eg[L - 1] : 1.0f, 0);
+        gemm_f32(K, Vp, M2, QKc, 1, K, w->EdOR, Vp, dS, Vp, d->gate ? w->eg[L - 1] : 1.0f, 0);
 
         /* row parts: dQs = W K;  dK = W^T Qs + Z K + Z^T K */
         gemm_f32(L, K % DN_VW ? 0 : K, L, w->W, Cp, 1, Kc, K, w->dQr, K, 0, 0);
@@ -489,10 +502,12 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
                 dk_i[k] += di * g2[k] + (g1r ? g1r[k] : 0.0f);
             }
             const int64_t t = tc + i;
-            prep_row_back(bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h, w->raw + i * K,
-                          dq_i, K, p->qk_l2norm, p->scale, !first);
+            prep_row_back(bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h,
+                          p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h, dq_i, K, p->qk_l2norm,
+                          p->scale, !first);
             prep_row_back(bp->dk + b * bp->dk_s.b + t * bp->dk_s.t + h * bp->dk_s.h,
-                          w->raw + C * K + i * K, dk_i, K, p->qk_l2norm, 1.0f, !first);
+                          p->k + b * p->k_s.b + t * p->k_s.t + h * p->k_s.h, dk_i, K, p->qk_l2norm,
+                          1.0f, !first);
         }
         if (bp->dg) {
             float acc = 0;
@@ -535,7 +550,7 @@ void DN_ISA_FN(dn_cpu_la_backward)(const dn_la_bwd_params *bp, int nthreads, voi
                 if (bp->saved) {
                     sv = saved_at(p, &d, (float *)(uintptr_t)bp->saved, n, hv);
                 } else {
-                    sv.ck = w.ck, sv.mats = w.mats, sv.Ub = w.Ub, sv.Rb = w.Rb;
+                    sv.ck = w.ck, sv.mats = w.mats, sv.Ub = w.Ub, sv.Rb = w.Rb, sv.qk = NULL;
                     fwd_sweep(p, &d, &w, sv, n, hv, 0);
                 }
                 bwd_sweep(bp, &d, &w, sv, n, hv, g == 0);
