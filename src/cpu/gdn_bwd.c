@@ -193,11 +193,9 @@ static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
     if (!dots) return;
     /* Q K^T and K K^T, lower triangles, as products with K^T */
     const int64_t Lp = ROUND_UP(L, DN_VW);
-    for (int64_t k = 0; k < K; k++) {
-        float *kt = w->KT + k * Cp;
-        for (int64_t l = 0; l < L; l++) kt[l] = Kc[l * K + k];
-        for (int64_t l = L; l < Lp; l++) kt[l] = 0;
-    }
+    transpose_f32(w->KT, Cp, Kc, K, L, K);
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t l = L; l < Lp; l++) w->KT[k * Cp + l] = 0;
     if (need_q) gemm_f32(L, Lp, K, Qc, K, 1, w->KT, Cp, w->M, Cp, 0, DN_TRI_C);
     if (d->delta) gemm_f32(L, Lp, K, Kc, K, 1, w->KT, Cp, w->GK, Cp, 0, DN_TRI_C);
     for (int64_t i = 0; i < L; i++) {
@@ -387,11 +385,9 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
         /* dM = lower(dO U^T) -> W = dM * Gam; dA = -dY U^T (strictly lower) -> Z = dA b Gam;
          * gamma gets dM*M and dA*A (+ at i, - at j); db gets sum_j dA GK. The products with U^T
          * fill W and Z first (lower triangles), then are turned into the masked forms. */
-        for (int64_t j = 0; j < Vp; j++) {
-            float *ut = w->UT + j * Cp;
-            for (int64_t i = 0; i < L; i++) ut[i] = U[i * Vp + j];
-            for (int64_t i = L; i < Lp; i++) ut[i] = 0;
-        }
+        transpose_f32(w->UT, Cp, U, Vp, L, Vp);
+        for (int64_t j = 0; j < Vp; j++)
+            for (int64_t i = L; i < Lp; i++) w->UT[j * Cp + i] = 0;
         gemm_f32(L, Lp, Vp, w->dO, Vp, 1, w->UT, Cp, w->W, Cp, 0, DN_TRI_C);
         if (d->delta) gemm_f32(L, Lp, Vp, w->dY, Vp, 1, w->UT, Cp, w->Z, Cp, 0, DN_TRI_C);
         for (int64_t i = 0; i < L; i++) {
@@ -432,21 +428,16 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
             }
         }
         const int64_t M2 = d->delta ? 2 * L : L, N2 = ROUND_UP(M2, DN_VW);
-        for (int64_t j = 0; j < Vp; j++) {
-            float *bt = w->BT + j * 2 * Cp;
-            for (int64_t i = 0; i < M2; i++) bt[i] = w->EdOR[i * Vp + j];
-            for (int64_t i = M2; i < N2; i++) bt[i] = 0;
-        }
+        transpose_f32(w->BT, 2 * Cp, w->EdOR, Vp, M2, Vp);
+        for (int64_t j = 0; j < Vp; j++)
+            for (int64_t i = M2; i < N2; i++) w->BT[j * 2 * Cp + i] = 0;
         /* G1 = S0 [E dO | -E dR]^T (K x 2L);  G2 = dS1 U^T (K x L) */
         gemm_f32(K, N2, Vp, S0, Vp, 1, w->BT, 2 * Cp, w->G1, 2 * Cp, 0, 0);
         gemm_f32(K, Lp, Vp, dS, Vp, 1, w->UT, Cp, w->G2, Cp, 0, 0);
 
         /* G1, G2 into rows: GT1 (M2 x K), GT2 (L x K) */
-        for (int64_t k = 0; k < K; k++) {
-            const float *g1 = w->G1 + k * 2 * Cp, *g2 = w->G2 + k * Cp;
-            for (int64_t i = 0; i < M2; i++) w->GT1[i * K + k] = g1[i];
-            for (int64_t i = 0; i < L; i++) w->GT2[i * K + k] = g2[i];
-        }
+        transpose_f32(w->GT1, K, w->G1, 2 * Cp, K, M2);
+        transpose_f32(w->GT2, K, w->G2, Cp, K, L);
         /* gamma: E in O (qs_i . G1[:, i]), E in R (dR_i . (R_i - V_i)), d in S1, e^{gamma_L} */
         if (d->gate) {
             for (int64_t i = 0; i < L; i++) {

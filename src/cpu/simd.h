@@ -111,6 +111,45 @@ static inline vf vmax(vf a, vf b) {
     return (vf)(((vi)a & gt) | ((vi)b & ~gt));
 }
 
+/* dst[j][i] = src[i][j] for i < nr, j < nc (leading dimensions lds, ldd): 8 x 8 tiles in AVX
+ * registers where the build has them, element by element at the edges and elsewhere. */
+#if defined(__AVX2__)
+#include <immintrin.h>
+static inline void transpose8(float *dst, int64_t ldd, const float *src, int64_t lds) {
+    __m256 r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+#endif
+
+static inline void transpose_f32(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t nr,
+                                 int64_t nc) {
+    int64_t i0 = 0;
+#if defined(__AVX2__)
+    for (; i0 + 8 <= nr; i0 += 8) {
+        int64_t j0 = 0;
+        for (; j0 + 8 <= nc; j0 += 8) transpose8(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds);
+        for (int64_t i = i0; i < i0 + 8; i++)
+            for (int64_t j = j0; j < nc; j++) dst[j * ldd + i] = src[i * lds + j];
+    }
+#endif
+    for (int64_t i = i0; i < nr; i++)
+        for (int64_t j = 0; j < nc; j++) dst[j * ldd + i] = src[i * lds + j];
+}
+
 #define DN_CAT2(a, b) a##_##b
 #define DN_CAT(a, b) DN_CAT2(a, b)
 /* dn_cpu_la_forward -> dn_cpu_la_forward_avx2, ... */
