@@ -16,22 +16,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *x, int n) {
-    qsort(x, (size_t)n, sizeof *x, cmp_d);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
-
 static float *rand_buf(int64_t n, unsigned seed) {
     float *x = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) & ~(size_t)63);
     if (!x) return NULL;
@@ -87,12 +71,12 @@ static int prefill(abench *c, int64_t T) {
     int n = T >= 16384 ? 3 : T >= 4096 ? 5 : c->reps;
     double t[32];
     for (int i = -1; i < n; i++) {
-        double t0 = now_s();
+        double t0 = dn_now_s();
         if (dn_attn_forward(&p) != DN_OK) return fprintf(stderr, "%s\n", dn_last_error()), 1;
-        if (i >= 0) t[i] = now_s() - t0;
+        if (i >= 0) t[i] = dn_now_s() - t0;
     }
     double pairs = (double)T * (double)(T + 1) / 2;
-    rec(c, "prefill", "-", T, H, median(t, n), 4.0 * pairs * (double)D * (double)H, 0);
+    rec(c, "prefill", "-", T, H, dn_median(t, n), 4.0 * pairs * (double)D * (double)H, 0);
     free(q), free(k), free(v), free(o);
     return 0;
 }
@@ -112,12 +96,12 @@ static int decode(abench *c, int64_t ctx, dn_dtype dt) {
     int n = ctx >= 65536 ? 15 : 5 * c->reps;
     double *t = malloc(sizeof(double) * (size_t)n);
     for (int i = -2; i < n; i++) {
-        double t0 = now_s();
+        double t0 = dn_now_s();
         if (dn_kv_cache_attend(kv, o, s1, NULL, q, s1, 1, H, 0, 0, c->threads) != DN_OK)
             return fprintf(stderr, "%s\n", dn_last_error()), 1;
-        if (i >= 0) t[i] = now_s() - t0;
+        if (i >= 0) t[i] = dn_now_s() - t0;
     }
-    rec(c, "decode", dn_dtype_name(dt), ctx, H, median(t, n), 4.0 * (double)ctx * D * H,
+    rec(c, "decode", dn_dtype_name(dt), ctx, H, dn_median(t, n), 4.0 * (double)ctx * D * H,
         (double)dn_kv_cache_used_bytes(kv));
     free(t), free(k), free(v), free(q), free(o);
     dn_kv_cache_free(kv);

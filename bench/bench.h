@@ -16,3 +16,24 @@ int dn_bench_ssm_main(int argc, char **argv);
 int dn_bench_bwd_main(int argc, char **argv);
 
 #endif
+
+/* ---- helpers shared by the benchmarks and `deltanet compare` ---- */
+#include <stdlib.h>
+#include <time.h>
+
+static inline double dn_now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static inline int dn_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* median of n timings (sorts them) */
+static inline double dn_median(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, dn_cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}

@@ -13,12 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static float *buf(int64_t n, float lo, float hi) {
     float *x = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) & ~(size_t)63);
     if (!x) {
@@ -65,9 +59,9 @@ static void check(dn_status st) {
     do {                                                                                           \
         (out) = INFINITY;                                                                          \
         for (int rep_ = 0; rep_ < (n); rep_++) {                                                   \
-            double t0_ = now_s();                                                                  \
+            double t0_ = dn_now_s();                                                                  \
             stmt;                                                                                  \
-            double t_ = now_s() - t0_;                                                             \
+            double t_ = dn_now_s() - t0_;                                                             \
             if (t_ < (out)) (out) = t_;                                                            \
         }                                                                                          \
     } while (0)

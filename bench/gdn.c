@@ -18,22 +18,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *x, int n) {
-    qsort(x, (size_t)n, sizeof *x, cmp_d);
-    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
-}
-
 static double flops_per_token_head(dn_op op, int64_t K, int64_t V) {
     double kv = (double)K * (double)V;
     switch (op) {
@@ -110,14 +94,14 @@ static int bench_decode(bench_cfg *c) {
     int n = c->reps * 40;
     double *t = malloc(sizeof(double) * n);
     for (int i = -20; i < n; i++) {
-        double t0 = now_s();
+        double t0 = dn_now_s();
         dn_status st = dn_la_step(c->op, o, state, q, k, v, gate ? g : NULL, delta ? beta : NULL,
                                   1, H, HV, K, V, 0, 1);
-        double t1 = now_s();
+        double t1 = dn_now_s();
         if (st != DN_OK) return fprintf(stderr, "decode: %s\n", dn_last_error()), 1;
         if (i >= 0) t[i] = t1 - t0;
     }
-    double sec = median(t, n);
+    double sec = dn_median(t, n);
     /* the state is read and written once per step */
     emit(c, "decode", "recurrent", 1, sec, 1, flops_per_token_head(c->op, K, V) * HV,
          2.0 * sizeof(float) * HV * K * V);
@@ -156,9 +140,9 @@ static int bench_prefill(bench_cfg *c, int64_t T) {
         double t[64];
         if (n > 64) n = 64;
         for (int i = -1; i < n; i++) {
-            double t0 = now_s();
+            double t0 = dn_now_s();
             dn_status st = dn_la_forward(&p);
-            double t1 = now_s();
+            double t1 = dn_now_s();
             if (st != DN_OK) return fprintf(stderr, "prefill: %s\n", dn_last_error()), 1;
             if (i >= 0) t[i] = t1 - t0;
         }
@@ -167,7 +151,7 @@ static int bench_prefill(bench_cfg *c, int64_t T) {
             snprintf(label, sizeof label, "chunk%d", c->chunk);
         else
             snprintf(label, sizeof label, "%s", dn_impl_name(impls[ii]));
-        emit(c, "prefill", label, T, median(t, n), (double)T,
+        emit(c, "prefill", label, T, dn_median(t, n), (double)T,
              flops_per_token_head(c->op, K, V) * HV * (double)T, 0);
         free(p.workspace);
     }

@@ -11,17 +11,6 @@
 #include <string.h>
 #include <time.h>
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static float *buf(int64_t n, float lo, float hi, unsigned seed) {
     float *x = aligned_alloc(64, ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63);
     if (!x) {
@@ -49,14 +38,14 @@ static double timeit(run_fn fn, void *params, int n) {
     double t[256];
     if (n > 256) n = 256;
     for (int i = -2; i < n; i++) {
-        double t0 = now_s();
+        double t0 = dn_now_s();
         if (fn(params) != DN_OK) {
             fprintf(stderr, "bench ssm: %s\n", dn_last_error());
             exit(1);
         }
-        if (i >= 0) t[i] = now_s() - t0;
+        if (i >= 0) t[i] = dn_now_s() - t0;
     }
-    qsort(t, (size_t)n, sizeof *t, cmp_d);
+    qsort(t, (size_t)n, sizeof *t, dn_cmp_double);
     return t[n / 2];
 }
 

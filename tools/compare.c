@@ -10,6 +10,7 @@
  * N random key-value pairs written into the state of linear attention, DeltaNet and Gated
  * DeltaNet, and every key read back.
  */
+#include "bench.h"
 #include "compare.h"
 #include "svg.h"
 
@@ -57,17 +58,6 @@ typedef struct {
 /* ---------------------------------------------------------------------------------------------
  * Small helpers
  * ------------------------------------------------------------------------------------------- */
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static uint64_t rng_state = 88172645463325252ull;
 static float frand(float lo, float hi) {
     rng_state ^= rng_state << 13, rng_state ^= rng_state >> 7, rng_state ^= rng_state << 17;
@@ -133,14 +123,14 @@ static double time_runs(dn_status (*fn)(const void *), const void *arg, int reps
     double t[16];
     if (reps > 16) reps = 16;
     for (int i = 0; i < reps; i++) {
-        double t0 = now_s();
+        double t0 = dn_now_s();
         if (fn(arg) != DN_OK) {
             fprintf(stderr, "\ncompare: %s\n", dn_last_error());
             exit(1);
         }
-        t[i] = now_s() - t0;
+        t[i] = dn_now_s() - t0;
     }
-    qsort(t, (size_t)reps, sizeof *t, cmp_d);
+    qsort(t, (size_t)reps, sizeof *t, dn_cmp_double);
     return t[reps / 2];
 }
 
@@ -225,11 +215,6 @@ static meas prefill(const config *c, int m, int64_t T) {
 /* ---------------------------------------------------------------------------------------------
  * Decode: time per generated token at each context, and the bytes of inference state.
  * ------------------------------------------------------------------------------------------- */
-static double median_of(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_d);
-    return t[n / 2];
-}
-
 static void decode_attn(const config *c, results *res) {
     const int64_t H = c->H, Dh = c->Dh, W = H * Dh, chunk = 1024;
     dn_kv_cache *kv;
@@ -251,11 +236,11 @@ static void decode_attn(const config *c, results *res) {
         const int reps = c->quick ? 3 : 31;
         double t[31];
         for (int r = -2; r < reps; r++) {
-            double t0 = now_s();
+            double t0 = dn_now_s();
             dn_kv_cache_attend(kv, o, s1, NULL, q, s1, 1, H, 0, 0, (int)c->threads);
-            if (r >= 0) t[r] = now_s() - t0;
+            if (r >= 0) t[r] = dn_now_s() - t0;
         }
-        res->decode_s[M_ATTN][i] = median_of(t, reps);
+        res->decode_s[M_ATTN][i] = dn_median(t, reps);
         res->state_bytes[M_ATTN][i] = (double)dn_kv_cache_used_bytes(kv);
         progress("decode", mechs[M_ATTN].name, c->ctxs[i]);
     }
@@ -273,7 +258,7 @@ static void decode_recurrent(const config *c, int m, results *res) {
     float *st = fbuf(2 * H * Dh * Dh + 2 * W * 128, 0, 0);
     for (int i = 0; i < c->nctx; i++) {
         for (int r = -5; r < reps; r++) {
-            double t0 = now_s();
+            double t0 = dn_now_s();
             dn_status s = DN_OK;
             if (m == M_LINEAR || m == M_DELTANET || m == M_GDN) {
                 dn_op op = m == M_LINEAR ? DN_OP_LINEAR_ATTN : m == M_DELTANET ? DN_OP_DELTANET : DN_OP_GDN;
@@ -305,9 +290,9 @@ static void decode_recurrent(const config *c, int m, results *res) {
                 fprintf(stderr, "\ncompare: %s\n", dn_last_error());
                 exit(1);
             }
-            if (r >= 0) t[r] = now_s() - t0;
+            if (r >= 0) t[r] = dn_now_s() - t0;
         }
-        res->decode_s[m][i] = median_of(t, reps);
+        res->decode_s[m][i] = dn_median(t, reps);
         res->state_bytes[m][i] = bytes;
         progress("decode", mechs[m].name, c->ctxs[i]);
     }
@@ -582,7 +567,7 @@ int dn_compare_main(int argc, char **argv) {
     int nm = 0;
     for (int m = 0; m < M_COUNT; m++) nm += c.enabled[m];
     step_total = nm * (c.nlens + c.nctx) + (c.capacity ? 2 : 0);
-    double t_start = now_s();
+    double t_start = dn_now_s();
     char machine[256];
     machine_line(machine, sizeof machine);
     printf("deltanet compare: %s\n%s\nmodel width %lld = %lld heads x %lld, fp32, %lld threads\n",
@@ -623,7 +608,7 @@ int dn_compare_main(int argc, char **argv) {
         }
     }
     if (tty) fprintf(stderr, "\r\033[K");
-    const double elapsed = now_s() - t_start;
+    const double elapsed = dn_now_s() - t_start;
 
     /* ---- summary ---- */
     const int L = c.nlens - 1, X = c.nctx - 1;
