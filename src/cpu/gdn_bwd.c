@@ -162,8 +162,6 @@ static inline void prep_row_back(float *dx, const float *x, const float *dy, int
     }
 }
 
-/* Loads chunk rows: raw q, k (kept for the normalisation's gradient), Qs and K, gates, betas;
- * builds Gam, GK = Gam * K K^T (strictly lower), M = tril(Qs K^T * Gam), A = b GK. */
 /* Gate and beta vectors of a chunk: gamma (cumulative, double), e^gamma, beta, e^{gamma_L - gamma}. */
 static void load_gates(const dn_la_params *p, const bdims *d, bws *w, int64_t b, int64_t hv,
                        int64_t tc, int64_t L) {
@@ -178,6 +176,8 @@ static void load_gates(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
     for (int64_t l = 0; l < L; l++) w->dd[l] = d->gate ? (float)exp(w->gam[L - 1] - w->gam[l]) : 1.0f;
 }
 
+/* Chunk rows Qs (scaled, normalised) and K (normalised) into w->QK, gates and betas; with dots,
+ * also Gam, GK = Gam * K K^T (strictly lower), M = tril(Qs K^T * Gam) and A = b GK. */
 static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b, int64_t h,
                        int64_t hv, int64_t tc, int64_t L, int need_q, int dots) {
     const int64_t K = d->K, Cp = d->Cp;
@@ -254,8 +254,8 @@ static void load_rows(float *dst, int64_t ld, const float *src, dn_strides s, in
     }
 }
 
-/* Forward sweep: checkpoints, chunk matrices, U and R per token into sv; with o_out, also the
- * outputs o (and final_state) of the forward pass. */
+/* Forward sweep: checkpoints, chunk matrices, U and R per token (and, when saving, the q and k
+ * rows) into sv; with outputs, also the forward's o and final_state. */
 static void fwd_sweep(const dn_la_params *p, const bdims *d, bws *w, sview sv, int64_t n, int64_t hv,
                       int outputs) {
     const int64_t K = d->K, V = d->V, Vp = d->Vp, C = d->C, Cp = d->Cp, h = hv / (p->HV / p->H);
