@@ -28,19 +28,38 @@ static void mamba_block(const dn_mamba_params *p, int64_t b, int64_t d0, int64_t
         else
             memset(h + i * N, 0, sizeof(float) * (size_t)N);
     }
+    float dts[CB], gate[CB];
     for (int64_t t = 0; t < p->T; t++) {
         const float *xr = p->x + b * p->x_s.b + t * p->x_s.t;
         const float *dtr = p->dt + b * p->dt_s.b + t * p->dt_s.t;
         float *yr = p->y + b * p->y_s.b + t * p->y_s.t;
-        for (int64_t i = 0; i < nd; i++) {
+        /* the block's dt' and output gates in vectors: the per-channel loop below is then
+         * only the state update */
+        int64_t i = 0;
+        for (; i + DN_VW <= nd; i += DN_VW) {
+            vf dv = vload(dtr + d0 + i);
+            if (p->dt_bias) dv += vload(p->dt_bias + d0 + i);
+            vstore(dts + i, p->dt_softplus ? vsoftplus(dv) : dv);
+            if (p->z) {
+                const vf z = vload(p->z + b * p->z_s.b + t * p->z_s.t + d0 + i);
+                vstore(gate + i, z / (vset1(1.0f) + vexp(-z)));
+            }
+        }
+        for (; i < nd; i++) {
+            const float dv = dtr[d0 + i] + (p->dt_bias ? p->dt_bias[d0 + i] : 0.0f);
+            dts[i] = p->dt_softplus ? softplus1(dv) : dv;
+            if (p->z) {
+                const float z = p->z[b * p->z_s.b + t * p->z_s.t + d0 + i];
+                gate[i] = z / (1.0f + expf(-z));
+            }
+        }
+        for (i = 0; i < nd; i++) {
             const int64_t d = d0 + i, g = d / per_group;
             const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h;
             const float *Cm = p->Cm + b * p->Cm_s.b + t * p->Cm_s.t + g * p->Cm_s.h;
             const float *A = p->A + d * N;
             float *hd = h + i * N;
-            const float x = xr[d];
-            float dt = dtr[d] + (p->dt_bias ? p->dt_bias[d] : 0.0f);
-            if (p->dt_softplus) dt = softplus1(dt);
+            const float x = xr[d], dt = dts[i];
             const vf dtv = vset1(dt), dtx = vset1(dt * x);
             vf acc = vzero();
             int64_t n = 0;
@@ -55,10 +74,7 @@ static void mamba_block(const dn_mamba_params *p, int64_t b, int64_t d0, int64_t
                 y += Cm[n] * hd[n];
             }
             if (p->Dskip) y += p->Dskip[d] * x;
-            if (p->z) {
-                const float z = p->z[b * p->z_s.b + t * p->z_s.t + d];
-                y *= z / (1.0f + expf(-z));
-            }
+            if (p->z) y *= gate[i];
             yr[d] = y;
         }
     }
