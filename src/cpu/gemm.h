@@ -38,6 +38,11 @@
     }
 
 DN_GEMM_MICRO(gemm_micro_full, DN_MR, DN_NR)
+/* row tails of a full-width panel: 1 .. DN_MR - 1 rows at once instead of one by one */
+DN_GEMM_MICRO(gemm_micro_t2, 2, DN_NR)
+DN_GEMM_MICRO(gemm_micro_t3, 3, DN_NR)
+DN_GEMM_MICRO(gemm_micro_t4, 4, DN_NR)
+DN_GEMM_MICRO(gemm_micro_t5, 5, DN_NR)
 DN_GEMM_MICRO(gemm_micro_half, DN_MR, (DN_NR + 1) / 2)
 DN_GEMM_MICRO(gemm_micro_rows, DN_MR, 1)
 DN_GEMM_MICRO(gemm_micro_cols, 1, DN_NR)
@@ -70,6 +75,16 @@ static void gemm_f32_from(int64_t M, int64_t N, int64_t Kc, const float *A, int6
             int64_t kend = lowa && i + DN_MR < Kc ? i + DN_MR : Kc;                                \
             BIG(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta,                  \
                 Cin + i * ldc + j);                                                                \
+        }                                                                                          \
+        if ((WIDTH) == DN_NR && !lowc && M - i >= 2) { /* the row tail in one tile */             \
+            const int64_t rem = M - i, kend = lowa && i + rem < Kc ? i + rem : Kc;                 \
+            const float *a_ = A + i * rs, *b_ = B + j, *ci_ = Cin + i * ldc + j;                   \
+            float *c_ = C + i * ldc + j;                                                           \
+            if (rem == 2) gemm_micro_t2(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);            \
+            else if (rem == 3) gemm_micro_t3(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);       \
+            else if (rem == 4) gemm_micro_t4(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);       \
+            else gemm_micro_t5(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);                     \
+            i = M;                                                                                 \
         }                                                                                          \
         for (; i < M; i++) {                                                                       \
             if (lowc && i < j) continue;                                                           \
