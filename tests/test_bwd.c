@@ -217,6 +217,8 @@ static int test_grad_api(void) {
  * grid of the forward tests (odd lengths, T below and not a multiple of the chunk, grouped heads,
  * strided inputs, varlen). fp32 against double: relative RMS at most 1e-5 for every gradient
  * (the largest seen is 1.3e-6, for dg). */
+static float bwd_beta_hi = 1.0f, bwd_g_lo = -0.4f; /* ranges of beta and g in bwd_case */
+
 static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K, int64_t V,
                     int chunk, int l2, const int64_t *cu, int64_t ns, uint64_t seed, const char *label) {
     int fails = 0;
@@ -230,7 +232,7 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
     float *h0 = falloc(nst), *dout = falloc(nv), *dhT = falloc(nst);
     const float ks = l2 ? 1.0f : (float)sqrt(3.0 / (double)K);
     fill_uniform(&r, q, nq, -1, 1), fill_uniform(&r, k, nk, -ks, ks), fill_uniform(&r, v, nv, -1, 1);
-    fill_uniform(&r, g, ng, -0.4f, 0), fill_uniform(&r, beta, ng, 0, 1);
+    fill_uniform(&r, g, ng, bwd_g_lo, 0), fill_uniform(&r, beta, ng, 0, bwd_beta_hi);
     fill_uniform(&r, h0, nst, -0.5f, 0.5f), fill_uniform(&r, dout, nv, -1, 1);
     fill_uniform(&r, dhT, nst, -1, 1);
     f.q = q, f.k = k, f.v = v, f.o = dout, f.qk_l2norm = l2, f.initial_state = h0;
@@ -329,6 +331,13 @@ static int test_bwd_fast(void) {
     static const int64_t cu[] = {0, 5, 5, 90, 160};
     for (int op = 0; op <= DN_OP_GDN; op++)
         fails += bwd_case((dn_op)op, 1, 160, 2, 4, 32, 48, 32, 1, cu, 4, 7 + op, "bwd varlen");
+    /* beta up to 2 (negative eigenvalues, normalised keys), and strong decay */
+    bwd_beta_hi = 2.0f;
+    fails += bwd_case(DN_OP_GDN, 2, 130, 2, 4, 64, 64, 32, 1, NULL, 0, 99, "bwd gdn beta<=2");
+    fails += bwd_case(DN_OP_DELTANET, 1, 100, 1, 1, 64, 64, 64, 1, NULL, 0, 98, "bwd deltanet beta<=2");
+    bwd_beta_hi = 1.0f, bwd_g_lo = -5.0f;
+    fails += bwd_case(DN_OP_GDN, 1, 100, 1, 2, 64, 64, 32, 1, NULL, 0, 97, "bwd gdn g down to -5");
+    bwd_g_lo = -0.4f;
     return fails;
 }
 

@@ -347,6 +347,35 @@ static int test_rwkv_grad_fd(void) {
     return fails;
 }
 
+/* keys up to +-100 over a long sequence: finite, and the fast backward matches the reference (seen:
+ * 2e-5 to 3e-5);
+ * exponent differences of size ~200 carry an fp32 rounding of ~1.5e-5 absolute (see the forward
+ * stress test), hence 1e-4 here */
+static int test_rwkv_grad_stress(void) {
+    int fails = 0;
+    const int64_t B = 1, T = 3000, C = 48, n = B * T * C;
+    rng r = {1234};
+    float *k = falloc(n), *v = falloc(n), *td = falloc(C), *tf = falloc(C), *dy = falloc(n), *y = falloc(n);
+    fill_uniform(&r, k, n, -100, 100), fill_uniform(&r, v, n, -1, 1), fill_uniform(&r, td, C, -3, 1);
+    fill_uniform(&r, tf, C, -1, 1), fill_uniform(&r, dy, n, -1, 1);
+    dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
+    p.k = k, p.v = v, p.time_decay = td, p.time_first = tf, p.y = y;
+    float *g[2][4];
+    for (int w = 0; w < 2; w++) {
+        g[w][0] = falloc(n), g[w][1] = falloc(n), g[w][2] = calloc((size_t)C, 4), g[w][3] = calloc((size_t)C, 4);
+        dn_rwkv4_bwd_params b = dn_rwkv4_bwd_params_default(&p);
+        b.fwd.impl = w ? DN_IMPL_AUTO : DN_IMPL_REF;
+        b.dy = dy, b.dk = g[w][0], b.dv = g[w][1], b.dtime_decay = g[w][2], b.dtime_first = g[w][3];
+        CHECK(dn_rwkv4_backward(&b) == DN_OK, "%s", dn_last_error());
+    }
+    static const char *const nm[4] = {"rwkv4 |k|<=100 bwd dk", "dv", "dtime_decay", "dtime_first"};
+    for (int i = 0; i < 4; i++) fails += check_close(nm[i], g[1][i], g[0][i], i < 2 ? n : C, 1e-4);
+    free(k), free(v), free(td), free(tf), free(dy), free(y);
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < 4; i++) free(g[w][i]);
+    return fails;
+}
+
 static int test_rwkv_grad_fast(void) {
     int fails = 0, idx = 0;
     static const int64_t Ts[] = {1, 17, 64, 300}, Cs[] = {16, 100, 128};
@@ -593,6 +622,7 @@ const test_case dn_tests_bwd_ssm[] = {
     {"bwd_mamba2", test_mamba2_grad},
     {"bwd_rwkv4_reference_vs_finite_differences", test_rwkv_grad_fd},
     {"bwd_rwkv4_fast", test_rwkv_grad_fast},
+    {"bwd_rwkv4_stress", test_rwkv_grad_stress},
     {"bwd_split_sequences", test_split_grads},
     {"bwd_mamba1_reference_vs_finite_differences", test_mamba_grad_fd},
     {"bwd_conv_reference_vs_finite_differences", test_conv_grad_fd},
