@@ -84,8 +84,7 @@ static gdn_times gdn(int64_t T, int64_t H, int64_t D, int reps) {
     f.q = q, f.k = k, f.v = v, f.g = g, f.beta = beta, f.o = o, f.qk_l2norm = 1;
     check(dn_la_forward(&f));
     TIME_BEST(reps, r.fwd, check(dn_la_forward(&f)));
-    dn_la_params ft = f;
-    ft.impl = DN_IMPL_CHUNK, ft.chunk_size = 32;
+    dn_la_params ft = f; /* impl auto: the training forward and the backward pick 32-token chunks */
     check(dn_la_saved_size(&ft, &r.saved));
     void *saved = aligned_alloc(64, (r.saved + 63) & ~(size_t)63);
     if (!saved) exit(1);
@@ -190,7 +189,6 @@ int dn_bench_bwd_main(int argc, char **argv) {
     float *ldv = buf(nl, 0, 0), *ldg = buf(TL, 0, 0), *ldb = buf(TL, 0, 0);
     f.q = lq, f.k = lk, f.v = lv, f.g = lg, f.beta = lb, f.o = ldo, f.qk_l2norm = 1;
     dn_la_bwd_params b = dn_la_bwd_params_default(&f);
-    b.fwd.chunk_size = 32;
     b.dout = ldo, b.dq = ldq, b.dk = ldk, b.dv = ldv, b.dg = ldg, b.dbeta = ldb;
     size_t ws64 = 0;
     dn_la_backward_workspace_size(&b, &ws64);

@@ -541,10 +541,11 @@ DN_API dn_status dn_conv_forward(const dn_conv_params *p);
  *   dg              [B,T,HV]     strides dg_s          written; gated ops only, else NULL
  *   dbeta           [B,T,HV]     strides dbeta_s       written; delta ops only, else NULL
  *   dinitial_state  [NS,HV,K,V]  optional              written
- * fwd.o and fwd.final_state are not used. fwd.impl: DN_IMPL_AUTO or DN_IMPL_CHUNK for the fast
- * chunkwise backward (chunks of fwd.chunk_size; it recomputes the states at chunk boundaries and
- * keeps O(T V + (T/C) K V) floats per thread, never O(T K V)), DN_IMPL_REF for the double
- * reference. Gradients of the backward itself (double backward) are not provided.
+ * fwd.o and fwd.final_state are not used. fwd.impl: DN_IMPL_CHUNK for the fast chunkwise
+ * backward in chunks of fwd.chunk_size, DN_IMPL_AUTO for the same with the chunk size that
+ * measured fastest (32); it recomputes the states at chunk boundaries (or reads them from a
+ * training forward's buffer) and keeps O(T V + (T/C) K V) floats per thread, never O(T K V).
+ * DN_IMPL_REF: the double reference. Gradients of the backward itself are not provided.
  */
 typedef struct dn_la_bwd_params {
     dn_la_params fwd;
@@ -574,7 +575,8 @@ DN_API dn_status dn_la_backward(const dn_la_bwd_params *p);
 /* Scratch bytes the fast backward allocates for these params (all threads). */
 DN_API dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *p, size_t *bytes);
 
-/* Training forward: the outputs of dn_la_forward (chunkwise, chunks of p->chunk_size) and, in
+/* Training forward: the outputs of dn_la_forward (chunkwise; chunks as the backward resolves
+ * them, see above) and, in
  * `saved`, what the backward would otherwise recompute: the state entering every chunk, the
  * chunk's masked products, and the corrected values and residuals of every token; O(T (K+V) +
  * (T/C) K V) floats per head (dn_la_saved_size). Hand the same buffer to the backward as

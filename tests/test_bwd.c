@@ -303,6 +303,25 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
         }
         b.saved_bytes = sb - 4;
         CHECK(dn_la_backward(&b) == DN_ERR_ARG, "a short saved buffer accepted");
+        /* impl auto: the training forward and the backward resolve the same chunk size */
+        dn_la_params fa = ft;
+        fa.impl = DN_IMPL_AUTO;
+        size_t sa = 0;
+        CHECK(dn_la_saved_size(&fa, &sa) == DN_OK, "%s", dn_last_error());
+        void *saved_a = aligned_alloc(64, (sa + 63) & ~(size_t)63);
+        CHECK(dn_la_forward_train(&fa, saved_a, sa) == DN_OK, "%s", dn_last_error());
+        snprintf(what, sizeof what, "%s auto training forward o", label);
+        fails += check_close(what, o_tr, o_ref, no, 1e-5);
+        dn_la_bwd_params ba = b;
+        ba.fwd = fa, ba.saved = saved_a, ba.saved_bytes = sa;
+        for (int i = 0; i < 6; i++) poison(out[1][i], sz[i]);
+        CHECK(dn_la_backward(&ba) == DN_OK, "%s", dn_last_error());
+        for (int i = 0; i < 6; i++) {
+            if ((i == 3 && !f.g) || (i == 4 && !f.beta)) continue;
+            snprintf(what, sizeof what, "%s auto with saved %s", label, names[i]);
+            fails += check_close(what, out[1][i], out[0][i], sz[i], 1e-5);
+        }
+        free(saved_a);
         free(saved), free(o_ref), free(s_ref), free(o_tr), free(s_tr);
     }
     free(q), free(k), free(v), free(g), free(beta), free(h0), free(dout), free(dhT);
