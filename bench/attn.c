@@ -152,10 +152,7 @@ int dn_bench_attn_main(int argc, char **argv) {
         else if (!strcmp(a, "--reps"))
             c.reps = atoi(val);
         else if (!strcmp(a, "--isa")) {
-            int ok = 0;
-            for (int s = 0; s < DN_ISA_COUNT; s++)
-                if (!strcmp(val, dn_isa_name((dn_isa)s)) && dn_set_isa((dn_isa)s) == DN_OK) ok = 1;
-            if (!ok) return fprintf(stderr, "bench attn: ISA '%s' not available\n", val), 2;
+            if (dn_bench_set_isa("bench attn", val)) return 2;
         } else
             return fprintf(stderr, "bench attn: unknown option %s\n", a), 2;
     }

@@ -37,3 +37,14 @@ static inline double dn_median(double *x, int n) {
     qsort(x, (size_t)n, sizeof *x, dn_cmp_double);
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
+
+/* --isa NAME: 0 when set, else prints why not and returns 2 (the tool's usage-error status) */
+#include <stdio.h>
+static inline int dn_bench_set_isa(const char *who, const char *name) {
+    dn_isa isa;
+    if (dn_isa_from_name(name, &isa) != DN_OK || dn_set_isa(isa) != DN_OK) {
+        fprintf(stderr, "%s: %s\n", who, dn_last_error());
+        return 2;
+    }
+    return 0;
+}

@@ -215,10 +215,7 @@ int dn_bench_gdn_main(int argc, char **argv) {
             c.nT = parse_list(val, c.Ts, 8);
             if (c.nT < 1) return fprintf(stderr, "bench: bad --T list '%s'\n", val), 2;
         } else if (!strcmp(a, "--isa")) {
-            int ok = 0;
-            for (int s = 0; s < DN_ISA_COUNT; s++)
-                if (!strcmp(val, dn_isa_name((dn_isa)s)) && dn_set_isa((dn_isa)s) == DN_OK) ok = 1;
-            if (!ok) return fprintf(stderr, "bench: ISA '%s' not available here\n", val), 2;
+            if (dn_bench_set_isa("bench", val)) return 2;
         } else
             return fprintf(stderr, "bench: unknown option %s\n", a), usage(), 2;
     }

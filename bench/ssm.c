@@ -71,10 +71,7 @@ int dn_bench_ssm_main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
             const char *v = argv[++i];
-            int ok = 0;
-            for (int s = 0; s < DN_ISA_COUNT; s++)
-                if (!strcmp(v, dn_isa_name((dn_isa)s)) && dn_set_isa((dn_isa)s) == DN_OK) ok = 1;
-            if (!ok) return fprintf(stderr, "bench ssm: ISA '%s' not available\n", v), 2;
+            if (dn_bench_set_isa("bench ssm", v)) return 2;
         } else {
             printf("usage: deltanet bench ssm [--T N] [--threads N] [--reps N] [--isa NAME] "
                    "[--json]\n");

@@ -110,6 +110,8 @@ DN_API const char *dn_impl_name(dn_impl impl);
 typedef enum dn_isa { DN_ISA_GENERIC = 0, DN_ISA_AVX2, DN_ISA_AVX512, DN_ISA_COUNT } dn_isa;
 
 DN_API const char *dn_isa_name(dn_isa isa);
+/* Parses a name as printed by dn_isa_name. DN_ERR_ARG for an unknown name. */
+DN_API dn_status dn_isa_from_name(const char *name, dn_isa *isa);
 DN_API dn_isa dn_isa_best(void);   /* best level this processor and this build support */
 DN_API dn_isa dn_isa_active(void); /* level the kernels use now */
 /* Selects a level; DN_ERR_UNSUPPORTED if the processor or the build lacks it. */

@@ -81,6 +81,16 @@ const char *dn_dtype_name(dn_dtype t) { return (unsigned)t < DN_DTYPE_COUNT ? dt
 
 const char *dn_isa_name(dn_isa isa) { return (unsigned)isa < DN_ISA_COUNT ? isa_names[isa] : NULL; }
 
+dn_status dn_isa_from_name(const char *name, dn_isa *isa) {
+    if (!name || !isa) return dn_fail(DN_ERR_NULL, "dn_isa_from_name: NULL argument");
+    for (int i = 0; i < DN_ISA_COUNT; i++)
+        if (strcmp(name, isa_names[i]) == 0) {
+            *isa = (dn_isa)i;
+            return DN_OK;
+        }
+    return dn_fail(DN_ERR_ARG, "unknown ISA '%s' (expected generic, avx2 or avx512)", name);
+}
+
 /* ---- errors ---- */
 static _Thread_local char last_error[256] = "no error";
 
@@ -143,9 +153,8 @@ dn_isa dn_isa_active(void) {
     if (active_isa < 0) {
         dn_isa best = dn_isa_best(), want = best;
         const char *env = getenv("DN_ISA");
-        if (env)
-            for (int i = 0; i < DN_ISA_COUNT; i++)
-                if (strcmp(env, isa_names[i]) == 0 && isa_supported((dn_isa)i)) want = (dn_isa)i;
+        dn_isa asked;
+        if (env && dn_isa_from_name(env, &asked) == DN_OK && isa_supported(asked)) want = asked;
         active_isa = (int)want;
     }
     return (dn_isa)active_isa;

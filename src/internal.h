@@ -51,6 +51,16 @@ static inline void dn_la_seq(const dn_la_params *p, int64_t n, int64_t *b, int64
 
 int dn_threads_for(int requested);
 
+/* The attention mask, stated once: the key at position pos of a query (pos = TK - TQ + i) sees
+ * keys j with pos - window < j <= pos (window 0: all j <= pos). Returns the visible part of the
+ * key block [j0, j0 + nk) as offsets [*a, *e] into the block; *e < *a when nothing is visible. */
+static inline void dn_attn_visible(int64_t pos, int64_t window, int64_t j0, int64_t nk, int64_t *a,
+                                   int64_t *e) {
+    int64_t lo = window > 0 ? pos - window + 1 - j0 : 0, hi = pos - j0;
+    *a = lo > 0 ? lo : 0;
+    *e = hi < nk - 1 ? hi : nk - 1;
+}
+
 /* Shared argument checks (src/check.c). An output view's rows (n0 x n1 x n2 rows of D elements)
  * must not share elements; views of 3-D tensors [B,T,D] pass n2 = 1. */
 int dn_strides_ok(dn_strides s);

@@ -575,6 +575,9 @@ static int test_bad_input(void) {
     CHECK(dn_op_from_name("gdn", &op) == DN_OK && op == DN_OP_GDN, "op name lookup");
     CHECK(dn_op_from_name("mamba9", &op) == DN_ERR_ARG, "unknown op name accepted");
     CHECK(dn_set_isa((dn_isa)7) == DN_ERR_ARG, "unknown ISA accepted");
+    dn_isa isa = DN_ISA_GENERIC;
+    CHECK(dn_isa_from_name("avx2", &isa) == DN_OK && isa == DN_ISA_AVX2, "ISA name lookup");
+    CHECK(dn_isa_from_name("sse9", &isa) == DN_ERR_ARG && isa == DN_ISA_AVX2, "unknown ISA name");
     CHECK(strcmp(dn_status_str((dn_status)99), "unknown status") == 0, "status text of junk");
     free(obuf_copy);
     free(st_copy);

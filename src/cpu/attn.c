@@ -116,9 +116,8 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
         gemm_f32(R, nkp, D, w.Q, Dp, 1, w.KT, ATT_BC, w.S, ATT_BC, 0, 0);
         for (int64_t r = 0; r < R; r++) {
             const int64_t pos = posmin + r % nq;
-            int64_t a = W > 0 ? pos - W + 1 - j0 : 0, e = pos - j0;
-            if (a < 0) a = 0;
-            if (e > nk - 1) e = nk - 1;
+            int64_t a, e;
+            dn_attn_visible(pos, W, j0, nk, &a, &e);
             float *s = w.S + r * ATT_BC;
             if (e < a) { /* this row sees no key of the block */
                 memset(s, 0, sizeof(float) * (size_t)nkp);
@@ -331,25 +330,21 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
     const int64_t s0 = pl->jlo + split * pl->per_split;
     const int64_t s1 = s0 + pl->per_split - 1 < pl->jhi ? s0 + pl->per_split - 1 : pl->jhi;
     const int64_t rowbase = (b * kv->HKV + kh) * kv->cap;
+    /* the loops for the cache's storage type */
+    void (*scores)(float *, const float *, const void *, int64_t, int64_t, int64_t) =
+        kv->dtype == DN_F32 ? dec_scores_f32 : kv->dtype == DN_BF16 ? dec_scores_bf16 : dec_scores_f16;
+    void (*accumulate)(float *, const float *, const void *, int64_t, int64_t, int64_t) =
+        kv->dtype == DN_F32 ? dec_accumulate_f32
+                            : kv->dtype == DN_BF16 ? dec_accumulate_bf16 : dec_accumulate_f16;
 
     for (int64_t j0 = s0; j0 <= s1; j0 += DEC_BLK) {
         const int64_t nk = s1 + 1 - j0 < DEC_BLK ? s1 + 1 - j0 : DEC_BLK, nkp = ROUND_UP(nk, DN_VW);
-        for (int64_t r = 0; r < R; r++) {
-            float *s = S + r * DEC_BLK;
-            const float *qr = Q + r * Dp;
-            if (kv->dtype == DN_F32)
-                dec_scores_f32(s, qr, kv->k, rowbase + j0, nk, D);
-            else if (kv->dtype == DN_BF16)
-                dec_scores_bf16(s, qr, kv->k, rowbase + j0, nk, D);
-            else
-                dec_scores_f16(s, qr, kv->k, rowbase + j0, nk, D);
-        }
+        for (int64_t r = 0; r < R; r++) scores(S + r * DEC_BLK, Q + r * Dp, kv->k, rowbase + j0, nk, D);
         int any = 0;
         for (int64_t r = 0; r < R; r++) {
             const int64_t pos = kv->len - TQ + r % TQ;
-            int64_t a = window > 0 ? pos - window + 1 - j0 : 0, e = pos - j0;
-            if (a < 0) a = 0;
-            if (e > nk - 1) e = nk - 1;
+            int64_t a, e;
+            dn_attn_visible(pos, window, j0, nk, &a, &e);
             float *s = S + r * DEC_BLK;
             if (e < a) {
                 memset(s, 0, sizeof(float) * (size_t)nkp);
@@ -363,16 +358,7 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
             }
         }
         if (!any) continue;
-        for (int64_t r = 0; r < R; r++) {
-            float *o = O + r * Dp;
-            const float *pr = S + r * DEC_BLK;
-            if (kv->dtype == DN_F32)
-                dec_accumulate_f32(o, pr, kv->v, rowbase + j0, nk, D);
-            else if (kv->dtype == DN_BF16)
-                dec_accumulate_bf16(o, pr, kv->v, rowbase + j0, nk, D);
-            else
-                dec_accumulate_f16(o, pr, kv->v, rowbase + j0, nk, D);
-        }
+        for (int64_t r = 0; r < R; r++) accumulate(O + r * Dp, S + r * DEC_BLK, kv->v, rowbase + j0, nk, D);
     }
 }
 

@@ -92,9 +92,8 @@ static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64
         gemm_f32(R, nkp, D, w->dO, Dp, 1, w->VT, BC, w->dP, BC, 0, 0);
         for (int64_t r = 0; r < R; r++) {
             const int64_t pos = off + i0 + r % nq;
-            int64_t a = W > 0 ? pos - W + 1 - j0 : 0, e = pos - j0;
-            if (a < 0) a = 0;
-            if (e > nk - 1) e = nk - 1;
+            int64_t a, e;
+            dn_attn_visible(pos, W, j0, nk, &a, &e);
             float *s = w->S + r * BC, *dp = w->dP + r * BC;
             if (e < a || w->lse[r] == -INFINITY) {
                 memset(s, 0, sizeof(float) * (size_t)nkp);

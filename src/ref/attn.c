@@ -20,8 +20,8 @@ dn_status dn_ref_attn_forward(const dn_attn_params *p) {
         for (int64_t h = 0; h < p->H; h++)
             for (int64_t i = 0; i < p->TQ; i++) {
                 const int64_t kh = h / G, pos = p->TK - p->TQ + i;
-                int64_t lo = 0, hi = pos < p->TK - 1 ? pos : p->TK - 1;
-                if (p->window > 0 && pos - p->window + 1 > lo) lo = pos - p->window + 1;
+                int64_t lo, hi;
+                dn_attn_visible(pos, p->window, 0, p->TK, &lo, &hi);
                 const float *q = p->q + b * p->q_s.b + i * p->q_s.t + h * p->q_s.h;
                 float *o = p->o + b * p->o_s.b + i * p->o_s.t + h * p->o_s.h;
                 float *lse = p->lse ? p->lse + (b * p->H + h) * p->TQ + i : NULL;
@@ -70,8 +70,8 @@ dn_status dn_ref_attn_backward(const dn_attn_bwd_params *bp) {
         for (int64_t h = 0; h < p->H; h++)
             for (int64_t i = 0; i < p->TQ; i++) {
                 const int64_t kh = h / G, pos = p->TK - p->TQ + i;
-                int64_t lo = 0, hi = pos < p->TK - 1 ? pos : p->TK - 1;
-                if (p->window > 0 && pos - p->window + 1 > lo) lo = pos - p->window + 1;
+                int64_t lo, hi;
+                dn_attn_visible(pos, p->window, 0, p->TK, &lo, &hi);
                 const float *q = p->q + b * p->q_s.b + i * p->q_s.t + h * p->q_s.h;
                 const float *o = p->o + b * p->o_s.b + i * p->o_s.t + h * p->o_s.h;
                 const float *dO = bp->dout + b * bp->dout_s.b + i * bp->dout_s.t + h * bp->dout_s.h;
