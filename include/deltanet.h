@@ -3,7 +3,9 @@
  *
  * deltanet implements the linear-attention family (linear attention, scalar-gated linear attention
  * as in Mamba-2, DeltaNet, Gated DeltaNet) with an explicit recurrent state, in a token-by-token
- * recurrent form (decode) and a chunkwise-parallel form (prefill), each checked against a plain-C
+ * recurrent form (decode) and a chunkwise-parallel form (prefill), and its comparison points:
+ * causal softmax attention with a KV cache, the Mamba-1 and Mamba-2 scans, RWKV-4 and the short
+ * convolution. Every op has a forward and a backward, each fast path checked against a plain-C
  * reference. The math every implementation follows is the contract in docs/OPS.md.
  *
  * Conventions
@@ -15,8 +17,7 @@
  *     dn_last_error() gives a sentence naming the offending argument. The library never exits.
  *   - The caller owns memory. Ops needing scratch report it with a _workspace_size query; passing
  *     no workspace makes the op allocate (and free) it itself.
- *   - Backward rule (for the backward passes to come): parameter gradients accumulate (+=),
- *     activation gradients are written.
+ *   - Backward rule: parameter gradients accumulate (+=), activation gradients are written.
  *
  * Usage: one Gated DeltaNet prefill, then one decode step carrying the state.
  *
