@@ -55,14 +55,14 @@ CPU_ISA   := $(shell grep -q avx512f /proc/cpuinfo 2>/dev/null && echo avx512 ||
 CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 
 # --- sources ------------------------------------------------------------------------------------
-LIB_SRC    := src/core.c src/check.c src/la.c src/attn.c src/mamba.c src/rwkv4.c src/conv.c \
-              src/ref/gdn.c src/ref/la_core.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
-              src/cpu/dispatch.c
-KERNEL_SRC := src/cpu/gdn.c src/cpu/gdn_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
+LIB_SRC    := src/core.c src/check.c src/mem.c src/la.c src/attn.c src/mamba.c src/rwkv4.c src/conv.c \
+              src/ref/la.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
+              src/cpu/dispatch.c src/cpu/parallel.c
+KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
               src/cpu/conv.c
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
-HEADERS    := include/deltanet.h src/internal.h src/half.h src/ref/la_core.h src/cpu/simd.h src/cpu/gemm.h
+HEADERS    := include/deltanet.h src/internal.h src/half.h src/ref/la.h src/cpu/simd.h src/cpu/gemm.h
 
 STATIC := $(BUILD)/libdeltanet.a
 SHARED := $(BUILD)/libdeltanet.so
@@ -108,10 +108,10 @@ $(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h tools/*.h)
 
 TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/svg.o
 
-$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/gdn.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(STATIC)
+$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_gdn.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 test: info $(TEST)

@@ -6,7 +6,7 @@
 
 #include "deltanet.h"
 
-/* `deltanet bench`: the linear-attention family forward (bench/gdn.c). */
+/* `deltanet bench`: the linear-attention family forward (bench/la.c). */
 int dn_bench_gdn_main(int argc, char **argv);
 /* `deltanet bench attn`: causal softmax attention prefill and KV-cache decode (bench/attn.c). */
 int dn_bench_attn_main(int argc, char **argv);

@@ -1,7 +1,44 @@
 /*
- * check.c - argument checks shared by every op: strides and output views.
+ * check.c - argument checks shared by every op: checked size products, strided views, output
+ * rows that must not share elements, and buffers that must not overlap.
  */
 #include "internal.h"
+
+#include <stdint.h>
+
+int dn_prod(int64_t *out, int n, const int64_t *d) {
+    int64_t r = 1;
+    for (int i = 0; i < n; i++) {
+        if (d[i] < 0 || __builtin_mul_overflow(r, d[i], &r)) {
+            *out = 0;
+            return 0;
+        }
+    }
+    *out = r;
+    return 1;
+}
+
+int dn_view_extent(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D, int64_t *extent) {
+    *extent = 0;
+    if (s.b < 0 || s.t < 0 || s.h < 0 || n0 < 0 || n1 < 0 || n2 < 0 || D < 0) return 0;
+    if (n0 == 0 || n1 == 0 || n2 == 0 || D == 0) return 1;
+    int64_t a, b, c, e;
+    if (__builtin_mul_overflow(n0 - 1, s.b, &a) || __builtin_mul_overflow(n1 - 1, s.t, &b) ||
+        __builtin_mul_overflow(n2 - 1, s.h, &c) || __builtin_add_overflow(a, b, &e) ||
+        __builtin_add_overflow(e, c, &e) || __builtin_add_overflow(e, D, &e))
+        return 0;
+    /* the view must also be addressable in bytes */
+    if (e > INT64_MAX / (int64_t)sizeof(float)) return 0;
+    *extent = e;
+    return 1;
+}
+
+int dn_ranges_overlap(const void *a, int64_t na, const void *b, int64_t nb) {
+    if (!a || !b || na <= 0 || nb <= 0) return 0;
+    uintptr_t a0 = (uintptr_t)a, b0 = (uintptr_t)b;
+    uintptr_t a1 = a0 + (uintptr_t)na * sizeof(float), b1 = b0 + (uintptr_t)nb * sizeof(float);
+    return a0 < b1 && b0 < a1;
+}
 
 int dn_strides_ok(dn_strides s) { return s.b >= 0 && s.t >= 0 && s.h >= 0; }
 
@@ -13,27 +50,58 @@ int dn_rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D
             st[j] = st[j - 1], ext[j] = ext[j - 1];
             st[j - 1] = a, ext[j - 1] = e;
         }
+    /* rows are disjoint when each stride clears everything the smaller strides span; the spans
+     * are computed with overflow checks (a wrapped span must not pass for a disjoint one) */
     int64_t span = D;
     for (int i = 0; i < 3; i++) {
         if (ext[i] <= 1) continue;
         if (st[i] < span) return 0;
-        span = st[i] * (ext[i] - 1) + span;
+        int64_t m;
+        if (__builtin_mul_overflow(st[i], ext[i] - 1, &m) || __builtin_add_overflow(m, span, &span))
+            return 0;
     }
     return 1;
 }
 
-dn_status dn_check_output(const char *op, const char *name, const float *ptr, dn_strides s,
-                          int64_t n0, int64_t n1, int64_t n2, int64_t D) {
+dn_status dn_check_view(const char *op, const char *name, const void *ptr, dn_strides s,
+                        int64_t n0, int64_t n1, int64_t n2, int64_t D, int output,
+                        int64_t *extent) {
     if (!ptr) return dn_fail(DN_ERR_NULL, "%s: %s is required", op, name);
-    if (!dn_strides_ok(s)) return dn_fail(DN_ERR_STRIDE, "%s: %s strides are negative", op, name);
-    if (!dn_rows_disjoint(s, n0, n1, n2, D))
+    if (!dn_strides_ok(s))
+        return dn_fail(DN_ERR_STRIDE, "%s: %s strides (%lld, %lld, %lld) must be non-negative", op,
+                       name, (long long)s.b, (long long)s.t, (long long)s.h);
+    if (!dn_view_extent(s, n0, n1, n2, D, extent))
+        return dn_fail(DN_ERR_SHAPE, "%s: %s strides (%lld, %lld, %lld) overflow 64-bit offsets",
+                       op, name, (long long)s.b, (long long)s.t, (long long)s.h);
+    if (output && !dn_rows_disjoint(s, n0, n1, n2, D))
         return dn_fail(DN_ERR_STRIDE, "%s: %s strides (%lld, %lld, %lld) make its rows overlap", op,
                        name, (long long)s.b, (long long)s.t, (long long)s.h);
     return DN_OK;
 }
 
+dn_status dn_check_output(const char *op, const char *name, const float *ptr, dn_strides s,
+                          int64_t n0, int64_t n1, int64_t n2, int64_t D) {
+    int64_t e;
+    return dn_check_view(op, name, ptr, s, n0, n1, n2, D, 1, &e);
+}
+
 dn_status dn_check_input(const char *op, const char *name, const float *ptr, dn_strides s) {
     if (!ptr) return dn_fail(DN_ERR_NULL, "%s: %s is required", op, name);
     if (!dn_strides_ok(s)) return dn_fail(DN_ERR_STRIDE, "%s: %s strides are negative", op, name);
+    return DN_OK;
+}
+
+dn_status dn_check_overlaps(const char *op, const dn_buf *bufs, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++) {
+            const dn_buf *a = &bufs[i], *b = &bufs[j];
+            if (!a->output && !b->output) continue;
+            if (!dn_ranges_overlap(a->p, a->n, b->p, b->n)) continue;
+            if (a->inplace && a->inplace == b->inplace && a->p == b->p && a->n == b->n) continue;
+            return dn_fail(DN_ERR_ARG, "%s: %s and %s share memory (%s)", op, a->name, b->name,
+                           a->inplace && a->inplace == b->inplace
+                               ? "in-place use needs the very same buffer"
+                               : "an output may not overlap another argument");
+        }
     return DN_OK;
 }

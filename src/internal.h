@@ -61,6 +61,20 @@ static inline void dn_attn_visible(int64_t pos, int64_t window, int64_t j0, int6
     *e = hi < nk - 1 ? hi : nk - 1;
 }
 
+/* ---- checked size arithmetic (src/check.c): every product of dimensions and every extent of
+ * a strided view is computed here, so that an overflow is a DN_ERR_SHAPE, never a wrap. ----
+ * dn_prod: *out = d[0] * ... * d[n-1] for non-negative factors; 0 when any factor is negative or
+ * the product passes INT64_MAX. DN_PROD(&out, a, b, c) is the same over its arguments. */
+int dn_prod(int64_t *out, int n, const int64_t *d);
+#define DN_PROD(out, ...)                                                                          \
+    dn_prod((out), (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),             \
+            (const int64_t[]){__VA_ARGS__})
+/* Elements spanned by a view of n0 x n1 x n2 rows of D with strides s: 1 + the largest offset
+ * (0 for an empty view). Returns 0 when a stride is negative or the extent overflows. */
+int dn_view_extent(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D, int64_t *extent);
+/* Whether two float ranges [a, a + na) and [b, b + nb) share memory. */
+int dn_ranges_overlap(const void *a, int64_t na, const void *b, int64_t nb);
+
 /* Shared argument checks (src/check.c). An output view's rows (n0 x n1 x n2 rows of D elements)
  * must not share elements; views of 3-D tensors [B,T,D] pass n2 = 1. */
 int dn_strides_ok(dn_strides s);
@@ -68,8 +82,23 @@ int dn_rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D
 dn_status dn_check_output(const char *op, const char *name, const float *ptr, dn_strides s,
                           int64_t n0, int64_t n1, int64_t n2, int64_t D);
 dn_status dn_check_input(const char *op, const char *name, const float *ptr, dn_strides s);
+/* ptr non-NULL, strides non-negative, the extent (in elements) computable without overflow and,
+ * for an output, rows that do not share elements. */
+dn_status dn_check_view(const char *op, const char *name, const void *ptr, dn_strides s,
+                        int64_t n0, int64_t n1, int64_t n2, int64_t D, int output,
+                        int64_t *extent);
+/* The memory of one argument, for the overlap check: n floats from p (p may be NULL: absent).
+ * Outputs may not overlap anything; two buffers with the same non-zero inplace tag may be the
+ * very same range (a state updated in place) but not overlap partially. */
+typedef struct {
+    const char *name;
+    const void *p;
+    int64_t n;
+    int output, inplace;
+} dn_buf;
+dn_status dn_check_overlaps(const char *op, const dn_buf *bufs, int n);
 
-/* Reference (plain C, double accumulation): src/ref/gdn.c */
+/* Reference (plain C, double accumulation): src/ref/la.c */
 dn_status dn_ref_la_forward(const dn_la_params *p);
 dn_status dn_ref_la_backward(const dn_la_bwd_params *p);
 
@@ -153,7 +182,29 @@ DN_CPU_DECL(avx512)
 dn_status dn_conv_forward_check(const dn_conv_params *p);
 dn_status dn_mamba_forward_check(const dn_mamba_params *p);
 
-/* 64-byte aligned scratch: the caller's if big enough, else allocated into *owned. */
+/* ---- memory (src/mem.c): the library's one allocation point ----
+ * 64-byte aligned; NULL on failure (or when the fault-injection hook says so). */
+void *dn_alloc(size_t bytes);
+void *dn_calloc(size_t bytes);
+void dn_free(void *p);
+/* 64-byte aligned scratch: the caller's if big enough and aligned, else allocated into *owned
+ * (NULL on failure). need = 0 gives a valid pointer without allocating. */
 void *dn_scratch(void *given, size_t given_bytes, size_t need, void **owned);
+/* Test hooks: the n-th allocation from now (0: the next) fails, once; n < 0 turns it off.
+ * dn_fault_alloc_count counts every allocation attempt since the start of the process. */
+void dn_fault_fail_alloc_after(long n);
+long dn_fault_alloc_count(void);
+
+/* ---- the parallel loop of the CPU kernels (src/cpu/parallel.c) ----
+ * fn(ctx, task, thread, scratch) for every task in [0, ntasks), scratch being this thread's
+ * 64-byte aligned slice of per_thread_bytes inside ws (which holds
+ * dn_parallel_ws_bytes(nthreads, per_thread_bytes) bytes, or is NULL when no scratch is needed).
+ * Static: a task runs on the same thread every call at a given thread count. */
+typedef enum { DN_SCHED_STATIC = 0, DN_SCHED_DYNAMIC } dn_schedule;
+typedef void (*dn_task_fn)(void *ctx, int64_t task, int thread, void *scratch);
+size_t dn_parallel_ws_bytes(int nthreads, size_t per_thread_bytes);
+int dn_parallel_threads(int nthreads, int64_t ntasks); /* threads the loop will use */
+void dn_parallel_tasks(int nthreads, int64_t ntasks, dn_schedule sched, dn_task_fn fn, void *ctx,
+                       void *ws, size_t per_thread_bytes);
 
 #endif

@@ -6,11 +6,11 @@
 
 #include <time.h>
 
-extern const test_case dn_tests_gdn[];
+extern const test_case dn_tests_la[];
 extern const test_case dn_tests_attn[];
 extern const test_case dn_tests_ssm[];
 extern const test_case dn_tests_compare[];
-extern const test_case dn_tests_bwd[];
+extern const test_case dn_tests_la_bwd[];
 extern const test_case dn_tests_bwd_ssm[];
 
 static double now(void) {
@@ -27,7 +27,7 @@ static int selected(const char *name, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    const test_case *suites[] = {dn_tests_gdn, dn_tests_attn, dn_tests_ssm, dn_tests_compare, dn_tests_bwd, dn_tests_bwd_ssm};
+    const test_case *suites[] = {dn_tests_la, dn_tests_la_bwd, dn_tests_attn, dn_tests_ssm, dn_tests_bwd_ssm, dn_tests_compare};
     printf("%s\n", dn_build_info());
     int failed = 0, run = 0;
     double t_all = now();

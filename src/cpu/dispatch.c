@@ -32,11 +32,3 @@ const dn_cpu_kernels *dn_cpu(void) {
 #endif
     return &table_generic;
 }
-
-void *dn_scratch(void *given, size_t given_bytes, size_t need, void **owned) {
-    *owned = NULL;
-    if (need == 0) return given;
-    if (given && given_bytes >= need && ((uintptr_t)given & 63) == 0) return given;
-    *owned = aligned_alloc(64, (need + 63) & ~(size_t)63);
-    return *owned;
-}

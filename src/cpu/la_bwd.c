@@ -1,5 +1,5 @@
 /*
- * cpu/gdn_bwd.c - fast CPU backward of the linear-attention family, chunkwise (docs/OPS.md).
+ * cpu/la_bwd.c - fast CPU backward of the linear-attention family, chunkwise (docs/OPS.md).
  * Compiled once per SIMD level (see simd.h).
  *
  * A task is (sequence, key head) and walks the value heads that share the key head, so their

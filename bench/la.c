@@ -1,5 +1,5 @@
 /*
- * bench/gdn.c - benchmark of the linear-attention family forward on CPU (`deltanet bench`).
+ * bench/la.c - benchmark of the linear-attention family forward on CPU (`deltanet bench`).
  *
  * Default: Gated DeltaNet, B=1, H=HV=32, K=V=128, fp32, all threads: one decode step with a
  * 32x128x128 state, and prefill at T = 512 and 4096 with each implementation. The machine's fp32

@@ -1,5 +1,5 @@
 /*
- * test_gdn.c - tests of the linear-attention family (linear attention, GLA, DeltaNet, Gated
+ * test_la.c - tests of the linear-attention family (linear attention, GLA, DeltaNet, Gated
  * DeltaNet): every fast path and every SIMD level against the double-precision reference on a
  * grid of shapes with strided views, chunk sizes against each other, state carried across calls,
  * variable-length batches, decode steps, stress values and rejected inputs.
@@ -619,14 +619,14 @@ static int test_workspace(void) {
     return fails;
 }
 
-const test_case dn_tests_gdn[] = {
-    {"gdn_bad_input", test_bad_input},
-    {"gdn_workspace", test_workspace},
-    {"gdn_step", test_step},
-    {"gdn_state_carry", test_state_carry},
-    {"gdn_varlen", test_varlen},
-    {"gdn_stress_gates", test_stress_gates},
-    {"gdn_grid", test_grid},
-    {"gdn_long_100k", test_long},
+const test_case dn_tests_la[] = {
+    {"la_bad_input", test_bad_input},
+    {"la_workspace", test_workspace},
+    {"la_step", test_step},
+    {"la_state_carry", test_state_carry},
+    {"la_varlen", test_varlen},
+    {"la_stress_gates", test_stress_gates},
+    {"la_grid", test_grid},
+    {"la_long_100k", test_long},
     {NULL, NULL},
 };

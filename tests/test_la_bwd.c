@@ -1,8 +1,8 @@
 /*
- * test_bwd.c - gradients of the linear-attention family: the double-precision reference backward
+ * test_la_bwd.c - gradients of the linear-attention family: the double-precision reference backward
  * against central finite differences of the double forward, for every op and option.
  */
-#include "../src/ref/la_core.h"
+#include "../src/ref/la.h"
 #include "test.h"
 
 static double *drand(rng *r, int64_t n, double lo, double hi) {
@@ -14,8 +14,10 @@ static double *drand(rng *r, int64_t n, double lo, double hi) {
 /* L = sum o * wo + sum hT * wh */
 static double loss(const dn_la_core *c, const double *wo, const double *wh) {
     double *o = malloc(sizeof(double) * (size_t)(c->T * c->V + 1)),
-           *h = malloc(sizeof(double) * (size_t)(c->K * c->V));
-    dn_la_core_forward(c, o, h);
+           *h = malloc(sizeof(double) * (size_t)(c->K * c->V)),
+           *w = malloc(sizeof(double) * dn_la_core_forward_doubles(c->T, c->K, c->V));
+    dn_la_core_forward(c, o, h, w);
+    free(w);
     double L = 0;
     for (int64_t i = 0; i < c->T * c->V; i++) L += o[i] * wo[i];
     for (int64_t i = 0; i < c->K * c->V; i++) L += h[i] * wh[i];
@@ -59,7 +61,9 @@ static int grad_case(dn_op op, int64_t T, int64_t K, int64_t V, int l2, double g
     double *dq = malloc(sizeof(double) * T * K), *dk = malloc(sizeof(double) * T * K);
     double *dv = malloc(sizeof(double) * T * V), *dg = malloc(sizeof(double) * T);
     double *db = malloc(sizeof(double) * T), *dh0 = malloc(sizeof(double) * K * V);
-    CHECK(dn_la_core_backward(&c, wo, wh, dq, dk, dv, dg, db, dh0) == 0, "backward");
+    double *work = malloc(sizeof(double) * dn_la_core_backward_doubles(T, K, V));
+    dn_la_core_backward(&c, wo, wh, dq, dk, dv, dg, db, dh0, work);
+    free(work);
     char what[160];
 #define FD(name, x, n, gr)                                                                         \
     snprintf(what, sizeof what, "%s T=%lld l2=%d g in [%g,%g] beta in [%g,%g]: d%s",            \
@@ -511,7 +515,7 @@ static int test_attn_grad_fast(void) {
     return fails;
 }
 
-const test_case dn_tests_bwd[] = {
+const test_case dn_tests_la_bwd[] = {
     {"bwd_attn_reference_vs_finite_differences", test_attn_grad_reference},
     {"bwd_attn_fast", test_attn_grad_fast},
     {"bwd_la_fast", test_bwd_fast},

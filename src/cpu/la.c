@@ -1,5 +1,5 @@
 /*
- * cpu/gdn.c - fast CPU forward of the linear-attention family (linear attention, GLA, DeltaNet,
+ * cpu/la.c - fast CPU forward of the linear-attention family (linear attention, GLA, DeltaNet,
  * Gated DeltaNet): a fused token-by-token recurrence and the chunkwise-parallel form.
  *
  * Compiled once per SIMD level (see simd.h). Work is split into tasks of (sequence, value head,
