@@ -129,6 +129,9 @@ DN_API const char *dn_build_info(void);
  * Linear-attention family: linear attention, GLA (scalar gate), DeltaNet, Gated DeltaNet
  * ------------------------------------------------------------------------------------------- */
 
+/* Largest key and value head dimension the linear family accepts (K, V <= 65536). */
+#define DN_LA_MAX_DIM 65536
+
 /* Element strides of the first three dimensions of a (B,T,H,D) tensor. The last dimension is
  * contiguous (stride 1). For a 3-D tensor (B,T,H) such as g or beta, h is the head stride. */
 typedef struct dn_strides {

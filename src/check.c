@@ -105,3 +105,29 @@ dn_status dn_check_overlaps(const char *op, const dn_buf *bufs, int n) {
         }
     return DN_OK;
 }
+
+dn_status dn_check_args(const char *op, dn_arg *a, int n) {
+    dn_buf bufs[DN_MAX_ARGS];
+    int nb = 0;
+    DN_ASSERT(n <= DN_MAX_ARGS);
+    for (int i = 0; i < n; i++) {
+        int64_t elems;
+        if (!DN_PROD(&elems, a[i].n0, a[i].n1, a[i].n2, a[i].D, (int64_t)sizeof(float)))
+            return dn_fail(DN_ERR_SHAPE, "%s: %s [%lld,%lld,%lld,%lld] overflows 64-bit sizes", op,
+                           a[i].name, (long long)a[i].n0, (long long)a[i].n1, (long long)a[i].n2,
+                           (long long)a[i].D);
+        if (!a[i].p && a[i].optional) continue;
+        int64_t extent;
+        dn_status st = dn_check_view(op, a[i].name, a[i].p, a[i].s, a[i].n0, a[i].n1, a[i].n2,
+                                     a[i].D, a[i].output, &extent);
+        if (st != DN_OK) return st;
+        bufs[nb++] = (dn_buf){a[i].name, a[i].p, extent, a[i].output, a[i].inplace};
+    }
+    return dn_check_overlaps(op, bufs, nb);
+}
+
+dn_strides dn_contiguous(int64_t n1, int64_t n2, int64_t D) {
+    int64_t t, b;
+    if (!DN_PROD(&t, n2, D) || !DN_PROD(&b, n1, n2, D)) return (dn_strides){-1, -1, -1};
+    return (dn_strides){b, t, D};
+}

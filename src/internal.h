@@ -98,6 +98,24 @@ typedef struct {
 } dn_buf;
 dn_status dn_check_overlaps(const char *op, const dn_buf *bufs, int n);
 
+/* One tensor argument of a call, [n0,n1,n2,D] with strides s (a 3-D tensor passes n2 = 1 or
+ * D = 1 as its layout says; a contiguous one takes dn_contiguous). dn_check_args checks, for
+ * every argument of an op in one table: the size product fits in 64-bit bytes; a required
+ * pointer is present; the view is valid (dn_check_view); and no output overlaps another
+ * argument (dn_check_overlaps). Every check function lists its op's tensors this way. */
+typedef struct {
+    const char *name;
+    const void *p;
+    dn_strides s;
+    int64_t n0, n1, n2, D;
+    int output, optional, inplace;
+} dn_arg;
+#define DN_MAX_ARGS 24
+dn_status dn_check_args(const char *op, dn_arg *args, int n);
+/* Strides of a contiguous [*, n1, n2, D] tensor; all -1 (rejected as negative) on overflow, so
+ * that the defaults of a params struct never wrap. */
+dn_strides dn_contiguous(int64_t n1, int64_t n2, int64_t D);
+
 /* Reference (plain C, double accumulation): src/ref/la.c */
 dn_status dn_ref_la_forward(const dn_la_params *p);
 dn_status dn_ref_la_backward(const dn_la_bwd_params *p);

@@ -10,11 +10,6 @@
 #include <math.h>
 #include <string.h>
 
-static dn_strides contiguous(int64_t T, int64_t H, int64_t D) {
-    dn_strides s = {T * H * D, H * D, D};
-    return s;
-}
-
 dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV,
                                   int64_t K, int64_t V) {
     dn_la_params p;
@@ -26,12 +21,9 @@ dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int
     p.HV = HV;
     p.K = K;
     p.V = V;
-    p.q_s = contiguous(T, H, K);
-    p.k_s = contiguous(T, H, K);
-    p.v_s = contiguous(T, HV, V);
-    p.o_s = contiguous(T, HV, V);
-    p.g_s = contiguous(T, HV, 1);
-    p.beta_s = contiguous(T, HV, 1);
+    p.q_s = p.k_s = dn_contiguous(T, H, K);
+    p.v_s = p.o_s = dn_contiguous(T, HV, V);
+    p.g_s = p.beta_s = dn_contiguous(T, HV, 1);
     p.scale = K > 0 ? (float)(1.0 / sqrt((double)K)) : 1.0f;
     p.chunk_size = 64;
     p.impl = DN_IMPL_AUTO;
@@ -39,13 +31,8 @@ dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int
 }
 
 
-static int mul_ok(int64_t a, int64_t b) { return a == 0 || b <= INT64_MAX / a; }
-
-dn_status dn_la_check(const dn_la_params *p) {
-    if (!p) return dn_fail(DN_ERR_NULL, "params is NULL");
-    if (!dn_op_is_la(p->op))
-        return dn_fail(DN_ERR_ARG, "op %d is not a linear-attention family op", (int)p->op);
-    const char *name = dn_op_name(p->op);
+/* Everything about a call except its tensors' memory: op, dims, options, cu_seqlens. */
+static dn_status check_shape(const dn_la_params *p, const char *name) {
     if (p->B < 1 || p->T < 0 || p->H < 1 || p->HV < 1 || p->K < 1 || p->V < 1)
         return dn_fail(DN_ERR_SHAPE,
                        "%s: dims must be positive (B=%lld T=%lld H=%lld HV=%lld K=%lld V=%lld)",
@@ -54,33 +41,10 @@ dn_status dn_la_check(const dn_la_params *p) {
     if (p->HV % p->H != 0)
         return dn_fail(DN_ERR_SHAPE, "%s: HV (%lld) is not a multiple of H (%lld)", name,
                        (long long)p->HV, (long long)p->H);
-    if (p->K > 65536 || p->V > 65536)
-        return dn_fail(DN_ERR_SHAPE, "%s: K (%lld) and V (%lld) must be at most 65536", name,
-                       (long long)p->K, (long long)p->V);
-    if (!mul_ok(p->B, p->T) || !mul_ok(p->B * p->T, p->HV) || !mul_ok(p->B * p->T * p->HV, p->V) ||
-        !mul_ok(p->B * p->T * p->H, p->K) || !mul_ok(p->B * p->HV, p->K * p->V))
-        return dn_fail(DN_ERR_SHAPE, "%s: tensor sizes overflow 64-bit indexing", name);
-    if (!p->q || !p->k || !p->v || !p->o)
-        return dn_fail(DN_ERR_NULL, "%s: q, k, v and o are required (q=%p k=%p v=%p o=%p)", name,
-                       (const void *)p->q, (const void *)p->k, (const void *)p->v, (void *)p->o);
-    if (dn_op_has_gate(p->op) && !p->g)
-        return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required", name);
-    if (!dn_op_has_gate(p->op) && p->g)
-        return dn_fail(DN_ERR_ARG, "%s has no gate but g was given (use gla or gdn)", name);
-    if (dn_op_has_delta(p->op) && !p->beta)
-        return dn_fail(DN_ERR_NULL, "%s: beta [B,T,HV] is required", name);
-    if (!dn_op_has_delta(p->op) && p->beta)
-        return dn_fail(DN_ERR_ARG, "%s has no delta rule but beta was given (use deltanet or gdn)",
-                       name);
-    if (!dn_strides_ok(p->q_s) || !dn_strides_ok(p->k_s) || !dn_strides_ok(p->v_s) || !dn_strides_ok(p->o_s) ||
-        !dn_strides_ok(p->g_s) || !dn_strides_ok(p->beta_s))
-        return dn_fail(DN_ERR_STRIDE, "%s: strides must be non-negative", name);
-    /* Output rows must not alias each other: each (b,t,h) row of o needs its own V elements. */
-    if (!dn_rows_disjoint(p->o_s, p->B, p->T, p->HV, p->V))
-        return dn_fail(DN_ERR_STRIDE, "%s: o strides (%lld, %lld, %lld) make output rows overlap",
-                       name, (long long)p->o_s.b, (long long)p->o_s.t, (long long)p->o_s.h);
-    if (!(isfinite(p->scale)))
-        return dn_fail(DN_ERR_ARG, "%s: scale must be finite", name);
+    if (p->K > DN_LA_MAX_DIM || p->V > DN_LA_MAX_DIM)
+        return dn_fail(DN_ERR_SHAPE, "%s: K (%lld) and V (%lld) must be at most %d", name,
+                       (long long)p->K, (long long)p->V, DN_LA_MAX_DIM);
+    if (!(isfinite(p->scale))) return dn_fail(DN_ERR_ARG, "%s: scale must be finite", name);
     if (p->chunk_size != 16 && p->chunk_size != 32 && p->chunk_size != 64 && p->chunk_size != 128)
         return dn_fail(DN_ERR_ARG, "%s: chunk_size %d is not one of 16, 32, 64, 128", name,
                        p->chunk_size);
@@ -92,24 +56,102 @@ dn_status dn_la_check(const dn_la_params *p) {
         if (p->B != 1)
             return dn_fail(DN_ERR_SHAPE, "%s: cu_seqlens needs B = 1 (got B=%lld)", name,
                            (long long)p->B);
-        if (p->n_seqs < 1)
+        if (p->n_seqs < 1 || p->n_seqs > INT64_MAX / 16)
             return dn_fail(DN_ERR_ARG, "%s: n_seqs (%lld) must be at least 1 with cu_seqlens", name,
                            (long long)p->n_seqs);
         if (p->cu_seqlens[0] != 0)
             return dn_fail(DN_ERR_ARG, "%s: cu_seqlens[0] is %lld, must be 0", name,
                            (long long)p->cu_seqlens[0]);
         for (int64_t i = 0; i < p->n_seqs; i++)
-            if (p->cu_seqlens[i + 1] < p->cu_seqlens[i])
-                return dn_fail(DN_ERR_ARG, "%s: cu_seqlens decreases at %lld (%lld -> %lld)", name,
-                               (long long)i, (long long)p->cu_seqlens[i],
-                               (long long)p->cu_seqlens[i + 1]);
+            if (p->cu_seqlens[i + 1] < p->cu_seqlens[i] || p->cu_seqlens[i + 1] > p->T)
+                return dn_fail(DN_ERR_ARG, "%s: cu_seqlens[%lld] = %lld is below the previous "
+                                           "entry or above T = %lld", name, (long long)(i + 1),
+                               (long long)p->cu_seqlens[i + 1], (long long)p->T);
         if (p->cu_seqlens[p->n_seqs] != p->T)
             return dn_fail(DN_ERR_ARG, "%s: cu_seqlens[%lld] is %lld, must equal T = %lld", name,
                            (long long)p->n_seqs, (long long)p->cu_seqlens[p->n_seqs],
                            (long long)p->T);
     }
+    /* the kernels index every (sequence, head) state and every token of every head in int64 */
+    int64_t n;
+    if (!DN_PROD(&n, p->T / 16 + dn_la_nseq(p) + 1, p->HV, p->K, p->V, (int64_t)(4 * sizeof(float))) ||
+        !DN_PROD(&n, p->B, p->T, p->HV, p->K + p->V + 4, (int64_t)sizeof(float)))
+        return dn_fail(DN_ERR_SHAPE, "%s: tensor sizes overflow 64-bit indexing", name);
+    if (dn_op_has_gate(p->op) && !p->g) return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required", name);
+    if (!dn_op_has_gate(p->op) && p->g)
+        return dn_fail(DN_ERR_ARG, "%s has no gate but g was given (use gla or gdn)", name);
+    if (dn_op_has_delta(p->op) && !p->beta)
+        return dn_fail(DN_ERR_NULL, "%s: beta [B,T,HV] is required", name);
+    if (!dn_op_has_delta(p->op) && p->beta)
+        return dn_fail(DN_ERR_ARG, "%s has no delta rule but beta was given (use deltanet or gdn)",
+                       name);
     return DN_OK;
 }
+
+/* The forward's inputs, in the order check_values and the backward's table expect. */
+static int fwd_args(const dn_la_params *p, dn_arg *a) {
+    const int64_t B = p->B, T = p->T, H = p->H, HV = p->HV, K = p->K, V = p->V;
+    const int64_t NS = dn_la_nseq(p);
+    int n = 0;
+    a[n++] = (dn_arg){"q", p->q, p->q_s, B, T, H, K, 0, 0, 0};
+    a[n++] = (dn_arg){"k", p->k, p->k_s, B, T, H, K, 0, 0, 0};
+    a[n++] = (dn_arg){"v", p->v, p->v_s, B, T, HV, V, 0, 0, 0};
+    a[n++] = (dn_arg){"g", p->g, p->g_s, B, T, HV, 1, 0, 1, 0};
+    a[n++] = (dn_arg){"beta", p->beta, p->beta_s, B, T, HV, 1, 0, 1, 0};
+    a[n++] = (dn_arg){"initial_state", p->initial_state, dn_contiguous(HV, K, V), NS, HV, K, V, 0, 1, 1};
+    a[n++] = (dn_arg){"cu_seqlens", p->cu_seqlens, dn_contiguous(1, 1, 2), p->cu_seqlens ? p->n_seqs + 1 : 0, 1, 1, 2, 0, 1, 0};
+    return n;
+}
+
+/* The values the contract bounds: g <= 0 (log decay; -inf allowed: a full reset) and
+ * 0 <= beta <= 2. A cheap pass (B T HV values against B T HV K V of work). NaN is data, not a
+ * contract violation: it propagates (see the header). */
+static dn_status check_values(const dn_la_params *p, const char *name) {
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t t = 0; t < p->T; t++)
+            for (int64_t h = 0; h < p->HV; h++) {
+                if (p->g) {
+                    const float g = p->g[b * p->g_s.b + t * p->g_s.t + h * p->g_s.h];
+                    if (g > 0)
+                        return dn_fail(DN_ERR_ARG, "%s: g[%lld,%lld,%lld] = %g is positive (g is a "
+                                                   "log decay, <= 0)", name, (long long)b,
+                                       (long long)t, (long long)h, (double)g);
+                }
+                if (p->beta) {
+                    const float x = p->beta[b * p->beta_s.b + t * p->beta_s.t + h * p->beta_s.h];
+                    if (x < 0 || x > 2)
+                        return dn_fail(DN_ERR_ARG, "%s: beta[%lld,%lld,%lld] = %g is outside [0, 2]",
+                                       name, (long long)b, (long long)t, (long long)h, (double)x);
+                }
+            }
+    return DN_OK;
+}
+
+/* What a size query needs: the op, dims, options and cu_seqlens, no tensor pointers. */
+static dn_status shape_only(const dn_la_params *p) {
+    if (!p) return dn_fail(DN_ERR_NULL, "params is NULL");
+    if (!dn_op_is_la(p->op))
+        return dn_fail(DN_ERR_ARG, "op %d is not a linear-attention family op", (int)p->op);
+    return check_shape(p, dn_op_name(p->op));
+}
+
+/* The forward's checks; a training forward also writes `saved` (NULL otherwise). */
+static dn_status check_fwd(const dn_la_params *p, const void *saved, size_t saved_bytes) {
+    dn_status st = shape_only(p);
+    if (st != DN_OK) return st;
+    const char *name = dn_op_name(p->op);
+    dn_arg a[DN_MAX_ARGS];
+    int n = fwd_args(p, a);
+    a[n++] = (dn_arg){"o", p->o, p->o_s, p->B, p->T, p->HV, p->V, 1, 0, 0};
+    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(p->HV, p->K, p->V),
+                      dn_la_nseq(p), p->HV, p->K, p->V, 1, 1, 1};
+    a[n++] = (dn_arg){"saved", saved, dn_contiguous(1, 1, 1), (int64_t)(saved_bytes / sizeof(float)),
+                      1, 1, 1, 1, 1, 0};
+    if ((st = dn_check_args(name, a, n)) != DN_OK) return st;
+    return check_values(p, name);
+}
+
+dn_status dn_la_check(const dn_la_params *p) { return check_fwd(p, NULL, 0); }
 
 /* Longest sequence in the call: the chunkwise form pays only once sequences span chunks. */
 static int64_t longest_seq(const dn_la_params *p) {
@@ -140,7 +182,7 @@ static dn_la_params resolved(const dn_la_params *p) {
 }
 
 dn_status dn_la_workspace_size(const dn_la_params *p, size_t *bytes) {
-    dn_status st = dn_la_check(p);
+    dn_status st = shape_only(p);
     if (st != DN_OK) return st;
     if (!bytes) return dn_fail(DN_ERR_NULL, "dn_la_workspace_size: bytes is NULL");
     dn_la_params r = resolved(p);
@@ -186,6 +228,9 @@ dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, const flo
                      int64_t HV, int64_t K, int64_t V, float scale, int qk_l2norm) {
     dn_la_params p = dn_la_params_default(op, B, 1, H, HV, K, V);
     if (!state) return dn_fail(DN_ERR_NULL, "dn_la_step: state is NULL");
+    if (!isfinite(scale))
+        return dn_fail(DN_ERR_ARG, "dn_la_step: scale %g is not finite (pass 0 for 1/sqrt(K))",
+                       (double)scale);
     p.q = q;
     p.k = k;
     p.v = v;
@@ -228,14 +273,42 @@ dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd) {
  * chunk's matrices, per thread. */
 dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *bp, size_t *bytes) {
     if (!bp || !bytes) return dn_fail(DN_ERR_NULL, "dn_la_backward_workspace_size: NULL argument");
-    dn_la_params chk = bp->fwd;
-    chk.o = (float *)1;
-    chk.o_s = bp->dv_s;
-    dn_status st = dn_la_check(&chk);
+    dn_status st = shape_only(&bp->fwd);
     if (st != DN_OK) return st;
     const dn_la_params r = train_resolved(&bp->fwd);
     *bytes = r.impl == DN_IMPL_REF ? 0 : dn_cpu()->la_bwd_workspace(&r, dn_threads_for(r.n_threads));
     return DN_OK;
+}
+
+/* The backward's tensors in one table: the forward's inputs, dout and dfinal_state read, the
+ * gradients written. */
+static dn_status bwd_check(const dn_la_bwd_params *bp) {
+    const dn_la_params *p = &bp->fwd;
+    if (!dn_op_is_la(p->op))
+        return dn_fail(DN_ERR_ARG, "op %d is not a linear-attention family op", (int)p->op);
+    const char *op = dn_op_name(p->op);
+    dn_status st = check_shape(p, op);
+    if (st != DN_OK) return st;
+    if (dn_op_has_gate(p->op) != (bp->dg != NULL))
+        return dn_fail(DN_ERR_ARG, "%s: dg must be given exactly for gated ops", op);
+    if (dn_op_has_delta(p->op) != (bp->dbeta != NULL))
+        return dn_fail(DN_ERR_ARG, "%s: dbeta must be given exactly for delta-rule ops", op);
+    const int64_t B = p->B, T = p->T, H = p->H, HV = p->HV, K = p->K, V = p->V;
+    const dn_strides cs = dn_contiguous(HV, K, V);
+    const int64_t NS = dn_la_nseq(p);
+    dn_arg a[DN_MAX_ARGS];
+    int n = fwd_args(p, a);
+    a[n++] = (dn_arg){"dout", bp->dout, bp->dout_s, B, T, HV, V, 0, 0, 0};
+    a[n++] = (dn_arg){"dfinal_state", bp->dfinal_state, cs, NS, HV, K, V, 0, 1, 0};
+    a[n++] = (dn_arg){"saved", bp->saved, dn_contiguous(1, 1, 1), (int64_t)(bp->saved_bytes / sizeof(float)), 1, 1, 1, 0, 1, 0};
+    a[n++] = (dn_arg){"dq", bp->dq, bp->dq_s, B, T, H, K, 1, 0, 0};
+    a[n++] = (dn_arg){"dk", bp->dk, bp->dk_s, B, T, H, K, 1, 0, 0};
+    a[n++] = (dn_arg){"dv", bp->dv, bp->dv_s, B, T, HV, V, 1, 0, 0};
+    a[n++] = (dn_arg){"dg", bp->dg, bp->dg_s, B, T, HV, 1, 1, 1, 0};
+    a[n++] = (dn_arg){"dbeta", bp->dbeta, bp->dbeta_s, B, T, HV, 1, 1, 1, 0};
+    a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, cs, NS, HV, K, V, 1, 1, 0};
+    if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
+    return check_values(p, op);
 }
 
 dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
@@ -244,24 +317,9 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
     resolved.fwd = train_resolved(&bp_in->fwd);
     const dn_la_bwd_params *bp = &resolved;
     const dn_la_params *p = &bp->fwd;
-    dn_la_params chk = *p;
-    chk.o = bp->dv ? bp->dv : (float *)1; /* o is not used: check the rest of the forward */
-    chk.o_s = bp->dv_s;
-    dn_status st = dn_la_check(&chk);
+    dn_status st = bwd_check(bp);
     if (st != DN_OK) return st;
     const char *op = dn_op_name(p->op);
-    if ((st = dn_check_input(op, "dout", bp->dout, bp->dout_s)) ||
-        (st = dn_check_output(op, "dq", bp->dq, bp->dq_s, p->B, p->T, p->H, p->K)) ||
-        (st = dn_check_output(op, "dk", bp->dk, bp->dk_s, p->B, p->T, p->H, p->K)) ||
-        (st = dn_check_output(op, "dv", bp->dv, bp->dv_s, p->B, p->T, p->HV, p->V)))
-        return st;
-    if (dn_op_has_gate(p->op) != (bp->dg != NULL))
-        return dn_fail(DN_ERR_ARG, "%s: dg must be given exactly for gated ops", op);
-    if (dn_op_has_delta(p->op) != (bp->dbeta != NULL))
-        return dn_fail(DN_ERR_ARG, "%s: dbeta must be given exactly for delta-rule ops", op);
-    if (bp->dg && (st = dn_check_output(op, "dg", bp->dg, bp->dg_s, p->B, p->T, p->HV, 1))) return st;
-    if (bp->dbeta && (st = dn_check_output(op, "dbeta", bp->dbeta, bp->dbeta_s, p->B, p->T, p->HV, 1)))
-        return st;
     if (bp->saved) {
         if (p->impl == DN_IMPL_REF)
             return dn_fail(DN_ERR_ARG, "%s backward: saved is for the fast backward", op);
@@ -292,7 +350,7 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
 dn_status dn_la_saved_size(const dn_la_params *p_in, size_t *bytes) {
     if (!p_in) return dn_fail(DN_ERR_NULL, "params is NULL");
     const dn_la_params r = train_resolved(p_in), *p = &r;
-    dn_status st = dn_la_check(p);
+    dn_status st = shape_only(p);
     if (st != DN_OK) return st;
     if (!bytes) return dn_fail(DN_ERR_NULL, "dn_la_saved_size: bytes is NULL");
     *bytes = sizeof(float) * dn_cpu()->la_saved_floats(p);
@@ -302,7 +360,7 @@ dn_status dn_la_saved_size(const dn_la_params *p_in, size_t *bytes) {
 dn_status dn_la_forward_train(const dn_la_params *p_in, void *saved, size_t saved_bytes) {
     if (!p_in) return dn_fail(DN_ERR_NULL, "params is NULL");
     const dn_la_params r = train_resolved(p_in), *p = &r;
-    dn_status st = dn_la_check(p);
+    dn_status st = check_fwd(p, saved, saved_bytes);
     if (st != DN_OK) return st;
     const char *op = dn_op_name(p->op);
     if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_CHUNK)

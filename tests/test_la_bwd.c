@@ -205,10 +205,10 @@ static int test_grad_api(void) {
     }
     /* rejected inputs */
     dn_la_params f = dn_la_params_default(DN_OP_GDN, 1, 4, 1, 1, 4, 4);
-    float buf[64] = {0};
+    float buf[64] = {0}, grads[5][16];
     f.q = f.k = f.v = f.g = f.beta = buf, f.o = buf;
     dn_la_bwd_params b = dn_la_bwd_params_default(&f);
-    b.dout = buf, b.dq = b.dk = b.dv = b.dg = b.dbeta = buf + 16;
+    b.dout = buf, b.dq = grads[0], b.dk = grads[1], b.dv = grads[2], b.dg = grads[3], b.dbeta = grads[4];
     b.fwd.impl = DN_IMPL_RECURRENT;
     CHECK(dn_la_backward(&b) == DN_ERR_UNSUPPORTED, "recurrent backward accepted");
     b.fwd.impl = DN_IMPL_REF, b.dg = NULL;
