@@ -16,10 +16,8 @@ dn_attn_params dn_attn_params_default(int64_t B, int64_t T, int64_t H, int64_t H
     p.H = H;
     p.HKV = HKV;
     p.D = D;
-    p.q_s = (dn_strides){T * H * D, H * D, D};
-    p.o_s = p.q_s;
-    p.k_s = (dn_strides){T * HKV * D, HKV * D, D};
-    p.v_s = p.k_s;
+    p.q_s = p.o_s = dn_contiguous(T, H, D);
+    p.k_s = p.v_s = dn_contiguous(T, HKV, D);
     p.scale = D > 0 ? (float)(1.0 / sqrt((double)D)) : 1.0f;
     p.impl = DN_IMPL_AUTO;
     return p;
@@ -38,36 +36,49 @@ static dn_status check_heads(const char *who, int64_t H, int64_t HKV, int64_t D)
     return DN_OK;
 }
 
-dn_status dn_attn_check(const dn_attn_params *p) {
+/* Dims and options, no tensor memory. */
+static dn_status check_shape(const dn_attn_params *p, const char *op) {
     if (!p) return dn_fail(DN_ERR_NULL, "attention params is NULL");
-    dn_status st = check_heads("softmax_attn", p->H, p->HKV, p->D);
+    dn_status st = check_heads(op, p->H, p->HKV, p->D);
     if (st != DN_OK) return st;
     if (p->B < 1 || p->TQ < 0 || p->TK < 0)
-        return dn_fail(DN_ERR_SHAPE, "softmax_attn: B (%lld) must be positive, TQ (%lld) and TK "
+        return dn_fail(DN_ERR_SHAPE, "%s: B (%lld) must be positive, TQ (%lld) and TK "
                                      "(%lld) non-negative",
-                       (long long)p->B, (long long)p->TQ, (long long)p->TK);
-    if (p->TQ > INT64_MAX / 1024 / p->B || p->TK > INT64_MAX / 1024 / p->B)
-        return dn_fail(DN_ERR_SHAPE, "softmax_attn: sizes overflow 64-bit indexing");
-    if (!p->q || !p->k || !p->v || !p->o)
-        return dn_fail(DN_ERR_NULL, "softmax_attn: q, k, v and o are required");
-    if (!dn_strides_ok(p->q_s) || !dn_strides_ok(p->k_s) || !dn_strides_ok(p->v_s) || !dn_strides_ok(p->o_s))
-        return dn_fail(DN_ERR_STRIDE, "softmax_attn: strides must be non-negative");
-    if (!dn_rows_disjoint(p->o_s, p->B, p->TQ, p->H, p->D))
-        return dn_fail(DN_ERR_STRIDE, "softmax_attn: o strides (%lld, %lld, %lld) make rows overlap",
-                       (long long)p->o_s.b, (long long)p->o_s.t, (long long)p->o_s.h);
-    if (!isfinite(p->scale)) return dn_fail(DN_ERR_ARG, "softmax_attn: scale must be finite");
+                       op, (long long)p->B, (long long)p->TQ, (long long)p->TK);
+    if (!isfinite(p->scale)) return dn_fail(DN_ERR_ARG, "%s: scale must be finite", op);
     if (p->window < 0)
-        return dn_fail(DN_ERR_ARG, "softmax_attn: window %lld is negative (0 means none)",
+        return dn_fail(DN_ERR_ARG, "%s: window %lld is negative (0 means none)", op,
                        (long long)p->window);
-    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "softmax_attn: n_threads is negative");
+    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "%s: n_threads is negative", op);
     if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_REF)
         return dn_fail((unsigned)p->impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
-                       "softmax_attn: impl must be auto (tiled) or ref, not %d", (int)p->impl);
+                       "%s: impl must be auto (tiled) or ref, not %d", op, (int)p->impl);
     return DN_OK;
 }
 
+/* The forward's tensors; the backward appends its own to the same table. */
+static int fwd_args(const dn_attn_params *p, dn_arg *a, int o_is_input) {
+    const int64_t B = p->B, TQ = p->TQ, TK = p->TK, H = p->H, HKV = p->HKV, D = p->D;
+    int n = 0;
+    a[n++] = (dn_arg){"q", p->q, p->q_s, B, TQ, H, D, 0, 0, 0};
+    a[n++] = (dn_arg){"k", p->k, p->k_s, B, TK, HKV, D, 0, 0, 0};
+    a[n++] = (dn_arg){"v", p->v, p->v_s, B, TK, HKV, D, 0, 0, 0};
+    a[n++] = (dn_arg){"o", p->o, p->o_s, B, TQ, H, D, !o_is_input, 0, 0};
+    a[n++] = (dn_arg){"lse", p->lse, dn_contiguous(H, TQ, 1), B, H, TQ, 1, !o_is_input, 1, 0};
+    return n;
+}
+
+dn_status dn_attn_check(const dn_attn_params *p) {
+    const char *op = "softmax_attn";
+    dn_status st = check_shape(p, op);
+    if (st != DN_OK) return st;
+    dn_arg a[DN_MAX_ARGS];
+    int n = fwd_args(p, a, 0);
+    return dn_check_args(op, a, n);
+}
+
 dn_status dn_attn_workspace_size(const dn_attn_params *p, size_t *bytes) {
-    dn_status st = dn_attn_check(p);
+    dn_status st = check_shape(p, "softmax_attn");
     if (st != DN_OK) return st;
     if (!bytes) return dn_fail(DN_ERR_NULL, "dn_attn_workspace_size: bytes is NULL");
     *bytes = p->impl == DN_IMPL_REF ? 0 : dn_cpu()->attn_workspace(p, dn_threads_for(p->n_threads));
@@ -93,23 +104,26 @@ dn_attn_bwd_params dn_attn_bwd_params_default(const dn_attn_params *fwd) {
     memset(&b, 0, sizeof b);
     if (!fwd) return b;
     b.fwd = *fwd;
-    b.dout_s = b.dq_s = (dn_strides){fwd->TQ * fwd->H * fwd->D, fwd->H * fwd->D, fwd->D};
-    b.dk_s = b.dv_s = (dn_strides){fwd->TK * fwd->HKV * fwd->D, fwd->HKV * fwd->D, fwd->D};
+    b.dout_s = b.dq_s = dn_contiguous(fwd->TQ, fwd->H, fwd->D);
+    b.dk_s = b.dv_s = dn_contiguous(fwd->TK, fwd->HKV, fwd->D);
     return b;
 }
 
 dn_status dn_attn_backward(const dn_attn_bwd_params *bp) {
     if (!bp) return dn_fail(DN_ERR_NULL, "attention backward params is NULL");
     const dn_attn_params *p = &bp->fwd;
-    dn_status st = dn_attn_check(p);
-    if (st != DN_OK) return st;
     const char *op = "softmax_attn backward";
+    dn_status st = check_shape(p, op);
+    if (st != DN_OK) return st;
     if (!p->lse) return dn_fail(DN_ERR_NULL, "%s: fwd.lse (the forward's logsumexp) is required", op);
-    if ((st = dn_check_input(op, "dout", bp->dout, bp->dout_s)) ||
-        (st = dn_check_output(op, "dq", bp->dq, bp->dq_s, p->B, p->TQ, p->H, p->D)) ||
-        (st = dn_check_output(op, "dk", bp->dk, bp->dk_s, p->B, p->TK, p->HKV, p->D)) ||
-        (st = dn_check_output(op, "dv", bp->dv, bp->dv_s, p->B, p->TK, p->HKV, p->D)))
-        return st;
+    const int64_t B = p->B, TQ = p->TQ, TK = p->TK, H = p->H, HKV = p->HKV, D = p->D;
+    dn_arg a[DN_MAX_ARGS];
+    int n = fwd_args(p, a, 1);
+    a[n++] = (dn_arg){"dout", bp->dout, bp->dout_s, B, TQ, H, D, 0, 0, 0};
+    a[n++] = (dn_arg){"dq", bp->dq, bp->dq_s, B, TQ, H, D, 1, 0, 0};
+    a[n++] = (dn_arg){"dk", bp->dk, bp->dk_s, B, TK, HKV, D, 1, 0, 0};
+    a[n++] = (dn_arg){"dv", bp->dv, bp->dv_s, B, TK, HKV, D, 1, 0, 0};
+    if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_attn_backward(bp);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
@@ -133,8 +147,12 @@ struct dn_kv_cache {
 
 static size_t dtype_size(dn_dtype t) { return t == DN_F32 ? 4 : 2; }
 
+/* Bytes of one of the two stores at capacity cap; 0 when that passes 2^62 (so every byte
+ * offset into the store, and twice the size, fits in int64). */
 static size_t kv_bytes(int64_t B, int64_t HKV, int64_t D, int64_t cap, dn_dtype t) {
-    return (size_t)B * (size_t)HKV * (size_t)cap * (size_t)D * dtype_size(t);
+    int64_t n;
+    if (!DN_PROD(&n, B, HKV, D, cap, (int64_t)dtype_size(t)) || n > ((int64_t)1 << 62)) return 0;
+    return (size_t)n;
 }
 
 dn_status dn_kv_cache_create(dn_kv_cache **out, int64_t B, int64_t HKV, int64_t D, int64_t capacity,
@@ -147,17 +165,19 @@ dn_status dn_kv_cache_create(dn_kv_cache **out, int64_t B, int64_t HKV, int64_t 
     if ((unsigned)dtype >= DN_DTYPE_COUNT)
         return dn_fail(DN_ERR_ARG, "kv cache: unknown dtype %d", (int)dtype);
     if (flags & ~DN_KV_GROW) return dn_fail(DN_ERR_ARG, "kv cache: unknown flags 0x%x", flags);
-    if (capacity > ((int64_t)1 << 40) / (B * HKV * D))
-        return dn_fail(DN_ERR_SHAPE, "kv cache: capacity %lld is too large", (long long)capacity);
-    dn_kv_cache *c = calloc(1, sizeof *c);
-    size_t bytes = kv_bytes(B, HKV, D, capacity, dtype);
+    const size_t bytes = kv_bytes(B, HKV, D, capacity, dtype);
+    if (!bytes)
+        return dn_fail(DN_ERR_SHAPE, "kv cache: B=%lld x HKV=%lld x D=%lld x capacity=%lld "
+                                     "overflows 64-bit sizes",
+                       (long long)B, (long long)HKV, (long long)D, (long long)capacity);
+    dn_kv_cache *c = dn_calloc(sizeof *c);
     if (c) {
-        c->k = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-        c->v = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        c->k = dn_alloc(bytes);
+        c->v = dn_alloc(bytes);
     }
     if (!c || !c->k || !c->v) {
-        if (c) free(c->k), free(c->v);
-        free(c);
+        if (c) dn_free(c->k), dn_free(c->v);
+        dn_free(c);
         return dn_fail(DN_ERR_ALLOC, "kv cache: cannot allocate 2 x %zu bytes", bytes);
     }
     c->B = B, c->HKV = HKV, c->D = D, c->cap = capacity, c->len = 0;
@@ -168,9 +188,9 @@ dn_status dn_kv_cache_create(dn_kv_cache **out, int64_t B, int64_t HKV, int64_t 
 
 void dn_kv_cache_free(dn_kv_cache *c) {
     if (!c) return;
-    free(c->k);
-    free(c->v);
-    free(c);
+    dn_free(c->k);
+    dn_free(c->v);
+    dn_free(c);
 }
 
 dn_status dn_kv_cache_reset(dn_kv_cache *c) {
@@ -188,18 +208,20 @@ size_t dn_kv_cache_used_bytes(const dn_kv_cache *c) {
     return c ? 2 * kv_bytes(c->B, c->HKV, c->D, c->len, c->dtype) : 0;
 }
 
-/* Moves the cache to a larger capacity; the middle dimension changes, so rows are re-laid. */
+/* Moves the cache to a capacity of at least need tokens (doubling); the middle dimension
+ * changes, so rows are re-laid. need > cap, and need passed kv_bytes' bound check. */
 static dn_status kv_grow(dn_kv_cache *c, int64_t need) {
     int64_t cap = c->cap;
     while (cap < need) cap = cap > INT64_MAX / 2 ? need : 2 * cap;
-    if (cap > ((int64_t)1 << 40) / (c->B * c->HKV * c->D))
-        return dn_fail(DN_ERR_FULL, "kv cache: cannot grow to %lld tokens", (long long)cap);
     size_t bytes = kv_bytes(c->B, c->HKV, c->D, cap, c->dtype);
-    char *k = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    char *v = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!bytes) { /* doubling passed the bound: grow to exactly what is needed */
+        cap = need;
+        bytes = kv_bytes(c->B, c->HKV, c->D, cap, c->dtype);
+    }
+    char *k = dn_alloc(bytes), *v = dn_alloc(bytes);
     if (!k || !v) {
-        free(k);
-        free(v);
+        dn_free(k);
+        dn_free(v);
         return dn_fail(DN_ERR_ALLOC, "kv cache: cannot grow to %lld tokens", (long long)cap);
     }
     const size_t row = (size_t)c->D * dtype_size(c->dtype);
@@ -209,8 +231,8 @@ static dn_status kv_grow(dn_kv_cache *c, int64_t need) {
         memcpy(v + (size_t)bh * (size_t)cap * row, (char *)c->v + (size_t)bh * (size_t)c->cap * row,
                (size_t)c->len * row);
     }
-    free(c->k);
-    free(c->v);
+    dn_free(c->k);
+    dn_free(c->v);
     c->k = k, c->v = v, c->cap = cap;
     return DN_OK;
 }
@@ -232,17 +254,22 @@ dn_status dn_kv_cache_append(dn_kv_cache *c, const float *k, dn_strides k_s, con
     if (!c) return dn_fail(DN_ERR_NULL, "kv cache is NULL");
     if (T < 0) return dn_fail(DN_ERR_SHAPE, "kv cache append: T = %lld is negative", (long long)T);
     if (T == 0) return DN_OK;
-    if (!k || !v) return dn_fail(DN_ERR_NULL, "kv cache append: k and v are required");
-    if (!dn_strides_ok(k_s) || !dn_strides_ok(v_s))
-        return dn_fail(DN_ERR_STRIDE, "kv cache append: strides must be non-negative");
-    if (c->len + T > c->cap) {
+    const char *op = "kv cache append";
+    dn_arg a[2] = {{"k", k, k_s, c->B, T, c->HKV, c->D, 0, 0, 0},
+                   {"v", v, v_s, c->B, T, c->HKV, c->D, 0, 0, 0}};
+    dn_status st = dn_check_args(op, a, 2);
+    if (st != DN_OK) return st;
+    /* T > cap - len, not len + T > cap: the sum can pass INT64_MAX */
+    if (T > c->cap - c->len) {
         if (!(c->flags & DN_KV_GROW))
             return dn_fail(DN_ERR_FULL,
                            "kv cache append: %lld + %lld tokens exceed the capacity %lld (create "
                            "the cache with DN_KV_GROW to let it grow)",
                            (long long)c->len, (long long)T, (long long)c->cap);
-        dn_status st = kv_grow(c, c->len + T);
-        if (st != DN_OK) return st;
+        if (T > INT64_MAX - c->len || !kv_bytes(c->B, c->HKV, c->D, c->len + T, c->dtype))
+            return dn_fail(DN_ERR_FULL, "kv cache append: %lld + %lld tokens overflow the cache's "
+                                        "64-bit size", (long long)c->len, (long long)T);
+        if ((st = kv_grow(c, c->len + T)) != DN_OK) return st;
     }
     const size_t row = (size_t)c->D * dtype_size(c->dtype);
     for (int64_t b = 0; b < c->B; b++)
@@ -260,15 +287,17 @@ dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o_s, flo
                              const float *q, dn_strides q_s, int64_t TQ, int64_t H, float scale,
                              int64_t window, int n_threads) {
     if (!c) return dn_fail(DN_ERR_NULL, "kv cache is NULL");
-    if (!o || !q) return dn_fail(DN_ERR_NULL, "kv cache attend: q and o are required");
-    dn_status st = check_heads("kv cache attend", H, c->HKV, c->D);
+    const char *op = "kv cache attend";
+    dn_status st = check_heads(op, H, c->HKV, c->D);
     if (st != DN_OK) return st;
-    if (TQ < 1) return dn_fail(DN_ERR_SHAPE, "kv cache attend: TQ = %lld", (long long)TQ);
-    if (!dn_strides_ok(q_s) || !dn_strides_ok(o_s) || !dn_rows_disjoint(o_s, c->B, TQ, H, c->D))
-        return dn_fail(DN_ERR_STRIDE, "kv cache attend: negative strides or overlapping o rows");
-    if (!isfinite(scale)) return dn_fail(DN_ERR_ARG, "kv cache attend: scale must be finite");
-    if (window < 0) return dn_fail(DN_ERR_ARG, "kv cache attend: window is negative");
-    if (n_threads < 0) return dn_fail(DN_ERR_ARG, "kv cache attend: n_threads is negative");
+    if (TQ < 1) return dn_fail(DN_ERR_SHAPE, "%s: TQ = %lld", op, (long long)TQ);
+    if (!isfinite(scale)) return dn_fail(DN_ERR_ARG, "%s: scale must be finite", op);
+    if (window < 0) return dn_fail(DN_ERR_ARG, "%s: window is negative", op);
+    if (n_threads < 0) return dn_fail(DN_ERR_ARG, "%s: n_threads is negative", op);
+    dn_arg a[3] = {{"q", q, q_s, c->B, TQ, H, c->D, 0, 0, 0},
+                   {"o", o, o_s, c->B, TQ, H, c->D, 1, 0, 0},
+                   {"lse", lse, dn_contiguous(H, TQ, 1), c->B, H, TQ, 1, 1, 1, 0}};
+    if ((st = dn_check_args(op, a, 3)) != DN_OK) return st;
     dn_kv_view kv = {c->k, c->v, c->B, c->HKV, c->D, c->cap, c->len, c->dtype};
     const dn_cpu_kernels *kern = dn_cpu();
     int nt = dn_threads_for(n_threads);

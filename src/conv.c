@@ -9,34 +9,50 @@ dn_conv_params dn_conv_params_default(int64_t B, int64_t T, int64_t D, int64_t W
     dn_conv_params p;
     memset(&p, 0, sizeof p);
     p.B = B, p.T = T, p.D = D, p.W = W;
-    p.x_s = p.y_s = (dn_strides){T * D, D, 0};
+    p.x_s = p.y_s = dn_contiguous(T, 1, D);
     p.impl = DN_IMPL_AUTO;
     return p;
 }
 
-dn_status dn_conv_forward_check(const dn_conv_params *p) {
-    const char *op = "short_conv";
-    if (!p) return dn_fail(DN_ERR_NULL, "short_conv params is NULL");
-    if (p->B < 1 || p->T < 0 || p->D < 1 || p->T > INT64_MAX / 16 / p->B / p->D)
-        return dn_fail(DN_ERR_SHAPE, "short_conv: need B, D >= 1 and T >= 0 (B=%lld T=%lld D=%lld)",
+static dn_status check_shape(const dn_conv_params *p, const char *op) {
+    if (p->B < 1 || p->T < 0 || p->D < 1)
+        return dn_fail(DN_ERR_SHAPE, "%s: need B, D >= 1 and T >= 0 (B=%lld T=%lld D=%lld)", op,
                        (long long)p->B, (long long)p->T, (long long)p->D);
     if (p->W < 2 || p->W > 4)
-        return dn_fail(DN_ERR_SHAPE, "short_conv: kernel width W = %lld, must be 2, 3 or 4",
+        return dn_fail(DN_ERR_SHAPE, "%s: kernel width W = %lld, must be 2, 3 or 4", op,
                        (long long)p->W);
-    dn_status st;
-    if ((st = dn_check_input(op, "x", p->x, p->x_s)) ||
-        (st = dn_check_output(op, "y", p->y, p->y_s, p->B, p->T, 1, p->D)))
-        return st;
-    if (!p->weight) return dn_fail(DN_ERR_NULL, "short_conv: weight [D,W] is required");
     if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_REF)
         return dn_fail((unsigned)p->impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
-                       "short_conv: impl must be auto or ref");
-    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "short_conv: n_threads is negative");
+                       "%s: impl must be auto or ref", op);
+    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "%s: n_threads is negative", op);
     return DN_OK;
 }
 
+/* The forward's inputs (3-D tensors [B,T,D] take n2 = 1; states [B,D,W-1]). */
+static int fwd_args(const dn_conv_params *p, dn_arg *a) {
+    const int64_t B = p->B, T = p->T, D = p->D, W = p->W;
+    int n = 0;
+    a[n++] = (dn_arg){"x", p->x, p->x_s, B, T, 1, D, 0, 0, 0};
+    a[n++] = (dn_arg){"weight", p->weight, dn_contiguous(1, D, W), 1, 1, D, W, 0, 0, 0};
+    a[n++] = (dn_arg){"bias", p->bias, dn_contiguous(1, 1, D), 1, 1, 1, D, 0, 1, 0};
+    a[n++] = (dn_arg){"initial_state", p->initial_state, dn_contiguous(1, D, W - 1), B, 1, D, W - 1, 0, 1, 1};
+    return n;
+}
+
+static dn_status conv_check(const dn_conv_params *p) {
+    const char *op = "short_conv";
+    if (!p) return dn_fail(DN_ERR_NULL, "short_conv params is NULL");
+    dn_status st = check_shape(p, op);
+    if (st != DN_OK) return st;
+    dn_arg a[DN_MAX_ARGS];
+    int n = fwd_args(p, a);
+    a[n++] = (dn_arg){"y", p->y, p->y_s, p->B, p->T, 1, p->D, 1, 0, 0};
+    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(1, p->D, p->W - 1), p->B, 1, p->D, p->W - 1, 1, 1, 1};
+    return dn_check_args(op, a, n);
+}
+
 dn_status dn_conv_forward(const dn_conv_params *p) {
-    dn_status st = dn_conv_forward_check(p);
+    dn_status st = conv_check(p);
     if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_conv_forward(p);
     dn_cpu()->conv_forward(p, dn_threads_for(p->n_threads));
@@ -48,7 +64,7 @@ dn_conv_bwd_params dn_conv_bwd_params_default(const dn_conv_params *fwd) {
     memset(&b, 0, sizeof b);
     if (!fwd) return b;
     b.fwd = *fwd;
-    b.dy_s = b.dx_s = (dn_strides){fwd->T * fwd->D, fwd->D, 0};
+    b.dy_s = b.dx_s = dn_contiguous(fwd->T, 1, fwd->D);
     return b;
 }
 
@@ -56,14 +72,20 @@ dn_status dn_conv_backward(const dn_conv_bwd_params *bp) {
     if (!bp) return dn_fail(DN_ERR_NULL, "short_conv backward params is NULL");
     const dn_conv_params *p = &bp->fwd;
     const char *op = "short_conv backward";
-    dn_conv_params chk = *p;
-    chk.y = bp->dx, chk.y_s = bp->dx_s; /* y is not used: check the rest with dx in its place */
-    dn_status st = dn_conv_forward_check(&chk);
+    dn_status st = check_shape(p, op);
     if (st != DN_OK) return st;
-    if ((st = dn_check_input(op, "dy", bp->dy, bp->dy_s))) return st;
-    if (!bp->dweight) return dn_fail(DN_ERR_NULL, "%s: dweight [D,W] is required", op);
     if ((p->bias != NULL) != (bp->dbias != NULL))
         return dn_fail(DN_ERR_ARG, "%s: dbias must be given exactly when bias is", op);
+    const int64_t B = p->B, T = p->T, D = p->D, W = p->W;
+    dn_arg a[DN_MAX_ARGS];
+    int n = fwd_args(p, a);
+    a[n++] = (dn_arg){"dy", bp->dy, bp->dy_s, B, T, 1, D, 0, 0, 0};
+    a[n++] = (dn_arg){"dfinal_state", bp->dfinal_state, dn_contiguous(1, D, W - 1), B, 1, D, W - 1, 0, 1, 0};
+    a[n++] = (dn_arg){"dx", bp->dx, bp->dx_s, B, T, 1, D, 1, 0, 0};
+    a[n++] = (dn_arg){"dweight", bp->dweight, dn_contiguous(1, D, W), 1, 1, D, W, 1, 0, 0};
+    a[n++] = (dn_arg){"dbias", bp->dbias, dn_contiguous(1, 1, D), 1, 1, 1, D, 1, 1, 0};
+    a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, dn_contiguous(1, D, W - 1), B, 1, D, W - 1, 1, 1, 0};
+    if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_conv_backward(bp);
     if (dn_cpu()->conv_backward(bp, dn_threads_for(p->n_threads)) != 0)
         return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate its scratch", op);

@@ -197,8 +197,6 @@ DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)
 
-dn_status dn_conv_forward_check(const dn_conv_params *p);
-dn_status dn_mamba_forward_check(const dn_mamba_params *p);
 
 /* ---- memory (src/mem.c): the library's one allocation point ----
  * 64-byte aligned; NULL on failure (or when the fault-injection hook says so). */

@@ -11,8 +11,8 @@ dn_mamba_params dn_mamba_params_default(int64_t B, int64_t T, int64_t D, int64_t
     dn_mamba_params p;
     memset(&p, 0, sizeof p);
     p.B = B, p.T = T, p.D = D, p.N = N, p.G = G;
-    p.x_s = p.dt_s = p.z_s = p.y_s = (dn_strides){T * D, D, 0};
-    p.Bm_s = p.Cm_s = (dn_strides){T * G * N, G * N, N};
+    p.x_s = p.dt_s = p.z_s = p.y_s = dn_contiguous(T, 1, D);
+    p.Bm_s = p.Cm_s = dn_contiguous(T, G, N);
     p.impl = DN_IMPL_AUTO;
     return p;
 }
@@ -25,29 +25,60 @@ static dn_status check_impl(const char *op, dn_impl impl, int n_threads) {
     return DN_OK;
 }
 
-dn_status dn_mamba_forward_check(const dn_mamba_params *p) {
-    const char *op = "mamba1";
-    if (!p) return dn_fail(DN_ERR_NULL, "mamba1 params is NULL");
+/* A is a decay rate: A <= 0 (NaN passes through as data). A cheap pass over [n] values. */
+static dn_status check_A(const char *op, const float *A, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (A[i] > 0)
+            return dn_fail(DN_ERR_ARG, "%s: A[%lld] = %g is positive (A must be <= 0)", op,
+                           (long long)i, (double)A[i]);
+    return DN_OK;
+}
+
+static dn_status mamba1_shape(const dn_mamba_params *p, const char *op) {
     if (p->B < 1 || p->T < 0 || p->D < 1 || p->N < 1 || p->G < 1 || p->D % p->G)
-        return dn_fail(DN_ERR_SHAPE, "mamba1: need B, D, N, G >= 1, T >= 0, D %% G == 0 (B=%lld "
+        return dn_fail(DN_ERR_SHAPE, "%s: need B, D, N, G >= 1, T >= 0, D %% G == 0 (B=%lld "
                                      "T=%lld D=%lld N=%lld G=%lld)",
-                       (long long)p->B, (long long)p->T, (long long)p->D, (long long)p->N,
+                       op, (long long)p->B, (long long)p->T, (long long)p->D, (long long)p->N,
                        (long long)p->G);
-    if (p->N > 4096 || p->T > INT64_MAX / 4096 / p->B / p->D)
-        return dn_fail(DN_ERR_SHAPE, "mamba1: sizes out of range");
-    dn_status st;
-    if ((st = dn_check_input(op, "x", p->x, p->x_s)) || (st = dn_check_input(op, "dt", p->dt, p->dt_s)) ||
-        (st = dn_check_input(op, "Bm", p->Bm, p->Bm_s)) ||
-        (st = dn_check_input(op, "Cm", p->Cm, p->Cm_s)) ||
-        (st = dn_check_output(op, "y", p->y, p->y_s, p->B, p->T, 1, p->D)))
-        return st;
-    if (!p->A) return dn_fail(DN_ERR_NULL, "mamba1: A [D,N] is required");
-    if (p->z && (st = dn_check_input(op, "z", p->z, p->z_s))) return st;
+    if (p->N > 4096) return dn_fail(DN_ERR_SHAPE, "%s: N = %lld is above 4096", op, (long long)p->N);
+    /* the backward keeps B T D N floats of checkpoints at most */
+    int64_t n;
+    if (!DN_PROD(&n, p->B, p->T + 1, p->D, p->N, (int64_t)(4 * sizeof(float))))
+        return dn_fail(DN_ERR_SHAPE, "%s: sizes overflow 64-bit indexing", op);
     return check_impl(op, p->impl, p->n_threads);
 }
 
+static int mamba1_args(const dn_mamba_params *p, dn_arg *a) {
+    const int64_t B = p->B, T = p->T, D = p->D, N = p->N, G = p->G;
+    const dn_strides vec = dn_contiguous(1, 1, D), st = dn_contiguous(1, D, N);
+    int n = 0;
+    a[n++] = (dn_arg){"x", p->x, p->x_s, B, T, 1, D, 0, 0, 0};
+    a[n++] = (dn_arg){"dt", p->dt, p->dt_s, B, T, 1, D, 0, 0, 0};
+    a[n++] = (dn_arg){"A", p->A, st, 1, 1, D, N, 0, 0, 0};
+    a[n++] = (dn_arg){"Bm", p->Bm, p->Bm_s, B, T, G, N, 0, 0, 0};
+    a[n++] = (dn_arg){"Cm", p->Cm, p->Cm_s, B, T, G, N, 0, 0, 0};
+    a[n++] = (dn_arg){"Dskip", p->Dskip, vec, 1, 1, 1, D, 0, 1, 0};
+    a[n++] = (dn_arg){"dt_bias", p->dt_bias, vec, 1, 1, 1, D, 0, 1, 0};
+    a[n++] = (dn_arg){"z", p->z, p->z_s, B, T, 1, D, 0, 1, 0};
+    a[n++] = (dn_arg){"initial_state", p->initial_state, st, B, 1, D, N, 0, 1, 1};
+    return n;
+}
+
+static dn_status mamba1_check(const dn_mamba_params *p) {
+    const char *op = "mamba1";
+    if (!p) return dn_fail(DN_ERR_NULL, "mamba1 params is NULL");
+    dn_status st = mamba1_shape(p, op);
+    if (st != DN_OK) return st;
+    dn_arg a[DN_MAX_ARGS];
+    int n = mamba1_args(p, a);
+    a[n++] = (dn_arg){"y", p->y, p->y_s, p->B, p->T, 1, p->D, 1, 0, 0};
+    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(1, p->D, p->N), p->B, 1, p->D, p->N, 1, 1, 1};
+    if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
+    return check_A(op, p->A, p->D * p->N);
+}
+
 dn_status dn_mamba_forward(const dn_mamba_params *p) {
-    dn_status st = dn_mamba_forward_check(p);
+    dn_status st = mamba1_check(p);
     if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba_forward(p);
     dn_cpu()->mamba_forward(p, dn_threads_for(p->n_threads));
@@ -60,8 +91,8 @@ dn_mamba_bwd_params dn_mamba_bwd_params_default(const dn_mamba_params *fwd) {
     if (!fwd) return b;
     b.fwd = *fwd;
     const int64_t T = fwd->T, D = fwd->D, G = fwd->G, N = fwd->N;
-    b.dy_s = b.dx_s = b.ddt_s = b.dz_s = (dn_strides){T * D, D, 0};
-    b.dBm_s = b.dCm_s = (dn_strides){T * G * N, G * N, N};
+    b.dy_s = b.dx_s = b.ddt_s = b.dz_s = dn_contiguous(T, 1, D);
+    b.dBm_s = b.dCm_s = dn_contiguous(T, G, N);
     return b;
 }
 
@@ -69,21 +100,29 @@ dn_status dn_mamba_backward(const dn_mamba_bwd_params *bp) {
     if (!bp) return dn_fail(DN_ERR_NULL, "mamba1 backward params is NULL");
     const dn_mamba_params *p = &bp->fwd;
     const char *op = "mamba1 backward";
-    dn_mamba_params chk = *p;
-    chk.y = bp->dx, chk.y_s = bp->dx_s;
-    dn_status st = dn_mamba_forward_check(&chk);
+    dn_status st = mamba1_shape(p, op);
     if (st != DN_OK) return st;
-    if ((st = dn_check_input(op, "dy", bp->dy, bp->dy_s)) ||
-        (st = dn_check_output(op, "ddt", bp->ddt, bp->ddt_s, p->B, p->T, 1, p->D)) ||
-        (st = dn_check_output(op, "dBm", bp->dBm, bp->dBm_s, p->B, p->T, p->G, p->N)) ||
-        (st = dn_check_output(op, "dCm", bp->dCm, bp->dCm_s, p->B, p->T, p->G, p->N)))
-        return st;
-    if (!bp->dA) return dn_fail(DN_ERR_NULL, "%s: dA [D,N] is required", op);
     if ((p->z != NULL) != (bp->dz != NULL) || (p->Dskip != NULL) != (bp->dDskip != NULL) ||
         (p->dt_bias != NULL) != (bp->ddt_bias != NULL))
         return dn_fail(DN_ERR_ARG, "%s: dz, dDskip and ddt_bias must be given exactly when z, Dskip "
                                    "and dt_bias are", op);
-    if (bp->dz && (st = dn_check_output(op, "dz", bp->dz, bp->dz_s, p->B, p->T, 1, p->D))) return st;
+    const int64_t B = p->B, T = p->T, D = p->D, N = p->N, G = p->G;
+    const dn_strides vec = dn_contiguous(1, 1, D), sst = dn_contiguous(1, D, N);
+    dn_arg a[DN_MAX_ARGS];
+    int n = mamba1_args(p, a);
+    a[n++] = (dn_arg){"dy", bp->dy, bp->dy_s, B, T, 1, D, 0, 0, 0};
+    a[n++] = (dn_arg){"dfinal_state", bp->dfinal_state, sst, B, 1, D, N, 0, 1, 0};
+    a[n++] = (dn_arg){"dx", bp->dx, bp->dx_s, B, T, 1, D, 1, 0, 0};
+    a[n++] = (dn_arg){"ddt", bp->ddt, bp->ddt_s, B, T, 1, D, 1, 0, 0};
+    a[n++] = (dn_arg){"dBm", bp->dBm, bp->dBm_s, B, T, G, N, 1, 0, 0};
+    a[n++] = (dn_arg){"dCm", bp->dCm, bp->dCm_s, B, T, G, N, 1, 0, 0};
+    a[n++] = (dn_arg){"dz", bp->dz, bp->dz_s, B, T, 1, D, 1, 1, 0};
+    a[n++] = (dn_arg){"dA", bp->dA, sst, 1, 1, D, N, 1, 0, 0};
+    a[n++] = (dn_arg){"dDskip", bp->dDskip, vec, 1, 1, 1, D, 1, 1, 0};
+    a[n++] = (dn_arg){"ddt_bias", bp->ddt_bias, vec, 1, 1, 1, D, 1, 1, 0};
+    a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, sst, B, 1, D, N, 1, 1, 0};
+    if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
+    if ((st = check_A(op, p->A, D * N)) != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba_backward(bp);
     if (dn_cpu()->mamba_backward(bp, dn_threads_for(p->n_threads)) != 0)
         return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the checkpoints and accumulators", op);
@@ -98,38 +137,58 @@ dn_mamba2_params dn_mamba2_params_default(int64_t B, int64_t T, int64_t H, int64
     dn_mamba2_params p;
     memset(&p, 0, sizeof p);
     p.B = B, p.T = T, p.H = H, p.P = P, p.N = N, p.G = G;
-    p.x_s = p.y_s = (dn_strides){T * H * P, H * P, P};
-    p.dt_s = (dn_strides){T * H, H, 1};
-    p.Bm_s = p.Cm_s = (dn_strides){T * G * N, G * N, N};
+    p.x_s = p.y_s = dn_contiguous(T, H, P);
+    p.dt_s = dn_contiguous(T, H, 1);
+    p.Bm_s = p.Cm_s = dn_contiguous(T, G, N);
     p.impl = DN_IMPL_AUTO;
     p.chunk_size = 64;
     return p;
 }
 
+static dn_status mamba2_shape(const dn_mamba2_params *p, const char *op) {
+    if (p->B < 1 || p->T < 0 || p->H < 1 || p->P < 1 || p->N < 1 || p->G < 1 || p->H % p->G)
+        return dn_fail(DN_ERR_SHAPE, "%s: need B, H, P, N, G >= 1, T >= 0, H %% G == 0 (B=%lld "
+                                     "T=%lld H=%lld P=%lld N=%lld G=%lld)",
+                       op, (long long)p->B, (long long)p->T, (long long)p->H, (long long)p->P,
+                       (long long)p->N, (long long)p->G);
+    if (p->N > DN_LA_MAX_DIM || p->P > DN_LA_MAX_DIM)
+        return dn_fail(DN_ERR_SHAPE, "%s: N (%lld) and P (%lld) must be at most %d", op,
+                       (long long)p->N, (long long)p->P, DN_LA_MAX_DIM);
+    if ((unsigned)p->impl >= DN_IMPL_COUNT)
+        return dn_fail(DN_ERR_ARG, "%s: impl %d is unknown", op, (int)p->impl);
+    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "%s: n_threads is negative", op);
+    if (p->chunk_size != 16 && p->chunk_size != 32 && p->chunk_size != 64 && p->chunk_size != 128)
+        return dn_fail(DN_ERR_ARG, "%s: chunk_size %d is not one of 16, 32, 64, 128", op,
+                       p->chunk_size);
+    return DN_OK;
+}
+
+static int mamba2_args(const dn_mamba2_params *p, dn_arg *a) {
+    const int64_t B = p->B, T = p->T, H = p->H, P = p->P, N = p->N, G = p->G;
+    const dn_strides vec = dn_contiguous(1, 1, H), st = dn_contiguous(H, N, P);
+    int n = 0;
+    a[n++] = (dn_arg){"x", p->x, p->x_s, B, T, H, P, 0, 0, 0};
+    a[n++] = (dn_arg){"dt", p->dt, p->dt_s, B, T, H, 1, 0, 0, 0};
+    a[n++] = (dn_arg){"A", p->A, vec, 1, 1, 1, H, 0, 0, 0};
+    a[n++] = (dn_arg){"Bm", p->Bm, p->Bm_s, B, T, G, N, 0, 0, 0};
+    a[n++] = (dn_arg){"Cm", p->Cm, p->Cm_s, B, T, G, N, 0, 0, 0};
+    a[n++] = (dn_arg){"Dskip", p->Dskip, vec, 1, 1, 1, H, 0, 1, 0};
+    a[n++] = (dn_arg){"dt_bias", p->dt_bias, vec, 1, 1, 1, H, 0, 1, 0};
+    a[n++] = (dn_arg){"initial_state", p->initial_state, st, B, H, N, P, 0, 1, 1};
+    return n;
+}
+
 static dn_status mamba2_check(const dn_mamba2_params *p) {
     const char *op = "mamba2";
     if (!p) return dn_fail(DN_ERR_NULL, "mamba2 params is NULL");
-    if (p->B < 1 || p->T < 0 || p->H < 1 || p->P < 1 || p->N < 1 || p->G < 1 || p->H % p->G)
-        return dn_fail(DN_ERR_SHAPE, "mamba2: need B, H, P, N, G >= 1, T >= 0, H %% G == 0 (B=%lld "
-                                     "T=%lld H=%lld P=%lld N=%lld G=%lld)",
-                       (long long)p->B, (long long)p->T, (long long)p->H, (long long)p->P,
-                       (long long)p->N, (long long)p->G);
-    if (p->N > 65536 || p->P > 65536 || p->T > INT64_MAX / 65536 / p->B / p->H / p->P)
-        return dn_fail(DN_ERR_SHAPE, "mamba2: sizes out of range");
-    dn_status st;
-    if ((st = dn_check_input(op, "x", p->x, p->x_s)) || (st = dn_check_input(op, "dt", p->dt, p->dt_s)) ||
-        (st = dn_check_input(op, "Bm", p->Bm, p->Bm_s)) ||
-        (st = dn_check_input(op, "Cm", p->Cm, p->Cm_s)) ||
-        (st = dn_check_output(op, "y", p->y, p->y_s, p->B, p->T, p->H, p->P)))
-        return st;
-    if (!p->A) return dn_fail(DN_ERR_NULL, "mamba2: A [H] is required");
-    if ((unsigned)p->impl >= DN_IMPL_COUNT)
-        return dn_fail(DN_ERR_ARG, "mamba2: impl %d is unknown", (int)p->impl);
-    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "mamba2: n_threads is negative");
-    if (p->chunk_size != 16 && p->chunk_size != 32 && p->chunk_size != 64 && p->chunk_size != 128)
-        return dn_fail(DN_ERR_ARG, "mamba2: chunk_size %d is not one of 16, 32, 64, 128",
-                       p->chunk_size);
-    return DN_OK;
+    dn_status st = mamba2_shape(p, op);
+    if (st != DN_OK) return st;
+    dn_arg a[DN_MAX_ARGS];
+    int n = mamba2_args(p, a);
+    a[n++] = (dn_arg){"y", p->y, p->y_s, p->B, p->T, p->H, p->P, 1, 0, 0};
+    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(p->H, p->N, p->P), p->B, p->H, p->N, p->P, 1, 1, 1};
+    if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
+    return check_A(op, p->A, p->H);
 }
 
 static float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
@@ -203,9 +262,9 @@ dn_mamba2_bwd_params dn_mamba2_bwd_params_default(const dn_mamba2_params *fwd) {
     if (!fwd) return b;
     b.fwd = *fwd;
     const int64_t T = fwd->T, H = fwd->H, P = fwd->P, G = fwd->G, N = fwd->N;
-    b.dy_s = b.dx_s = (dn_strides){T * H * P, H * P, P};
-    b.ddt_s = (dn_strides){T * H, H, 1};
-    b.dBm_s = b.dCm_s = (dn_strides){T * G * N, G * N, N};
+    b.dy_s = b.dx_s = dn_contiguous(T, H, P);
+    b.ddt_s = dn_contiguous(T, H, 1);
+    b.dBm_s = b.dCm_s = dn_contiguous(T, G, N);
     return b;
 }
 
@@ -216,19 +275,29 @@ dn_status dn_mamba2_backward(const dn_mamba2_bwd_params *bp) {
     if (!bp) return dn_fail(DN_ERR_NULL, "mamba2 backward params is NULL");
     const dn_mamba2_params *p = &bp->fwd;
     const char *op = "mamba2 backward";
-    dn_mamba2_params chk = *p;
-    chk.y = bp->dx, chk.y_s = bp->dx_s;
-    dn_status st = mamba2_check(&chk);
+    dn_status st = mamba2_shape(p, op);
     if (st != DN_OK) return st;
-    if ((st = dn_check_input(op, "dy", bp->dy, bp->dy_s)) ||
-        (st = dn_check_output(op, "ddt", bp->ddt, bp->ddt_s, p->B, p->T, p->H, 1)) ||
-        (st = dn_check_output(op, "dBm", bp->dBm, bp->dBm_s, p->B, p->T, p->G, p->N)) ||
-        (st = dn_check_output(op, "dCm", bp->dCm, bp->dCm_s, p->B, p->T, p->G, p->N)))
-        return st;
-    if (!bp->dA) return dn_fail(DN_ERR_NULL, "%s: dA [H] is required", op);
     if ((p->Dskip != NULL) != (bp->dDskip != NULL) || (p->dt_bias != NULL) != (bp->ddt_bias != NULL))
         return dn_fail(DN_ERR_ARG, "%s: dDskip and ddt_bias must be given exactly when Dskip and "
                                    "dt_bias are", op);
+    {
+        const int64_t B = p->B, T = p->T, H = p->H, P = p->P, N = p->N, G = p->G;
+        const dn_strides vec = dn_contiguous(1, 1, H), sst = dn_contiguous(H, N, P);
+        dn_arg a[DN_MAX_ARGS];
+        int n = mamba2_args(p, a);
+        a[n++] = (dn_arg){"dy", bp->dy, bp->dy_s, B, T, H, P, 0, 0, 0};
+        a[n++] = (dn_arg){"dfinal_state", bp->dfinal_state, sst, B, H, N, P, 0, 1, 0};
+        a[n++] = (dn_arg){"dx", bp->dx, bp->dx_s, B, T, H, P, 1, 0, 0};
+        a[n++] = (dn_arg){"ddt", bp->ddt, bp->ddt_s, B, T, H, 1, 1, 0, 0};
+        a[n++] = (dn_arg){"dBm", bp->dBm, bp->dBm_s, B, T, G, N, 1, 0, 0};
+        a[n++] = (dn_arg){"dCm", bp->dCm, bp->dCm_s, B, T, G, N, 1, 0, 0};
+        a[n++] = (dn_arg){"dA", bp->dA, vec, 1, 1, 1, H, 1, 0, 0};
+        a[n++] = (dn_arg){"dDskip", bp->dDskip, vec, 1, 1, 1, H, 1, 1, 0};
+        a[n++] = (dn_arg){"ddt_bias", bp->ddt_bias, vec, 1, 1, 1, H, 1, 1, 0};
+        a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, sst, B, H, N, P, 1, 1, 0};
+        if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
+        if ((st = check_A(op, p->A, H)) != DN_OK) return st;
+    }
     if (p->impl == DN_IMPL_RECURRENT)
         return dn_fail(DN_ERR_UNSUPPORTED, "%s: the backward is chunkwise (or DN_IMPL_REF)", op);
     const int64_t B = p->B, T = p->T, H = p->H, P = p->P, rows = B * T * H;

@@ -9,28 +9,45 @@ dn_rwkv4_params dn_rwkv4_params_default(int64_t B, int64_t T, int64_t C) {
     dn_rwkv4_params p;
     memset(&p, 0, sizeof p);
     p.B = B, p.T = T, p.C = C;
-    p.k_s = p.v_s = p.y_s = (dn_strides){T * C, C, 0};
+    p.k_s = p.v_s = p.y_s = dn_contiguous(T, 1, C);
     p.impl = DN_IMPL_AUTO;
     return p;
+}
+
+static dn_status check_shape(const dn_rwkv4_params *p, const char *op) {
+    if (p->B < 1 || p->T < 0 || p->C < 1)
+        return dn_fail(DN_ERR_SHAPE, "%s: need B, C >= 1 and T >= 0 (B=%lld T=%lld C=%lld)", op,
+                       (long long)p->B, (long long)p->T, (long long)p->C);
+    if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_REF)
+        return dn_fail((unsigned)p->impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
+                       "%s: impl must be auto or ref", op);
+    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "%s: n_threads is negative", op);
+    return DN_OK;
+}
+
+/* The forward's inputs (3-D tensors [B,T,C] take n2 = 1). */
+static int fwd_args(const dn_rwkv4_params *p, dn_arg *a) {
+    const int64_t B = p->B, T = p->T, C = p->C;
+    const dn_strides vec = dn_contiguous(1, 1, C), st = dn_contiguous(1, 3, C);
+    int n = 0;
+    a[n++] = (dn_arg){"k", p->k, p->k_s, B, T, 1, C, 0, 0, 0};
+    a[n++] = (dn_arg){"v", p->v, p->v_s, B, T, 1, C, 0, 0, 0};
+    a[n++] = (dn_arg){"time_decay", p->time_decay, vec, 1, 1, 1, C, 0, 0, 0};
+    a[n++] = (dn_arg){"time_first", p->time_first, vec, 1, 1, 1, C, 0, 0, 0};
+    a[n++] = (dn_arg){"initial_state", p->initial_state, st, B, 1, 3, C, 0, 1, 1};
+    return n;
 }
 
 static dn_status rwkv4_check(const dn_rwkv4_params *p) {
     const char *op = "rwkv4";
     if (!p) return dn_fail(DN_ERR_NULL, "rwkv4 params is NULL");
-    if (p->B < 1 || p->T < 0 || p->C < 1 || p->T > INT64_MAX / 16 / p->B / p->C)
-        return dn_fail(DN_ERR_SHAPE, "rwkv4: need B, C >= 1 and T >= 0 (B=%lld T=%lld C=%lld)",
-                       (long long)p->B, (long long)p->T, (long long)p->C);
-    dn_status st;
-    if ((st = dn_check_input(op, "k", p->k, p->k_s)) || (st = dn_check_input(op, "v", p->v, p->v_s)) ||
-        (st = dn_check_output(op, "y", p->y, p->y_s, p->B, p->T, 1, p->C)))
-        return st;
-    if (!p->time_decay || !p->time_first)
-        return dn_fail(DN_ERR_NULL, "rwkv4: time_decay and time_first [C] are required");
-    if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_REF)
-        return dn_fail((unsigned)p->impl < DN_IMPL_COUNT ? DN_ERR_UNSUPPORTED : DN_ERR_ARG,
-                       "rwkv4: impl must be auto or ref");
-    if (p->n_threads < 0) return dn_fail(DN_ERR_ARG, "rwkv4: n_threads is negative");
-    return DN_OK;
+    dn_status st = check_shape(p, op);
+    if (st != DN_OK) return st;
+    dn_arg a[DN_MAX_ARGS];
+    int n = fwd_args(p, a);
+    a[n++] = (dn_arg){"y", p->y, p->y_s, p->B, p->T, 1, p->C, 1, 0, 0};
+    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(1, 3, p->C), p->B, 1, 3, p->C, 1, 1, 1};
+    return dn_check_args(op, a, n);
 }
 
 dn_status dn_rwkv4_forward(const dn_rwkv4_params *p) {
@@ -46,7 +63,7 @@ dn_rwkv4_bwd_params dn_rwkv4_bwd_params_default(const dn_rwkv4_params *fwd) {
     memset(&b, 0, sizeof b);
     if (!fwd) return b;
     b.fwd = *fwd;
-    b.dy_s = b.dk_s = b.dv_s = (dn_strides){fwd->T * fwd->C, fwd->C, 0};
+    b.dy_s = b.dk_s = b.dv_s = dn_contiguous(fwd->T, 1, fwd->C);
     return b;
 }
 
@@ -54,15 +71,20 @@ dn_status dn_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
     if (!bp) return dn_fail(DN_ERR_NULL, "rwkv4 backward params is NULL");
     const dn_rwkv4_params *p = &bp->fwd;
     const char *op = "rwkv4 backward";
-    dn_rwkv4_params chk = *p;
-    chk.y = bp->dk, chk.y_s = bp->dk_s;
-    dn_status st = rwkv4_check(&chk);
+    dn_status st = check_shape(p, op);
     if (st != DN_OK) return st;
-    if ((st = dn_check_input(op, "dy", bp->dy, bp->dy_s)) ||
-        (st = dn_check_output(op, "dv", bp->dv, bp->dv_s, p->B, p->T, 1, p->C)))
-        return st;
-    if (!bp->dtime_decay || !bp->dtime_first)
-        return dn_fail(DN_ERR_NULL, "%s: dtime_decay and dtime_first [C] are required", op);
+    const int64_t B = p->B, T = p->T, C = p->C;
+    const dn_strides vec = dn_contiguous(1, 1, C), sst = dn_contiguous(1, 3, C);
+    dn_arg a[DN_MAX_ARGS];
+    int n = fwd_args(p, a);
+    a[n++] = (dn_arg){"dy", bp->dy, bp->dy_s, B, T, 1, C, 0, 0, 0};
+    a[n++] = (dn_arg){"dfinal_state", bp->dfinal_state, sst, B, 1, 3, C, 0, 1, 0};
+    a[n++] = (dn_arg){"dk", bp->dk, bp->dk_s, B, T, 1, C, 1, 0, 0};
+    a[n++] = (dn_arg){"dv", bp->dv, bp->dv_s, B, T, 1, C, 1, 0, 0};
+    a[n++] = (dn_arg){"dtime_decay", bp->dtime_decay, vec, 1, 1, 1, C, 1, 0, 0};
+    a[n++] = (dn_arg){"dtime_first", bp->dtime_first, vec, 1, 1, 1, C, 1, 0, 0};
+    a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, sst, B, 1, 3, C, 1, 1, 0};
+    if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_backward(bp);
     if (dn_cpu()->rwkv4_backward(bp, dn_threads_for(p->n_threads)) != 0)
         return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the per-token states", op);

@@ -256,6 +256,10 @@ static void decode_recurrent(const config *c, int m, results *res) {
     double *t = malloc(sizeof(double) * reps), bytes = 0;
     float *in = fbuf(8 * W + 4 * H + 64, -0.5f, 0.5f), *out = fbuf(4 * W, 0, 0);
     float *st = fbuf(2 * H * Dh * Dh + 2 * W * 128, 0, 0);
+    /* inside the ops' contracts: Mamba's dt (at in + W) >= 0, Mamba-2's A (at in + 2W) and the
+     * gates g (at in + 3W) <= 0, beta (at in + 3W + H) in [0, 1] */
+    for (int64_t i = W; i < 3 * W + 2 * H; i++)
+        in[i] = i >= 2 * W && i < 3 * W + H ? -fabsf(in[i]) : fabsf(in[i]);
     for (int i = 0; i < c->nctx; i++) {
         for (int r = -5; r < reps; r++) {
             double t0 = dn_now_s();
