@@ -111,7 +111,7 @@ TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/svg.o
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 test: info $(TEST)

@@ -14,10 +14,29 @@
  *   - All index arithmetic is 64-bit.
  *   - States are fp32 [B,HV,K,V] (or [N,HV,K,V] for variable-length batches), contiguous.
  *   - Every public function returns a dn_status. On error nothing is written to any output, and
- *     dn_last_error() gives a sentence naming the offending argument. The library never exits.
- *   - The caller owns memory. Ops needing scratch report it with a _workspace_size query; passing
- *     no workspace makes the op allocate (and free) it itself.
+ *     dn_last_error() gives a sentence naming the offending argument. The library never exits,
+ *     aborts or crashes on input: sizes whose products overflow 64 bits are DN_ERR_SHAPE, an
+ *     output that overlaps any other argument is DN_ERR_ARG (the one exception: a state updated
+ *     in place, final_state == initial_state, the very same buffer), and an allocation failure
+ *     is DN_ERR_ALLOC from a call that has written nothing.
+ *   - Values the contract bounds are checked in one cheap pass and rejected with DN_ERR_ARG:
+ *     g > 0 (a log decay is <= 0; -inf is allowed and resets the state), beta outside [0, 2],
+ *     Mamba's A > 0. Extreme valid values (g = -inf, |k| of 100 for RWKV-4, long sequences)
+ *     give finite results.
+ *   - NaN and Inf in the data are not errors: they propagate like any other value. A NaN or Inf
+ *     in one token's inputs reaches that token's outputs and, for the recurrent ops (the linear
+ *     family, Mamba, RWKV-4, the convolution's state), the outputs after it in the same head (or
+ *     channel) only; no other head, sequence or batch row is affected. Softmax attention: a key
+ *     or value a query cannot see (future, outside the window) contributes nothing to it,
+ *     whatever it holds.
+ *   - The caller owns memory. The linear family's forward and backward take an optional
+ *     caller workspace (sized by dn_la_workspace_size / dn_la_backward_workspace_size) and a
+ *     training buffer (dn_la_saved_size); every other op allocates its scratch itself, before it
+ *     writes anything (dn_attn_workspace_size reports the attention forward's).
  *   - Backward rule: parameter gradients accumulate (+=), activation gradients are written.
+ *   - Threads: process-wide settings (dn_set_num_threads, dn_set_isa) may be changed from any
+ *     thread; calls on different threads are independent. Results are bitwise reproducible run
+ *     to run at a fixed thread count and ISA.
  *
  * Usage: one Gated DeltaNet prefill, then one decode step carrying the state.
  *
@@ -94,9 +113,8 @@ DN_API const char *dn_op_name(dn_op op);
 DN_API dn_status dn_op_from_name(const char *name, dn_op *op);
 
 typedef enum dn_impl {
-    DN_IMPL_AUTO = 0,  /* the fastest fast path for the shape: the recurrence for sequences
-                          shorter than 16 tokens, else the chunkwise form with the chunk size
-                          that measured fastest on CPU (16), whatever chunk_size says */
+    DN_IMPL_AUTO = 0,  /* the fastest fast path for the op and shape (each op's contract says
+                          which it picks) */
     DN_IMPL_REF,       /* plain-C reference, double accumulation (slow; for tests) */
     DN_IMPL_RECURRENT, /* fast token-by-token recurrence (decode, and prefill) */
     DN_IMPL_CHUNK,     /* fast chunkwise-parallel form (prefill) */
@@ -122,7 +140,8 @@ DN_API dn_status dn_set_isa(dn_isa isa);
  * (OpenMP's default). Builds without OpenMP run single-threaded. */
 DN_API void dn_set_num_threads(int n);
 DN_API int dn_get_num_threads(void);
-/* One line describing the build: version, compiler, SIMD levels, OpenMP. */
+/* One line describing the build: version, compiler, SIMD levels, OpenMP, the level in use. The
+ * string belongs to the calling thread and stays valid until its next call. */
 DN_API const char *dn_build_info(void);
 
 /* ---------------------------------------------------------------------------------------------
@@ -151,10 +170,18 @@ typedef struct dn_strides {
  *   final_state   [NS,HV,K,V]   contiguous, may be NULL; may equal initial_state (in place)
  *   cu_seqlens    [N+1] int64   optional: B must be 1, cu_seqlens[0] = 0, non-decreasing,
  *                               cu_seqlens[N] = T; each sequence has its own states.
- * Options: scale (1/sqrt(K) by default), qk_l2norm (q and k scaled by 1/sqrt(sum x^2 + 1e-6)
- * inside the op), chunk_size (16, 32, 64 or 128, default 64; used by DN_IMPL_CHUNK), impl,
- * n_threads.
- * Outputs must not overlap inputs, except initial_state == final_state.
+ *   K, V <= DN_LA_MAX_DIM. g in [-inf, 0]; beta in [0, 2] (checked; see the conventions above).
+ * Options, each stated here once:
+ *   scale       multiplies q; dn_la_params_default sets 1/sqrt(K). Must be finite.
+ *   qk_l2norm   q and k scaled by 1/sqrt(sum x^2 + 1e-6) inside the op.
+ *   impl        DN_IMPL_REF: the double reference. DN_IMPL_RECURRENT: the token recurrence.
+ *               DN_IMPL_CHUNK: the chunkwise form in chunks of chunk_size. DN_IMPL_AUTO: for the
+ *               forward, the recurrence when the longest sequence is shorter than 16 tokens, else
+ *               the chunkwise form in chunks of 16; for the training forward and the backward,
+ *               the chunkwise form in chunks of 32 (each measured fastest on CPU, bench/).
+ *   chunk_size  16, 32, 64 or 128 (default 64); read only under DN_IMPL_CHUNK.
+ *   n_threads   0: dn_get_num_threads().
+ * Outputs must not overlap any other argument, except initial_state == final_state (in place).
  */
 typedef struct dn_la_params {
     dn_op op;
@@ -206,12 +233,69 @@ DN_API dn_status dn_la_forward(const dn_la_params *p);
  * One decode step for B independent sequences, the call a model makes per generated token.
  *   o [B,HV,V] written; state [B,HV,K,V] read and updated in place;
  *   q, k [B,H,K]; v [B,HV,V]; g [B,HV] (NULL unless GLA/GDN); beta [B,HV] (NULL unless
- *   DeltaNet/GDN); all contiguous. scale <= 0 selects 1/sqrt(K).
+ *   DeltaNet/GDN); all contiguous. scale: 0 (or negative) selects the default of the options
+ *   above; NaN and Inf are DN_ERR_ARG.
  */
 DN_API dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, const float *k,
                             const float *v, const float *g, const float *beta, int64_t B,
                             int64_t H, int64_t HV, int64_t K, int64_t V, float scale,
                             int qk_l2norm);
+
+/* ---------------------------------------------------------------------------------------------
+ * Backward of the linear-attention family
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * Gradients of every input of dn_la_forward(fwd) given the gradients of its outputs. All the
+ * op's inputs are activations, so every gradient is written (not accumulated); the gradients of
+ * q and k sum over the value heads that share a key head.
+ *   dout            [B,T,HV,V]   strides dout_s        gradient of o (required)
+ *   dfinal_state    [NS,HV,K,V]  optional              gradient of final_state
+ *   dq, dk          [B,T,H,K]    strides dq_s, dk_s    written (required)
+ *   dv              [B,T,HV,V]   strides dv_s          written (required)
+ *   dg              [B,T,HV]     strides dg_s          written; gated ops only, else NULL
+ *   dbeta           [B,T,HV]     strides dbeta_s       written; delta ops only, else NULL
+ *   dinitial_state  [NS,HV,K,V]  optional              written
+ * fwd.o and fwd.final_state are not used. fwd.impl as in the forward's options (RECURRENT is
+ * not available for the backward): the fast chunkwise backward recomputes the states at chunk
+ * boundaries (or reads them from a training forward's buffer) and keeps O(T V + (T/C) K V)
+ * floats per thread, never O(T K V). Gradients of the backward itself are not provided.
+ */
+typedef struct dn_la_bwd_params {
+    dn_la_params fwd;
+    const float *dout;
+    dn_strides dout_s;
+    const float *dfinal_state;
+    float *dq;
+    dn_strides dq_s;
+    float *dk;
+    dn_strides dk_s;
+    float *dv;
+    dn_strides dv_s;
+    float *dg;
+    dn_strides dg_s;
+    float *dbeta;
+    dn_strides dbeta_s;
+    float *dinitial_state;
+    void *workspace; /* optional, dn_la_backward_workspace_size() bytes, 64-byte aligned */
+    size_t workspace_bytes;
+    const void *saved; /* optional: the buffer a dn_la_forward_train() call filled for fwd */
+    size_t saved_bytes;
+} dn_la_bwd_params;
+
+/* Backward params matching fwd's shapes, gradients contiguous; pointers NULL. */
+DN_API dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd);
+DN_API dn_status dn_la_backward(const dn_la_bwd_params *p);
+/* Scratch bytes the fast backward allocates for these params (all threads). */
+DN_API dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *p, size_t *bytes);
+
+/* Training forward: the outputs of dn_la_forward (chunkwise; chunks as the backward resolves
+ * them, see the options above) and, in `saved`, what the backward would otherwise recompute: the state entering every chunk, the
+ * chunk's masked products, and the corrected values and residuals of every token; O(T (K+V) +
+ * (T/C) K V) floats per head (dn_la_saved_size). Hand the same buffer to the backward as
+ * bwd.saved, with the same params, and it skips its forward sweep. */
+DN_API dn_status dn_la_saved_size(const dn_la_params *p, size_t *bytes);
+DN_API dn_status dn_la_forward_train(const dn_la_params *p, void *saved, size_t saved_bytes);
 
 /* ---------------------------------------------------------------------------------------------
  * Causal softmax attention (the Transformer baseline)
@@ -531,64 +615,6 @@ typedef struct dn_conv_params {
 
 DN_API dn_conv_params dn_conv_params_default(int64_t B, int64_t T, int64_t D, int64_t W);
 DN_API dn_status dn_conv_forward(const dn_conv_params *p);
-
-/* ---------------------------------------------------------------------------------------------
- * Backward of the linear-attention family
- * ------------------------------------------------------------------------------------------- */
-
-/*
- * Gradients of every input of dn_la_forward(fwd) given the gradients of its outputs. All the
- * op's inputs are activations, so every gradient is written (not accumulated); the gradients of
- * q and k sum over the value heads that share a key head.
- *   dout            [B,T,HV,V]   strides dout_s        gradient of o (required)
- *   dfinal_state    [NS,HV,K,V]  optional              gradient of final_state
- *   dq, dk          [B,T,H,K]    strides dq_s, dk_s    written (required)
- *   dv              [B,T,HV,V]   strides dv_s          written (required)
- *   dg              [B,T,HV]     strides dg_s          written; gated ops only, else NULL
- *   dbeta           [B,T,HV]     strides dbeta_s       written; delta ops only, else NULL
- *   dinitial_state  [NS,HV,K,V]  optional              written
- * fwd.o and fwd.final_state are not used. fwd.impl: DN_IMPL_CHUNK for the fast chunkwise
- * backward in chunks of fwd.chunk_size, DN_IMPL_AUTO for the same with the chunk size that
- * measured fastest (32); it recomputes the states at chunk boundaries (or reads them from a
- * training forward's buffer) and keeps O(T V + (T/C) K V) floats per thread, never O(T K V).
- * DN_IMPL_REF: the double reference. Gradients of the backward itself are not provided.
- */
-typedef struct dn_la_bwd_params {
-    dn_la_params fwd;
-    const float *dout;
-    dn_strides dout_s;
-    const float *dfinal_state;
-    float *dq;
-    dn_strides dq_s;
-    float *dk;
-    dn_strides dk_s;
-    float *dv;
-    dn_strides dv_s;
-    float *dg;
-    dn_strides dg_s;
-    float *dbeta;
-    dn_strides dbeta_s;
-    float *dinitial_state;
-    void *workspace; /* optional, dn_la_backward_workspace_size() bytes, 64-byte aligned */
-    size_t workspace_bytes;
-    const void *saved; /* optional: the buffer a dn_la_forward_train() call filled for fwd */
-    size_t saved_bytes;
-} dn_la_bwd_params;
-
-/* Backward params matching fwd's shapes, gradients contiguous; pointers NULL. */
-DN_API dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd);
-DN_API dn_status dn_la_backward(const dn_la_bwd_params *p);
-/* Scratch bytes the fast backward allocates for these params (all threads). */
-DN_API dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *p, size_t *bytes);
-
-/* Training forward: the outputs of dn_la_forward (chunkwise; chunks as the backward resolves
- * them, see above) and, in
- * `saved`, what the backward would otherwise recompute: the state entering every chunk, the
- * chunk's masked products, and the corrected values and residuals of every token; O(T (K+V) +
- * (T/C) K V) floats per head (dn_la_saved_size). Hand the same buffer to the backward as
- * bwd.saved, with the same params, and it skips its forward sweep. */
-DN_API dn_status dn_la_saved_size(const dn_la_params *p, size_t *bytes);
-DN_API dn_status dn_la_forward_train(const dn_la_params *p, void *saved, size_t saved_bytes);
 
 /*
  * Backward of the short convolution: dx [B,T,D] and dinitial_state [B,D,W-1] (optional) written;

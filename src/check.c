@@ -43,6 +43,7 @@ int dn_ranges_overlap(const void *a, int64_t na, const void *b, int64_t nb) {
 int dn_strides_ok(dn_strides s) { return s.b >= 0 && s.t >= 0 && s.h >= 0; }
 
 int dn_rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D) {
+    if (n0 <= 0 || n1 <= 0 || n2 <= 0 || D <= 0) return 1; /* an empty view has no rows */
     int64_t st[3] = {s.b, s.t, s.h}, ext[3] = {n0, n1, n2};
     for (int i = 0; i < 3; i++) /* insertion sort by stride */
         for (int j = i; j > 0 && st[j] < st[j - 1]; j--) {

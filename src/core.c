@@ -4,6 +4,7 @@
 #include "internal.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 #ifdef _OPENMP
@@ -105,13 +106,16 @@ dn_status dn_fail(dn_status st, const char *fmt, ...) {
 const char *dn_last_error(void) { return last_error; }
 
 /* ---- threads ---- */
-static int default_threads = 0;
+/* Process-wide settings read by every call on every thread: atomics, so that one thread may
+ * change them while another runs an op (the op sees the old or the new value, never a torn one). */
+static _Atomic int default_threads = 0;
 
-void dn_set_num_threads(int n) { default_threads = n > 0 ? n : 0; }
+void dn_set_num_threads(int n) { atomic_store(&default_threads, n > 0 ? n : 0); }
 
 int dn_get_num_threads(void) {
 #ifdef _OPENMP
-    return default_threads > 0 ? default_threads : omp_get_max_threads();
+    const int n = atomic_load(&default_threads);
+    return n > 0 ? n : omp_get_max_threads();
 #else
     return 1;
 #endif
@@ -147,17 +151,21 @@ dn_isa dn_isa_best(void) {
     return DN_ISA_GENERIC;
 }
 
-static int active_isa = -1;
+/* -1 until first use; then the level chosen from the processor and DN_ISA. Two threads racing
+ * on the first use compute the same value, and only the first store wins (compare-exchange), so
+ * a dn_set_isa made meanwhile is never overwritten by the lazy default. */
+static _Atomic int active_isa = -1;
 
 dn_isa dn_isa_active(void) {
-    if (active_isa < 0) {
-        dn_isa best = dn_isa_best(), want = best;
-        const char *env = getenv("DN_ISA");
-        dn_isa asked;
-        if (env && dn_isa_from_name(env, &asked) == DN_OK && isa_supported(asked)) want = asked;
-        active_isa = (int)want;
-    }
-    return (dn_isa)active_isa;
+    int cur = atomic_load(&active_isa);
+    if (cur >= 0) return (dn_isa)cur;
+    dn_isa want = dn_isa_best();
+    const char *env = getenv("DN_ISA");
+    dn_isa asked;
+    if (env && dn_isa_from_name(env, &asked) == DN_OK && isa_supported(asked)) want = asked;
+    int expected = -1;
+    if (atomic_compare_exchange_strong(&active_isa, &expected, (int)want)) return want;
+    return (dn_isa)expected; /* another thread set it first */
 }
 
 dn_status dn_set_isa(dn_isa isa) {
@@ -165,12 +173,12 @@ dn_status dn_set_isa(dn_isa isa) {
     if (!isa_supported(isa))
         return dn_fail(DN_ERR_UNSUPPORTED, "ISA %s is not supported by this processor or build",
                        isa_names[isa]);
-    active_isa = (int)isa;
+    atomic_store(&active_isa, (int)isa);
     return DN_OK;
 }
 
 const char *dn_build_info(void) {
-    static char buf[256];
+    static _Thread_local char buf[256]; /* per thread: a caller's string is never rewritten under it */
     snprintf(buf, sizeof buf, "deltanet %d.%d.%d, %s, kernels: generic%s, %s, isa in use: %s",
              DN_VERSION_MAJOR, DN_VERSION_MINOR, DN_VERSION_PATCH,
 #if defined(__clang__)

@@ -81,6 +81,15 @@ static inline int check_close(const char *what, const float *got, const float *r
     return 0;
 }
 
+/* Selects a SIMD level for the fast paths; when this machine or build lacks it, records the skip
+ * (the driver prints what was skipped after the case and counts it) and returns 0. */
+extern unsigned test_isa_skipped; /* bit per dn_isa skipped in the current case */
+static inline int test_use_isa(dn_isa isa) {
+    if (dn_set_isa(isa) == DN_OK) return 1;
+    test_isa_skipped |= 1u << (unsigned)isa;
+    return 0;
+}
+
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
         if (!(cond)) {                                                                             \

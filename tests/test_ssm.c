@@ -12,7 +12,7 @@
     do {                                                                                           \
         dn_isa best_ = dn_isa_best();                                                              \
         for (int isa_ = 0; isa_ <= (int)best_; isa_++) {                                           \
-            if (dn_set_isa((dn_isa)isa_) != DN_OK) continue;                                       \
+            if (!test_use_isa((dn_isa)isa_)) continue;                                       \
             __VA_ARGS__;                                                                           \
         }                                                                                          \
         dn_set_isa(best_);                                                                         \
