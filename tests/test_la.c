@@ -158,6 +158,30 @@ static int check_all_impls(problem *pr, int threads, double tol, const char *lab
         fails += run_impl(pr, DN_IMPL_RECURRENT, 64, threads, o_rec, s_rec, what);
         fails += check_close(what, o_rec, o_ref, no, tol);
         fails += check_close(what, s_rec, s_ref, pr->nstate, tol);
+        /* impl auto: the recurrence when the longest sequence is under 16 tokens, else chunks
+         * of 16 (whatever chunk_size says): bit-identical to the path it picks */
+        float *o_auto = falloc(no), *s_auto = falloc(pr->nstate);
+        snprintf(what, sizeof what, "%s %s auto", label, dn_isa_name((dn_isa)isa));
+        fails += run_impl(pr, DN_IMPL_AUTO, 128, threads, o_auto, s_auto, what);
+        int64_t longest = pr->p.T;
+        if (pr->p.cu_seqlens) {
+            longest = 0;
+            for (int64_t n = 0; n < pr->p.n_seqs; n++)
+                if (pr->p.cu_seqlens[n + 1] - pr->p.cu_seqlens[n] > longest)
+                    longest = pr->p.cu_seqlens[n + 1] - pr->p.cu_seqlens[n];
+        }
+        if (longest < 16) {
+            CHECK(memcmp(o_auto, o_rec, sizeof(float) * no) == 0 &&
+                      memcmp(s_auto, s_rec, sizeof(float) * pr->nstate) == 0,
+                  "%s: not the recurrence", what);
+        } else {
+            fails += run_impl(pr, DN_IMPL_CHUNK, 16, threads, o, s, what);
+            CHECK(memcmp(o_auto, o, sizeof(float) * no) == 0 &&
+                      memcmp(s_auto, s, sizeof(float) * pr->nstate) == 0,
+                  "%s: not the chunkwise form in chunks of 16", what);
+        }
+        free(o_auto);
+        free(s_auto);
         for (size_t c = 0; c < sizeof chunk_sizes / sizeof chunk_sizes[0]; c++) {
             snprintf(what, sizeof what, "%s %s chunk%d", label, dn_isa_name((dn_isa)isa),
                      chunk_sizes[c]);
@@ -285,8 +309,27 @@ static int test_varlen(void) {
     int fails = 0;
     static const int64_t cu[] = {0, 1, 71, 71, 200, 207}; /* lengths 1, 70, 0, 129, 7 */
     const int64_t N = 5, T = 207, H = 2, HV = 4, K = 64, V = 64;
-    for (int op = 0; op <= DN_OP_GDN; op++)
-        for (int impl = DN_IMPL_RECURRENT; impl <= DN_IMPL_CHUNK; impl++) {
+    static const dn_impl impls[] = {DN_IMPL_AUTO, DN_IMPL_RECURRENT, DN_IMPL_CHUNK};
+    for (int op = 0; op <= DN_OP_GDN; op++) {
+        /* the rule of impl auto on ragged batches: every sequence under 16 tokens, and not */
+        static const int64_t cu_short[] = {0, 3, 3, 18, 33}, cu_long[] = {0, 15, 16, 32, 33};
+        for (int w = 0; w < 2; w++) {
+            input_opts io = default_opts;
+            io.strided = w;
+            problem pr;
+            const int64_t *c = w ? cu_long : cu_short;
+            int64_t cs[5];
+            memcpy(cs, c, sizeof cs);
+            if (!w) cs[3] = 15, cs[4] = 30; /* longest 12 */
+            problem_init(&pr, (dn_op)op, 1, cs[4], 2, 4, 16, 32, cs, 4, io, 700 + op + 10 * w);
+            char label[120];
+            snprintf(label, sizeof label, "%s varlen longest %s 16", dn_op_name((dn_op)op),
+                     w ? ">=" : "<");
+            fails += check_all_impls(&pr, 2, TOL, label);
+            problem_free(&pr);
+        }
+        for (size_t ii = 0; ii < sizeof impls / sizeof impls[0]; ii++) {
+            const dn_impl impl = impls[ii];
             input_opts io = default_opts;
             io.l2norm = 1;
             io.strided = 1;
@@ -351,6 +394,7 @@ static int test_varlen(void) {
             free(s_ref);
             problem_free(&pr);
         }
+    }
     return fails;
 }
 
@@ -560,7 +604,8 @@ static int test_bad_input(void) {
             CHECK(s == cases[i].want, "%s (%s): got status '%s', want '%s' (%s)", cases[i].name,
                   dn_impl_name((dn_impl)impl), dn_status_str(s), dn_status_str(cases[i].want),
                   dn_last_error());
-            CHECK(!strstr(dn_last_error(), "__primed__") && strstr(dn_last_error(), "gdn"),
+            CHECK(!strstr(dn_last_error(), "__primed__") &&
+                      (strstr(dn_last_error(), "gdn") || cases[i].fn == m_badop),
                   "%s: the message does not name the op: '%s'", cases[i].name, dn_last_error());
             CHECK(memcmp(obuf_copy, pr.obuf, sizeof(float) * pr.nobuf) == 0 &&
                       memcmp(st_copy, st, sizeof(float) * pr.nstate) == 0,
