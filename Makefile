@@ -1,6 +1,10 @@
-# deltanet build. Knobs: DEBUG=1 (no optimisation), SAN=address,undefined (sanitizers; objects go
-# to build-san/), OPENMP=0 (single-threaded), CC=clang, PREFIX=/usr/local for `make install`.
-# Targets: all (library + tool), test, bench, run, install, clean.
+# deltanet build. Knobs: DEBUG=1 (no optimisation), SAN=address,undefined (sanitizers), OPENMP=0
+# (single-threaded), CC=clang, CFLAGS_EXTRA=..., PREFIX=/usr/local for `make install`.
+# Each configuration builds in its own directory (build, build-san, build-noomp, build-debug,
+# combined as needed), and a flags stamp rebuilds everything when the compiler or flags change,
+# so objects of one configuration never leak into another. Headers are tracked (-MMD -MP).
+# Targets: all (library + tool), test, bench, run, install, compile_commands.json, format,
+# format-check, clean.
 
 CC      ?= cc
 PREFIX  ?= /usr/local
@@ -8,11 +12,11 @@ OPENMP  ?= 1
 SAN     ?=
 DEBUG   ?= 0
 
-BUILD   := build$(if $(SAN),-san)
+BUILD   := build$(if $(SAN),-san)$(if $(filter 0,$(OPENMP)),-noomp)$(if $(filter 1,$(DEBUG)),-debug)
 ARCH    := $(shell $(CC) -dumpmachine 2>/dev/null)
 
 CFLAGS_BASE := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wshadow -Wno-unused-function \
-               -fPIC -fvisibility=hidden -g -Iinclude
+               -fPIC -fvisibility=hidden -g -Iinclude -MMD -MP
 ifeq ($(DEBUG),1)
   OPT := -O0
 else
@@ -47,10 +51,14 @@ ifneq ($(findstring x86_64,$(ARCH)),)
 endif
 ISA_FLAGS_generic :=
 ISA_FLAGS_avx2    := -mavx2 -mfma -mf16c
-ISA_FLAGS_avx512  := -mavx512f -mavx512vl -mavx2 -mfma
+ISA_FLAGS_avx512  := -mavx512f -mavx512vl -mavx2 -mfma -mf16c
 
 HAVE_NVCC := $(shell command -v nvcc >/dev/null 2>&1 && echo 1)
-CPU_ISA   := $(shell grep -q avx512f /proc/cpuinfo 2>/dev/null && echo avx512 || (grep -q avx2 /proc/cpuinfo 2>/dev/null && echo avx2 || echo generic))
+# What this processor runs, probed for every extension the kernels are compiled with (the
+# library makes the same checks at run time, src/core.c).
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+has_all    = $(if $(strip $(foreach f,$(1),$(if $(filter $(f),$(CPU_FLAGS)),,x))),,1)
+CPU_ISA   := $(if $(call has_all,avx512f avx512vl avx2 fma f16c),avx512,$(if $(call has_all,avx2 fma f16c),avx2,generic))
 
 CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 
@@ -62,14 +70,18 @@ KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c sr
               src/cpu/conv.c
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
-HEADERS    := include/deltanet.h src/internal.h src/half.h src/ref/la.h src/cpu/simd.h src/cpu/gemm.h
+
+# Rebuild everything when the compiler or the flags change (a stamp holding them).
+FLAGS_NOW := $(CC) $(CFLAGS) | $(KOPT) | $(LDFLAGS)
+STAMP     := $(BUILD)/.flags
+$(shell mkdir -p $(BUILD); [ "$$(cat $(STAMP) 2>/dev/null)" = '$(FLAGS_NOW)' ] || printf '%s' '$(FLAGS_NOW)' > $(STAMP))
 
 STATIC := $(BUILD)/libdeltanet.a
 SHARED := $(BUILD)/libdeltanet.so
 TOOL   := $(BUILD)/deltanet
 TEST   := $(BUILD)/test_deltanet
 
-.PHONY: all test bench run install clean info
+.PHONY: all test bench run install clean info format format-check
 all: info $(STATIC) $(SHARED) $(TOOL) $(TEST)
 
 info:
@@ -78,17 +90,17 @@ info:
 	@echo "  CUDA toolkit: $(if $(HAVE_NVCC),found ($(shell nvcc --version 2>/dev/null | grep -o 'release [0-9.]*')), no CUDA kernels in this version,not found)"
 	@echo "  build dir: $(BUILD)$(if $(SAN), (sanitizers: $(SAN)))$(if $(filter 1,$(DEBUG)), (debug))"
 
-$(BUILD)/src/%.o: src/%.c $(HEADERS)
+$(BUILD)/src/%.o: src/%.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 # The reference is the math as written: no contraction of a*b+c into FMAs.
-$(BUILD)/src/ref/%.o: src/ref/%.c $(HEADERS)
+$(BUILD)/src/ref/%.o: src/ref/%.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -ffp-contract=off -c $< -o $@
 
 define KERNEL_RULE
-$(BUILD)/src/cpu/%_$(1).o: src/cpu/%.c $(HEADERS)
+$(BUILD)/src/cpu/%_$(1).o: src/cpu/%.c $(STAMP)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(CFLAGS_BASE) $$(CFLAGS_EXTRA) $$(KOPT) $$(ISA_FLAGS_$(1)) -DDN_ISA_SUFFIX=$(1) -c $$< -o $$@
 endef
@@ -101,8 +113,7 @@ $(STATIC): $(LIB_OBJ)
 $(SHARED): $(LIB_OBJ)
 	$(CC) -shared -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/tools/%.o $(BUILD)/bench/%.o $(BUILD)/tests/%.o: CFLAGS += -Ibench -Itests -Itools
-$(BUILD)/%.o: %.c $(HEADERS) $(wildcard bench/*.h tests/*.h tools/*.h)
+$(BUILD)/%.o: %.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ibench -Itests -Itools -c $< -o $@
 
@@ -137,5 +148,26 @@ install: $(STATIC) $(SHARED) $(TOOL)
 	    -e 's|@LIBS_PRIVATE@|-lm$(if $(filter yes,$(OMP_MSG)), -fopenmp)|' deltanet.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/deltanet.pc
 
+# Editor and clang-tidy support: one entry per source file with the flags it is built with.
+compile_commands.json: Makefile
+	@{ echo '['; sep=''; \
+	  for f in $(LIB_SRC) $(wildcard tools/*.c bench/*.c tests/*.c); do \
+	    printf '%s{"directory": "%s", "file": "%s", "command": "%s %s -Ibench -Itests -Itools -c %s"}\n' \
+	      "$$sep" "$(CURDIR)" "$$f" "$(CC)" "$(CFLAGS)" "$$f"; sep=','; done; \
+	  for f in $(KERNEL_SRC); do \
+	    printf ',{"directory": "%s", "file": "%s", "command": "%s %s %s %s -DDN_ISA_SUFFIX=avx2 -c %s"}\n' \
+	      "$(CURDIR)" "$$f" "$(CC)" "$(CFLAGS_BASE)" "$(KOPT)" "$(ISA_FLAGS_avx2)" "$$f"; done; \
+	  echo ']'; } > $@
+	@echo "wrote $@"
+
+FORMAT_SRC := $(wildcard include/*.h src/*.c src/*.h src/*/*.c src/*/*.h tools/*.c tools/*.h bench/*.c bench/*.h tests/*.c tests/*.h tests/*/*.c)
+format:
+	clang-format -i $(FORMAT_SRC)
+format-check:
+	clang-format --dry-run -Werror $(FORMAT_SRC)
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-noomp build-debug build-san-noomp build-noomp-debug build-san-debug \
+	       build-san-noomp-debug compile_commands.json
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

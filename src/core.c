@@ -135,11 +135,13 @@ static int isa_supported(dn_isa isa) {
     switch (isa) {
     case DN_ISA_GENERIC: return 1;
 #if defined(DN_HAVE_X86_KERNELS)
+    /* every extension the level's kernels are compiled with (Makefile: ISA_FLAGS_*) */
     case DN_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     case DN_ISA_AVX512:
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               isa_supported(DN_ISA_AVX2);
 #endif
     default: return 0;
     }
