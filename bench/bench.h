@@ -67,8 +67,9 @@ static inline double dn_median(double *x, int n) {
  *     dn_la_backward) gets one, allocated once before the warm-up and kept across calls, as a
  *     model or trainer keeps its scratch; an op whose API allocates its own (softmax attention
  *     forward and backward, the KV-cache attend, the training forward, Mamba-2's v and g)
- *     allocates inside every call, as a caller would see it; the warm-up returns that memory to
- *     the allocator first, so the timed calls do not pay the first touch of fresh pages.
+ *     allocates inside every call, as a caller would see it; the warm-up has handed that memory
+ *     to the allocator (glibc keeps freed blocks up to its 32 MiB mmap ceiling), so the timed
+ *     calls do not pay the first touch of fresh pages.
  *   - Inputs: drawn inside each op's contract (docs/OPS.md): gates g <= 0, beta in [0, 1],
  *     Mamba's A < 0 and dt' > 0, q and k L2-normalised (inside the op) for the delta rule.
  */
