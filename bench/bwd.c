@@ -54,17 +54,26 @@ static void check(dn_status st) {
     }
 }
 
-/* best of n: these runs are long, and the minimum is the least disturbed by neighbours */
-#define TIME_BEST(n, out, stmt)                                                                    \
-    do {                                                                                           \
-        (out) = INFINITY;                                                                          \
-        for (int rep_ = 0; rep_ < (n); rep_++) {                                                   \
-            double t0_ = dn_now_s();                                                                  \
-            stmt;                                                                                  \
-            double t_ = dn_now_s() - t0_;                                                             \
-            if (t_ < (out)) (out) = t_;                                                            \
-        }                                                                                          \
-    } while (0)
+/* the calls timed, in the shape bench_time takes (timing policy in bench.h) */
+static dn_status run_fwd(void *p) { return dn_la_forward(p); }
+static dn_status run_bwd(void *p) { return dn_la_backward(p); }
+typedef struct {
+    const dn_la_params *p;
+    void *saved;
+    size_t bytes;
+} train_ctx;
+static dn_status run_train(void *c) {
+    const train_ctx *t = c;
+    return dn_la_forward_train(t->p, t->saved, t->bytes);
+}
+static dn_status run_attn_fwd(void *p) { return dn_attn_forward(p); }
+static dn_status run_attn_bwd(void *p) { return dn_attn_backward(p); }
+
+static double timed(bench_fn fn, void *ctx, int reps) {
+    double sec = bench_time(fn, ctx, BENCH_WARMUP, reps);
+    if (sec < 0) check(DN_ERR_ARG); /* dn_last_error() names the failure */
+    return sec;
+}
 
 /* Gated DeltaNet: the inference forward (auto), the training forward (keeps what the backward
  * needs), the backward reading that, and the backward recomputing it on its own. */
@@ -82,26 +91,29 @@ static gdn_times gdn(int64_t T, int64_t H, int64_t D, int reps) {
     float *dq = buf(n, 0, 0), *dk = buf(n, 0, 0), *dv = buf(n, 0, 0), *dg = buf(T * H, 0, 0);
     float *db = buf(T * H, 0, 0);
     f.q = q, f.k = k, f.v = v, f.g = g, f.beta = beta, f.o = o, f.qk_l2norm = 1;
-    check(dn_la_forward(&f));
-    TIME_BEST(reps, r.fwd, check(dn_la_forward(&f)));
     dn_la_params ft = f; /* impl auto: the training forward and the backward pick 32-token chunks */
+    /* a model keeps its scratch across calls: so does the benchmark (policy in bench.h) */
+    size_t fws = 0;
+    check(dn_la_workspace_size(&f, &fws));
+    f.workspace = fws ? aligned_alloc(64, (fws + 63) & ~(size_t)63) : NULL;
+    f.workspace_bytes = fws;
+    if (fws && !f.workspace) exit(1);
+    r.fwd = timed(run_fwd, &f, reps);
     check(dn_la_saved_size(&ft, &r.saved));
     void *saved = aligned_alloc(64, (r.saved + 63) & ~(size_t)63);
     if (!saved) exit(1);
-    check(dn_la_forward_train(&ft, saved, r.saved)); /* warm: the first touch of the buffer */
-    TIME_BEST(reps, r.train_fwd, check(dn_la_forward_train(&ft, saved, r.saved)));
+    train_ctx tc = {&ft, saved, r.saved};
+    r.train_fwd = timed(run_train, &tc, reps);
     dn_la_bwd_params b = dn_la_bwd_params_default(&ft);
     b.dout = dO, b.dq = dq, b.dk = dk, b.dv = dv, b.dg = dg, b.dbeta = db;
-    /* a trainer keeps its scratch across steps: so does the benchmark */
     check(dn_la_backward_workspace_size(&b, &r.ws));
     b.workspace = aligned_alloc(64, (r.ws + 63) & ~(size_t)63);
     b.workspace_bytes = r.ws;
     if (!b.workspace) exit(1);
-    check(dn_la_backward(&b));
-    TIME_BEST(reps, r.bwd_recompute, check(dn_la_backward(&b)));
+    r.bwd_recompute = timed(run_bwd, &b, reps);
     b.saved = saved, b.saved_bytes = r.saved;
-    TIME_BEST(reps, r.bwd_saved, check(dn_la_backward(&b)));
-    free(b.workspace), free(saved);
+    r.bwd_saved = timed(run_bwd, &b, reps);
+    free(f.workspace), free(b.workspace), free(saved);
     free(q), free(k), free(v), free(g), free(beta), free(o), free(dO), free(dq), free(dk), free(dv);
     free(dg), free(db);
     return r;
@@ -114,10 +126,10 @@ static void attn(int64_t T, int64_t H, int64_t D, int reps, double *tf, double *
     float *lse = buf(T * H, 0, 0), *dO = buf(n, -1, 1), *dq = buf(n, 0, 0), *dk = buf(n, 0, 0);
     float *dv = buf(n, 0, 0);
     p.q = q, p.k = k, p.v = v, p.o = o, p.lse = lse;
-    TIME_BEST(reps, *tf, check(dn_attn_forward(&p)));
+    *tf = timed(run_attn_fwd, &p, reps);
     dn_attn_bwd_params b = dn_attn_bwd_params_default(&p);
     b.dout = dO, b.dq = dq, b.dk = dk, b.dv = dv;
-    TIME_BEST(reps, *tb, check(dn_attn_backward(&b)));
+    *tb = timed(run_attn_bwd, &b, reps);
     free(q), free(k), free(v), free(o), free(lse), free(dO), free(dq), free(dk), free(dv);
 }
 
@@ -148,11 +160,12 @@ int dn_bench_bwd_main(int argc, char **argv) {
         printf("{\"build\": \"%s\", \"threads\": %d, \"records\": [\n", dn_build_info(),
                dn_get_num_threads());
     else
-        printf("%s\nforward + backward, fp32, H=%lld, head dim %lld, %d threads (best of runs);\n"
+        printf("%s\nforward + backward, fp32, H=%lld, head dim %lld, %d threads (medians; both ops "
+               "alike: %d warm-up, same repeats);\n"
                "gdn: training forward keeping the backward's checkpoints, then the backward reading them\n"
                "%8s %12s %12s %12s %12s %12s %12s\n",
-               dn_build_info(), (long long)H, (long long)D, dn_get_num_threads(), "T", "gdn fwd",
-               "gdn bwd", "gdn total", "attn fwd", "attn bwd", "attn total");
+               dn_build_info(), (long long)H, (long long)D, dn_get_num_threads(), BENCH_WARMUP, "T",
+               "gdn fwd", "gdn bwd", "gdn total", "attn fwd", "attn bwd", "attn total");
     double prev_ratio = 0;
     int64_t prev_T = 0;
     double cross = -1;
@@ -172,7 +185,7 @@ int dn_bench_bwd_main(int argc, char **argv) {
         prev_ratio = ratio, prev_T = T;
         if (json)
             printf("%s  {\"T\": %lld, \"H\": %lld, \"D\": %lld, \"gdn_fwd_s\": %.6g, \"gdn_bwd_s\": %.6g, "
-                   "\"attn_fwd_s\": %.6g, \"attn_bwd_s\": %.6g, \"gdn_bwd_workspace_bytes\": %zu}",
+                   "\"attn_fwd_s\": %.6g, \"attn_bwd_s\": %.6g, \"gdn_bwd_workspace_bytes_computed\": %zu}",
                    i ? ",\n" : "", (long long)T, (long long)H, (long long)D, gf, gb, af, ab, ws);
         else
             printf("%8lld %9.2f ms %9.2f ms %9.2f ms %9.2f ms %9.2f ms %9.2f ms\n", (long long)T,
@@ -203,8 +216,9 @@ int dn_bench_bwd_main(int argc, char **argv) {
     if (json) {
         printf(",\n  {\"T\": 4096, \"gdn_fwd_s\": %.6g, \"gdn_train_fwd_s\": %.6g, \"gdn_bwd_saved_s\": %.6g, "
                "\"gdn_bwd_recompute_s\": %.6g, \"crossover_T\": %.1f, "
-               "\"gdn_bwd_workspace_T65536_bytes\": %zu, \"gdn_bwd_peak_rss_T65536_bytes\": %.0f, "
-               "\"bound_bytes\": %.0f, \"TKV_bytes\": %.0f}\n]}\n",
+               "\"gdn_bwd_workspace_T65536_bytes_computed\": %zu, "
+               "\"gdn_bwd_peak_rss_T65536_bytes_measured\": %.0f, \"bound_bytes_computed\": %.0f, "
+               "\"TKV_bytes_computed\": %.0f}\n]}\n",
                g4.fwd, g4.train_fwd, g4.bwd_saved, g4.bwd_recompute, cross, ws64, peak, bound, tkv);
     } else {
         if (cross > 0)
@@ -216,9 +230,9 @@ int dn_bench_bwd_main(int argc, char **argv) {
                "backward recomputing its checkpoints %.2f ms = %.2fx the inference forward\n",
                g4.train_fwd * 1e3, g4.bwd_saved * 1e3, g4.bwd_saved / g4.train_fwd, g4.fwd * 1e3,
                g4.bwd_saved / g4.fwd, g4.bwd_recompute * 1e3, g4.bwd_recompute / g4.fwd);
-        printf("T = 65536, one head of 128: backward scratch %.1f MiB (all threads), resident memory "
-               "added by the call %.1f MiB (measured); T (K+V) + (T/C) K V floats per thread = "
-               "%.1f MiB; T K V floats would be %.0f MiB\n",
+        printf("T = 65536, one head of 128: backward scratch %.1f MiB (computed, all threads), "
+               "resident memory added by the call %.1f MiB (measured); T (K+V) + (T/C) K V floats "
+               "per thread = %.1f MiB (computed); T K V floats would be %.0f MiB (computed)\n",
                (double)ws64 / 1048576, peak / 1048576, bound / 1048576, tkv / 1048576);
     }
     return 0;

@@ -57,10 +57,11 @@ static void emit(const bench_cfg *c, const char *phase, const char *impl, int64_
         printf("%s  {\"op\": \"%s\", \"phase\": \"%s\", \"impl\": \"%s\", \"B\": 1, \"T\": %lld, "
                "\"H\": %lld, \"HV\": %lld, \"K\": %lld, \"V\": %lld, \"threads\": %d, "
                "\"isa\": \"%s\", \"seconds\": %.9g, \"tokens_per_s\": %.6g, \"gflops\": %.6g, "
-               "\"peak_gflops\": %.6g, \"fraction_of_peak\": %.4f, \"state_gb_per_s\": %.6g}",
+               "\"peak_gflops\": %.6g, \"fraction_of_peak\": %.4f, \"state_bytes_computed\": %.0f, "
+               "\"state_gb_per_s_computed\": %.6g}",
                json_first ? "" : ",\n", dn_op_name(c->op), phase, impl, (long long)T,
                (long long)c->H, (long long)c->HV, (long long)c->K, (long long)c->V, c->threads,
-               dn_isa_name(dn_isa_active()), sec, tokens / sec, gf, c->peak, gf / c->peak,
+               dn_isa_name(dn_isa_active()), sec, tokens / sec, gf, c->peak, gf / c->peak, bytes,
                bytes / sec * 1e-9);
         json_first = 0;
     } else {
@@ -71,10 +72,24 @@ static void emit(const bench_cfg *c, const char *phase, const char *impl, int64_
             snprintf(tbuf, sizeof tbuf, "%8.2f ms", sec * 1e3);
         printf("  %-8s %-10s T=%-6lld %s  %12.0f tok/s  %7.1f GFLOP/s  %5.1f%% of peak", phase,
                impl, (long long)T, tbuf, tokens / sec, gf, 100 * gf / c->peak);
-        if (bytes > 0) printf("  %6.1f GB/s state", bytes / sec * 1e-9);
+        if (bytes > 0) printf("  %6.1f GB/s state (computed bytes)", bytes / sec * 1e-9);
         printf("\n");
     }
 }
+
+/* one decode step, in the shape bench_time calls */
+typedef struct {
+    dn_op op;
+    float *o, *state;
+    const float *q, *k, *v, *g, *beta;
+    int64_t H, HV, K, V;
+} step_ctx;
+static dn_status run_step(void *arg) {
+    const step_ctx *s = arg;
+    return dn_la_step(s->op, s->o, s->state, s->q, s->k, s->v, s->g, s->beta, 1, s->H, s->HV,
+                      s->K, s->V, 0, 1);
+}
+static dn_status run_forward(void *p) { return dn_la_forward(p); }
 
 static int bench_decode(bench_cfg *c) {
     const int64_t K = c->K, V = c->V, H = c->H, HV = c->HV;
@@ -91,21 +106,12 @@ static int bench_decode(bench_cfg *c) {
     fill(state, HV * K * V, -0.1f, 0.1f, 6);
     const int gate = c->op == DN_OP_GLA || c->op == DN_OP_GDN;
     const int delta = c->op == DN_OP_DELTANET || c->op == DN_OP_GDN;
-    int n = c->reps * 40;
-    double *t = malloc(sizeof(double) * n);
-    for (int i = -20; i < n; i++) {
-        double t0 = dn_now_s();
-        dn_status st = dn_la_step(c->op, o, state, q, k, v, gate ? g : NULL, delta ? beta : NULL,
-                                  1, H, HV, K, V, 0, 1);
-        double t1 = dn_now_s();
-        if (st != DN_OK) return fprintf(stderr, "decode: %s\n", dn_last_error()), 1;
-        if (i >= 0) t[i] = t1 - t0;
-    }
-    double sec = dn_median(t, n);
-    /* the state is read and written once per step */
+    step_ctx sc = {c->op, o, state, q, k, v, gate ? g : NULL, delta ? beta : NULL, H, HV, K, V};
+    double sec = bench_time(run_step, &sc, BENCH_WARMUP_STEP, c->reps * 40);
+    if (sec < 0) return fprintf(stderr, "decode: %s\n", dn_last_error()), 1;
+    /* the state is read and written once per step: bytes counted from the shape */
     emit(c, "decode", "recurrent", 1, sec, 1, flops_per_token_head(c->op, K, V) * HV,
          2.0 * sizeof(float) * HV * K * V);
-    free(t);
     free(q), free(k), free(v), free(g), free(beta), free(o), free(state);
     return 0;
 }
@@ -136,22 +142,14 @@ static int bench_prefill(bench_cfg *c, int64_t T) {
         dn_la_workspace_size(&p, &bytes);
         p.workspace = bytes ? aligned_alloc(64, (bytes + 63) & ~(size_t)63) : NULL;
         p.workspace_bytes = bytes;
-        int n = c->reps;
-        double t[64];
-        if (n > 64) n = 64;
-        for (int i = -1; i < n; i++) {
-            double t0 = dn_now_s();
-            dn_status st = dn_la_forward(&p);
-            double t1 = dn_now_s();
-            if (st != DN_OK) return fprintf(stderr, "prefill: %s\n", dn_last_error()), 1;
-            if (i >= 0) t[i] = t1 - t0;
-        }
+        double sec = bench_time(run_forward, &p, BENCH_WARMUP, c->reps);
+        if (sec < 0) return fprintf(stderr, "prefill: %s\n", dn_last_error()), 1;
         char label[32];
         if (impls[ii] == DN_IMPL_CHUNK)
             snprintf(label, sizeof label, "chunk%d", c->chunk);
         else
             snprintf(label, sizeof label, "%s", dn_impl_name(impls[ii]));
-        emit(c, "prefill", label, T, dn_median(t, n), (double)T,
+        emit(c, "prefill", label, T, sec, (double)T,
              flops_per_token_head(c->op, K, V) * HV * (double)T, 0);
         free(p.workspace);
     }
@@ -180,7 +178,7 @@ static void usage(void) {
            "  --T LIST         prefill lengths, comma-separated (default 512,4096)\n"
            "  --threads N      threads (default: all cores)\n"
            "  --chunk N        chunk size of the chunkwise form: 16, 32, 64 or 128 (default 64)\n"
-           "  --reps N         timed repetitions per prefill point (default 7)\n"
+           "  --reps N         timed repetitions per prefill point, 40x that per decode point (7)\n"
            "  --isa NAME       generic | avx2 | avx512 (default: best available)\n"
            "  --json           machine-readable output (a JSON object with a records array)\n");
 }
@@ -224,7 +222,7 @@ int dn_bench_gdn_main(int argc, char **argv) {
     if (c.threads > 0) dn_set_num_threads(c.threads);
     c.threads = dn_get_num_threads();
 
-    c.peak = dn_measure_fma_peak(c.threads, 0.3);
+    c.peak = bench_measure_fma_peak(c.threads, 0.3);
     if (c.json)
         printf("{\"build\": \"%s\", \"fma_peak_gflops\": %.6g, \"records\": [\n", dn_build_info(),
                c.peak);

@@ -25,7 +25,6 @@ static float *buf(int64_t n, float lo, float hi, unsigned seed) {
     return x;
 }
 
-typedef dn_status (*run_fn)(void *params);
 static dn_status run_mamba(void *p) { return dn_mamba_forward(p); }
 static dn_status run_mamba2(void *p) { return dn_mamba2_forward(p); }
 static dn_status run_rwkv(void *p) { return dn_rwkv4_forward(p); }
@@ -33,20 +32,14 @@ static dn_status run_conv(void *p) { return dn_conv_forward(p); }
 
 static int json, first = 1, reps = 9;
 
-/* Median seconds of fn(params) over reps runs (decode: more runs, they are short). */
-static double timeit(run_fn fn, void *params, int n) {
-    double t[256];
-    if (n > 256) n = 256;
-    for (int i = -2; i < n; i++) {
-        double t0 = dn_now_s();
-        if (fn(params) != DN_OK) {
-            fprintf(stderr, "bench ssm: %s\n", dn_last_error());
-            exit(1);
-        }
-        if (i >= 0) t[i] = dn_now_s() - t0;
+/* Median seconds of fn(params): the policy of bench.h, prefill and decode warm-ups apart. */
+static double timeit(bench_fn fn, void *params, int warmup, int n) {
+    double sec = bench_time(fn, params, warmup, n);
+    if (sec < 0) {
+        fprintf(stderr, "bench ssm: %s\n", dn_last_error());
+        exit(1);
     }
-    qsort(t, (size_t)n, sizeof *t, dn_cmp_double);
-    return t[n / 2];
+    return sec;
 }
 
 static void report(const char *op, const char *shape, const char *phase, int64_t T, double sec) {
@@ -94,9 +87,9 @@ int dn_bench_ssm_main(int argc, char **argv) {
         float *st = buf(D * N, 0, 0, 10);
         p.x = x, p.dt = dt, p.z = z, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.dt_bias = bias;
         p.dt_softplus = 1, p.y = y, p.final_state = st;
-        report("mamba1", "D=1536 N=16", "prefill", T, timeit(run_mamba, &p, reps));
+        report("mamba1", "D=1536 N=16", "prefill", T, timeit(run_mamba, &p, BENCH_WARMUP, reps));
         p.T = 1, p.initial_state = st;
-        report("mamba1", "D=1536 N=16", "decode", 1, timeit(run_mamba, &p, 20 * reps));
+        report("mamba1", "D=1536 N=16", "decode", 1, timeit(run_mamba, &p, BENCH_WARMUP_STEP, 20 * reps));
         free(x), free(dt), free(z), free(A), free(Bm), free(Cm), free(Ds), free(bias), free(y), free(st);
     }
     { /* Mamba-2 at the SSM_SCAN comparison shape */
@@ -106,9 +99,9 @@ int dn_bench_ssm_main(int argc, char **argv) {
         float *A = buf(H, -2, -0.5f, 3), *Bm = buf(T * G * N, -1, 1, 4), *Cm = buf(T * G * N, -1, 1, 5);
         float *Ds = buf(H, -1, 1, 6), *y = buf(T * H * P, 0, 0, 7), *st = buf(H * N * P, 0, 0, 8);
         p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.y = y, p.final_state = st;
-        report("mamba2", "H=48 P=64 N=128", "prefill", T, timeit(run_mamba2, &p, reps));
+        report("mamba2", "H=48 P=64 N=128", "prefill", T, timeit(run_mamba2, &p, BENCH_WARMUP, reps));
         p.T = 1, p.initial_state = st;
-        report("mamba2", "H=48 P=64 N=128", "decode", 1, timeit(run_mamba2, &p, 20 * reps));
+        report("mamba2", "H=48 P=64 N=128", "decode", 1, timeit(run_mamba2, &p, BENCH_WARMUP_STEP, 20 * reps));
         free(x), free(dt), free(A), free(Bm), free(Cm), free(Ds), free(y), free(st);
     }
     { /* RWKV-4, an RWKV-4-169m-sized layer: C = 768 */
@@ -117,9 +110,9 @@ int dn_bench_ssm_main(int argc, char **argv) {
         float *k = buf(T * C, -5, 5, 1), *v = buf(T * C, -1, 1, 2), *td = buf(C, -3, 1, 3);
         float *tf = buf(C, -1, 1, 4), *y = buf(T * C, 0, 0, 5), *st = buf(3 * C, 0, 0, 6);
         p.k = k, p.v = v, p.time_decay = td, p.time_first = tf, p.y = y, p.final_state = st;
-        report("rwkv4", "C=768", "prefill", T, timeit(run_rwkv, &p, reps));
+        report("rwkv4", "C=768", "prefill", T, timeit(run_rwkv, &p, BENCH_WARMUP, reps));
         p.T = 1, p.initial_state = st;
-        report("rwkv4", "C=768", "decode", 1, timeit(run_rwkv, &p, 20 * reps));
+        report("rwkv4", "C=768", "decode", 1, timeit(run_rwkv, &p, BENCH_WARMUP_STEP, 20 * reps));
         free(k), free(v), free(td), free(tf), free(y), free(st);
     }
     { /* short convolution of a Mamba / Gated DeltaNet layer: D = 2048, W = 4, SiLU */
@@ -128,9 +121,9 @@ int dn_bench_ssm_main(int argc, char **argv) {
         float *x = buf(T * D, -1, 1, 1), *w = buf(D * W, -1, 1, 2), *bias = buf(D, -1, 1, 3);
         float *y = buf(T * D, 0, 0, 4), *st = buf(D * (W - 1), 0, 0, 5);
         p.x = x, p.weight = w, p.bias = bias, p.silu = 1, p.y = y, p.final_state = st;
-        report("short_conv", "D=2048 W=4", "prefill", T, timeit(run_conv, &p, reps));
+        report("short_conv", "D=2048 W=4", "prefill", T, timeit(run_conv, &p, BENCH_WARMUP, reps));
         p.T = 1, p.initial_state = st;
-        report("short_conv", "D=2048 W=4", "decode", 1, timeit(run_conv, &p, 20 * reps));
+        report("short_conv", "D=2048 W=4", "decode", 1, timeit(run_conv, &p, BENCH_WARMUP_STEP, 20 * reps));
         free(x), free(w), free(bias), free(y), free(st);
     }
     if (json) printf("\n]}\n");

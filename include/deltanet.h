@@ -634,19 +634,6 @@ typedef struct dn_conv_bwd_params {
 DN_API dn_conv_bwd_params dn_conv_bwd_params_default(const dn_conv_params *fwd);
 DN_API dn_status dn_conv_backward(const dn_conv_bwd_params *p);
 
-/* ---------------------------------------------------------------------------------------------
- * Measuring the machine (used by the benchmarks)
- * ------------------------------------------------------------------------------------------- */
-/* Measured fp32 FMA throughput of the active ISA over n_threads threads (0: default), in GFLOP/s
- * (one FMA = 2 FLOP). Runs for about `seconds`. */
-DN_API double dn_measure_fma_peak(int n_threads, double seconds);
-/* Measured memory copy bandwidth over n_threads threads: bytes copied per second by memcpy (each
- * byte is read once and written once; the STREAM convention would count it twice), in GB/s, on
- * buffers well past the last-level cache. */
-DN_API double dn_measure_copy_bandwidth(int n_threads, double seconds);
-/* Measured bandwidth of a pure streaming read over n_threads threads, in GB/s. */
-DN_API double dn_measure_read_bandwidth(int n_threads, double seconds);
-
 #ifdef __cplusplus
 }
 #endif

@@ -82,7 +82,7 @@ static int test_compare_smoke(void) {
                                            "\"kind\": \"prefill\"", "\"kind\": \"decode\"",
                                            "\"kind\": \"fit\"", "\"kind\": \"capacity\"",
                                            "\"seconds\"", "\"gflops\"", "\"peak_bytes\"",
-                                           "\"seconds_per_token\"", "\"state_bytes\"",
+                                           "\"seconds_per_token\"", "\"state_bytes_computed\"",
                                            "\"prefill_exponent\"", "\"crossover_T\"", "\"rel_error\""};
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
             CHECK(strstr(js, keys[i]), "compare.json has no %s", keys[i]);

@@ -119,26 +119,22 @@ typedef struct {
     double sec, flops, mem;
 } meas;
 
-static double time_runs(dn_status (*fn)(const void *), const void *arg, int reps) {
-    double t[16];
-    if (reps > 16) reps = 16;
-    for (int i = 0; i < reps; i++) {
-        double t0 = dn_now_s();
-        if (fn(arg) != DN_OK) {
-            fprintf(stderr, "\ncompare: %s\n", dn_last_error());
-            exit(1);
-        }
-        t[i] = dn_now_s() - t0;
+/* Median seconds of fn(arg) under the timing policy of bench.h (the same warm-up, repeats and
+ * statistic for every mechanism); exits on a failed call. */
+static double time_runs(bench_fn fn, void *arg, int warmup, int reps) {
+    double sec = bench_time(fn, arg, warmup, reps);
+    if (sec < 0) {
+        fprintf(stderr, "\ncompare: %s\n", dn_last_error());
+        exit(1);
     }
-    qsort(t, (size_t)reps, sizeof *t, dn_cmp_double);
-    return t[reps / 2];
+    return sec;
 }
 
-static dn_status run_attn(const void *p) { return dn_attn_forward(p); }
-static dn_status run_la(const void *p) { return dn_la_forward(p); }
-static dn_status run_m2(const void *p) { return dn_mamba2_forward(p); }
-static dn_status run_m1(const void *p) { return dn_mamba_forward(p); }
-static dn_status run_rwkv(const void *p) { return dn_rwkv4_forward(p); }
+static dn_status run_attn(void *p) { return dn_attn_forward(p); }
+static dn_status run_la(void *p) { return dn_la_forward(p); }
+static dn_status run_m2(void *p) { return dn_mamba2_forward(p); }
+static dn_status run_m1(void *p) { return dn_mamba_forward(p); }
+static dn_status run_rwkv(void *p) { return dn_rwkv4_forward(p); }
 
 static meas prefill(const config *c, int m, int64_t T) {
     const int64_t H = c->H, Dh = c->Dh, W = H * Dh;
@@ -150,9 +146,7 @@ static meas prefill(const config *c, int m, int64_t T) {
         float *q = fbuf(T * W, -1, 1), *k = fbuf(T * W, -1, 1), *v = fbuf(T * W, -1, 1);
         float *o = fbuf(T * W, 0, 0);
         p.q = q, p.k = k, p.v = v, p.o = o, p.n_threads = (int)c->threads;
-        /* one warm-up below 4k tokens; the long ones are seconds and warm themselves */
-        if (T < 4096) run_attn(&p);
-        r.sec = time_runs(run_attn, &p, reps);
+        r.sec = time_runs(run_attn, &p, BENCH_WARMUP, reps);
         r.mem = mem_end(base);
         r.flops = 4.0 * (double)T * (double)(T + 1) / 2 * (double)Dh * (double)H;
         free(q), free(k), free(v), free(o);
@@ -166,9 +160,20 @@ static meas prefill(const config *c, int m, int64_t T) {
         p.g = op == DN_OP_GDN ? g : NULL;
         p.beta = op != DN_OP_LINEAR_ATTN ? beta : NULL;
         p.n_threads = (int)c->threads;
-        run_la(&p);
-        r.sec = time_runs(run_la, &p, reps);
+        size_t ws = 0; /* kept across calls, as a model keeps it (policy in bench.h) */
+        if (dn_la_workspace_size(&p, &ws) != DN_OK) {
+            fprintf(stderr, "\ncompare: %s\n", dn_last_error());
+            exit(1);
+        }
+        p.workspace = ws ? aligned_alloc(64, (ws + 63) & ~(size_t)63) : NULL;
+        p.workspace_bytes = ws;
+        if (ws && !p.workspace) {
+            fprintf(stderr, "\ncompare: out of memory (workspace of %zu bytes)\n", ws);
+            exit(1);
+        }
+        r.sec = time_runs(run_la, &p, BENCH_WARMUP, reps);
         r.mem = mem_end(base);
+        free(p.workspace);
         r.flops = (m == M_LINEAR ? 4.0 : m == M_DELTANET ? 6.0 : 7.0) * (double)(Dh * Dh) * (double)(T * H);
         free(q), free(k), free(v), free(g), free(beta), free(o), free(st);
     } else if (m == M_MAMBA2) {
@@ -179,8 +184,7 @@ static meas prefill(const config *c, int m, int64_t T) {
         float *y = fbuf(T * H2 * P, 0, 0), *st = fbuf(H2 * N * P, 0, 0);
         p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.y = y, p.final_state = st;
         p.n_threads = (int)c->threads;
-        run_m2(&p);
-        r.sec = time_runs(run_m2, &p, reps);
+        r.sec = time_runs(run_m2, &p, BENCH_WARMUP, reps);
         r.mem = mem_end(base);
         r.flops = 5.0 * (double)(N * P) * (double)(T * H2);
         free(x), free(dt), free(A), free(Bm), free(Cm), free(Ds), free(y), free(st);
@@ -192,8 +196,7 @@ static meas prefill(const config *c, int m, int64_t T) {
         float *Ds = fbuf(W, -1, 1), *y = fbuf(T * W, 0, 0), *st = fbuf(W * N, 0, 0);
         p.x = x, p.dt = dt, p.z = z, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.y = y;
         p.dt_softplus = 1, p.final_state = st, p.n_threads = (int)c->threads;
-        run_m1(&p);
-        r.sec = time_runs(run_m1, &p, reps);
+        r.sec = time_runs(run_m1, &p, BENCH_WARMUP, reps);
         r.mem = mem_end(base);
         r.flops = 6.0 * (double)(W * N) * (double)T; /* decay, input and readout per element */
         free(x), free(dt), free(z), free(A), free(Bm), free(Cm), free(Ds), free(y), free(st);
@@ -203,8 +206,7 @@ static meas prefill(const config *c, int m, int64_t T) {
         float *tf = fbuf(W, -1, 1), *y = fbuf(T * W, 0, 0), *st = fbuf(3 * W, 0, 0);
         p.k = k, p.v = v, p.time_decay = td, p.time_first = tf, p.y = y, p.final_state = st;
         p.n_threads = (int)c->threads;
-        run_rwkv(&p);
-        r.sec = time_runs(run_rwkv, &p, reps);
+        r.sec = time_runs(run_rwkv, &p, BENCH_WARMUP, reps);
         r.mem = mem_end(base);
         r.flops = 14.0 * (double)W * (double)T; /* 4 exponentials counted as 1, 10 mul/add */
         free(k), free(v), free(td), free(tf), free(y), free(st);
@@ -215,6 +217,24 @@ static meas prefill(const config *c, int m, int64_t T) {
 /* ---------------------------------------------------------------------------------------------
  * Decode: time per generated token at each context, and the bytes of inference state.
  * ------------------------------------------------------------------------------------------- */
+/* Attention and the recurrent ops get the same warm-up and the same number of timed steps at
+ * every context (timing policy in bench.h). */
+static int decode_reps(const config *c) { return c->quick ? 5 : 101; }
+
+/* one decode step over the KV cache, in the shape bench_time calls */
+typedef struct {
+    const dn_kv_cache *kv;
+    float *o;
+    const float *q;
+    dn_strides s1;
+    int64_t H;
+    int threads;
+} attend_ctx;
+static dn_status run_attend(void *arg) {
+    const attend_ctx *a = arg;
+    return dn_kv_cache_attend(a->kv, a->o, a->s1, NULL, a->q, a->s1, 1, a->H, 0, 0, a->threads);
+}
+
 static void decode_attn(const config *c, results *res) {
     const int64_t H = c->H, Dh = c->Dh, W = H * Dh, chunk = 1024;
     dn_kv_cache *kv;
@@ -233,14 +253,9 @@ static void decode_attn(const config *c, results *res) {
                 exit(1);
             }
         }
-        const int reps = c->quick ? 3 : 31;
-        double t[31];
-        for (int r = -2; r < reps; r++) {
-            double t0 = dn_now_s();
-            dn_kv_cache_attend(kv, o, s1, NULL, q, s1, 1, H, 0, 0, (int)c->threads);
-            if (r >= 0) t[r] = dn_now_s() - t0;
-        }
-        res->decode_s[M_ATTN][i] = dn_median(t, reps);
+        attend_ctx a = {kv, o, q, s1, H, (int)c->threads};
+        res->decode_s[M_ATTN][i] = time_runs(run_attend, &a, BENCH_WARMUP_STEP, decode_reps(c));
+        /* bytes the cache holds, computed from its length and dtype */
         res->state_bytes[M_ATTN][i] = (double)dn_kv_cache_used_bytes(kv);
         progress("decode", mechs[M_ATTN].name, c->ctxs[i]);
     }
@@ -248,59 +263,81 @@ static void decode_attn(const config *c, results *res) {
     free(k), free(v), free(q), free(o);
 }
 
-/* The recurrent ops: one step with a fixed state, whatever the context (which is the point);
- * measured at every context all the same. */
-static void decode_recurrent(const config *c, int m, results *res) {
+/* One decode step of a recurrent op with its inputs drawn inside the op's contract (docs/OPS.md):
+ * the step runs hundreds of times on the same state, so a gate above 0, a beta outside [0, 1] or
+ * a Mamba A >= 0 would grow the state towards overflow and time something no model runs. */
+typedef struct {
+    int m;
+    int64_t H, Dh;
+    int threads;
+    float *q, *k, *v, *g, *beta;  /* linear family: q, k, v [H,Dh]; g <= 0, beta in [0,1] [H] */
+    float *x, *dt, *A, *Bm, *Cm;  /* Mamba: dt' > 0, A < 0 */
+    float *rk, *rv, *decay, *first; /* RWKV-4 */
+    float *out, *st;
+} step_ctx;
+
+static dn_status run_step(void *arg) {
+    const step_ctx *c = arg;
     const int64_t H = c->H, Dh = c->Dh, W = H * Dh;
-    const int reps = c->quick ? 5 : 201;
-    double *t = malloc(sizeof(double) * reps), bytes = 0;
-    float *in = fbuf(8 * W + 4 * H + 64, -0.5f, 0.5f), *out = fbuf(4 * W, 0, 0);
-    float *st = fbuf(2 * H * Dh * Dh + 2 * W * 128, 0, 0);
-    /* inside the ops' contracts: Mamba's dt (at in + W) >= 0, Mamba-2's A (at in + 2W) and the
-     * gates g (at in + 3W) <= 0, beta (at in + 3W + H) in [0, 1] */
-    for (int64_t i = W; i < 3 * W + 2 * H; i++)
-        in[i] = i >= 2 * W && i < 3 * W + H ? -fabsf(in[i]) : fabsf(in[i]);
+    if (c->m == M_LINEAR || c->m == M_DELTANET || c->m == M_GDN) {
+        dn_op op = c->m == M_LINEAR ? DN_OP_LINEAR_ATTN : c->m == M_DELTANET ? DN_OP_DELTANET : DN_OP_GDN;
+        return dn_la_step(op, c->out, c->st, c->q, c->k, c->v, op == DN_OP_GDN ? c->g : NULL,
+                          op != DN_OP_LINEAR_ATTN ? c->beta : NULL, 1, H, H, Dh, Dh, 0, 1);
+    }
+    if (c->m == M_MAMBA2) {
+        const int64_t H2 = 2 * H, P = Dh / 2 > 0 ? Dh / 2 : 1, N = 128;
+        dn_mamba2_params p = dn_mamba2_params_default(1, 1, H2, P, N, 1);
+        p.x = c->x, p.dt = c->dt, p.A = c->A, p.Bm = c->Bm, p.Cm = c->Cm; /* dt_softplus off: dt > 0 */
+        p.y = c->out, p.initial_state = p.final_state = c->st, p.n_threads = c->threads;
+        return dn_mamba2_forward(&p);
+    }
+    if (c->m == M_MAMBA1) {
+        dn_mamba_params p = dn_mamba_params_default(1, 1, W, 16, 1);
+        p.x = c->x, p.dt = c->dt, p.A = c->A, p.Bm = c->Bm, p.Cm = c->Cm, p.dt_softplus = 1;
+        p.y = c->out, p.initial_state = p.final_state = c->st, p.n_threads = c->threads;
+        return dn_mamba_forward(&p);
+    }
+    dn_rwkv4_params p = dn_rwkv4_params_default(1, 1, W);
+    p.k = c->rk, p.v = c->rv, p.time_decay = c->decay, p.time_first = c->first;
+    p.y = c->out, p.initial_state = p.final_state = c->st, p.n_threads = c->threads;
+    return dn_rwkv4_forward(&p);
+}
+
+/* The recurrent ops: one step with a fixed-size state, whatever the context (which is the
+ * point); measured at every context all the same. The state bytes are computed from the shape. */
+static void decode_recurrent(const config *c, int m, results *res) {
+    const int64_t H = c->H, Dh = c->Dh, W = H * Dh, H2 = 2 * H, P = Dh / 2 > 0 ? Dh / 2 : 1;
+    step_ctx s = {.m = m, .H = H, .Dh = Dh, .threads = (int)c->threads};
+    double bytes;
+    if (m == M_LINEAR || m == M_DELTANET || m == M_GDN) {
+        s.q = fbuf(W, -1, 1), s.k = fbuf(W, -1, 1), s.v = fbuf(W, -1, 1);
+        s.g = fbuf(H, -0.2f, 0), s.beta = fbuf(H, 0, 1);
+        s.st = fbuf(H * Dh * Dh, 0, 0), s.out = fbuf(W, 0, 0);
+        bytes = (double)(H * Dh * Dh) * sizeof(float);
+    } else if (m == M_MAMBA2) { /* the prefill's ranges: dt in (0, 0.1], A in [-2, -0.5] */
+        const int64_t N = 128;
+        s.x = fbuf(H2 * P, -1, 1), s.dt = fbuf(H2, 0.001f, 0.1f), s.A = fbuf(H2, -2, -0.5f);
+        s.Bm = fbuf(N, -1, 1), s.Cm = fbuf(N, -1, 1);
+        s.st = fbuf(H2 * N * P, 0, 0), s.out = fbuf(H2 * P, 0, 0);
+        bytes = (double)(H2 * N * P) * sizeof(float);
+    } else if (m == M_MAMBA1) { /* dt before softplus in [-4, 0], A in [-8, -0.5] */
+        s.x = fbuf(W, -1, 1), s.dt = fbuf(W, -4, 0), s.A = fbuf(W * 16, -8, -0.5f);
+        s.Bm = fbuf(16, -1, 1), s.Cm = fbuf(16, -1, 1);
+        s.st = fbuf(W * 16, 0, 0), s.out = fbuf(W, 0, 0);
+        bytes = (double)(W * 16) * sizeof(float);
+    } else {
+        s.rk = fbuf(W, -5, 5), s.rv = fbuf(W, -1, 1), s.decay = fbuf(W, -3, 1);
+        s.first = fbuf(W, -1, 1), s.st = fbuf(3 * W, 0, 0), s.out = fbuf(W, 0, 0);
+        bytes = (double)(3 * W) * sizeof(float);
+    }
     for (int i = 0; i < c->nctx; i++) {
-        for (int r = -5; r < reps; r++) {
-            double t0 = dn_now_s();
-            dn_status s = DN_OK;
-            if (m == M_LINEAR || m == M_DELTANET || m == M_GDN) {
-                dn_op op = m == M_LINEAR ? DN_OP_LINEAR_ATTN : m == M_DELTANET ? DN_OP_DELTANET : DN_OP_GDN;
-                s = dn_la_step(op, out, st, in, in + W, in + 2 * W, op == DN_OP_GDN ? in + 3 * W : NULL,
-                               op != DN_OP_LINEAR_ATTN ? in + 3 * W + H : NULL, 1, H, H, Dh, Dh, 0, 1);
-                bytes = (double)(H * Dh * Dh) * sizeof(float);
-            } else if (m == M_MAMBA2) {
-                const int64_t H2 = 2 * H, P = Dh / 2 > 0 ? Dh / 2 : 1, N = 128;
-                dn_mamba2_params p = dn_mamba2_params_default(1, 1, H2, P, N, 1);
-                p.x = in, p.dt = in + W, p.A = in + 2 * W, p.Bm = in + 3 * W, p.Cm = in + 4 * W;
-                p.y = out, p.initial_state = p.final_state = st, p.n_threads = (int)c->threads;
-                s = dn_mamba2_forward(&p);
-                bytes = (double)(H2 * N * P) * sizeof(float);
-            } else if (m == M_MAMBA1) {
-                dn_mamba_params p = dn_mamba_params_default(1, 1, W, 16, 1);
-                p.x = in, p.dt = in + W, p.A = st + W * 16, p.Bm = in + 2 * W, p.Cm = in + 3 * W;
-                p.y = out, p.initial_state = p.final_state = st, p.dt_softplus = 1;
-                p.n_threads = (int)c->threads;
-                s = dn_mamba_forward(&p);
-                bytes = (double)(W * 16) * sizeof(float);
-            } else {
-                dn_rwkv4_params p = dn_rwkv4_params_default(1, 1, W);
-                p.k = in, p.v = in + W, p.time_decay = in + 2 * W, p.time_first = in + 3 * W;
-                p.y = out, p.initial_state = p.final_state = st, p.n_threads = (int)c->threads;
-                s = dn_rwkv4_forward(&p);
-                bytes = (double)(3 * W) * sizeof(float);
-            }
-            if (s != DN_OK) {
-                fprintf(stderr, "\ncompare: %s\n", dn_last_error());
-                exit(1);
-            }
-            if (r >= 0) t[r] = dn_now_s() - t0;
-        }
-        res->decode_s[m][i] = dn_median(t, reps);
+        res->decode_s[m][i] = time_runs(run_step, &s, BENCH_WARMUP_STEP, decode_reps(c));
         res->state_bytes[m][i] = bytes;
         progress("decode", mechs[m].name, c->ctxs[i]);
     }
-    free(t), free(in), free(out), free(st);
+    free(s.q), free(s.k), free(s.v), free(s.g), free(s.beta), free(s.x), free(s.dt), free(s.A);
+    free(s.Bm), free(s.Cm), free(s.rk), free(s.rv), free(s.decay), free(s.first), free(s.out);
+    free(s.st);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -618,12 +655,13 @@ int dn_compare_main(int argc, char **argv) {
     const int L = c.nlens - 1, X = c.nctx - 1;
     const double fit_from = (double)c.lens[L] / 16;
     char b1[32], b2[32], b3[32];
-    printf("\n== Summary (measured here; exponents fitted on log-log axes from T = %.0f) ==\n",
+    printf("\n== Summary (times measured here, state bytes computed from the shapes; exponents "
+           "fitted on log-log axes from T = %.0f) ==\n",
            fit_from < c.lens[0] ? (double)c.lens[0] : fit_from);
-    printf("%-13s %9s %11s %12s %11s %11s %9s  %s\n", "mechanism", "prefill", "cheaper than",
-           "state at", "decode at", "decode vs", "decode", "core operation");
-    printf("%-13s %9s %11s %12s %11s %11s %9s\n", "", "exponent", "attention at",
-           "max context", "max context", "attention", "exponent");
+    printf("%-13s %9s %11s %14s %11s %11s %9s  %s\n", "mechanism", "prefill", "cheaper than",
+           "state at max", "decode at", "decode vs", "decode", "core operation");
+    printf("%-13s %9s %11s %14s %11s %11s %9s\n", "", "exponent", "attention at",
+           "ctx, computed", "max context", "attention", "exponent");
     for (int m = 0; m < M_COUNT; m++) {
         if (!c.enabled[m]) continue;
         double ex = loglog_slope(c.lens, r->prefill_s[m], c.nlens, fit_from);
@@ -640,7 +678,7 @@ int dn_compare_main(int argc, char **argv) {
         fmt_time(b2, sizeof b2, r->decode_s[m][X]);
         snprintf(b3, sizeof b3, m == M_ATTN ? "1x" : "%.1fx faster",
                  r->decode_s[M_ATTN][X] / r->decode_s[m][X]);
-        printf("%-13s %9.2f %11s %12s %11s %11s %9.2f  %s\n", mechs[m].name, ex, cross, b1, b2,
+        printf("%-13s %9.2f %11s %14s %11s %11s %9.2f  %s\n", mechs[m].name, ex, cross, b1, b2,
                b3, dx, mechs[m].core);
     }
     printf("\nPoint by point:\n");
@@ -657,8 +695,8 @@ int dn_compare_main(int argc, char **argv) {
     }
     fmt_bytes(b1, sizeof b1, r->state_bytes[M_ATTN][X]);
     fmt_bytes(b2, sizeof b2, c.enabled[M_GDN] ? r->state_bytes[M_GDN][X] : 0);
-    printf("  inference memory: the KV cache holds %s at %lld tokens and grows by %.0f bytes per "
-           "token; Gated DeltaNet's state stays %s.\n",
+    printf("  inference memory (computed from the shapes): the KV cache holds %s at %lld tokens "
+           "and grows by %.0f bytes per token; Gated DeltaNet's state stays %s.\n",
            b1, (long long)c.ctxs[X], r->state_bytes[M_ATTN][X] / (double)c.ctxs[X], b2);
     if (c.enabled[M_GDN])
         printf("  decode speed: at %lld tokens of context, attention takes %.1fx as long per token "
@@ -706,7 +744,8 @@ int dn_compare_main(int argc, char **argv) {
         for (int m = 0; m < M_COUNT; m++)
             if (c.enabled[m]) fmt_time(b1, sizeof b1, r->decode_s[m][i]), printf(" %13s", b1);
     }
-    printf("\n\n== Inference state (KV cache or recurrent state) ==\n%8s", "context");
+    printf("\n\n== Inference state bytes, computed from the shapes (KV cache or recurrent state) "
+           "==\n%8s", "context");
     for (int m = 0; m < M_COUNT; m++) if (c.enabled[m]) printf(" %13s", mechs[m].name);
     for (int i = 0; i < c.nctx; i++) {
         printf("\n%8lld", (long long)c.ctxs[i]);
@@ -765,7 +804,8 @@ int dn_compare_main(int argc, char **argv) {
                 for (int i = 0; i < c.nctx; i++) ys[ns][i] = r->state_bytes[m][i];
                 ser[ns] = (svg_series){mechs[m].name, xc, ys[ns], c.nctx}, ns++;
             }
-        ch = (svg_chart){"Inference state against context", "context (tokens)", "bytes",
+        ch = (svg_chart){"Inference state against context (computed)", "context (tokens)",
+                         "state bytes (computed)",
                          "KV cache (softmax attention) against fixed recurrent states", ser, ns};
         snprintf(path, sizeof path, "%s/state_bytes.svg", c.out_dir);
         wrote += svg_chart_write(path, &ch) == 0;
@@ -814,7 +854,7 @@ int dn_compare_main(int argc, char **argv) {
                         r->prefill_mem[m][i]);
             for (int i = 0; i < c.nctx; i++)
                 fprintf(jf, ",\n  {\"kind\": \"decode\", \"op\": \"%s\", \"context\": %lld, "
-                            "\"seconds_per_token\": %.9g, \"state_bytes\": %.0f}",
+                            "\"seconds_per_token\": %.9g, \"state_bytes_computed\": %.0f}",
                         mechs[m].name, (long long)c.ctxs[i], r->decode_s[m][i], r->state_bytes[m][i]);
             fprintf(jf, ",\n  {\"kind\": \"fit\", \"op\": \"%s\", \"prefill_exponent\": %.4f, "
                         "\"decode_exponent\": %.4f, \"crossover_T\": %.1f, \"decode_ratio_at_max\": %.4f}",

@@ -41,7 +41,7 @@ int main(int argc, char **argv) {
         printf("%s\n", dn_build_info());
         printf("best SIMD level: %s, threads: %d\n", dn_isa_name(dn_isa_best()),
                dn_get_num_threads());
-        printf("measured fp32 FMA peak: %.1f GFLOP/s\n", dn_measure_fma_peak(0, 0.3));
+        printf("measured fp32 FMA peak: %.1f GFLOP/s\n", bench_measure_fma_peak(0, 0.3));
         return 0;
     }
     if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
