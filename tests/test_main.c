@@ -12,6 +12,8 @@ extern const test_case dn_tests_ssm[];
 extern const test_case dn_tests_compare[];
 extern const test_case dn_tests_la_bwd[];
 extern const test_case dn_tests_bwd_ssm[];
+extern const test_case dn_tests_faults[];
+extern const test_case dn_tests_fuzz[];
 
 static double now(void) {
     struct timespec t;
@@ -27,7 +29,7 @@ static int selected(const char *name, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    const test_case *suites[] = {dn_tests_la, dn_tests_la_bwd, dn_tests_attn, dn_tests_ssm, dn_tests_bwd_ssm, dn_tests_compare};
+    const test_case *suites[] = {dn_tests_la, dn_tests_la_bwd, dn_tests_attn, dn_tests_ssm, dn_tests_bwd_ssm, dn_tests_compare, dn_tests_faults, dn_tests_fuzz};
     printf("%s\n", dn_build_info());
     int failed = 0, run = 0;
     double t_all = now();
