@@ -87,6 +87,7 @@ typedef struct {
     int out;         /* an output view points here */
     int raw;         /* opaque bytes (workspace, saved, cu_seqlens): no float checks */
     int nocompare;   /* an output that the reference does not produce identically */
+    int neginf_ok;   /* -inf is a documented value (lse of a row that sees no key) */
 } fbuf;
 
 typedef struct {
@@ -203,7 +204,24 @@ typedef struct {
     int disjoint;/* rows do not share elements (required of outputs) */
 } view;
 
+/* Views spanning more than 2^61 floats (whose byte size overflows int64) yet fewer than 2^63:
+ * the library accepts them today (finding 2 in the report), so by default they are skipped. */
+static int byte_mode(void) {
+    static int m = -1;
+    if (m < 0) m = getenv("DN_FUZZ_BYTE_EXTENT") != NULL;
+    return m;
+}
+
 static int64_t clamp0(int64_t x) { return x < 0 ? 0 : x; }
+
+/* 128-bit product saturating at 2^100 (the harness only asks "past 2^63?") */
+static __int128 smul(__int128 a, __int128 b) {
+    const __int128 cap = (__int128)1 << 100;
+    if (a > cap) a = cap;
+    if (b > cap) b = cap;
+    if (a != 0 && b > cap / a) return cap;
+    return a * b;
+}
 
 /* Extent and element count with 128-bit arithmetic. */
 static void view_measure(view *v) {
@@ -213,7 +231,7 @@ static void view_measure(view *v) {
     int empty = 0;
     for (int i = 0; i < 4; i++) {
         if (n[i] <= 0) empty = 1;
-        count *= (__int128)clamp0(n[i]);
+        count = smul(count, clamp0(n[i]));
     }
     v->neg = v->s.b < 0 || v->s.t < 0 || v->s.h < 0;
     if (empty) {
@@ -222,10 +240,14 @@ static void view_measure(view *v) {
     }
     for (int i = 0; i < 4; i++) {
         __int128 s = st[i] < 0 ? -(__int128)st[i] : (__int128)st[i];
-        ext += (__int128)(n[i] - 1) * s;
+        ext += smul((__int128)(n[i] - 1), s);
+    }
+    if (ext > INT64_MAX || count > INT64_MAX || ((ext > FZ_HUGE || count > FZ_HUGE) && byte_mode())) {
+        v->ext = -1;
+        return;
     }
     if (ext > FZ_HUGE || count > FZ_HUGE) {
-        v->ext = -1;
+        v->ext = -2; /* fits int64 elements but not bytes: DN_FUZZ_BYTE_EXTENT=1 tries those */
         return;
     }
     if (ext > FZ_LIMIT || count > (__int128)FZ_LIMIT * 4) {
@@ -252,7 +274,7 @@ static int rows_disjoint(const view *v) {
     __int128 span = v->D;
     for (int i = 0; i < k; i++) {
         if (ss[i] < span) return 0;
-        span = (__int128)ss[i] * (nn[i] - 1) + span;
+        span = smul(ss[i], nn[i] - 1) + span;
     }
     return 1;
 }
@@ -266,19 +288,19 @@ static view pick_view(ctx *c, int64_t n0, int64_t n1, int64_t n2, int64_t D, int
     /* contiguous (often), padded, permuted, broadcast, overlapping rows, negative, huge */
     unsigned mode = m < 128 ? 0 : m < 160 ? 1 : m < 184 ? 2 : m < 204 ? 3 : m < 220 ? 4 : m < 236 ? 5 : 6;
     /* saturating arithmetic for the strides of huge dims: they are rejected anyway */
-    __int128 h = d, t = (__int128)a2 * d, b = (__int128)a1 * a2 * d;
+    __int128 h = d, t = smul(a2, d), b = smul(smul(a1, a2), d);
     switch (mode) {
     case 1: {
         int64_t p1 = pick(c->f, 5), p2 = pick(c->f, 9), p3 = pick(c->f, 17);
         h = d + p1;
-        t = (__int128)a2 * (d + p1) + p2;
-        b = (__int128)a1 * t + p3;
+        t = smul(a2, (__int128)d + p1) + p2;
+        b = smul(a1, t) + p3;
         break;
     }
     case 2: /* t outermost: (T, B, H, D) in memory */
         h = d;
-        b = (__int128)a2 * d;
-        t = (__int128)a0 * a2 * d;
+        b = smul(a2, d);
+        t = smul(smul(a0, a2), d);
         break;
     case 3: {
         unsigned w = pick(c->f, 3);
@@ -393,11 +415,21 @@ static int64_t prod(int k, const int64_t *d) {
     for (int i = 0; i < k; i++) {
         if (d[i] <= 0) return 0;
         p *= d[i];
-        if (p > FZ_HUGE) return INT64_MAX;
+        if (p > INT64_MAX) return INT64_MAX;
     }
+    if (p > FZ_HUGE) return byte_mode() ? INT64_MAX : FZ_HUGE + 1; /* skipped by flat() */
     return (int64_t)p;
 }
 #define PROD(...) prod((int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (const int64_t[]){__VA_ARGS__})
+
+/* The *_params_default functions compute contiguous strides as plain products, which overflow
+ * (undefined behaviour) for huge dims: finding 4 in the report. Unless DN_FUZZ_DEFAULTS=1, the
+ * harness calls them with small dims and sets the real ones after (every stride is set anyway). */
+static int64_t sd(int64_t x) {
+    static int m = -1;
+    if (m < 0) m = getenv("DN_FUZZ_DEFAULTS") != NULL;
+    return m || (x >= 0 && x <= (1 << 20)) ? x : 1;
+}
 
 /* ---- running a call and checking the contract ---- */
 typedef dn_status (*call_fn)(ctx *c, void *params, int ref);
@@ -464,7 +496,7 @@ static dn_status exec(ctx *c, const char *name, call_fn fn, void *params, int is
         if (!b->out || b->raw) continue;
         int64_t n = (int64_t)(b->bytes / sizeof(float));
         for (int64_t j = 0; j < n; j++) {
-            if (b->mask[j] && !finite_f(b->p[j])) {
+            if (b->mask[j] && !finite_f(b->p[j]) && !(b->neginf_ok && b->p[j] == -INFINITY)) {
                 snprintf(msg, sizeof msg, "output buffer %d element %lld is %g (%s)", i,
                          (long long)j, b->p[j],
                          memcmp(&b->p[j], &CANARY, 4) ? "computed" : "never written");
@@ -568,7 +600,8 @@ static dn_la_params la_build(ctx *c, int fwd_outputs) {
     int64_t K = dim(f, 1, 20), V = dim(f, 1, 20);
     if (pick(f, 8) == 0) K = 64 + pick(f, 3) * 32, V = 16 + pick(f, 3) * 24;
     if (B < 1 || T < 0 || H < 1 || HV < 1 || K < 1 || V < 1 || HV % H) c->ic = 0;
-    dn_la_params p = dn_la_params_default(op, B, T, H, HV, K, V);
+    dn_la_params p = dn_la_params_default(op, sd(B), sd(T), sd(H), sd(HV), sd(K), sd(V));
+    p.B = B, p.T = T, p.H = H, p.HV = HV, p.K = K, p.V = V;
     pick_vmode(c);
     p.impl = pick_impl(c, 4);
     p.n_threads = pick_threads(c);
@@ -815,7 +848,12 @@ static void fam_la_bwd(ctx *c) {
     if (c->ic < 0 || c->nb == 0) return;
     dn_la_params *p = &lc.p;
     dn_la_bwd_params *bp = &lc.bp;
-    *bp = dn_la_bwd_params_default(p);
+    {
+        dn_la_params t = *p;
+        t.B = sd(t.B), t.T = sd(t.T), t.H = sd(t.H), t.HV = sd(t.HV), t.K = sd(t.K), t.V = sd(t.V);
+        *bp = dn_la_bwd_params_default(&t);
+        bp->fwd = *p;
+    }
     int64_t B = p->B, T = p->T, H = p->H, HV = p->HV, K = p->K, V = p->V;
     int64_t NS = p->cu_seqlens ? (p->n_seqs > 0 ? p->n_seqs : 0) : B;
     int64_t ns = PROD(NS, HV, K, V);
@@ -979,7 +1017,8 @@ static dn_attn_params attn_build(ctx *c, int outputs) {
     if (dm == 1) D = 257;
     if (pick(f, 2)) TQ = TK; /* the plain prefill, often */
     if (B < 1 || TQ < 1 || TK < 1 || H < 1 || HKV < 1 || D < 1 || D > 256 || H % HKV) c->ic = 0;
-    dn_attn_params p = dn_attn_params_default(B, TK, H, HKV, D);
+    dn_attn_params p = dn_attn_params_default(sd(B), sd(TK), sd(H), sd(HKV), sd(D));
+    p.B = B, p.TK = TK, p.H = H, p.HKV = HKV, p.D = D;
     p.TQ = TQ;
     pick_vmode(c);
     p.impl = pick_impl(c, 4);
@@ -1016,7 +1055,11 @@ static dn_attn_params attn_build(ctx *c, int outputs) {
             if (nl > (int64_t)(c->b[bo].bytes / sizeof(float) / 2)) p.lse = NULL;
         }
     }
-    if (!p.lse && (pick(f, 2) || !outputs) && nl <= FZ_LIMIT) p.lse = flat(c, nl, V_ANY, 1, 0, NULL);
+    if (!p.lse && (pick(f, 2) || !outputs) && nl <= FZ_LIMIT) {
+        int bl;
+        p.lse = flat(c, nl, V_ANY, 1, 0, &bl);
+        c->b[bl].neginf_ok = 1;
+    }
     if (!outputs && !p.lse) c->ic = -1; /* backward needs lse */
     unsigned nm = pick(f, 32);
     if (nm == 0) p.q = NULL, c->ic = 0;
@@ -1071,7 +1114,12 @@ static void fam_attn_bwd(ctx *c) {
     for (int i = 0; i < c->nb; i++) c->b[i].out = 0, memset(c->b[i].mask, 0, c->b[i].bytes / 4 + 1);
     int64_t B = p->B, TQ = p->TQ, TK = p->TK, H = p->H, HKV = p->HKV, D = p->D;
     attn_case *ac = &a;
-    ac->bp = dn_attn_bwd_params_default(p);
+    {
+        dn_attn_params t = *p;
+        t.B = sd(t.B), t.TQ = sd(t.TQ), t.TK = sd(t.TK), t.H = sd(t.H), t.HKV = sd(t.HKV), t.D = sd(t.D);
+        ac->bp = dn_attn_bwd_params_default(&t);
+        ac->bp.fwd = *p;
+    }
     dn_attn_bwd_params *bp = &ac->bp;
     view vdo = pick_view(c, B, TQ, H, D, 1), vdq = pick_view(c, B, TQ, H, D, 1);
     view vdk = pick_view(c, B, TK, HKV, D, 1), vdv = pick_view(c, B, TK, HKV, D, 1);
@@ -1216,7 +1264,9 @@ static void fam_kv(ctx *c) {
             k.q = in_view(c, &vq, V_ANY, NULL), k.q_s = vq.s;
             k.o = out_view(c, &vo, NULL), k.o_s = vo.s;
             int64_t nl = PROD(B, H, TQ);
-            k.lse = pick(f, 2) && nl <= FZ_LIMIT ? flat(c, nl, V_ANY, 1, 0, NULL) : NULL;
+            int bl = -1;
+            k.lse = pick(f, 2) && nl <= FZ_LIMIT ? flat(c, nl, V_ANY, 1, 0, &bl) : NULL;
+            if (bl >= 0) c->b[bl].neginf_ok = 1;
             int64_t len_before = k.len;
             k.len = len;
             /* compare only f32 caches with in-contract appends and len within the copy */
@@ -1270,7 +1320,8 @@ static dn_mamba_params mamba_build(ctx *c, int outputs) {
     int64_t N = dim(f, 1, 16);
     if (pick(f, 16) == 0) D = dim(f, 1, 7);
     if (B < 1 || T < 0 || D < 1 || N < 1 || G < 1 || D % G) c->ic = 0;
-    dn_mamba_params p = dn_mamba_params_default(B, T, D, N, G);
+    dn_mamba_params p = dn_mamba_params_default(sd(B), sd(T), sd(D), sd(N), sd(G));
+    p.B = B, p.T = T, p.D = D, p.N = N, p.G = G;
     pick_vmode(c);
     p.impl = pick_impl(c, 2);
     p.n_threads = pick_threads(c);
@@ -1361,7 +1412,12 @@ static void fam_mamba_bwd(ctx *c) {
     s.p = mamba_build(c, 0);
     if (c->ic < 0) return;
     dn_mamba_params *p = &s.p;
-    s.bp = dn_mamba_bwd_params_default(p);
+    {
+        dn_mamba_params t = *p;
+        t.B = sd(t.B), t.T = sd(t.T), t.D = sd(t.D), t.N = sd(t.N), t.G = sd(t.G);
+        s.bp = dn_mamba_bwd_params_default(&t);
+        s.bp.fwd = *p;
+    }
     dn_mamba_bwd_params *bp = &s.bp;
     int64_t B = p->B, T = p->T, D = p->D, N = p->N, G = p->G;
     view vdy = view3(c, B, T, D), vdx = view3(c, B, T, D), vddt = view3(c, B, T, D);
@@ -1397,7 +1453,8 @@ static dn_mamba2_params mamba2_build(ctx *c, int outputs) {
     int64_t H = dim(f, 1, 2) * (G > 0 && G < 3 ? G : 1), P = dim(f, 1, 16), N = dim(f, 1, 16);
     if (pick(f, 16) == 0) H = dim(f, 1, 5);
     if (B < 1 || T < 0 || H < 1 || P < 1 || N < 1 || G < 1 || H % G) c->ic = 0;
-    dn_mamba2_params p = dn_mamba2_params_default(B, T, H, P, N, G);
+    dn_mamba2_params p = dn_mamba2_params_default(sd(B), sd(T), sd(H), sd(P), sd(N), sd(G));
+    p.B = B, p.T = T, p.H = H, p.P = P, p.N = N, p.G = G;
     pick_vmode(c);
     p.impl = pick_impl(c, 4);
     p.n_threads = pick_threads(c);
@@ -1485,7 +1542,12 @@ static void fam_mamba2_bwd(ctx *c) {
     s.p2 = mamba2_build(c, 0);
     if (c->ic < 0) return;
     dn_mamba2_params *p = &s.p2;
-    s.bp2 = dn_mamba2_bwd_params_default(p);
+    {
+        dn_mamba2_params t = *p;
+        t.B = sd(t.B), t.T = sd(t.T), t.H = sd(t.H), t.P = sd(t.P), t.N = sd(t.N), t.G = sd(t.G);
+        s.bp2 = dn_mamba2_bwd_params_default(&t);
+        s.bp2.fwd = *p;
+    }
     dn_mamba2_bwd_params *bp = &s.bp2;
     int64_t B = p->B, T = p->T, H = p->H, P = p->P, N = p->N, G = p->G;
     if (p->impl == DN_IMPL_RECURRENT) c->ic = 0; /* documented: AUTO / CHUNK / REF */
@@ -1530,7 +1592,8 @@ static dn_rwkv4_params rwkv_build(ctx *c, int outputs) {
     fz *f = c->f;
     int64_t B = dim(f, 1, 2), T = dim(f, 0, 40), C = dim(f, 1, 40);
     if (B < 1 || T < 0 || C < 1) c->ic = 0;
-    dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
+    dn_rwkv4_params p = dn_rwkv4_params_default(sd(B), sd(T), sd(C));
+    p.B = B, p.T = T, p.C = C;
     pick_vmode(c);
     p.impl = pick_impl(c, 2);
     p.n_threads = pick_threads(c);
@@ -1605,7 +1668,12 @@ static void fam_rwkv4_bwd(ctx *c) {
     s.pr = rwkv_build(c, 0);
     if (c->ic < 0) return;
     dn_rwkv4_params *p = &s.pr;
-    s.bpr = dn_rwkv4_bwd_params_default(p);
+    {
+        dn_rwkv4_params t = *p;
+        t.B = sd(t.B), t.T = sd(t.T), t.C = sd(t.C);
+        s.bpr = dn_rwkv4_bwd_params_default(&t);
+        s.bpr.fwd = *p;
+    }
     dn_rwkv4_bwd_params *bp = &s.bpr;
     int64_t B = p->B, T = p->T, C = p->C;
     view vdy = view3(c, B, T, C), vdk = view3(c, B, T, C), vdv = view3(c, B, T, C);
@@ -1633,7 +1701,8 @@ static dn_conv_params conv_build(ctx *c, int outputs) {
     int64_t B = dim(f, 1, 2), T = dim(f, 0, 40), D = dim(f, 1, 40), W = dim(f, 2, 4);
     if (pick(f, 16) == 0) W = dim(f, 0, 6);
     if (B < 1 || T < 0 || D < 1 || W < 2 || W > 4) c->ic = 0;
-    dn_conv_params p = dn_conv_params_default(B, T, D, W);
+    dn_conv_params p = dn_conv_params_default(sd(B), sd(T), sd(D), sd(W));
+    p.B = B, p.T = T, p.D = D, p.W = W;
     pick_vmode(c);
     p.impl = pick_impl(c, 2);
     p.n_threads = pick_threads(c);
@@ -1710,7 +1779,12 @@ static void fam_conv_bwd(ctx *c) {
     s.pc = conv_build(c, 0);
     if (c->ic < 0) return;
     dn_conv_params *p = &s.pc;
-    s.bpc = dn_conv_bwd_params_default(p);
+    {
+        dn_conv_params t = *p;
+        t.B = sd(t.B), t.T = sd(t.T), t.D = sd(t.D), t.W = sd(t.W);
+        s.bpc = dn_conv_bwd_params_default(&t);
+        s.bpc.fwd = *p;
+    }
     dn_conv_bwd_params *bp = &s.bpc;
     int64_t B = p->B, T = p->T, D = p->D, W = p->W;
     view vdy = view3(c, B, T, D), vdx = view3(c, B, T, D);
