@@ -292,7 +292,7 @@ static view pick_view(ctx *c, int64_t n0, int64_t n1, int64_t n2, int64_t D, int
     switch (mode) {
     case 1: {
         int64_t p1 = pick(c->f, 5), p2 = pick(c->f, 9), p3 = pick(c->f, 17);
-        h = d + p1;
+        h = (__int128)d + p1;
         t = smul(a2, (__int128)d + p1) + p2;
         b = smul(a1, t) + p3;
         break;
@@ -1248,7 +1248,7 @@ static void fam_kv(ctx *c) {
             }
         } else if (what == 2) { /* attend */
             int64_t len = dn_kv_cache_len(kv);
-            int64_t g = dim(f, 1, 2), H = HKV * g;
+            int64_t g = dim(f, 1, 2), H = HKV <= 256 && g >= 0 && g <= 2 ? HKV * g : g;
             if (pick(f, 16) == 0) H = dim(f, 0, 5);
             int64_t TQ = dim(f, 1, 6);
             if (pick(f, 2) && len >= 1) TQ = 1;
@@ -1316,7 +1316,8 @@ static view view3(ctx *c, int64_t B, int64_t T, int64_t D) {
 
 static dn_mamba_params mamba_build(ctx *c, int outputs) {
     fz *f = c->f;
-    int64_t B = dim(f, 1, 2), T = dim(f, 0, 24), G = dim(f, 1, 2), D = dim(f, 1, 6) * (G > 0 && G < 3 ? G : 1);
+    int64_t B = dim(f, 1, 2), T = dim(f, 0, 24), G = dim(f, 1, 2), D = dim(f, 1, 6);
+    if (D > 0 && D <= 6 && G > 0 && G < 3) D *= G;
     int64_t N = dim(f, 1, 16);
     if (pick(f, 16) == 0) D = dim(f, 1, 7);
     if (B < 1 || T < 0 || D < 1 || N < 1 || G < 1 || D % G) c->ic = 0;
@@ -1450,7 +1451,8 @@ static void fam_mamba_bwd(ctx *c) {
 static dn_mamba2_params mamba2_build(ctx *c, int outputs) {
     fz *f = c->f;
     int64_t B = dim(f, 1, 2), T = dim(f, 0, 40), G = dim(f, 1, 2);
-    int64_t H = dim(f, 1, 2) * (G > 0 && G < 3 ? G : 1), P = dim(f, 1, 16), N = dim(f, 1, 16);
+    int64_t H = dim(f, 1, 2), P = dim(f, 1, 16), N = dim(f, 1, 16);
+    if (H > 0 && H <= 2 && G > 0 && G < 3) H *= G;
     if (pick(f, 16) == 0) H = dim(f, 1, 5);
     if (B < 1 || T < 0 || H < 1 || P < 1 || N < 1 || G < 1 || H % G) c->ic = 0;
     dn_mamba2_params p = dn_mamba2_params_default(sd(B), sd(T), sd(H), sd(P), sd(N), sd(G));
