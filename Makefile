@@ -122,7 +122,7 @@ TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 test: info $(TEST)
@@ -167,7 +167,63 @@ format-check:
 	clang-format --dry-run -Werror $(FORMAT_SRC)
 
 clean:
-	rm -rf build build-san build-noomp build-debug build-san-noomp build-noomp-debug build-san-debug \
+	rm -rf build build-san build-noomp build-debug build-san-noomp build-noomp-debug build-san-debug build-fuzz build-tsan \
 	       build-san-noomp-debug compile_commands.json
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+
+# --- fuzzing and ThreadSanitizer (tests/fuzz, tests/tsan): clang only, their own build dirs ----
+# make fuzz: build-fuzz/fuzz_deltanet, libFuzzer + ASan + UBSan over the library (same flags);
+#   run: DN_FUZZ_FAMILY=la_fwd build-fuzz/fuzz_deltanet -max_total_time=60 (families: fuzz.h).
+# make tsan: build-tsan/concurrency under -fsanitize=thread, then runs it. OpenMP through LLVM's
+#   libomp when clang finds it (TSAN_OPENMP=0 builds without).
+FUZZ_CC     ?= clang
+TSAN_OPENMP ?= 1
+CLANG_OMP   := $(shell echo 'int main(void){return 0;}' | $(FUZZ_CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo -fopenmp)
+SAN_DEFS    := -std=c11 -D_POSIX_C_SOURCE=200809L -g -O2 -fno-omit-frame-pointer -Iinclude -Itests \
+               $(if $(findstring x86_64,$(ARCH)),-DDN_HAVE_X86_KERNELS)
+
+# $(1) dir, $(2) extra flags: library objects (kernels once per ISA) compiled with those flags
+define SANLIB_RULES
+$(1)/src/%.o: src/%.c $$(STAMP)
+	@mkdir -p $$(dir $$@)
+	$$(FUZZ_CC) $$(SAN_DEFS) $(2) -c $$< -o $$@
+$(1)/src/ref/%.o: src/ref/%.c $$(STAMP)
+	@mkdir -p $$(dir $$@)
+	$$(FUZZ_CC) $$(SAN_DEFS) $(2) -ffp-contract=off -c $$< -o $$@
+$(foreach isa,$(ISAS),
+$(1)/src/cpu/%_$(isa).o: src/cpu/%.c $$(STAMP)
+	@mkdir -p $$(dir $$@)
+	$$(FUZZ_CC) $$(SAN_DEFS) $(2) -ffp-contract=fast $$(ISA_FLAGS_$(isa)) -DDN_ISA_SUFFIX=$(isa) -c $$< -o $$@
+)
+$(1)/tests/%.o: tests/%.c $$(STAMP) $$(wildcard tests/*.h tests/fuzz/*.h)
+	@mkdir -p $$(dir $$@)
+	$$(FUZZ_CC) $$(SAN_DEFS) $(2) -c $$< -o $$@
+endef
+
+FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all $(CLANG_OMP)
+FUZZ_LIBOBJ := $(LIB_SRC:%.c=build-fuzz/%.o) $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=build-fuzz/%_$(isa).o))
+$(eval $(call SANLIB_RULES,build-fuzz,$(FUZZ_FLAGS)))
+
+build-fuzz/fuzz_deltanet: build-fuzz/tests/fuzz/fuzz.o $(FUZZ_LIBOBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined $(CLANG_OMP) -o $@ $^ -lm
+
+TSAN_OMP   := $(if $(filter 1,$(TSAN_OPENMP)),$(CLANG_OMP))
+TSAN_FLAGS := -fsanitize=thread $(TSAN_OMP)
+TSAN_LIBOBJ := $(LIB_SRC:%.c=build-tsan/%.o) $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=build-tsan/%_$(isa).o))
+$(eval $(call SANLIB_RULES,build-tsan,$(TSAN_FLAGS)))
+
+build-tsan/concurrency: build-tsan/tests/tsan/concurrency.o $(TSAN_LIBOBJ)
+	$(FUZZ_CC) -fsanitize=thread $(TSAN_OMP) -pthread -o $@ $^ -lm
+
+.PHONY: fuzz tsan clean-fuzz
+$(BUILD)/tests/fuzz/fuzz.o: tests/fuzz/fuzz.h
+clean-fuzz:
+	rm -rf build-fuzz build-tsan
+fuzz: build-fuzz/fuzz_deltanet
+	@echo "fuzz: $(FUZZ_CC), OpenMP: $(if $(CLANG_OMP),libomp,none); run DN_FUZZ_FAMILY=<family> $< -max_total_time=N"
+
+tsan: build-tsan/concurrency
+	@echo "tsan: OpenMP $(if $(TSAN_OMP),on (libomp),off (TSAN_OPENMP=0 or no libomp))"
+	TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 $(TSAN_OPTIONS)" ./build-tsan/concurrency
