@@ -27,8 +27,9 @@ int dn_view_extent(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D, 
         __builtin_mul_overflow(n2 - 1, s.h, &c) || __builtin_add_overflow(a, b, &e) ||
         __builtin_add_overflow(e, c, &e) || __builtin_add_overflow(e, D, &e))
         return 0;
-    /* the view must also be addressable in bytes */
-    if (e > INT64_MAX / (int64_t)sizeof(float)) return 0;
+    /* the view must fit in an address space: no machine maps 2^56 bytes (64 PiB), so a larger
+     * span can only come from a bogus stride, never from a real buffer */
+    if (e > ((int64_t)1 << 56) / (int64_t)sizeof(float)) return 0;
     *extent = e;
     return 1;
 }
@@ -71,8 +72,10 @@ dn_status dn_check_view(const char *op, const char *name, const void *ptr, dn_st
     if (!dn_strides_ok(s))
         return dn_fail(DN_ERR_STRIDE, "%s: %s strides (%lld, %lld, %lld) must be non-negative", op,
                        name, (long long)s.b, (long long)s.t, (long long)s.h);
-    if (!dn_view_extent(s, n0, n1, n2, D, extent))
-        return dn_fail(DN_ERR_SHAPE, "%s: %s strides (%lld, %lld, %lld) overflow 64-bit offsets",
+    if (!dn_view_extent(s, n0, n1, n2, D, extent) ||
+        (uintptr_t)ptr > UINTPTR_MAX - (uintptr_t)*extent * sizeof(float))
+        return dn_fail(DN_ERR_SHAPE, "%s: %s strides (%lld, %lld, %lld) span more memory than an "
+                                     "address space holds",
                        op, name, (long long)s.b, (long long)s.t, (long long)s.h);
     if (output && !dn_rows_disjoint(s, n0, n1, n2, D))
         return dn_fail(DN_ERR_STRIDE, "%s: %s strides (%lld, %lld, %lld) make its rows overlap", op,

@@ -56,7 +56,9 @@ int dn_threads_for(int requested);
  * key block [j0, j0 + nk) as offsets [*a, *e] into the block; *e < *a when nothing is visible. */
 static inline void dn_attn_visible(int64_t pos, int64_t window, int64_t j0, int64_t nk, int64_t *a,
                                    int64_t *e) {
-    int64_t lo = window > 0 ? pos - window + 1 - j0 : 0, hi = pos - j0;
+    /* window > pos: the window reaches past the first key, so it cuts nothing (and pos - window
+     * could overflow for a window near INT64_MAX) */
+    int64_t lo = window > 0 && window <= pos ? pos - window + 1 - j0 : 0, hi = pos - j0;
     *a = lo > 0 ? lo : 0;
     *e = hi < nk - 1 ? hi : nk - 1;
 }
