@@ -51,6 +51,18 @@ static inline void dn_la_seq(const dn_la_params *p, int64_t n, int64_t *b, int64
 
 int dn_threads_for(int requested);
 
+/* Log decays (the gates g <= 0 of GLA, Gated DeltaNet and Mamba-2), stated once. g = -inf is a
+ * full reset of the state (exp(g) = 0). exp(g) is already 0 in float for g < -104 and in double
+ * for g < -746, so every g below DN_LOG_DECAY_MIN is the same reset: the chunkwise kernels clamp
+ * g there before they sum it, so that their gate differences gamma_i - gamma_j never meet
+ * (-inf) - (-inf) and their cumulative sums (at most 128 terms, kept in double) keep the small
+ * gates that follow a huge one. NaN passes through unchanged. */
+#define DN_LOG_DECAY_MIN (-1024.0f)
+static inline float dn_log_decay(float g) { return g < DN_LOG_DECAY_MIN ? DN_LOG_DECAY_MIN : g; }
+/* Whether exp(g) is exactly 0 in float: the gate's gradient dg = exp(g) dL/d(exp g) is then 0,
+ * as the reference's is (it differentiates the recurrence token by token). */
+static inline int dn_decay_is_zero(float g) { return g < -104.0f; }
+
 /* The attention mask, stated once: the key at position pos of a query (pos = TK - TQ + i) sees
  * keys j with pos - window < j <= pos (window 0: all j <= pos). Returns the visible part of the
  * key block [j0, j0 + nk) as offsets [*a, *e] into the block; *e < *a when nothing is visible. */

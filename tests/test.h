@@ -7,6 +7,7 @@
 
 #include "deltanet.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -88,6 +89,26 @@ static inline int test_use_isa(dn_isa isa) {
     if (dn_set_isa(isa) == DN_OK) return 1;
     test_isa_skipped |= 1u << (unsigned)isa;
     return 0;
+}
+
+/* Reset gates for the linear family's tests: g = -inf (exp(g) = 0) and finite gates so negative
+ * that exp(g) underflows or a cumulative sum swallows its small terms. */
+#define N_RESET_PATTERNS 7
+static const char *const reset_names[N_RESET_PATTERNS] = {
+    "-inf at t=0,16,37,64,T-1", "-inf everywhere", "-1e30 at t=5,64,100", "-FLT_MAX at t=0,33,127,128",
+    "-80 from t=10 on", "-200 on runs, -inf on head 1 only", "-inf on the first 70 tokens"};
+
+/* The gate of token t (of T) and value head h under a pattern, else the random base. */
+static inline float reset_gate(int pattern, int64_t t, int64_t T, int64_t h, float base) {
+    switch (pattern) {
+    case 0: return t == 0 || t == 16 || t == 37 || t == 64 || t == T - 1 ? -INFINITY : base;
+    case 1: return -INFINITY;
+    case 2: return t == 5 || t == 64 || t == 100 ? -1e30f : base;
+    case 3: return t == 0 || t == 33 || t == 127 || t == 128 ? -FLT_MAX : base;
+    case 4: return t >= 10 ? -80.0f : base;
+    case 5: return h == 1 && t % 50 == 20 ? -INFINITY : (t / 20) % 2 ? -200.0f : base;
+    default: return t < 70 ? -INFINITY : base;
+    }
 }
 
 #define CHECK(cond, ...)                                                                           \

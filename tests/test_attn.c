@@ -410,11 +410,182 @@ static int test_attn_bad_input(void) {
     return fails;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Masked positions contribute nothing, whatever they hold: an inf or NaN (or a huge key) at a
+ * position some queries cannot see (the future, outside the window, before the queries' first
+ * key) leaves those queries' outputs and gradients finite and equal to the reference, in the tiled
+ * prefill, the decode over fp32 / fp16 / bf16 caches and the backward; keys no query sees get
+ * gradients of exactly 0.
+ * ------------------------------------------------------------------------------------------- */
+
+/* got against ref over the elements where ref is finite (there got must be finite too). */
+static int check_where_finite(const char *what, const float *got, const float *ref, int64_t n,
+                              double tol) {
+    float *g = falloc(n), *r = falloc(n);
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (isfinite(ref[i])) g[m] = got[i], r[m] = ref[i], m++;
+    int fails = check_close(what, g, r, m, tol);
+    free(g), free(r);
+    return fails;
+}
+
+typedef struct {
+    int64_t TQ, TK, W, pos; /* poisoned position: a key (k, v) or a query row (q, dout) */
+    int what;               /* 0 v, 1 k, 2 q, 3 dout (backward only) */
+    float val;
+} poison_case;
+
+/* Whether query i sees key j (the mask of include/deltanet.h, written out). */
+static int sees(int64_t TQ, int64_t TK, int64_t W, int64_t i, int64_t j) {
+    const int64_t pos = TK - TQ + i;
+    return j <= pos && (W == 0 || j > pos - W);
+}
+
+static int masked_poison_case(const poison_case *pc, int idx) {
+    int fails = 0;
+    const int64_t B = 1, H = 4, HKV = 2, D = 32, TQ = pc->TQ, TK = pc->TK, W = pc->W;
+    const int64_t nq = B * TQ * H * D, nk = B * TK * HKV * D;
+    rng r = {2000 + (uint64_t)idx};
+    float *q = falloc(nq), *k = falloc(nk), *v = falloc(nk), *dO = falloc(nq);
+    fill_uniform(&r, q, nq, -1, 1), fill_uniform(&r, k, nk, -1, 1), fill_uniform(&r, v, nk, -1, 1);
+    fill_uniform(&r, dO, nq, -1, 1);
+    /* the poison: element 0 of every head of one position, or the whole key when huge */
+    for (int64_t hh = 0; hh < (pc->what >= 2 ? H : HKV); hh++)
+        for (int64_t d = 0; d < (isfinite(pc->val) ? D : 1); d++) {
+            float *x = pc->what == 0 ? v : pc->what == 1 ? k : pc->what == 2 ? q : dO;
+            x[(pc->pos * (pc->what >= 2 ? H : HKV) + hh) * D + d] = pc->val;
+        }
+    char label[160];
+    static const char *const names[4] = {"v", "k", "q", "dout"};
+    snprintf(label, sizeof label, "TQ=%lld TK=%lld W=%lld %s[%lld]=%g", (long long)TQ, (long long)TK,
+             (long long)W, names[pc->what], (long long)pc->pos, pc->val);
+    dn_attn_params p = dn_attn_params_default(B, TK, H, HKV, D);
+    p.TQ = TQ, p.q_s = p.o_s = (dn_strides){TQ * H * D, H * D, D}, p.window = W;
+    float *o_ref = falloc(nq), *l_ref = falloc(B * H * TQ), *o = falloc(nq), *l = falloc(B * H * TQ);
+    p.q = q, p.k = k, p.v = v, p.o = o_ref, p.lse = l_ref, p.impl = DN_IMPL_REF;
+    CHECK(dn_attn_forward(&p) == DN_OK, "%s", dn_last_error());
+    char what[240];
+    dn_isa best = dn_isa_best();
+    for (int isa = 0; isa <= (int)best; isa++) {
+        if (!test_use_isa((dn_isa)isa)) continue;
+        /* tiled prefill */
+        dn_attn_params f = p;
+        f.o = o, f.lse = l, f.impl = DN_IMPL_AUTO;
+        poison(o, nq);
+        CHECK(dn_attn_forward(&f) == DN_OK, "%s", dn_last_error());
+        snprintf(what, sizeof what, "%s %s prefill", label, dn_isa_name((dn_isa)isa));
+        fails += check_where_finite(what, o, o_ref, nq, TOL);
+        /* decode over a cache of every dtype, all queries in one call */
+        for (int dt = 0; dt < DN_DTYPE_COUNT && pc->what < 2; dt++) {
+            float *kr = falloc(nk), *vr = falloc(nk), *o_r = falloc(nq), *o_d = falloc(nq);
+            for (int64_t i = 0; i < nk; i++) {
+                kr[i] = dt == DN_F32 ? k[i] : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(k[i]))
+                                                           : dn_bf16_to_f32(dn_f32_to_bf16(k[i]));
+                vr[i] = dt == DN_F32 ? v[i] : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(v[i]))
+                                                           : dn_bf16_to_f32(dn_f32_to_bf16(v[i]));
+            }
+            dn_attn_params rr = p;
+            rr.k = kr, rr.v = vr, rr.o = o_r, rr.lse = NULL;
+            CHECK(dn_attn_forward(&rr) == DN_OK, "%s", dn_last_error());
+            dn_kv_cache *c = NULL;
+            CHECK(dn_kv_cache_create(&c, B, HKV, D, TK, (dn_dtype)dt, 0) == DN_OK, "%s", dn_last_error());
+            CHECK(dn_kv_cache_append(c, k, p.k_s, v, p.v_s, TK) == DN_OK, "%s", dn_last_error());
+            poison(o_d, nq);
+            CHECK(dn_kv_cache_attend(c, o_d, p.o_s, NULL, q, p.q_s, TQ, H, p.scale, W, 0) == DN_OK,
+                  "%s", dn_last_error());
+            snprintf(what, sizeof what, "%s %s decode %s", label, dn_isa_name((dn_isa)isa),
+                     dn_dtype_name((dn_dtype)dt));
+            fails += check_where_finite(what, o_d, o_r, nq, TOL);
+            dn_kv_cache_free(c);
+            free(kr), free(vr), free(o_r), free(o_d);
+        }
+        /* backward, from the reference forward's o and lse */
+        float *gr[2][3];
+        for (int w = 0; w < 2; w++) gr[w][0] = falloc(nq), gr[w][1] = falloc(nk), gr[w][2] = falloc(nk);
+        for (int w = 0; w < 2; w++) {
+            dn_attn_bwd_params b = dn_attn_bwd_params_default(&p);
+            b.fwd.impl = w == 0 ? DN_IMPL_REF : DN_IMPL_AUTO;
+            b.dout = dO, b.dq = gr[w][0], b.dk = gr[w][1], b.dv = gr[w][2];
+            poison(gr[w][0], nq), poison(gr[w][1], nk), poison(gr[w][2], nk);
+            CHECK(dn_attn_backward(&b) == DN_OK, "%s", dn_last_error());
+        }
+        /* The rows the poison reaches (those that see the poisoned key, or the poisoned row) have
+         * non-finite or ill-conditioned gradients (a huge key times rounding), and so do the keys
+         * those rows see. Everything else must be finite and equal to the reference. */
+        static const char *const gn[3] = {"dq", "dk", "dv"};
+        float *cg[2][3];
+        int64_t ncl[3] = {0, 0, 0};
+        for (int w = 0; w < 2; w++) cg[w][0] = falloc(nq), cg[w][1] = falloc(nk), cg[w][2] = falloc(nk);
+        for (int64_t i = 0; i < TQ; i++) {
+            if (pc->what < 2 ? !sees(TQ, TK, W, i, pc->pos) : i != pc->pos) {
+                for (int w = 0; w < 2; w++) memcpy(cg[w][0] + ncl[0], gr[w][0] + i * H * D, sizeof(float) * H * D);
+                ncl[0] += H * D;
+            }
+        }
+        for (int64_t j = 0; j < TK; j++) {
+            int dirty = 0;
+            for (int64_t i = 0; i < TQ; i++)
+                dirty |= (pc->what < 2 ? sees(TQ, TK, W, i, pc->pos) : i == pc->pos) && sees(TQ, TK, W, i, j);
+            if (dirty) continue;
+            for (int a = 1; a < 3; a++) {
+                for (int w = 0; w < 2; w++)
+                    memcpy(cg[w][a] + ncl[a], gr[w][a] + j * HKV * D, sizeof(float) * HKV * D);
+                ncl[a] += HKV * D;
+            }
+        }
+        for (int a = 0; a < 3; a++) {
+            snprintf(what, sizeof what, "%s %s backward %s (%lld clean)", label, dn_isa_name((dn_isa)isa),
+                     gn[a], (long long)ncl[a]);
+            fails += check_close(what, cg[0][a], cg[0][a], ncl[a], 0); /* the reference: finite */
+            fails += check_close(what, cg[1][a], cg[0][a], ncl[a], 1e-5);
+        }
+        for (int w = 0; w < 2; w++) free(cg[w][0]), free(cg[w][1]), free(cg[w][2]);
+        /* keys no query sees: gradients exactly 0 in both */
+        for (int64_t j = 0; j < TK; j++) {
+            int seen = 0;
+            for (int64_t i = 0; i < TQ; i++) seen |= sees(TQ, TK, W, i, j);
+            if (seen) continue;
+            for (int64_t x = 0; x < HKV * D; x++)
+                for (int w = 0; w < 2; w++)
+                    CHECK(gr[w][1][j * HKV * D + x] == 0 && gr[w][2][j * HKV * D + x] == 0,
+                          "%s %s: key %lld seen by no query has dk %g dv %g (%s)", label,
+                          dn_isa_name((dn_isa)isa), (long long)j, gr[w][1][j * HKV * D + x],
+                          gr[w][2][j * HKV * D + x], w ? "fast" : "ref");
+        }
+        for (int w = 0; w < 2; w++) free(gr[w][0]), free(gr[w][1]), free(gr[w][2]);
+    }
+    dn_set_isa(best);
+    free(q), free(k), free(v), free(dO), free(o_ref), free(l_ref), free(o), free(l);
+    return fails;
+}
+
+static int test_masked_poison(void) {
+    const float inf = INFINITY, nan = NAN, huge = 1e30f;
+    const poison_case cases[] = {
+        {64, 64, 0, 63, 0, inf},    /* the issue: v[63] inf, seen only by the last row */
+        {64, 64, 8, 0, 0, inf},     /* the issue: v[0] inf, outside the window of rows 8.. */
+        {64, 64, 0, 63, 0, nan},  {64, 64, 0, 63, 1, inf},  {64, 64, 0, 63, 1, nan},
+        {64, 64, 0, 63, 1, huge}, {64, 64, 8, 0, 1, nan},   {64, 64, 8, 0, 1, huge},
+        {200, 200, 0, 130, 0, nan}, {200, 200, 0, 130, 1, inf}, /* inside a middle block */
+        {200, 200, 50, 70, 0, inf}, {200, 200, 50, 70, 1, nan},
+        {40, 150, 0, 149, 0, inf},  {40, 150, 0, 149, 1, nan},  /* TQ < TK: future keys */
+        {40, 150, 30, 100, 0, nan}, {40, 150, 30, 100, 1, inf}, /* before every query's window */
+        {70, 64, 0, 63, 0, inf},    /* TQ > TK: rows that see no key */
+        {64, 64, 0, 5, 2, inf},     {200, 200, 16, 20, 2, nan}, /* a query: keys it cannot see */
+        {64, 64, 0, 5, 3, inf},     {200, 200, 16, 150, 3, nan},
+    };
+    int fails = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) fails += masked_poison_case(&cases[i], (int)i);
+    return fails;
+}
+
 const test_case dn_tests_attn[] = {
     {"attn_bad_input", test_attn_bad_input},
     {"attn_half_conversions", test_half_conversions},
     {"attn_memory_bound", test_memory_bound},
     {"attn_extreme_logits", test_extreme_logits},
+    {"attn_masked_poison", test_masked_poison},
     {"attn_prefill_offsets", test_prefill_offsets},
     {"attn_decode", test_decode},
     {"attn_decode_long", test_decode_long},

@@ -474,6 +474,117 @@ static int test_stress_gates(void) {
     return fails;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Reset gates: g = -inf (exp(g) = 0, the state forgotten) and finite gates so negative that
+ * exp(g) underflows or their cumulative sum swallows its small terms. Every implementation must
+ * stay finite and agree with the reference (which takes exp(g) = 0 token by token).
+ * ------------------------------------------------------------------------------------------- */
+static void set_reset_gates(problem *pr, int pattern) {
+    const dn_la_params *p = &pr->p;
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t t = 0; t < p->T; t++)
+            for (int64_t h = 0; h < p->HV; h++) {
+                /* varlen: the token's position within its own sequence */
+                int64_t tt = t, len = p->T;
+                for (int64_t n = 0; p->cu_seqlens && n < p->n_seqs; n++)
+                    if (t >= p->cu_seqlens[n] && t < p->cu_seqlens[n + 1])
+                        tt = t - p->cu_seqlens[n], len = p->cu_seqlens[n + 1] - p->cu_seqlens[n];
+                float *g = pr->g + b * p->g_s.b + t * p->g_s.t + h * p->g_s.h;
+                *g = reset_gate(pattern, tt, len, h, *g);
+            }
+}
+
+static int test_reset_gates(void) {
+    int fails = 0;
+    static const int64_t cu[] = {0, 30, 170, 171, 300}; /* lengths 30, 140, 1, 129 */
+    for (int op = DN_OP_GLA; op <= DN_OP_GDN; op += DN_OP_GDN - DN_OP_GLA)
+        for (int pat = 0; pat < N_RESET_PATTERNS; pat++)
+            for (int varlen = 0; varlen < 2; varlen++) {
+                input_opts io = default_opts;
+                io.strided = pat % 2;
+                io.l2norm = 1;
+                problem pr;
+                const int64_t B = varlen ? 1 : 2, T = varlen ? 300 : 150, H = 1, HV = 2, K = 32, V = 48;
+                problem_init(&pr, (dn_op)op, B, T, H, HV, K, V, varlen ? cu : NULL, varlen ? 4 : 0,
+                             io, 60 + pat);
+                set_reset_gates(&pr, pat);
+                char label[160];
+                snprintf(label, sizeof label, "%s g %s%s", dn_op_name((dn_op)op), reset_names[pat],
+                         varlen ? " varlen" : "");
+                int f = check_all_impls(&pr, 2, TOL_STRESS, label);
+                /* impl auto at every SIMD level */
+                const int64_t no = B * T * HV * V;
+                float *o_ref = falloc(no), *s_ref = falloc(pr.nstate), *o = falloc(no),
+                      *s = falloc(pr.nstate);
+                f += run_impl(&pr, DN_IMPL_REF, 64, 0, o_ref, s_ref, label);
+                dn_isa best = dn_isa_best();
+                for (int isa = 0; isa <= (int)best; isa++) {
+                    if (!test_use_isa((dn_isa)isa)) continue;
+                    char what[200];
+                    snprintf(what, sizeof what, "%s %s auto", label, dn_isa_name((dn_isa)isa));
+                    f += run_impl(&pr, DN_IMPL_AUTO, 64, 0, o, s, what);
+                    f += check_close(what, o, o_ref, no, TOL_STRESS);
+                    f += check_close(what, s, s_ref, pr.nstate, TOL_STRESS);
+                }
+                dn_set_isa(best);
+                if (f) printf("  case: %s\n", label);
+                fails += f;
+                free(o_ref), free(s_ref), free(o), free(s);
+                problem_free(&pr);
+            }
+    return fails;
+}
+
+/* Decode steps through resets: dn_la_step with g = -inf, -1e30 and -FLT_MAX equals the reference. */
+static int test_step_reset(void) {
+    int fails = 0;
+    const int64_t B = 2, T = 40, H = 1, HV = 2, K = 32, V = 32;
+    static const float resets[] = {-INFINITY, -1e30f, -FLT_MAX, -200.0f};
+    for (int op = DN_OP_GLA; op <= DN_OP_GDN; op += DN_OP_GDN - DN_OP_GLA) {
+        problem pr;
+        problem_init(&pr, (dn_op)op, B, T, H, HV, K, V, NULL, 0, default_opts, 950 + op);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t h = 0; h < HV; h++)
+                    if ((t + h) % 7 == 3) pr.g[(b * T + t) * HV + h] = resets[(t + b) % 4];
+        const int64_t no = B * T * HV * V;
+        float *o_ref = falloc(no), *s_ref = falloc(pr.nstate);
+        fails += run_impl(&pr, DN_IMPL_REF, 64, 0, o_ref, s_ref, "step reset ref");
+        float *state = falloc(pr.nstate), *o_dec = falloc(no), *o = falloc(B * HV * V);
+        float *q = falloc(B * H * K), *k = falloc(B * H * K), *v = falloc(B * HV * V);
+        float *g = falloc(B * HV), *beta = falloc(B * HV);
+        dn_isa best = dn_isa_best();
+        for (int isa = 0; isa <= (int)best; isa++) {
+            if (!test_use_isa((dn_isa)isa)) continue;
+            memcpy(state, pr.h0, sizeof(float) * pr.nstate);
+            for (int64_t t = 0; t < T; t++) {
+                for (int64_t b = 0; b < B; b++) {
+                    const int64_t r = b * T + t;
+                    memcpy(q + b * H * K, pr.q + r * H * K, sizeof(float) * H * K);
+                    memcpy(k + b * H * K, pr.k + r * H * K, sizeof(float) * H * K);
+                    memcpy(v + b * HV * V, pr.v + r * HV * V, sizeof(float) * HV * V);
+                    memcpy(g + b * HV, pr.g + r * HV, sizeof(float) * HV);
+                    memcpy(beta + b * HV, pr.beta + r * HV, sizeof(float) * HV);
+                }
+                CHECK(dn_la_step((dn_op)op, o, state, q, k, v, g, op == DN_OP_GDN ? beta : NULL, B,
+                                 H, HV, K, V, 0.0f, 0) == DN_OK, "step: %s", dn_last_error());
+                for (int64_t b = 0; b < B; b++)
+                    memcpy(o_dec + (b * T + t) * HV * V, o + b * HV * V, sizeof(float) * HV * V);
+            }
+            char what[80];
+            snprintf(what, sizeof what, "%s %s decode steps through resets", dn_op_name((dn_op)op),
+                     dn_isa_name((dn_isa)isa));
+            fails += check_close(what, o_dec, o_ref, no, TOL_STRESS);
+            fails += check_close(what, state, s_ref, pr.nstate, TOL_STRESS);
+        }
+        dn_set_isa(best);
+        free(o_ref), free(s_ref), free(state), free(o_dec), free(o);
+        free(q), free(k), free(v), free(g), free(beta);
+        problem_free(&pr);
+    }
+    return fails;
+}
+
 /* A 100,000-token sequence: finite, and within 1e-4 of the reference. */
 static int test_long(void) {
     int fails = 0;
@@ -674,6 +785,8 @@ const test_case dn_tests_la[] = {
     {"la_state_carry", test_state_carry},
     {"la_varlen", test_varlen},
     {"la_stress_gates", test_stress_gates},
+    {"la_reset_gates", test_reset_gates},
+    {"la_step_reset", test_step_reset},
     {"la_grid", test_grid},
     {"la_long_100k", test_long},
     {NULL, NULL},

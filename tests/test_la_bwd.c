@@ -222,6 +222,7 @@ static int test_grad_api(void) {
  * strided inputs, varlen). fp32 against double: relative RMS at most 1e-5 for every gradient
  * (the largest seen is 1.3e-6, for dg). */
 static float bwd_beta_hi = 1.0f, bwd_g_lo = -0.4f; /* ranges of beta and g in bwd_case */
+static int bwd_reset = -1; /* >= 0: the reset_gate pattern (test.h) laid over g in bwd_case */
 
 static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K, int64_t V,
                     int chunk, int l2, const int64_t *cu, int64_t ns, uint64_t seed, const char *label) {
@@ -239,6 +240,13 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
     fill_uniform(&r, g, ng, bwd_g_lo, 0), fill_uniform(&r, beta, ng, 0, bwd_beta_hi);
     fill_uniform(&r, h0, nst, -0.5f, 0.5f), fill_uniform(&r, dout, nv, -1, 1);
     fill_uniform(&r, dhT, nst, -1, 1);
+    if (bwd_reset >= 0)
+        for (int64_t n = 0; n < NS; n++) {
+            const int64_t b = cu ? 0 : n, t0 = cu ? cu[n] : 0, t1 = cu ? cu[n + 1] : T;
+            for (int64_t t = t0; t < t1; t++)
+                for (int64_t h = 0; h < HV; h++)
+                    g[(b * T + t) * HV + h] = reset_gate(bwd_reset, t - t0, t1 - t0, h, g[(b * T + t) * HV + h]);
+        }
     f.q = q, f.k = k, f.v = v, f.o = dout, f.qk_l2norm = l2, f.initial_state = h0;
     f.g = op == DN_OP_GLA || op == DN_OP_GDN ? g : NULL;
     f.beta = op == DN_OP_DELTANET || op == DN_OP_GDN ? beta : NULL;
@@ -364,6 +372,29 @@ static int test_bwd_fast(void) {
     bwd_beta_hi = 1.0f, bwd_g_lo = -5.0f;
     fails += bwd_case(DN_OP_GDN, 1, 100, 1, 2, 64, 64, 32, 1, NULL, 0, 97, "bwd gdn g down to -5");
     bwd_g_lo = -0.4f;
+    return fails;
+}
+
+/* Reset gates (g = -inf, -1e30, -FLT_MAX, long runs of -80 and -200): the chunkwise backward and
+ * the training forward at every chunk size and SIMD level, finite and equal to the reference
+ * (whose dg = exp(g) dL/d(exp g) is 0 at a reset); varlen too. */
+static int test_bwd_reset_gates(void) {
+    static const int chunks[] = {16, 32, 64, 128};
+    static const int64_t cu[] = {0, 30, 170, 171, 300};
+    int fails = 0, idx = 0;
+    for (int op = DN_OP_GLA; op <= DN_OP_GDN; op += DN_OP_GDN - DN_OP_GLA)
+        for (int pat = 0; pat < N_RESET_PATTERNS; pat++, idx++) {
+            bwd_reset = pat;
+            char label[160];
+            for (int c = 0; c < 4; c++) {
+                snprintf(label, sizeof label, "bwd %s g %s C=%d", dn_op_name((dn_op)op),
+                         reset_names[pat], chunks[c]);
+                fails += bwd_case((dn_op)op, 2, 150, 1, 2, 32, 48, chunks[c], 1, NULL, 0, 300 + idx, label);
+            }
+            snprintf(label, sizeof label, "bwd %s g %s varlen", dn_op_name((dn_op)op), reset_names[pat]);
+            fails += bwd_case((dn_op)op, 1, 300, 2, 4, 16, 32, 32, (pat + 1) % 2, cu, 4, 400 + idx, label);
+        }
+    bwd_reset = -1;
     return fails;
 }
 
@@ -522,6 +553,7 @@ const test_case dn_tests_la_bwd[] = {
     {"bwd_attn_reference_vs_finite_differences", test_attn_grad_reference},
     {"bwd_attn_fast", test_attn_grad_fast},
     {"bwd_la_fast", test_bwd_fast},
+    {"bwd_la_reset_gates", test_bwd_reset_gates},
     {"bwd_la_api", test_grad_api},
     {"bwd_la_reference_vs_finite_differences", test_grad_reference},
     {NULL, NULL},

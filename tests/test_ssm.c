@@ -231,6 +231,72 @@ static int test_mamba2(void) {
     return fails;
 }
 
+/* Mamba-2 resets: g = dt' A is -inf for A = -inf and overflows float to -inf for A = -1e30 or
+ * -FLT_MAX (the reference multiplies in double and takes exp = 0). Forward at every impl, chunk
+ * size and SIMD level, and the backward (not for A = -inf, where dA A dg is -inf * 0 in any
+ * implementation), finite and equal to the reference. */
+static int test_mamba2_reset(void) {
+    int fails = 0;
+    const int64_t B = 1, T = 150, H = 4, P = 16, N = 32, G = 1;
+    const int64_t nx = B * T * H * P, nd = B * T * H, nb = B * T * G * N, ns = B * H * N * P;
+    static const int chunks[] = {16, 32, 64, 128};
+    for (int with_inf = 1; with_inf >= 0; with_inf--) {
+        rng r = {77};
+        float *x = falloc(nx), *dt = falloc(nd), *Bm = falloc(nb), *Cm = falloc(nb), *h0 = falloc(ns);
+        float A[4] = {with_inf ? -INFINITY : -2.0f, -1e30f, -1.0f, -FLT_MAX};
+        fill_uniform(&r, x, nx, -1, 1), fill_uniform(&r, dt, nd, -3, 1);
+        fill_uniform(&r, Bm, nb, -0.3f, 0.3f), fill_uniform(&r, Cm, nb, -0.3f, 0.3f);
+        fill_uniform(&r, h0, ns, -0.5f, 0.5f);
+        dn_mamba2_params p = dn_mamba2_params_default(B, T, H, P, N, G);
+        p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.dt_softplus = 1, p.initial_state = h0;
+        float *yr = falloc(nx), *sr = falloc(ns), *y = falloc(nx), *s = falloc(ns);
+        p.y = yr, p.final_state = sr, p.impl = DN_IMPL_REF;
+        CHECK(dn_mamba2_forward(&p) == DN_OK, "mamba2 ref: %s", dn_last_error());
+        for (int impl = DN_IMPL_AUTO; impl < DN_IMPL_COUNT; impl++)
+            for (int c = 0; c < 4; c++) {
+                if (impl == DN_IMPL_REF || (impl != DN_IMPL_CHUNK && c > 0)) continue;
+                FOR_EACH_ISA({
+                    poison(y, nx), poison(s, ns);
+                    p.y = y, p.final_state = s, p.impl = (dn_impl)impl, p.chunk_size = chunks[c];
+                    CHECK(dn_mamba2_forward(&p) == DN_OK, "mamba2: %s", dn_last_error());
+                    char what[120];
+                    snprintf(what, sizeof what, "mamba2 reset A%s %s C=%d %s", with_inf ? "=-inf" : "",
+                             dn_impl_name((dn_impl)impl), chunks[c], dn_isa_name((dn_isa)isa_));
+                    fails += check_close(what, y, yr, nx, TOL);
+                    fails += check_close(what, s, sr, ns, TOL);
+                });
+            }
+        if (!with_inf) {
+            float *dy = falloc(nx), *dhT = falloc(ns), *gr[2][6];
+            fill_uniform(&r, dy, nx, -1, 1), fill_uniform(&r, dhT, ns, -1, 1);
+            const int64_t sz[6] = {nx, nd, nb, nb, H, ns};
+            for (int w = 0; w < 2; w++)
+                for (int i = 0; i < 6; i++) gr[w][i] = calloc((size_t)sz[i], sizeof(float));
+            FOR_EACH_ISA({
+                for (int w = 0; w < 2; w++) {
+                    dn_mamba2_bwd_params b = dn_mamba2_bwd_params_default(&p);
+                    b.fwd.impl = w == 0 ? DN_IMPL_REF : DN_IMPL_AUTO;
+                    b.dy = dy, b.dfinal_state = dhT, b.dx = gr[w][0], b.ddt = gr[w][1];
+                    b.dBm = gr[w][2], b.dCm = gr[w][3], b.dA = gr[w][4], b.dinitial_state = gr[w][5];
+                    memset(gr[w][4], 0, sizeof(float) * H);
+                    CHECK(dn_mamba2_backward(&b) == DN_OK, "%s", dn_last_error());
+                }
+                static const char *const nm[6] = {"dx", "ddt", "dBm", "dCm", "dA", "dh0"};
+                for (int i = 0; i < 6; i++) {
+                    char what[80];
+                    snprintf(what, sizeof what, "mamba2 reset backward %s %s", dn_isa_name((dn_isa)isa_), nm[i]);
+                    fails += check_close(what, gr[1][i], gr[0][i], sz[i], TOL);
+                }
+            });
+            for (int w = 0; w < 2; w++)
+                for (int i = 0; i < 6; i++) free(gr[w][i]);
+            free(dy), free(dhT);
+        }
+        free(x), free(dt), free(Bm), free(Cm), free(h0), free(yr), free(sr), free(y), free(s);
+    }
+    return fails;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * RWKV-4
  * ------------------------------------------------------------------------------------------- */
@@ -474,6 +540,7 @@ const test_case dn_tests_ssm[] = {
     {"mamba1_stress", test_mamba1_stress},
     {"mamba1_steps", test_mamba1_steps},
     {"mamba2", test_mamba2},
+    {"mamba2_reset", test_mamba2_reset},
     {"rwkv4_reference", test_rwkv4_reference},
     {"rwkv4", test_rwkv4},
     {"rwkv4_stress", test_rwkv4_stress},

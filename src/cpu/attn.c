@@ -114,11 +114,13 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
             for (int64_t jj = nk; jj < nkp; jj++) w.KT[d * ATT_BC + jj] = 0;
 
         gemm_f32(R, nkp, D, w.Q, Dp, 1, w.KT, ATT_BC, w.S, ATT_BC, 0, 0);
+        int edge = 0; /* some row of the tile does not see some key of the block */
         for (int64_t r = 0; r < R; r++) {
             const int64_t pos = posmin + r % nq;
             int64_t a, e;
             dn_attn_visible(pos, W, j0, nk, &a, &e);
             float *s = w.S + r * ATT_BC;
+            edge |= a > 0 || e < nk - 1;
             if (e < a) { /* this row sees no key of the block */
                 memset(s, 0, sizeof(float) * (size_t)nkp);
                 continue;
@@ -130,7 +132,22 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
                 for (int64_t d = 0; d < Dp; d += DN_VW) vstore(o + d, av * vload(o + d));
             }
         }
-        gemm_f32(R, Dp, nk, w.S, ATT_BC, 1, w.Vb, Dp, w.O, Dp, 1, 0);
+        if (edge && !all_finite(w.Vb, nk * Dp)) {
+            /* A masked weight is 0, but 0 * inf is NaN: with an inf or NaN among the values, each
+             * row sums over its visible keys only, so that what a row cannot see cannot reach it. */
+            for (int64_t r = 0; r < R; r++) {
+                int64_t a, e;
+                dn_attn_visible(posmin + r % nq, W, j0, nk, &a, &e);
+                float *o = w.O + r * Dp;
+                for (int64_t j = a; j <= e; j++) {
+                    const vf pj = vset1(w.S[r * ATT_BC + j]);
+                    for (int64_t d = 0; d < Dp; d += DN_VW)
+                        vstore(o + d, vload(o + d) + pj * vload(w.Vb + j * Dp + d));
+                }
+            }
+        } else {
+            gemm_f32(R, Dp, nk, w.S, ATT_BC, 1, w.Vb, Dp, w.O, Dp, 1, 0);
+        }
     }
 
     for (int64_t r = 0; r < R; r++) {
@@ -358,7 +375,13 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
             }
         }
         if (!any) continue;
-        for (int64_t r = 0; r < R; r++) accumulate(O + r * Dp, S + r * DEC_BLK, kv->v, rowbase + j0, nk, D);
+        /* each row over its visible keys only: a masked weight is 0, but 0 * inf is NaN */
+        for (int64_t r = 0; r < R; r++) {
+            int64_t a, e;
+            dn_attn_visible(kv->len - TQ + r % TQ, window, j0, nk, &a, &e);
+            if (e >= a)
+                accumulate(O + r * Dp, S + r * DEC_BLK + a, kv->v, rowbase + j0 + a, e - a + 1, D);
+        }
     }
 }
 

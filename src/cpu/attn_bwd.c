@@ -71,6 +71,7 @@ static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64
         for (int64_t jj = nk; jj < nkp; jj++) w->KT[d * BC + jj] = w->VT[d * BC + jj] = 0;
     memset(w->dKb, 0, sizeof(float) * (size_t)(BC * Dp));
     memset(w->dVb, 0, sizeof(float) * (size_t)(BC * Dp));
+    const int k_finite = all_finite(w->Kb, nk * Dp);
 
     /* query rows that see some key of the block: j0 <= pos, and pos - W + 1 <= j0 + nk - 1 */
     int64_t ilo = j0 - off > 0 ? j0 - off : 0, ihi = p->TQ - 1;
@@ -90,6 +91,7 @@ static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64
             }
         gemm_f32(R, nkp, D, w->Q, Dp, 1, w->KT, BC, w->S, BC, 0, 0);
         gemm_f32(R, nkp, D, w->dO, Dp, 1, w->VT, BC, w->dP, BC, 0, 0);
+        int edge = 0; /* some row of the tile does not see some key of the block */
         for (int64_t r = 0; r < R; r++) {
             const int64_t pos = off + i0 + r % nq;
             int64_t a, e;
@@ -98,8 +100,10 @@ static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64
             if (e < a || w->lse[r] == -INFINITY) {
                 memset(s, 0, sizeof(float) * (size_t)nkp);
                 memset(dp, 0, sizeof(float) * (size_t)nkp);
+                edge = 1;
                 continue;
             }
+            edge |= a > 0 || e < nk - 1;
             for (int64_t j = 0; j < a; j++) s[j] = -INFINITY;
             for (int64_t j = e + 1; j < nkp; j++) s[j] = -INFINITY;
             const vf l = vset1(w->lse[r]), dr = vset1(w->Dr[r]);
@@ -108,11 +112,37 @@ static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64
                 vstore(s + j, pj);
                 vstore(dp + j, pj * (vload(dp + j) - dr)); /* dS */
             }
+            /* P is 0 there, but dP of a masked key (dO . v) may be inf or NaN: dS = 0 exactly */
+            for (int64_t j = 0; j < a; j++) dp[j] = 0;
+            for (int64_t j = e + 1; j < nkp; j++) dp[j] = 0;
         }
-        /* dV += P^T dO;  dK += dS^T (scale Q);  dQt = dS K */
-        gemm_f32(nk, Dp, R, w->S, 1, BC, w->dO, Dp, w->dVb, Dp, 1.0f, 0);
-        gemm_f32(nk, Dp, R, w->dP, 1, BC, w->Q, Dp, w->dKb, Dp, 1.0f, 0);
-        gemm_f32(R, Dp, nk, w->dP, BC, 1, w->Kb, Dp, w->dQt, Dp, 0, 0);
+        if (edge && !(k_finite && all_finite(w->Q, R * Dp) && all_finite(w->dO, R * Dp))) {
+            /* An inf or NaN in a key, query or output gradient would meet a masked (zero) weight
+             * in the products below (0 * inf = NaN): each (row, key) pair that is visible only. */
+            memset(w->dQt, 0, sizeof(float) * (size_t)(R * Dp));
+            for (int64_t r = 0; r < R; r++) {
+                int64_t a, e;
+                dn_attn_visible(off + i0 + r % nq, W, j0, nk, &a, &e);
+                if (w->lse[r] == -INFINITY) continue;
+                const float *q = w->Q + r * Dp, *dO = w->dO + r * Dp;
+                float *dq = w->dQt + r * Dp;
+                for (int64_t j = a; j <= e; j++) {
+                    const vf pj = vset1(w->S[r * BC + j]), dsj = vset1(w->dP[r * BC + j]);
+                    float *dk = w->dKb + j * Dp, *dv = w->dVb + j * Dp;
+                    const float *k = w->Kb + j * Dp;
+                    for (int64_t d = 0; d < Dp; d += DN_VW) {
+                        vstore(dv + d, vload(dv + d) + pj * vload(dO + d));
+                        vstore(dk + d, vload(dk + d) + dsj * vload(q + d));
+                        vstore(dq + d, vload(dq + d) + dsj * vload(k + d));
+                    }
+                }
+            }
+        } else {
+            /* dV += P^T dO;  dK += dS^T (scale Q);  dQt = dS K */
+            gemm_f32(nk, Dp, R, w->S, 1, BC, w->dO, Dp, w->dVb, Dp, 1.0f, 0);
+            gemm_f32(nk, Dp, R, w->dP, 1, BC, w->Q, Dp, w->dKb, Dp, 1.0f, 0);
+            gemm_f32(R, Dp, nk, w->dP, BC, 1, w->Kb, Dp, w->dQt, Dp, 0, 0);
+        }
         for (int64_t g = 0; g < G; g++)
             for (int64_t i = 0; i < nq; i++) {
                 const int64_t h = kh * G + g, r = g * nq + i;

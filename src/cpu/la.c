@@ -288,7 +288,7 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
             }
             load_qk(Qc + l * K, Kc + l * K, p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h,
                     p->k + b * p->k_s.b + t * p->k_s.t + h * p->k_s.h, K, p->scale, p->qk_l2norm);
-            if (gate) gacc += p->g[b * p->g_s.b + t * p->g_s.t + hv * p->g_s.h];
+            if (gate) gacc += dn_log_decay(p->g[b * p->g_s.b + t * p->g_s.t + hv * p->g_s.h]);
             w.gam[l] = gacc;
             w.eg[l] = gate ? (float)exp(gacc) : 1.0f;
             w.bt[l] = delta ? p->beta[b * p->beta_s.b + t * p->beta_s.t + hv * p->beta_s.h] : 1.0f;

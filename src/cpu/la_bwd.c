@@ -168,7 +168,7 @@ static void load_gates(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
     double gacc = 0;
     for (int64_t l = 0; l < L; l++) {
         const int64_t t = tc + l;
-        if (d->gate) gacc += p->g[b * p->g_s.b + t * p->g_s.t + hv * p->g_s.h];
+        if (d->gate) gacc += dn_log_decay(p->g[b * p->g_s.b + t * p->g_s.t + hv * p->g_s.h]);
         w->gam[l] = gacc;
         w->eg[l] = d->gate ? (float)exp(gacc) : 1.0f;
         w->bt[l] = d->delta ? p->beta[b * p->beta_s.b + t * p->beta_s.t + hv * p->beta_s.h] : 1.0f;
@@ -501,9 +501,13 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
                           1.0f, !first);
         }
         if (bp->dg) {
+            /* dg_l = sum of dgamma from l to the chunk's end. That sum is also exp(g_l) times the
+             * gradient of exp(g_l): exactly 0 where the decay is 0 (a reset), so the sum restarts
+             * there rather than carry the rounding of terms that cancel. */
             float acc = 0;
             for (int64_t l = L - 1; l >= 0; l--) {
                 acc += w->dgam[l];
+                if (dn_decay_is_zero(p->g[b * p->g_s.b + (tc + l) * p->g_s.t + hv * p->g_s.h])) acc = 0;
                 bp->dg[b * bp->dg_s.b + (tc + l) * bp->dg_s.t + hv * bp->dg_s.h] = acc;
             }
         }

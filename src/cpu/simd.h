@@ -124,6 +124,16 @@ static inline vf vsoftplus(vf x) {
     return relu + vset1(2.0f) * s * p;
 }
 
+/* Whether the n floats at x (n a multiple of DN_VW) are all finite: x * 0 is 0 for a finite x and
+ * NaN for inf or NaN, and a NaN lane survives the sum. The masking kernels ask it before they let
+ * a product multiply a masked (zero) weight by a value it must not see. */
+static inline int all_finite(const float *x, int64_t n) {
+    vf acc = vzero();
+    for (int64_t i = 0; i < n; i += DN_VW) acc += vload(x + i) * vzero();
+    const float s = vhsum(acc);
+    return s == s;
+}
+
 static inline vf vmax(vf a, vf b) {
     vi gt = a > b;
     return (vf)(((vi)a & gt) | ((vi)b & ~gt));
