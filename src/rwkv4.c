@@ -37,7 +37,13 @@ dn_status dn_rwkv4_forward(const dn_rwkv4_params *p) {
     dn_status st = rwkv4_check(p);
     if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_forward(p);
-    dn_cpu()->rwkv4_forward(p, dn_threads_for(p->n_threads));
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->rwkv4_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "rwkv4: cannot allocate the states");
+    kern->rwkv4_forward(p, nt, ws);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -64,7 +70,12 @@ dn_status dn_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
     if (!bp->dtime_decay || !bp->dtime_first)
         return dn_fail(DN_ERR_NULL, "%s: dtime_decay and dtime_first [C] are required", op);
     if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_backward(bp);
-    if (dn_cpu()->rwkv4_backward(bp, dn_threads_for(p->n_threads)) != 0)
-        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the per-token states", op);
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->rwkv4_bwd_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the per-token states", op);
+    kern->rwkv4_backward(bp, nt, ws);
+    dn_free(owned);
     return DN_OK;
 }
