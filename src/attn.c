@@ -84,7 +84,7 @@ dn_status dn_attn_forward(const dn_attn_params *p) {
     void *ws = dn_scratch(NULL, 0, kern->attn_workspace(p, nt), &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "softmax_attn: cannot allocate the tile workspace");
     kern->attn_forward(p, nt, ws);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -117,7 +117,7 @@ dn_status dn_attn_backward(const dn_attn_bwd_params *bp) {
     void *ws = dn_scratch(NULL, 0, kern->attn_bwd_workspace(p, nt), &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the workspace", op);
     kern->attn_backward(bp, nt, ws);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -149,15 +149,15 @@ dn_status dn_kv_cache_create(dn_kv_cache **out, int64_t B, int64_t HKV, int64_t 
     if (flags & ~DN_KV_GROW) return dn_fail(DN_ERR_ARG, "kv cache: unknown flags 0x%x", flags);
     if (capacity > ((int64_t)1 << 40) / (B * HKV * D))
         return dn_fail(DN_ERR_SHAPE, "kv cache: capacity %lld is too large", (long long)capacity);
-    dn_kv_cache *c = calloc(1, sizeof *c);
+    dn_kv_cache *c = dn_calloc(sizeof *c);
     size_t bytes = kv_bytes(B, HKV, D, capacity, dtype);
     if (c) {
-        c->k = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-        c->v = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        c->k = dn_alloc(bytes);
+        c->v = dn_alloc(bytes);
     }
     if (!c || !c->k || !c->v) {
-        if (c) free(c->k), free(c->v);
-        free(c);
+        if (c) dn_free(c->k), dn_free(c->v);
+        dn_free(c);
         return dn_fail(DN_ERR_ALLOC, "kv cache: cannot allocate 2 x %zu bytes", bytes);
     }
     c->B = B, c->HKV = HKV, c->D = D, c->cap = capacity, c->len = 0;
@@ -168,9 +168,9 @@ dn_status dn_kv_cache_create(dn_kv_cache **out, int64_t B, int64_t HKV, int64_t 
 
 void dn_kv_cache_free(dn_kv_cache *c) {
     if (!c) return;
-    free(c->k);
-    free(c->v);
-    free(c);
+    dn_free(c->k);
+    dn_free(c->v);
+    dn_free(c);
 }
 
 dn_status dn_kv_cache_reset(dn_kv_cache *c) {
@@ -195,11 +195,11 @@ static dn_status kv_grow(dn_kv_cache *c, int64_t need) {
     if (cap > ((int64_t)1 << 40) / (c->B * c->HKV * c->D))
         return dn_fail(DN_ERR_FULL, "kv cache: cannot grow to %lld tokens", (long long)cap);
     size_t bytes = kv_bytes(c->B, c->HKV, c->D, cap, c->dtype);
-    char *k = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    char *v = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    char *k = dn_alloc(bytes);
+    char *v = dn_alloc(bytes);
     if (!k || !v) {
-        free(k);
-        free(v);
+        dn_free(k);
+        dn_free(v);
         return dn_fail(DN_ERR_ALLOC, "kv cache: cannot grow to %lld tokens", (long long)cap);
     }
     const size_t row = (size_t)c->D * dtype_size(c->dtype);
@@ -209,8 +209,8 @@ static dn_status kv_grow(dn_kv_cache *c, int64_t need) {
         memcpy(v + (size_t)bh * (size_t)cap * row, (char *)c->v + (size_t)bh * (size_t)c->cap * row,
                (size_t)c->len * row);
     }
-    free(c->k);
-    free(c->v);
+    dn_free(c->k);
+    dn_free(c->v);
     c->k = k, c->v = v, c->cap = cap;
     return DN_OK;
 }
@@ -276,6 +276,6 @@ dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o_s, flo
     void *ws = dn_scratch(NULL, 0, kern->decode_workspace(&kv, TQ, H, window, nt), &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "kv cache attend: cannot allocate the workspace");
     kern->decode(&kv, o, o_s, lse, q, q_s, TQ, H, scale, window, nt, ws);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }

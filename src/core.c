@@ -237,10 +237,10 @@ static double now_s(void) {
 
 double dn_measure_copy_bandwidth(int n_threads, double seconds) {
     int nt = dn_threads_for(n_threads);
-    char *src = aligned_alloc(64, BW_BYTES), *dst = aligned_alloc(64, BW_BYTES);
+    char *src = dn_alloc(BW_BYTES), *dst = dn_alloc(BW_BYTES);
     if (!src || !dst) {
-        free(src);
-        free(dst);
+        dn_free(src);
+        dn_free(dst);
         return 0;
     }
     memset(src, 1, BW_BYTES);
@@ -259,15 +259,15 @@ double dn_measure_copy_bandwidth(int n_threads, double seconds) {
         double gbs = (double)BW_BYTES / (now_s() - t0) * 1e-9;
         if (gbs > best) best = gbs;
     }
-    free(src);
-    free(dst);
+    dn_free(src);
+    dn_free(dst);
     return best;
 }
 
 double dn_measure_read_bandwidth(int n_threads, double seconds) {
     int nt = dn_threads_for(n_threads);
     const int64_t n = (int64_t)(BW_BYTES / sizeof(float));
-    float *x = aligned_alloc(64, BW_BYTES);
+    float *x = dn_alloc(BW_BYTES);
     if (!x) return 0;
     for (int64_t i = 0; i < n; i++) x[i] = (float)(i & 7);
     float (*sum)(const float *, int64_t) = dn_cpu()->read_sum;
@@ -288,6 +288,6 @@ double dn_measure_read_bandwidth(int n_threads, double seconds) {
         if (gbs > best) best = gbs;
     }
     (void)sink;
-    free(x);
+    dn_free(x);
     return best;
 }
