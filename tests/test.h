@@ -81,6 +81,21 @@ static inline int check_close(const char *what, const float *got, const float *r
     return 0;
 }
 
+/* Bitwise equality with an earlier run of the same call (reproducibility); reports the first
+ * element that differs. Returns 1 on failure. */
+static inline int check_same_bits(const char *what, const float *got, const float *first, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (memcmp(got + i, first + i, sizeof(float)) != 0) {
+            printf("    FAIL %s: not bitwise reproducible, [%lld] %.9g then %.9g\n", what,
+                   (long long)i, first[i], got[i]);
+            return 1;
+        }
+    return 0;
+}
+
+/* Repeats of a backward in the reproducibility tests */
+#define REPEATS 20
+
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
