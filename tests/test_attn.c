@@ -456,6 +456,34 @@ static int test_attn_bwd_reproducible(void) {
     return fails;
 }
 
+static dn_status call_attn_fwd(void *c) { return dn_attn_forward(c); }
+static dn_status call_attn_bwd(void *c) { return dn_attn_backward(c); }
+
+/* Allocation failures in the forward and the backward (one KV head and two threads: the backward's
+ * dq accumulators are in the shared workspace): DN_ERR_ALLOC, outputs untouched. */
+static int test_attn_alloc_failures(void) {
+    int fails = 0;
+    long reached;
+    aproblem a;
+    const int64_t B = 1, TQ = 150, H = 2, D = 16, n = B * TQ * H * D;
+    aproblem_init(&a, B, TQ, TQ, H, 1, D, 0, 0, 1.0f, 4300);
+    a.p.n_threads = 2;
+    float *o1[2] = {a.obuf, a.lse};
+    const int64_t n1[2] = {a.nobuf, B * H * TQ};
+    fails += check_alloc_failures("attn forward", call_attn_fwd, &a.p, o1, n1, 2, &reached);
+    CHECK(dn_attn_forward(&a.p) == DN_OK, "%s", dn_last_error());
+    float *dO = falloc(n), *g[3] = {falloc(n), falloc(n / H), falloc(n / H)};
+    fill_uniform(&(rng){4301}, dO, n, -1, 1);
+    dn_attn_bwd_params b = dn_attn_bwd_params_default(&a.p);
+    b.dout = dO, b.dq = g[0], b.dk = g[1], b.dv = g[2];
+    const int64_t ng[3] = {n, n / H, n / H};
+    fails += check_alloc_failures("attn backward", call_attn_bwd, &b, g, ng, 3, &reached);
+    CHECK(reached >= 1, "attn backward: no allocation to fail");
+    free(dO), free(g[0]), free(g[1]), free(g[2]);
+    aproblem_free(&a);
+    return fails;
+}
+
 const test_case dn_tests_attn[] = {
     {"attn_bad_input", test_attn_bad_input},
     {"attn_half_conversions", test_half_conversions},
@@ -466,5 +494,6 @@ const test_case dn_tests_attn[] = {
     {"attn_decode_long", test_decode_long},
     {"attn_prefill_grid", test_prefill_grid},
     {"attn_bwd_reproducible", test_attn_bwd_reproducible},
+    {"attn_alloc_failures", test_attn_alloc_failures},
     {NULL, NULL},
 };
