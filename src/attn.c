@@ -95,7 +95,7 @@ dn_status dn_attn_forward(const dn_attn_params *p) {
     void *ws = dn_scratch(NULL, 0, kern->attn_workspace(p, nt), &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "softmax_attn: cannot allocate the tile workspace");
     kern->attn_forward(p, nt, ws);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -131,7 +131,7 @@ dn_status dn_attn_backward(const dn_attn_bwd_params *bp) {
     void *ws = dn_scratch(NULL, 0, kern->attn_bwd_workspace(p, nt), &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the workspace", op);
     kern->attn_backward(bp, nt, ws);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -305,6 +305,6 @@ dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o_s, flo
     void *ws = dn_scratch(NULL, 0, kern->decode_workspace(&kv, TQ, H, window, nt), &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "kv cache attend: cannot allocate the workspace");
     kern->decode(&kv, o, o_s, lse, q, q_s, TQ, H, scale, window, nt, ws);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }

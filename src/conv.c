@@ -87,7 +87,12 @@ dn_status dn_conv_backward(const dn_conv_bwd_params *bp) {
     a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, dn_contiguous(1, D, W - 1), B, 1, D, W - 1, 1, 1, 0};
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_conv_backward(bp);
-    if (dn_cpu()->conv_backward(bp, dn_threads_for(p->n_threads)) != 0)
-        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate its scratch", op);
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->conv_bwd_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate its scratch", op);
+    kern->conv_backward(bp, nt, ws);
+    dn_free(owned);
     return DN_OK;
 }

@@ -153,7 +153,10 @@ typedef struct {
 } dn_kv_view;
 
 /* Fast CPU kernels, one copy per ISA (each file in src/cpu compiled with DN_ISA_SUFFIX), reached
- * through the table of the active ISA (src/cpu/dispatch.c). Params arrive checked. */
+ * through the table of the active ISA (src/cpu/dispatch.c). Params arrive checked. A kernel that
+ * needs scratch has a *_workspace query (bytes, SIZE_MAX when the size overflows); the API layer
+ * allocates that much, 64-byte aligned, before calling it, so kernels never allocate and cannot
+ * fail. Every parallel loop goes through dn_parallel_tasks (src/cpu/parallel.c). */
 typedef struct {
     size_t (*la_workspace)(const dn_la_params *p, dn_impl impl, int nthreads);
     void (*la_forward)(const dn_la_params *p, dn_impl impl, int nthreads, void *ws);
@@ -166,8 +169,14 @@ typedef struct {
                    int nthreads, void *ws);
     double (*fma_peak)(long iters, double *flops);
     float (*read_sum)(const float *x, int64_t n);
-    void (*mamba_forward)(const dn_mamba_params *p, int nthreads);
-    void (*rwkv4_forward)(const dn_rwkv4_params *p, int nthreads);
+    size_t (*mamba_workspace)(const dn_mamba_params *p, int nthreads);
+    void (*mamba_forward)(const dn_mamba_params *p, int nthreads, void *ws);
+    /* Mamba-2 around its GLA call: g = dt' A and v = dt' x (and dt' into dtp unless NULL), where
+     * dt' = softplus(dt + dt_bias); then y += Dskip x */
+    void (*mamba2_prepare)(const dn_mamba2_params *p, float *g, float *v, float *dtp, int nthreads);
+    void (*mamba2_finish)(const dn_mamba2_params *p, int nthreads);
+    size_t (*rwkv4_workspace)(const dn_rwkv4_params *p, int nthreads);
+    void (*rwkv4_forward)(const dn_rwkv4_params *p, int nthreads, void *ws);
     void (*conv_forward)(const dn_conv_params *p, int nthreads);
     size_t (*la_bwd_workspace)(const dn_la_params *p, int nthreads);
     void (*la_backward)(const dn_la_bwd_params *p, int nthreads, void *ws);
@@ -175,9 +184,12 @@ typedef struct {
     void (*la_forward_train)(const dn_la_params *p, int nthreads, void *ws, void *saved);
     size_t (*attn_bwd_workspace)(const dn_attn_params *p, int nthreads);
     void (*attn_backward)(const dn_attn_bwd_params *p, int nthreads, void *ws);
-    int (*conv_backward)(const dn_conv_bwd_params *p, int nthreads); /* -1: out of memory */
-    int (*mamba_backward)(const dn_mamba_bwd_params *p, int nthreads); /* -1: out of memory */
-    int (*rwkv4_backward)(const dn_rwkv4_bwd_params *p, int nthreads); /* -1: out of memory */
+    size_t (*conv_bwd_workspace)(const dn_conv_params *p, int nthreads);
+    void (*conv_backward)(const dn_conv_bwd_params *p, int nthreads, void *ws);
+    size_t (*mamba_bwd_workspace)(const dn_mamba_params *p, int nthreads);
+    void (*mamba_backward)(const dn_mamba_bwd_params *p, int nthreads, void *ws);
+    size_t (*rwkv4_bwd_workspace)(const dn_rwkv4_params *p, int nthreads);
+    void (*rwkv4_backward)(const dn_rwkv4_bwd_params *p, int nthreads, void *ws);
 } dn_cpu_kernels;
 
 const dn_cpu_kernels *dn_cpu(void);
@@ -194,8 +206,13 @@ const dn_cpu_kernels *dn_cpu(void);
                              float scale, int64_t window, int nthreads, void *ws);             \
     double dn_cpu_fma_peak_##isa(long iters, double *flops);                                   \
     float dn_cpu_read_sum_##isa(const float *x, int64_t n);                                   \
-    void dn_cpu_mamba_forward_##isa(const dn_mamba_params *p, int nthreads);                   \
-    void dn_cpu_rwkv4_forward_##isa(const dn_rwkv4_params *p, int nthreads);                   \
+    size_t dn_cpu_mamba_workspace_##isa(const dn_mamba_params *p, int nthreads);               \
+    void dn_cpu_mamba_forward_##isa(const dn_mamba_params *p, int nthreads, void *ws);         \
+    void dn_cpu_mamba2_prepare_##isa(const dn_mamba2_params *p, float *g, float *v, float *dtp, \
+                                     int nthreads);                                            \
+    void dn_cpu_mamba2_finish_##isa(const dn_mamba2_params *p, int nthreads);                  \
+    size_t dn_cpu_rwkv4_workspace_##isa(const dn_rwkv4_params *p, int nthreads);               \
+    void dn_cpu_rwkv4_forward_##isa(const dn_rwkv4_params *p, int nthreads, void *ws);         \
     void dn_cpu_conv_forward_##isa(const dn_conv_params *p, int nthreads);                     \
     size_t dn_cpu_la_bwd_workspace_##isa(const dn_la_params *p, int nthreads);                 \
     void dn_cpu_la_backward_##isa(const dn_la_bwd_params *p, int nthreads, void *ws);        \
@@ -204,9 +221,12 @@ const dn_cpu_kernels *dn_cpu(void);
                                        void *saved);                                           \
     size_t dn_cpu_attn_bwd_workspace_##isa(const dn_attn_params *p, int nthreads);             \
     void dn_cpu_attn_backward_##isa(const dn_attn_bwd_params *p, int nthreads, void *ws);      \
-    int dn_cpu_conv_backward_##isa(const dn_conv_bwd_params *p, int nthreads);                \
-    int dn_cpu_mamba_backward_##isa(const dn_mamba_bwd_params *p, int nthreads);               \
-    int dn_cpu_rwkv4_backward_##isa(const dn_rwkv4_bwd_params *p, int nthreads);
+    size_t dn_cpu_conv_bwd_workspace_##isa(const dn_conv_params *p, int nthreads);             \
+    void dn_cpu_conv_backward_##isa(const dn_conv_bwd_params *p, int nthreads, void *ws);      \
+    size_t dn_cpu_mamba_bwd_workspace_##isa(const dn_mamba_params *p, int nthreads);           \
+    void dn_cpu_mamba_backward_##isa(const dn_mamba_bwd_params *p, int nthreads, void *ws);    \
+    size_t dn_cpu_rwkv4_bwd_workspace_##isa(const dn_rwkv4_params *p, int nthreads);           \
+    void dn_cpu_rwkv4_backward_##isa(const dn_rwkv4_bwd_params *p, int nthreads, void *ws);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)

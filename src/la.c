@@ -211,7 +211,7 @@ dn_status dn_la_forward(const dn_la_params *p) {
         if (ws && ((uintptr_t)ws & 63))
             return dn_fail(DN_ERR_ARG, "%s: workspace must be 64-byte aligned", dn_op_name(r.op));
         if (!ws) {
-            owned = aligned_alloc(64, (need + 63) & ~(size_t)63);
+            owned = dn_alloc(need);
             if (!owned)
                 return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate %zu bytes of workspace",
                                dn_op_name(r.op), need);
@@ -219,7 +219,7 @@ dn_status dn_la_forward(const dn_la_params *p) {
         }
     }
     kern->la_forward(&r, r.impl, nt, ws);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -343,7 +343,7 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
     void *ws = dn_scratch(bp->workspace, bp->workspace_bytes, need, &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "%s backward: cannot allocate the workspace", op);
     kern->la_backward(bp, nt, ws);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -376,6 +376,6 @@ dn_status dn_la_forward_train(const dn_la_params *p_in, void *saved, size_t save
     void *ws = dn_scratch(NULL, 0, kern->la_bwd_workspace(p, nt), &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "%s training forward: cannot allocate the workspace", op);
     kern->la_forward_train(p, nt, ws, saved);
-    free(owned);
+    dn_free(owned);
     return DN_OK;
 }

@@ -81,7 +81,13 @@ dn_status dn_mamba_forward(const dn_mamba_params *p) {
     dn_status st = mamba1_check(p);
     if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba_forward(p);
-    dn_cpu()->mamba_forward(p, dn_threads_for(p->n_threads));
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->mamba_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "mamba1: cannot allocate the states");
+    kern->mamba_forward(p, nt, ws);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -124,8 +130,13 @@ dn_status dn_mamba_backward(const dn_mamba_bwd_params *bp) {
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     if ((st = check_A(op, p->A, D * N)) != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba_backward(bp);
-    if (dn_cpu()->mamba_backward(bp, dn_threads_for(p->n_threads)) != 0)
-        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the checkpoints and accumulators", op);
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->mamba_bwd_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the checkpoints and accumulators", op);
+    kern->mamba_backward(bp, nt, ws);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -191,8 +202,6 @@ static dn_status mamba2_check(const dn_mamba2_params *p) {
     return check_A(op, p->A, p->H);
 }
 
-static float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-
 /*
  * The Mamba-2 -> GLA parameter mapping (docs/OPS.md): with dt' = softplus(dt + dt_bias),
  *   g = dt' A[h]   (log decay per head and token)     k = Bm (one key head per group)
@@ -206,28 +215,16 @@ dn_status dn_mamba2_forward(const dn_mamba2_params *p) {
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba2_forward(p);
 
     const int64_t B = p->B, T = p->T, H = p->H, P = p->P;
-    float *g = malloc(sizeof(float) * (size_t)(B * T * H + 1));
-    float *v = malloc(sizeof(float) * (size_t)(B * T * H * P + 1));
+    float *g = dn_alloc(sizeof(float) * (size_t)(B * T * H + 1));
+    float *v = dn_alloc(sizeof(float) * (size_t)(B * T * H * P + 1));
     if (!g || !v) {
-        free(g), free(v);
+        dn_free(g), dn_free(v);
         return dn_fail(DN_ERR_ALLOC, "mamba2: cannot allocate v and g for %lld tokens",
                        (long long)(B * T));
     }
+    const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
-    const int par = nt > 1 && B * T * H * P > 65536;
-    (void)nt, (void)par;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-#endif
-    for (int64_t row = 0; row < B * T * H; row++) {
-        const int64_t b = row / (T * H), t = row / H % T, h = row % H;
-        float dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h];
-        if (p->dt_bias) dt += p->dt_bias[h];
-        if (p->dt_softplus) dt = softplusf(dt);
-        g[row] = dt * p->A[h];
-        const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
-        for (int64_t c = 0; c < P; c++) v[row * P + c] = dt * x[c];
-    }
+    kern->mamba2_prepare(p, g, v, NULL, nt);
     dn_la_params la = dn_la_params_default(DN_OP_GLA, B, T, p->G, H, p->N, P);
     la.q = p->Cm, la.q_s = p->Cm_s;
     la.k = p->Bm, la.k_s = p->Bm_s;
@@ -241,18 +238,8 @@ dn_status dn_mamba2_forward(const dn_mamba2_params *p) {
     la.impl = p->impl;
     la.n_threads = p->n_threads;
     st = dn_la_forward(&la);
-    if (st == DN_OK && p->Dskip) {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static) if (par)
-#endif
-        for (int64_t row = 0; row < B * T * H; row++) {
-            const int64_t b = row / (T * H), t = row / H % T, h = row % H;
-            const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
-            float *y = p->y + b * p->y_s.b + t * p->y_s.t + h * p->y_s.h;
-            for (int64_t c = 0; c < P; c++) y[c] += p->Dskip[h] * x[c];
-        }
-    }
-    free(g), free(v);
+    if (st == DN_OK) kern->mamba2_finish(p, nt);
+    dn_free(g), dn_free(v);
     return st;
 }
 
@@ -301,22 +288,14 @@ dn_status dn_mamba2_backward(const dn_mamba2_bwd_params *bp) {
     if (p->impl == DN_IMPL_RECURRENT)
         return dn_fail(DN_ERR_UNSUPPORTED, "%s: the backward is chunkwise (or DN_IMPL_REF)", op);
     const int64_t B = p->B, T = p->T, H = p->H, P = p->P, rows = B * T * H;
-    float *g = malloc(sizeof(float) * (size_t)(rows + 1)), *v = malloc(sizeof(float) * (size_t)(rows * P + 1));
-    float *dtp = malloc(sizeof(float) * (size_t)(rows + 1)), *dg = malloc(sizeof(float) * (size_t)(rows + 1));
-    float *dv = malloc(sizeof(float) * (size_t)(rows * P + 1));
+    float *g = dn_alloc(sizeof(float) * (size_t)(rows + 1)), *v = dn_alloc(sizeof(float) * (size_t)(rows * P + 1));
+    float *dtp = dn_alloc(sizeof(float) * (size_t)(rows + 1)), *dg = dn_alloc(sizeof(float) * (size_t)(rows + 1));
+    float *dv = dn_alloc(sizeof(float) * (size_t)(rows * P + 1));
     if (!g || !v || !dtp || !dg || !dv) {
-        free(g), free(v), free(dtp), free(dg), free(dv);
+        dn_free(g), dn_free(v), dn_free(dtp), dn_free(dg), dn_free(dv);
         return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the mapped inputs", op);
     }
-    for (int64_t row = 0; row < rows; row++) {
-        const int64_t b = row / (T * H), t = row / H % T, h = row % H;
-        float dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h];
-        if (p->dt_bias) dt += p->dt_bias[h];
-        if (p->dt_softplus) dt = softplusf(dt);
-        dtp[row] = dt, g[row] = dt * p->A[h];
-        const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
-        for (int64_t c = 0; c < P; c++) v[row * P + c] = dt * x[c];
-    }
+    dn_cpu()->mamba2_prepare(p, g, v, dtp, dn_threads_for(p->n_threads));
     dn_la_params la = dn_la_params_default(DN_OP_GLA, B, T, p->G, H, p->N, P);
     la.q = p->Cm, la.q_s = p->Cm_s, la.k = p->Bm, la.k_s = p->Bm_s, la.v = v, la.g = g;
     la.o = bp->dx, la.o_s = bp->dx_s; /* not written by the backward */
@@ -349,6 +328,6 @@ dn_status dn_mamba2_backward(const dn_mamba2_bwd_params *bp) {
             if (bp->ddt_bias) bp->ddt_bias[h] += ddt;
             bp->ddt[b * bp->ddt_s.b + t * bp->ddt_s.t + h * bp->ddt_s.h] = ddt;
         }
-    free(g), free(v), free(dtp), free(dg), free(dv);
+    dn_free(g), dn_free(v), dn_free(dtp), dn_free(dg), dn_free(dv);
     return st;
 }

@@ -54,7 +54,13 @@ dn_status dn_rwkv4_forward(const dn_rwkv4_params *p) {
     dn_status st = rwkv4_check(p);
     if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_forward(p);
-    dn_cpu()->rwkv4_forward(p, dn_threads_for(p->n_threads));
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->rwkv4_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "rwkv4: cannot allocate the states");
+    kern->rwkv4_forward(p, nt, ws);
+    dn_free(owned);
     return DN_OK;
 }
 
@@ -86,7 +92,12 @@ dn_status dn_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
     a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, sst, B, 1, 3, C, 1, 1, 0};
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_backward(bp);
-    if (dn_cpu()->rwkv4_backward(bp, dn_threads_for(p->n_threads)) != 0)
-        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the per-token states", op);
+    const dn_cpu_kernels *kern = dn_cpu();
+    const int nt = dn_threads_for(p->n_threads);
+    void *owned;
+    void *ws = dn_scratch(NULL, 0, kern->rwkv4_bwd_workspace(p, nt), &owned);
+    if (!ws) return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the per-token states", op);
+    kern->rwkv4_backward(bp, nt, ws);
+    dn_free(owned);
     return DN_OK;
 }

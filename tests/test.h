@@ -111,6 +111,61 @@ static inline float reset_gate(int pattern, int64_t t, int64_t T, int64_t h, flo
     }
 }
 
+/* Bitwise equality with an earlier run of the same call (reproducibility); reports the first
+ * element that differs. Returns 1 on failure. */
+static inline int check_same_bits(const char *what, const float *got, const float *first, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (memcmp(got + i, first + i, sizeof(float)) != 0) {
+            printf("    FAIL %s: not bitwise reproducible, [%lld] %.9g then %.9g\n", what,
+                   (long long)i, first[i], got[i]);
+            return 1;
+        }
+    return 0;
+}
+
+/* The library's fault-injection hook (src/mem.c; internal, reached through the static library):
+ * the n-th allocation from now fails, once; n < 0 turns it off. */
+void dn_fault_fail_alloc_after(long n);
+
+/* Makes each allocation of call(ctx) fail in turn, for every allocation the call reaches: each
+ * such call must return DN_ERR_ALLOC and leave the nout outputs (out[i], n[i] floats) bitwise as
+ * they were. Returns the number of failed checks; *reached gets the allocations tried. */
+typedef dn_status (*test_call_fn)(void *ctx);
+static inline int check_alloc_failures(const char *what, test_call_fn call, void *ctx, float **out,
+                                       const int64_t *n, int nout, long *reached) {
+    int fails = 0;
+    long k = 0;
+    for (; k < 100; k++) {
+        float *before[16];
+        for (int i = 0; i < nout && i < 16; i++) {
+            poison(out[i], n[i]);
+            before[i] = malloc(sizeof(float) * (size_t)(n[i] > 0 ? n[i] : 1));
+            memcpy(before[i], out[i], sizeof(float) * (size_t)n[i]);
+        }
+        dn_fault_fail_alloc_after(k);
+        dn_status st = call(ctx);
+        dn_fault_fail_alloc_after(-1);
+        int done = st == DN_OK;
+        if (!done && st != DN_ERR_ALLOC) {
+            printf("    FAIL %s: allocation %ld failing gave '%s', not an allocation error\n", what, k,
+                   dn_status_str(st));
+            fails++;
+        }
+        for (int i = 0; !done && i < nout && i < 16; i++)
+            if (memcmp(before[i], out[i], sizeof(float) * (size_t)n[i]) != 0) {
+                printf("    FAIL %s: allocation %ld failed, yet output %d was written\n", what, k, i);
+                fails++;
+            }
+        for (int i = 0; i < nout && i < 16; i++) free(before[i]);
+        if (done || fails) break;
+    }
+    *reached = k;
+    return fails;
+}
+
+/* Repeats of a backward in the reproducibility tests */
+#define REPEATS 20
+
 #define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
         if (!(cond)) {                                                                             \

@@ -580,6 +580,81 @@ static int test_masked_poison(void) {
     return fails;
 }
 
+/* The backward at 2 threads, REPEATS times: dq, dk and dv bitwise the same every time. Shapes with
+ * several key blocks, one KV head (dq summed over key-block segments) and several. */
+static int test_attn_bwd_reproducible(void) {
+    int fails = 0;
+    static const struct {
+        int64_t B, TQ, TK, H, HKV, D, W;
+    } shapes[] = {{1, 320, 320, 4, 1, 40, 0}, {2, 200, 330, 4, 2, 32, 0}, {1, 300, 300, 2, 1, 64, 100},
+                  {3, 150, 150, 3, 1, 16, 0}};
+    for (int si = 0; si < 4; si++) {
+        aproblem a;
+        const int64_t B = shapes[si].B, TQ = shapes[si].TQ, TK = shapes[si].TK, H = shapes[si].H;
+        const int64_t HKV = shapes[si].HKV, D = shapes[si].D;
+        aproblem_init(&a, B, TQ, TK, H, HKV, D, shapes[si].W, 0, 2.0f, 4100 + (uint64_t)si);
+        a.p.n_threads = 2;
+        CHECK(dn_attn_forward(&a.p) == DN_OK, "%s", dn_last_error());
+        rng r = {4200 + (uint64_t)si};
+        const int64_t nq = B * TQ * H * D, nk = B * TK * HKV * D;
+        float *dO = falloc(nq), *g[2][3];
+        fill_uniform(&r, dO, nq, -1, 1);
+        const int64_t sz[3] = {nq, nk, nk};
+        for (int w = 0; w < 2; w++)
+            for (int i = 0; i < 3; i++) g[w][i] = falloc(sz[i]);
+        for (int rep = 0; rep < REPEATS; rep++) {
+            const int w = rep > 0;
+            for (int i = 0; i < 3; i++) poison(g[w][i], sz[i]);
+            dn_attn_bwd_params b = dn_attn_bwd_params_default(&a.p);
+            b.dout = dO, b.dq = g[w][0], b.dk = g[w][1], b.dv = g[w][2];
+            CHECK(dn_attn_backward(&b) == DN_OK, "%s", dn_last_error());
+            static const char *const nm[3] = {"dq", "dk", "dv"};
+            for (int i = 0; w && i < 3; i++) {
+                char what[120];
+                snprintf(what, sizeof what, "attn bwd B=%lld TQ=%lld TK=%lld H=%lld HKV=%lld run %d %s",
+                         (long long)B, (long long)TQ, (long long)TK, (long long)H, (long long)HKV,
+                         rep, nm[i]);
+                fails += check_same_bits(what, g[1][i], g[0][i], sz[i]);
+            }
+        }
+        free(dO);
+        for (int w = 0; w < 2; w++)
+            for (int i = 0; i < 3; i++) free(g[w][i]);
+        aproblem_free(&a);
+        if (fails) break;
+    }
+    return fails;
+}
+
+static dn_status call_attn_fwd(void *c) { return dn_attn_forward(c); }
+static dn_status call_attn_bwd(void *c) { return dn_attn_backward(c); }
+
+/* Allocation failures in the forward and the backward (one KV head and two threads: the backward's
+ * dq accumulators are in the shared workspace): DN_ERR_ALLOC, outputs untouched. */
+static int test_attn_alloc_failures(void) {
+    int fails = 0;
+    long reached;
+    aproblem a;
+    const int64_t B = 1, TQ = 150, H = 2, D = 16, n = B * TQ * H * D;
+    aproblem_init(&a, B, TQ, TQ, H, 1, D, 0, 0, 1.0f, 4300);
+    a.p.n_threads = 2;
+    float *o1[2] = {a.obuf, a.lse};
+    const int64_t n1[2] = {a.nobuf, B * H * TQ};
+    fails += check_alloc_failures("attn forward", call_attn_fwd, &a.p, o1, n1, 2, &reached);
+    CHECK(dn_attn_forward(&a.p) == DN_OK, "%s", dn_last_error());
+    float *dO = falloc(n), *g[3] = {falloc(n), falloc(n / H), falloc(n / H)};
+    fill_uniform(&(rng){4301}, dO, n, -1, 1);
+    dn_attn_bwd_params b = dn_attn_bwd_params_default(&a.p);
+    b.dout = dO, b.dq = g[0], b.dk = g[1], b.dv = g[2];
+    const int64_t ng[3] = {n, n / H, n / H};
+    fails += check_alloc_failures("attn backward", call_attn_bwd, &b, g, ng, 3, &reached);
+    CHECK(reached >= 1, "attn backward: no allocation to fail");
+    free(dO), free(g[0]), free(g[1]), free(g[2]);
+    aproblem_free(&a);
+    return fails;
+}
+
+
 const test_case dn_tests_attn[] = {
     {"attn_bad_input", test_attn_bad_input},
     {"attn_half_conversions", test_half_conversions},
@@ -590,5 +665,7 @@ const test_case dn_tests_attn[] = {
     {"attn_decode", test_decode},
     {"attn_decode_long", test_decode_long},
     {"attn_prefill_grid", test_prefill_grid},
+    {"attn_bwd_reproducible", test_attn_bwd_reproducible},
+    {"attn_alloc_failures", test_attn_alloc_failures},
     {NULL, NULL},
 };

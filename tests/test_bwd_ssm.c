@@ -618,6 +618,162 @@ static int test_mamba2_grad(void) {
     return fails;
 }
 
+/* The Mamba-1 and RWKV-4 backwards at 2 threads, REPEATS times: every gradient bitwise the same.
+ * Several channel blocks, so that both threads work (and, for Mamba-1, add into dBm and dCm). */
+static int test_ssm_bwd_reproducible(void) {
+    int fails = 0;
+    {
+        const int64_t B = 2, T = 100, D = 72, N = 16, G = 2, nx = B * T * D, nb = B * T * G * N, nh = B * D * N;
+        rng r = {6100};
+        float *x = falloc(nx), *dt = falloc(nx), *A = falloc(D * N), *Bm = falloc(nb), *Cm = falloc(nb);
+        float *Ds = falloc(D), *bias = falloc(D), *z = falloc(nx), *h0 = falloc(nh), *dy = falloc(nx);
+        float *dhT = falloc(nh), *y = falloc(nx);
+        fill_uniform(&r, x, nx, -1, 1), fill_uniform(&r, dt, nx, -3, 1), fill_uniform(&r, A, D * N, -4, -0.1f);
+        fill_uniform(&r, Bm, nb, -1, 1), fill_uniform(&r, Cm, nb, -1, 1), fill_uniform(&r, Ds, D, -1, 1);
+        fill_uniform(&r, bias, D, -1, 1), fill_uniform(&r, z, nx, -2, 2), fill_uniform(&r, h0, nh, -1, 1);
+        fill_uniform(&r, dy, nx, -1, 1), fill_uniform(&r, dhT, nh, -1, 1);
+        dn_mamba_params p = dn_mamba_params_default(B, T, D, N, G);
+        p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.dt_bias = bias, p.z = z;
+        p.initial_state = h0, p.dt_softplus = 1, p.y = y, p.n_threads = 2;
+        const int64_t sz[9] = {nx, nx, nb, nb, nx, D * N, D, D, nh};
+        float *g[2][9];
+        for (int w = 0; w < 2; w++)
+            for (int i = 0; i < 9; i++) g[w][i] = falloc(sz[i]);
+        for (int rep = 0; rep < REPEATS; rep++) {
+            const int w = rep > 0;
+            for (int i = 0; i < 9; i++) {
+                if (i >= 5 && i <= 7) memset(g[w][i], 0, sizeof(float) * (size_t)sz[i]);
+                else poison(g[w][i], sz[i]);
+            }
+            dn_mamba_bwd_params b = dn_mamba_bwd_params_default(&p);
+            b.dy = dy, b.dfinal_state = dhT, b.dx = g[w][0], b.ddt = g[w][1], b.dBm = g[w][2];
+            b.dCm = g[w][3], b.dz = g[w][4], b.dA = g[w][5], b.dDskip = g[w][6];
+            b.ddt_bias = g[w][7], b.dinitial_state = g[w][8];
+            CHECK(dn_mamba_backward(&b) == DN_OK, "%s", dn_last_error());
+            static const char *const nm[9] = {"dx", "ddt", "dBm", "dCm", "dz", "dA", "dDskip", "ddt_bias", "dh0"};
+            for (int i = 0; w && i < 9; i++) {
+                char what[80];
+                snprintf(what, sizeof what, "mamba1 bwd run %d %s", rep, nm[i]);
+                fails += check_same_bits(what, g[1][i], g[0][i], sz[i]);
+            }
+        }
+        free(x), free(dt), free(A), free(Bm), free(Cm), free(Ds), free(bias), free(z), free(h0);
+        free(dy), free(dhT), free(y);
+        for (int w = 0; w < 2; w++)
+            for (int i = 0; i < 9; i++) free(g[w][i]);
+    }
+    {
+        const int64_t B = 2, T = 80, C = 100, n = B * T * C, ns = B * 3 * C;
+        rng r = {6200};
+        float *k = falloc(n), *v = falloc(n), *td = falloc(C), *tf = falloc(C), *s0 = falloc(ns);
+        float *dy = falloc(n), *dsT = falloc(ns), *y = falloc(n);
+        fill_uniform(&r, k, n, -8, 8), fill_uniform(&r, v, n, -1, 1), fill_uniform(&r, td, C, -3, 1);
+        fill_uniform(&r, tf, C, -1, 1), fill_uniform(&r, dy, n, -1, 1);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t c = 0; c < C; c++) {
+                s0[b * 3 * C + c] = rng_uniform(&r, -1, 1), s0[b * 3 * C + C + c] = rng_uniform(&r, 0.5f, 2);
+                s0[b * 3 * C + 2 * C + c] = rng_uniform(&r, -3, 3);
+                for (int j = 0; j < 3; j++) dsT[b * 3 * C + j * C + c] = rng_uniform(&r, -1, 1);
+            }
+        dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
+        p.k = k, p.v = v, p.time_decay = td, p.time_first = tf, p.initial_state = s0, p.y = y;
+        p.n_threads = 2;
+        const int64_t sz[5] = {n, n, C, C, ns};
+        float *g[2][5];
+        for (int w = 0; w < 2; w++)
+            for (int i = 0; i < 5; i++) g[w][i] = falloc(sz[i]);
+        for (int rep = 0; rep < REPEATS; rep++) {
+            const int w = rep > 0;
+            poison(g[w][0], n), poison(g[w][1], n), poison(g[w][4], ns);
+            memset(g[w][2], 0, sizeof(float) * C), memset(g[w][3], 0, sizeof(float) * C);
+            dn_rwkv4_bwd_params b = dn_rwkv4_bwd_params_default(&p);
+            b.dy = dy, b.dfinal_state = dsT, b.dk = g[w][0], b.dv = g[w][1];
+            b.dtime_decay = g[w][2], b.dtime_first = g[w][3], b.dinitial_state = g[w][4];
+            CHECK(dn_rwkv4_backward(&b) == DN_OK, "%s", dn_last_error());
+            static const char *const nm[5] = {"dk", "dv", "dtime_decay", "dtime_first", "dh0"};
+            for (int i = 0; w && i < 5; i++) {
+                char what[80];
+                snprintf(what, sizeof what, "rwkv4 bwd run %d %s", rep, nm[i]);
+                fails += check_same_bits(what, g[1][i], g[0][i], sz[i]);
+            }
+        }
+        free(k), free(v), free(td), free(tf), free(s0), free(dy), free(dsT), free(y);
+        for (int w = 0; w < 2; w++)
+            for (int i = 0; i < 5; i++) free(g[w][i]);
+    }
+    return fails;
+}
+
+/* ---- allocation failures: DN_ERR_ALLOC, and every output left as it was ---------------------- */
+static dn_status call_mamba_fwd(void *c) { return dn_mamba_forward(c); }
+static dn_status call_mamba_bwd(void *c) { return dn_mamba_backward(c); }
+static dn_status call_mamba2_fwd(void *c) { return dn_mamba2_forward(c); }
+static dn_status call_mamba2_bwd(void *c) { return dn_mamba2_backward(c); }
+static dn_status call_rwkv4_fwd(void *c) { return dn_rwkv4_forward(c); }
+static dn_status call_rwkv4_bwd(void *c) { return dn_rwkv4_backward(c); }
+static dn_status call_conv_bwd(void *c) { return dn_conv_backward(c); }
+
+static int test_ssm_alloc_failures(void) {
+    int fails = 0;
+    long reached;
+    rng r = {6300};
+    const int64_t B = 2, T = 40, D = 40, N = 8, G = 2, nx = B * T * D, nb = B * T * G * N, nh = B * D * N;
+    float *x = falloc(nx), *dt = falloc(nx), *A = falloc(D * N), *Bm = falloc(nb), *Cm = falloc(nb);
+    float *Ds = falloc(D), *dy = falloc(nx), *y = falloc(nx), *hT = falloc(nh > 6 * B * D ? nh : 6 * B * D);
+    fill_uniform(&r, x, nx, -1, 1), fill_uniform(&r, dt, nx, -3, 1), fill_uniform(&r, A, D * N, -4, -0.1f);
+    fill_uniform(&r, Bm, nb, -1, 1), fill_uniform(&r, Cm, nb, -1, 1), fill_uniform(&r, Ds, D, -1, 1);
+    fill_uniform(&r, dy, nx, -1, 1);
+    /* Mamba-1 */
+    dn_mamba_params mp = dn_mamba_params_default(B, T, D, N, G);
+    mp.x = x, mp.dt = dt, mp.A = A, mp.Bm = Bm, mp.Cm = Cm, mp.Dskip = Ds, mp.y = y, mp.final_state = hT;
+    mp.dt_softplus = 1, mp.n_threads = 2;
+    float *o1[2] = {y, hT};
+    const int64_t n1[2] = {nx, nh};
+    fails += check_alloc_failures("mamba1 forward", call_mamba_fwd, &mp, o1, n1, 2, &reached);
+    CHECK(reached >= 1, "mamba1 forward: no allocation to fail");
+    float *g[6] = {falloc(nx), falloc(nx), falloc(nb), falloc(nb), falloc(D * N), falloc(D)};
+    const int64_t ng[6] = {nx, nx, nb, nb, D * N, D};
+    dn_mamba_bwd_params mb = dn_mamba_bwd_params_default(&mp);
+    mb.dy = dy, mb.dx = g[0], mb.ddt = g[1], mb.dBm = g[2], mb.dCm = g[3], mb.dA = g[4], mb.dDskip = g[5];
+    fails += check_alloc_failures("mamba1 backward", call_mamba_bwd, &mb, g, ng, 6, &reached);
+    CHECK(reached >= 1, "mamba1 backward: no allocation to fail");
+    /* Mamba-2 on the same buffers: x [B,T,H=D/4,P=4], dt [B,T,H], states [B,H,N,P] */
+    const int64_t H = D / 4, P = 4;
+    dn_mamba2_params m2 = dn_mamba2_params_default(B, T, H, P, N, G);
+    m2.x = x, m2.dt = dt, m2.A = A, m2.Bm = Bm, m2.Cm = Cm, m2.Dskip = Ds, m2.y = y, m2.final_state = hT;
+    m2.dt_softplus = 1, m2.n_threads = 2;
+    fails += check_alloc_failures("mamba2 forward", call_mamba2_fwd, &m2, o1, n1, 2, &reached);
+    CHECK(reached >= 2, "mamba2 forward: fewer allocations than expected (%ld)", reached);
+    dn_mamba2_bwd_params m2b = dn_mamba2_bwd_params_default(&m2);
+    m2b.dy = dy, m2b.dx = g[0], m2b.ddt = g[1], m2b.dBm = g[2], m2b.dCm = g[3], m2b.dA = g[4], m2b.dDskip = g[5];
+    fails += check_alloc_failures("mamba2 backward", call_mamba2_bwd, &m2b, g, ng, 6, &reached);
+    CHECK(reached >= 5, "mamba2 backward: fewer allocations than expected (%ld)", reached);
+    /* RWKV-4: k = x, v = dt as [B,T,C=D] */
+    dn_rwkv4_params rp = dn_rwkv4_params_default(B, T, D);
+    rp.k = x, rp.v = dt, rp.time_decay = Ds, rp.time_first = A, rp.y = y, rp.final_state = hT, rp.n_threads = 2;
+    const int64_t nr[2] = {nx, 3 * B * D};
+    fails += check_alloc_failures("rwkv4 forward", call_rwkv4_fwd, &rp, o1, nr, 2, &reached);
+    CHECK(reached >= 1, "rwkv4 forward: no allocation to fail");
+    dn_rwkv4_bwd_params rb = dn_rwkv4_bwd_params_default(&rp);
+    float *rg[4] = {g[0], g[1], g[5], g[4]};
+    const int64_t nrg[4] = {nx, nx, D, D};
+    rb.dy = dy, rb.dk = rg[0], rb.dv = rg[1], rb.dtime_decay = rg[2], rb.dtime_first = rg[3];
+    fails += check_alloc_failures("rwkv4 backward", call_rwkv4_bwd, &rb, rg, nrg, 4, &reached);
+    CHECK(reached >= 1, "rwkv4 backward: no allocation to fail");
+    /* short conv backward: x [B,T,D], weight [D,3] */
+    dn_conv_params cp = dn_conv_params_default(B, T, D, 3);
+    cp.x = x, cp.weight = A, cp.bias = Ds, cp.silu = 1, cp.y = y, cp.n_threads = 2;
+    dn_conv_bwd_params cb = dn_conv_bwd_params_default(&cp);
+    float *cg[3] = {g[0], g[4], g[5]};
+    const int64_t ncg[3] = {nx, D * 3, D};
+    cb.dy = dy, cb.dx = cg[0], cb.dweight = cg[1], cb.dbias = cg[2];
+    fails += check_alloc_failures("short_conv backward", call_conv_bwd, &cb, cg, ncg, 3, &reached);
+    CHECK(reached >= 1, "short_conv backward: no allocation to fail");
+    free(x), free(dt), free(A), free(Bm), free(Cm), free(Ds), free(dy), free(y), free(hT);
+    for (int i = 0; i < 6; i++) free(g[i]);
+    return fails;
+}
+
 const test_case dn_tests_bwd_ssm[] = {
     {"bwd_mamba2", test_mamba2_grad},
     {"bwd_rwkv4_reference_vs_finite_differences", test_rwkv_grad_fd},
@@ -628,5 +784,7 @@ const test_case dn_tests_bwd_ssm[] = {
     {"bwd_conv_reference_vs_finite_differences", test_conv_grad_fd},
     {"bwd_mamba1_fast", test_mamba_grad_fast},
     {"bwd_conv_fast", test_conv_grad_fast},
+    {"bwd_ssm_reproducible", test_ssm_bwd_reproducible},
+    {"ssm_alloc_failures", test_ssm_alloc_failures},
     {NULL, NULL},
 };

@@ -549,6 +549,51 @@ static int test_attn_grad_fast(void) {
     return fails;
 }
 
+/* dn_la_backward (impl auto) at 2 threads, REPEATS times: every gradient bitwise the same. Grouped
+ * value heads (dq, dk summed over them) and a varlen batch. */
+static int test_la_bwd_reproducible(void) {
+    int fails = 0;
+    for (int varlen = 0; varlen < 2; varlen++) {
+        const int64_t T = 200, H = 2, HV = 4, K = 32, V = 48, NS = varlen ? 3 : 1;
+        const int64_t cu[4] = {0, 37, 130, 200};
+        rng r = {5100 + (uint64_t)varlen};
+        gbufs x;
+        gb_alloc(&x, &r, T, H, HV, K, V, NS);
+        float *dhT = falloc(NS * HV * K * V);
+        fill_uniform(&r, dhT, NS * HV * K * V, -1, 1);
+        dn_la_params f = dn_la_params_default(DN_OP_GDN, 1, T, H, HV, K, V);
+        f.q = x.q, f.k = x.k, f.v = x.v, f.g = x.g, f.beta = x.beta, f.qk_l2norm = 1;
+        f.initial_state = x.h0, f.n_threads = 2;
+        if (varlen) f.cu_seqlens = cu, f.n_seqs = NS;
+        const int64_t sz[6] = {T * H * K, T * H * K, T * HV * V, T * HV, T * HV, NS * HV * K * V};
+        float *first[6], *o = falloc(T * HV * V);
+        for (int i = 0; i < 6; i++) first[i] = falloc(sz[i]);
+        f.o = o;
+        for (int rep = 0; rep < REPEATS; rep++) {
+            float *out[6] = {x.dq, x.dk, x.dv, x.dg, x.db, x.dh0};
+            for (int i = 0; i < 6; i++) poison(out[i], sz[i]);
+            dn_la_bwd_params b = dn_la_bwd_params_default(&f);
+            b.dout = x.dout, b.dfinal_state = dhT, b.dq = x.dq, b.dk = x.dk, b.dv = x.dv;
+            b.dg = x.dg, b.dbeta = x.db, b.dinitial_state = x.dh0;
+            CHECK(dn_la_backward(&b) == DN_OK, "%s", dn_last_error());
+            static const char *const nm[6] = {"dq", "dk", "dv", "dg", "dbeta", "dh0"};
+            for (int i = 0; i < 6; i++) {
+                if (rep == 0) {
+                    memcpy(first[i], out[i], sizeof(float) * (size_t)sz[i]);
+                    continue;
+                }
+                char what[100];
+                snprintf(what, sizeof what, "gdn bwd%s run %d %s", varlen ? " varlen" : "", rep, nm[i]);
+                fails += check_same_bits(what, out[i], first[i], sz[i]);
+            }
+        }
+        for (int i = 0; i < 6; i++) free(first[i]);
+        free(o), free(dhT);
+        gb_free(&x);
+    }
+    return fails;
+}
+
 const test_case dn_tests_la_bwd[] = {
     {"bwd_attn_reference_vs_finite_differences", test_attn_grad_reference},
     {"bwd_attn_fast", test_attn_grad_fast},
@@ -556,5 +601,6 @@ const test_case dn_tests_la_bwd[] = {
     {"bwd_la_reset_gates", test_bwd_reset_gates},
     {"bwd_la_api", test_grad_api},
     {"bwd_la_reference_vs_finite_differences", test_grad_reference},
+    {"bwd_la_reproducible", test_la_bwd_reproducible},
     {NULL, NULL},
 };

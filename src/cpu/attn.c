@@ -17,9 +17,6 @@
 
 #include <math.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -52,7 +49,7 @@ static size_t att_layout(int64_t G, int64_t D, att_ws *w, float *base) {
 
 size_t DN_ISA_FN(dn_cpu_attn_workspace)(const dn_attn_params *p, int nthreads) {
     att_ws w;
-    return sizeof(float) * att_layout(p->H / p->HKV, p->D, &w, NULL) * (size_t)nthreads;
+    return dn_parallel_ws_bytes(nthreads, sizeof(float) * att_layout(p->H / p->HKV, p->D, &w, NULL));
 }
 
 /* Row update of the online softmax over one block: s holds n (multiple of DN_VW) scores, those
@@ -161,29 +158,26 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
     }
 }
 
+typedef struct {
+    const dn_attn_params *p;
+    int64_t nqb;
+} att_ctx;
+
+static void att_run(void *vctx, int64_t t, int thread, void *mine) {
+    const att_ctx *c = vctx;
+    (void)thread;
+    /* causal rows grow with the query index: hand out the last (longest) blocks first */
+    const int64_t qb = c->nqb - 1 - t % c->nqb, bh = t / c->nqb;
+    att_task(c->p, bh / c->p->HKV, bh % c->p->HKV, qb, mine);
+}
+
 void DN_ISA_FN(dn_cpu_attn_forward)(const dn_attn_params *p, int nthreads, void *ws) {
     const int64_t G = p->H / p->HKV, nqb = (p->TQ + att_br(G) - 1) / att_br(G);
-    const int64_t ntask = p->B * p->HKV * nqb;
     att_ws w;
     const size_t per = att_layout(G, p->D, &w, NULL);
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#ifdef _OPENMP
-        float *mine = (float *)ws + per * (size_t)omp_get_thread_num();
-#pragma omp for schedule(dynamic, 1)
-#else
-        float *mine = (float *)ws;
-#endif
-        for (int64_t t = 0; t < ntask; t++) {
-            /* causal rows grow with the query index: hand out the last (longest) blocks first */
-            const int64_t qb = nqb - 1 - t % nqb, bh = t / nqb;
-            att_task(p, bh / p->HKV, bh % p->HKV, qb, mine);
-        }
-    }
+    att_ctx c = {p, nqb};
+    dn_parallel_tasks(nthreads, p->B * p->HKV * nqb, DN_SCHED_DYNAMIC, att_run, &c, ws,
+                      sizeof(float) * per);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -226,8 +220,8 @@ size_t DN_ISA_FN(dn_cpu_decode_workspace)(const dn_kv_view *kv, int64_t TQ, int6
                                           int64_t window, int nthreads) {
     dec_plan pl = dec_make_plan(kv, TQ, H, window, nthreads);
     const int64_t ntask = kv->B * kv->HKV * pl.nsplit;
-    return sizeof(float) * (dec_partial_floats(&pl) * (size_t)ntask +
-                            dec_thread_floats(&pl) * (size_t)nthreads);
+    return sizeof(float) * dec_partial_floats(&pl) * (size_t)ntask +
+           dn_parallel_ws_bytes(nthreads, sizeof(float) * dec_thread_floats(&pl));
 }
 
 /* Loading DN_VW cached values as fp32, and one value, per storage type: the decode loops below are
@@ -385,6 +379,25 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
     }
 }
 
+typedef struct {
+    const dn_kv_view *kv;
+    const dec_plan *pl;
+    const float *q;
+    dn_strides q_s;
+    int64_t TQ, H, window;
+    float scale;
+    float *parts;
+    size_t per_part;
+} dec_ctx;
+
+static void dec_run(void *vctx, int64_t t, int thread, void *mine) {
+    const dec_ctx *c = vctx;
+    (void)thread;
+    const int64_t split = t % c->pl->nsplit, bh = t / c->pl->nsplit;
+    dec_task(c->kv, c->pl, c->q, c->q_s, c->TQ, c->H, c->scale, c->window, bh / c->kv->HKV,
+             bh % c->kv->HKV, split, c->parts + c->per_part * (size_t)t, mine);
+}
+
 void DN_ISA_FN(dn_cpu_decode)(const dn_kv_view *kv, float *o, dn_strides o_s, float *lse,
                               const float *q, dn_strides q_s, int64_t TQ, int64_t H, float scale,
                               int64_t window, int nthreads, void *ws) {
@@ -394,24 +407,9 @@ void DN_ISA_FN(dn_cpu_decode)(const dn_kv_view *kv, float *o, dn_strides o_s, fl
     const int64_t ntask = kv->B * kv->HKV * pl.nsplit;
     const size_t per_part = dec_partial_floats(&pl), per_thread = dec_thread_floats(&pl);
     float *parts = ws, *scratch = parts + per_part * (size_t)ntask;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#ifdef _OPENMP
-        float *mine = scratch + per_thread * (size_t)omp_get_thread_num();
-#pragma omp for schedule(static)
-#else
-        float *mine = scratch;
-#endif
-        for (int64_t t = 0; t < ntask; t++) {
-            const int64_t split = t % pl.nsplit, bh = t / pl.nsplit;
-            dec_task(kv, &pl, q, q_s, TQ, H, scale, window, bh / kv->HKV, bh % kv->HKV, split,
-                     parts + per_part * (size_t)t, mine);
-        }
-    }
+    dec_ctx c = {kv, &pl, q, q_s, TQ, H, window, scale, parts, per_part};
+    dn_parallel_tasks(nthreads, ntask, DN_SCHED_STATIC, dec_run, &c, scratch,
+                      sizeof(float) * per_thread);
     /* Merge the splits of each (b, kv head): rescale every split to the common max. */
     for (int64_t bh = 0; bh < kv->B * kv->HKV; bh++)
         for (int64_t r = 0; r < R; r++) {

@@ -4,17 +4,21 @@
  * A task owns one block of keys of one KV head, so its dk and dv rows are written by no one else;
  * it walks the query blocks (all G heads of the group stacked) that can see the block and
  * recomputes, per tile: S = (scale Q) K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D) with
- * D = dO . o per row; then dV += P^T dO, dK += dS^T (scale Q), and dQ += dS K into a per-thread
- * accumulator, summed over threads at the end. Nothing of size TQ x TK is formed.
+ * D = dO . o per row; then dV += P^T dO, dK += dS^T (scale Q), and dQ += dS K. Nothing of size
+ * TQ x TK is formed.
+ *
+ * dQ sums over key blocks. A task takes every nseg-th key block of one (batch, KV head), from
+ * block s on, and adds the blocks' dQ in block order into an accumulator of its own (TQ x G rows);
+ * so the result does not depend on which thread runs which task, and the schedule can stay
+ * dynamic (the causal work is ragged). With nseg = 1 (enough heads to keep the threads busy) the
+ * task writes its group's dq itself; otherwise the nseg accumulators of a group are summed in
+ * segment order afterwards. Bitwise the same run to run; across thread counts as long as nseg is.
  */
 #include "../internal.h"
 #include "gemm.h"
 
 #include <math.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define ROUND_UP(x, m) (((x) + (m)-1) / (m) * (m))
 #define BC 64 /* keys per task */
@@ -25,7 +29,6 @@ static int64_t bwd_br(int64_t G) {
 }
 
 typedef struct {
-    float *dQ;                      /* B*TQ*H x Dp   per-thread accumulator */
     float *Q, *dO, *dQt;            /* R x Dp */
     float *KT, *VT;                 /* D x BC */
     float *Kb, *dKb, *dVb;          /* BC x Dp */
@@ -35,27 +38,56 @@ typedef struct {
 
 static size_t abws_layout(const dn_attn_params *p, abws *w, float *base) {
     const int64_t G = p->H / p->HKV, R = G * bwd_br(G), Dp = ROUND_UP(p->D, DN_VW), D = p->D;
-    const int64_t sizes[] = {p->B * p->TQ * p->H * Dp, R * Dp, R * Dp, R * Dp, D * BC, D * BC,
+    const int64_t sizes[] = {R * Dp, R * Dp, R * Dp, D * BC, D * BC,
                              BC * Dp, BC * Dp, BC * Dp, R * BC, R * BC, R, R};
-    float **slots[] = {&w->dQ, &w->Q, &w->dO, &w->dQt, &w->KT, &w->VT, &w->Kb, &w->dKb, &w->dVb,
+    float **slots[] = {&w->Q, &w->dO, &w->dQt, &w->KT, &w->VT, &w->Kb, &w->dKb, &w->dVb,
                        &w->S, &w->dP, &w->lse, &w->Dr};
     size_t off = 0;
-    for (int i = 0; i < 13; i++) {
+    for (int i = 0; i < 12; i++) {
         *slots[i] = base ? base + off : NULL;
         off += ROUND_UP((size_t)sizes[i], 16);
     }
     return off;
 }
 
-size_t DN_ISA_FN(dn_cpu_attn_bwd_workspace)(const dn_attn_params *p, int nthreads) {
+/* How the work is split: nseg tasks per (batch, KV head), each with a dQ accumulator of TQ x G
+ * rows of Dp: in the thread's scratch when nseg = 1, else in the shared part of the workspace. */
+typedef struct {
+    int64_t nkb, nseg;
+    size_t per_thread, acc; /* floats */
+} abplan;
+
+static abplan make_plan(const dn_attn_params *p, int nthreads) {
+    abplan pl;
+    const int64_t heads = p->B * p->HKV, nt = nthreads < 1 ? 1 : nthreads;
     abws w;
-    /* + D_i = dO_i . o_i for every row, shared */
-    return sizeof(float) * (abws_layout(p, &w, NULL) * (size_t)nthreads +
-                            ROUND_UP((size_t)(p->B * p->H * p->TQ), 16));
+    pl.nkb = (p->TK + BC - 1) / BC;
+    /* whole heads balance when they divide evenly among the threads or outnumber them well;
+     * otherwise about two tasks per thread, each on interleaved key blocks (similar costs) */
+    pl.nseg = heads % nt == 0 || heads >= 4 * nt ? 1 : (2 * nt + heads - 1) / heads;
+    if (pl.nseg > pl.nkb) pl.nseg = pl.nkb > 0 ? pl.nkb : 1;
+    pl.acc = ROUND_UP((size_t)(p->TQ * (p->H / p->HKV) * ROUND_UP(p->D, DN_VW)), 16);
+    pl.per_thread = abws_layout(p, &w, NULL) + (pl.nseg == 1 ? pl.acc : 0);
+    return pl;
 }
 
-static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64_t b, int64_t kh,
-                 int64_t j0) {
+/* Workspace: the threads' scratch, then D_i = dO_i . o_i for every row, then (nseg > 1) the
+ * accumulators of every task. */
+static size_t shared_floats(const dn_attn_params *p, const abplan *pl) {
+    return ROUND_UP((size_t)(p->B * p->H * p->TQ), 16) +
+           (pl->nseg > 1 ? (size_t)(p->B * p->HKV * pl->nseg) * pl->acc : 0);
+}
+
+size_t DN_ISA_FN(dn_cpu_attn_bwd_workspace)(const dn_attn_params *p, int nthreads) {
+    const abplan pl = make_plan(p, nthreads);
+    return dn_parallel_ws_bytes(nthreads, sizeof(float) * pl.per_thread) +
+           sizeof(float) * shared_floats(p, &pl);
+}
+
+/* One key block [j0, j0 + BC) of KV head kh: writes its dk, dv rows and adds its part of dQ (unscaled)
+ * into dQ [TQ, G, Dp]. */
+static void key_block(const dn_attn_bwd_params *bp, abws *w, const float *Dall, float *dQ, int64_t b,
+                      int64_t kh, int64_t j0) {
     const dn_attn_params *p = &bp->fwd;
     const int64_t G = p->H / p->HKV, D = p->D, Dp = ROUND_UP(D, DN_VW), br = bwd_br(G);
     const int64_t W = p->window, off = p->TK - p->TQ;
@@ -145,8 +177,8 @@ static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64
         }
         for (int64_t g = 0; g < G; g++)
             for (int64_t i = 0; i < nq; i++) {
-                const int64_t h = kh * G + g, r = g * nq + i;
-                float *acc = w->dQ + ((b * p->TQ + i0 + i) * p->H + h) * Dp;
+                const int64_t r = g * nq + i;
+                float *acc = dQ + ((i0 + i) * G + g) * Dp;
                 for (int64_t d = 0; d < Dp; d += DN_VW)
                     vstore(acc + d, vload(acc + d) + vload(w->dQt + r * Dp + d));
             }
@@ -159,57 +191,81 @@ static void task(const dn_attn_bwd_params *bp, abws *w, const float *Dall, int64
     }
 }
 
-void DN_ISA_FN(dn_cpu_attn_backward)(const dn_attn_bwd_params *bp, int nthreads, void *ws) {
+typedef struct {
+    const dn_attn_bwd_params *bp;
+    abplan pl;
+    float *Dall, *accs;
+} abctx;
+
+#define ROWS_PER_TASK 64
+
+/* D_i = dO_i . o_i, rows in the order [B,H,TQ] */
+static void rows_D(void *vctx, int64_t task, int thread, void *scratch) {
+    const abctx *c = vctx;
+    const dn_attn_bwd_params *bp = c->bp;
     const dn_attn_params *p = &bp->fwd;
-    const int64_t D = p->D, Dp = ROUND_UP(D, DN_VW), nkb = (p->TK + BC - 1) / BC;
-    const int64_t ntask = p->B * p->HKV * nkb, nrows = p->B * p->H * p->TQ;
-    abws lay;
-    const size_t per = abws_layout(p, &lay, NULL);
-    float *Dall = (float *)ws + per * (size_t)nthreads;
-    int nt = nthreads < 1 ? 1 : nthreads;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#ifdef _OPENMP
-        const int me = omp_get_thread_num();
-#else
-        const int me = 0;
-#endif
-        abws w;
-        abws_layout(p, &w, (float *)ws + per * (size_t)me);
-        memset(w.dQ, 0, sizeof(float) * (size_t)(p->B * p->TQ * p->H * Dp));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t row = 0; row < nrows; row++) { /* D_i = dO_i . o_i, row order [B,H,TQ] */
-            const int64_t b = row / (p->H * p->TQ), h = row / p->TQ % p->H, t = row % p->TQ;
-            Dall[row] = dot_f32(bp->dout + b * bp->dout_s.b + t * bp->dout_s.t + h * bp->dout_s.h,
-                                p->o + b * p->o_s.b + t * p->o_s.t + h * p->o_s.h, D);
-        }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t t = 0; t < ntask; t++) {
-            const int64_t kb = t % nkb, bh = t / nkb;
-            task(bp, &w, Dall, bh / p->HKV, bh % p->HKV, kb * BC);
-        }
-        /* dq = scale * sum over threads of the accumulators, rows split across threads */
-#ifdef _OPENMP
-        const int team = omp_get_num_threads();
-#pragma omp for schedule(static)
-#else
-        const int team = 1;
-#endif
-        for (int64_t row = 0; row < p->B * p->TQ * p->H; row++) {
-            const int64_t b = row / (p->TQ * p->H), t = row / p->H % p->TQ, h = row % p->H;
-            float *out = bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h;
-            for (int64_t d = 0; d < D; d++) {
-                float acc = 0;
-                for (int th = 0; th < team; th++)
-                    acc += ((float *)ws + per * (size_t)th)[row * Dp + d];
-                out[d] = acc * p->scale;
+    const int64_t nrows = p->B * p->H * p->TQ;
+    (void)thread, (void)scratch;
+    for (int64_t row = task * ROWS_PER_TASK; row < nrows && row < (task + 1) * ROWS_PER_TASK; row++) {
+        const int64_t b = row / (p->H * p->TQ), h = row / p->TQ % p->H, t = row % p->TQ;
+        c->Dall[row] = dot_f32(bp->dout + b * bp->dout_s.b + t * bp->dout_s.t + h * bp->dout_s.h,
+                               p->o + b * p->o_s.b + t * p->o_s.t + h * p->o_s.h, p->D);
+    }
+}
+
+/* Task (batch, KV head, segment s): key blocks s, s + nseg, ... in order. */
+static void key_task(void *vctx, int64_t task, int thread, void *scratch) {
+    const abctx *c = vctx;
+    const dn_attn_bwd_params *bp = c->bp;
+    const dn_attn_params *p = &bp->fwd;
+    const int64_t G = p->H / p->HKV, D = p->D, Dp = ROUND_UP(D, DN_VW), nseg = c->pl.nseg;
+    const int64_t s = task % nseg, bh = task / nseg, b = bh / p->HKV, kh = bh % p->HKV;
+    (void)thread;
+    abws w;
+    const size_t lay = abws_layout(p, &w, scratch);
+    float *dQ = nseg == 1 ? (float *)scratch + lay : c->accs + (size_t)task * c->pl.acc;
+    memset(dQ, 0, sizeof(float) * (size_t)(p->TQ * G * Dp));
+    for (int64_t kb = s; kb < c->pl.nkb; kb += nseg) key_block(bp, &w, c->Dall, dQ, b, kh, kb * BC);
+    if (nseg == 1)
+        for (int64_t t = 0; t < p->TQ; t++)
+            for (int64_t g = 0; g < G; g++) {
+                const int64_t h = kh * G + g;
+                float *out = bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h;
+                for (int64_t d = 0; d < D; d++) out[d] = dQ[(t * G + g) * Dp + d] * p->scale;
             }
+}
+
+/* nseg > 1: dq of rows (b, t, h) = scale * the segments' accumulators summed in segment order */
+static void dq_rows(void *vctx, int64_t task, int thread, void *scratch) {
+    const abctx *c = vctx;
+    const dn_attn_bwd_params *bp = c->bp;
+    const dn_attn_params *p = &bp->fwd;
+    const int64_t G = p->H / p->HKV, D = p->D, Dp = ROUND_UP(D, DN_VW), nseg = c->pl.nseg;
+    const int64_t nrows = p->B * p->TQ * p->H;
+    (void)thread, (void)scratch;
+    for (int64_t row = task * ROWS_PER_TASK; row < nrows && row < (task + 1) * ROWS_PER_TASK; row++) {
+        const int64_t b = row / (p->TQ * p->H), t = row / p->H % p->TQ, h = row % p->H;
+        const int64_t kh = h / G, g = h % G;
+        const float *acc = c->accs + (size_t)((b * p->HKV + kh) * nseg) * c->pl.acc + (t * G + g) * Dp;
+        float *out = bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h;
+        for (int64_t d = 0; d < D; d++) {
+            float sum = 0;
+            for (int64_t s = 0; s < nseg; s++) sum += acc[(size_t)s * c->pl.acc + d];
+            out[d] = sum * p->scale;
         }
     }
+}
+
+void DN_ISA_FN(dn_cpu_attn_backward)(const dn_attn_bwd_params *bp, int nthreads, void *ws) {
+    const dn_attn_params *p = &bp->fwd;
+    abctx c;
+    c.bp = bp;
+    c.pl = make_plan(p, nthreads);
+    c.Dall = (float *)((char *)ws + dn_parallel_ws_bytes(nthreads, sizeof(float) * c.pl.per_thread));
+    c.accs = c.Dall + ROUND_UP((size_t)(p->B * p->H * p->TQ), 16);
+    const int64_t nrows = p->B * p->H * p->TQ, nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+    dn_parallel_tasks(nthreads, nrt, DN_SCHED_STATIC, rows_D, &c, NULL, 0);
+    dn_parallel_tasks(nthreads, p->B * p->HKV * c.pl.nseg, DN_SCHED_DYNAMIC, key_task, &c, ws,
+                      sizeof(float) * c.pl.per_thread);
+    if (c.pl.nseg > 1) dn_parallel_tasks(nthreads, nrt, DN_SCHED_STATIC, dq_rows, &c, NULL, 0);
 }

@@ -8,9 +8,6 @@
 #include "simd.h"
 
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define CC (4 * DN_VW) /* channels per task */
 
@@ -54,17 +51,16 @@ static void conv_block(const dn_conv_params *p, int64_t b, int64_t d0, int64_t n
         }
 }
 
+static void conv_run(void *ctx, int64_t task, int thread, void *scratch) {
+    const dn_conv_params *p = ctx;
+    const int64_t nblk = (p->D + CC - 1) / CC, b = task / nblk, d0 = task % nblk * CC;
+    (void)thread, (void)scratch;
+    conv_block(p, b, d0, p->D - d0 < CC ? p->D - d0 : CC);
+}
+
 void DN_ISA_FN(dn_cpu_conv_forward)(const dn_conv_params *p, int nthreads) {
-    const int64_t nblk = (p->D + CC - 1) / CC, ntask = p->B * nblk;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-#endif
-    for (int64_t task = 0; task < ntask; task++) {
-        const int64_t b = task / nblk, d0 = task % nblk * CC;
-        conv_block(p, b, d0, p->D - d0 < CC ? p->D - d0 : CC);
-    }
+    const int64_t nblk = (p->D + CC - 1) / CC;
+    dn_parallel_tasks(nthreads, p->B * nblk, DN_SCHED_STATIC, conv_run, (void *)p, NULL, 0);
 }
 
 /* Backward, one block of channels per task: a forward pass recomputes the pre-activation and
@@ -147,31 +143,28 @@ static void conv_bwd_block(const dn_conv_bwd_params *bp, int64_t b, int64_t d0, 
     }
 }
 
-int DN_ISA_FN(dn_cpu_conv_backward)(const dn_conv_bwd_params *bp, int nthreads) {
+/* Per thread: the gradient through the SiLU of every token of a block, (T + 1) x CC floats. */
+static size_t conv_bwd_thread_bytes(const dn_conv_params *p) {
+    int64_t per;
+    return DN_PROD(&per, p->T + 1, CC, (int64_t)sizeof(float)) ? (size_t)per : SIZE_MAX;
+}
+
+size_t DN_ISA_FN(dn_cpu_conv_bwd_workspace)(const dn_conv_params *p, int nthreads) {
+    return dn_parallel_ws_bytes(nthreads, conv_bwd_thread_bytes(p));
+}
+
+static void conv_bwd_run(void *ctx, int64_t task, int thread, void *da) {
+    const dn_conv_bwd_params *bp = ctx;
+    const dn_conv_params *p = &bp->fwd;
+    const int64_t d0 = task * CC;
+    (void)thread;
+    for (int64_t b = 0; b < p->B; b++) conv_bwd_block(bp, b, d0, p->D - d0 < CC ? p->D - d0 : CC, da);
+}
+
+void DN_ISA_FN(dn_cpu_conv_backward)(const dn_conv_bwd_params *bp, int nthreads, void *ws) {
     const dn_conv_params *p = &bp->fwd;
     /* a task owns its channels in every batch row: their weight and bias sums have one writer */
-    const int64_t nblk = (p->D + CC - 1) / CC, ntask = nblk;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-    const size_t per = (size_t)((p->T + 1) * CC);
-    float *all = aligned_alloc(64, sizeof(float) * per * (size_t)nt);
-    if (!all) return -1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#ifdef _OPENMP
-        float *da = all + per * (size_t)omp_get_thread_num();
-#pragma omp for schedule(static)
-#else
-        float *da = all;
-#endif
-        for (int64_t task = 0; task < ntask; task++) {
-            const int64_t d0 = task * CC;
-            for (int64_t b = 0; b < p->B; b++)
-                conv_bwd_block(bp, b, d0, p->D - d0 < CC ? p->D - d0 : CC, da);
-        }
-    }
-    free(all);
-    return 0;
+    const int64_t nblk = (p->D + CC - 1) / CC;
+    dn_parallel_tasks(nthreads, nblk, DN_SCHED_STATIC, conv_bwd_run, (void *)bp, ws,
+                      conv_bwd_thread_bytes(p));
 }

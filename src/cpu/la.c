@@ -14,9 +14,6 @@
 #include <math.h>
 #include <string.h>
 #include <time.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define ROUND_UP(x, m) (((x) + (m)-1) / (m) * (m))
 
@@ -372,45 +369,37 @@ static size_t per_thread_floats(const dn_la_params *p, dn_impl impl, split s) {
 
 size_t DN_ISA_FN(dn_cpu_la_workspace)(const dn_la_params *p, dn_impl impl, int nthreads) {
     split s = make_split(p, nthreads);
-    return sizeof(float) * per_thread_floats(p, impl, s) * (size_t)nthreads;
+    return dn_parallel_ws_bytes(nthreads, sizeof(float) * per_thread_floats(p, impl, s));
 }
 
-static void run_task(const dn_la_params *p, dn_impl impl, split s, int64_t task, float *ws) {
+typedef struct {
+    const dn_la_params *p;
+    dn_impl impl;
+    split s;
+} fwd_ctx;
+
+static void run_task(void *vctx, int64_t task, int thread, void *ws) {
+    const fwd_ctx *c = vctx;
+    const dn_la_params *p = c->p;
+    const split s = c->s;
+    (void)thread;
     const int64_t vbi = task % s.nvb, pair = task / s.nvb;
     const int64_t hv = pair % p->HV, n = pair / p->HV;
     const int64_t v0 = vbi * s.vbw;
     const int64_t vb = p->V - v0 < s.vbw ? p->V - v0 : s.vbw;
-    if (impl == DN_IMPL_CHUNK)
+    if (c->impl == DN_IMPL_CHUNK)
         chunk_task(p, n, hv, v0, vb, s.vbp, ws);
     else
         rec_task(p, n, hv, v0, vb, ws);
 }
 
 void DN_ISA_FN(dn_cpu_la_forward)(const dn_la_params *p, dn_impl impl, int nthreads, void *ws) {
-    split s = make_split(p, nthreads);
-    const size_t per = per_thread_floats(p, impl, s);
-    const int64_t ntask = dn_la_nseq(p) * p->HV * s.nvb;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
+    fwd_ctx c = {p, impl, make_split(p, nthreads)};
+    const size_t per = per_thread_floats(p, impl, c.s);
+    const int64_t ntask = dn_la_nseq(p) * p->HV * c.s.nvb;
     /* Equal-length sequences: a static split, so that a head's state stays in the cache of the
      * core that updated it on the previous call (decode calls this once per token; a dynamic
      * schedule moved states between cores and cost 2x). Ragged varlen batches: dynamic. */
-    const int ragged = p->cu_seqlens != NULL;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        float *mine = (float *)ws + per * (size_t)omp_get_thread_num();
-        if (ragged) {
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t task = 0; task < ntask; task++) run_task(p, impl, s, task, mine);
-        } else {
-#pragma omp for schedule(static)
-            for (int64_t task = 0; task < ntask; task++) run_task(p, impl, s, task, mine);
-        }
-    }
-#else
-    (void)ragged, (void)per;
-    for (int64_t task = 0; task < ntask; task++) run_task(p, impl, s, task, (float *)ws);
-#endif
+    const dn_schedule sched = p->cu_seqlens != NULL ? DN_SCHED_DYNAMIC : DN_SCHED_STATIC;
+    dn_parallel_tasks(nthreads, ntask, sched, run_task, &c, ws, sizeof(float) * per);
 }
-

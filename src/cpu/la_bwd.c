@@ -24,9 +24,6 @@
 
 #include <math.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define ROUND_UP(x, m) (((x) + (m)-1) / (m) * (m))
 
@@ -140,7 +137,7 @@ size_t DN_ISA_FN(dn_cpu_la_bwd_workspace)(const dn_la_params *p, int nthreads) {
     int64_t Tmax;
     bdims d = make_dims(p, &Tmax);
     bws w;
-    return sizeof(float) * bws_layout(&d, Tmax, &w, NULL) * (size_t)nthreads;
+    return dn_parallel_ws_bytes(nthreads, sizeof(float) * bws_layout(&d, Tmax, &w, NULL));
 }
 
 /* x^ = x / sqrt(|x|^2 + 1e-6) times s (or x s) */
@@ -516,42 +513,59 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
         for (int64_t i = 0; i < K; i++) memcpy(bp->dinitial_state + soff + i * V, dS + i * Vp, sizeof(float) * V);
 }
 
+typedef struct {
+    const dn_la_bwd_params *bp;
+    const dn_la_params *p; /* the forward's params: &bp->fwd, or those of a training forward */
+    const bdims *d;
+    int64_t Tmax;
+    void *saved;
+} bwd_ctx;
+
+/* One task of the backward: sequence n, key head h and its G value heads (the first writes dq and
+ * dk, the others add to them). */
+static void bwd_task(void *vctx, int64_t task, int thread, void *mine) {
+    const bwd_ctx *c = vctx;
+    const dn_la_bwd_params *bp = c->bp;
+    const dn_la_params *p = c->p;
+    const int64_t G = p->HV / p->H;
+    (void)thread;
+    bws w;
+    bws_layout(c->d, c->Tmax, &w, mine);
+    const int64_t n = task / p->H, h = task % p->H;
+    for (int64_t g = 0; g < G; g++) {
+        const int64_t hv = h * G + g;
+        sview sv;
+        if (bp->saved) {
+            sv = saved_at(p, c->d, (float *)(uintptr_t)bp->saved, n, hv);
+        } else {
+            sv.ck = w.ck, sv.mats = w.mats, sv.Ub = w.Ub, sv.Rb = w.Rb, sv.qk = NULL;
+            fwd_sweep(p, c->d, &w, sv, n, hv, 0);
+        }
+        bwd_sweep(bp, c->d, &w, sv, n, hv, g == 0);
+    }
+}
+
 void DN_ISA_FN(dn_cpu_la_backward)(const dn_la_bwd_params *bp, int nthreads, void *ws) {
     const dn_la_params *p = &bp->fwd;
     int64_t Tmax;
     bdims d = make_dims(p, &Tmax);
     bws layout;
     const size_t per = bws_layout(&d, Tmax, &layout, NULL);
-    const int64_t G = p->HV / p->H, ntask = dn_la_nseq(p) * p->H;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#ifdef _OPENMP
-        float *mine = (float *)ws + per * (size_t)omp_get_thread_num();
-#pragma omp for schedule(dynamic, 1)
-#else
-        float *mine = (float *)ws;
-#endif
-        for (int64_t task = 0; task < ntask; task++) {
-            bws w;
-            bws_layout(&d, Tmax, &w, mine);
-            const int64_t n = task / p->H, h = task % p->H;
-            for (int64_t g = 0; g < G; g++) {
-                const int64_t hv = h * G + g;
-                sview sv;
-                if (bp->saved) {
-                    sv = saved_at(p, &d, (float *)(uintptr_t)bp->saved, n, hv);
-                } else {
-                    sv.ck = w.ck, sv.mats = w.mats, sv.Ub = w.Ub, sv.Rb = w.Rb, sv.qk = NULL;
-                    fwd_sweep(p, &d, &w, sv, n, hv, 0);
-                }
-                bwd_sweep(bp, &d, &w, sv, n, hv, g == 0);
-            }
-        }
-    }
+    bwd_ctx c = {bp, p, &d, Tmax, NULL};
+    /* every task writes only its own rows: the result does not depend on the schedule */
+    dn_parallel_tasks(nthreads, dn_la_nseq(p) * p->H, DN_SCHED_DYNAMIC, bwd_task, &c, ws,
+                      sizeof(float) * per);
+}
+
+/* One task of the training forward: sequence n, value head hv, its checkpoints into saved. */
+static void train_task(void *vctx, int64_t task, int thread, void *mine) {
+    const bwd_ctx *c = vctx;
+    const dn_la_params *p = c->p;
+    (void)thread;
+    bws w;
+    bws_layout(c->d, c->Tmax, &w, mine);
+    const int64_t n = task / p->HV, hv = task % p->HV;
+    fwd_sweep(p, c->d, &w, saved_at(p, c->d, (float *)c->saved, n, hv), n, hv, 1);
 }
 
 void DN_ISA_FN(dn_cpu_la_forward_train)(const dn_la_params *p, int nthreads, void *ws, void *saved) {
@@ -559,24 +573,7 @@ void DN_ISA_FN(dn_cpu_la_forward_train)(const dn_la_params *p, int nthreads, voi
     bdims d = make_dims(p, &Tmax);
     bws layout;
     const size_t per = bws_layout(&d, Tmax, &layout, NULL);
-    const int64_t ntask = dn_la_nseq(p) * p->HV;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#ifdef _OPENMP
-        float *mine = (float *)ws + per * (size_t)omp_get_thread_num();
-#pragma omp for schedule(dynamic, 1)
-#else
-        float *mine = (float *)ws;
-#endif
-        for (int64_t task = 0; task < ntask; task++) {
-            bws w;
-            bws_layout(&d, Tmax, &w, mine);
-            const int64_t n = task / p->HV, hv = task % p->HV;
-            fwd_sweep(p, &d, &w, saved_at(p, &d, (float *)saved, n, hv), n, hv, 1);
-        }
-    }
+    bwd_ctx c = {NULL, p, &d, Tmax, saved};
+    dn_parallel_tasks(nthreads, dn_la_nseq(p) * p->HV, DN_SCHED_DYNAMIC, train_task, &c, ws,
+                      sizeof(float) * per);
 }

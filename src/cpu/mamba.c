@@ -11,9 +11,6 @@
 
 #include <math.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define CB 16 /* channels per task */
 
@@ -83,24 +80,21 @@ static void mamba_block(const dn_mamba_params *p, int64_t b, int64_t d0, int64_t
             memcpy(p->final_state + (b * p->D + d0 + i) * N, h + i * N, sizeof(float) * (size_t)N);
 }
 
-void DN_ISA_FN(dn_cpu_mamba_forward)(const dn_mamba_params *p, int nthreads) {
-    const int64_t nblk = (p->D + CB - 1) / CB, ntask = p->B * nblk;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-        float *h = aligned_alloc(64, sizeof(float) * (size_t)(CB * p->N + 16));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t task = 0; task < ntask; task++) {
-            const int64_t b = task / nblk, d0 = task % nblk * CB;
-            if (h) mamba_block(p, b, d0, p->D - d0 < CB ? p->D - d0 : CB, h);
-        }
-        free(h);
-    }
+size_t DN_ISA_FN(dn_cpu_mamba_workspace)(const dn_mamba_params *p, int nthreads) {
+    return dn_parallel_ws_bytes(nthreads, sizeof(float) * (size_t)(CB * p->N)); /* the states */
+}
+
+static void fwd_run(void *ctx, int64_t task, int thread, void *h) {
+    const dn_mamba_params *p = ctx;
+    const int64_t nblk = (p->D + CB - 1) / CB, b = task / nblk, d0 = task % nblk * CB;
+    (void)thread;
+    mamba_block(p, b, d0, p->D - d0 < CB ? p->D - d0 : CB, h);
+}
+
+void DN_ISA_FN(dn_cpu_mamba_forward)(const dn_mamba_params *p, int nthreads, void *ws) {
+    const int64_t nblk = (p->D + CB - 1) / CB;
+    dn_parallel_tasks(nthreads, p->B * nblk, DN_SCHED_STATIC, fwd_run, (void *)p, ws,
+                      sizeof(float) * (size_t)(CB * p->N));
 }
 
 /* Backward. A task owns a block of channels in every batch row (their dA, dDskip, ddt_bias sums
@@ -226,61 +220,157 @@ static void mamba_bwd_block(const dn_mamba_bwd_params *bp, int64_t b, int64_t d0
             memcpy(bp->dinitial_state + (b * D + d0 + i) * N, w->dh + i * N, sizeof(float) * (size_t)N);
 }
 
-int DN_ISA_FN(dn_cpu_mamba_backward)(const dn_mamba_bwd_params *bp, int nthreads) {
+/* Workspace: per thread, the checkpoints, the states of a chunk, dh and the block's parameter sums;
+ * then, shared, one dBm and one dCm accumulator [B,T,G,N] per thread. */
+static size_t bwd_thread_floats(const dn_mamba_params *p) {
+    const int64_t N = p->N, nch = (p->T + MCK - 1) / MCK;
+    return (size_t)((nch + 1) * CB * N + (MCK + 1) * CB * N + CB * N + CB * N + 2 * CB);
+}
+
+static int bwd_sizes(const dn_mamba_params *p, int nthreads, size_t *per_thread, size_t *acc_floats,
+                     size_t *total) {
+    const int nt = dn_parallel_threads(nthreads, (p->D + CB - 1) / CB);
+    int64_t nbc, acc;
+    *per_thread = sizeof(float) * bwd_thread_floats(p);
+    if (!DN_PROD(&nbc, p->B, p->T, p->G, p->N) || !DN_PROD(&acc, 2, nbc, nt, (int64_t)sizeof(float)))
+        return 0;
+    *acc_floats = (size_t)(2 * nbc);
+    const size_t threads = dn_parallel_ws_bytes(nthreads, *per_thread);
+    if (threads == SIZE_MAX || (size_t)acc > SIZE_MAX - threads) return 0;
+    *total = threads + (size_t)acc;
+    return 1;
+}
+
+size_t DN_ISA_FN(dn_cpu_mamba_bwd_workspace)(const dn_mamba_params *p, int nthreads) {
+    size_t per, accf, total;
+    return bwd_sizes(p, nthreads, &per, &accf, &total) ? total : SIZE_MAX;
+}
+
+typedef struct {
+    const dn_mamba_bwd_params *bp;
+    float *acc; /* per thread: dBm then dCm sums, acc_floats each */
+    size_t acc_floats;
+    int nt;
+} mbwd_ctx;
+
+static void bwd_zero(void *vctx, int64_t th, int thread, void *scratch) {
+    const mbwd_ctx *c = vctx;
+    (void)thread, (void)scratch;
+    memset(c->acc + c->acc_floats * (size_t)th, 0, sizeof(float) * c->acc_floats);
+}
+
+static void bwd_run(void *vctx, int64_t blk, int thread, void *scratch) {
+    const mbwd_ctx *c = vctx;
+    const dn_mamba_bwd_params *bp = c->bp;
     const dn_mamba_params *p = &bp->fwd;
-    const int64_t N = p->N, T = p->T, nblk = (p->D + CB - 1) / CB, nch = (T + MCK - 1) / MCK;
-    const size_t nbc = (size_t)(p->B * T * p->G * N);
-    int nt = nblk < nthreads ? (int)nblk : nthreads;
-    if (nt < 1) nt = 1;
-    /* everything up front, so that a failed allocation is reported before any output is written */
-    const size_t per = (size_t)((nch + 1) * CB * N + (MCK + 1) * CB * N + CB * N + CB * N + 2 * CB);
-    float *acc_all = calloc(2 * nbc * (size_t)nt + 1, sizeof(float));
-    float *scratch = malloc(sizeof(float) * per * (size_t)nt);
-    if (!acc_all || !scratch) {
-        free(acc_all), free(scratch);
-        return -1;
+    const int64_t N = p->N, nch = (p->T + MCK - 1) / MCK;
+    const size_t nbc = c->acc_floats / 2;
+    mbws w;
+    w.ck = scratch;
+    w.hs = w.ck + (nch + 1) * CB * N;
+    w.dh = w.hs + (MCK + 1) * CB * N;
+    w.dA = w.dh + CB * N; /* [nd*N | nd | nd]: dA, dDskip and ddt_bias partial sums */
+    w.dBacc = c->acc + c->acc_floats * (size_t)thread, w.dCacc = w.dBacc + nbc;
+    const int64_t d0 = blk * CB, nd = p->D - d0 < CB ? p->D - d0 : CB;
+    memset(w.dA, 0, sizeof(float) * (size_t)(nd * N + 2 * CB));
+    for (int64_t b = 0; b < p->B; b++) mamba_bwd_block(bp, b, d0, nd, &w);
+    for (int64_t i = 0; i < nd; i++) {
+        for (int64_t n = 0; n < N; n++) bp->dA[(d0 + i) * N + n] += w.dA[i * N + n];
+        if (bp->dDskip) bp->dDskip[d0 + i] += w.dA[nd * N + i];
+        if (bp->ddt_bias) bp->ddt_bias[d0 + i] += w.dA[nd * N + nd + i];
     }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#ifdef _OPENMP
-        const int me = omp_get_thread_num();
-#else
-        const int me = 0;
-#endif
-        mbws w;
-        w.ck = scratch + per * (size_t)me;
-        w.hs = w.ck + (nch + 1) * CB * N;
-        w.dh = w.hs + (MCK + 1) * CB * N;
-        w.dA = w.dh + CB * N; /* [nd*N | nd | nd]: dA, dDskip and ddt_bias partial sums */
-        w.dBacc = acc_all + 2 * nbc * (size_t)me, w.dCacc = w.dBacc + nbc;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t blk = 0; blk < nblk; blk++) {
-            const int64_t d0 = blk * CB, nd = p->D - d0 < CB ? p->D - d0 : CB;
-            memset(w.dA, 0, sizeof(float) * (size_t)(nd * N + 2 * CB));
-            for (int64_t b = 0; b < p->B; b++) mamba_bwd_block(bp, b, d0, nd, &w);
-            for (int64_t i = 0; i < nd; i++) {
-                for (int64_t n = 0; n < N; n++) bp->dA[(d0 + i) * N + n] += w.dA[i * N + n];
-                if (bp->dDskip) bp->dDskip[d0 + i] += w.dA[nd * N + i];
-                if (bp->ddt_bias) bp->ddt_bias[d0 + i] += w.dA[nd * N + nd + i];
-            }
+}
+
+/* dBm, dCm of one token (all groups): the threads' sums, in thread order */
+static void bwd_sum(void *vctx, int64_t bt, int thread, void *scratch) {
+    const mbwd_ctx *c = vctx;
+    const dn_mamba_bwd_params *bp = c->bp;
+    const dn_mamba_params *p = &bp->fwd;
+    const int64_t N = p->N, b = bt / p->T, t = bt % p->T;
+    const size_t nbc = c->acc_floats / 2;
+    (void)thread, (void)scratch;
+    for (int64_t g = 0; g < p->G; g++)
+        for (int64_t n = 0; n < N; n++) {
+            const size_t o = (size_t)((bt * p->G + g) * N + n);
+            float sb = 0, sc = 0;
+            for (int th = 0; th < c->nt; th++)
+                sb += c->acc[c->acc_floats * (size_t)th + o], sc += c->acc[c->acc_floats * (size_t)th + nbc + o];
+            bp->dBm[b * bp->dBm_s.b + t * bp->dBm_s.t + g * bp->dBm_s.h + n] = sb;
+            bp->dCm[b * bp->dCm_s.b + t * bp->dCm_s.t + g * bp->dCm_s.h + n] = sc;
         }
+}
+
+void DN_ISA_FN(dn_cpu_mamba_backward)(const dn_mamba_bwd_params *bp, int nthreads, void *ws) {
+    const dn_mamba_params *p = &bp->fwd;
+    const int64_t nblk = (p->D + CB - 1) / CB;
+    size_t per, accf, total;
+    DN_ASSERT(bwd_sizes(p, nthreads, &per, &accf, &total));
+    /* a static schedule: each thread sums the same blocks into its accumulator on every call, so
+     * the sums over threads below are reproducible at a given thread count */
+    mbwd_ctx c = {bp, (float *)((char *)ws + dn_parallel_ws_bytes(nthreads, per)), accf,
+                  dn_parallel_threads(nthreads, nblk)};
+    dn_parallel_tasks(nthreads, c.nt, DN_SCHED_STATIC, bwd_zero, &c, NULL, 0);
+    dn_parallel_tasks(nthreads, nblk, DN_SCHED_STATIC, bwd_run, &c, ws, per);
+    dn_parallel_tasks(nthreads, p->B * p->T, DN_SCHED_STATIC, bwd_sum, &c, NULL, 0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Mamba-2 runs as GLA (see ../mamba.c); these are its elementwise steps around the GLA call.
+ * ------------------------------------------------------------------------------------------- */
+#define M2_ROWS 64 /* (b, t, h) rows per task */
+
+typedef struct {
+    const dn_mamba2_params *p;
+    float *g, *v, *dtp;
+} m2_ctx;
+
+/* below this many elements the loops are not worth a thread team */
+static int m2_threads(const dn_mamba2_params *p, int nthreads) {
+    return p->B * p->T * p->H * p->P > 65536 ? nthreads : 1;
+}
+
+static void m2_prepare_run(void *vctx, int64_t task, int thread, void *scratch) {
+    const m2_ctx *c = vctx;
+    const dn_mamba2_params *p = c->p;
+    const int64_t T = p->T, H = p->H, P = p->P, rows = p->B * T * H;
+    (void)thread, (void)scratch;
+    for (int64_t row = task * M2_ROWS; row < rows && row < (task + 1) * M2_ROWS; row++) {
+        const int64_t b = row / (T * H), t = row / H % T, h = row % H;
+        float dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h];
+        if (p->dt_bias) dt += p->dt_bias[h];
+        if (p->dt_softplus) dt = softplus1(dt);
+        if (c->dtp) c->dtp[row] = dt;
+        c->g[row] = dt * p->A[h];
+        const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
+        for (int64_t k = 0; k < P; k++) c->v[row * P + k] = dt * x[k];
     }
-    /* dBm, dCm: the threads' sums */
-    for (int64_t b = 0; b < p->B; b++)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t g = 0; g < p->G; g++)
-                for (int64_t n = 0; n < N; n++) {
-                    const size_t o = (size_t)(((b * T + t) * p->G + g) * N + n);
-                    float sb = 0, sc = 0;
-                    for (int th = 0; th < nt; th++)
-                        sb += acc_all[2 * nbc * th + o], sc += acc_all[2 * nbc * th + nbc + o];
-                    bp->dBm[b * bp->dBm_s.b + t * bp->dBm_s.t + g * bp->dBm_s.h + n] = sb;
-                    bp->dCm[b * bp->dCm_s.b + t * bp->dCm_s.t + g * bp->dCm_s.h + n] = sc;
-                }
-    free(acc_all), free(scratch);
-    return 0;
+}
+
+void DN_ISA_FN(dn_cpu_mamba2_prepare)(const dn_mamba2_params *p, float *g, float *v, float *dtp,
+                                      int nthreads) {
+    m2_ctx c = {p, g, v, dtp};
+    const int64_t rows = p->B * p->T * p->H;
+    dn_parallel_tasks(m2_threads(p, nthreads), (rows + M2_ROWS - 1) / M2_ROWS, DN_SCHED_STATIC,
+                      m2_prepare_run, &c, NULL, 0);
+}
+
+static void m2_finish_run(void *vctx, int64_t task, int thread, void *scratch) {
+    const m2_ctx *c = vctx;
+    const dn_mamba2_params *p = c->p;
+    const int64_t T = p->T, H = p->H, P = p->P, rows = p->B * T * H;
+    (void)thread, (void)scratch;
+    for (int64_t row = task * M2_ROWS; row < rows && row < (task + 1) * M2_ROWS; row++) {
+        const int64_t b = row / (T * H), t = row / H % T, h = row % H;
+        const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
+        float *y = p->y + b * p->y_s.b + t * p->y_s.t + h * p->y_s.h;
+        for (int64_t k = 0; k < P; k++) y[k] += p->Dskip[h] * x[k];
+    }
+}
+
+void DN_ISA_FN(dn_cpu_mamba2_finish)(const dn_mamba2_params *p, int nthreads) {
+    m2_ctx c = {p, NULL, NULL, NULL};
+    const int64_t rows = p->B * p->T * p->H;
+    if (!p->Dskip) return;
+    dn_parallel_tasks(m2_threads(p, nthreads), (rows + M2_ROWS - 1) / M2_ROWS, DN_SCHED_STATIC,
+                      m2_finish_run, &c, NULL, 0);
 }

@@ -19,8 +19,9 @@
 #endif
 
 size_t dn_parallel_ws_bytes(int nthreads, size_t per_thread_bytes) {
-    size_t per = (per_thread_bytes + 63) & ~(size_t)63;
-    return per * (size_t)(nthreads > 0 ? nthreads : 1);
+    const size_t n = (size_t)(nthreads > 0 ? nthreads : 1);
+    if (per_thread_bytes > (SIZE_MAX - 63) / n) return SIZE_MAX; /* the allocation then fails */
+    return ((per_thread_bytes + 63) & ~(size_t)63) * n;
 }
 
 int dn_parallel_threads(int nthreads, int64_t ntasks) {

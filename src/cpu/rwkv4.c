@@ -7,9 +7,6 @@
 
 #include <math.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Channels [c0, c1) of batch b, c1 - c0 a multiple of DN_VW. Tokens outside, channels inside, so
  * every token reads one contiguous stretch of k and v (a stream the prefetcher follows); the state
@@ -67,32 +64,49 @@ static void rwkv_scalar(const dn_rwkv4_params *p, int64_t b, int64_t c) {
     }
 }
 
-void DN_ISA_FN(dn_cpu_rwkv4_forward)(const dn_rwkv4_params *p, int nthreads) {
-    /* vector channels split into one contiguous range per thread, the rest one by one */
-    const int64_t nvec = p->C / DN_VW, ntail = p->C - nvec * DN_VW;
-    int64_t parts = nvec >= nthreads ? nthreads : nvec > 0 ? nvec : 0;
-    const int64_t per_b = parts + ntail, ntask = p->B * per_b;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-        float *ws = aligned_alloc(64, sizeof(float) * (size_t)(4 * nvec * DN_VW + 16));
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int64_t task = 0; task < ntask; task++) {
-            const int64_t b = task / per_b, i = task % per_b;
-            if (i < parts) {
-                const int64_t v0 = nvec * i / parts, v1 = nvec * (i + 1) / parts;
-                if (ws) rwkv_vectors(p, b, v0 * DN_VW, v1 * DN_VW, ws);
-            } else {
-                rwkv_scalar(p, b, nvec * DN_VW + (i - parts));
-            }
-        }
-        free(ws);
+/* The split shared by the forward and the backward: the nvec vectors of channels in `parts`
+ * contiguous ranges of at most maxn channels (one range per thread), the tail channels apart. */
+typedef struct {
+    int64_t nvec, ntail, parts, maxn;
+} rwkv_split;
+
+static rwkv_split make_split(int64_t C, int nthreads) {
+    rwkv_split s;
+    s.nvec = C / DN_VW, s.ntail = C - s.nvec * DN_VW;
+    s.parts = s.nvec < nthreads ? s.nvec : nthreads;
+    s.maxn = s.parts > 0 ? (s.nvec + s.parts - 1) / s.parts * DN_VW : 0;
+    return s;
+}
+
+size_t DN_ISA_FN(dn_cpu_rwkv4_workspace)(const dn_rwkv4_params *p, int nthreads) {
+    /* num, den, max and decay of a range */
+    return dn_parallel_ws_bytes(nthreads, sizeof(float) * (size_t)(4 * make_split(p->C, nthreads).maxn));
+}
+
+typedef struct {
+    const dn_rwkv4_params *p;
+    const dn_rwkv4_bwd_params *bp;
+    rwkv_split s;
+} rwkv_ctx;
+
+static void fwd_run(void *vctx, int64_t task, int thread, void *ws) {
+    const rwkv_ctx *c = vctx;
+    const int64_t per_b = c->s.parts + c->s.ntail, b = task / per_b, i = task % per_b;
+    const int64_t nvec = c->s.nvec, parts = c->s.parts;
+    (void)thread;
+    if (i < parts) {
+        const int64_t v0 = nvec * i / parts, v1 = nvec * (i + 1) / parts;
+        rwkv_vectors(c->p, b, v0 * DN_VW, v1 * DN_VW, ws);
+    } else {
+        rwkv_scalar(c->p, b, nvec * DN_VW + (i - parts));
     }
+}
+
+void DN_ISA_FN(dn_cpu_rwkv4_forward)(const dn_rwkv4_params *p, int nthreads, void *ws) {
+    /* vector channels split into one contiguous range per thread, the rest one by one */
+    rwkv_ctx c = {p, NULL, make_split(p->C, nthreads)};
+    dn_parallel_tasks(nthreads, p->B * (c.s.parts + c.s.ntail), DN_SCHED_STATIC, fwd_run, &c, ws,
+                      sizeof(float) * (size_t)(4 * c.s.maxn));
 }
 
 /* Backward, vectorised over channels: one contiguous channel range per task (in every batch row,
@@ -205,47 +219,49 @@ static void rwkv_bwd_scalar(const dn_rwkv4_bwd_params *bp, int64_t b, int64_t c,
     }
 }
 
-int DN_ISA_FN(dn_cpu_rwkv4_backward)(const dn_rwkv4_bwd_params *bp, int nthreads) {
-    const dn_rwkv4_params *p = &bp->fwd;
-    const int64_t C = p->C, T = p->T, nvec = C / DN_VW, ntail = C - nvec * DN_VW;
-    int64_t parts = nvec < nthreads ? nvec : nthreads;
-    const int64_t maxn = parts > 0 ? (nvec + parts - 1) / parts * DN_VW : 0;
-    const size_t per = (size_t)(3 * (T + 1) * (maxn > 1 ? maxn : 1) + 6 * maxn + 16);
-    const int64_t ntask = parts + ntail;
-    int nt = ntask < nthreads ? (int)ntask : nthreads;
-    if (nt < 1) nt = 1;
-    float *all = aligned_alloc(64, sizeof(float) * (((size_t)nt * per + 15) & ~(size_t)15));
-    if (!all) return -1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#ifdef _OPENMP
-        float *st = all + per * (size_t)omp_get_thread_num();
-#pragma omp for schedule(dynamic, 1)
-#else
-        float *st = all;
-#endif
-        for (int64_t task = 0; task < ntask; task++) {
-            if (task < parts) {
-                const int64_t v0 = nvec * task / parts, v1 = nvec * (task + 1) / parts;
-                const int64_t c0 = v0 * DN_VW, n = (v1 - v0) * DN_VW;
-                float *gwu = st + 3 * (T + 1) * n + n;
-                memset(gwu, 0, sizeof(float) * (size_t)(2 * n));
-                for (int64_t b = 0; b < p->B; b++) rwkv_bwd_range(bp, b, c0, n, st, gwu);
-                for (int64_t i = 0; i < n; i++) {
-                    bp->dtime_decay[c0 + i] += gwu[i] * -expf(p->time_decay[c0 + i]);
-                    bp->dtime_first[c0 + i] += gwu[n + i];
-                }
-            } else {
-                const int64_t c = nvec * DN_VW + (task - parts);
-                float gw = 0, gu = 0;
-                for (int64_t b = 0; b < p->B; b++) rwkv_bwd_scalar(bp, b, c, st, &gw, &gu);
-                bp->dtime_decay[c] += gw * -expf(p->time_decay[c]);
-                bp->dtime_first[c] += gu;
-            }
+/* Per thread: the states of every token of a range, 3 (T + 1) floats per channel (one channel
+ * for a tail task), then the range's decays and [gw | gu | ga | gb | gp]. */
+static size_t bwd_thread_bytes(const dn_rwkv4_params *p, rwkv_split s) {
+    int64_t st;
+    if (!DN_PROD(&st, 3, p->T + 1, s.maxn > 1 ? s.maxn : 1) || st > INT64_MAX / 8 - 6 * s.maxn - 16)
+        return SIZE_MAX;
+    return sizeof(float) * (size_t)(st + 6 * s.maxn + 16);
+}
+
+size_t DN_ISA_FN(dn_cpu_rwkv4_bwd_workspace)(const dn_rwkv4_params *p, int nthreads) {
+    return dn_parallel_ws_bytes(nthreads, bwd_thread_bytes(p, make_split(p->C, nthreads)));
+}
+
+static void bwd_run(void *vctx, int64_t task, int thread, void *ws) {
+    const rwkv_ctx *c = vctx;
+    const dn_rwkv4_bwd_params *bp = c->bp;
+    const dn_rwkv4_params *p = c->p;
+    const int64_t T = p->T, nvec = c->s.nvec, parts = c->s.parts;
+    float *st = ws;
+    (void)thread;
+    if (task < parts) {
+        const int64_t v0 = nvec * task / parts, v1 = nvec * (task + 1) / parts;
+        const int64_t c0 = v0 * DN_VW, n = (v1 - v0) * DN_VW;
+        float *gwu = st + 3 * (T + 1) * n + n;
+        memset(gwu, 0, sizeof(float) * (size_t)(2 * n));
+        for (int64_t b = 0; b < p->B; b++) rwkv_bwd_range(bp, b, c0, n, st, gwu);
+        for (int64_t i = 0; i < n; i++) {
+            bp->dtime_decay[c0 + i] += gwu[i] * -expf(p->time_decay[c0 + i]);
+            bp->dtime_first[c0 + i] += gwu[n + i];
         }
+    } else {
+        const int64_t ch = nvec * DN_VW + (task - parts);
+        float gw = 0, gu = 0;
+        for (int64_t b = 0; b < p->B; b++) rwkv_bwd_scalar(bp, b, ch, st, &gw, &gu);
+        bp->dtime_decay[ch] += gw * -expf(p->time_decay[ch]);
+        bp->dtime_first[ch] += gu;
     }
-    free(all);
-    return 0;
+}
+
+void DN_ISA_FN(dn_cpu_rwkv4_backward)(const dn_rwkv4_bwd_params *bp, int nthreads, void *ws) {
+    const dn_rwkv4_params *p = &bp->fwd;
+    rwkv_ctx c = {p, bp, make_split(p->C, nthreads)};
+    /* a task owns its channels in every batch row: their parameter sums have one writer */
+    dn_parallel_tasks(nthreads, c.s.parts + c.s.ntail, DN_SCHED_DYNAMIC, bwd_run, &c, ws,
+                      bwd_thread_bytes(p, c.s));
 }

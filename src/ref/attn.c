@@ -9,11 +9,11 @@
 
 dn_status dn_ref_attn_forward(const dn_attn_params *p) {
     const int64_t G = p->H / p->HKV, D = p->D;
-    double *s = malloc(sizeof(double) * (size_t)(p->TK > 0 ? p->TK : 1));
-    double *acc = malloc(sizeof(double) * (size_t)D);
+    double *s = dn_alloc(sizeof(double) * (size_t)(p->TK > 0 ? p->TK : 1));
+    double *acc = dn_alloc(sizeof(double) * (size_t)D);
     if (!s || !acc) {
-        free(s);
-        free(acc);
+        dn_free(s);
+        dn_free(acc);
         return dn_fail(DN_ERR_ALLOC, "attention reference: cannot allocate a score row");
     }
     for (int64_t b = 0; b < p->B; b++)
@@ -49,8 +49,8 @@ dn_status dn_ref_attn_forward(const dn_attn_params *p) {
                 for (int64_t d = 0; d < D; d++) o[d] = (float)(acc[d] / sum);
                 if (lse) *lse = (float)(m + log(sum));
             }
-    free(s);
-    free(acc);
+    dn_free(s);
+    dn_free(acc);
     return DN_OK;
 }
 
@@ -60,10 +60,10 @@ dn_status dn_ref_attn_backward(const dn_attn_bwd_params *bp) {
     const dn_attn_params *p = &bp->fwd;
     const int64_t G = p->H / p->HKV, D = p->D;
     const size_t nkv = (size_t)(p->B * p->TK * p->HKV * D);
-    double *dk = calloc(nkv + 1, sizeof(double)), *dv = calloc(nkv + 1, sizeof(double));
-    double *s = malloc(sizeof(double) * (size_t)(p->TK + 1)), *dq = malloc(sizeof(double) * (size_t)D);
+    double *dk = dn_calloc(sizeof(double) * (nkv + 1)), *dv = dn_calloc(sizeof(double) * (nkv + 1));
+    double *s = dn_alloc(sizeof(double) * (size_t)(p->TK + 1)), *dq = dn_alloc(sizeof(double) * (size_t)D);
     if (!dk || !dv || !s || !dq) {
-        free(dk), free(dv), free(s), free(dq);
+        dn_free(dk), dn_free(dv), dn_free(s), dn_free(dq);
         return dn_fail(DN_ERR_ALLOC, "attention reference backward: out of memory");
     }
     for (int64_t b = 0; b < p->B; b++)
@@ -116,6 +116,6 @@ dn_status dn_ref_attn_backward(const dn_attn_bwd_params *bp) {
                 float *y = bp->dv + b * bp->dv_s.b + j * bp->dv_s.t + kh * bp->dv_s.h;
                 for (int64_t d = 0; d < D; d++) x[d] = (float)a[d], y[d] = (float)c[d];
             }
-    free(dk), free(dv), free(s), free(dq);
+    dn_free(dk), dn_free(dv), dn_free(s), dn_free(dq);
     return DN_OK;
 }

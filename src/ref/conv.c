@@ -33,7 +33,7 @@ dn_status dn_ref_conv_forward(const dn_conv_params *p) {
 dn_status dn_ref_conv_backward(const dn_conv_bwd_params *bp) {
     const dn_conv_params *p = &bp->fwd;
     const int64_t D = p->D, W = p->W, T = p->T;
-    double *da = malloc(sizeof(double) * (size_t)(T + W));
+    double *da = dn_alloc(sizeof(double) * (size_t)(T + W));
     if (!da) return dn_fail(DN_ERR_ALLOC, "short_conv reference backward: out of memory");
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t d = 0; d < D; d++) {
@@ -71,6 +71,6 @@ dn_status dn_ref_conv_backward(const dn_conv_bwd_params *bp) {
                     bp->dinitial_state[(b * D + d) * (W - 1) + W - 1 + s] = (float)acc;
             }
         }
-    free(da);
+    dn_free(da);
     return DN_OK;
 }

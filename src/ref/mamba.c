@@ -11,7 +11,7 @@ static double softplus(double x) { return x > 20 ? x : log1p(exp(x)); }
 
 dn_status dn_ref_mamba_forward(const dn_mamba_params *p) {
     const int64_t D = p->D, N = p->N, per_group = p->D / p->G;
-    double *h = malloc(sizeof(double) * (size_t)N);
+    double *h = dn_alloc(sizeof(double) * (size_t)N);
     if (!h) return dn_fail(DN_ERR_ALLOC, "mamba1 reference: out of memory");
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t d = 0; d < D; d++) {
@@ -39,13 +39,13 @@ dn_status dn_ref_mamba_forward(const dn_mamba_params *p) {
             if (p->final_state)
                 for (int64_t n = 0; n < N; n++) p->final_state[soff + n] = (float)h[n];
         }
-    free(h);
+    dn_free(h);
     return DN_OK;
 }
 
 dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p) {
     const int64_t H = p->H, P = p->P, N = p->N, per_group = p->H / p->G;
-    double *S = malloc(sizeof(double) * (size_t)(N * P));
+    double *S = dn_alloc(sizeof(double) * (size_t)(N * P));
     if (!S) return dn_fail(DN_ERR_ALLOC, "mamba2 reference: out of memory");
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t h = 0; h < H; h++) {
@@ -73,7 +73,7 @@ dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p) {
             if (p->final_state)
                 for (int64_t i = 0; i < N * P; i++) p->final_state[soff + i] = (float)S[i];
         }
-    free(S);
+    dn_free(S);
     return DN_OK;
 }
 
@@ -81,7 +81,7 @@ dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p) {
 dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *bp) {
     const dn_mamba_params *p = &bp->fwd;
     const int64_t D = p->D, N = p->N, T = p->T, per_group = p->D / p->G;
-    double *h = malloc(sizeof(double) * (size_t)((T + 1) * N + 2 * N + 1));
+    double *h = dn_alloc(sizeof(double) * (size_t)((T + 1) * N + 2 * N + 1));
     if (!h) return dn_fail(DN_ERR_ALLOC, "mamba1 reference backward: out of memory");
     double *dh = h + (T + 1) * N, *dA = dh + N;
     /* dBm, dCm are sums over the channels of a group: zero them first */
@@ -150,6 +150,6 @@ dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *bp) {
             if (bp->dinitial_state)
                 for (int64_t n = 0; n < N; n++) bp->dinitial_state[soff + n] = (float)dh[n];
         }
-    free(h);
+    dn_free(h);
     return DN_OK;
 }

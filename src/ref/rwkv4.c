@@ -42,7 +42,7 @@ dn_status dn_ref_rwkv4_forward(const dn_rwkv4_params *p) {
 dn_status dn_ref_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
     const dn_rwkv4_params *p = &bp->fwd;
     const int64_t C = p->C, T = p->T;
-    double *st = malloc(sizeof(double) * (size_t)(3 * (T + 1)));
+    double *st = dn_alloc(sizeof(double) * (size_t)(3 * (T + 1)));
     if (!st) return dn_fail(DN_ERR_ALLOC, "rwkv4 reference backward: out of memory");
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t c = 0; c < C; c++) {
@@ -93,6 +93,6 @@ dn_status dn_ref_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
                 d0[c] = (float)ga, d0[C + c] = (float)gb, d0[2 * C + c] = (float)gp;
             }
         }
-    free(st);
+    dn_free(st);
     return DN_OK;
 }
