@@ -81,7 +81,7 @@ SHARED := $(BUILD)/libdeltanet.so
 TOOL   := $(BUILD)/deltanet
 TEST   := $(BUILD)/test_deltanet
 
-.PHONY: all test bench run install clean info format format-check
+.PHONY: all test bench run install clean info format format-check fuzz-bounded
 all: info $(STATIC) $(SHARED) $(TOOL) $(TEST)
 
 info:
@@ -127,6 +127,11 @@ $(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/te
 
 test: info $(TEST)
 	./$(TEST)
+
+# The contract fuzzer's bounded random loop (tests/fuzz), outside `make test` while it has open
+# findings; `make fuzz` builds the libFuzzer target.
+fuzz-bounded: info $(TEST)
+	./$(TEST) fuzz_bounded
 
 bench: info $(TOOL)
 	./$(TOOL) bench

@@ -124,6 +124,8 @@ dn_status dn_attn_backward(const dn_attn_bwd_params *bp) {
     a[n++] = (dn_arg){"dk", bp->dk, bp->dk_s, B, TK, HKV, D, 1, 0, 0};
     a[n++] = (dn_arg){"dv", bp->dv, bp->dv_s, B, TK, HKV, D, 1, 0, 0};
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
+    /* no token at all: nothing to write (and a batch of 2^62 empty rows is no work to spread) */
+    if (p->TQ == 0 && p->TK == 0) return DN_OK;
     if (p->impl == DN_IMPL_REF) return dn_ref_attn_backward(bp);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);

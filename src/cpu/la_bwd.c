@@ -468,15 +468,16 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
                     w->dQr[i * K + k] = aq, w->dKr[i * K + k] = ak;
                 }
         }
-        if (d->delta) { /* dk_i += sum_j (Z_ij + Z_ji) k_j, with Z + Z^T built in GK (done with) */
+        if (d->delta) { /* dk_i += sum_j (Z_ij + Z_ji) k_j, with Z + Z^T built in W (done with;
+                         * not in GK, which may be the training forward's saved buffer: read only) */
             for (int64_t i = 0; i < L; i++)
-                for (int64_t j = 0; j < L; j++) w->GK[i * Cp + j] = w->Z[i * Cp + j] + w->Z[j * Cp + i];
+                for (int64_t j = 0; j < L; j++) w->W[i * Cp + j] = w->Z[i * Cp + j] + w->Z[j * Cp + i];
             if (K % DN_VW == 0)
-                gemm_f32(L, K, L, w->GK, Cp, 1, Kc, K, w->dKr, K, 1.0f, 0);
+                gemm_f32(L, K, L, w->W, Cp, 1, Kc, K, w->dKr, K, 1.0f, 0);
             else
                 for (int64_t i = 0; i < L; i++)
                     for (int64_t j = 0; j < L; j++) {
-                        const float zs = w->GK[i * Cp + j];
+                        const float zs = w->W[i * Cp + j];
                         for (int64_t k = 0; k < K; k++) w->dKr[i * K + k] += zs * Kc[j * K + k];
                     }
         }
