@@ -125,13 +125,17 @@ $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/benc
 $(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+# Under AddressSanitizer a failed allocation must come back as NULL (the library's contract is
+# to report it as DN_ERR_ALLOC), not abort the process.
+TEST_ENV := $(if $(SAN),ASAN_OPTIONS=allocator_may_return_null=1$(if $(ASAN_OPTIONS),:$(ASAN_OPTIONS)))
+
 test: info $(TEST)
-	./$(TEST)
+	$(TEST_ENV) ./$(TEST)
 
 # The contract fuzzer's bounded random loop (tests/fuzz), outside `make test` while it has open
 # findings; `make fuzz` builds the libFuzzer target.
 fuzz-bounded: info $(TEST)
-	./$(TEST) fuzz_bounded
+	$(TEST_ENV) ./$(TEST) fuzz_bounded
 
 bench: info $(TOOL)
 	./$(TOOL) bench

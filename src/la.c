@@ -73,8 +73,10 @@ static dn_status check_shape(const dn_la_params *p, const char *name) {
                            (long long)p->T);
     }
     /* the kernels index every (sequence, head) state and every token of every head in int64 */
-    int64_t n;
-    if (!DN_PROD(&n, p->T / 16 + dn_la_nseq(p) + 1, p->HV, p->K, p->V, (int64_t)(4 * sizeof(float))) ||
+    int64_t n, states; /* a state per chunk boundary per sequence, at most T/16 + NS + 1 */
+    if (__builtin_add_overflow(p->T / 16, dn_la_nseq(p), &states) ||
+        __builtin_add_overflow(states, 1, &states) ||
+        !DN_PROD(&n, states, p->HV, p->K, p->V, (int64_t)(4 * sizeof(float))) ||
         !DN_PROD(&n, p->B, p->T, p->HV, p->K + p->V + 4, (int64_t)sizeof(float)))
         return dn_fail(DN_ERR_SHAPE, "%s: tensor sizes overflow 64-bit indexing", name);
     if (dn_op_has_gate(p->op) && !p->g) return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required", name);
@@ -263,9 +265,9 @@ dn_la_bwd_params dn_la_bwd_params_default(const dn_la_params *fwd) {
     if (!fwd) return b;
     b.fwd = *fwd;
     const int64_t T = fwd->T, H = fwd->H, HV = fwd->HV, K = fwd->K, V = fwd->V;
-    b.dq_s = b.dk_s = (dn_strides){T * H * K, H * K, K};
-    b.dv_s = b.dout_s = (dn_strides){T * HV * V, HV * V, V};
-    b.dg_s = b.dbeta_s = (dn_strides){T * HV, HV, 1};
+    b.dq_s = b.dk_s = dn_contiguous(T, H, K);
+    b.dv_s = b.dout_s = dn_contiguous(T, HV, V);
+    b.dg_s = b.dbeta_s = dn_contiguous(T, HV, 1);
     return b;
 }
 

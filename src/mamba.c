@@ -43,7 +43,7 @@ static dn_status mamba1_shape(const dn_mamba_params *p, const char *op) {
     if (p->N > 4096) return dn_fail(DN_ERR_SHAPE, "%s: N = %lld is above 4096", op, (long long)p->N);
     /* the backward keeps B T D N floats of checkpoints at most */
     int64_t n;
-    if (!DN_PROD(&n, p->B, p->T + 1, p->D, p->N, (int64_t)(4 * sizeof(float))))
+    if (p->T == INT64_MAX || !DN_PROD(&n, p->B, p->T + 1, p->D, p->N, (int64_t)(4 * sizeof(float))))
         return dn_fail(DN_ERR_SHAPE, "%s: sizes overflow 64-bit indexing", op);
     return check_impl(op, p->impl, p->n_threads);
 }

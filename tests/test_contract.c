@@ -210,7 +210,9 @@ static dn_status w_kv(int64_t B, int64_t T, int64_t X) {
     dn_kv_cache *c = NULL;
     dn_status st = dn_kv_cache_create(&c, B, 1, 8, X, DN_BF16, 0);
     if (st != DN_OK) return st;
-    dn_strides s = {T * 8, 8, 8};
+    int64_t bs;
+    if (__builtin_mul_overflow(T, 8, &bs)) bs = -1; /* a stride the call must reject */
+    dn_strides s = {bs, 8, 8};
     st = dn_kv_cache_append(c, pool_in, s, pool_in, s, T);
     if (st == DN_OK) st = dn_kv_cache_attend(c, pool_out, s, NULL, pool_in, s, T, 1, 0, 0, 0);
     dn_kv_cache_free(c);
