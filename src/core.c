@@ -130,14 +130,22 @@ int dn_threads_for(int requested) {
 }
 
 /* ---- SIMD level ---- */
+#if defined(DN_HAVE_X86_KERNELS)
+#include <cpuid.h>
+/* F16C (CPUID leaf 1, ECX bit 29): asked of the processor directly, as not every compiler's
+ * __builtin_cpu_supports knows its name. */
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
 static int isa_supported(dn_isa isa) {
     switch (isa) {
     case DN_ISA_GENERIC: return 1;
 #if defined(DN_HAVE_X86_KERNELS)
     /* every extension the level's kernels are compiled with (Makefile: ISA_FLAGS_*) */
     case DN_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     case DN_ISA_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                isa_supported(DN_ISA_AVX2);
