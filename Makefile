@@ -235,4 +235,4 @@ fuzz: build-fuzz/fuzz_deltanet
 
 tsan: build-tsan/concurrency
 	@echo "tsan: OpenMP $(if $(TSAN_OMP),on (libomp),off (TSAN_OPENMP=0 or no libomp))"
-	TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 $(TSAN_OPTIONS)" ./build-tsan/concurrency
+	TSAN_OPTIONS="halt_on_error=0 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan/libomp.supp $(TSAN_OPTIONS)" ./build-tsan/concurrency
