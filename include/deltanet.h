@@ -23,32 +23,30 @@
  *     g > 0 (a log decay is <= 0; -inf is allowed and resets the state), beta outside [0, 2],
  *     Mamba's A > 0. Extreme valid values (g = -inf, |k| of 100 for RWKV-4, long sequences)
  *     give finite results.
- *   - NaN and Inf in the data are not errors: they propagate like any other value. A NaN or Inf
- *     in one token's inputs reaches that token's outputs and, for the recurrent ops (the linear
- *     family, Mamba, RWKV-4, the convolution's state), the outputs after it in the same head (or
- *     channel) only; no other head, sequence or batch row is affected. Softmax attention: a key
- *     or value a query cannot see (future, outside the window) contributes nothing to it,
- *     whatever it holds.
+ *   - NaN and Inf in the data are not errors: they propagate like any other value, and never
+ *     beyond the (sequence, head) or (sequence, channel) they sit in: no other head, sequence or
+ *     batch row is affected. Within it: a NaN or Inf in token t's inputs reaches token t's
+ *     outputs and, in the recurrent ops (the linear family, Mamba, RWKV-4, the convolution), the
+ *     outputs after t and the final state. On the linear family's chunkwise paths (DN_IMPL_CHUNK,
+ *     and DN_IMPL_AUTO for sequences of 16 tokens or more) it also reaches the earlier tokens of
+ *     t's chunk, and the backward spreads it at chunk granularity (0 x NaN inside the chunk's
+ *     products); the reference and the recurrence stop at t. Softmax attention: a key or value
+ *     a query cannot see (future, outside the window) contributes nothing to it, whatever it
+ *     holds. A NaN in a visible value or in dout propagates as in the reference; the tiled fast
+ *     path gives a NaN score (NaN in q_i or a visible k_j) weight 0 where the reference
+ *     propagates it (o_i = 0 for a NaN q_i).
  *   - The caller owns memory. The linear family's forward and backward take an optional
  *     caller workspace (sized by dn_la_workspace_size / dn_la_backward_workspace_size) and a
  *     training buffer (dn_la_saved_size); every other op allocates its scratch itself, before it
  *     writes anything (dn_attn_workspace_size reports the attention forward's).
  *   - Backward rule: parameter gradients accumulate (+=), activation gradients are written.
  *   - Threads: process-wide settings (dn_set_num_threads, dn_set_isa) may be changed from any
- *     thread; calls on different threads are independent. Results are bitwise reproducible run
- *     to run at a fixed thread count and ISA.
- *
- * Usage: one Gated DeltaNet prefill, then one decode step carrying the state.
- *
- *   dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, H, HV, K, V);
- *   p.q = q; p.k = k; p.v = v; p.g = g; p.beta = beta;   // [B,T,H,K] x2, [B,T,HV,V], [B,T,HV] x2
- *   p.o = o;                                             // [B,T,HV,V]
- *   p.final_state = state;                               // [B,HV,K,V], written
- *   p.qk_l2norm = 1;                                     // normalise q and k inside the op
- *   dn_status st = dn_la_forward(&p);
- *   if (st != DN_OK) fprintf(stderr, "%s\n", dn_last_error());
- *   // decode: one token per sequence, state updated in place
- *   st = dn_la_step(DN_OP_GDN, o1, state, q1, k1, v1, g1, beta1, B, H, HV, K, V, p.scale, 1);
+ *     thread; calls on different threads are independent. Every op is bitwise reproducible run
+ *     to run at a fixed thread count and ISA. Also identical across thread counts: the linear
+ *     family (forward, training forward, backward), the attention forward, Mamba-1's forward,
+ *     Mamba-2, RWKV-4 and the convolution (forward and backward). Not across thread counts: the
+ *     attention backward (unless B x HKV is a multiple of both thread counts or at least 4x
+ *     them), dn_kv_cache_attend (keys are split by thread), Mamba-1's backward (dBm, dCm).
  */
 #ifndef DELTANET_H
 #define DELTANET_H
