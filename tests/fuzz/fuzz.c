@@ -467,6 +467,9 @@ static double masked_err(const fbuf *b, const float *got, const float *ref, int6
         den += (double)ref[i] * ref[i];
         if (fabs(d) > wd) wd = fabs(d), *worst = i;
     }
+    /* an output with no elements (T = 0: an empty view, a 0-byte buffer) has nothing to differ;
+     * without this the ratio is 0/0 and the report reads [0] past the end of the buffer */
+    if (cnt == 0) return 0;
     return sqrt(num / (den + 1e-10 * (double)cnt));
 }
 
