@@ -1170,6 +1170,7 @@ typedef struct {
     int64_t B, HKV, D, len;
 } kv_case;
 
+#define KV_MAXLEN 48 /* rows per batch of the reference's copy of the cache */
 static dn_status kv_attend_call(ctx *c, void *v, int ref) {
     (void)c;
     kv_case *k = v;
@@ -1179,8 +1180,10 @@ static dn_status kv_attend_call(ctx *c, void *v, int ref) {
     dn_attn_params p = dn_attn_params_default(k->B, k->len, k->H, k->HKV, k->D);
     p.TQ = k->TQ;
     p.q = k->q, p.q_s = k->q_s, p.k = k->kall, p.v = k->vall, p.o = k->o, p.o_s = k->o_s;
+    /* the copy holds KV_MAXLEN rows per batch, of which len are used */
+    p.k_s = p.v_s = (dn_strides){KV_MAXLEN * k->HKV * k->D, k->HKV * k->D, k->D};
     p.lse = k->lse;
-    if (k->scale != 0) p.scale = k->scale; /* the cache treats 0 as the default? compared below */
+    p.scale = k->scale; /* literal, 0 included: "exactly as dn_attn_forward" */
     p.window = k->window;
     p.impl = DN_IMPL_REF;
     return dn_attn_forward(&p);
@@ -1210,7 +1213,7 @@ static void fam_kv(ctx *c) {
     kv_case k;
     memset(&k, 0, sizeof k);
     k.kv = kv, k.B = B, k.HKV = HKV, k.D = D;
-    int64_t maxlen = 48;
+    int64_t maxlen = KV_MAXLEN;
     k.kall = calloc((size_t)(B * maxlen * HKV * D), sizeof(float));
     k.vall = calloc((size_t)(B * maxlen * HKV * D), sizeof(float));
     int nsteps = 1 + (int)pick(f, 6);
