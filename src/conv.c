@@ -54,6 +54,8 @@ static dn_status conv_check(const dn_conv_params *p) {
 dn_status dn_conv_forward(const dn_conv_params *p) {
     dn_status st = conv_check(p);
     if (st != DN_OK) return st;
+    /* no tokens and no final state: nothing to write (B x D may be huge when T = 0) */
+    if (p->T == 0 && !p->final_state) return DN_OK;
     if (p->impl == DN_IMPL_REF) return dn_ref_conv_forward(p);
     dn_cpu()->conv_forward(p, dn_threads_for(p->n_threads));
     return DN_OK;
@@ -86,6 +88,9 @@ dn_status dn_conv_backward(const dn_conv_bwd_params *bp) {
     a[n++] = (dn_arg){"dbias", bp->dbias, dn_contiguous(1, 1, D), 1, 1, 1, D, 1, 1, 0};
     a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, dn_contiguous(1, D, W - 1), B, 1, D, W - 1, 1, 1, 0};
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
+    /* no tokens and no dinitial_state: dx is empty and dweight, dbias gain nothing; return at
+     * once rather than walk B x D (B may be huge when T = 0) */
+    if (T == 0 && !bp->dinitial_state) return DN_OK;
     if (p->impl == DN_IMPL_REF) return dn_ref_conv_backward(bp);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
