@@ -77,10 +77,21 @@ dn_status dn_attn_check(const dn_attn_params *p) {
     return dn_check_args(op, a, n);
 }
 
+/* The tiled path's scratch holds a tile of (H / HKV) x rows query rows per thread: above 2^32
+ * query heads per key head its size would overflow (UB in the layout), so such a tile cannot be
+ * allocated, reported as such. */
+static dn_status check_tile(const dn_attn_params *p, const char *op) {
+    if (p->H / p->HKV > ((int64_t)1 << 32))
+        return dn_fail(DN_ERR_ALLOC, "%s: H / HKV = %lld query heads per key head: the tile's "
+                       "scratch would not fit in memory", op, (long long)(p->H / p->HKV));
+    return DN_OK;
+}
+
 dn_status dn_attn_workspace_size(const dn_attn_params *p, size_t *bytes) {
     dn_status st = check_shape(p, "softmax_attn");
     if (st != DN_OK) return st;
     if (!bytes) return dn_fail(DN_ERR_NULL, "dn_attn_workspace_size: bytes is NULL");
+    if (p->impl != DN_IMPL_REF && (st = check_tile(p, "dn_attn_workspace_size")) != DN_OK) return st;
     *bytes = p->impl == DN_IMPL_REF ? 0 : dn_cpu()->attn_workspace(p, dn_threads_for(p->n_threads));
     return DN_OK;
 }
@@ -89,6 +100,7 @@ dn_status dn_attn_forward(const dn_attn_params *p) {
     dn_status st = dn_attn_check(p);
     if (st != DN_OK) return st;
     if (p->impl == DN_IMPL_REF) return dn_ref_attn_forward(p);
+    if ((st = check_tile(p, "softmax_attn")) != DN_OK) return st;
     const dn_cpu_kernels *kern = dn_cpu();
     int nt = dn_threads_for(p->n_threads);
     void *owned;
