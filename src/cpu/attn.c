@@ -194,7 +194,7 @@ static dec_plan dec_make_plan(const dn_kv_view *kv, int64_t TQ, int64_t H, int64
     pl.R = (H / kv->HKV) * TQ;
     pl.Dp = ROUND_UP(kv->D, DN_VW);
     const int64_t posmin = kv->len - TQ;
-    pl.jlo = window > 0 && posmin - window + 1 > 0 ? posmin - window + 1 : 0;
+    pl.jlo = window > 0 && posmin >= window ? posmin - window + 1 : 0; /* no overflow at huge W */
     pl.jhi = kv->len - 1;
     const int64_t range = pl.jhi >= pl.jlo ? pl.jhi - pl.jlo + 1 : 0;
     int64_t want = (4 * (int64_t)nthreads + kv->B * kv->HKV - 1) / (kv->B * kv->HKV);
