@@ -1728,7 +1728,7 @@ static dn_conv_params conv_build(ctx *c, int outputs) {
     p.x = in_view(c, &vx, V_ANY, NULL), p.x_s = vx.s;
     p.weight = flat(c, PROD(D, W), V_ANY, 0, 0, NULL);
     if (pick(f, 2)) p.bias = flat(c, D, V_ANY, 0, 0, NULL);
-    int64_t ns = PROD(B, D, W - 1);
+    int64_t ns = PROD(B, D, W > 0 ? W - 1 : 0);
     if (outputs) {
         unsigned am = pick(f, 12);
         if (am == 0 && !memcmp(&vy.s, &vx.s, sizeof vy.s)) {
@@ -1802,7 +1802,7 @@ static void fam_conv_bwd(ctx *c) {
     int64_t B = p->B, T = p->T, D = p->D, W = p->W;
     view vdy = view3(c, B, T, D), vdx = view3(c, B, T, D);
     if (big_view(&vdy) || big_view(&vdx)) return;
-    int64_t ns = PROD(B, D, W - 1);
+    int64_t ns = PROD(B, D, W > 0 ? W - 1 : 0);
     int bdy;
     bp->dy = in_view(c, &vdy, V_ANY, &bdy), bp->dy_s = vdy.s;
     if (pick(c->f, 2)) bp->dfinal_state = flat(c, ns, V_ANY, 0, 0, NULL);
