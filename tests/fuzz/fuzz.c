@@ -899,6 +899,8 @@ static void fam_la_bwd(ctx *c) {
     if (pick(c->f, 4) == 0) {
         /* the saved buffer of a training forward (checked itself first) */
         la_case tc = lc;
+        const int bs = c->nb; /* add_saved makes one buffer */
+        int bo = -1;
         add_saved(c, &tc);
         int ic = c->ic, nb = c->nb;
         /* the training forward writes o/final_state: let it, they are not the backward's */
@@ -908,7 +910,7 @@ static void fam_la_bwd(ctx *c) {
         float *o = NULL;
         if (tp.o) {
             view vo2 = pick_view(c, B, T, HV, V, 0);
-            o = out_view(c, &vo2, NULL);
+            o = out_view(c, &vo2, &bo);
             tp.o = o;
             tp.o_s = vo2.s;
         }
@@ -916,10 +918,13 @@ static void fam_la_bwd(ctx *c) {
         tc.p = tp;
         dn_status st = exec(c, "dn_la_forward_train (for backward)", la_train_call, &tc, 0);
         c->ic = ic;
+        /* the training forward's o is no output of the backward (read only to it): written or,
+         * where the forward failed, still canary */
+        if (bo >= 0) c->b[bo].out = 0, memset(c->b[bo].mask, 0, c->b[bo].bytes / sizeof(float) + 1);
         if (st == DN_OK) {
             bp->saved = tc.saved;
             bp->saved_bytes = tc.saved_bytes;
-            c->b[c->nb - 2].out = 0; /* the backward only reads saved */
+            c->b[bs].out = 0; /* the backward only reads saved */
         }
     }
     exec(c, "dn_la_backward", la_bwd_call, &lc, p->impl == DN_IMPL_REF);
