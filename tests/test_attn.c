@@ -655,7 +655,59 @@ static int test_attn_alloc_failures(void) {
 }
 
 
+/* A window near INT64_MAX cuts nothing: the tiled forward, the backward and the cache's decode
+ * plan computed the window's first key / last query as pos - W + 1 or j + W - 1, a signed
+ * overflow (the backward's wrapped bound skipped every query row: dq = dk = dv = 0; found by
+ * the contract fuzzer). Results must equal window = 0, bit for bit. */
+static int test_huge_window(void) {
+    int fails = 0;
+    const int64_t B = 2, TQ = 33, TK = 33, H = 2, HKV = 1, D = 29, n = B * TQ * H * D,
+                  nk = B * TK * HKV * D;
+    float *q = falloc(n), *k = falloc(nk), *v = falloc(nk), *dO = falloc(n);
+    float *o[2] = {falloc(n), falloc(n)}, *lse[2] = {falloc(B * H * TQ), falloc(B * H * TQ)};
+    float *g[2][3];
+    rng r = {8811};
+    fill_uniform(&r, q, n, -1, 1), fill_uniform(&r, k, nk, -1, 1);
+    fill_uniform(&r, v, nk, -1, 1), fill_uniform(&r, dO, n, -1, 1);
+    for (int w = 0; w < 2; w++) {
+        dn_attn_params p = dn_attn_params_default(B, TK, H, HKV, D);
+        p.q = q, p.k = k, p.v = v, p.o = o[w], p.lse = lse[w];
+        p.window = w ? INT64_MAX : 0;
+        CHECK(dn_attn_forward(&p) == DN_OK, "%s", dn_last_error());
+        g[w][0] = falloc(n), g[w][1] = falloc(nk), g[w][2] = falloc(nk);
+        dn_attn_bwd_params b = dn_attn_bwd_params_default(&p);
+        b.dout = dO, b.dq = g[w][0], b.dk = g[w][1], b.dv = g[w][2];
+        CHECK(dn_attn_backward(&b) == DN_OK, "%s", dn_last_error());
+    }
+    CHECK(!memcmp(o[0], o[1], sizeof(float) * (size_t)n), "huge window: forward o differs");
+    CHECK(!memcmp(lse[0], lse[1], sizeof(float) * (size_t)(B * H * TQ)), "huge window: lse differs");
+    CHECK(!memcmp(g[0][0], g[1][0], sizeof(float) * (size_t)n), "huge window: dq differs");
+    CHECK(!memcmp(g[0][1], g[1][1], sizeof(float) * (size_t)nk), "huge window: dk differs");
+    CHECK(!memcmp(g[0][2], g[1][2], sizeof(float) * (size_t)nk), "huge window: dv differs");
+    /* the cache: queries past its start (TQ > len) with the same window */
+    dn_kv_cache *kv = NULL;
+    CHECK(dn_kv_cache_create(&kv, B, HKV, D, TK, DN_F32, 0) == DN_OK, "%s", dn_last_error());
+    if (kv) {
+        const int64_t len = 4, tq = 6;
+        const dn_strides ks = {TK * HKV * D, HKV * D, D};
+        CHECK(dn_kv_cache_append(kv, k, ks, v, ks, len) == DN_OK, "%s", dn_last_error());
+        const dn_strides qs = {tq * H * D, H * D, D};
+        float *oc[2] = {falloc(B * tq * H * D), falloc(B * tq * H * D)};
+        for (int w = 0; w < 2; w++)
+            CHECK(dn_kv_cache_attend(kv, oc[w], qs, NULL, q, qs, tq, H, 0.2f, w ? INT64_MAX : 0, 1)
+                      == DN_OK, "%s", dn_last_error());
+        CHECK(!memcmp(oc[0], oc[1], sizeof(float) * (size_t)(B * tq * H * D)),
+              "huge window: cache attend differs");
+        free(oc[0]), free(oc[1]);
+        dn_kv_cache_free(kv);
+    }
+    free(q), free(k), free(v), free(dO);
+    for (int w = 0; w < 2; w++) free(o[w]), free(lse[w]), free(g[w][0]), free(g[w][1]), free(g[w][2]);
+    return fails;
+}
+
 const test_case dn_tests_attn[] = {
+    {"attn_huge_window", test_huge_window},
     {"attn_bad_input", test_attn_bad_input},
     {"attn_half_conversions", test_half_conversions},
     {"attn_memory_bound", test_memory_bound},

@@ -96,7 +96,7 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
     for (int64_t r = 0; r < R; r++) w.m[r] = -INFINITY, w.l[r] = 0;
 
     const int64_t posmin = p->TK - p->TQ + q0, posmax = posmin + nq - 1;
-    int64_t jlo = W > 0 && posmin - W + 1 > 0 ? posmin - W + 1 : 0;
+    int64_t jlo = W > 0 && posmin >= W ? posmin - W + 1 : 0; /* no overflow at huge W */
     int64_t jhi = posmax < p->TK - 1 ? posmax : p->TK - 1;
     for (int64_t j0 = jlo; j0 <= jhi; j0 += ATT_BC) {
         const int64_t nk = jhi + 1 - j0 < ATT_BC ? jhi + 1 - j0 : ATT_BC, nkp = ROUND_UP(nk, DN_VW);

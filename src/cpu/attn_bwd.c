@@ -107,7 +107,8 @@ static void key_block(const dn_attn_bwd_params *bp, abws *w, const float *Dall, 
 
     /* query rows that see some key of the block: j0 <= pos, and pos - W + 1 <= j0 + nk - 1 */
     int64_t ilo = j0 - off > 0 ? j0 - off : 0, ihi = p->TQ - 1;
-    if (W > 0 && j0 + nk - 1 + W - 1 - off < ihi) ihi = j0 + nk - 1 + W - 1 - off;
+    const int64_t last = j0 + nk - 1 - off; /* the block's last key as a query index */
+    if (W > 0 && W - 1 < ihi - last) ihi = last + W - 1; /* no overflow at huge W */
     for (int64_t i0 = ilo; i0 <= ihi; i0 += br) {
         const int64_t nq = ihi + 1 - i0 < br ? ihi + 1 - i0 : br, R = G * nq;
         for (int64_t g = 0; g < G; g++)
