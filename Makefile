@@ -132,8 +132,8 @@ TEST_ENV := $(if $(SAN),ASAN_OPTIONS=allocator_may_return_null=1$(if $(ASAN_OPTI
 test: info $(TEST)
 	$(TEST_ENV) ./$(TEST)
 
-# The contract fuzzer's bounded random loop (tests/fuzz), outside `make test` while it has open
-# findings; `make fuzz` builds the libFuzzer target.
+# The contract fuzzer's bounded random loop (tests/fuzz) alone (`make test` runs it too;
+# DN_FUZZ_ITERS=n for a longer run); `make fuzz` builds the libFuzzer target.
 fuzz-bounded: info $(TEST)
 	$(TEST_ENV) ./$(TEST) fuzz_bounded
 
