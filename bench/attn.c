@@ -127,7 +127,8 @@ static int list(const char *s, int64_t *out) {
 }
 
 int dn_bench_attn_main(int argc, char **argv) {
-    abench c = {0, 7, 0, 16, 16, 128, 8, {512, 4096, 16384}, {1024, 4096, 16384, 65536}, 3, 4, 0, 0, 0};
+    abench c = {0, 7, 0, 16, 16, 128, 8, {512, 4096, 16384}, {1024, 4096, 16384, 65536},
+                3, 4, 0, 0,  0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--json")) {

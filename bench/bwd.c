@@ -137,9 +137,12 @@ int dn_bench_bwd_main(int argc, char **argv) {
     int64_t Ts[8] = {512, 2048, 8192}, H = 16, D = 128;
     int nT = 3, json = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = 1;
-        else if (!strcmp(argv[i], "--heads") && i + 1 < argc) H = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) dn_set_num_threads(atoi(argv[++i]));
+        if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (!strcmp(argv[i], "--heads") && i + 1 < argc)
+            H = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            dn_set_num_threads(atoi(argv[++i]));
         else if (!strcmp(argv[i], "--T") && i + 1 < argc) {
             nT = 0;
             for (char *s = argv[++i]; *s && nT < 8;) {
@@ -162,7 +165,8 @@ int dn_bench_bwd_main(int argc, char **argv) {
     else
         printf("%s\nforward + backward, fp32, H=%lld, head dim %lld, %d threads (medians; both ops "
                "alike: %d warm-up, same repeats);\n"
-               "gdn: training forward keeping the backward's checkpoints, then the backward reading them\n"
+               "gdn: training forward keeping the backward's checkpoints, then the backward "
+               "reading them\n"
                "%8s %12s %12s %12s %12s %12s %12s\n",
                dn_build_info(), (long long)H, (long long)D, dn_get_num_threads(), BENCH_WARMUP, "T",
                "gdn fwd", "gdn bwd", "gdn total", "attn fwd", "attn bwd", "attn total");
@@ -180,12 +184,15 @@ int dn_bench_bwd_main(int argc, char **argv) {
         const double ratio = (gf + gb) / (af + ab);
         if (cross < 0 && ratio < 1) /* interpolate on log-log axes */
             cross = i == 0 ? (double)T
-                           : exp(log((double)prev_T) + log(prev_ratio) / (log(prev_ratio) - log(ratio)) *
-                                                             (log((double)T) - log((double)prev_T)));
+                           : exp(log((double)prev_T) + log(prev_ratio) /
+                                                           (log(prev_ratio) - log(ratio)) *
+                                                           (log((double)T) - log((double)prev_T)));
         prev_ratio = ratio, prev_T = T;
         if (json)
-            printf("%s  {\"T\": %lld, \"H\": %lld, \"D\": %lld, \"gdn_fwd_s\": %.6g, \"gdn_bwd_s\": %.6g, "
-                   "\"attn_fwd_s\": %.6g, \"attn_bwd_s\": %.6g, \"gdn_bwd_workspace_bytes_computed\": %zu}",
+            printf("%s  {\"T\": %lld, \"H\": %lld, \"D\": %lld, \"gdn_fwd_s\": %.6g, "
+                   "\"gdn_bwd_s\": %.6g, "
+                   "\"attn_fwd_s\": %.6g, \"attn_bwd_s\": %.6g, "
+                   "\"gdn_bwd_workspace_bytes_computed\": %zu}",
                    i ? ",\n" : "", (long long)T, (long long)H, (long long)D, gf, gb, af, ab, ws);
         else
             printf("%8lld %9.2f ms %9.2f ms %9.2f ms %9.2f ms %9.2f ms %9.2f ms\n", (long long)T,
@@ -214,7 +221,8 @@ int dn_bench_bwd_main(int argc, char **argv) {
     const double bound = 4.0 * (65536.0 * 2 * D + 65536.0 / 32 * D * D) * dn_get_num_threads();
     const double tkv = 4.0 * 65536.0 * D * D;
     if (json) {
-        printf(",\n  {\"T\": 4096, \"gdn_fwd_s\": %.6g, \"gdn_train_fwd_s\": %.6g, \"gdn_bwd_saved_s\": %.6g, "
+        printf(",\n  {\"T\": 4096, \"gdn_fwd_s\": %.6g, \"gdn_train_fwd_s\": %.6g, "
+               "\"gdn_bwd_saved_s\": %.6g, "
                "\"gdn_bwd_recompute_s\": %.6g, \"crossover_T\": %.1f, "
                "\"gdn_bwd_workspace_T65536_bytes_computed\": %zu, "
                "\"gdn_bwd_peak_rss_T65536_bytes_measured\": %.0f, \"bound_bytes_computed\": %.0f, "
@@ -222,7 +230,8 @@ int dn_bench_bwd_main(int argc, char **argv) {
                g4.fwd, g4.train_fwd, g4.bwd_saved, g4.bwd_recompute, cross, ws64, peak, bound, tkv);
     } else {
         if (cross > 0)
-            printf("Gated DeltaNet's training step is cheaper than attention's from T = %.0f\n", cross);
+            printf("Gated DeltaNet's training step is cheaper than attention's from T = %.0f\n",
+                   cross);
         else
             printf("Gated DeltaNet's training step is not cheaper at the lengths measured\n");
         printf("T = 4096: Gated DeltaNet training forward %.2f ms, backward from its saved buffer "

@@ -30,10 +30,12 @@ static void fill(struct ggml_tensor *t, float lo, float hi) {
     const int64_t n = ggml_nelements(t);
     if (t->type == GGML_TYPE_F16) {
         ggml_fp16_t *x = t->data;
-        for (int64_t i = 0; i < n; i++) x[i] = ggml_fp32_to_fp16(frand(lo, hi));
+        for (int64_t i = 0; i < n; i++)
+            x[i] = ggml_fp32_to_fp16(frand(lo, hi));
     } else {
         float *x = t->data;
-        for (int64_t i = 0; i < n; i++) x[i] = frand(lo, hi);
+        for (int64_t i = 0; i < n; i++)
+            x[i] = frand(lo, hi);
     }
 }
 /* rows of ne[0] floats scaled to unit length: deltanet normalises q and k inside its op
@@ -43,9 +45,11 @@ static void l2norm_rows(struct ggml_tensor *t) {
     const int64_t d = t->ne[0], rows = ggml_nelements(t) / d;
     for (int64_t r = 0; r < rows; r++) {
         double ss = 0;
-        for (int64_t i = 0; i < d; i++) ss += (double)x[r * d + i] * x[r * d + i];
+        for (int64_t i = 0; i < d; i++)
+            ss += (double)x[r * d + i] * x[r * d + i];
         const float s = (float)(1.0 / sqrt(ss + 1e-6));
-        for (int64_t i = 0; i < d; i++) x[r * d + i] *= s;
+        for (int64_t i = 0; i < d; i++)
+            x[r * d + i] *= s;
     }
 }
 
@@ -129,11 +133,13 @@ static int attn(int threads, int64_t T, int64_t H, int64_t D, enum ggml_type kv_
     ggml_fp16_t *m = mask->data; /* causal: query i sees keys j <= i */
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), ninf = ggml_fp32_to_fp16(-INFINITY);
     for (int64_t i = 0; i < T; i++)
-        for (int64_t j = 0; j < T; j++) m[i * T + j] = j <= i ? zero : ninf;
+        for (int64_t j = 0; j < T; j++)
+            m[i * T + j] = j <= i ? zero : ninf;
     struct ggml_tensor *out = ggml_flash_attn_ext(ctx, q, k, v, mask, 1.0f / sqrtf((float)D), 0, 0);
     ggml_flash_attn_ext_set_prec(out, GGML_PREC_F32);
     /* deltanet's `bench attn` prefill: BENCH_WARMUP and bench_attn_prefill_reps() */
-    const double sec = time_graph(ctx, out, threads, tp, BENCH_WARMUP, bench_attn_prefill_reps(T, reps));
+    const double sec =
+        time_graph(ctx, out, threads, tp, BENCH_WARMUP, bench_attn_prefill_reps(T, reps));
     ggml_free(ctx);
     if (sec < 0) return fprintf(stderr, "ggml_ops: flash_attn_ext failed\n"), 1;
     char extra[96];
@@ -154,11 +160,16 @@ int main(int argc, char **argv) {
     enum ggml_type kv = GGML_TYPE_F32;
     for (int i = 2; i + 1 < argc; i += 2) {
         const char *a = argv[i], *val = argv[i + 1];
-        if (!strcmp(a, "--threads")) threads = atoi(val);
-        else if (!strcmp(a, "--reps")) reps = atoi(val);
-        else if (!strcmp(a, "--heads")) H = atoll(val);
-        else if (!strcmp(a, "--d")) D = atoll(val);
-        else if (!strcmp(a, "--kv")) kv = !strcmp(val, "f16") ? GGML_TYPE_F16 : GGML_TYPE_F32;
+        if (!strcmp(a, "--threads"))
+            threads = atoi(val);
+        else if (!strcmp(a, "--reps"))
+            reps = atoi(val);
+        else if (!strcmp(a, "--heads"))
+            H = atoll(val);
+        else if (!strcmp(a, "--d"))
+            D = atoll(val);
+        else if (!strcmp(a, "--kv"))
+            kv = !strcmp(val, "f16") ? GGML_TYPE_F16 : GGML_TYPE_F32;
         else if (!strcmp(a, "--T")) {
             for (const char *s = val; *s && nT < 8;) {
                 char *e;
@@ -166,9 +177,11 @@ int main(int argc, char **argv) {
                 if (e == s) return fprintf(stderr, "ggml_ops: bad --T\n"), 2;
                 s = *e == ',' ? e + 1 : e;
             }
-        } else return fprintf(stderr, "ggml_ops: unknown option %s\n", a), 2;
+        } else
+            return fprintf(stderr, "ggml_ops: unknown option %s\n", a), 2;
     }
-    if (threads < 1 || reps < 1 || H < 1 || D < 1) return fprintf(stderr, "ggml_ops: bad values\n"), 2;
+    if (threads < 1 || reps < 1 || H < 1 || D < 1)
+        return fprintf(stderr, "ggml_ops: bad values\n"), 2;
     ggml_cpu_init();
     struct ggml_threadpool_params tpp = ggml_threadpool_params_default(threads);
     struct ggml_threadpool *tp = ggml_threadpool_new(&tpp);

@@ -86,8 +86,8 @@ typedef struct {
 } step_ctx;
 static dn_status run_step(void *arg) {
     const step_ctx *s = arg;
-    return dn_la_step(s->op, s->o, s->state, s->q, s->k, s->v, s->g, s->beta, 1, s->H, s->HV,
-                      s->K, s->V, 0, 1);
+    return dn_la_step(s->op, s->o, s->state, s->q, s->k, s->v, s->g, s->beta, 1, s->H, s->HV, s->K,
+                      s->V, 0, 1);
 }
 static dn_status run_forward(void *p) { return dn_la_forward(p); }
 
@@ -121,7 +121,8 @@ static int bench_prefill(bench_cfg *c, int64_t T) {
     dn_la_params p = dn_la_params_default(c->op, 1, T, H, HV, K, V);
     float *q = malloc(sizeof(float) * T * H * K), *k = malloc(sizeof(float) * T * H * K);
     float *v = malloc(sizeof(float) * T * HV * V), *g = malloc(sizeof(float) * T * HV);
-    float *beta = malloc(sizeof(float) * T * HV), *o = aligned_alloc(64, sizeof(float) * T * HV * V);
+    float *beta = malloc(sizeof(float) * T * HV),
+          *o = aligned_alloc(64, sizeof(float) * T * HV * V);
     float *state = aligned_alloc(64, sizeof(float) * HV * K * V);
     if (!q || !k || !v || !g || !beta || !o || !state) return fprintf(stderr, "out of memory\n"), 1;
     fill(q, T * H * K, -1, 1, 1);

@@ -81,7 +81,8 @@ double bench_measure_read_bandwidth(int n_threads, double seconds) {
     const int64_t n = (int64_t)(BW_BYTES / sizeof(float));
     float *x = aligned_alloc(64, BW_BYTES);
     if (!x) return 0;
-    for (int64_t i = 0; i < n; i++) x[i] = (float)(i & 7);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = (float)(i & 7);
     float (*sum)(const float *, int64_t) = dn_cpu()->read_sum;
     volatile float sink = 0;
     double best = 0, t_end = dn_now_s() + seconds;

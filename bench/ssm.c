@@ -58,10 +58,14 @@ static void report(const char *op, const char *shape, const char *phase, int64_t
 int dn_bench_ssm_main(int argc, char **argv) {
     int64_t T = 512;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) json = 1;
-        else if (!strcmp(argv[i], "--T") && i + 1 < argc) T = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) dn_set_num_threads(atoi(argv[++i]));
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (!strcmp(argv[i], "--T") && i + 1 < argc)
+            T = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            dn_set_num_threads(atoi(argv[++i]));
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
             const char *v = argv[++i];
             if (dn_bench_set_isa("bench ssm", v)) return 2;
@@ -89,19 +93,25 @@ int dn_bench_ssm_main(int argc, char **argv) {
         p.dt_softplus = 1, p.y = y, p.final_state = st;
         report("mamba1", "D=1536 N=16", "prefill", T, timeit(run_mamba, &p, BENCH_WARMUP, reps));
         p.T = 1, p.initial_state = st;
-        report("mamba1", "D=1536 N=16", "decode", 1, timeit(run_mamba, &p, BENCH_WARMUP_STEP, 20 * reps));
-        free(x), free(dt), free(z), free(A), free(Bm), free(Cm), free(Ds), free(bias), free(y), free(st);
+        report("mamba1", "D=1536 N=16", "decode", 1,
+               timeit(run_mamba, &p, BENCH_WARMUP_STEP, 20 * reps));
+        free(x), free(dt), free(z), free(A), free(Bm), free(Cm), free(Ds), free(bias), free(y),
+            free(st);
     }
     { /* Mamba-2 at the SSM_SCAN comparison shape */
         const int64_t H = 48, P = 64, N = 128, G = 1;
         dn_mamba2_params p = dn_mamba2_params_default(1, T, H, P, N, G);
         float *x = buf(T * H * P, -1, 1, 1), *dt = buf(T * H, 0.001f, 0.1f, 2);
-        float *A = buf(H, -2, -0.5f, 3), *Bm = buf(T * G * N, -1, 1, 4), *Cm = buf(T * G * N, -1, 1, 5);
+        float *A = buf(H, -2, -0.5f, 3), *Bm = buf(T * G * N, -1, 1, 4),
+              *Cm = buf(T * G * N, -1, 1, 5);
         float *Ds = buf(H, -1, 1, 6), *y = buf(T * H * P, 0, 0, 7), *st = buf(H * N * P, 0, 0, 8);
-        p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.y = y, p.final_state = st;
-        report("mamba2", "H=48 P=64 N=128", "prefill", T, timeit(run_mamba2, &p, BENCH_WARMUP, reps));
+        p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.y = y,
+        p.final_state = st;
+        report("mamba2", "H=48 P=64 N=128", "prefill", T,
+               timeit(run_mamba2, &p, BENCH_WARMUP, reps));
         p.T = 1, p.initial_state = st;
-        report("mamba2", "H=48 P=64 N=128", "decode", 1, timeit(run_mamba2, &p, BENCH_WARMUP_STEP, 20 * reps));
+        report("mamba2", "H=48 P=64 N=128", "decode", 1,
+               timeit(run_mamba2, &p, BENCH_WARMUP_STEP, 20 * reps));
         free(x), free(dt), free(A), free(Bm), free(Cm), free(Ds), free(y), free(st);
     }
     { /* RWKV-4, an RWKV-4-169m-sized layer: C = 768 */
@@ -123,7 +133,8 @@ int dn_bench_ssm_main(int argc, char **argv) {
         p.x = x, p.weight = w, p.bias = bias, p.silu = 1, p.y = y, p.final_state = st;
         report("short_conv", "D=2048 W=4", "prefill", T, timeit(run_conv, &p, BENCH_WARMUP, reps));
         p.T = 1, p.initial_state = st;
-        report("short_conv", "D=2048 W=4", "decode", 1, timeit(run_conv, &p, BENCH_WARMUP_STEP, 20 * reps));
+        report("short_conv", "D=2048 W=4", "decode", 1,
+               timeit(run_conv, &p, BENCH_WARMUP_STEP, 20 * reps));
         free(x), free(w), free(bias), free(y), free(st);
     }
     if (json) printf("\n]}\n");

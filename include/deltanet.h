@@ -93,14 +93,14 @@ DN_API const char *dn_last_error(void);
  * ------------------------------------------------------------------------------------------- */
 typedef enum dn_op {
     DN_OP_LINEAR_ATTN = 0, /* S = S + k v^T */
-    DN_OP_GLA,             /* S = exp(g) S + k v^T                      (Mamba-2 / SSD, scalar gate) */
-    DN_OP_DELTANET,        /* u = beta (v - S^T k); S = S + k u^T */
-    DN_OP_GDN,             /* S = exp(g) S; u = beta (v - S^T k); S = S + k u^T */
-    DN_OP_SOFTMAX_ATTN,    /* causal softmax attention, the Transformer baseline */
-    DN_OP_MAMBA1,          /* Mamba-1 selective scan, per-channel state [D,N] */
-    DN_OP_MAMBA2,          /* Mamba-2, through the scalar-gated linear attention (GLA) op */
-    DN_OP_RWKV4,           /* RWKV-4 WKV, decayed weighted key-value average */
-    DN_OP_SHORT_CONV,      /* short causal depthwise convolution before a mixer */
+    DN_OP_GLA,          /* S = exp(g) S + k v^T                      (Mamba-2 / SSD, scalar gate) */
+    DN_OP_DELTANET,     /* u = beta (v - S^T k); S = S + k u^T */
+    DN_OP_GDN,          /* S = exp(g) S; u = beta (v - S^T k); S = S + k u^T */
+    DN_OP_SOFTMAX_ATTN, /* causal softmax attention, the Transformer baseline */
+    DN_OP_MAMBA1,       /* Mamba-1 selective scan, per-channel state [D,N] */
+    DN_OP_MAMBA2,       /* Mamba-2, through the scalar-gated linear attention (GLA) op */
+    DN_OP_RWKV4,        /* RWKV-4 WKV, decayed weighted key-value average */
+    DN_OP_SHORT_CONV,   /* short causal depthwise convolution before a mixer */
     DN_OP_COUNT
 } dn_op;
 
@@ -210,7 +210,8 @@ typedef struct dn_la_params {
     dn_impl impl;
     int n_threads; /* 0: dn_get_num_threads() */
 
-    void *workspace; /* optional scratch of at least dn_la_workspace_size() bytes, 64-byte aligned */
+    void
+        *workspace; /* optional scratch of at least dn_la_workspace_size() bytes, 64-byte aligned */
     size_t workspace_bytes;
 } dn_la_params;
 
@@ -235,9 +236,8 @@ DN_API dn_status dn_la_forward(const dn_la_params *p);
  *   above; NaN and Inf are DN_ERR_ARG.
  */
 DN_API dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, const float *k,
-                            const float *v, const float *g, const float *beta, int64_t B,
-                            int64_t H, int64_t HV, int64_t K, int64_t V, float scale,
-                            int qk_l2norm);
+                            const float *v, const float *g, const float *beta, int64_t B, int64_t H,
+                            int64_t HV, int64_t K, int64_t V, float scale, int qk_l2norm);
 
 /* ---------------------------------------------------------------------------------------------
  * Backward of the linear-attention family
@@ -288,10 +288,10 @@ DN_API dn_status dn_la_backward(const dn_la_bwd_params *p);
 DN_API dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *p, size_t *bytes);
 
 /* Training forward: the outputs of dn_la_forward (chunkwise; chunks as the backward resolves
- * them, see the options above) and, in `saved`, what the backward would otherwise recompute: the state entering every chunk, the
- * chunk's masked products, and the corrected values and residuals of every token; O(T (K+V) +
- * (T/C) K V) floats per head (dn_la_saved_size). Hand the same buffer to the backward as
- * bwd.saved, with the same params, and it skips its forward sweep. */
+ * them, see the options above) and, in `saved`, what the backward would otherwise recompute: the
+ * state entering every chunk, the chunk's masked products, and the corrected values and residuals
+ * of every token; O(T (K+V) + (T/C) K V) floats per head (dn_la_saved_size). Hand the same buffer
+ * to the backward as bwd.saved, with the same params, and it skips its forward sweep. */
 DN_API dn_status dn_la_saved_size(const dn_la_params *p, size_t *bytes);
 DN_API dn_status dn_la_forward_train(const dn_la_params *p, void *saved, size_t saved_bytes);
 
@@ -323,7 +323,7 @@ typedef struct dn_attn_params {
     dn_strides v_s;
     float *o;
     dn_strides o_s;
-    float *lse;     /* optional */
+    float *lse; /* optional */
     float scale;
     int64_t window; /* 0: no window */
     dn_impl impl;   /* DN_IMPL_AUTO (tiled fast path) or DN_IMPL_REF */
@@ -383,8 +383,8 @@ DN_API size_t dn_kv_cache_bytes(const dn_kv_cache *c);
 DN_API size_t dn_kv_cache_used_bytes(const dn_kv_cache *c);
 /* Appends T tokens: k, v [B,T,HKV,D] with strides. DN_ERR_FULL past capacity unless DN_KV_GROW;
  * on any error the cache is unchanged. */
-DN_API dn_status dn_kv_cache_append(dn_kv_cache *c, const float *k, dn_strides k_s,
-                                    const float *v, dn_strides v_s, int64_t T);
+DN_API dn_status dn_kv_cache_append(dn_kv_cache *c, const float *k, dn_strides k_s, const float *v,
+                                    dn_strides v_s, int64_t T);
 /* q [B,TQ,H,D] attends over the cached keys; query i at position len - TQ + i, causal, optional
  * window, exactly as dn_attn_forward with TK = len. o [B,TQ,H,D]; lse [B,H,TQ] optional. */
 DN_API dn_status dn_kv_cache_attend(const dn_kv_cache *c, float *o, dn_strides o_s, float *lse,

@@ -23,7 +23,6 @@ dn_attn_params dn_attn_params_default(int64_t B, int64_t T, int64_t H, int64_t H
     return p;
 }
 
-
 static dn_status check_heads(const char *who, int64_t H, int64_t HKV, int64_t D) {
     if (H < 1 || HKV < 1 || D < 1)
         return dn_fail(DN_ERR_SHAPE, "%s: H (%lld), HKV (%lld) and D (%lld) must be positive", who,
@@ -42,8 +41,9 @@ static dn_status check_shape(const dn_attn_params *p, const char *op) {
     dn_status st = check_heads(op, p->H, p->HKV, p->D);
     if (st != DN_OK) return st;
     if (p->B < 1 || p->TQ < 0 || p->TK < 0)
-        return dn_fail(DN_ERR_SHAPE, "%s: B (%lld) must be positive, TQ (%lld) and TK "
-                                     "(%lld) non-negative",
+        return dn_fail(DN_ERR_SHAPE,
+                       "%s: B (%lld) must be positive, TQ (%lld) and TK "
+                       "(%lld) non-negative",
                        op, (long long)p->B, (long long)p->TQ, (long long)p->TK);
     if (!isfinite(p->scale)) return dn_fail(DN_ERR_ARG, "%s: scale must be finite", op);
     if (p->window < 0)
@@ -82,8 +82,10 @@ dn_status dn_attn_check(const dn_attn_params *p) {
  * allocated, reported as such. */
 static dn_status check_tile(const dn_attn_params *p, const char *op) {
     if (p->H / p->HKV > ((int64_t)1 << 32))
-        return dn_fail(DN_ERR_ALLOC, "%s: H / HKV = %lld query heads per key head: the tile's "
-                       "scratch would not fit in memory", op, (long long)(p->H / p->HKV));
+        return dn_fail(DN_ERR_ALLOC,
+                       "%s: H / HKV = %lld query heads per key head: the tile's "
+                       "scratch would not fit in memory",
+                       op, (long long)(p->H / p->HKV));
     return DN_OK;
 }
 
@@ -91,7 +93,8 @@ dn_status dn_attn_workspace_size(const dn_attn_params *p, size_t *bytes) {
     dn_status st = check_shape(p, "softmax_attn");
     if (st != DN_OK) return st;
     if (!bytes) return dn_fail(DN_ERR_NULL, "dn_attn_workspace_size: bytes is NULL");
-    if (p->impl != DN_IMPL_REF && (st = check_tile(p, "dn_attn_workspace_size")) != DN_OK) return st;
+    if (p->impl != DN_IMPL_REF && (st = check_tile(p, "dn_attn_workspace_size")) != DN_OK)
+        return st;
     *bytes = p->impl == DN_IMPL_REF ? 0 : dn_cpu()->attn_workspace(p, dn_threads_for(p->n_threads));
     return DN_OK;
 }
@@ -127,7 +130,8 @@ dn_status dn_attn_backward(const dn_attn_bwd_params *bp) {
     const char *op = "softmax_attn backward";
     dn_status st = check_shape(p, op);
     if (st != DN_OK) return st;
-    if (!p->lse) return dn_fail(DN_ERR_NULL, "%s: fwd.lse (the forward's logsumexp) is required", op);
+    if (!p->lse)
+        return dn_fail(DN_ERR_NULL, "%s: fwd.lse (the forward's logsumexp) is required", op);
     const int64_t B = p->B, TQ = p->TQ, TK = p->TK, H = p->H, HKV = p->HKV, D = p->D;
     dn_arg a[DN_MAX_ARGS];
     int n = fwd_args(p, a, 1);
@@ -173,16 +177,18 @@ dn_status dn_kv_cache_create(dn_kv_cache **out, int64_t B, int64_t HKV, int64_t 
                              dn_dtype dtype, int flags) {
     if (!out) return dn_fail(DN_ERR_NULL, "kv cache: out is NULL");
     if (B < 1 || HKV < 1 || D < 1 || D > 256 || capacity < 1)
-        return dn_fail(DN_ERR_SHAPE, "kv cache: need B, HKV, capacity >= 1 and 1 <= D <= 256 "
-                                     "(got B=%lld HKV=%lld D=%lld capacity=%lld)",
+        return dn_fail(DN_ERR_SHAPE,
+                       "kv cache: need B, HKV, capacity >= 1 and 1 <= D <= 256 "
+                       "(got B=%lld HKV=%lld D=%lld capacity=%lld)",
                        (long long)B, (long long)HKV, (long long)D, (long long)capacity);
     if ((unsigned)dtype >= DN_DTYPE_COUNT)
         return dn_fail(DN_ERR_ARG, "kv cache: unknown dtype %d", (int)dtype);
     if (flags & ~DN_KV_GROW) return dn_fail(DN_ERR_ARG, "kv cache: unknown flags 0x%x", flags);
     const size_t bytes = kv_bytes(B, HKV, D, capacity, dtype);
     if (!bytes)
-        return dn_fail(DN_ERR_SHAPE, "kv cache: B=%lld x HKV=%lld x D=%lld x capacity=%lld "
-                                     "overflows 64-bit sizes",
+        return dn_fail(DN_ERR_SHAPE,
+                       "kv cache: B=%lld x HKV=%lld x D=%lld x capacity=%lld "
+                       "overflows 64-bit sizes",
                        (long long)B, (long long)HKV, (long long)D, (long long)capacity);
     dn_kv_cache *c = dn_calloc(sizeof *c);
     if (c) {
@@ -226,7 +232,8 @@ size_t dn_kv_cache_used_bytes(const dn_kv_cache *c) {
  * changes, so rows are re-laid. need > cap, and need passed kv_bytes' bound check. */
 static dn_status kv_grow(dn_kv_cache *c, int64_t need) {
     int64_t cap = c->cap;
-    while (cap < need) cap = cap > INT64_MAX / 2 ? need : 2 * cap;
+    while (cap < need)
+        cap = cap > INT64_MAX / 2 ? need : 2 * cap;
     size_t bytes = kv_bytes(c->B, c->HKV, c->D, cap, c->dtype);
     if (!bytes) { /* doubling passed the bound: grow to exactly what is needed */
         cap = need;
@@ -256,10 +263,12 @@ static void store_row(void *dst, const float *src, int64_t D, dn_dtype t) {
         memcpy(dst, src, sizeof(float) * (size_t)D);
     } else if (t == DN_F16) {
         uint16_t *d = dst;
-        for (int64_t i = 0; i < D; i++) d[i] = dn_f32_to_f16(src[i]);
+        for (int64_t i = 0; i < D; i++)
+            d[i] = dn_f32_to_f16(src[i]);
     } else {
         uint16_t *d = dst;
-        for (int64_t i = 0; i < D; i++) d[i] = dn_f32_to_bf16(src[i]);
+        for (int64_t i = 0; i < D; i++)
+            d[i] = dn_f32_to_bf16(src[i]);
     }
 }
 
@@ -281,17 +290,22 @@ dn_status dn_kv_cache_append(dn_kv_cache *c, const float *k, dn_strides k_s, con
                            "the cache with DN_KV_GROW to let it grow)",
                            (long long)c->len, (long long)T, (long long)c->cap);
         if (T > INT64_MAX - c->len || !kv_bytes(c->B, c->HKV, c->D, c->len + T, c->dtype))
-            return dn_fail(DN_ERR_FULL, "kv cache append: %lld + %lld tokens overflow the cache's "
-                                        "64-bit size", (long long)c->len, (long long)T);
+            return dn_fail(DN_ERR_FULL,
+                           "kv cache append: %lld + %lld tokens overflow the cache's "
+                           "64-bit size",
+                           (long long)c->len, (long long)T);
         if ((st = kv_grow(c, c->len + T)) != DN_OK) return st;
     }
     const size_t row = (size_t)c->D * dtype_size(c->dtype);
     for (int64_t b = 0; b < c->B; b++)
         for (int64_t h = 0; h < c->HKV; h++)
             for (int64_t t = 0; t < T; t++) {
-                size_t off = ((size_t)(b * c->HKV + h) * (size_t)c->cap + (size_t)(c->len + t)) * row;
-                store_row((char *)c->k + off, k + b * k_s.b + t * k_s.t + h * k_s.h, c->D, c->dtype);
-                store_row((char *)c->v + off, v + b * v_s.b + t * v_s.t + h * v_s.h, c->D, c->dtype);
+                size_t off =
+                    ((size_t)(b * c->HKV + h) * (size_t)c->cap + (size_t)(c->len + t)) * row;
+                store_row((char *)c->k + off, k + b * k_s.b + t * k_s.t + h * k_s.h, c->D,
+                          c->dtype);
+                store_row((char *)c->v + off, v + b * v_s.b + t * v_s.t + h * v_s.h, c->D,
+                          c->dtype);
             }
     c->len += T;
     return DN_OK;

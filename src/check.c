@@ -65,17 +65,17 @@ int dn_rows_disjoint(dn_strides s, int64_t n0, int64_t n1, int64_t n2, int64_t D
     return 1;
 }
 
-dn_status dn_check_view(const char *op, const char *name, const void *ptr, dn_strides s,
-                        int64_t n0, int64_t n1, int64_t n2, int64_t D, int output,
-                        int64_t *extent) {
+dn_status dn_check_view(const char *op, const char *name, const void *ptr, dn_strides s, int64_t n0,
+                        int64_t n1, int64_t n2, int64_t D, int output, int64_t *extent) {
     if (!ptr) return dn_fail(DN_ERR_NULL, "%s: %s is required", op, name);
     if (!dn_strides_ok(s))
         return dn_fail(DN_ERR_STRIDE, "%s: %s strides (%lld, %lld, %lld) must be non-negative", op,
                        name, (long long)s.b, (long long)s.t, (long long)s.h);
     if (!dn_view_extent(s, n0, n1, n2, D, extent) ||
         (uintptr_t)ptr > UINTPTR_MAX - (uintptr_t)*extent * sizeof(float))
-        return dn_fail(DN_ERR_SHAPE, "%s: %s strides (%lld, %lld, %lld) span more memory than an "
-                                     "address space holds",
+        return dn_fail(DN_ERR_SHAPE,
+                       "%s: %s strides (%lld, %lld, %lld) span more memory than an "
+                       "address space holds",
                        op, name, (long long)s.b, (long long)s.t, (long long)s.h);
     if (output && !dn_rows_disjoint(s, n0, n1, n2, D))
         return dn_fail(DN_ERR_STRIDE, "%s: %s strides (%lld, %lld, %lld) make its rows overlap", op,

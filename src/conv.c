@@ -33,9 +33,9 @@ static int fwd_args(const dn_conv_params *p, dn_arg *a) {
     const int64_t B = p->B, T = p->T, D = p->D, W = p->W;
     int n = 0;
     a[n++] = (dn_arg){"x", p->x, p->x_s, B, T, 1, D, 0, 0, 0};
-    a[n++] = (dn_arg){"weight", p->weight, dn_contiguous(1, D, W), 1, 1, D, W, 0, 0, 0};
-    a[n++] = (dn_arg){"bias", p->bias, dn_contiguous(1, 1, D), 1, 1, 1, D, 0, 1, 0};
-    a[n++] = (dn_arg){"initial_state", p->initial_state, dn_contiguous(1, D, W - 1), B, 1, D, W - 1, 0, 1, 1};
+    a[n++] = dn_arg_flat("weight", p->weight, 1, 1, D, W, 0, 0, 0);
+    a[n++] = dn_arg_flat("bias", p->bias, 1, 1, 1, D, 0, 1, 0);
+    a[n++] = dn_arg_flat("initial_state", p->initial_state, B, 1, D, W - 1, 0, 1, 1);
     return n;
 }
 
@@ -47,7 +47,7 @@ static dn_status conv_check(const dn_conv_params *p) {
     dn_arg a[DN_MAX_ARGS];
     int n = fwd_args(p, a);
     a[n++] = (dn_arg){"y", p->y, p->y_s, p->B, p->T, 1, p->D, 1, 0, 0};
-    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(1, p->D, p->W - 1), p->B, 1, p->D, p->W - 1, 1, 1, 1};
+    a[n++] = dn_arg_flat("final_state", p->final_state, p->B, 1, p->D, p->W - 1, 1, 1, 1);
     return dn_check_args(op, a, n);
 }
 
@@ -82,11 +82,11 @@ dn_status dn_conv_backward(const dn_conv_bwd_params *bp) {
     dn_arg a[DN_MAX_ARGS];
     int n = fwd_args(p, a);
     a[n++] = (dn_arg){"dy", bp->dy, bp->dy_s, B, T, 1, D, 0, 0, 0};
-    a[n++] = (dn_arg){"dfinal_state", bp->dfinal_state, dn_contiguous(1, D, W - 1), B, 1, D, W - 1, 0, 1, 0};
+    a[n++] = dn_arg_flat("dfinal_state", bp->dfinal_state, B, 1, D, W - 1, 0, 1, 0);
     a[n++] = (dn_arg){"dx", bp->dx, bp->dx_s, B, T, 1, D, 1, 0, 0};
-    a[n++] = (dn_arg){"dweight", bp->dweight, dn_contiguous(1, D, W), 1, 1, D, W, 1, 0, 0};
-    a[n++] = (dn_arg){"dbias", bp->dbias, dn_contiguous(1, 1, D), 1, 1, 1, D, 1, 1, 0};
-    a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, dn_contiguous(1, D, W - 1), B, 1, D, W - 1, 1, 1, 0};
+    a[n++] = dn_arg_flat("dweight", bp->dweight, 1, 1, D, W, 1, 0, 0);
+    a[n++] = dn_arg_flat("dbias", bp->dbias, 1, 1, 1, D, 1, 1, 0);
+    a[n++] = dn_arg_flat("dinitial_state", bp->dinitial_state, B, 1, D, W - 1, 1, 1, 0);
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     /* no tokens and no dinitial_state: dx is empty and dweight, dbias gain nothing; return at
      * once rather than walk B x D (B may be huge when T = 0) */

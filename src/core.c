@@ -66,8 +66,10 @@ dn_status dn_op_from_name(const char *name, dn_op *op) {
             *op = (dn_op)i;
             return DN_OK;
         }
-    return dn_fail(DN_ERR_ARG, "unknown op '%s' (expected one of linear_attn, gla, deltanet, gdn, "
-                               "softmax_attn, mamba1, mamba2, rwkv4, short_conv)", name);
+    return dn_fail(DN_ERR_ARG,
+                   "unknown op '%s' (expected one of linear_attn, gla, deltanet, gdn, "
+                   "softmax_attn, mamba1, mamba2, rwkv4, short_conv)",
+                   name);
 }
 
 const char *dn_impl_name(dn_impl impl) {
@@ -77,7 +79,9 @@ const char *dn_impl_name(dn_impl impl) {
 static const char *const dtype_names[] = {[DN_F32] = "f32", [DN_F16] = "f16", [DN_BF16] = "bf16"};
 _Static_assert(DN_COUNTOF(dtype_names) == DN_DTYPE_COUNT, "dtype name table out of date");
 
-const char *dn_dtype_name(dn_dtype t) { return (unsigned)t < DN_DTYPE_COUNT ? dtype_names[t] : NULL; }
+const char *dn_dtype_name(dn_dtype t) {
+    return (unsigned)t < DN_DTYPE_COUNT ? dtype_names[t] : NULL;
+}
 
 const char *dn_isa_name(dn_isa isa) { return (unsigned)isa < DN_ISA_COUNT ? isa_names[isa] : NULL; }
 
@@ -187,7 +191,8 @@ dn_status dn_set_isa(dn_isa isa) {
 }
 
 const char *dn_build_info(void) {
-    static _Thread_local char buf[256]; /* per thread: a caller's string is never rewritten under it */
+    static _Thread_local char
+        buf[256]; /* per thread: a caller's string is never rewritten under it */
     snprintf(buf, sizeof buf, "deltanet %d.%d.%d, %s, kernels: generic%s, %s, isa in use: %s",
              DN_VERSION_MAJOR, DN_VERSION_MINOR, DN_VERSION_PATCH,
 #if defined(__clang__)

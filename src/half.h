@@ -24,7 +24,7 @@ static inline uint16_t dn_f32_to_f16(float f) {
     const uint32_t x = dn_f32_bits(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
     if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0));
     if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds past 65504: inf */
-    if (ax < 0x38800000u) {                                      /* below 2^-14: subnormal */
+    if (ax < 0x38800000u) {                                   /* below 2^-14: subnormal */
         /* a * 2^24 is exact; adding 2^23 rounds it to an integer, ties to even */
         float t = dn_bits_f32(ax) * 16777216.0f;
         t = (t + 8388608.0f) - 8388608.0f;

@@ -20,13 +20,12 @@ dn_status dn_fail(dn_status st, const char *fmt, ...)
     ;
 
 /* Internal invariants only (never for user input): reports file:line, then aborts. */
-#define DN_ASSERT(x)                                                                   \
-    do {                                                                               \
-        if (!(x)) {                                                                    \
-            fprintf(stderr, "deltanet: internal error at %s:%d: %s\n", __FILE__, __LINE__, \
-                    #x);                                                               \
-            abort();                                                                   \
-        }                                                                              \
+#define DN_ASSERT(x)                                                                               \
+    do {                                                                                           \
+        if (!(x)) {                                                                                \
+            fprintf(stderr, "deltanet: internal error at %s:%d: %s\n", __FILE__, __LINE__, #x);    \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 static inline int dn_op_is_la(dn_op op) { return (unsigned)op <= (unsigned)DN_OP_GDN; }
@@ -81,7 +80,7 @@ static inline void dn_attn_visible(int64_t pos, int64_t window, int64_t j0, int6
  * the product passes INT64_MAX. DN_PROD(&out, a, b, c) is the same over its arguments. */
 int dn_prod(int64_t *out, int n, const int64_t *d);
 #define DN_PROD(out, ...)                                                                          \
-    dn_prod((out), (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),             \
+    dn_prod((out), (int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),                \
             (const int64_t[]){__VA_ARGS__})
 /* Elements spanned by a view of n0 x n1 x n2 rows of D with strides s: 1 + the largest offset
  * (0 for an empty view). Returns 0 when a stride is negative or the extent overflows. */
@@ -98,9 +97,8 @@ dn_status dn_check_output(const char *op, const char *name, const float *ptr, dn
 dn_status dn_check_input(const char *op, const char *name, const float *ptr, dn_strides s);
 /* ptr non-NULL, strides non-negative, the extent (in elements) computable without overflow and,
  * for an output, rows that do not share elements. */
-dn_status dn_check_view(const char *op, const char *name, const void *ptr, dn_strides s,
-                        int64_t n0, int64_t n1, int64_t n2, int64_t D, int output,
-                        int64_t *extent);
+dn_status dn_check_view(const char *op, const char *name, const void *ptr, dn_strides s, int64_t n0,
+                        int64_t n1, int64_t n2, int64_t D, int output, int64_t *extent);
 /* The memory of one argument, for the overlap check: n floats from p (p may be NULL: absent).
  * Outputs may not overlap anything; two buffers with the same non-zero inplace tag may be the
  * very same range (a state updated in place) but not overlap partially. */
@@ -129,6 +127,11 @@ dn_status dn_check_args(const char *op, dn_arg *args, int n);
 /* Strides of a contiguous [*, n1, n2, D] tensor; all -1 (rejected as negative) on overflow, so
  * that the defaults of a params struct never wrap. */
 dn_strides dn_contiguous(int64_t n1, int64_t n2, int64_t D);
+/* A contiguous [n0,n1,n2,D] tensor (states, parameters) as an argument. */
+static inline dn_arg dn_arg_flat(const char *name, const void *p, int64_t n0, int64_t n1,
+                                 int64_t n2, int64_t D, int output, int optional, int inplace) {
+    return (dn_arg){name, p, dn_contiguous(n1, n2, D), n0, n1, n2, D, output, optional, inplace};
+}
 
 /* Reference (plain C, double accumulation): src/ref/la.c */
 dn_status dn_ref_la_forward(const dn_la_params *p);
@@ -165,8 +168,8 @@ typedef struct {
     size_t (*decode_workspace)(const dn_kv_view *kv, int64_t TQ, int64_t H, int64_t window,
                                int nthreads);
     void (*decode)(const dn_kv_view *kv, float *o, dn_strides o_s, float *lse, const float *q,
-                   dn_strides q_s, int64_t TQ, int64_t H, float scale, int64_t window,
-                   int nthreads, void *ws);
+                   dn_strides q_s, int64_t TQ, int64_t H, float scale, int64_t window, int nthreads,
+                   void *ws);
     double (*fma_peak)(long iters, double *flops);
     float (*read_sum)(const float *x, int64_t n);
     size_t (*mamba_workspace)(const dn_mamba_params *p, int nthreads);
@@ -194,43 +197,42 @@ typedef struct {
 
 const dn_cpu_kernels *dn_cpu(void);
 
-#define DN_CPU_DECL(isa)                                                                       \
-    size_t dn_cpu_la_workspace_##isa(const dn_la_params *p, dn_impl impl, int nthreads);       \
-    void dn_cpu_la_forward_##isa(const dn_la_params *p, dn_impl impl, int nthreads, void *ws); \
-    size_t dn_cpu_attn_workspace_##isa(const dn_attn_params *p, int nthreads);                 \
-    void dn_cpu_attn_forward_##isa(const dn_attn_params *p, int nthreads, void *ws);           \
-    size_t dn_cpu_decode_workspace_##isa(const dn_kv_view *kv, int64_t TQ, int64_t H,          \
-                                         int64_t window, int nthreads);                        \
-    void dn_cpu_decode_##isa(const dn_kv_view *kv, float *o, dn_strides o_s, float *lse,       \
-                             const float *q, dn_strides q_s, int64_t TQ, int64_t H,            \
-                             float scale, int64_t window, int nthreads, void *ws);             \
-    double dn_cpu_fma_peak_##isa(long iters, double *flops);                                   \
-    float dn_cpu_read_sum_##isa(const float *x, int64_t n);                                   \
-    size_t dn_cpu_mamba_workspace_##isa(const dn_mamba_params *p, int nthreads);               \
-    void dn_cpu_mamba_forward_##isa(const dn_mamba_params *p, int nthreads, void *ws);         \
-    void dn_cpu_mamba2_prepare_##isa(const dn_mamba2_params *p, float *g, float *v, float *dtp, \
-                                     int nthreads);                                            \
-    void dn_cpu_mamba2_finish_##isa(const dn_mamba2_params *p, int nthreads);                  \
-    size_t dn_cpu_rwkv4_workspace_##isa(const dn_rwkv4_params *p, int nthreads);               \
-    void dn_cpu_rwkv4_forward_##isa(const dn_rwkv4_params *p, int nthreads, void *ws);         \
-    void dn_cpu_conv_forward_##isa(const dn_conv_params *p, int nthreads);                     \
-    size_t dn_cpu_la_bwd_workspace_##isa(const dn_la_params *p, int nthreads);                 \
-    void dn_cpu_la_backward_##isa(const dn_la_bwd_params *p, int nthreads, void *ws);        \
-    size_t dn_cpu_la_saved_floats_##isa(const dn_la_params *p);                                \
-    void dn_cpu_la_forward_train_##isa(const dn_la_params *p, int nthreads, void *ws,           \
-                                       void *saved);                                           \
-    size_t dn_cpu_attn_bwd_workspace_##isa(const dn_attn_params *p, int nthreads);             \
-    void dn_cpu_attn_backward_##isa(const dn_attn_bwd_params *p, int nthreads, void *ws);      \
-    size_t dn_cpu_conv_bwd_workspace_##isa(const dn_conv_params *p, int nthreads);             \
-    void dn_cpu_conv_backward_##isa(const dn_conv_bwd_params *p, int nthreads, void *ws);      \
-    size_t dn_cpu_mamba_bwd_workspace_##isa(const dn_mamba_params *p, int nthreads);           \
-    void dn_cpu_mamba_backward_##isa(const dn_mamba_bwd_params *p, int nthreads, void *ws);    \
-    size_t dn_cpu_rwkv4_bwd_workspace_##isa(const dn_rwkv4_params *p, int nthreads);           \
+#define DN_CPU_DECL(isa)                                                                           \
+    size_t dn_cpu_la_workspace_##isa(const dn_la_params *p, dn_impl impl, int nthreads);           \
+    void dn_cpu_la_forward_##isa(const dn_la_params *p, dn_impl impl, int nthreads, void *ws);     \
+    size_t dn_cpu_attn_workspace_##isa(const dn_attn_params *p, int nthreads);                     \
+    void dn_cpu_attn_forward_##isa(const dn_attn_params *p, int nthreads, void *ws);               \
+    size_t dn_cpu_decode_workspace_##isa(const dn_kv_view *kv, int64_t TQ, int64_t H,              \
+                                         int64_t window, int nthreads);                            \
+    void dn_cpu_decode_##isa(const dn_kv_view *kv, float *o, dn_strides o_s, float *lse,           \
+                             const float *q, dn_strides q_s, int64_t TQ, int64_t H, float scale,   \
+                             int64_t window, int nthreads, void *ws);                              \
+    double dn_cpu_fma_peak_##isa(long iters, double *flops);                                       \
+    float dn_cpu_read_sum_##isa(const float *x, int64_t n);                                        \
+    size_t dn_cpu_mamba_workspace_##isa(const dn_mamba_params *p, int nthreads);                   \
+    void dn_cpu_mamba_forward_##isa(const dn_mamba_params *p, int nthreads, void *ws);             \
+    void dn_cpu_mamba2_prepare_##isa(const dn_mamba2_params *p, float *g, float *v, float *dtp,    \
+                                     int nthreads);                                                \
+    void dn_cpu_mamba2_finish_##isa(const dn_mamba2_params *p, int nthreads);                      \
+    size_t dn_cpu_rwkv4_workspace_##isa(const dn_rwkv4_params *p, int nthreads);                   \
+    void dn_cpu_rwkv4_forward_##isa(const dn_rwkv4_params *p, int nthreads, void *ws);             \
+    void dn_cpu_conv_forward_##isa(const dn_conv_params *p, int nthreads);                         \
+    size_t dn_cpu_la_bwd_workspace_##isa(const dn_la_params *p, int nthreads);                     \
+    void dn_cpu_la_backward_##isa(const dn_la_bwd_params *p, int nthreads, void *ws);              \
+    size_t dn_cpu_la_saved_floats_##isa(const dn_la_params *p);                                    \
+    void dn_cpu_la_forward_train_##isa(const dn_la_params *p, int nthreads, void *ws,              \
+                                       void *saved);                                               \
+    size_t dn_cpu_attn_bwd_workspace_##isa(const dn_attn_params *p, int nthreads);                 \
+    void dn_cpu_attn_backward_##isa(const dn_attn_bwd_params *p, int nthreads, void *ws);          \
+    size_t dn_cpu_conv_bwd_workspace_##isa(const dn_conv_params *p, int nthreads);                 \
+    void dn_cpu_conv_backward_##isa(const dn_conv_bwd_params *p, int nthreads, void *ws);          \
+    size_t dn_cpu_mamba_bwd_workspace_##isa(const dn_mamba_params *p, int nthreads);               \
+    void dn_cpu_mamba_backward_##isa(const dn_mamba_bwd_params *p, int nthreads, void *ws);        \
+    size_t dn_cpu_rwkv4_bwd_workspace_##isa(const dn_rwkv4_params *p, int nthreads);               \
     void dn_cpu_rwkv4_backward_##isa(const dn_rwkv4_bwd_params *p, int nthreads, void *ws);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)
-
 
 /* ---- memory (src/mem.c): the library's one allocation point ----
  * 64-byte aligned; NULL on failure (or when the fault-injection hook says so). */

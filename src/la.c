@@ -10,8 +10,8 @@
 #include <math.h>
 #include <string.h>
 
-dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV,
-                                  int64_t K, int64_t V) {
+dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K,
+                                  int64_t V) {
     dn_la_params p;
     memset(&p, 0, sizeof p);
     p.op = op;
@@ -29,7 +29,6 @@ dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int
     p.impl = DN_IMPL_AUTO;
     return p;
 }
-
 
 /* Everything about a call except its tensors' memory: op, dims, options, cu_seqlens. */
 static dn_status check_shape(const dn_la_params *p, const char *name) {
@@ -64,9 +63,11 @@ static dn_status check_shape(const dn_la_params *p, const char *name) {
                            (long long)p->cu_seqlens[0]);
         for (int64_t i = 0; i < p->n_seqs; i++)
             if (p->cu_seqlens[i + 1] < p->cu_seqlens[i] || p->cu_seqlens[i + 1] > p->T)
-                return dn_fail(DN_ERR_ARG, "%s: cu_seqlens[%lld] = %lld is below the previous "
-                                           "entry or above T = %lld", name, (long long)(i + 1),
-                               (long long)p->cu_seqlens[i + 1], (long long)p->T);
+                return dn_fail(DN_ERR_ARG,
+                               "%s: cu_seqlens[%lld] = %lld is below the previous "
+                               "entry or above T = %lld",
+                               name, (long long)(i + 1), (long long)p->cu_seqlens[i + 1],
+                               (long long)p->T);
         if (p->cu_seqlens[p->n_seqs] != p->T)
             return dn_fail(DN_ERR_ARG, "%s: cu_seqlens[%lld] is %lld, must equal T = %lld", name,
                            (long long)p->n_seqs, (long long)p->cu_seqlens[p->n_seqs],
@@ -79,7 +80,8 @@ static dn_status check_shape(const dn_la_params *p, const char *name) {
         !DN_PROD(&n, states, p->HV, p->K, p->V, (int64_t)(4 * sizeof(float))) ||
         !DN_PROD(&n, p->B, p->T, p->HV, p->K + p->V + 4, (int64_t)sizeof(float)))
         return dn_fail(DN_ERR_SHAPE, "%s: tensor sizes overflow 64-bit indexing", name);
-    if (dn_op_has_gate(p->op) && !p->g) return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required", name);
+    if (dn_op_has_gate(p->op) && !p->g)
+        return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required", name);
     if (!dn_op_has_gate(p->op) && p->g)
         return dn_fail(DN_ERR_ARG, "%s has no gate but g was given (use gla or gdn)", name);
     if (dn_op_has_delta(p->op) && !p->beta)
@@ -100,8 +102,9 @@ static int fwd_args(const dn_la_params *p, dn_arg *a) {
     a[n++] = (dn_arg){"v", p->v, p->v_s, B, T, HV, V, 0, 0, 0};
     a[n++] = (dn_arg){"g", p->g, p->g_s, B, T, HV, 1, 0, 1, 0};
     a[n++] = (dn_arg){"beta", p->beta, p->beta_s, B, T, HV, 1, 0, 1, 0};
-    a[n++] = (dn_arg){"initial_state", p->initial_state, dn_contiguous(HV, K, V), NS, HV, K, V, 0, 1, 1};
-    a[n++] = (dn_arg){"cu_seqlens", p->cu_seqlens, dn_contiguous(1, 1, 2), p->cu_seqlens ? p->n_seqs + 1 : 0, 1, 1, 2, 0, 1, 0};
+    a[n++] = dn_arg_flat("initial_state", p->initial_state, NS, HV, K, V, 0, 1, 1);
+    a[n++] = dn_arg_flat("cu_seqlens", p->cu_seqlens, p->cu_seqlens ? p->n_seqs + 1 : 0, 1, 1, 2, 0,
+                         1, 0);
     return n;
 }
 
@@ -115,15 +118,17 @@ static dn_status check_values(const dn_la_params *p, const char *name) {
                 if (p->g) {
                     const float g = p->g[b * p->g_s.b + t * p->g_s.t + h * p->g_s.h];
                     if (g > 0)
-                        return dn_fail(DN_ERR_ARG, "%s: g[%lld,%lld,%lld] = %g is positive (g is a "
-                                                   "log decay, <= 0)", name, (long long)b,
-                                       (long long)t, (long long)h, (double)g);
+                        return dn_fail(DN_ERR_ARG,
+                                       "%s: g[%lld,%lld,%lld] = %g is positive (g is a "
+                                       "log decay, <= 0)",
+                                       name, (long long)b, (long long)t, (long long)h, (double)g);
                 }
                 if (p->beta) {
                     const float x = p->beta[b * p->beta_s.b + t * p->beta_s.t + h * p->beta_s.h];
                     if (x < 0 || x > 2)
-                        return dn_fail(DN_ERR_ARG, "%s: beta[%lld,%lld,%lld] = %g is outside [0, 2]",
-                                       name, (long long)b, (long long)t, (long long)h, (double)x);
+                        return dn_fail(DN_ERR_ARG,
+                                       "%s: beta[%lld,%lld,%lld] = %g is outside [0, 2]", name,
+                                       (long long)b, (long long)t, (long long)h, (double)x);
                 }
             }
     return DN_OK;
@@ -145,10 +150,10 @@ static dn_status check_fwd(const dn_la_params *p, const void *saved, size_t save
     dn_arg a[DN_MAX_ARGS];
     int n = fwd_args(p, a);
     a[n++] = (dn_arg){"o", p->o, p->o_s, p->B, p->T, p->HV, p->V, 1, 0, 0};
-    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(p->HV, p->K, p->V),
-                      dn_la_nseq(p), p->HV, p->K, p->V, 1, 1, 1};
-    a[n++] = (dn_arg){"saved", saved, dn_contiguous(1, 1, 1), (int64_t)(saved_bytes / sizeof(float)),
-                      1, 1, 1, 1, 1, 0};
+    a[n++] = dn_arg_flat("final_state", p->final_state, dn_la_nseq(p), p->HV, p->K, p->V, 1, 1, 1);
+    a[n++] = (dn_arg){
+        "saved", saved, dn_contiguous(1, 1, 1), (int64_t)(saved_bytes / sizeof(float)), 1, 1, 1, 1,
+        1,       0};
     if ((st = dn_check_args(name, a, n)) != DN_OK) return st;
     return check_values(p, name);
 }
@@ -208,8 +213,8 @@ dn_status dn_la_forward(const dn_la_params *p) {
     void *ws = r.workspace, *owned = NULL;
     if (need > 0) {
         if (ws && r.workspace_bytes < need)
-            return dn_fail(DN_ERR_ARG, "%s: workspace has %zu bytes, needs %zu",
-                           dn_op_name(r.op), r.workspace_bytes, need);
+            return dn_fail(DN_ERR_ARG, "%s: workspace has %zu bytes, needs %zu", dn_op_name(r.op),
+                           r.workspace_bytes, need);
         if (ws && ((uintptr_t)ws & 63))
             return dn_fail(DN_ERR_ARG, "%s: workspace must be 64-byte aligned", dn_op_name(r.op));
         if (!ws) {
@@ -278,7 +283,8 @@ dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *bp, size_t *byte
     dn_status st = shape_only(&bp->fwd);
     if (st != DN_OK) return st;
     const dn_la_params r = train_resolved(&bp->fwd);
-    *bytes = r.impl == DN_IMPL_REF ? 0 : dn_cpu()->la_bwd_workspace(&r, dn_threads_for(r.n_threads));
+    *bytes =
+        r.impl == DN_IMPL_REF ? 0 : dn_cpu()->la_bwd_workspace(&r, dn_threads_for(r.n_threads));
     return DN_OK;
 }
 
@@ -302,7 +308,8 @@ static dn_status bwd_check(const dn_la_bwd_params *bp) {
     int n = fwd_args(p, a);
     a[n++] = (dn_arg){"dout", bp->dout, bp->dout_s, B, T, HV, V, 0, 0, 0};
     a[n++] = (dn_arg){"dfinal_state", bp->dfinal_state, cs, NS, HV, K, V, 0, 1, 0};
-    a[n++] = (dn_arg){"saved", bp->saved, dn_contiguous(1, 1, 1), (int64_t)(bp->saved_bytes / sizeof(float)), 1, 1, 1, 0, 1, 0};
+    const int64_t nsaved = (int64_t)(bp->saved_bytes / sizeof(float));
+    a[n++] = dn_arg_flat("saved", bp->saved, nsaved, 1, 1, 1, 0, 1, 0);
     a[n++] = (dn_arg){"dq", bp->dq, bp->dq_s, B, T, H, K, 1, 0, 0};
     a[n++] = (dn_arg){"dk", bp->dk, bp->dk_s, B, T, H, K, 1, 0, 0};
     a[n++] = (dn_arg){"dv", bp->dv, bp->dv_s, B, T, HV, V, 1, 0, 0};
@@ -327,19 +334,23 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
             return dn_fail(DN_ERR_ARG, "%s backward: saved is for the fast backward", op);
         const size_t need_saved = sizeof(float) * dn_cpu()->la_saved_floats(p);
         if (bp->saved_bytes < need_saved || ((uintptr_t)bp->saved & 63))
-            return dn_fail(DN_ERR_ARG, "%s backward: saved has %zu bytes, needs %zu, 64-byte aligned",
-                           op, bp->saved_bytes, need_saved);
+            return dn_fail(DN_ERR_ARG,
+                           "%s backward: saved has %zu bytes, needs %zu, 64-byte aligned", op,
+                           bp->saved_bytes, need_saved);
     }
     if (p->impl == DN_IMPL_REF) return dn_ref_la_backward(bp);
     if (p->impl == DN_IMPL_RECURRENT)
-        return dn_fail(DN_ERR_UNSUPPORTED, "%s backward: the fast backward is chunkwise; use "
-                                           "DN_IMPL_AUTO or DN_IMPL_CHUNK (or DN_IMPL_REF)", op);
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "%s backward: the fast backward is chunkwise; use "
+                       "DN_IMPL_AUTO or DN_IMPL_CHUNK (or DN_IMPL_REF)",
+                       op);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
     const size_t need = kern->la_bwd_workspace(p, nt);
     if (bp->workspace && (bp->workspace_bytes < need || ((uintptr_t)bp->workspace & 63)))
-        return dn_fail(DN_ERR_ARG, "%s backward: workspace of %zu bytes (alignment %d) is not %zu "
-                                   "bytes 64-byte aligned",
+        return dn_fail(DN_ERR_ARG,
+                       "%s backward: workspace of %zu bytes (alignment %d) is not %zu "
+                       "bytes 64-byte aligned",
                        op, bp->workspace_bytes, (int)((uintptr_t)bp->workspace & 63), need);
     void *owned;
     void *ws = dn_scratch(bp->workspace, bp->workspace_bytes, need, &owned);
@@ -366,13 +377,15 @@ dn_status dn_la_forward_train(const dn_la_params *p_in, void *saved, size_t save
     if (st != DN_OK) return st;
     const char *op = dn_op_name(p->op);
     if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_CHUNK)
-        return dn_fail(DN_ERR_UNSUPPORTED, "%s training forward: chunkwise only (impl auto or chunk)", op);
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "%s training forward: chunkwise only (impl auto or chunk)", op);
     const dn_cpu_kernels *kern = dn_cpu();
     const size_t need_saved = sizeof(float) * kern->la_saved_floats(p);
     if (!saved) return dn_fail(DN_ERR_NULL, "%s training forward: saved is NULL", op);
     if (saved_bytes < need_saved || ((uintptr_t)saved & 63))
-        return dn_fail(DN_ERR_ARG, "%s training forward: saved has %zu bytes, needs %zu, 64-byte aligned",
-                       op, saved_bytes, need_saved);
+        return dn_fail(DN_ERR_ARG,
+                       "%s training forward: saved has %zu bytes, needs %zu, 64-byte aligned", op,
+                       saved_bytes, need_saved);
     const int nt = dn_threads_for(p->n_threads);
     void *owned;
     void *ws = dn_scratch(NULL, 0, kern->la_bwd_workspace(p, nt), &owned);

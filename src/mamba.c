@@ -36,11 +36,13 @@ static dn_status check_A(const char *op, const float *A, int64_t n) {
 
 static dn_status mamba1_shape(const dn_mamba_params *p, const char *op) {
     if (p->B < 1 || p->T < 0 || p->D < 1 || p->N < 1 || p->G < 1 || p->D % p->G)
-        return dn_fail(DN_ERR_SHAPE, "%s: need B, D, N, G >= 1, T >= 0, D %% G == 0 (B=%lld "
-                                     "T=%lld D=%lld N=%lld G=%lld)",
+        return dn_fail(DN_ERR_SHAPE,
+                       "%s: need B, D, N, G >= 1, T >= 0, D %% G == 0 (B=%lld "
+                       "T=%lld D=%lld N=%lld G=%lld)",
                        op, (long long)p->B, (long long)p->T, (long long)p->D, (long long)p->N,
                        (long long)p->G);
-    if (p->N > 4096) return dn_fail(DN_ERR_SHAPE, "%s: N = %lld is above 4096", op, (long long)p->N);
+    if (p->N > 4096)
+        return dn_fail(DN_ERR_SHAPE, "%s: N = %lld is above 4096", op, (long long)p->N);
     /* the backward keeps B T D N floats of checkpoints at most */
     int64_t n;
     if (p->T == INT64_MAX || !DN_PROD(&n, p->B, p->T + 1, p->D, p->N, (int64_t)(4 * sizeof(float))))
@@ -72,7 +74,7 @@ static dn_status mamba1_check(const dn_mamba_params *p) {
     dn_arg a[DN_MAX_ARGS];
     int n = mamba1_args(p, a);
     a[n++] = (dn_arg){"y", p->y, p->y_s, p->B, p->T, 1, p->D, 1, 0, 0};
-    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(1, p->D, p->N), p->B, 1, p->D, p->N, 1, 1, 1};
+    a[n++] = dn_arg_flat("final_state", p->final_state, p->B, 1, p->D, p->N, 1, 1, 1);
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     return check_A(op, p->A, p->D * p->N);
 }
@@ -110,8 +112,10 @@ dn_status dn_mamba_backward(const dn_mamba_bwd_params *bp) {
     if (st != DN_OK) return st;
     if ((p->z != NULL) != (bp->dz != NULL) || (p->Dskip != NULL) != (bp->dDskip != NULL) ||
         (p->dt_bias != NULL) != (bp->ddt_bias != NULL))
-        return dn_fail(DN_ERR_ARG, "%s: dz, dDskip and ddt_bias must be given exactly when z, Dskip "
-                                   "and dt_bias are", op);
+        return dn_fail(DN_ERR_ARG,
+                       "%s: dz, dDskip and ddt_bias must be given exactly when z, Dskip "
+                       "and dt_bias are",
+                       op);
     const int64_t B = p->B, T = p->T, D = p->D, N = p->N, G = p->G;
     const dn_strides vec = dn_contiguous(1, 1, D), sst = dn_contiguous(1, D, N);
     dn_arg a[DN_MAX_ARGS];
@@ -134,7 +138,8 @@ dn_status dn_mamba_backward(const dn_mamba_bwd_params *bp) {
     const int nt = dn_threads_for(p->n_threads);
     void *owned;
     void *ws = dn_scratch(NULL, 0, kern->mamba_bwd_workspace(p, nt), &owned);
-    if (!ws) return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the checkpoints and accumulators", op);
+    if (!ws)
+        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the checkpoints and accumulators", op);
     kern->mamba_backward(bp, nt, ws);
     dn_free(owned);
     return DN_OK;
@@ -158,8 +163,9 @@ dn_mamba2_params dn_mamba2_params_default(int64_t B, int64_t T, int64_t H, int64
 
 static dn_status mamba2_shape(const dn_mamba2_params *p, const char *op) {
     if (p->B < 1 || p->T < 0 || p->H < 1 || p->P < 1 || p->N < 1 || p->G < 1 || p->H % p->G)
-        return dn_fail(DN_ERR_SHAPE, "%s: need B, H, P, N, G >= 1, T >= 0, H %% G == 0 (B=%lld "
-                                     "T=%lld H=%lld P=%lld N=%lld G=%lld)",
+        return dn_fail(DN_ERR_SHAPE,
+                       "%s: need B, H, P, N, G >= 1, T >= 0, H %% G == 0 (B=%lld "
+                       "T=%lld H=%lld P=%lld N=%lld G=%lld)",
                        op, (long long)p->B, (long long)p->T, (long long)p->H, (long long)p->P,
                        (long long)p->N, (long long)p->G);
     if (p->N > DN_LA_MAX_DIM || p->P > DN_LA_MAX_DIM)
@@ -197,7 +203,7 @@ static dn_status mamba2_check(const dn_mamba2_params *p) {
     dn_arg a[DN_MAX_ARGS];
     int n = mamba2_args(p, a);
     a[n++] = (dn_arg){"y", p->y, p->y_s, p->B, p->T, p->H, p->P, 1, 0, 0};
-    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(p->H, p->N, p->P), p->B, p->H, p->N, p->P, 1, 1, 1};
+    a[n++] = dn_arg_flat("final_state", p->final_state, p->B, p->H, p->N, p->P, 1, 1, 1);
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     return check_A(op, p->A, p->H);
 }
@@ -264,9 +270,12 @@ dn_status dn_mamba2_backward(const dn_mamba2_bwd_params *bp) {
     const char *op = "mamba2 backward";
     dn_status st = mamba2_shape(p, op);
     if (st != DN_OK) return st;
-    if ((p->Dskip != NULL) != (bp->dDskip != NULL) || (p->dt_bias != NULL) != (bp->ddt_bias != NULL))
-        return dn_fail(DN_ERR_ARG, "%s: dDskip and ddt_bias must be given exactly when Dskip and "
-                                   "dt_bias are", op);
+    if ((p->Dskip != NULL) != (bp->dDskip != NULL) ||
+        (p->dt_bias != NULL) != (bp->ddt_bias != NULL))
+        return dn_fail(DN_ERR_ARG,
+                       "%s: dDskip and ddt_bias must be given exactly when Dskip and "
+                       "dt_bias are",
+                       op);
     {
         const int64_t B = p->B, T = p->T, H = p->H, P = p->P, N = p->N, G = p->G;
         const dn_strides vec = dn_contiguous(1, 1, H), sst = dn_contiguous(H, N, P);
@@ -288,8 +297,10 @@ dn_status dn_mamba2_backward(const dn_mamba2_bwd_params *bp) {
     if (p->impl == DN_IMPL_RECURRENT)
         return dn_fail(DN_ERR_UNSUPPORTED, "%s: the backward is chunkwise (or DN_IMPL_REF)", op);
     const int64_t B = p->B, T = p->T, H = p->H, P = p->P, rows = B * T * H;
-    float *g = dn_alloc(sizeof(float) * (size_t)(rows + 1)), *v = dn_alloc(sizeof(float) * (size_t)(rows * P + 1));
-    float *dtp = dn_alloc(sizeof(float) * (size_t)(rows + 1)), *dg = dn_alloc(sizeof(float) * (size_t)(rows + 1));
+    float *g = dn_alloc(sizeof(float) * (size_t)(rows + 1)),
+          *v = dn_alloc(sizeof(float) * (size_t)(rows * P + 1));
+    float *dtp = dn_alloc(sizeof(float) * (size_t)(rows + 1)),
+          *dg = dn_alloc(sizeof(float) * (size_t)(rows + 1));
     float *dv = dn_alloc(sizeof(float) * (size_t)(rows * P + 1));
     if (!g || !v || !dtp || !dg || !dv) {
         dn_free(g), dn_free(v), dn_free(dtp), dn_free(dg), dn_free(dv);

@@ -46,7 +46,7 @@ static dn_status rwkv4_check(const dn_rwkv4_params *p) {
     dn_arg a[DN_MAX_ARGS];
     int n = fwd_args(p, a);
     a[n++] = (dn_arg){"y", p->y, p->y_s, p->B, p->T, 1, p->C, 1, 0, 0};
-    a[n++] = (dn_arg){"final_state", p->final_state, dn_contiguous(1, 3, p->C), p->B, 1, 3, p->C, 1, 1, 1};
+    a[n++] = dn_arg_flat("final_state", p->final_state, p->B, 1, 3, p->C, 1, 1, 1);
     return dn_check_args(op, a, n);
 }
 

@@ -33,7 +33,8 @@ static inline float rng_uniform(rng *r, float lo, float hi) { /* [lo, hi) */
     return lo + (hi - lo) * (float)((rng_next(r) >> 40) * (1.0 / 16777216.0));
 }
 static inline void fill_uniform(rng *r, float *x, int64_t n, float lo, float hi) {
-    for (int64_t i = 0; i < n; i++) x[i] = rng_uniform(r, lo, hi);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = rng_uniform(r, lo, hi);
 }
 
 static inline float *falloc(int64_t n) {
@@ -45,7 +46,8 @@ static inline float *falloc(int64_t n) {
     return p;
 }
 static inline void poison(float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) x[i] = NAN;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = NAN;
 }
 
 /* Relative RMS error of got against ref over n elements with strides: sqrt(sum d^2 / sum r^2).
@@ -95,8 +97,9 @@ static inline int test_use_isa(dn_isa isa) {
  * that exp(g) underflows or a cumulative sum swallows its small terms. */
 #define N_RESET_PATTERNS 7
 static const char *const reset_names[N_RESET_PATTERNS] = {
-    "-inf at t=0,16,37,64,T-1", "-inf everywhere", "-1e30 at t=5,64,100", "-FLT_MAX at t=0,33,127,128",
-    "-80 from t=10 on", "-200 on runs, -inf on head 1 only", "-inf on the first 70 tokens"};
+    "-inf at t=0,16,37,64,T-1",   "-inf everywhere",  "-1e30 at t=5,64,100",
+    "-FLT_MAX at t=0,33,127,128", "-80 from t=10 on", "-200 on runs, -inf on head 1 only",
+    "-inf on the first 70 tokens"};
 
 /* The gate of token t (of T) and value head h under a pattern, else the random base. */
 static inline float reset_gate(int pattern, int64_t t, int64_t T, int64_t h, float base) {
@@ -113,7 +116,8 @@ static inline float reset_gate(int pattern, int64_t t, int64_t T, int64_t h, flo
 
 /* Bitwise equality with an earlier run of the same call (reproducibility); reports the first
  * element that differs. Returns 1 on failure. */
-static inline int check_same_bits(const char *what, const float *got, const float *first, int64_t n) {
+static inline int check_same_bits(const char *what, const float *got, const float *first,
+                                  int64_t n) {
     for (int64_t i = 0; i < n; i++)
         if (memcmp(got + i, first + i, sizeof(float)) != 0) {
             printf("    FAIL %s: not bitwise reproducible, [%lld] %.9g then %.9g\n", what,
@@ -147,16 +151,18 @@ static inline int check_alloc_failures(const char *what, test_call_fn call, void
         dn_fault_fail_alloc_after(-1);
         int done = st == DN_OK;
         if (!done && st != DN_ERR_ALLOC) {
-            printf("    FAIL %s: allocation %ld failing gave '%s', not an allocation error\n", what, k,
-                   dn_status_str(st));
+            printf("    FAIL %s: allocation %ld failing gave '%s', not an allocation error\n", what,
+                   k, dn_status_str(st));
             fails++;
         }
         for (int i = 0; !done && i < nout && i < 16; i++)
             if (memcmp(before[i], out[i], sizeof(float) * (size_t)n[i]) != 0) {
-                printf("    FAIL %s: allocation %ld failed, yet output %d was written\n", what, k, i);
+                printf("    FAIL %s: allocation %ld failed, yet output %d was written\n", what, k,
+                       i);
                 fails++;
             }
-        for (int i = 0; i < nout && i < 16; i++) free(before[i]);
+        for (int i = 0; i < nout && i < 16; i++)
+            free(before[i]);
         if (done || fails) break;
     }
     *reached = k;

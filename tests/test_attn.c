@@ -79,7 +79,8 @@ static int arun(aproblem *a, dn_impl impl, float *o_out, float *lse_out, const c
         if (a->omask[i] && !isfinite(a->obuf[i])) unwritten++;
         if (!a->omask[i] && !isnan(a->obuf[i])) stray++;
     }
-    for (int64_t i = 0; i < p.B * p.H * p.TQ; i++) unwritten += isnan(a->lse[i]);
+    for (int64_t i = 0; i < p.B * p.H * p.TQ; i++)
+        unwritten += isnan(a->lse[i]);
     CHECK(unwritten == 0 && stray == 0, "%s: %lld unwritten, %lld stray writes", what,
           (long long)unwritten, (long long)stray);
     for (int64_t b = 0; b < p.B; b++)
@@ -141,9 +142,11 @@ static int test_prefill_grid(void) {
                 aproblem a;
                 aproblem_init(&a, B, T, T, H, HKV, D, W, idx % 2, 1.0f, 100 + idx);
                 char label[160];
-                snprintf(label, sizeof label, "attn B=%lld T=%lld H=%lld HKV=%lld D=%lld W=%lld "
-                         "strided=%d", (long long)B, (long long)T, (long long)H, (long long)HKV,
-                         (long long)D, (long long)W, idx % 2);
+                snprintf(label, sizeof label,
+                         "attn B=%lld T=%lld H=%lld HKV=%lld D=%lld W=%lld "
+                         "strided=%d",
+                         (long long)B, (long long)T, (long long)H, (long long)HKV, (long long)D,
+                         (long long)W, idx % 2);
                 int f = check_prefill(&a, label);
                 if (f) printf("  case: %s\n", label);
                 fails += f;
@@ -156,8 +159,8 @@ static int test_prefill_grid(void) {
  * (the first rows see no key: zeros and lse = -inf). */
 static int test_prefill_offsets(void) {
     /* TQ, TK, window, D: head dims up to 256, and 72 (not a multiple of any vector width) */
-    static const int64_t shapes[][4] = {{17, 300, 0, 64},  {64, 129, 50, 64}, {40, 25, 0, 64},
-                                        {7, 3, 2, 64},     {90, 90, 0, 256},  {33, 200, 40, 256},
+    static const int64_t shapes[][4] = {{17, 300, 0, 64}, {64, 129, 50, 64}, {40, 25, 0, 64},
+                                        {7, 3, 2, 64},    {90, 90, 0, 256},  {33, 200, 40, 256},
                                         {150, 150, 0, 72}};
     int fails = 0;
     for (int i = 0; i < 7; i++) {
@@ -169,11 +172,13 @@ static int test_prefill_offsets(void) {
                  (long long)shapes[i][1], (long long)shapes[i][2], (long long)shapes[i][3]);
         fails += check_prefill(&a, label);
         if (shapes[i][0] > shapes[i][1]) { /* rows 0 .. TQ-TK-1 see nothing */
-            float *o = falloc(2 * shapes[i][0] * 4 * shapes[i][3]), *l = falloc(2 * 4 * shapes[i][0]);
+            float *o = falloc(2 * shapes[i][0] * 4 * shapes[i][3]),
+                  *l = falloc(2 * 4 * shapes[i][0]);
             fails += arun(&a, DN_IMPL_AUTO, o, l, label);
             int64_t nz = 0;
             for (int64_t t = 0; t < shapes[i][0] - shapes[i][1]; t++)
-                for (int64_t x = 0; x < 4 * shapes[i][3]; x++) nz += o[t * 4 * shapes[i][3] + x] != 0.0f;
+                for (int64_t x = 0; x < 4 * shapes[i][3]; x++)
+                    nz += o[t * 4 * shapes[i][3] + x] != 0.0f;
             CHECK(nz == 0 && isinf(l[0]) && l[0] < 0, "%s: rows with no key are not zero", label);
             free(o), free(l);
         }
@@ -194,7 +199,8 @@ static int test_extreme_logits(void) {
     float *o_ref = falloc(no), *l_ref = falloc(400), *o = falloc(no), *l = falloc(400);
     fails += arun(&a, DN_IMPL_REF, o_ref, l_ref, "extreme ref");
     float maxs = 0;
-    for (int64_t i = 0; i < 400; i++) maxs = fabsf(l_ref[i]) > maxs ? fabsf(l_ref[i]) : maxs;
+    for (int64_t i = 0; i < 400; i++)
+        maxs = fabsf(l_ref[i]) > maxs ? fabsf(l_ref[i]) : maxs;
     CHECK(maxs > 5000, "the test's logits are not extreme (max lse %g)", maxs);
     fails += arun(&a, DN_IMPL_AUTO, o, l, "extreme logits");
     fails += check_close("extreme logits", o, o_ref, no, 1e-2);
@@ -217,11 +223,13 @@ static int decode_case(dn_dtype dt, int64_t window, int64_t TQstep, int grow, ui
     aproblem r = a;
     float *kr = falloc(a.nk), *vr = falloc(a.nv);
     for (int64_t i = 0; i < a.nk; i++)
-        kr[i] = dt == DN_F32 ? a.k[i] : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(a.k[i]))
-                                                     : dn_bf16_to_f32(dn_f32_to_bf16(a.k[i]));
+        kr[i] = dt == DN_F32   ? a.k[i]
+                : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(a.k[i]))
+                               : dn_bf16_to_f32(dn_f32_to_bf16(a.k[i]));
     for (int64_t i = 0; i < a.nv; i++)
-        vr[i] = dt == DN_F32 ? a.v[i] : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(a.v[i]))
-                                                     : dn_bf16_to_f32(dn_f32_to_bf16(a.v[i]));
+        vr[i] = dt == DN_F32   ? a.v[i]
+                : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(a.v[i]))
+                               : dn_bf16_to_f32(dn_f32_to_bf16(a.v[i]));
     r.p.k = kr, r.p.v = vr;
     fails += arun(&r, DN_IMPL_REF, o_ref, l_ref, "decode ref");
     float *o_exact = falloc(no), *l_exact = falloc(B * H * T);
@@ -275,7 +283,9 @@ static int test_decode(void) {
         for (int dt = 0; dt < DN_DTYPE_COUNT; dt++) {
             int f = decode_case((dn_dtype)dt, 0, 1, 0, 11 + dt);
             f += decode_case((dn_dtype)dt, 33, 3, 1, 21 + dt);
-            if (f) printf("  isa %s dtype %s\n", dn_isa_name((dn_isa)isa), dn_dtype_name((dn_dtype)dt));
+            if (f)
+                printf("  isa %s dtype %s\n", dn_isa_name((dn_isa)isa),
+                       dn_dtype_name((dn_dtype)dt));
             fails += f;
         }
     }
@@ -313,14 +323,15 @@ static int test_half_conversions(void) {
         float f;
         uint16_t h, bf;
     } cases[] = {
-        {1.0f, 0x3c00, 0x3f80},         {-2.0f, 0xc000, 0xc000},      {65504.0f, 0x7bff, 0x4780},
-        {65520.0f, 0x7c00, 0x4780},     {5.9604645e-8f, 0x0001, 0x3380}, {0.0f, 0x0000, 0x0000},
+        {1.0f, 0x3c00, 0x3f80},           {-2.0f, 0xc000, 0xc000},
+        {65504.0f, 0x7bff, 0x4780},       {65520.0f, 0x7c00, 0x4780},
+        {5.9604645e-8f, 0x0001, 0x3380},  {0.0f, 0x0000, 0x0000},
         {1.00048828125f, 0x3c00, 0x3f80}, /* halfway between two halves: ties to even */
         {1.00146484375f, 0x3c02, 0x3f80}, /* halfway, rounds up to even */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        CHECK(dn_f32_to_f16(cases[i].f) == cases[i].h, "f16(%g) = 0x%04x, want 0x%04x",
-              cases[i].f, dn_f32_to_f16(cases[i].f), cases[i].h);
+        CHECK(dn_f32_to_f16(cases[i].f) == cases[i].h, "f16(%g) = 0x%04x, want 0x%04x", cases[i].f,
+              dn_f32_to_f16(cases[i].f), cases[i].h);
         CHECK(dn_f32_to_bf16(cases[i].f) == cases[i].bf, "bf16(%g) = 0x%04x, want 0x%04x",
               cases[i].f, dn_f32_to_bf16(cases[i].f), cases[i].bf);
     }
@@ -364,7 +375,8 @@ static int test_attn_bad_input(void) {
         dn_status want;
     } cases[12];
     int n = 0;
-    for (int i = 0; i < 12; i++) cases[i].p = a.p;
+    for (int i = 0; i < 12; i++)
+        cases[i].p = a.p;
     cases[n].name = "H not a multiple of HKV", cases[n].p.H = 5, cases[n++].want = DN_ERR_SHAPE;
     cases[n].name = "D > 256", cases[n].p.D = 300, cases[n++].want = DN_ERR_SHAPE;
     cases[n].name = "B = 0", cases[n].p.B = 0, cases[n++].want = DN_ERR_SHAPE;
@@ -372,7 +384,8 @@ static int test_attn_bad_input(void) {
     cases[n].name = "v NULL", cases[n].p.v = NULL, cases[n++].want = DN_ERR_NULL;
     cases[n].name = "negative window", cases[n].p.window = -1, cases[n++].want = DN_ERR_ARG;
     cases[n].name = "scale inf", cases[n].p.scale = INFINITY, cases[n++].want = DN_ERR_ARG;
-    cases[n].name = "chunk impl", cases[n].p.impl = DN_IMPL_CHUNK, cases[n++].want = DN_ERR_UNSUPPORTED;
+    cases[n].name = "chunk impl", cases[n].p.impl = DN_IMPL_CHUNK,
+    cases[n++].want = DN_ERR_UNSUPPORTED;
     cases[n].name = "overlapping o", cases[n].p.o_s.t = 1, cases[n++].want = DN_ERR_STRIDE;
     cases[n].name = "negative stride", cases[n].p.k_s.h = -3, cases[n++].want = DN_ERR_STRIDE;
     for (int i = 0; i < n; i++) {
@@ -396,9 +409,11 @@ static int test_attn_bad_input(void) {
     CHECK(s == DN_ERR_FULL, "overflow: got %s", dn_status_str(s));
     CHECK(dn_kv_cache_len(c) == 20 && dn_kv_cache_bytes(c) == bytes, "overflow changed the cache");
     CHECK(dn_kv_cache_append(c, NULL, a.p.k_s, a.v, a.p.v_s, 1) == DN_ERR_NULL, "NULL k");
-    CHECK(dn_kv_cache_attend(c, a.obuf, a.p.o_s, NULL, a.q, a.p.q_s, 20, 3, 0, 0, 0) == DN_ERR_SHAPE,
+    CHECK(dn_kv_cache_attend(c, a.obuf, a.p.o_s, NULL, a.q, a.p.q_s, 20, 3, 0, 0, 0) ==
+              DN_ERR_SHAPE,
           "H = 3 with HKV = 2");
-    CHECK(dn_kv_cache_attend(c, a.obuf, a.p.o_s, NULL, NULL, a.p.q_s, 20, 4, 0, 0, 0) == DN_ERR_NULL,
+    CHECK(dn_kv_cache_attend(c, a.obuf, a.p.o_s, NULL, NULL, a.p.q_s, 20, 4, 0, 0, 0) ==
+              DN_ERR_NULL,
           "NULL q");
     CHECK(memcmp(copy, a.obuf, sizeof(float) * a.nobuf) == 0, "rejected attend changed o");
     CHECK(dn_kv_cache_reset(c) == DN_OK && dn_kv_cache_len(c) == 0, "reset");
@@ -458,11 +473,12 @@ static int masked_poison_case(const poison_case *pc, int idx) {
         }
     char label[160];
     static const char *const names[4] = {"v", "k", "q", "dout"};
-    snprintf(label, sizeof label, "TQ=%lld TK=%lld W=%lld %s[%lld]=%g", (long long)TQ, (long long)TK,
-             (long long)W, names[pc->what], (long long)pc->pos, pc->val);
+    snprintf(label, sizeof label, "TQ=%lld TK=%lld W=%lld %s[%lld]=%g", (long long)TQ,
+             (long long)TK, (long long)W, names[pc->what], (long long)pc->pos, pc->val);
     dn_attn_params p = dn_attn_params_default(B, TK, H, HKV, D);
     p.TQ = TQ, p.q_s = p.o_s = (dn_strides){TQ * H * D, H * D, D}, p.window = W;
-    float *o_ref = falloc(nq), *l_ref = falloc(B * H * TQ), *o = falloc(nq), *l = falloc(B * H * TQ);
+    float *o_ref = falloc(nq), *l_ref = falloc(B * H * TQ), *o = falloc(nq),
+          *l = falloc(B * H * TQ);
     p.q = q, p.k = k, p.v = v, p.o = o_ref, p.lse = l_ref, p.impl = DN_IMPL_REF;
     CHECK(dn_attn_forward(&p) == DN_OK, "%s", dn_last_error());
     char what[240];
@@ -480,16 +496,19 @@ static int masked_poison_case(const poison_case *pc, int idx) {
         for (int dt = 0; dt < DN_DTYPE_COUNT && pc->what < 2; dt++) {
             float *kr = falloc(nk), *vr = falloc(nk), *o_r = falloc(nq), *o_d = falloc(nq);
             for (int64_t i = 0; i < nk; i++) {
-                kr[i] = dt == DN_F32 ? k[i] : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(k[i]))
-                                                           : dn_bf16_to_f32(dn_f32_to_bf16(k[i]));
-                vr[i] = dt == DN_F32 ? v[i] : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(v[i]))
-                                                           : dn_bf16_to_f32(dn_f32_to_bf16(v[i]));
+                kr[i] = dt == DN_F32   ? k[i]
+                        : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(k[i]))
+                                       : dn_bf16_to_f32(dn_f32_to_bf16(k[i]));
+                vr[i] = dt == DN_F32   ? v[i]
+                        : dt == DN_F16 ? dn_f16_to_f32(dn_f32_to_f16(v[i]))
+                                       : dn_bf16_to_f32(dn_f32_to_bf16(v[i]));
             }
             dn_attn_params rr = p;
             rr.k = kr, rr.v = vr, rr.o = o_r, rr.lse = NULL;
             CHECK(dn_attn_forward(&rr) == DN_OK, "%s", dn_last_error());
             dn_kv_cache *c = NULL;
-            CHECK(dn_kv_cache_create(&c, B, HKV, D, TK, (dn_dtype)dt, 0) == DN_OK, "%s", dn_last_error());
+            CHECK(dn_kv_cache_create(&c, B, HKV, D, TK, (dn_dtype)dt, 0) == DN_OK, "%s",
+                  dn_last_error());
             CHECK(dn_kv_cache_append(c, k, p.k_s, v, p.v_s, TK) == DN_OK, "%s", dn_last_error());
             poison(o_d, nq);
             CHECK(dn_kv_cache_attend(c, o_d, p.o_s, NULL, q, p.q_s, TQ, H, p.scale, W, 0) == DN_OK,
@@ -502,7 +521,8 @@ static int masked_poison_case(const poison_case *pc, int idx) {
         }
         /* backward, from the reference forward's o and lse */
         float *gr[2][3];
-        for (int w = 0; w < 2; w++) gr[w][0] = falloc(nq), gr[w][1] = falloc(nk), gr[w][2] = falloc(nk);
+        for (int w = 0; w < 2; w++)
+            gr[w][0] = falloc(nq), gr[w][1] = falloc(nk), gr[w][2] = falloc(nk);
         for (int w = 0; w < 2; w++) {
             dn_attn_bwd_params b = dn_attn_bwd_params_default(&p);
             b.fwd.impl = w == 0 ? DN_IMPL_REF : DN_IMPL_AUTO;
@@ -516,17 +536,20 @@ static int masked_poison_case(const poison_case *pc, int idx) {
         static const char *const gn[3] = {"dq", "dk", "dv"};
         float *cg[2][3];
         int64_t ncl[3] = {0, 0, 0};
-        for (int w = 0; w < 2; w++) cg[w][0] = falloc(nq), cg[w][1] = falloc(nk), cg[w][2] = falloc(nk);
+        for (int w = 0; w < 2; w++)
+            cg[w][0] = falloc(nq), cg[w][1] = falloc(nk), cg[w][2] = falloc(nk);
         for (int64_t i = 0; i < TQ; i++) {
             if (pc->what < 2 ? !sees(TQ, TK, W, i, pc->pos) : i != pc->pos) {
-                for (int w = 0; w < 2; w++) memcpy(cg[w][0] + ncl[0], gr[w][0] + i * H * D, sizeof(float) * H * D);
+                for (int w = 0; w < 2; w++)
+                    memcpy(cg[w][0] + ncl[0], gr[w][0] + i * H * D, sizeof(float) * H * D);
                 ncl[0] += H * D;
             }
         }
         for (int64_t j = 0; j < TK; j++) {
             int dirty = 0;
             for (int64_t i = 0; i < TQ; i++)
-                dirty |= (pc->what < 2 ? sees(TQ, TK, W, i, pc->pos) : i == pc->pos) && sees(TQ, TK, W, i, j);
+                dirty |= (pc->what < 2 ? sees(TQ, TK, W, i, pc->pos) : i == pc->pos) &&
+                         sees(TQ, TK, W, i, j);
             if (dirty) continue;
             for (int a = 1; a < 3; a++) {
                 for (int w = 0; w < 2; w++)
@@ -535,16 +558,18 @@ static int masked_poison_case(const poison_case *pc, int idx) {
             }
         }
         for (int a = 0; a < 3; a++) {
-            snprintf(what, sizeof what, "%s %s backward %s (%lld clean)", label, dn_isa_name((dn_isa)isa),
-                     gn[a], (long long)ncl[a]);
+            snprintf(what, sizeof what, "%s %s backward %s (%lld clean)", label,
+                     dn_isa_name((dn_isa)isa), gn[a], (long long)ncl[a]);
             fails += check_close(what, cg[0][a], cg[0][a], ncl[a], 0); /* the reference: finite */
             fails += check_close(what, cg[1][a], cg[0][a], ncl[a], 1e-5);
         }
-        for (int w = 0; w < 2; w++) free(cg[w][0]), free(cg[w][1]), free(cg[w][2]);
+        for (int w = 0; w < 2; w++)
+            free(cg[w][0]), free(cg[w][1]), free(cg[w][2]);
         /* keys no query sees: gradients exactly 0 in both */
         for (int64_t j = 0; j < TK; j++) {
             int seen = 0;
-            for (int64_t i = 0; i < TQ; i++) seen |= sees(TQ, TK, W, i, j);
+            for (int64_t i = 0; i < TQ; i++)
+                seen |= sees(TQ, TK, W, i, j);
             if (seen) continue;
             for (int64_t x = 0; x < HKV * D; x++)
                 for (int w = 0; w < 2; w++)
@@ -553,7 +578,8 @@ static int masked_poison_case(const poison_case *pc, int idx) {
                           dn_isa_name((dn_isa)isa), (long long)j, gr[w][1][j * HKV * D + x],
                           gr[w][2][j * HKV * D + x], w ? "fast" : "ref");
         }
-        for (int w = 0; w < 2; w++) free(gr[w][0]), free(gr[w][1]), free(gr[w][2]);
+        for (int w = 0; w < 2; w++)
+            free(gr[w][0]), free(gr[w][1]), free(gr[w][2]);
     }
     dn_set_isa(best);
     free(q), free(k), free(v), free(dO), free(o_ref), free(l_ref), free(o), free(l);
@@ -563,20 +589,21 @@ static int masked_poison_case(const poison_case *pc, int idx) {
 static int test_masked_poison(void) {
     const float inf = INFINITY, nan = NAN, huge = 1e30f;
     const poison_case cases[] = {
-        {64, 64, 0, 63, 0, inf},    /* the issue: v[63] inf, seen only by the last row */
-        {64, 64, 8, 0, 0, inf},     /* the issue: v[0] inf, outside the window of rows 8.. */
-        {64, 64, 0, 63, 0, nan},  {64, 64, 0, 63, 1, inf},  {64, 64, 0, 63, 1, nan},
-        {64, 64, 0, 63, 1, huge}, {64, 64, 8, 0, 1, nan},   {64, 64, 8, 0, 1, huge},
+        {64, 64, 0, 63, 0, inf}, /* the issue: v[63] inf, seen only by the last row */
+        {64, 64, 8, 0, 0, inf},  /* the issue: v[0] inf, outside the window of rows 8.. */
+        {64, 64, 0, 63, 0, nan},    {64, 64, 0, 63, 1, inf},     {64, 64, 0, 63, 1, nan},
+        {64, 64, 0, 63, 1, huge},   {64, 64, 8, 0, 1, nan},      {64, 64, 8, 0, 1, huge},
         {200, 200, 0, 130, 0, nan}, {200, 200, 0, 130, 1, inf}, /* inside a middle block */
-        {200, 200, 50, 70, 0, inf}, {200, 200, 50, 70, 1, nan},
-        {40, 150, 0, 149, 0, inf},  {40, 150, 0, 149, 1, nan},  /* TQ < TK: future keys */
+        {200, 200, 50, 70, 0, inf}, {200, 200, 50, 70, 1, nan},  {40, 150, 0, 149, 0, inf},
+        {40, 150, 0, 149, 1, nan},                              /* TQ < TK: future keys */
         {40, 150, 30, 100, 0, nan}, {40, 150, 30, 100, 1, inf}, /* before every query's window */
-        {70, 64, 0, 63, 0, inf},    /* TQ > TK: rows that see no key */
+        {70, 64, 0, 63, 0, inf},                                /* TQ > TK: rows that see no key */
         {64, 64, 0, 5, 2, inf},     {200, 200, 16, 20, 2, nan}, /* a query: keys it cannot see */
         {64, 64, 0, 5, 3, inf},     {200, 200, 16, 150, 3, nan},
     };
     int fails = 0;
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) fails += masked_poison_case(&cases[i], (int)i);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        fails += masked_poison_case(&cases[i], (int)i);
     return fails;
 }
 
@@ -586,7 +613,9 @@ static int test_attn_bwd_reproducible(void) {
     int fails = 0;
     static const struct {
         int64_t B, TQ, TK, H, HKV, D, W;
-    } shapes[] = {{1, 320, 320, 4, 1, 40, 0}, {2, 200, 330, 4, 2, 32, 0}, {1, 300, 300, 2, 1, 64, 100},
+    } shapes[] = {{1, 320, 320, 4, 1, 40, 0},
+                  {2, 200, 330, 4, 2, 32, 0},
+                  {1, 300, 300, 2, 1, 64, 100},
                   {3, 150, 150, 3, 1, 16, 0}};
     for (int si = 0; si < 4; si++) {
         aproblem a;
@@ -601,25 +630,28 @@ static int test_attn_bwd_reproducible(void) {
         fill_uniform(&r, dO, nq, -1, 1);
         const int64_t sz[3] = {nq, nk, nk};
         for (int w = 0; w < 2; w++)
-            for (int i = 0; i < 3; i++) g[w][i] = falloc(sz[i]);
+            for (int i = 0; i < 3; i++)
+                g[w][i] = falloc(sz[i]);
         for (int rep = 0; rep < REPEATS; rep++) {
             const int w = rep > 0;
-            for (int i = 0; i < 3; i++) poison(g[w][i], sz[i]);
+            for (int i = 0; i < 3; i++)
+                poison(g[w][i], sz[i]);
             dn_attn_bwd_params b = dn_attn_bwd_params_default(&a.p);
             b.dout = dO, b.dq = g[w][0], b.dk = g[w][1], b.dv = g[w][2];
             CHECK(dn_attn_backward(&b) == DN_OK, "%s", dn_last_error());
             static const char *const nm[3] = {"dq", "dk", "dv"};
             for (int i = 0; w && i < 3; i++) {
                 char what[120];
-                snprintf(what, sizeof what, "attn bwd B=%lld TQ=%lld TK=%lld H=%lld HKV=%lld run %d %s",
-                         (long long)B, (long long)TQ, (long long)TK, (long long)H, (long long)HKV,
-                         rep, nm[i]);
+                snprintf(what, sizeof what,
+                         "attn bwd B=%lld TQ=%lld TK=%lld H=%lld HKV=%lld run %d %s", (long long)B,
+                         (long long)TQ, (long long)TK, (long long)H, (long long)HKV, rep, nm[i]);
                 fails += check_same_bits(what, g[1][i], g[0][i], sz[i]);
             }
         }
         free(dO);
         for (int w = 0; w < 2; w++)
-            for (int i = 0; i < 3; i++) free(g[w][i]);
+            for (int i = 0; i < 3; i++)
+                free(g[w][i]);
         aproblem_free(&a);
         if (fails) break;
     }
@@ -654,7 +686,6 @@ static int test_attn_alloc_failures(void) {
     return fails;
 }
 
-
 /* A window near INT64_MAX cuts nothing: the tiled forward, the backward and the cache's decode
  * plan computed the window's first key / last query as pos - W + 1 or j + W - 1, a signed
  * overflow (the backward's wrapped bound skipped every query row: dq = dk = dv = 0; found by
@@ -680,7 +711,8 @@ static int test_huge_window(void) {
         CHECK(dn_attn_backward(&b) == DN_OK, "%s", dn_last_error());
     }
     CHECK(!memcmp(o[0], o[1], sizeof(float) * (size_t)n), "huge window: forward o differs");
-    CHECK(!memcmp(lse[0], lse[1], sizeof(float) * (size_t)(B * H * TQ)), "huge window: lse differs");
+    CHECK(!memcmp(lse[0], lse[1], sizeof(float) * (size_t)(B * H * TQ)),
+          "huge window: lse differs");
     CHECK(!memcmp(g[0][0], g[1][0], sizeof(float) * (size_t)n), "huge window: dq differs");
     CHECK(!memcmp(g[0][1], g[1][1], sizeof(float) * (size_t)nk), "huge window: dk differs");
     CHECK(!memcmp(g[0][2], g[1][2], sizeof(float) * (size_t)nk), "huge window: dv differs");
@@ -694,15 +726,17 @@ static int test_huge_window(void) {
         const dn_strides qs = {tq * H * D, H * D, D};
         float *oc[2] = {falloc(B * tq * H * D), falloc(B * tq * H * D)};
         for (int w = 0; w < 2; w++)
-            CHECK(dn_kv_cache_attend(kv, oc[w], qs, NULL, q, qs, tq, H, 0.2f, w ? INT64_MAX : 0, 1)
-                      == DN_OK, "%s", dn_last_error());
+            CHECK(dn_kv_cache_attend(kv, oc[w], qs, NULL, q, qs, tq, H, 0.2f, w ? INT64_MAX : 0,
+                                     1) == DN_OK,
+                  "%s", dn_last_error());
         CHECK(!memcmp(oc[0], oc[1], sizeof(float) * (size_t)(B * tq * H * D)),
               "huge window: cache attend differs");
         free(oc[0]), free(oc[1]);
         dn_kv_cache_free(kv);
     }
     free(q), free(k), free(v), free(dO);
-    for (int w = 0; w < 2; w++) free(o[w]), free(lse[w]), free(g[w][0]), free(g[w][1]), free(g[w][2]);
+    for (int w = 0; w < 2; w++)
+        free(o[w]), free(lse[w]), free(g[w][0]), free(g[w][1]), free(g[w][2]);
     return fails;
 }
 

@@ -57,7 +57,7 @@ static int test_compare_smoke(void) {
     snprintf(json, sizeof json, "%s/out/compare.json", dir);
     snprintf(log, sizeof log, "%s/stdout.txt", dir);
     char *argv[] = {"compare", "--lengths", "32,64,128", "--contexts", "64,256", "--heads", "2",
-                    "--dim", "32", "--quick", "--out", out, NULL};
+                    "--dim",   "32",        "--quick",   "--out",      out,      NULL};
     fflush(stdout);
     int saved = dup(1), fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 1);
@@ -73,22 +73,34 @@ static int test_compare_smoke(void) {
               strstr(text, "== Memory capacity"),
           "the terminal report misses a table");
     static const char *const names[] = {"softmax_attn", "linear_attn", "mamba2", "deltanet",
-                                        "gdn", "rwkv4", "mamba1"};
-    for (int i = 0; i < 7 && text; i++) CHECK(strstr(text, names[i]), "no row for %s", names[i]);
+                                        "gdn",          "rwkv4",       "mamba1"};
+    for (int i = 0; i < 7 && text; i++)
+        CHECK(strstr(text, names[i]), "no row for %s", names[i]);
     char *js = slurp(json);
     CHECK(js != NULL, "no compare.json");
     if (js) {
-        static const char *const keys[] = {"\"machine\"", "\"build\"", "\"records\"",
-                                           "\"kind\": \"prefill\"", "\"kind\": \"decode\"",
-                                           "\"kind\": \"fit\"", "\"kind\": \"capacity\"",
-                                           "\"seconds\"", "\"gflops\"", "\"peak_bytes\"",
-                                           "\"seconds_per_token\"", "\"state_bytes_computed\"",
-                                           "\"prefill_exponent\"", "\"crossover_T\"", "\"rel_error\""};
+        static const char *const keys[] = {"\"machine\"",
+                                           "\"build\"",
+                                           "\"records\"",
+                                           "\"kind\": \"prefill\"",
+                                           "\"kind\": \"decode\"",
+                                           "\"kind\": \"fit\"",
+                                           "\"kind\": \"capacity\"",
+                                           "\"seconds\"",
+                                           "\"gflops\"",
+                                           "\"peak_bytes\"",
+                                           "\"seconds_per_token\"",
+                                           "\"state_bytes_computed\"",
+                                           "\"prefill_exponent\"",
+                                           "\"crossover_T\"",
+                                           "\"rel_error\""};
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
             CHECK(strstr(js, keys[i]), "compare.json has no %s", keys[i]);
         int opens = 0, closes = 0;
-        for (char *p = js; *p; p++) opens += *p == '{' || *p == '[', closes += *p == '}' || *p == ']';
-        CHECK(opens == closes && opens > 10, "compare.json brackets unbalanced (%d vs %d)", opens, closes);
+        for (char *p = js; *p; p++)
+            opens += *p == '{' || *p == '[', closes += *p == '}' || *p == ']';
+        CHECK(opens == closes && opens > 10, "compare.json brackets unbalanced (%d vs %d)", opens,
+              closes);
         CHECK(!strstr(js, "nan") && !strstr(js, "inf"), "compare.json holds a non-finite number");
     }
     static const char *const charts[] = {"prefill_time.svg", "decode_time.svg", "state_bytes.svg",
@@ -127,35 +139,45 @@ static int test_capacity_closed_form(void) {
     for (int i = 0; i < 4; i++) {
         double mean = 0;
         for (int s = 0; s < 8; s++) {
-            CHECK(dn_compare_capacity(DN_OP_LINEAR_ATTN, K, Ns[i], 0, 0, 0, 100 + s, &e, &a, NULL) ==
-                      DN_OK, "run");
+            CHECK(dn_compare_capacity(DN_OP_LINEAR_ATTN, K, Ns[i], 0, 0, 0, 100 + s, &e, &a,
+                                      NULL) == DN_OK,
+                  "run");
             mean += e / 8;
         }
         const double expect = (double)(Ns[i] - 1) / K;
-        CHECK(fabs(mean - expect) < 0.25 * expect, "linear attention N=%lld: error %.3f, closed "
-              "form (N-1)/K = %.3f", (long long)Ns[i], mean, expect);
+        CHECK(fabs(mean - expect) < 0.25 * expect,
+              "linear attention N=%lld: error %.3f, closed "
+              "form (N-1)/K = %.3f",
+              (long long)Ns[i], mean, expect);
         CHECK(mean > prev, "linear attention's error does not grow with N");
         prev = mean;
     }
     double mean = 0;
     for (int s = 0; s < 8; s++) {
-        CHECK(dn_compare_capacity(DN_OP_LINEAR_ATTN, K, 16, 256, 0, 0, 200 + s, &e, &a, NULL) == DN_OK,
+        CHECK(dn_compare_capacity(DN_OP_LINEAR_ATTN, K, 16, 256, 0, 0, 200 + s, &e, &a, NULL) ==
+                  DN_OK,
               "run");
         mean += e / 8;
     }
     CHECK(fabs(mean - (15.0 + 256) / K) < 0.25 * (15.0 + 256) / K,
-          "linear attention after 256 old pairs: error %.3f, closed form %.3f", mean, (15.0 + 256) / K);
+          "linear attention after 256 old pairs: error %.3f, closed form %.3f", mean,
+          (15.0 + 256) / K);
     for (int64_t N = 8; N <= 256; N *= 4) {
-        CHECK(dn_compare_capacity(DN_OP_DELTANET, K, N, 256, 0, 0, 7, &e, &a, &last) == DN_OK, "run");
-        CHECK(last < 1e-9, "deltanet N=%lld after 256 pairs: last pair error %g", (long long)N, last);
+        CHECK(dn_compare_capacity(DN_OP_DELTANET, K, N, 256, 0, 0, 7, &e, &a, &last) == DN_OK,
+              "run");
+        CHECK(last < 1e-9, "deltanet N=%lld after 256 pairs: last pair error %g", (long long)N,
+              last);
     }
     double clean, dirty, gated;
     CHECK(dn_compare_capacity(DN_OP_DELTANET, K, 16, 0, 0, 0, 9, &clean, &a, NULL) == DN_OK, "run");
-    CHECK(dn_compare_capacity(DN_OP_DELTANET, K, 16, 256, 0, 0, 9, &dirty, &a, NULL) == DN_OK, "run");
+    CHECK(dn_compare_capacity(DN_OP_DELTANET, K, 16, 256, 0, 0, 9, &dirty, &a, NULL) == DN_OK,
+          "run");
     CHECK(dn_compare_capacity(DN_OP_GDN, K, 16, 256, 0, 1, 9, &gated, &a, NULL) == DN_OK, "run");
     CHECK(fabs(gated - clean) < 1e-6 * (1 + clean) && dirty > 1.2 * clean,
-          "distractors: clean %.4f, deltanet with them %.4f, gate closed %.4f", clean, dirty, gated);
-    CHECK(dn_compare_capacity(DN_OP_GLA, 0, 4, 0, 0, 0, 1, &e, &a, NULL) != DN_OK, "K = 0 accepted");
+          "distractors: clean %.4f, deltanet with them %.4f, gate closed %.4f", clean, dirty,
+          gated);
+    CHECK(dn_compare_capacity(DN_OP_GLA, 0, 4, 0, 0, 0, 1, &e, &a, NULL) != DN_OK,
+          "K = 0 accepted");
     return fails;
 }
 

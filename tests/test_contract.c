@@ -17,7 +17,8 @@ static float pool_in[POOL], pool_out[POOL], canary[POOL];
 static void pool_reset(void) {
     rng r = {7};
     fill_uniform(&r, pool_in, POOL, 0.0f, 0.5f); /* >= 0: any slice is a valid beta or dt */
-    for (int i = 0; i < POOL; i++) canary[i] = pool_out[i] = (float)(i % 97) - 1000.0f;
+    for (int i = 0; i < POOL; i++)
+        canary[i] = pool_out[i] = (float)(i % 97) - 1000.0f;
 }
 static int pool_untouched(void) { return memcmp(canary, pool_out, sizeof canary) == 0; }
 
@@ -30,7 +31,8 @@ static int test_kv_append_overflow(void) {
     int fails = 0;
     for (int grow = 0; grow < 2; grow++) {
         dn_kv_cache *c = NULL;
-        CHECK(dn_kv_cache_create(&c, 1, 1, 16, 4, DN_F32, grow ? DN_KV_GROW : 0) == DN_OK, "create");
+        CHECK(dn_kv_cache_create(&c, 1, 1, 16, 4, DN_F32, grow ? DN_KV_GROW : 0) == DN_OK,
+              "create");
         if (!c) return fails + 1;
         float k[64], v[64];
         fill_uniform(&(rng){1}, k, 64, -1, 1), fill_uniform(&(rng){2}, v, 64, -1, 1);
@@ -46,8 +48,9 @@ static int test_kv_append_overflow(void) {
              * still overflows, and so would the cache */
             dn_strides z = {0, 0, 16};
             st = dn_kv_cache_append(c, k, z, v, z, Ts[i]);
-            CHECK(st == DN_ERR_SHAPE || st == DN_ERR_FULL, "append T=%lld, zero stride (grow %d): %s",
-                  (long long)Ts[i], grow, dn_status_str(st));
+            CHECK(st == DN_ERR_SHAPE || st == DN_ERR_FULL,
+                  "append T=%lld, zero stride (grow %d): %s", (long long)Ts[i], grow,
+                  dn_status_str(st));
             CHECK(dn_kv_cache_len(c) == 2 && dn_kv_cache_capacity(c) == 4,
                   "a rejected append changed the cache (len %lld, capacity %lld)",
                   (long long)dn_kv_cache_len(c), (long long)dn_kv_cache_capacity(c));
@@ -104,7 +107,8 @@ static int test_overlaps_and_ranges(void) {
     pool_reset();
     dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, H, H, K, V);
     float g[8], beta[8], state[2 * 64];
-    for (int i = 0; i < 8; i++) g[i] = -0.1f, beta[i] = 0.5f;
+    for (int i = 0; i < 8; i++)
+        g[i] = -0.1f, beta[i] = 0.5f;
     p.q = pool_in, p.k = pool_in + 64, p.v = pool_in + 128, p.g = g, p.beta = beta;
     p.o = pool_out;
     CHECK(dn_la_forward(&p) == DN_OK, "baseline: %s", dn_last_error());
@@ -191,8 +195,8 @@ static dn_status w_la_bwd(int64_t B, int64_t T, int64_t X) {
     return dn_la_backward(&b);
 }
 static dn_status w_step(int64_t B, int64_t T, int64_t X) { /* T stands for the heads */
-    return dn_la_step(DN_OP_LINEAR_ATTN, pool_out, pool_out + 2048, pool_in, pool_in, pool_in,
-                      NULL, NULL, B, T, T, X, 4, 0, 0);
+    return dn_la_step(DN_OP_LINEAR_ATTN, pool_out, pool_out + 2048, pool_in, pool_in, pool_in, NULL,
+                      NULL, B, T, T, X, 4, 0, 0);
 }
 static dn_status w_attn(int64_t B, int64_t T, int64_t X) {
     dn_attn_params p = dn_attn_params_default(B, T, X, 1, 8);
@@ -276,12 +280,13 @@ static int test_walk_bad_dims(void) {
         const char *name;
         walk_fn fn;
     } eps[] = {
-        {"dn_la_forward", w_la},       {"dn_la_backward", w_la_bwd},   {"dn_la_step", w_step},
-        {"dn_attn_forward", w_attn},   {"dn_attn_backward", w_attn_bwd}, {"dn_kv_cache", w_kv},
-        {"dn_mamba_forward", w_mamba}, {"dn_mamba_backward", w_mamba_bwd},
-        {"dn_mamba2_forward", w_mamba2}, {"dn_mamba2_backward", w_mamba2_bwd},
-        {"dn_rwkv4_forward", w_rwkv4}, {"dn_rwkv4_backward", w_rwkv4_bwd},
-        {"dn_conv_forward", w_conv},   {"dn_conv_backward", w_conv_bwd},
+        {"dn_la_forward", w_la},          {"dn_la_backward", w_la_bwd},
+        {"dn_la_step", w_step},           {"dn_attn_forward", w_attn},
+        {"dn_attn_backward", w_attn_bwd}, {"dn_kv_cache", w_kv},
+        {"dn_mamba_forward", w_mamba},    {"dn_mamba_backward", w_mamba_bwd},
+        {"dn_mamba2_forward", w_mamba2},  {"dn_mamba2_backward", w_mamba2_bwd},
+        {"dn_rwkv4_forward", w_rwkv4},    {"dn_rwkv4_backward", w_rwkv4_bwd},
+        {"dn_conv_forward", w_conv},      {"dn_conv_backward", w_conv_bwd},
     };
     /* each triple has at least one dimension that is zero where it must be positive, negative,
      * or large enough that some product wraps or no memory could hold it (the pools hold 4096
@@ -289,10 +294,19 @@ static int test_walk_bad_dims(void) {
      * Any rejection will do (an overlap or a failed allocation is a fine reason too); products
      * that wrap are checked for DN_ERR_SHAPE by the tests above. */
     static const int64_t bad[][3] = {
-        {0, 4, 4},         {-1, 4, 4},         {2, -1, 4},        {2, 4, 0},
-        {2, 4, -3},        {INT64_MAX, 4, 4},  {2, INT64_MAX, 4}, {2, 4, INT64_MAX},
-        {(int64_t)1 << 62, 0, 4}, {(int64_t)1 << 32, (int64_t)1 << 32, 4},
-        {(int64_t)1 << 31, 4, (int64_t)1 << 31}, {INT64_MIN, 4, 4}, {2, INT64_MIN, 4},
+        {0, 4, 4},
+        {-1, 4, 4},
+        {2, -1, 4},
+        {2, 4, 0},
+        {2, 4, -3},
+        {INT64_MAX, 4, 4},
+        {2, INT64_MAX, 4},
+        {2, 4, INT64_MAX},
+        {(int64_t)1 << 62, 0, 4},
+        {(int64_t)1 << 32, (int64_t)1 << 32, 4},
+        {(int64_t)1 << 31, 4, (int64_t)1 << 31},
+        {INT64_MIN, 4, 4},
+        {2, INT64_MIN, 4},
         {(int64_t)1 << 40, (int64_t)1 << 40, 1},
     };
     for (size_t e = 0; e < sizeof eps / sizeof eps[0]; e++)
@@ -302,9 +316,9 @@ static int test_walk_bad_dims(void) {
             /* an empty call (T = 0) may succeed, having nothing to write, where the op keeps no
              * per-sequence state whose size the batch sets */
             const int empty = bad[i][1] == 0;
-            CHECK(st != DN_OK || empty,
-                  "%s(B=%lld, T=%lld, X=%lld): status '%s' (%s)", eps[e].name, (long long)bad[i][0],
-                  (long long)bad[i][1], (long long)bad[i][2], dn_status_str(st), dn_last_error());
+            CHECK(st != DN_OK || empty, "%s(B=%lld, T=%lld, X=%lld): status '%s' (%s)", eps[e].name,
+                  (long long)bad[i][0], (long long)bad[i][1], (long long)bad[i][2],
+                  dn_status_str(st), dn_last_error());
             CHECK(pool_untouched(), "%s(B=%lld, T=%lld, X=%lld): a rejected call wrote output",
                   eps[e].name, (long long)bad[i][0], (long long)bad[i][1], (long long)bad[i][2]);
         }

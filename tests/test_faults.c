@@ -33,16 +33,20 @@ static float *out_add(outs *O, const char *name, int64_t n, int accumulate, rng 
     O->n[i] = n;
     O->name[i] = name;
     for (int64_t j = 0; j < n; j++) {
-        if (accumulate) O->init[i][j] = rng_uniform(r, -1, 1);
-        else memcpy(&O->init[i][j], &CANARY, 4);
+        if (accumulate)
+            O->init[i][j] = rng_uniform(r, -1, 1);
+        else
+            memcpy(&O->init[i][j], &CANARY, 4);
     }
     return O->p[i];
 }
 static void outs_reset(outs *O) {
-    for (int i = 0; i < O->no; i++) memcpy(O->p[i], O->init[i], sizeof(float) * (size_t)O->n[i]);
+    for (int i = 0; i < O->no; i++)
+        memcpy(O->p[i], O->init[i], sizeof(float) * (size_t)O->n[i]);
 }
 static void outs_free(outs *O) {
-    for (int i = 0; i < O->no; i++) free(O->p[i]), free(O->init[i]), free(O->base[i]);
+    for (int i = 0; i < O->no; i++)
+        free(O->p[i]), free(O->init[i]), free(O->base[i]);
     O->no = 0;
 }
 static float *in_new(rng *r, int64_t n, float lo, float hi) {
@@ -59,10 +63,12 @@ static int inject(const char *what, fault_fn fn, void *ctx, outs *O) {
     outs_reset(O);
     dn_status st = fn(ctx);
     if (st != DN_OK) {
-        printf("    FAIL %s: uninjected call returned %s (%s)\n", what, dn_status_str(st), dn_last_error());
+        printf("    FAIL %s: uninjected call returned %s (%s)\n", what, dn_status_str(st),
+               dn_last_error());
         return 1;
     }
-    for (int i = 0; i < O->no; i++) memcpy(O->base[i], O->p[i], sizeof(float) * (size_t)O->n[i]);
+    for (int i = 0; i < O->no; i++)
+        memcpy(O->base[i], O->p[i], sizeof(float) * (size_t)O->n[i]);
     long reached = 0;
     for (long n = 0; n < MAXN; n++) {
         outs_reset(O);
@@ -75,9 +81,12 @@ static int inject(const char *what, fault_fn fn, void *ctx, outs *O) {
             for (int i = 0; i < O->no; i++)
                 if (memcmp(O->p[i], O->init[i], sizeof(float) * (size_t)O->n[i])) {
                     int64_t j = 0;
-                    while (!memcmp(&O->p[i][j], &O->init[i][j], 4)) j++;
-                    printf("    FAIL %s: allocation %ld failed, DN_ERR_ALLOC, but output %s changed "
-                           "(element %lld)\n", what, n, O->name[i], (long long)j);
+                    while (!memcmp(&O->p[i][j], &O->init[i][j], 4))
+                        j++;
+                    printf(
+                        "    FAIL %s: allocation %ld failed, DN_ERR_ALLOC, but output %s changed "
+                        "(element %lld)\n",
+                        what, n, O->name[i], (long long)j);
                     fails++;
                     break;
                 }
@@ -87,15 +96,17 @@ static int inject(const char *what, fault_fn fn, void *ctx, outs *O) {
                     int64_t w = 0;
                     double e = rel_rms(O->p[i], O->base[i], O->n[i], &w);
                     if (!(e <= 1e-6)) {
-                        printf("    FAIL %s: allocation %ld failed, DN_OK, output %s differs from the "
-                               "uninjected run (rel RMS %.3g)\n", what, n, O->name[i], e);
+                        printf(
+                            "    FAIL %s: allocation %ld failed, DN_OK, output %s differs from the "
+                            "uninjected run (rel RMS %.3g)\n",
+                            what, n, O->name[i], e);
                         fails++;
                         break;
                     }
                 }
         } else {
-            printf("    FAIL %s: allocation %ld failed, status %s (want OK or ALLOC): %s\n", what, n,
-                   dn_status_str(st), dn_last_error());
+            printf("    FAIL %s: allocation %ld failed, status %s (want OK or ALLOC): %s\n", what,
+                   n, dn_status_str(st), dn_last_error());
             fails++;
         }
         if (used <= n) { /* the injected failure was not reached: the call ran unhindered */
@@ -231,7 +242,8 @@ static int faults_la_step(void) {
     s.state = out_add(&O, "state", 2 * 4 * 16 * 8, 1, &r);
     int fails = inject("dn_la_step gdn", la_step_call, &s, &O);
     outs_free(&O);
-    free((void *)s.q), free((void *)s.k), free((void *)s.v), free((void *)s.g), free((void *)s.beta);
+    free((void *)s.q), free((void *)s.k), free((void *)s.v), free((void *)s.g),
+        free((void *)s.beta);
     return fails;
 }
 
@@ -261,7 +273,8 @@ static int faults_attn(void) {
             a.p.window = threads == 2 ? 9 : 0;
             a.p.o = out_add(&O, "o", nq, 0, &r);
             a.p.lse = out_add(&O, "lse", nl, 0, &r);
-            snprintf(what, sizeof what, "dn_attn_forward %s threads=%d", dn_impl_name(impls[ii]), threads);
+            snprintf(what, sizeof what, "dn_attn_forward %s threads=%d", dn_impl_name(impls[ii]),
+                     threads);
             fails += inject(what, attn_fwd, &a, &O);
             outs_free(&O);
             a.p.o = o, a.p.lse = lse;
@@ -271,7 +284,8 @@ static int faults_attn(void) {
             a.bp.dq = out_add(&O, "dq", nq, 0, &r);
             a.bp.dk = out_add(&O, "dk", nk, 0, &r);
             a.bp.dv = out_add(&O, "dv", nk, 0, &r);
-            snprintf(what, sizeof what, "dn_attn_backward %s threads=%d", dn_impl_name(impls[ii]), threads);
+            snprintf(what, sizeof what, "dn_attn_backward %s threads=%d", dn_impl_name(impls[ii]),
+                     threads);
             fails += inject(what, attn_bwd, &a, &O);
             outs_free(&O);
         }
@@ -323,7 +337,8 @@ static int faults_kv(void) {
             printf("    note dn_kv_cache_create: no allocation through dn_alloc\n");
         /* append past the capacity (grows) */
         dn_kv_cache *ref = NULL;
-        if (dn_kv_cache_create(&ref, B, HKV, D, 4, (dn_dtype)dt, DN_KV_GROW) != DN_OK) return fails + 1;
+        if (dn_kv_cache_create(&ref, B, HKV, D, 4, (dn_dtype)dt, DN_KV_GROW) != DN_OK)
+            return fails + 1;
         dn_kv_cache_append(ref, k, s0, v, s0, T0);
         dn_kv_cache_append(ref, k, s1, v, s1, T1);
         float *o_ref = falloc(B * 6 * H * D), *lse_ref = falloc(B * H * 6);
@@ -348,7 +363,8 @@ static int faults_kv(void) {
                 dn_status st1 = kv_attend(&k1);
                 if (dn_kv_cache_len(c) != len0 || dn_kv_cache_capacity(c) != cap0 || st1 != st0 ||
                     memcmp(o1, o0, sizeof(float) * (size_t)(B * 6 * H * D))) {
-                    printf("    FAIL kv append %s: DN_ERR_ALLOC but the cache changed\n", dn_dtype_name((dn_dtype)dt));
+                    printf("    FAIL kv append %s: DN_ERR_ALLOC but the cache changed\n",
+                           dn_dtype_name((dn_dtype)dt));
                     fails++;
                 }
                 free(o1), free(l1);
@@ -356,7 +372,8 @@ static int faults_kv(void) {
                 kv_ctx k1 = {c, k, v, q, 0, o0, l0};
                 kv_attend(&k1);
                 if (memcmp(o0, o_ref, sizeof(float) * (size_t)(B * 6 * H * D))) {
-                    printf("    FAIL kv append %s: DN_OK after injection but attend differs\n", dn_dtype_name((dn_dtype)dt));
+                    printf("    FAIL kv append %s: DN_OK after injection but attend differs\n",
+                           dn_dtype_name((dn_dtype)dt));
                     fails++;
                 }
             } else {
@@ -413,11 +430,15 @@ static int faults_ssm(void) {
     const int64_t B = 2, T = 33, D = 12, N = 8, G = 2, H = 4, P = 6, C = 20, W = 4;
     float *x = in_new(&r, B * T * H * P, -1, 1), *dt = in_new(&r, B * T * H * P, -1, 1);
     float *A = in_new(&r, D * N, -2, -0.1f), *Bm = in_new(&r, B * T * G * N, -1, 1);
-    float *Cm = in_new(&r, B * T * G * N, -1, 1), *Dk = in_new(&r, 64, -1, 1), *z = in_new(&r, B * T * D, -1, 1);
-    float *h0 = in_new(&r, B * H * N * P + B * D * N, -1, 1), *dy = in_new(&r, B * T * H * P, -1, 1);
-    float *w = in_new(&r, D * W + C * 2, -1, 1), *td = in_new(&r, C, -1, 1), *tf = in_new(&r, C, -1, 1);
+    float *Cm = in_new(&r, B * T * G * N, -1, 1), *Dk = in_new(&r, 64, -1, 1),
+          *z = in_new(&r, B * T * D, -1, 1);
+    float *h0 = in_new(&r, B * H * N * P + B * D * N, -1, 1),
+          *dy = in_new(&r, B * T * H * P, -1, 1);
+    float *w = in_new(&r, D * W + C * 2, -1, 1), *td = in_new(&r, C, -1, 1),
+          *tf = in_new(&r, C, -1, 1);
     float *rs = falloc(B * 3 * C);
-    for (int64_t i = 0; i < B * 3 * C; i++) rs[i] = (i / C) % 3 == 1 ? 1.f : 0.5f;
+    for (int64_t i = 0; i < B * 3 * C; i++)
+        rs[i] = (i / C) % 3 == 1 ? 1.f : 0.5f;
     const dn_impl impls[3] = {DN_IMPL_REF, DN_IMPL_AUTO, DN_IMPL_CHUNK};
     for (int ii = 0; ii < 3; ii++)
         for (int threads = 1; threads <= 2; threads++) {
@@ -528,10 +549,6 @@ static int faults_ssm(void) {
 }
 
 const test_case dn_tests_faults[] = {
-    {"faults_la", faults_la},
-    {"faults_la_step", faults_la_step},
-    {"faults_attn", faults_attn},
-    {"faults_kv", faults_kv},
-    {"faults_ssm", faults_ssm},
-    {NULL, NULL},
+    {"faults_la", faults_la}, {"faults_la_step", faults_la_step}, {"faults_attn", faults_attn},
+    {"faults_kv", faults_kv}, {"faults_ssm", faults_ssm},         {NULL, NULL},
 };

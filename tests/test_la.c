@@ -108,8 +108,8 @@ static void problem_free(problem *pr) {
 
 /* Runs one implementation with poisoned outputs; o gathered into o_out [B,T,HV,V], final state
  * into st_out. Returns the number of failed checks (status, unwritten or stray writes). */
-static int run_impl(problem *pr, dn_impl impl, int chunk, int threads, float *o_out,
-                    float *st_out, const char *what) {
+static int run_impl(problem *pr, dn_impl impl, int chunk, int threads, float *o_out, float *st_out,
+                    const char *what) {
     int fails = 0;
     dn_la_params p = pr->p;
     poison(pr->obuf, pr->nobuf);
@@ -126,7 +126,8 @@ static int run_impl(problem *pr, dn_impl impl, int chunk, int threads, float *o_
         if (pr->omask[i] && !isfinite(pr->obuf[i])) unwritten++;
         if (!pr->omask[i] && !isnan(pr->obuf[i])) stray++;
     }
-    for (int64_t i = 0; i < pr->nstate; i++) unwritten += !isfinite(st_out[i]);
+    for (int64_t i = 0; i < pr->nstate; i++)
+        unwritten += !isfinite(st_out[i]);
     CHECK(unwritten == 0, "%s: %lld output elements not written or not finite", what,
           (long long)unwritten);
     CHECK(stray == 0, "%s: %lld writes outside the o view", what, (long long)stray);
@@ -377,7 +378,8 @@ static int test_varlen(void) {
 
             /* perturb sequence 3; every other sequence must be bit-identical */
             float *o_b = falloc(no), *s_b = falloc(pr.nstate);
-            for (int64_t t = cu[3]; t < cu[4]; t++) pr.v[t * pr.p.v_s.t] += 1.0f;
+            for (int64_t t = cu[3]; t < cu[4]; t++)
+                pr.v[t * pr.p.v_s.t] += 1.0f;
             fails += run_impl(&pr, (dn_impl)impl, 32, 0, o_b, s_b, "varlen perturbed");
             for (int64_t n = 0; n < N; n++) {
                 if (n == 3) continue;
@@ -414,8 +416,10 @@ static int test_step(void) {
         float *g = falloc(B * HV), *beta = falloc(B * HV), *o = falloc(B * HV * V);
         for (int64_t t = 0; t < T; t++) {
             for (int64_t b = 0; b < B; b++) {
-                memcpy(q + b * H * K, pr.q + b * pr.p.q_s.b + t * pr.p.q_s.t, sizeof(float) * H * K);
-                memcpy(k + b * H * K, pr.k + b * pr.p.k_s.b + t * pr.p.k_s.t, sizeof(float) * H * K);
+                memcpy(q + b * H * K, pr.q + b * pr.p.q_s.b + t * pr.p.q_s.t,
+                       sizeof(float) * H * K);
+                memcpy(k + b * H * K, pr.k + b * pr.p.k_s.b + t * pr.p.k_s.t,
+                       sizeof(float) * H * K);
                 memcpy(v + b * HV * V, pr.v + b * pr.p.v_s.b + t * pr.p.v_s.t,
                        sizeof(float) * HV * V);
                 memcpy(g + b * HV, pr.g + b * pr.p.g_s.b + t * pr.p.g_s.t, sizeof(float) * HV);
@@ -504,7 +508,8 @@ static int test_reset_gates(void) {
                 io.strided = pat % 2;
                 io.l2norm = 1;
                 problem pr;
-                const int64_t B = varlen ? 1 : 2, T = varlen ? 300 : 150, H = 1, HV = 2, K = 32, V = 48;
+                const int64_t B = varlen ? 1 : 2, T = varlen ? 300 : 150, H = 1, HV = 2, K = 32,
+                              V = 48;
                 problem_init(&pr, (dn_op)op, B, T, H, HV, K, V, varlen ? cu : NULL, varlen ? 4 : 0,
                              io, 60 + pat);
                 set_reset_gates(&pr, pat);
@@ -535,7 +540,8 @@ static int test_reset_gates(void) {
     return fails;
 }
 
-/* Decode steps through resets: dn_la_step with g = -inf, -1e30 and -FLT_MAX equals the reference. */
+/* Decode steps through resets: dn_la_step with g = -inf, -1e30 and -FLT_MAX equals the reference.
+ */
 static int test_step_reset(void) {
     int fails = 0;
     const int64_t B = 2, T = 40, H = 1, HV = 2, K = 32, V = 32;
@@ -567,7 +573,8 @@ static int test_step_reset(void) {
                     memcpy(beta + b * HV, pr.beta + r * HV, sizeof(float) * HV);
                 }
                 CHECK(dn_la_step((dn_op)op, o, state, q, k, v, g, op == DN_OP_GDN ? beta : NULL, B,
-                                 H, HV, K, V, 0.0f, 0) == DN_OK, "step: %s", dn_last_error());
+                                 H, HV, K, V, 0.0f, 0) == DN_OK,
+                      "step: %s", dn_last_error());
                 for (int64_t b = 0; b < B; b++)
                     memcpy(o_dec + (b * T + t) * HV * V, o + b * HV * V, sizeof(float) * HV * V);
             }
@@ -727,8 +734,8 @@ static int test_bad_input(void) {
     CHECK(dn_la_forward(NULL) == DN_ERR_NULL, "NULL params accepted");
     size_t bytes = 0;
     CHECK(dn_la_workspace_size(NULL, &bytes) == DN_ERR_NULL, "NULL params to workspace query");
-    dn_status s = dn_la_step(DN_OP_GDN, pr.obuf, NULL, pr.q, pr.k, pr.v, pr.g, pr.beta, B, H, HV, K,
-                             V, 0, 0);
+    dn_status s =
+        dn_la_step(DN_OP_GDN, pr.obuf, NULL, pr.q, pr.k, pr.v, pr.g, pr.beta, B, H, HV, K, V, 0, 0);
     CHECK(s == DN_ERR_NULL, "step with NULL state: %s", dn_status_str(s));
     dn_op op;
     CHECK(dn_op_from_name("gdn", &op) == DN_OK && op == DN_OP_GDN, "op name lookup");

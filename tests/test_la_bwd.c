@@ -7,7 +7,8 @@
 
 static double *drand(rng *r, int64_t n, double lo, double hi) {
     double *x = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-    for (int64_t i = 0; i < n; i++) x[i] = rng_uniform(r, (float)lo, (float)hi);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = rng_uniform(r, (float)lo, (float)hi);
     return x;
 }
 
@@ -19,8 +20,10 @@ static double loss(const dn_la_core *c, const double *wo, const double *wh) {
     dn_la_core_forward(c, o, h, w);
     free(w);
     double L = 0;
-    for (int64_t i = 0; i < c->T * c->V; i++) L += o[i] * wo[i];
-    for (int64_t i = 0; i < c->K * c->V; i++) L += h[i] * wh[i];
+    for (int64_t i = 0; i < c->T * c->V; i++)
+        L += o[i] * wo[i];
+    for (int64_t i = 0; i < c->K * c->V; i++)
+        L += h[i] * wh[i];
     free(o), free(h);
     return L;
 }
@@ -54,8 +57,10 @@ static int grad_case(dn_op op, int64_t T, int64_t K, int64_t V, int l2, double g
     rng r = {seed};
     double kamp = l2 ? 1.0 : 1.5 / sqrt((double)K);
     dn_la_core c = {op, T, K, V, 1.0 / sqrt((double)K), l2, NULL, NULL, NULL, NULL, NULL, NULL};
-    double *q = drand(&r, T * K, -1, 1), *k = drand(&r, T * K, -kamp, kamp), *v = drand(&r, T * V, -1, 1);
-    double *g = drand(&r, T, glo, ghi), *beta = drand(&r, T, blo, bhi), *h0 = drand(&r, K * V, -0.5, 0.5);
+    double *q = drand(&r, T * K, -1, 1), *k = drand(&r, T * K, -kamp, kamp),
+           *v = drand(&r, T * V, -1, 1);
+    double *g = drand(&r, T, glo, ghi), *beta = drand(&r, T, blo, bhi),
+           *h0 = drand(&r, K * V, -0.5, 0.5);
     double *wo = drand(&r, T * V, -1, 1), *wh = drand(&r, K * V, -1, 1);
     c.q = q, c.k = k, c.v = v, c.g = g, c.beta = beta, c.h0 = h0;
     double *dq = malloc(sizeof(double) * T * K), *dk = malloc(sizeof(double) * T * K);
@@ -66,15 +71,19 @@ static int grad_case(dn_op op, int64_t T, int64_t K, int64_t V, int l2, double g
     free(work);
     char what[160];
 #define FD(name, x, n, gr)                                                                         \
-    snprintf(what, sizeof what, "%s T=%lld l2=%d g in [%g,%g] beta in [%g,%g]: d%s",            \
-             dn_op_name(op), (long long)T, l2, glo, ghi, blo, bhi, name);                        \
+    snprintf(what, sizeof what, "%s T=%lld l2=%d g in [%g,%g] beta in [%g,%g]: d%s",               \
+             dn_op_name(op), (long long)T, l2, glo, ghi, blo, bhi, name);                          \
     fails += fd_check(&c, x, n, gr, wo, wh, what)
     FD("q", q, T * K, dq);
     FD("k", k, T * K, dk);
     FD("v", v, T * V, dv);
     FD("h0", h0, K * V, dh0);
-    if (op == DN_OP_GLA || op == DN_OP_GDN) { FD("g", g, T, dg); }
-    if (op == DN_OP_DELTANET || op == DN_OP_GDN) { FD("beta", beta, T, db); }
+    if (op == DN_OP_GLA || op == DN_OP_GDN) {
+        FD("g", g, T, dg);
+    }
+    if (op == DN_OP_DELTANET || op == DN_OP_GDN) {
+        FD("beta", beta, T, db);
+    }
 #undef FD
     free(q), free(k), free(v), free(g), free(beta), free(h0), free(wo), free(wh);
     free(dq), free(dk), free(dv), free(dg), free(db), free(dh0);
@@ -152,10 +161,12 @@ static int test_grad_api(void) {
                     e.k[(t * HV + j) * K + i] = a.k[(t * H + j / G) * K + i];
                 }
         memcpy(e.v, a.v, sizeof(float) * T * HV * V), memcpy(e.g, a.g, sizeof(float) * T * HV);
-        memcpy(e.beta, a.beta, sizeof(float) * T * HV), memcpy(e.h0, a.h0, sizeof(float) * HV * K * V);
+        memcpy(e.beta, a.beta, sizeof(float) * T * HV),
+            memcpy(e.h0, a.h0, sizeof(float) * HV * K * V);
         memcpy(e.dout, a.dout, sizeof(float) * T * HV * V);
         CHECK(gb_run(&a, (dn_op)op, T, H, HV, K, V, NULL, 0, NULL) == DN_OK, "%s", dn_last_error());
-        CHECK(gb_run(&e, (dn_op)op, T, HV, HV, K, V, NULL, 0, NULL) == DN_OK, "%s", dn_last_error());
+        CHECK(gb_run(&e, (dn_op)op, T, HV, HV, K, V, NULL, 0, NULL) == DN_OK, "%s",
+              dn_last_error());
         float *sum = falloc(T * H * K);
         for (int which = 0; which < 2; which++) {
             const float *src = which ? e.dk : e.dq;
@@ -163,11 +174,12 @@ static int test_grad_api(void) {
                 for (int64_t h = 0; h < H; h++)
                     for (int64_t i = 0; i < K; i++) {
                         double acc = 0;
-                        for (int64_t j = h * G; j < (h + 1) * G; j++) acc += src[(t * HV + j) * K + i];
+                        for (int64_t j = h * G; j < (h + 1) * G; j++)
+                            acc += src[(t * HV + j) * K + i];
                         sum[(t * H + h) * K + i] = (float)acc;
                     }
-            fails += check_close(which ? "grouped heads: dk" : "grouped heads: dq", which ? a.dk : a.dq,
-                                 sum, T * H * K, 1e-6);
+            fails += check_close(which ? "grouped heads: dk" : "grouped heads: dq",
+                                 which ? a.dk : a.dq, sum, T * H * K, 1e-6);
         }
         fails += check_close("grouped heads: dv", a.dv, e.dv, T * HV * V, 1e-6);
         free(sum);
@@ -187,17 +199,21 @@ static int test_grad_api(void) {
             CHECK(dn_la_forward(&f) == DN_OK, "%s", dn_last_error());
         }
         s2.q = a.q + t1 * H * K, s2.k = a.k + t1 * H * K, s2.v = a.v + t1 * HV * V;
-        s2.g = a.g + t1 * HV, s2.beta = a.beta + t1 * HV, s2.h0 = mid, s2.dout = a.dout + t1 * HV * V;
+        s2.g = a.g + t1 * HV, s2.beta = a.beta + t1 * HV, s2.h0 = mid,
+        s2.dout = a.dout + t1 * HV * V;
         s2.dq = dq2 + t1 * H * K, s2.dk = dk2 + t1 * H * K, s2.dv = dv2 + t1 * HV * V;
         s2.dg = dg2 + t1 * HV, s2.db = db2 + t1 * HV, s2.dh0 = dmid;
-        CHECK(gb_run(&s2, (dn_op)op, n2, H, HV, K, V, NULL, 0, NULL) == DN_OK, "%s", dn_last_error());
+        CHECK(gb_run(&s2, (dn_op)op, n2, H, HV, K, V, NULL, 0, NULL) == DN_OK, "%s",
+              dn_last_error());
         s1.dq = dq2, s1.dk = dk2, s1.dv = dv2, s1.dg = dg2, s1.db = db2, s1.dh0 = dh02;
-        CHECK(gb_run(&s1, (dn_op)op, t1, H, HV, K, V, NULL, 0, dmid) == DN_OK, "%s", dn_last_error());
+        CHECK(gb_run(&s1, (dn_op)op, t1, H, HV, K, V, NULL, 0, dmid) == DN_OK, "%s",
+              dn_last_error());
         fails += check_close("split: dq", dq2, a.dq, T * H * K, 1e-6);
         fails += check_close("split: dk", dk2, a.dk, T * H * K, 1e-6);
         fails += check_close("split: dv", dv2, a.dv, T * HV * V, 1e-6);
         fails += check_close("split: dh0", dh02, a.dh0, HV * K * V, 1e-6);
-        if (op == DN_OP_GLA || op == DN_OP_GDN) fails += check_close("split: dg", dg2, a.dg, T * HV, 1e-6);
+        if (op == DN_OP_GLA || op == DN_OP_GDN)
+            fails += check_close("split: dg", dg2, a.dg, T * HV, 1e-6);
         if (op == DN_OP_DELTANET || op == DN_OP_GDN)
             fails += check_close("split: dbeta", db2, a.db, T * HV, 1e-6);
         free(mid), free(dmid), free(dq2), free(dk2), free(dv2), free(dg2), free(db2), free(dh02);
@@ -208,7 +224,8 @@ static int test_grad_api(void) {
     float buf[64] = {0}, grads[5][16];
     f.q = f.k = f.v = f.g = f.beta = buf, f.o = buf;
     dn_la_bwd_params b = dn_la_bwd_params_default(&f);
-    b.dout = buf, b.dq = grads[0], b.dk = grads[1], b.dv = grads[2], b.dg = grads[3], b.dbeta = grads[4];
+    b.dout = buf, b.dq = grads[0], b.dk = grads[1], b.dv = grads[2], b.dg = grads[3],
+    b.dbeta = grads[4];
     b.fwd.impl = DN_IMPL_RECURRENT;
     CHECK(dn_la_backward(&b) == DN_ERR_UNSUPPORTED, "recurrent backward accepted");
     b.fwd.impl = DN_IMPL_REF, b.dg = NULL;
@@ -225,18 +242,21 @@ static float bwd_beta_hi = 1.0f, bwd_g_lo = -0.4f; /* ranges of beta and g in bw
 static int bwd_reset = -1; /* >= 0: the reset_gate pattern (test.h) laid over g in bwd_case */
 
 static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64_t K, int64_t V,
-                    int chunk, int l2, const int64_t *cu, int64_t ns, uint64_t seed, const char *label) {
+                    int chunk, int l2, const int64_t *cu, int64_t ns, uint64_t seed,
+                    const char *label) {
     int fails = 0;
     rng r = {seed};
     dn_la_params f = dn_la_params_default(op, B, T, H, HV, K, V);
     /* strided q: padded heads */
     f.q_s = (dn_strides){T * H * (K + 3), H * (K + 3), K + 3};
-    const int64_t nq = B * T * H * (K + 3), nk = B * T * H * K, nv = B * T * HV * V, ng = B * T * HV;
+    const int64_t nq = B * T * H * (K + 3), nk = B * T * H * K, nv = B * T * HV * V,
+                  ng = B * T * HV;
     const int64_t NS = cu ? ns : B, nst = NS * HV * K * V;
     float *q = falloc(nq), *k = falloc(nk), *v = falloc(nv), *g = falloc(ng), *beta = falloc(ng);
     float *h0 = falloc(nst), *dout = falloc(nv), *dhT = falloc(nst);
     const float ks = l2 ? 1.0f : (float)sqrt(3.0 / (double)K);
-    fill_uniform(&r, q, nq, -1, 1), fill_uniform(&r, k, nk, -ks, ks), fill_uniform(&r, v, nv, -1, 1);
+    fill_uniform(&r, q, nq, -1, 1), fill_uniform(&r, k, nk, -ks, ks),
+        fill_uniform(&r, v, nv, -1, 1);
     fill_uniform(&r, g, ng, bwd_g_lo, 0), fill_uniform(&r, beta, ng, 0, bwd_beta_hi);
     fill_uniform(&r, h0, nst, -0.5f, 0.5f), fill_uniform(&r, dout, nv, -1, 1);
     fill_uniform(&r, dhT, nst, -1, 1);
@@ -245,7 +265,8 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
             const int64_t b = cu ? 0 : n, t0 = cu ? cu[n] : 0, t1 = cu ? cu[n + 1] : T;
             for (int64_t t = t0; t < t1; t++)
                 for (int64_t h = 0; h < HV; h++)
-                    g[(b * T + t) * HV + h] = reset_gate(bwd_reset, t - t0, t1 - t0, h, g[(b * T + t) * HV + h]);
+                    g[(b * T + t) * HV + h] =
+                        reset_gate(bwd_reset, t - t0, t1 - t0, h, g[(b * T + t) * HV + h]);
         }
     f.q = q, f.k = k, f.v = v, f.o = dout, f.qk_l2norm = l2, f.initial_state = h0;
     f.g = op == DN_OP_GLA || op == DN_OP_GDN ? g : NULL;
@@ -254,7 +275,8 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
     float *out[2][6];
     const int64_t sz[6] = {nk, nk, nv, ng, ng, nst};
     for (int w = 0; w < 2; w++)
-        for (int i = 0; i < 6; i++) out[w][i] = falloc(sz[i]), poison(out[w][i], sz[i]);
+        for (int i = 0; i < 6; i++)
+            out[w][i] = falloc(sz[i]), poison(out[w][i], sz[i]);
     dn_isa best = dn_isa_best();
     for (int isa = 0; isa <= (int)best; isa++) {
         if (!test_use_isa((dn_isa)isa)) continue;
@@ -267,7 +289,8 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
             b.dg = f.g ? out[w][3] : NULL, b.dbeta = f.beta ? out[w][4] : NULL;
             b.dinitial_state = out[w][5];
             if (w == 1)
-                for (int i = 0; i < 6; i++) poison(out[1][i], sz[i]);
+                for (int i = 0; i < 6; i++)
+                    poison(out[1][i], sz[i]);
             dn_status st = dn_la_backward(&b);
             CHECK(st == DN_OK, "%s: %s", label, dn_last_error());
         }
@@ -304,8 +327,10 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
         dn_la_bwd_params b = dn_la_bwd_params_default(&ft);
         b.dout = dout, b.dfinal_state = dhT, b.saved = saved, b.saved_bytes = sb;
         b.dq = out[1][0], b.dk = out[1][1], b.dv = out[1][2];
-        b.dg = f.g ? out[1][3] : NULL, b.dbeta = f.beta ? out[1][4] : NULL, b.dinitial_state = out[1][5];
-        for (int i = 0; i < 6; i++) poison(out[1][i], sz[i]);
+        b.dg = f.g ? out[1][3] : NULL, b.dbeta = f.beta ? out[1][4] : NULL,
+        b.dinitial_state = out[1][5];
+        for (int i = 0; i < 6; i++)
+            poison(out[1][i], sz[i]);
         CHECK(dn_la_backward(&b) == DN_OK, "%s", dn_last_error());
         static const char *const names[6] = {"dq", "dk", "dv", "dg", "dbeta", "dh0"};
         for (int i = 0; i < 6; i++) {
@@ -329,7 +354,8 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
         fails += check_close(what, s_tr, s_ref, nst, 1e-5);
         dn_la_bwd_params ba = b;
         ba.fwd = fa, ba.saved = saved_a, ba.saved_bytes = sa;
-        for (int i = 0; i < 6; i++) poison(out[1][i], sz[i]);
+        for (int i = 0; i < 6; i++)
+            poison(out[1][i], sz[i]);
         CHECK(dn_la_backward(&ba) == DN_OK, "%s", dn_last_error());
         for (int i = 0; i < 6; i++) {
             if ((i == 3 && !f.g) || (i == 4 && !f.beta)) continue;
@@ -341,7 +367,8 @@ static int bwd_case(dn_op op, int64_t B, int64_t T, int64_t H, int64_t HV, int64
     }
     free(q), free(k), free(v), free(g), free(beta), free(h0), free(dout), free(dhT);
     for (int w = 0; w < 2; w++)
-        for (int i = 0; i < 6; i++) free(out[w][i]);
+        for (int i = 0; i < 6; i++)
+            free(out[w][i]);
     return fails;
 }
 
@@ -356,9 +383,10 @@ static int test_bwd_fast(void) {
                 const int64_t K = dims[idx % 4][0], V = dims[idx % 4][1], B = 1 + idx % 2;
                 const int chunk = idx % 3 == 0 ? 16 : 64;
                 char label[160];
-                snprintf(label, sizeof label, "bwd %s B=%lld T=%lld H=%lld HV=%lld K=%lld V=%lld C=%d",
-                         dn_op_name((dn_op)op), (long long)B, (long long)Ts[ti], (long long)heads[hi][0],
-                         (long long)heads[hi][1], (long long)K, (long long)V, chunk);
+                snprintf(
+                    label, sizeof label, "bwd %s B=%lld T=%lld H=%lld HV=%lld K=%lld V=%lld C=%d",
+                    dn_op_name((dn_op)op), (long long)B, (long long)Ts[ti], (long long)heads[hi][0],
+                    (long long)heads[hi][1], (long long)K, (long long)V, chunk);
                 fails += bwd_case((dn_op)op, B, Ts[ti], heads[hi][0], heads[hi][1], K, V, chunk,
                                   idx % 2, NULL, 0, 40 + idx, label);
             }
@@ -368,7 +396,8 @@ static int test_bwd_fast(void) {
     /* beta up to 2 (negative eigenvalues, normalised keys), and strong decay */
     bwd_beta_hi = 2.0f;
     fails += bwd_case(DN_OP_GDN, 2, 130, 2, 4, 64, 64, 32, 1, NULL, 0, 99, "bwd gdn beta<=2");
-    fails += bwd_case(DN_OP_DELTANET, 1, 100, 1, 1, 64, 64, 64, 1, NULL, 0, 98, "bwd deltanet beta<=2");
+    fails +=
+        bwd_case(DN_OP_DELTANET, 1, 100, 1, 1, 64, 64, 64, 1, NULL, 0, 98, "bwd deltanet beta<=2");
     bwd_beta_hi = 1.0f, bwd_g_lo = -5.0f;
     fails += bwd_case(DN_OP_GDN, 1, 100, 1, 2, 64, 64, 32, 1, NULL, 0, 97, "bwd gdn g down to -5");
     bwd_g_lo = -0.4f;
@@ -389,10 +418,13 @@ static int test_bwd_reset_gates(void) {
             for (int c = 0; c < 4; c++) {
                 snprintf(label, sizeof label, "bwd %s g %s C=%d", dn_op_name((dn_op)op),
                          reset_names[pat], chunks[c]);
-                fails += bwd_case((dn_op)op, 2, 150, 1, 2, 32, 48, chunks[c], 1, NULL, 0, 300 + idx, label);
+                fails += bwd_case((dn_op)op, 2, 150, 1, 2, 32, 48, chunks[c], 1, NULL, 0, 300 + idx,
+                                  label);
             }
-            snprintf(label, sizeof label, "bwd %s g %s varlen", dn_op_name((dn_op)op), reset_names[pat]);
-            fails += bwd_case((dn_op)op, 1, 300, 2, 4, 16, 32, 32, (pat + 1) % 2, cu, 4, 400 + idx, label);
+            snprintf(label, sizeof label, "bwd %s g %s varlen", dn_op_name((dn_op)op),
+                     reset_names[pat]);
+            fails += bwd_case((dn_op)op, 1, 300, 2, 4, 16, 32, 32, (pat + 1) % 2, cu, 4, 400 + idx,
+                              label);
         }
     bwd_reset = -1;
     return fails;
@@ -411,15 +443,18 @@ static double attn_loss(const double *q, const double *k, const double *v, const
     for (int64_t h = 0; h < H; h++)
         for (int64_t i = 0; i < TQ; i++) {
             const int64_t kh = h / (H / HKV), pos = TK - TQ + i;
-            int64_t lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0, hi = pos < TK - 1 ? pos : TK - 1;
+            int64_t lo = W > 0 && pos - W + 1 > 0 ? pos - W + 1 : 0,
+                    hi = pos < TK - 1 ? pos : TK - 1;
             if (hi < lo) continue;
             double m = -INFINITY, sum = 0;
             for (int64_t j = lo; j <= hi; j++) {
                 double d = 0;
-                for (int64_t x = 0; x < D; x++) d += q[(i * H + h) * D + x] * k[(j * HKV + kh) * D + x];
+                for (int64_t x = 0; x < D; x++)
+                    d += q[(i * H + h) * D + x] * k[(j * HKV + kh) * D + x];
                 s[j] = d * scale, m = fmax(m, s[j]);
             }
-            for (int64_t j = lo; j <= hi; j++) sum += exp(s[j] - m);
+            for (int64_t j = lo; j <= hi; j++)
+                sum += exp(s[j] - m);
             for (int64_t j = lo; j <= hi; j++)
                 for (int64_t x = 0; x < D; x++)
                     L += exp(s[j] - m) / sum * v[(j * HKV + kh) * D + x] * w[(i * H + h) * D + x];
@@ -438,7 +473,8 @@ static int attn_grad_fd(int64_t TQ, int64_t TK, int64_t H, int64_t HKV, int64_t 
     fill_uniform(&r, w, nq, -1, 1);
     dn_attn_params p = dn_attn_params_default(1, TK, H, HKV, D);
     p.TQ = TQ, p.q_s = p.o_s = (dn_strides){TQ * H * D, H * D, D}, p.window = W;
-    float *o = falloc(nq), *lse = falloc(H * TQ), *dq = falloc(nq), *dk = falloc(nk), *dv = falloc(nk);
+    float *o = falloc(nq), *lse = falloc(H * TQ), *dq = falloc(nq), *dk = falloc(nk),
+          *dv = falloc(nk);
     p.q = q, p.k = k, p.v = v, p.o = o, p.lse = lse, p.impl = DN_IMPL_REF;
     CHECK(dn_attn_forward(&p) == DN_OK, "%s", dn_last_error());
     dn_attn_bwd_params b = dn_attn_bwd_params_default(&p);
@@ -446,8 +482,10 @@ static int attn_grad_fd(int64_t TQ, int64_t TK, int64_t H, int64_t HKV, int64_t 
     CHECK(dn_attn_backward(&b) == DN_OK, "%s", dn_last_error());
     double *dq_d = malloc(sizeof(double) * nq), *dk_d = malloc(sizeof(double) * nk),
            *dv_d = malloc(sizeof(double) * nk), *wd = malloc(sizeof(double) * nq);
-    for (int64_t i = 0; i < nq; i++) dq_d[i] = q[i], wd[i] = w[i];
-    for (int64_t i = 0; i < nk; i++) dk_d[i] = k[i], dv_d[i] = v[i];
+    for (int64_t i = 0; i < nq; i++)
+        dq_d[i] = q[i], wd[i] = w[i];
+    for (int64_t i = 0; i < nk; i++)
+        dk_d[i] = k[i], dv_d[i] = v[i];
     double *xs[3] = {dq_d, dk_d, dv_d};
     const float *an[3] = {dq, dk, dv};
     const int64_t ns[3] = {nq, nk, nk};
@@ -465,9 +503,11 @@ static int attn_grad_fd(int64_t TQ, int64_t TK, int64_t H, int64_t HKV, int64_t 
             num += d * d, den += fd * fd;
         }
         double rel = sqrt(num / (den > 0 ? den : 1));
-        CHECK(rel < 1e-6, "attention reference TQ=%lld TK=%lld H=%lld HKV=%lld W=%lld %s: rel error "
-              "%.3g against finite differences", (long long)TQ, (long long)TK, (long long)H,
-              (long long)HKV, (long long)W, names[a], rel);
+        CHECK(rel < 1e-6,
+              "attention reference TQ=%lld TK=%lld H=%lld HKV=%lld W=%lld %s: rel error "
+              "%.3g against finite differences",
+              (long long)TQ, (long long)TK, (long long)H, (long long)HKV, (long long)W, names[a],
+              rel);
     }
     free(q), free(k), free(v), free(w), free(o), free(lse), free(dq), free(dk), free(dv);
     free(dq_d), free(dk_d), free(dv_d), free(wd);
@@ -478,15 +518,16 @@ static int test_attn_grad_reference(void) {
     int fails = 0;
     fails += attn_grad_fd(9, 9, 2, 1, 5, 0, 1);
     fails += attn_grad_fd(12, 12, 4, 2, 3, 4, 2);
-    fails += attn_grad_fd(5, 11, 2, 2, 4, 0, 3);  /* queries after earlier keys */
-    fails += attn_grad_fd(8, 5, 1, 1, 4, 0, 4);   /* rows without keys */
+    fails += attn_grad_fd(5, 11, 2, 2, 4, 0, 3); /* queries after earlier keys */
+    fails += attn_grad_fd(8, 5, 1, 1, 4, 0, 4);  /* rows without keys */
     fails += attn_grad_fd(40, 40, 2, 1, 4, 9, 5);
     return fails;
 }
 
 static double rms(const float *x, int64_t n) {
     double s = 0;
-    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    for (int64_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
     return sqrt(s / (double)(n > 0 ? n : 1));
 }
 
@@ -500,7 +541,8 @@ static int test_attn_grad_fast(void) {
         for (int hi = 0; hi < 3; hi++)
             for (int win = 0; win < 2; win++, idx++) {
                 const int64_t T = Ts[ti], H = heads[hi][0], HKV = heads[hi][1], D = Ds[idx % 3];
-                const int64_t TQ = idx % 4 == 3 && T > 5 ? T / 2 : T, W = win ? T / 3 + 1 : 0, B = 2;
+                const int64_t TQ = idx % 4 == 3 && T > 5 ? T / 2 : T, W = win ? T / 3 + 1 : 0,
+                              B = 2;
                 rng r = {500 + (uint64_t)idx};
                 dn_attn_params p = dn_attn_params_default(B, T, H, HKV, D);
                 p.TQ = TQ, p.q_s = p.o_s = (dn_strides){TQ * H * D, H * D, D}, p.window = W;
@@ -515,7 +557,8 @@ static int test_attn_grad_fast(void) {
                 for (int w = 0; w < 2; w++)
                     g[w][0] = falloc(nq), g[w][1] = falloc(nk), g[w][2] = falloc(nk);
                 dn_attn_bwd_params b = dn_attn_bwd_params_default(&p);
-                b.dout = dO, b.fwd.impl = DN_IMPL_REF, b.dq = g[0][0], b.dk = g[0][1], b.dv = g[0][2];
+                b.dout = dO, b.fwd.impl = DN_IMPL_REF, b.dq = g[0][0], b.dk = g[0][1],
+                b.dv = g[0][2];
                 CHECK(dn_attn_backward(&b) == DN_OK, "%s", dn_last_error());
                 dn_isa best = dn_isa_best();
                 for (int isa = 0; isa <= (int)best; isa++) {
@@ -526,9 +569,11 @@ static int test_attn_grad_fast(void) {
                     char what[160];
                     static const char *const nm[3] = {"dq", "dk", "dv"};
                     for (int a = 0; a < 3; a++) {
-                        snprintf(what, sizeof what, "attn bwd TQ=%lld TK=%lld H=%lld HKV=%lld D=%lld "
-                                 "W=%lld %s %s", (long long)TQ, (long long)T, (long long)H,
-                                 (long long)HKV, (long long)D, (long long)W, dn_isa_name((dn_isa)isa), nm[a]);
+                        snprintf(what, sizeof what,
+                                 "attn bwd TQ=%lld TK=%lld H=%lld HKV=%lld D=%lld "
+                                 "W=%lld %s %s",
+                                 (long long)TQ, (long long)T, (long long)H, (long long)HKV,
+                                 (long long)D, (long long)W, dn_isa_name((dn_isa)isa), nm[a]);
                         const int64_t n = a ? nk : nq;
                         if (rms(g[0][a], n) > 1e-12 * rms(g[0][2], nk)) {
                             fails += check_close(what, g[1][a], g[0][a], n, 1e-5);
@@ -544,7 +589,8 @@ static int test_attn_grad_fast(void) {
                 }
                 dn_set_isa(best);
                 free(q), free(k), free(v), free(dO), free(o), free(lse);
-                for (int w = 0; w < 2; w++) free(g[w][0]), free(g[w][1]), free(g[w][2]);
+                for (int w = 0; w < 2; w++)
+                    free(g[w][0]), free(g[w][1]), free(g[w][2]);
             }
     return fails;
 }
@@ -567,11 +613,13 @@ static int test_la_bwd_reproducible(void) {
         if (varlen) f.cu_seqlens = cu, f.n_seqs = NS;
         const int64_t sz[6] = {T * H * K, T * H * K, T * HV * V, T * HV, T * HV, NS * HV * K * V};
         float *first[6], *o = falloc(T * HV * V);
-        for (int i = 0; i < 6; i++) first[i] = falloc(sz[i]);
+        for (int i = 0; i < 6; i++)
+            first[i] = falloc(sz[i]);
         f.o = o;
         for (int rep = 0; rep < REPEATS; rep++) {
             float *out[6] = {x.dq, x.dk, x.dv, x.dg, x.db, x.dh0};
-            for (int i = 0; i < 6; i++) poison(out[i], sz[i]);
+            for (int i = 0; i < 6; i++)
+                poison(out[i], sz[i]);
             dn_la_bwd_params b = dn_la_bwd_params_default(&f);
             b.dout = x.dout, b.dfinal_state = dhT, b.dq = x.dq, b.dk = x.dk, b.dv = x.dv;
             b.dg = x.dg, b.dbeta = x.db, b.dinitial_state = x.dh0;
@@ -583,11 +631,13 @@ static int test_la_bwd_reproducible(void) {
                     continue;
                 }
                 char what[100];
-                snprintf(what, sizeof what, "gdn bwd%s run %d %s", varlen ? " varlen" : "", rep, nm[i]);
+                snprintf(what, sizeof what, "gdn bwd%s run %d %s", varlen ? " varlen" : "", rep,
+                         nm[i]);
                 fails += check_same_bits(what, out[i], first[i], sz[i]);
             }
         }
-        for (int i = 0; i < 6; i++) free(first[i]);
+        for (int i = 0; i < 6; i++)
+            free(first[i]);
         free(o), free(dhT);
         gb_free(&x);
     }

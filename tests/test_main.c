@@ -35,7 +35,9 @@ static int selected(const char *name, int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    const test_case *suites[] = {dn_tests_la, dn_tests_la_bwd, dn_tests_attn, dn_tests_ssm, dn_tests_bwd_ssm, dn_tests_compare, dn_tests_contract, dn_tests_faults, dn_tests_fuzz};
+    const test_case *suites[] = {dn_tests_la,       dn_tests_la_bwd,  dn_tests_attn,
+                                 dn_tests_ssm,      dn_tests_bwd_ssm, dn_tests_compare,
+                                 dn_tests_contract, dn_tests_faults,  dn_tests_fuzz};
     printf("%s\n", dn_build_info());
     const dn_isa start_isa = dn_isa_active();
     int failed = 0, passed = 0, skipped = 0;
@@ -50,8 +52,9 @@ int main(int argc, char **argv) {
             printf("%-4s %-44s %8.2f s\n", f ? "FAIL" : "ok", c->name, now() - t0);
             for (int isa = 0; isa < DN_ISA_COUNT; isa++)
                 if (test_isa_skipped & (1u << isa)) {
-                    printf("     skipped: the %s kernels (not supported by this processor or build)\n",
-                           dn_isa_name((dn_isa)isa));
+                    printf(
+                        "     skipped: the %s kernels (not supported by this processor or build)\n",
+                        dn_isa_name((dn_isa)isa));
                     skipped++;
                 }
             fflush(stdout);

@@ -12,7 +12,7 @@
     do {                                                                                           \
         dn_isa best_ = dn_isa_best();                                                              \
         for (int isa_ = 0; isa_ <= (int)best_; isa_++) {                                           \
-            if (!test_use_isa((dn_isa)isa_)) continue;                                       \
+            if (!test_use_isa((dn_isa)isa_)) continue;                                             \
             __VA_ARGS__;                                                                           \
         }                                                                                          \
         dn_set_isa(best_);                                                                         \
@@ -27,9 +27,11 @@ static dn_strides btd(int64_t T, int64_t D, int strided) {
 static int64_t btd_size(dn_strides s, int64_t B, int64_t T, int64_t D) {
     return (B - 1) * s.b + (T > 0 ? T - 1 : 0) * s.t + D;
 }
-static void gather_btd(float *dst, const float *src, dn_strides s, int64_t B, int64_t T, int64_t D) {
+static void gather_btd(float *dst, const float *src, dn_strides s, int64_t B, int64_t T,
+                       int64_t D) {
     for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < T; t++) memcpy(dst + (b * T + t) * D, src + b * s.b + t * s.t, sizeof(float) * D);
+        for (int64_t t = 0; t < T; t++)
+            memcpy(dst + (b * T + t) * D, src + b * s.b + t * s.t, sizeof(float) * D);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -48,7 +50,8 @@ static void mproblem_init(mproblem *m, int64_t B, int64_t T, int64_t D, int64_t 
     p.x_s = p.dt_s = p.z_s = btd(T, D, strided);
     p.y_s = btd(T, D, strided);
     if (strided) p.Bm_s = p.Cm_s = (dn_strides){T * (G * N + 7), G * N + 7, N + 1};
-    int64_t nx = btd_size(p.x_s, B, T, D), nbc = (B - 1) * p.Bm_s.b + (T > 0 ? T - 1 : 0) * p.Bm_s.t + (G - 1) * p.Bm_s.h + N;
+    int64_t nx = btd_size(p.x_s, B, T, D),
+            nbc = (B - 1) * p.Bm_s.b + (T > 0 ? T - 1 : 0) * p.Bm_s.t + (G - 1) * p.Bm_s.h + N;
     m->x = falloc(nx), m->dt = falloc(nx), m->z = falloc(nx), m->y = falloc(nx);
     m->Bm = falloc(nbc), m->Cm = falloc(nbc), m->A = falloc(D * N);
     m->Dskip = falloc(D), m->dt_bias = falloc(D), m->nstate = B * D * N, m->h0 = falloc(m->nstate);
@@ -86,8 +89,10 @@ static int mrun(mproblem *m, dn_impl impl, float *y, float *st, const char *what
     CHECK(s == DN_OK, "%s: %s", what, dn_last_error());
     gather_btd(y, m->y, p.y_s, p.B, p.T, p.D);
     int64_t bad = 0;
-    for (int64_t i = 0; i < p.B * p.T * p.D; i++) bad += !isfinite(y[i]);
-    for (int64_t i = 0; i < m->nstate; i++) bad += !isfinite(st[i]);
+    for (int64_t i = 0; i < p.B * p.T * p.D; i++)
+        bad += !isfinite(y[i]);
+    for (int64_t i = 0; i < m->nstate; i++)
+        bad += !isfinite(st[i]);
     CHECK(bad == 0, "%s: %lld outputs not written or not finite", what, (long long)bad);
     return fails;
 }
@@ -120,8 +125,8 @@ static int test_mamba1(void) {
                 mproblem_init(&m, idx % 2 ? 2 : 1, Ts[ti], D, N, G, idx % 2, idx % 4 != 3, 0.5f,
                               -2.0f, 40 + idx);
                 char label[120];
-                snprintf(label, sizeof label, "mamba1 T=%lld D=%lld N=%lld G=%lld", (long long)Ts[ti],
-                         (long long)D, (long long)N, (long long)G);
+                snprintf(label, sizeof label, "mamba1 T=%lld D=%lld N=%lld G=%lld",
+                         (long long)Ts[ti], (long long)D, (long long)N, (long long)G);
                 fails += mamba_compare(&m, label, TOL);
                 mproblem_free(&m);
             }
@@ -174,7 +179,8 @@ static int test_mamba2(void) {
     int fails = 0, idx = 0;
     for (int ti = 0; ti < 4; ti++)
         for (int si = 0; si < 3; si++, idx++) {
-            const int64_t B = 2, T = Ts[ti], H = 4, P = shapes[si][0], N = shapes[si][1], G = shapes[si][2];
+            const int64_t B = 2, T = Ts[ti], H = 4, P = shapes[si][0], N = shapes[si][1],
+                          G = shapes[si][2];
             rng r = {300 + (uint64_t)idx};
             dn_mamba2_params p = dn_mamba2_params_default(B, T, H, P, N, G);
             float *x = falloc(B * T * H * P), *dt = falloc(B * T * H), *A = falloc(H);
@@ -242,7 +248,8 @@ static int test_mamba2_reset(void) {
     static const int chunks[] = {16, 32, 64, 128};
     for (int with_inf = 1; with_inf >= 0; with_inf--) {
         rng r = {77};
-        float *x = falloc(nx), *dt = falloc(nd), *Bm = falloc(nb), *Cm = falloc(nb), *h0 = falloc(ns);
+        float *x = falloc(nx), *dt = falloc(nd), *Bm = falloc(nb), *Cm = falloc(nb),
+              *h0 = falloc(ns);
         float A[4] = {with_inf ? -INFINITY : -2.0f, -1e30f, -1.0f, -FLT_MAX};
         fill_uniform(&r, x, nx, -1, 1), fill_uniform(&r, dt, nd, -3, 1);
         fill_uniform(&r, Bm, nb, -0.3f, 0.3f), fill_uniform(&r, Cm, nb, -0.3f, 0.3f);
@@ -260,8 +267,9 @@ static int test_mamba2_reset(void) {
                     p.y = y, p.final_state = s, p.impl = (dn_impl)impl, p.chunk_size = chunks[c];
                     CHECK(dn_mamba2_forward(&p) == DN_OK, "mamba2: %s", dn_last_error());
                     char what[120];
-                    snprintf(what, sizeof what, "mamba2 reset A%s %s C=%d %s", with_inf ? "=-inf" : "",
-                             dn_impl_name((dn_impl)impl), chunks[c], dn_isa_name((dn_isa)isa_));
+                    snprintf(what, sizeof what, "mamba2 reset A%s %s C=%d %s",
+                             with_inf ? "=-inf" : "", dn_impl_name((dn_impl)impl), chunks[c],
+                             dn_isa_name((dn_isa)isa_));
                     fails += check_close(what, y, yr, nx, TOL);
                     fails += check_close(what, s, sr, ns, TOL);
                 });
@@ -271,25 +279,29 @@ static int test_mamba2_reset(void) {
             fill_uniform(&r, dy, nx, -1, 1), fill_uniform(&r, dhT, ns, -1, 1);
             const int64_t sz[6] = {nx, nd, nb, nb, H, ns};
             for (int w = 0; w < 2; w++)
-                for (int i = 0; i < 6; i++) gr[w][i] = calloc((size_t)sz[i], sizeof(float));
+                for (int i = 0; i < 6; i++)
+                    gr[w][i] = calloc((size_t)sz[i], sizeof(float));
             FOR_EACH_ISA({
                 for (int w = 0; w < 2; w++) {
                     dn_mamba2_bwd_params b = dn_mamba2_bwd_params_default(&p);
                     b.fwd.impl = w == 0 ? DN_IMPL_REF : DN_IMPL_AUTO;
                     b.dy = dy, b.dfinal_state = dhT, b.dx = gr[w][0], b.ddt = gr[w][1];
-                    b.dBm = gr[w][2], b.dCm = gr[w][3], b.dA = gr[w][4], b.dinitial_state = gr[w][5];
+                    b.dBm = gr[w][2], b.dCm = gr[w][3], b.dA = gr[w][4],
+                    b.dinitial_state = gr[w][5];
                     memset(gr[w][4], 0, sizeof(float) * H);
                     CHECK(dn_mamba2_backward(&b) == DN_OK, "%s", dn_last_error());
                 }
                 static const char *const nm[6] = {"dx", "ddt", "dBm", "dCm", "dA", "dh0"};
                 for (int i = 0; i < 6; i++) {
                     char what[80];
-                    snprintf(what, sizeof what, "mamba2 reset backward %s %s", dn_isa_name((dn_isa)isa_), nm[i]);
+                    snprintf(what, sizeof what, "mamba2 reset backward %s %s",
+                             dn_isa_name((dn_isa)isa_), nm[i]);
                     fails += check_close(what, gr[1][i], gr[0][i], sz[i], TOL);
                 }
             });
             for (int w = 0; w < 2; w++)
-                for (int i = 0; i < 6; i++) free(gr[w][i]);
+                for (int i = 0; i < 6; i++)
+                    free(gr[w][i]);
             free(dy), free(dhT);
         }
         free(x), free(dt), free(Bm), free(Cm), free(h0), free(yr), free(sr), free(y), free(s);
@@ -300,8 +312,8 @@ static int test_mamba2_reset(void) {
 /* ---------------------------------------------------------------------------------------------
  * RWKV-4
  * ------------------------------------------------------------------------------------------- */
-static int rwkv_case(int64_t B, int64_t T, int64_t C, float kamp, int strided, int init,
-                     double tol, uint64_t seed, const char *label) {
+static int rwkv_case(int64_t B, int64_t T, int64_t C, float kamp, int strided, int init, double tol,
+                     uint64_t seed, const char *label) {
     int fails = 0;
     rng r = {seed};
     dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
@@ -334,7 +346,8 @@ static int rwkv_case(int64_t B, int64_t T, int64_t C, float kamp, int strided, i
         fails += check_close(what, y, yr, ny, tol);
         fails += check_close(what, s, sr, ns, tol);
     });
-    free(k), free(v), free(ybuf), free(td), free(tf), free(s0), free(yr), free(sr), free(y), free(s);
+    free(k), free(v), free(ybuf), free(td), free(tf), free(s0), free(yr), free(sr), free(y),
+        free(s);
     return fails;
 }
 
@@ -344,9 +357,10 @@ static int test_rwkv4(void) {
     for (int ti = 0; ti < 4; ti++)
         for (int ci = 0; ci < 4; ci++, idx++) {
             char label[80];
-            snprintf(label, sizeof label, "rwkv4 T=%lld C=%lld", (long long)Ts[ti], (long long)Cs[ci]);
-            fails += rwkv_case(idx % 2 + 1, Ts[ti], Cs[ci], 3.0f, idx % 2, idx % 3 != 0, TOL, 50 + idx,
-                               label);
+            snprintf(label, sizeof label, "rwkv4 T=%lld C=%lld", (long long)Ts[ti],
+                     (long long)Cs[ci]);
+            fails += rwkv_case(idx % 2 + 1, Ts[ti], Cs[ci], 3.0f, idx % 2, idx % 3 != 0, TOL,
+                               50 + idx, label);
         }
     return fails;
 }
@@ -359,7 +373,8 @@ static int test_rwkv4_split(void) {
     rng r = {31};
     dn_rwkv4_params p = dn_rwkv4_params_default(B, T, C);
     float *k = falloc(B * T * C), *v = falloc(B * T * C), *td = falloc(C), *tf = falloc(C);
-    float *y1 = falloc(B * T * C), *y2 = falloc(B * T * C), *s1 = falloc(B * 3 * C), *s2 = falloc(B * 3 * C);
+    float *y1 = falloc(B * T * C), *y2 = falloc(B * T * C), *s1 = falloc(B * 3 * C),
+          *s2 = falloc(B * 3 * C);
     fill_uniform(&r, k, B * T * C, -20, 20), fill_uniform(&r, v, B * T * C, -1, 1);
     fill_uniform(&r, td, C, -3, 1), fill_uniform(&r, tf, C, -1, 1);
     p.k = k, p.v = v, p.time_decay = td, p.time_first = tf, p.y = y1, p.final_state = s1;
@@ -371,7 +386,8 @@ static int test_rwkv4_split(void) {
         a.T = t1, a.y = y2, a.final_state = s2;
         b2.T = T - t1, b2.k = k + t1 * C, b2.v = v + t1 * C, b2.y = y2 + t1 * C;
         b2.initial_state = s2, b2.final_state = s2; /* in place */
-        CHECK(dn_rwkv4_forward(&a) == DN_OK && dn_rwkv4_forward(&b2) == DN_OK, "%s", dn_last_error());
+        CHECK(dn_rwkv4_forward(&a) == DN_OK && dn_rwkv4_forward(&b2) == DN_OK, "%s",
+              dn_last_error());
         fails += check_close("rwkv4 split: y", y2, y1, B * T * C, TOL);
         fails += check_close("rwkv4 split: state", s2, s1, B * 3 * C, TOL);
     }
@@ -406,7 +422,8 @@ static int test_rwkv4_reference(void) {
     const int64_t T = 60, C = 8;
     rng r = {4};
     dn_rwkv4_params p = dn_rwkv4_params_default(1, T, C);
-    float *k = falloc(T * C), *v = falloc(T * C), *y = falloc(T * C), *td = falloc(C), *tf = falloc(C);
+    float *k = falloc(T * C), *v = falloc(T * C), *y = falloc(T * C), *td = falloc(C),
+          *tf = falloc(C);
     fill_uniform(&r, k, T * C, -100, 100);
     fill_uniform(&r, v, T * C, -1, 1);
     fill_uniform(&r, td, C, -2, 2);
@@ -419,12 +436,14 @@ static int test_rwkv4_reference(void) {
         for (int64_t t = 0; t < T; t++) {
             double mx = -INFINITY;
             for (int64_t i = 0; i <= t; i++) {
-                double la = i < t ? w * (double)(t - 1 - i) + k[i * C + c] : (double)tf[c] + k[t * C + c];
+                double la =
+                    i < t ? w * (double)(t - 1 - i) + k[i * C + c] : (double)tf[c] + k[t * C + c];
                 mx = fmax(mx, la);
             }
             double num = 0, den = 0;
             for (int64_t i = 0; i <= t; i++) {
-                double la = i < t ? w * (double)(t - 1 - i) + k[i * C + c] : (double)tf[c] + k[t * C + c];
+                double la =
+                    i < t ? w * (double)(t - 1 - i) + k[i * C + c] : (double)tf[c] + k[t * C + c];
                 num += exp(la - mx) * v[i * C + c];
                 den += exp(la - mx);
             }
@@ -451,7 +470,8 @@ static int test_conv(void) {
                 p.x_s = p.y_s = btd(T, D, idx % 2);
                 const int64_t n = btd_size(p.x_s, B, T, D), ns = B * D * (W - 1), ny = B * T * D;
                 float *x = falloc(n), *ybuf = falloc(n), *w = falloc(D * W), *bias = falloc(D);
-                float *s0 = falloc(ns), *yr = falloc(ny), *sr = falloc(ns), *y = falloc(ny), *s = falloc(ns);
+                float *s0 = falloc(ns), *yr = falloc(ny), *sr = falloc(ns), *y = falloc(ny),
+                      *s = falloc(ns);
                 fill_uniform(&r, x, n, -2, 2), fill_uniform(&r, w, D * W, -1, 1);
                 fill_uniform(&r, bias, D, -1, 1), fill_uniform(&r, s0, ns, -2, 2);
                 p.x = x, p.y = ybuf, p.weight = w, p.bias = idx % 3 ? bias : NULL;
@@ -473,8 +493,10 @@ static int test_conv(void) {
                 /* token by token with the rolling state in place */
                 if (T == 17) {
                     float *state = falloc(ns), *ys = falloc(ny);
-                    if (p.initial_state) memcpy(state, s0, sizeof(float) * ns);
-                    else memset(state, 0, sizeof(float) * ns);
+                    if (p.initial_state)
+                        memcpy(state, s0, sizeof(float) * ns);
+                    else
+                        memset(state, 0, sizeof(float) * ns);
                     for (int64_t t = 0; t < T; t++) {
                         dn_conv_params q = p;
                         q.T = 1, q.x = x + t * p.x_s.t, q.y = ys + t * D;
@@ -486,7 +508,8 @@ static int test_conv(void) {
                     fails += check_close("conv steps state", state, sr, ns, TOL);
                     free(state), free(ys);
                 }
-                free(x), free(ybuf), free(w), free(bias), free(s0), free(yr), free(sr), free(y), free(s);
+                free(x), free(ybuf), free(w), free(bias), free(s0), free(yr), free(sr), free(y),
+                    free(s);
             }
     return fails;
 }
@@ -497,7 +520,8 @@ static int test_conv(void) {
 static int test_ssm_bad_input(void) {
     int fails = 0;
     float buf[4096], copy[4096];
-    for (int i = 0; i < 4096; i++) buf[i] = (float)i;
+    for (int i = 0; i < 4096; i++)
+        buf[i] = (float)i;
     memcpy(copy, buf, sizeof buf);
     dn_mamba_params m = dn_mamba_params_default(1, 4, 8, 4, 2);
     m.x = m.dt = m.A = m.Bm = m.Cm = buf, m.y = buf + 2048;

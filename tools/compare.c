@@ -10,8 +10,8 @@
  * N random key-value pairs written into the state of linear attention, DeltaNet and Gated
  * DeltaNet, and every key read back.
  */
-#include "bench.h"
 #include "compare.h"
+#include "bench.h"
 #include "svg.h"
 
 #include <errno.h>
@@ -69,7 +69,8 @@ static float *fbuf(int64_t n, float lo, float hi) {
         fprintf(stderr, "compare: out of memory (%lld floats)\n", (long long)n);
         exit(1);
     }
-    for (int64_t i = 0; i < n; i++) x[i] = frand(lo, hi);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = frand(lo, hi);
     return x;
 }
 
@@ -174,15 +175,20 @@ static meas prefill(const config *c, int m, int64_t T) {
         r.sec = time_runs(run_la, &p, BENCH_WARMUP, reps);
         r.mem = mem_end(base);
         free(p.workspace);
-        r.flops = (m == M_LINEAR ? 4.0 : m == M_DELTANET ? 6.0 : 7.0) * (double)(Dh * Dh) * (double)(T * H);
+        r.flops = (m == M_LINEAR     ? 4.0
+                   : m == M_DELTANET ? 6.0
+                                     : 7.0) *
+                  (double)(Dh * Dh) * (double)(T * H);
         free(q), free(k), free(v), free(g), free(beta), free(o), free(st);
     } else if (m == M_MAMBA2) {
         const int64_t H2 = 2 * H, P = Dh / 2 > 0 ? Dh / 2 : 1, N = 128;
         dn_mamba2_params p = dn_mamba2_params_default(1, T, H2, P, N, 1);
-        float *x = fbuf(T * H2 * P, -1, 1), *dt = fbuf(T * H2, 0.001f, 0.1f), *A = fbuf(H2, -2, -0.5f);
+        float *x = fbuf(T * H2 * P, -1, 1), *dt = fbuf(T * H2, 0.001f, 0.1f),
+              *A = fbuf(H2, -2, -0.5f);
         float *Bm = fbuf(T * N, -1, 1), *Cm = fbuf(T * N, -1, 1), *Ds = fbuf(H2, -1, 1);
         float *y = fbuf(T * H2 * P, 0, 0), *st = fbuf(H2 * N * P, 0, 0);
-        p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.y = y, p.final_state = st;
+        p.x = x, p.dt = dt, p.A = A, p.Bm = Bm, p.Cm = Cm, p.Dskip = Ds, p.y = y,
+        p.final_state = st;
         p.n_threads = (int)c->threads;
         r.sec = time_runs(run_m2, &p, BENCH_WARMUP, reps);
         r.mem = mem_end(base);
@@ -270,8 +276,8 @@ typedef struct {
     int m;
     int64_t H, Dh;
     int threads;
-    float *q, *k, *v, *g, *beta;  /* linear family: q, k, v [H,Dh]; g <= 0, beta in [0,1] [H] */
-    float *x, *dt, *A, *Bm, *Cm;  /* Mamba: dt' > 0, A < 0 */
+    float *q, *k, *v, *g, *beta;    /* linear family: q, k, v [H,Dh]; g <= 0, beta in [0,1] [H] */
+    float *x, *dt, *A, *Bm, *Cm;    /* Mamba: dt' > 0, A < 0 */
     float *rk, *rv, *decay, *first; /* RWKV-4 */
     float *out, *st;
 } step_ctx;
@@ -280,14 +286,17 @@ static dn_status run_step(void *arg) {
     const step_ctx *c = arg;
     const int64_t H = c->H, Dh = c->Dh, W = H * Dh;
     if (c->m == M_LINEAR || c->m == M_DELTANET || c->m == M_GDN) {
-        dn_op op = c->m == M_LINEAR ? DN_OP_LINEAR_ATTN : c->m == M_DELTANET ? DN_OP_DELTANET : DN_OP_GDN;
+        dn_op op = c->m == M_LINEAR     ? DN_OP_LINEAR_ATTN
+                   : c->m == M_DELTANET ? DN_OP_DELTANET
+                                        : DN_OP_GDN;
         return dn_la_step(op, c->out, c->st, c->q, c->k, c->v, op == DN_OP_GDN ? c->g : NULL,
                           op != DN_OP_LINEAR_ATTN ? c->beta : NULL, 1, H, H, Dh, Dh, 0, 1);
     }
     if (c->m == M_MAMBA2) {
         const int64_t H2 = 2 * H, P = Dh / 2 > 0 ? Dh / 2 : 1, N = 128;
         dn_mamba2_params p = dn_mamba2_params_default(1, 1, H2, P, N, 1);
-        p.x = c->x, p.dt = c->dt, p.A = c->A, p.Bm = c->Bm, p.Cm = c->Cm; /* dt_softplus off: dt > 0 */
+        p.x = c->x, p.dt = c->dt, p.A = c->A, p.Bm = c->Bm,
+        p.Cm = c->Cm; /* dt_softplus off: dt > 0 */
         p.y = c->out, p.initial_state = p.final_state = c->st, p.n_threads = c->threads;
         return dn_mamba2_forward(&p);
     }
@@ -366,24 +375,33 @@ static double crossover(const config *c, const results *r, int m) {
             if (i == 0) return 0;
             double d0 = log(r->prefill_s[m][i - 1] / r->prefill_s[M_ATTN][i - 1]), d1 = log(b / a);
             double f = d0 / (d0 - d1);
-            return exp(log((double)c->lens[i - 1]) + f * (log((double)c->lens[i]) - log((double)c->lens[i - 1])));
+            return exp(log((double)c->lens[i - 1]) +
+                       f * (log((double)c->lens[i]) - log((double)c->lens[i - 1])));
         }
     }
     return -1;
 }
 
 static void fmt_bytes(char *b, size_t n, double v) {
-    if (v < 0) snprintf(b, n, "n/a");
-    else if (v >= 1 << 30) snprintf(b, n, "%.2f GiB", v / (1 << 30));
-    else if (v >= 1 << 20) snprintf(b, n, "%.1f MiB", v / (1 << 20));
-    else if (v >= 1 << 10) snprintf(b, n, "%.1f KiB", v / (1 << 10));
-    else snprintf(b, n, "%.0f B", v);
+    if (v < 0)
+        snprintf(b, n, "n/a");
+    else if (v >= 1 << 30)
+        snprintf(b, n, "%.2f GiB", v / (1 << 30));
+    else if (v >= 1 << 20)
+        snprintf(b, n, "%.1f MiB", v / (1 << 20));
+    else if (v >= 1 << 10)
+        snprintf(b, n, "%.1f KiB", v / (1 << 10));
+    else
+        snprintf(b, n, "%.0f B", v);
 }
 
 static void fmt_time(char *b, size_t n, double s) {
-    if (s >= 1) snprintf(b, n, "%.2f s", s);
-    else if (s >= 1e-3) snprintf(b, n, "%.2f ms", s * 1e3);
-    else snprintf(b, n, "%.1f us", s * 1e6);
+    if (s >= 1)
+        snprintf(b, n, "%.2f s", s);
+    else if (s >= 1e-3)
+        snprintf(b, n, "%.2f ms", s * 1e3);
+    else
+        snprintf(b, n, "%.1f us", s * 1e6);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -397,19 +415,20 @@ static void unit_vectors(float *x, int64_t n, int64_t d) {
             x[i * d + j] = (float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2));
             ss += (double)x[i * d + j] * x[i * d + j];
         }
-        for (int64_t j = 0; j < d; j++) x[i * d + j] = (float)(x[i * d + j] / sqrt(ss));
+        for (int64_t j = 0; j < d; j++)
+            x[i * d + j] = (float)(x[i * d + j] / sqrt(ss));
     }
 }
 
 dn_status dn_compare_capacity(dn_op op, int64_t K, int64_t N, int64_t distractors, float gate,
                               int close_gate, uint64_t seed, double *err, double *acc,
                               double *err_last) {
-    if (K < 1 || N < 1 || distractors < 0)
-        return DN_ERR_SHAPE;
+    if (K < 1 || N < 1 || distractors < 0) return DN_ERR_SHAPE;
     const int64_t T = distractors + N;
     uint64_t saved = rng_state;
     rng_state = seed * 0x9e3779b97f4a7c15ull + 12345;
-    float *k = malloc(sizeof(float) * (size_t)(T * K)), *v = malloc(sizeof(float) * (size_t)(T * K));
+    float *k = malloc(sizeof(float) * (size_t)(T * K)),
+          *v = malloc(sizeof(float) * (size_t)(T * K));
     float *q = calloc((size_t)(T * K), sizeof(float)), *o = malloc(sizeof(float) * (size_t)(T * K));
     float *g = malloc(sizeof(float) * (size_t)T), *beta = malloc(sizeof(float) * (size_t)T);
     float *S = malloc(sizeof(float) * (size_t)(K * K));
@@ -439,7 +458,8 @@ dn_status dn_compare_capacity(dn_op op, int64_t K, int64_t N, int64_t distractor
                 double num = 0, den = 0;
                 for (int64_t j = 0; j < K; j++) { /* read: S^T k */
                     double s = 0;
-                    for (int64_t a = 0; a < K; a++) s += (double)S[a * K + j] * ki[a];
+                    for (int64_t a = 0; a < K; a++)
+                        s += (double)S[a * K + j] * ki[a];
                     vh[j] = s;
                     num += (s - vi[j]) * (s - vi[j]), den += (double)vi[j] * vi[j];
                 }
@@ -449,7 +469,8 @@ dn_status dn_compare_capacity(dn_op op, int64_t K, int64_t N, int64_t distractor
                 double bs = -INFINITY;
                 for (int64_t c2 = distractors; c2 < T; c2++) { /* nearest stored value */
                     double d = 0;
-                    for (int64_t j = 0; j < K; j++) d += vh[j] * v[c2 * K + j];
+                    for (int64_t j = 0; j < K; j++)
+                        d += vh[j] * v[c2 * K + j];
                     if (d > bs) bs = d, best = c2;
                 }
                 hits += best == i;
@@ -531,7 +552,8 @@ static int parse_list(const char *s, int64_t *out) {
 
 static int geometric(int64_t lo, int64_t hi, int64_t *out) {
     int n = 0;
-    for (int64_t t = lo; t <= hi && n < MAXPTS; t *= 2) out[n++] = t;
+    for (int64_t t = lo; t <= hi && n < MAXPTS; t *= 2)
+        out[n++] = t;
     return n;
 }
 
@@ -555,31 +577,47 @@ static void usage(void) {
 int dn_compare_main(int argc, char **argv) {
     config c;
     memset(&c, 0, sizeof c);
-    for (int m = 0; m < M_COUNT; m++) c.enabled[m] = 1;
+    for (int m = 0; m < M_COUNT; m++)
+        c.enabled[m] = 1;
     c.H = 8, c.Dh = 128, c.capacity = 1, c.out_dir = "deltanet-compare";
     int64_t maxlen = 16384;
     int have_lens = 0, have_ctx = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage(), 0;
-        if (!strcmp(a, "--no-capacity")) { c.capacity = 0; continue; }
-        if (!strcmp(a, "--quick")) { c.quick = 1; continue; }
+        if (!strcmp(a, "--no-capacity")) {
+            c.capacity = 0;
+            continue;
+        }
+        if (!strcmp(a, "--quick")) {
+            c.quick = 1;
+            continue;
+        }
         if (!val) return fprintf(stderr, "compare: %s needs a value\n", a), 2;
         i++;
-        if (!strcmp(a, "--max-len")) maxlen = atoll(val);
+        if (!strcmp(a, "--max-len"))
+            maxlen = atoll(val);
         else if (!strcmp(a, "--lengths")) {
-            if ((c.nlens = parse_list(val, c.lens)) < 1) return fprintf(stderr, "compare: bad --lengths\n"), 2;
+            if ((c.nlens = parse_list(val, c.lens)) < 1)
+                return fprintf(stderr, "compare: bad --lengths\n"), 2;
             have_lens = 1;
         } else if (!strcmp(a, "--contexts")) {
-            if ((c.nctx = parse_list(val, c.ctxs)) < 1) return fprintf(stderr, "compare: bad --contexts\n"), 2;
+            if ((c.nctx = parse_list(val, c.ctxs)) < 1)
+                return fprintf(stderr, "compare: bad --contexts\n"), 2;
             have_ctx = 1;
-        } else if (!strcmp(a, "--heads")) c.H = atoll(val);
-        else if (!strcmp(a, "--dim")) c.Dh = atoll(val);
-        else if (!strcmp(a, "--threads")) c.threads = atoll(val);
-        else if (!strcmp(a, "--out")) c.out_dir = val;
-        else if (!strcmp(a, "--json")) c.json_path = val;
+        } else if (!strcmp(a, "--heads"))
+            c.H = atoll(val);
+        else if (!strcmp(a, "--dim"))
+            c.Dh = atoll(val);
+        else if (!strcmp(a, "--threads"))
+            c.threads = atoll(val);
+        else if (!strcmp(a, "--out"))
+            c.out_dir = val;
+        else if (!strcmp(a, "--json"))
+            c.json_path = val;
         else if (!strcmp(a, "--ops")) {
-            for (int m = 0; m < M_COUNT; m++) c.enabled[m] = 0;
+            for (int m = 0; m < M_COUNT; m++)
+                c.enabled[m] = 0;
             char tmp[256];
             snprintf(tmp, sizeof tmp, "%s", val);
             for (char *tok = strtok(tmp, ","); tok; tok = strtok(NULL, ",")) {
@@ -589,9 +627,11 @@ int dn_compare_main(int argc, char **argv) {
                 if (!found) return fprintf(stderr, "compare: unknown op '%s'\n", tok), 2;
             }
             c.enabled[M_ATTN] = 1; /* the baseline every comparison needs */
-        } else return fprintf(stderr, "compare: unknown option %s\n", a), usage(), 2;
+        } else
+            return fprintf(stderr, "compare: unknown option %s\n", a), usage(), 2;
     }
-    if (c.H < 1 || c.H > 64 || c.Dh < 2 || c.Dh > 256 || c.threads < 0 || maxlen < 1 || maxlen > (1 << 22))
+    if (c.H < 1 || c.H > 64 || c.Dh < 2 || c.Dh > 256 || c.threads < 0 || maxlen < 1 ||
+        maxlen > (1 << 22))
         return fprintf(stderr, "compare: heads 1-64, dim 2-256, max-len 1-4194304\n"), 2;
     if (!have_lens) c.nlens = geometric(maxlen < 32 ? maxlen : 32, maxlen, c.lens);
     if (!have_ctx) { /* contexts from 256: below, every decode is a few microseconds */
@@ -606,7 +646,8 @@ int dn_compare_main(int argc, char **argv) {
     results *r = calloc(1, sizeof *r);
     if (!r) return fprintf(stderr, "compare: out of memory\n"), 1;
     int nm = 0;
-    for (int m = 0; m < M_COUNT; m++) nm += c.enabled[m];
+    for (int m = 0; m < M_COUNT; m++)
+        nm += c.enabled[m];
     step_total = nm * (c.nlens + c.nctx) + (c.capacity ? 2 : 0);
     double t_start = dn_now_s();
     char machine[256];
@@ -621,13 +662,16 @@ int dn_compare_main(int argc, char **argv) {
         for (int m = 0; m < M_COUNT; m++) {
             if (!c.enabled[m]) continue;
             meas x = prefill(&c, m, c.lens[i]);
-            r->prefill_s[m][i] = x.sec, r->prefill_flops[m][i] = x.flops, r->prefill_mem[m][i] = x.mem;
+            r->prefill_s[m][i] = x.sec, r->prefill_flops[m][i] = x.flops,
+            r->prefill_mem[m][i] = x.mem;
             progress("prefill", mechs[m].name, c.lens[i]);
         }
     for (int m = 0; m < M_COUNT; m++) {
         if (!c.enabled[m]) continue;
-        if (m == M_ATTN) decode_attn(&c, r);
-        else decode_recurrent(&c, m, r);
+        if (m == M_ATTN)
+            decode_attn(&c, r);
+        else
+            decode_recurrent(&c, m, r);
     }
 
     /* capacity */
@@ -660,38 +704,49 @@ int dn_compare_main(int argc, char **argv) {
            fit_from < c.lens[0] ? (double)c.lens[0] : fit_from);
     printf("%-13s %9s %11s %14s %11s %11s %9s  %s\n", "mechanism", "prefill", "cheaper than",
            "state at max", "decode at", "decode vs", "decode", "core operation");
-    printf("%-13s %9s %11s %14s %11s %11s %9s\n", "", "exponent", "attention at",
-           "ctx, computed", "max context", "attention", "exponent");
+    printf("%-13s %9s %11s %14s %11s %11s %9s\n", "", "exponent", "attention at", "ctx, computed",
+           "max context", "attention", "exponent");
     for (int m = 0; m < M_COUNT; m++) {
         if (!c.enabled[m]) continue;
         double ex = loglog_slope(c.lens, r->prefill_s[m], c.nlens, fit_from);
         double dx = loglog_slope(c.ctxs, r->decode_s[m], c.nctx, (double)c.ctxs[X] / 16);
         char cross[32];
-        if (m == M_ATTN) snprintf(cross, sizeof cross, "-");
+        if (m == M_ATTN)
+            snprintf(cross, sizeof cross, "-");
         else {
             double xo = crossover(&c, r, m);
-            if (xo == 0) snprintf(cross, sizeof cross, "all T");
-            else if (xo < 0) snprintf(cross, sizeof cross, "> %lld", (long long)c.lens[L]);
-            else snprintf(cross, sizeof cross, "T > %.0f", xo);
+            if (xo == 0)
+                snprintf(cross, sizeof cross, "all T");
+            else if (xo < 0)
+                snprintf(cross, sizeof cross, "> %lld", (long long)c.lens[L]);
+            else
+                snprintf(cross, sizeof cross, "T > %.0f", xo);
         }
         fmt_bytes(b1, sizeof b1, r->state_bytes[m][X]);
         fmt_time(b2, sizeof b2, r->decode_s[m][X]);
         snprintf(b3, sizeof b3, m == M_ATTN ? "1x" : "%.1fx faster",
                  r->decode_s[M_ATTN][X] / r->decode_s[m][X]);
-        printf("%-13s %9.2f %11s %14s %11s %11s %9.2f  %s\n", mechs[m].name, ex, cross, b1, b2,
-               b3, dx, mechs[m].core);
+        printf("%-13s %9.2f %11s %14s %11s %11s %9.2f  %s\n", mechs[m].name, ex, cross, b1, b2, b3,
+               dx, mechs[m].core);
     }
     printf("\nPoint by point:\n");
     double ea = loglog_slope(c.lens, r->prefill_s[M_ATTN], c.nlens, fit_from);
-    double eg = c.enabled[M_GDN] ? loglog_slope(c.lens, r->prefill_s[M_GDN], c.nlens, fit_from) : NAN;
+    double eg =
+        c.enabled[M_GDN] ? loglog_slope(c.lens, r->prefill_s[M_GDN], c.nlens, fit_from) : NAN;
     printf("  complexity: softmax attention prefill grows as T^%.2f (theory: 2); Gated DeltaNet as "
            "T^%.2f (theory: 1).\n",
            ea, eg);
     if (c.enabled[M_GDN]) {
         double xo = crossover(&c, r, M_GDN);
-        if (xo > 0) printf("  crossover: Gated DeltaNet prefill is cheaper than attention from T = %.0f on.\n", xo);
-        else if (xo == 0) printf("  crossover: Gated DeltaNet prefill is cheaper at every length measured.\n");
-        else printf("  crossover: beyond the longest length measured (%lld).\n", (long long)c.lens[L]);
+        if (xo > 0)
+            printf(
+                "  crossover: Gated DeltaNet prefill is cheaper than attention from T = %.0f on.\n",
+                xo);
+        else if (xo == 0)
+            printf("  crossover: Gated DeltaNet prefill is cheaper at every length measured.\n");
+        else
+            printf("  crossover: beyond the longest length measured (%lld).\n",
+                   (long long)c.lens[L]);
     }
     fmt_bytes(b1, sizeof b1, r->state_bytes[M_ATTN][X]);
     fmt_bytes(b2, sizeof b2, c.enabled[M_GDN] ? r->state_bytes[M_GDN][X] : 0);
@@ -704,49 +759,57 @@ int dn_compare_main(int argc, char **argv) {
                (long long)c.ctxs[X], r->decode_s[M_ATTN][X] / r->decode_s[M_GDN][X],
                r->decode_s[M_ATTN][0] / r->decode_s[M_GDN][0], (long long)c.ctxs[0]);
     if (c.capacity)
-        printf("  memory: with N = %lld pairs in a K = %lld state, linear attention reads back with "
-               "relative error %.2f (interference grows as (N-1)/K), DeltaNet %.2f (each write "
-               "corrects the key it writes);\n    after %lld older pairs linear attention's error is "
-               "%.2f, DeltaNet's %.2f, and Gated DeltaNet's, its gate closed at the boundary, %.2f.\n",
-               (long long)capN[3], (long long)capK, cap_err[0][0][3], cap_err[0][1][3],
-               (long long)distract, cap_err[1][0][3], cap_err[1][1][3], cap_err[1][3][3]);
+        printf(
+            "  memory: with N = %lld pairs in a K = %lld state, linear attention reads back with "
+            "relative error %.2f (interference grows as (N-1)/K), DeltaNet %.2f (each write "
+            "corrects the key it writes);\n    after %lld older pairs linear attention's error is "
+            "%.2f, DeltaNet's %.2f, and Gated DeltaNet's, its gate closed at the boundary, %.2f.\n",
+            (long long)capN[3], (long long)capK, cap_err[0][0][3], cap_err[0][1][3],
+            (long long)distract, cap_err[1][0][3], cap_err[1][1][3], cap_err[1][3][3]);
     printf("  core operation: attention compares each query with every cached key; the linear "
            "family updates one fixed-size state per head.\n");
 
     /* ---- measured tables ---- */
     printf("\n== Prefill time (median) ==\n%8s", "T");
-    for (int m = 0; m < M_COUNT; m++) if (c.enabled[m]) printf(" %13s", mechs[m].name);
+    for (int m = 0; m < M_COUNT; m++)
+        if (c.enabled[m]) printf(" %13s", mechs[m].name);
     for (int i = 0; i < c.nlens; i++) {
         printf("\n%8lld", (long long)c.lens[i]);
         for (int m = 0; m < M_COUNT; m++)
             if (c.enabled[m]) fmt_time(b1, sizeof b1, r->prefill_s[m][i]), printf(" %13s", b1);
     }
     printf("\n\n== Prefill GFLOP/s ==\n%8s", "T");
-    for (int m = 0; m < M_COUNT; m++) if (c.enabled[m]) printf(" %13s", mechs[m].name);
+    for (int m = 0; m < M_COUNT; m++)
+        if (c.enabled[m]) printf(" %13s", mechs[m].name);
     for (int i = 0; i < c.nlens; i++) {
         printf("\n%8lld", (long long)c.lens[i]);
         for (int m = 0; m < M_COUNT; m++)
             if (c.enabled[m]) printf(" %13.1f", r->prefill_flops[m][i] / r->prefill_s[m][i] * 1e-9);
     }
     printf("\n\n== Prefill peak memory (%s) ==\n%8s",
-           r->mem_measured ? "resident high-water mark of inputs, outputs and scratch" : "not measurable here",
+           r->mem_measured ? "resident high-water mark of inputs, outputs and scratch"
+                           : "not measurable here",
            "T");
-    for (int m = 0; m < M_COUNT; m++) if (c.enabled[m]) printf(" %13s", mechs[m].name);
+    for (int m = 0; m < M_COUNT; m++)
+        if (c.enabled[m]) printf(" %13s", mechs[m].name);
     for (int i = 0; i < c.nlens; i++) {
         printf("\n%8lld", (long long)c.lens[i]);
         for (int m = 0; m < M_COUNT; m++)
             if (c.enabled[m]) fmt_bytes(b1, sizeof b1, r->prefill_mem[m][i]), printf(" %13s", b1);
     }
     printf("\n\n== Decode time per token ==\n%8s", "context");
-    for (int m = 0; m < M_COUNT; m++) if (c.enabled[m]) printf(" %13s", mechs[m].name);
+    for (int m = 0; m < M_COUNT; m++)
+        if (c.enabled[m]) printf(" %13s", mechs[m].name);
     for (int i = 0; i < c.nctx; i++) {
         printf("\n%8lld", (long long)c.ctxs[i]);
         for (int m = 0; m < M_COUNT; m++)
             if (c.enabled[m]) fmt_time(b1, sizeof b1, r->decode_s[m][i]), printf(" %13s", b1);
     }
     printf("\n\n== Inference state bytes, computed from the shapes (KV cache or recurrent state) "
-           "==\n%8s", "context");
-    for (int m = 0; m < M_COUNT; m++) if (c.enabled[m]) printf(" %13s", mechs[m].name);
+           "==\n%8s",
+           "context");
+    for (int m = 0; m < M_COUNT; m++)
+        if (c.enabled[m]) printf(" %13s", mechs[m].name);
     for (int i = 0; i < c.nctx; i++) {
         printf("\n%8lld", (long long)c.ctxs[i]);
         for (int m = 0; m < M_COUNT; m++)
@@ -760,11 +823,13 @@ int dn_compare_main(int argc, char **argv) {
             printf("\n== Memory capacity, K = %lld%s: relative error of S^T k against v (top-1 "
                    "accuracy) ==\n%6s %5s",
                    (long long)capK, run ? ", after 256 old distractor pairs" : "", "N", "N/K");
-            for (int vi = 0; vi < nv; vi++) printf(" %24s", vs[vi].name);
+            for (int vi = 0; vi < nv; vi++)
+                printf(" %24s", vs[vi].name);
             for (int ni = 0; ni < NCAP; ni++) {
                 printf("\n%6lld %5.2f", (long long)capN[ni], (double)capN[ni] / capK);
                 for (int vi = 0; vi < nv; vi++)
-                    printf("        %8.3g (%5.1f%%)", cap_err[run][vi][ni], 100 * cap_acc[run][vi][ni]);
+                    printf("        %8.3g (%5.1f%%)", cap_err[run][vi][ni],
+                           100 * cap_acc[run][vi][ni]);
             }
             printf("\n");
         }
@@ -776,55 +841,78 @@ int dn_compare_main(int argc, char **argv) {
         svg_series ser[8];
         double xs[MAXPTS], ys[8][MAXPTS];
         int ns = 0;
-        for (int i = 0; i < c.nlens; i++) xs[i] = (double)c.lens[i];
+        for (int i = 0; i < c.nlens; i++)
+            xs[i] = (double)c.lens[i];
         for (int m = 0; m < M_COUNT; m++)
             if (c.enabled[m]) {
-                for (int i = 0; i < c.nlens; i++) ys[ns][i] = r->prefill_s[m][i] * 1e3;
+                for (int i = 0; i < c.nlens; i++)
+                    ys[ns][i] = r->prefill_s[m][i] * 1e3;
                 ser[ns] = (svg_series){mechs[m].name, xs, ys[ns], c.nlens}, ns++;
             }
-        svg_chart ch = {"Prefill time against sequence length", "sequence length (tokens)",
-                        "time (ms)", "log-log: slope 2 is quadratic, slope 1 linear", ser, ns};
+        svg_chart ch = {"Prefill time against sequence length",
+                        "sequence length (tokens)",
+                        "time (ms)",
+                        "log-log: slope 2 is quadratic, slope 1 linear",
+                        ser,
+                        ns};
         snprintf(path, sizeof path, "%s/prefill_time.svg", c.out_dir);
         wrote += svg_chart_write(path, &ch) == 0;
         double xc[MAXPTS];
-        for (int i = 0; i < c.nctx; i++) xc[i] = (double)c.ctxs[i];
+        for (int i = 0; i < c.nctx; i++)
+            xc[i] = (double)c.ctxs[i];
         ns = 0;
         for (int m = 0; m < M_COUNT; m++)
             if (c.enabled[m]) {
-                for (int i = 0; i < c.nctx; i++) ys[ns][i] = r->decode_s[m][i] * 1e6;
+                for (int i = 0; i < c.nctx; i++)
+                    ys[ns][i] = r->decode_s[m][i] * 1e6;
                 ser[ns] = (svg_series){mechs[m].name, xc, ys[ns], c.nctx}, ns++;
             }
-        ch = (svg_chart){"Decode time per token against context", "context (tokens)",
-                         "time per token (us)", NULL, ser, ns};
+        ch = (svg_chart){"Decode time per token against context",
+                         "context (tokens)",
+                         "time per token (us)",
+                         NULL,
+                         ser,
+                         ns};
         snprintf(path, sizeof path, "%s/decode_time.svg", c.out_dir);
         wrote += svg_chart_write(path, &ch) == 0;
         ns = 0;
         for (int m = 0; m < M_COUNT; m++)
             if (c.enabled[m]) {
-                for (int i = 0; i < c.nctx; i++) ys[ns][i] = r->state_bytes[m][i];
+                for (int i = 0; i < c.nctx; i++)
+                    ys[ns][i] = r->state_bytes[m][i];
                 ser[ns] = (svg_series){mechs[m].name, xc, ys[ns], c.nctx}, ns++;
             }
-        ch = (svg_chart){"Inference state against context (computed)", "context (tokens)",
+        ch = (svg_chart){"Inference state against context (computed)",
+                         "context (tokens)",
                          "state bytes (computed)",
-                         "KV cache (softmax attention) against fixed recurrent states", ser, ns};
+                         "KV cache (softmax attention) against fixed recurrent states",
+                         ser,
+                         ns};
         snprintf(path, sizeof path, "%s/state_bytes.svg", c.out_dir);
         wrote += svg_chart_write(path, &ch) == 0;
         if (c.capacity) {
             double xk[NCAP], ye[8][NCAP];
-            for (int ni = 0; ni < NCAP; ni++) xk[ni] = (double)capN[ni] / capK;
+            for (int ni = 0; ni < NCAP; ni++)
+                xk[ni] = (double)capN[ni] / capK;
             ns = 0;
             for (int run = 0; run < 2; run++) {
                 const cap_variant *vs = run ? cap_distract : cap_plain;
                 int nv = run ? 4 : 3;
                 static char names[8][64];
                 for (int vi = 0; vi < nv; vi++) { /* from N = 8: one pair is exact (error ~1e-15) */
-                    for (int ni = 1; ni < NCAP; ni++) ye[ns][ni] = cap_err[run][vi][ni];
-                    snprintf(names[ns], sizeof names[ns], "%s%s", vs[vi].name, run ? ", distractors" : "");
+                    for (int ni = 1; ni < NCAP; ni++)
+                        ye[ns][ni] = cap_err[run][vi][ni];
+                    snprintf(names[ns], sizeof names[ns], "%s%s", vs[vi].name,
+                             run ? ", distractors" : "");
                     ser[ns] = (svg_series){names[ns], xk + 1, ye[ns] + 1, NCAP - 1}, ns++;
                 }
             }
-            ch = (svg_chart){"Recall from the state: N key-value pairs, K = 64", "N / K",
-                             "relative error of S^T k", "256 older distractor pairs before the queried ones where marked", ser, ns};
+            ch = (svg_chart){"Recall from the state: N key-value pairs, K = 64",
+                             "N / K",
+                             "relative error of S^T k",
+                             "256 older distractor pairs before the queried ones where marked",
+                             ser,
+                             ns};
             snprintf(path, sizeof path, "%s/capacity.svg", c.out_dir);
             wrote += svg_chart_write(path, &ch) == 0;
         }
@@ -840,27 +928,35 @@ int dn_compare_main(int argc, char **argv) {
         json_escape(jf, machine);
         fprintf(jf, "\", \"build\": \"");
         json_escape(jf, dn_build_info());
-        fprintf(jf, "\", \"threads\": %lld, \"heads\": %lld, \"head_dim\": %lld, \"seconds\": %.3f,\n"
-                    " \"records\": [\n",
+        fprintf(jf,
+                "\", \"threads\": %lld, \"heads\": %lld, \"head_dim\": %lld, \"seconds\": %.3f,\n"
+                " \"records\": [\n",
                 (long long)c.threads, (long long)c.H, (long long)c.Dh, elapsed);
         int first = 1;
         for (int m = 0; m < M_COUNT; m++) {
             if (!c.enabled[m]) continue;
             for (int i = 0; i < c.nlens; i++, first = 0)
-                fprintf(jf, "%s  {\"kind\": \"prefill\", \"op\": \"%s\", \"T\": %lld, \"seconds\": %.9g, "
-                            "\"flops\": %.6g, \"gflops\": %.6g, \"peak_bytes\": %.0f}",
-                        first ? "" : ",\n", mechs[m].name, (long long)c.lens[i], r->prefill_s[m][i],
-                        r->prefill_flops[m][i], r->prefill_flops[m][i] / r->prefill_s[m][i] * 1e-9,
-                        r->prefill_mem[m][i]);
+                fprintf(
+                    jf,
+                    "%s  {\"kind\": \"prefill\", \"op\": \"%s\", \"T\": %lld, \"seconds\": %.9g, "
+                    "\"flops\": %.6g, \"gflops\": %.6g, \"peak_bytes\": %.0f}",
+                    first ? "" : ",\n", mechs[m].name, (long long)c.lens[i], r->prefill_s[m][i],
+                    r->prefill_flops[m][i], r->prefill_flops[m][i] / r->prefill_s[m][i] * 1e-9,
+                    r->prefill_mem[m][i]);
             for (int i = 0; i < c.nctx; i++)
-                fprintf(jf, ",\n  {\"kind\": \"decode\", \"op\": \"%s\", \"context\": %lld, "
-                            "\"seconds_per_token\": %.9g, \"state_bytes_computed\": %.0f}",
-                        mechs[m].name, (long long)c.ctxs[i], r->decode_s[m][i], r->state_bytes[m][i]);
-            fprintf(jf, ",\n  {\"kind\": \"fit\", \"op\": \"%s\", \"prefill_exponent\": %.4f, "
-                        "\"decode_exponent\": %.4f, \"crossover_T\": %.1f, \"decode_ratio_at_max\": %.4f}",
-                    mechs[m].name, loglog_slope(c.lens, r->prefill_s[m], c.nlens, fit_from),
-                    loglog_slope(c.ctxs, r->decode_s[m], c.nctx, (double)c.ctxs[X] / 16),
-                    m == M_ATTN ? -1.0 : crossover(&c, r, m), r->decode_s[M_ATTN][X] / r->decode_s[m][X]);
+                fprintf(jf,
+                        ",\n  {\"kind\": \"decode\", \"op\": \"%s\", \"context\": %lld, "
+                        "\"seconds_per_token\": %.9g, \"state_bytes_computed\": %.0f}",
+                        mechs[m].name, (long long)c.ctxs[i], r->decode_s[m][i],
+                        r->state_bytes[m][i]);
+            fprintf(
+                jf,
+                ",\n  {\"kind\": \"fit\", \"op\": \"%s\", \"prefill_exponent\": %.4f, "
+                "\"decode_exponent\": %.4f, \"crossover_T\": %.1f, \"decode_ratio_at_max\": %.4f}",
+                mechs[m].name, loglog_slope(c.lens, r->prefill_s[m], c.nlens, fit_from),
+                loglog_slope(c.ctxs, r->decode_s[m], c.nctx, (double)c.ctxs[X] / 16),
+                m == M_ATTN ? -1.0 : crossover(&c, r, m),
+                r->decode_s[M_ATTN][X] / r->decode_s[m][X]);
         }
         if (c.capacity)
             for (int run = 0; run < 2; run++) {
@@ -868,10 +964,13 @@ int dn_compare_main(int argc, char **argv) {
                 int nv = run ? 4 : 3;
                 for (int vi = 0; vi < nv; vi++)
                     for (int ni = 0; ni < NCAP; ni++)
-                        fprintf(jf, ",\n  {\"kind\": \"capacity\", \"op\": \"%s\", \"K\": %lld, \"N\": %lld, "
-                                    "\"distractors\": %lld, \"rel_error\": %.6g, \"top1\": %.4f}",
+                        fprintf(jf,
+                                ",\n  {\"kind\": \"capacity\", \"op\": \"%s\", \"K\": %lld, \"N\": "
+                                "%lld, "
+                                "\"distractors\": %lld, \"rel_error\": %.6g, \"top1\": %.4f}",
                                 vs[vi].name, (long long)capK, (long long)capN[ni],
-                                (long long)(run ? distract : 0), cap_err[run][vi][ni], cap_acc[run][vi][ni]);
+                                (long long)(run ? distract : 0), cap_err[run][vi][ni],
+                                cap_acc[run][vi][ni]);
             }
         fprintf(jf, "\n]}\n");
         if (jf != stdout) fclose(jf);

@@ -14,18 +14,26 @@ static const char *const palette[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd"
 
 static void xml_text(FILE *f, const char *s) {
     for (; *s; s++) {
-        if (*s == '<') fputs("&lt;", f);
-        else if (*s == '>') fputs("&gt;", f);
-        else if (*s == '&') fputs("&amp;", f);
-        else fputc(*s, f);
+        if (*s == '<')
+            fputs("&lt;", f);
+        else if (*s == '>')
+            fputs("&gt;", f);
+        else if (*s == '&')
+            fputs("&amp;", f);
+        else
+            fputc(*s, f);
     }
 }
 
 static void fmt_tick(char *buf, size_t n, double v) {
-    if (v >= 1e9) snprintf(buf, n, "%gG", v / 1e9);
-    else if (v >= 1e6) snprintf(buf, n, "%gM", v / 1e6);
-    else if (v >= 1e3) snprintf(buf, n, "%gk", v / 1e3);
-    else snprintf(buf, n, "%g", v);
+    if (v >= 1e9)
+        snprintf(buf, n, "%gG", v / 1e9);
+    else if (v >= 1e6)
+        snprintf(buf, n, "%gM", v / 1e6);
+    else if (v >= 1e3)
+        snprintf(buf, n, "%gk", v / 1e3);
+    else
+        snprintf(buf, n, "%g", v);
 }
 
 int svg_chart_write(const char *path, const svg_chart *c) {
@@ -47,10 +55,11 @@ int svg_chart_write(const char *path, const svg_chart *c) {
     if (ly1 <= ly0) ly1 = ly0 + 1;
 #define PX(x) (L + (log10(x) - lx0) / (lx1 - lx0) * (W - L - R))
 #define PY(y) (H - B - (log10(y) - ly0) / (ly1 - ly0) * (H - T - B))
-    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-               "viewBox=\"0 0 %.0f %.0f\" font-family=\"Helvetica, Arial, sans-serif\" "
-               "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+    fprintf(f,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+            "viewBox=\"0 0 %.0f %.0f\" font-family=\"Helvetica, Arial, sans-serif\" "
+            "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
             W, H, W, H);
     fprintf(f, "<text x=\"%.0f\" y=\"28\" font-size=\"16\" font-weight=\"bold\">", L);
     xml_text(f, c->title);
@@ -84,13 +93,15 @@ int svg_chart_write(const char *path, const svg_chart *c) {
                         y + 4, buf);
             }
         }
-    fprintf(f, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
-               "stroke=\"#333\"/>\n",
+    fprintf(f,
+            "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
+            "stroke=\"#333\"/>\n",
             L, T, W - L - R, H - T - B);
     fprintf(f, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">", (L + W - R) / 2, H - 16);
     xml_text(f, c->xlabel);
-    fprintf(f, "</text>\n<text transform=\"translate(22 %.0f) rotate(-90)\" "
-               "text-anchor=\"middle\">",
+    fprintf(f,
+            "</text>\n<text transform=\"translate(22 %.0f) rotate(-90)\" "
+            "text-anchor=\"middle\">",
             (T + H - B) / 2);
     xml_text(f, c->ylabel);
     fprintf(f, "</text>\n");
@@ -107,8 +118,9 @@ int svg_chart_write(const char *path, const svg_chart *c) {
                 fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", PX(sr->x[i]),
                         PY(sr->y[i]), col);
         double ly = T + 14 + 20 * s;
-        fprintf(f, "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"%s\" "
-                   "stroke-width=\"3\"/>\n<text x=\"%.0f\" y=\"%.0f\">",
+        fprintf(f,
+                "<line x1=\"%.0f\" y1=\"%.0f\" x2=\"%.0f\" y2=\"%.0f\" stroke=\"%s\" "
+                "stroke-width=\"3\"/>\n<text x=\"%.0f\" y=\"%.0f\">",
                 W - R + 12, ly, W - R + 36, ly, col, W - R + 42, ly + 4);
         xml_text(f, sr->name);
         fprintf(f, "</text>\n");

@@ -49,14 +49,17 @@ static size_t att_layout(int64_t G, int64_t D, att_ws *w, float *base) {
 
 size_t DN_ISA_FN(dn_cpu_attn_workspace)(const dn_attn_params *p, int nthreads) {
     att_ws w;
-    return dn_parallel_ws_bytes(nthreads, sizeof(float) * att_layout(p->H / p->HKV, p->D, &w, NULL));
+    return dn_parallel_ws_bytes(nthreads,
+                                sizeof(float) * att_layout(p->H / p->HKV, p->D, &w, NULL));
 }
 
 /* Row update of the online softmax over one block: s holds n (multiple of DN_VW) scores, those
  * outside [a, e] are masked. Turns s into probabilities; returns the factor for the old state. */
 static inline float softmax_row(float *s, int64_t n, int64_t a, int64_t e, float *m, float *l) {
-    for (int64_t j = 0; j < a; j++) s[j] = -INFINITY;
-    for (int64_t j = e + 1; j < n; j++) s[j] = -INFINITY;
+    for (int64_t j = 0; j < a; j++)
+        s[j] = -INFINITY;
+    for (int64_t j = e + 1; j < n; j++)
+        s[j] = -INFINITY;
     vf mx = vset1(-INFINITY);
     for (int64_t j = 0; j < n; j += DN_VW) {
         vf x = vload(s + j);
@@ -64,7 +67,8 @@ static inline float softmax_row(float *s, int64_t n, int64_t a, int64_t e, float
         mx = (vf)(((vi)x & gt) | ((vi)mx & ~gt));
     }
     float rowmax = -INFINITY;
-    for (int i = 0; i < DN_VW; i++) rowmax = mx[i] > rowmax ? mx[i] : rowmax;
+    for (int i = 0; i < DN_VW; i++)
+        rowmax = mx[i] > rowmax ? mx[i] : rowmax;
     const float mn = rowmax > *m ? rowmax : *m;
     const float alpha = *m == -INFINITY ? 0.0f : expf(*m - mn);
     vf sum = vzero(), mnv = vset1(mn);
@@ -89,11 +93,14 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
         for (int64_t i = 0; i < nq; i++) {
             const float *q = p->q + b * p->q_s.b + (q0 + i) * p->q_s.t + (kh * G + g) * p->q_s.h;
             float *row = w.Q + (g * nq + i) * Dp;
-            for (int64_t d = 0; d < D; d++) row[d] = q[d] * p->scale;
-            for (int64_t d = D; d < Dp; d++) row[d] = 0;
+            for (int64_t d = 0; d < D; d++)
+                row[d] = q[d] * p->scale;
+            for (int64_t d = D; d < Dp; d++)
+                row[d] = 0;
         }
     memset(w.O, 0, sizeof(float) * (size_t)(R * Dp));
-    for (int64_t r = 0; r < R; r++) w.m[r] = -INFINITY, w.l[r] = 0;
+    for (int64_t r = 0; r < R; r++)
+        w.m[r] = -INFINITY, w.l[r] = 0;
 
     const int64_t posmin = p->TK - p->TQ + q0, posmax = posmin + nq - 1;
     int64_t jlo = W > 0 && posmin >= W ? posmin - W + 1 : 0; /* no overflow at huge W */
@@ -103,12 +110,15 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
         for (int64_t jj = 0; jj < nk; jj++) {
             const float *k = p->k + b * p->k_s.b + (j0 + jj) * p->k_s.t + kh * p->k_s.h;
             const float *v = p->v + b * p->v_s.b + (j0 + jj) * p->v_s.t + kh * p->v_s.h;
-            for (int64_t d = 0; d < D; d++) w.KT[d * ATT_BC + jj] = k[d];
+            for (int64_t d = 0; d < D; d++)
+                w.KT[d * ATT_BC + jj] = k[d];
             memcpy(w.Vb + jj * Dp, v, sizeof(float) * (size_t)D);
-            for (int64_t d = D; d < Dp; d++) w.Vb[jj * Dp + d] = 0;
+            for (int64_t d = D; d < Dp; d++)
+                w.Vb[jj * Dp + d] = 0;
         }
         for (int64_t d = 0; d < D; d++)
-            for (int64_t jj = nk; jj < nkp; jj++) w.KT[d * ATT_BC + jj] = 0;
+            for (int64_t jj = nk; jj < nkp; jj++)
+                w.KT[d * ATT_BC + jj] = 0;
 
         gemm_f32(R, nkp, D, w.Q, Dp, 1, w.KT, ATT_BC, w.S, ATT_BC, 0, 0);
         int edge = 0; /* some row of the tile does not see some key of the block */
@@ -126,12 +136,14 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
             if (alpha != 1.0f) {
                 vf av = vset1(alpha);
                 float *o = w.O + r * Dp;
-                for (int64_t d = 0; d < Dp; d += DN_VW) vstore(o + d, av * vload(o + d));
+                for (int64_t d = 0; d < Dp; d += DN_VW)
+                    vstore(o + d, av * vload(o + d));
             }
         }
         if (edge && !all_finite(w.Vb, nk * Dp)) {
             /* A masked weight is 0, but 0 * inf is NaN: with an inf or NaN among the values, each
-             * row sums over its visible keys only, so that what a row cannot see cannot reach it. */
+             * row sums over its visible keys only, so that what a row cannot see cannot reach it.
+             */
             for (int64_t r = 0; r < R; r++) {
                 int64_t a, e;
                 dn_attn_visible(posmin + r % nq, W, j0, nk, &a, &e);
@@ -151,7 +163,8 @@ static void att_task(const dn_attn_params *p, int64_t b, int64_t kh, int64_t qb,
         const int64_t g = r / nq, i = r % nq, h = kh * G + g;
         float *o = p->o + b * p->o_s.b + (q0 + i) * p->o_s.t + h * p->o_s.h;
         const float inv = w.l[r] > 0 ? 1.0f / w.l[r] : 0.0f;
-        for (int64_t d = 0; d < D; d++) o[d] = w.O[r * Dp + d] * inv;
+        for (int64_t d = 0; d < D; d++)
+            o[d] = w.O[r * Dp + d] * inv;
         if (p->lse)
             p->lse[(b * p->H + h) * p->TQ + q0 + i] =
                 w.l[r] > 0 ? w.m[r] + logf(w.l[r]) : -INFINITY;
@@ -245,7 +258,8 @@ static inline vf ld_f16(const void *p, int64_t i) {
     return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
 #else
     vf r;
-    for (int k = 0; k < DN_VW; k++) r[k] = dn_f16_to_f32(h[k]);
+    for (int k = 0; k < DN_VW; k++)
+        r[k] = dn_f16_to_f32(h[k]);
     return r;
 #endif
 }
@@ -257,14 +271,15 @@ static inline float ld1_f16(const void *p, int64_t i) {
  * so that four FMA chains overlap; and o += sum_j p[j] v_j with o held in registers across keys,
  * eight vectors at a time. */
 #define DEC_LOOPS(T)                                                                               \
-    static void dec_scores_##T(float *s, const float *q, const void *K, int64_t row0, int64_t nk, \
+    static void dec_scores_##T(float *s, const float *q, const void *K, int64_t row0, int64_t nk,  \
                                int64_t D) {                                                        \
         const int64_t Dv = D / DN_VW * DN_VW;                                                      \
         int64_t j = 0;                                                                             \
         for (; j + 4 <= nk; j += 4) {                                                              \
             const int64_t r0 = (row0 + j) * D;                                                     \
             for (int64_t d = 0; d < 4 * D; d += 64 / (int64_t)sizeof(float))                       \
-                __builtin_prefetch((const char *)K + (r0 + DEC_AHEAD * D) * ESZ_##T + d * ESZ_##T); \
+                __builtin_prefetch((const char *)K + (r0 + DEC_AHEAD * D) * ESZ_##T +              \
+                                   d * ESZ_##T);                                                   \
             vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                             \
             for (int64_t d = 0; d < Dv; d += DN_VW) {                                              \
                 vf qv = vload(q + d);                                                              \
@@ -283,36 +298,43 @@ static inline float ld1_f16(const void *p, int64_t i) {
         for (; j < nk; j++) {                                                                      \
             const int64_t r0 = (row0 + j) * D;                                                     \
             vf a0 = vzero();                                                                       \
-            for (int64_t d = 0; d < Dv; d += DN_VW) a0 += vload(q + d) * ld_##T(K, r0 + d);        \
+            for (int64_t d = 0; d < Dv; d += DN_VW)                                                \
+                a0 += vload(q + d) * ld_##T(K, r0 + d);                                            \
             float s0 = vhsum(a0);                                                                  \
-            for (int64_t d = Dv; d < D; d++) s0 += q[d] * ld1_##T(K, r0 + d);                      \
+            for (int64_t d = Dv; d < D; d++)                                                       \
+                s0 += q[d] * ld1_##T(K, r0 + d);                                                   \
             s[j] = s0;                                                                             \
         }                                                                                          \
     }                                                                                              \
-    static void dec_accumulate_##T(float *o, const float *p, const void *Vc, int64_t row0,        \
+    static void dec_accumulate_##T(float *o, const float *p, const void *Vc, int64_t row0,         \
                                    int64_t nk, int64_t D) {                                        \
         const int64_t Dv = D / DN_VW * DN_VW;                                                      \
         int64_t d0 = 0;                                                                            \
         for (; d0 + 8 * DN_VW <= Dv; d0 += 8 * DN_VW) {                                            \
             vf acc[8];                                                                             \
-            for (int c = 0; c < 8; c++) acc[c] = vload(o + d0 + c * DN_VW);                        \
+            for (int c = 0; c < 8; c++)                                                            \
+                acc[c] = vload(o + d0 + c * DN_VW);                                                \
             for (int64_t j = 0; j < nk; j++) {                                                     \
                 vf pj = vset1(p[j]);                                                               \
                 const int64_t r0 = (row0 + j) * D + d0;                                            \
                 for (int64_t d = 0; d < 8 * DN_VW; d += 64 / (int64_t)sizeof(float))               \
                     __builtin_prefetch((const char *)Vc + (r0 + DEC_AHEAD * D + d) * ESZ_##T);     \
-                for (int c = 0; c < 8; c++) acc[c] += pj * ld_##T(Vc, r0 + c * DN_VW);            \
+                for (int c = 0; c < 8; c++)                                                        \
+                    acc[c] += pj * ld_##T(Vc, r0 + c * DN_VW);                                     \
             }                                                                                      \
-            for (int c = 0; c < 8; c++) vstore(o + d0 + c * DN_VW, acc[c]);                       \
+            for (int c = 0; c < 8; c++)                                                            \
+                vstore(o + d0 + c * DN_VW, acc[c]);                                                \
         }                                                                                          \
         for (; d0 < Dv; d0 += DN_VW) {                                                             \
             vf acc = vload(o + d0);                                                                \
-            for (int64_t j = 0; j < nk; j++) acc += vset1(p[j]) * ld_##T(Vc, (row0 + j) * D + d0); \
+            for (int64_t j = 0; j < nk; j++)                                                       \
+                acc += vset1(p[j]) * ld_##T(Vc, (row0 + j) * D + d0);                              \
             vstore(o + d0, acc);                                                                   \
         }                                                                                          \
         for (int64_t d = Dv; d < D; d++) {                                                         \
             float acc = o[d];                                                                      \
-            for (int64_t j = 0; j < nk; j++) acc += p[j] * ld1_##T(Vc, (row0 + j) * D + d);        \
+            for (int64_t j = 0; j < nk; j++)                                                       \
+                acc += p[j] * ld1_##T(Vc, (row0 + j) * D + d);                                     \
             o[d] = acc;                                                                            \
         }                                                                                          \
     }
@@ -333,8 +355,10 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
     for (int64_t r = 0; r < R; r++) {
         const int64_t g = r / TQ, i = r % TQ;
         const float *qr = q + b * q_s.b + i * q_s.t + (kh * G + g) * q_s.h;
-        for (int64_t d = 0; d < D; d++) Q[r * Dp + d] = qr[d] * scale;
-        for (int64_t d = D; d < Dp; d++) Q[r * Dp + d] = 0;
+        for (int64_t d = 0; d < D; d++)
+            Q[r * Dp + d] = qr[d] * scale;
+        for (int64_t d = D; d < Dp; d++)
+            Q[r * Dp + d] = 0;
         m[r] = -INFINITY, l[r] = 0;
     }
     memset(O, 0, sizeof(float) * (size_t)(R * Dp));
@@ -343,14 +367,18 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
     const int64_t rowbase = (b * kv->HKV + kh) * kv->cap;
     /* the loops for the cache's storage type */
     void (*scores)(float *, const float *, const void *, int64_t, int64_t, int64_t) =
-        kv->dtype == DN_F32 ? dec_scores_f32 : kv->dtype == DN_BF16 ? dec_scores_bf16 : dec_scores_f16;
+        kv->dtype == DN_F32    ? dec_scores_f32
+        : kv->dtype == DN_BF16 ? dec_scores_bf16
+                               : dec_scores_f16;
     void (*accumulate)(float *, const float *, const void *, int64_t, int64_t, int64_t) =
-        kv->dtype == DN_F32 ? dec_accumulate_f32
-                            : kv->dtype == DN_BF16 ? dec_accumulate_bf16 : dec_accumulate_f16;
+        kv->dtype == DN_F32    ? dec_accumulate_f32
+        : kv->dtype == DN_BF16 ? dec_accumulate_bf16
+                               : dec_accumulate_f16;
 
     for (int64_t j0 = s0; j0 <= s1; j0 += DEC_BLK) {
         const int64_t nk = s1 + 1 - j0 < DEC_BLK ? s1 + 1 - j0 : DEC_BLK, nkp = ROUND_UP(nk, DN_VW);
-        for (int64_t r = 0; r < R; r++) scores(S + r * DEC_BLK, Q + r * Dp, kv->k, rowbase + j0, nk, D);
+        for (int64_t r = 0; r < R; r++)
+            scores(S + r * DEC_BLK, Q + r * Dp, kv->k, rowbase + j0, nk, D);
         int any = 0;
         for (int64_t r = 0; r < R; r++) {
             const int64_t pos = kv->len - TQ + r % TQ;
@@ -365,7 +393,8 @@ static void dec_task(const dn_kv_view *kv, const dec_plan *pl, const float *q, d
             float alpha = softmax_row(s, nkp, a, e, &m[r], &l[r]);
             if (alpha != 1.0f) {
                 vf av = vset1(alpha);
-                for (int64_t d = 0; d < Dp; d += DN_VW) vstore(O + r * Dp + d, av * vload(O + r * Dp + d));
+                for (int64_t d = 0; d < Dp; d += DN_VW)
+                    vstore(O + r * Dp + d, av * vload(O + r * Dp + d));
             }
         }
         if (!any) continue;
@@ -421,7 +450,8 @@ void DN_ISA_FN(dn_cpu_decode)(const dn_kv_view *kv, float *o, dn_strides o_s, fl
                 if (part[r] > M) M = part[r];
             }
             float *out = o + b * o_s.b + i * o_s.t + h * o_s.h;
-            for (int64_t d = 0; d < D; d++) out[d] = 0;
+            for (int64_t d = 0; d < D; d++)
+                out[d] = 0;
             float L = 0;
             if (M != -INFINITY)
                 for (int64_t s = 0; s < pl.nsplit; s++) {
@@ -430,10 +460,12 @@ void DN_ISA_FN(dn_cpu_decode)(const dn_kv_view *kv, float *o, dn_strides o_s, fl
                     const float f = expf(part[r] - M);
                     L += f * part[R + r];
                     const float *Os = part + 2 * R + r * Dp;
-                    for (int64_t d = 0; d < D; d++) out[d] += f * Os[d];
+                    for (int64_t d = 0; d < D; d++)
+                        out[d] += f * Os[d];
                 }
             const float inv = L > 0 ? 1.0f / L : 0.0f;
-            for (int64_t d = 0; d < D; d++) out[d] *= inv;
+            for (int64_t d = 0; d < D; d++)
+                out[d] *= inv;
             if (lse) lse[(b * H + h) * TQ + i] = L > 0 ? M + logf(L) : -INFINITY;
         }
 }

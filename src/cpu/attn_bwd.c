@@ -29,19 +29,19 @@ static int64_t bwd_br(int64_t G) {
 }
 
 typedef struct {
-    float *Q, *dO, *dQt;            /* R x Dp */
-    float *KT, *VT;                 /* D x BC */
-    float *Kb, *dKb, *dVb;          /* BC x Dp */
-    float *S, *dP;                  /* R x BC */
-    float *lse, *Dr;                /* R */
+    float *Q, *dO, *dQt;   /* R x Dp */
+    float *KT, *VT;        /* D x BC */
+    float *Kb, *dKb, *dVb; /* BC x Dp */
+    float *S, *dP;         /* R x BC */
+    float *lse, *Dr;       /* R */
 } abws;
 
 static size_t abws_layout(const dn_attn_params *p, abws *w, float *base) {
     const int64_t G = p->H / p->HKV, R = G * bwd_br(G), Dp = ROUND_UP(p->D, DN_VW), D = p->D;
-    const int64_t sizes[] = {R * Dp, R * Dp, R * Dp, D * BC, D * BC,
-                             BC * Dp, BC * Dp, BC * Dp, R * BC, R * BC, R, R};
-    float **slots[] = {&w->Q, &w->dO, &w->dQt, &w->KT, &w->VT, &w->Kb, &w->dKb, &w->dVb,
-                       &w->S, &w->dP, &w->lse, &w->Dr};
+    const int64_t sizes[] = {R * Dp,  R * Dp,  R * Dp, D * BC, D * BC, BC * Dp,
+                             BC * Dp, BC * Dp, R * BC, R * BC, R,      R};
+    float **slots[] = {&w->Q,   &w->dO,  &w->dQt, &w->KT, &w->VT,  &w->Kb,
+                       &w->dKb, &w->dVb, &w->S,   &w->dP, &w->lse, &w->Dr};
     size_t off = 0;
     for (int i = 0; i < 12; i++) {
         *slots[i] = base ? base + off : NULL;
@@ -84,10 +84,10 @@ size_t DN_ISA_FN(dn_cpu_attn_bwd_workspace)(const dn_attn_params *p, int nthread
            sizeof(float) * shared_floats(p, &pl);
 }
 
-/* One key block [j0, j0 + BC) of KV head kh: writes its dk, dv rows and adds its part of dQ (unscaled)
- * into dQ [TQ, G, Dp]. */
-static void key_block(const dn_attn_bwd_params *bp, abws *w, const float *Dall, float *dQ, int64_t b,
-                      int64_t kh, int64_t j0) {
+/* One key block [j0, j0 + BC) of KV head kh: writes its dk, dv rows and adds its part of dQ
+ * (unscaled) into dQ [TQ, G, Dp]. */
+static void key_block(const dn_attn_bwd_params *bp, abws *w, const float *Dall, float *dQ,
+                      int64_t b, int64_t kh, int64_t j0) {
     const dn_attn_params *p = &bp->fwd;
     const int64_t G = p->H / p->HKV, D = p->D, Dp = ROUND_UP(D, DN_VW), br = bwd_br(G);
     const int64_t W = p->window, off = p->TK - p->TQ;
@@ -95,19 +95,21 @@ static void key_block(const dn_attn_bwd_params *bp, abws *w, const float *Dall, 
     for (int64_t jj = 0; jj < nk; jj++) {
         const float *k = p->k + b * p->k_s.b + (j0 + jj) * p->k_s.t + kh * p->k_s.h;
         const float *v = p->v + b * p->v_s.b + (j0 + jj) * p->v_s.t + kh * p->v_s.h;
-        for (int64_t d = 0; d < D; d++) w->KT[d * BC + jj] = k[d], w->VT[d * BC + jj] = v[d];
+        for (int64_t d = 0; d < D; d++)
+            w->KT[d * BC + jj] = k[d], w->VT[d * BC + jj] = v[d];
         memcpy(w->Kb + jj * Dp, k, sizeof(float) * (size_t)D);
         memset(w->Kb + jj * Dp + D, 0, sizeof(float) * (size_t)(Dp - D));
     }
     for (int64_t d = 0; d < D; d++)
-        for (int64_t jj = nk; jj < nkp; jj++) w->KT[d * BC + jj] = w->VT[d * BC + jj] = 0;
+        for (int64_t jj = nk; jj < nkp; jj++)
+            w->KT[d * BC + jj] = w->VT[d * BC + jj] = 0;
     memset(w->dKb, 0, sizeof(float) * (size_t)(BC * Dp));
     memset(w->dVb, 0, sizeof(float) * (size_t)(BC * Dp));
     const int k_finite = all_finite(w->Kb, nk * Dp);
 
     /* query rows that see some key of the block: j0 <= pos, and pos - W + 1 <= j0 + nk - 1 */
     int64_t ilo = j0 - off > 0 ? j0 - off : 0, ihi = p->TQ - 1;
-    const int64_t last = j0 + nk - 1 - off; /* the block's last key as a query index */
+    const int64_t last = j0 + nk - 1 - off;              /* the block's last key as a query index */
     if (W > 0 && W - 1 < ihi - last) ihi = last + W - 1; /* no overflow at huge W */
     for (int64_t i0 = ilo; i0 <= ihi; i0 += br) {
         const int64_t nq = ihi + 1 - i0 < br ? ihi + 1 - i0 : br, R = G * nq;
@@ -116,9 +118,11 @@ static void key_block(const dn_attn_bwd_params *bp, abws *w, const float *Dall, 
                 const int64_t h = kh * G + g, t = i0 + i, r = g * nq + i;
                 const float *q = p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h;
                 const float *dO = bp->dout + b * bp->dout_s.b + t * bp->dout_s.t + h * bp->dout_s.h;
-                for (int64_t d = 0; d < D; d++) w->Q[r * Dp + d] = q[d] * p->scale;
+                for (int64_t d = 0; d < D; d++)
+                    w->Q[r * Dp + d] = q[d] * p->scale;
                 memcpy(w->dO + r * Dp, dO, sizeof(float) * (size_t)D);
-                for (int64_t d = D; d < Dp; d++) w->Q[r * Dp + d] = w->dO[r * Dp + d] = 0;
+                for (int64_t d = D; d < Dp; d++)
+                    w->Q[r * Dp + d] = w->dO[r * Dp + d] = 0;
                 w->lse[r] = p->lse[(b * p->H + h) * p->TQ + t];
                 w->Dr[r] = Dall[(b * p->H + h) * p->TQ + t];
             }
@@ -137,8 +141,10 @@ static void key_block(const dn_attn_bwd_params *bp, abws *w, const float *Dall, 
                 continue;
             }
             edge |= a > 0 || e < nk - 1;
-            for (int64_t j = 0; j < a; j++) s[j] = -INFINITY;
-            for (int64_t j = e + 1; j < nkp; j++) s[j] = -INFINITY;
+            for (int64_t j = 0; j < a; j++)
+                s[j] = -INFINITY;
+            for (int64_t j = e + 1; j < nkp; j++)
+                s[j] = -INFINITY;
             const vf l = vset1(w->lse[r]), dr = vset1(w->Dr[r]);
             for (int64_t j = 0; j < nkp; j += DN_VW) {
                 vf pj = vexp_neg(vload(s + j) - l);
@@ -146,8 +152,10 @@ static void key_block(const dn_attn_bwd_params *bp, abws *w, const float *Dall, 
                 vstore(dp + j, pj * (vload(dp + j) - dr)); /* dS */
             }
             /* P is 0 there, but dP of a masked key (dO . v) may be inf or NaN: dS = 0 exactly */
-            for (int64_t j = 0; j < a; j++) dp[j] = 0;
-            for (int64_t j = e + 1; j < nkp; j++) dp[j] = 0;
+            for (int64_t j = 0; j < a; j++)
+                dp[j] = 0;
+            for (int64_t j = e + 1; j < nkp; j++)
+                dp[j] = 0;
         }
         if (edge && !(k_finite && all_finite(w->Q, R * Dp) && all_finite(w->dO, R * Dp))) {
             /* An inf or NaN in a key, query or output gradient would meet a masked (zero) weight
@@ -207,7 +215,8 @@ static void rows_D(void *vctx, int64_t task, int thread, void *scratch) {
     const dn_attn_params *p = &bp->fwd;
     const int64_t nrows = p->B * p->H * p->TQ;
     (void)thread, (void)scratch;
-    for (int64_t row = task * ROWS_PER_TASK; row < nrows && row < (task + 1) * ROWS_PER_TASK; row++) {
+    for (int64_t row = task * ROWS_PER_TASK; row < nrows && row < (task + 1) * ROWS_PER_TASK;
+         row++) {
         const int64_t b = row / (p->H * p->TQ), h = row / p->TQ % p->H, t = row % p->TQ;
         c->Dall[row] = dot_f32(bp->dout + b * bp->dout_s.b + t * bp->dout_s.t + h * bp->dout_s.h,
                                p->o + b * p->o_s.b + t * p->o_s.t + h * p->o_s.h, p->D);
@@ -226,13 +235,15 @@ static void key_task(void *vctx, int64_t task, int thread, void *scratch) {
     const size_t lay = abws_layout(p, &w, scratch);
     float *dQ = nseg == 1 ? (float *)scratch + lay : c->accs + (size_t)task * c->pl.acc;
     memset(dQ, 0, sizeof(float) * (size_t)(p->TQ * G * Dp));
-    for (int64_t kb = s; kb < c->pl.nkb; kb += nseg) key_block(bp, &w, c->Dall, dQ, b, kh, kb * BC);
+    for (int64_t kb = s; kb < c->pl.nkb; kb += nseg)
+        key_block(bp, &w, c->Dall, dQ, b, kh, kb * BC);
     if (nseg == 1)
         for (int64_t t = 0; t < p->TQ; t++)
             for (int64_t g = 0; g < G; g++) {
                 const int64_t h = kh * G + g;
                 float *out = bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h;
-                for (int64_t d = 0; d < D; d++) out[d] = dQ[(t * G + g) * Dp + d] * p->scale;
+                for (int64_t d = 0; d < D; d++)
+                    out[d] = dQ[(t * G + g) * Dp + d] * p->scale;
             }
 }
 
@@ -244,14 +255,17 @@ static void dq_rows(void *vctx, int64_t task, int thread, void *scratch) {
     const int64_t G = p->H / p->HKV, D = p->D, Dp = ROUND_UP(D, DN_VW), nseg = c->pl.nseg;
     const int64_t nrows = p->B * p->TQ * p->H;
     (void)thread, (void)scratch;
-    for (int64_t row = task * ROWS_PER_TASK; row < nrows && row < (task + 1) * ROWS_PER_TASK; row++) {
+    for (int64_t row = task * ROWS_PER_TASK; row < nrows && row < (task + 1) * ROWS_PER_TASK;
+         row++) {
         const int64_t b = row / (p->TQ * p->H), t = row / p->H % p->TQ, h = row % p->H;
         const int64_t kh = h / G, g = h % G;
-        const float *acc = c->accs + (size_t)((b * p->HKV + kh) * nseg) * c->pl.acc + (t * G + g) * Dp;
+        const float *acc =
+            c->accs + (size_t)((b * p->HKV + kh) * nseg) * c->pl.acc + (t * G + g) * Dp;
         float *out = bp->dq + b * bp->dq_s.b + t * bp->dq_s.t + h * bp->dq_s.h;
         for (int64_t d = 0; d < D; d++) {
             float sum = 0;
-            for (int64_t s = 0; s < nseg; s++) sum += acc[(size_t)s * c->pl.acc + d];
+            for (int64_t s = 0; s < nseg; s++)
+                sum += acc[(size_t)s * c->pl.acc + d];
             out[d] = sum * p->scale;
         }
     }
@@ -262,7 +276,8 @@ void DN_ISA_FN(dn_cpu_attn_backward)(const dn_attn_bwd_params *bp, int nthreads,
     abctx c;
     c.bp = bp;
     c.pl = make_plan(p, nthreads);
-    c.Dall = (float *)((char *)ws + dn_parallel_ws_bytes(nthreads, sizeof(float) * c.pl.per_thread));
+    c.Dall =
+        (float *)((char *)ws + dn_parallel_ws_bytes(nthreads, sizeof(float) * c.pl.per_thread));
     c.accs = c.Dall + ROUND_UP((size_t)(p->B * p->H * p->TQ), 16);
     const int64_t nrows = p->B * p->H * p->TQ, nrt = (nrows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     dn_parallel_tasks(nthreads, nrt, DN_SCHED_STATIC, rows_D, &c, NULL, 0);

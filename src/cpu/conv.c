@@ -16,7 +16,8 @@ static void conv_block(const dn_conv_params *p, int64_t b, int64_t d0, int64_t n
     float wt[4][CC], hist[3][CC], bias[CC];
     for (int64_t i = 0; i < nd; i++) {
         const int64_t d = d0 + i;
-        for (int64_t j = 0; j < W; j++) wt[j][i] = p->weight[d * W + j];
+        for (int64_t j = 0; j < W; j++)
+            wt[j][i] = p->weight[d * W + j];
         for (int64_t j = 0; j < W - 1; j++)
             hist[j][i] = p->initial_state ? p->initial_state[(b * D + d) * (W - 1) + j] : 0.0f;
         bias[i] = p->bias ? p->bias[d] : 0.0f;
@@ -32,13 +33,15 @@ static void conv_block(const dn_conv_params *p, int64_t b, int64_t d0, int64_t n
         int64_t i = 0;
         for (; i < ndv; i += DN_VW) {
             vf acc = vload(bias + i);
-            for (int64_t j = 0; j < W; j++) acc += vload(wt[j] + i) * vload(src[j] + i);
+            for (int64_t j = 0; j < W; j++)
+                acc += vload(wt[j] + i) * vload(src[j] + i);
             if (p->silu) acc = acc / (vset1(1.0f) + vexp(-acc));
             vstore(y + i, acc);
         }
         for (; i < nd; i++) {
             float acc = bias[i];
-            for (int64_t j = 0; j < W; j++) acc += wt[j][i] * src[j][i];
+            for (int64_t j = 0; j < W; j++)
+                acc += wt[j][i] * src[j][i];
             if (p->silu) acc = acc / (1.0f + expf(-acc));
             y[i] = acc;
         }
@@ -47,7 +50,8 @@ static void conv_block(const dn_conv_params *p, int64_t b, int64_t d0, int64_t n
         for (int64_t j = 0; j < W - 1; j++) {
             const int64_t s = p->T - (W - 1) + j;
             const float *row = s >= 0 ? p->x + b * p->x_s.b + s * p->x_s.t + d0 : hist[W - 1 + s];
-            for (int64_t i = 0; i < nd; i++) p->final_state[(b * D + d0 + i) * (W - 1) + j] = row[i];
+            for (int64_t i = 0; i < nd; i++)
+                p->final_state[(b * D + d0 + i) * (W - 1) + j] = row[i];
         }
 }
 
@@ -72,13 +76,16 @@ static void conv_bwd_block(const dn_conv_bwd_params *bp, int64_t b, int64_t d0, 
     const int64_t W = p->W, D = p->D, T = p->T;
     float wt[4][CC], hist[3][CC], bias[CC], dw[4][CC], dbias[CC];
     for (int64_t i = 0; i < CC; i++) {
-        for (int64_t j = 0; j < 4; j++) wt[j][i] = dw[j][i] = 0;
-        for (int64_t j = 0; j < 3; j++) hist[j][i] = 0;
+        for (int64_t j = 0; j < 4; j++)
+            wt[j][i] = dw[j][i] = 0;
+        for (int64_t j = 0; j < 3; j++)
+            hist[j][i] = 0;
         bias[i] = dbias[i] = 0;
     }
     for (int64_t i = 0; i < nd; i++) {
         const int64_t d = d0 + i;
-        for (int64_t j = 0; j < W; j++) wt[j][i] = p->weight[d * W + j];
+        for (int64_t j = 0; j < W; j++)
+            wt[j][i] = p->weight[d * W + j];
         for (int64_t j = 0; j < W - 1; j++)
             hist[j][i] = p->initial_state ? p->initial_state[(b * D + d) * (W - 1) + j] : 0.0f;
         bias[i] = p->bias ? p->bias[d] : 0.0f;
@@ -95,7 +102,8 @@ static void conv_bwd_block(const dn_conv_bwd_params *bp, int64_t b, int64_t d0, 
         int64_t i = 0;
         for (; i < ndv; i += DN_VW) {
             vf a = vload(bias + i);
-            for (int64_t j = 0; j < W; j++) a += vload(wt[j] + i) * vload(src[j] + i);
+            for (int64_t j = 0; j < W; j++)
+                a += vload(wt[j] + i) * vload(src[j] + i);
             vf g = vload(dy + i);
             if (p->silu) {
                 vf sg = vset1(1.0f) / (vset1(1.0f) + vexp(-a));
@@ -103,33 +111,40 @@ static void conv_bwd_block(const dn_conv_bwd_params *bp, int64_t b, int64_t d0, 
             }
             vstore(dar + i, g);
             vstore(dbias + i, vload(dbias + i) + g);
-            for (int64_t j = 0; j < W; j++) vstore(dw[j] + i, vload(dw[j] + i) + g * vload(src[j] + i));
+            for (int64_t j = 0; j < W; j++)
+                vstore(dw[j] + i, vload(dw[j] + i) + g * vload(src[j] + i));
         }
         for (; i < nd; i++) {
             float a = bias[i];
-            for (int64_t j = 0; j < W; j++) a += wt[j][i] * src[j][i];
+            for (int64_t j = 0; j < W; j++)
+                a += wt[j][i] * src[j][i];
             float g = dy[i];
             if (p->silu) {
                 const float sg = 1.0f / (1.0f + expf(-a));
                 g *= sg * (1.0f + a * (1.0f - sg));
             }
             dar[i] = g, dbias[i] += g;
-            for (int64_t j = 0; j < W; j++) dw[j][i] += g * src[j][i];
+            for (int64_t j = 0; j < W; j++)
+                dw[j][i] += g * src[j][i];
         }
     }
     for (int64_t i = 0; i < nd; i++) {
-        for (int64_t j = 0; j < W; j++) bp->dweight[(d0 + i) * W + j] += dw[j][i];
+        for (int64_t j = 0; j < W; j++)
+            bp->dweight[(d0 + i) * W + j] += dw[j][i];
         if (bp->dbias) bp->dbias[d0 + i] += dbias[i];
     }
     for (int64_t s = -(W - 1); s < T; s++) {
         float acc[CC];
-        for (int64_t i = 0; i < CC; i++) acc[i] = 0;
+        for (int64_t i = 0; i < CC; i++)
+            acc[i] = 0;
         for (int64_t j = 0; j < W; j++) {
             const int64_t t = s + W - 1 - j;
             if (t < 0 || t >= T) continue;
             int64_t i = 0;
-            for (; i < ndv; i += DN_VW) vstore(acc + i, vload(acc + i) + vload(da + t * CC + i) * vload(wt[j] + i));
-            for (; i < nd; i++) acc[i] += da[t * CC + i] * wt[j][i];
+            for (; i < ndv; i += DN_VW)
+                vstore(acc + i, vload(acc + i) + vload(da + t * CC + i) * vload(wt[j] + i));
+            for (; i < nd; i++)
+                acc[i] += da[t * CC + i] * wt[j][i];
         }
         const int64_t fj = s - (T - (W - 1));
         for (int64_t i = 0; i < nd; i++) {
@@ -158,7 +173,8 @@ static void conv_bwd_run(void *ctx, int64_t task, int thread, void *da) {
     const dn_conv_params *p = &bp->fwd;
     const int64_t d0 = task * CC;
     (void)thread;
-    for (int64_t b = 0; b < p->B; b++) conv_bwd_block(bp, b, d0, p->D - d0 < CC ? p->D - d0 : CC, da);
+    for (int64_t b = 0; b < p->B; b++)
+        conv_bwd_block(bp, b, d0, p->D - d0 < CC ? p->D - d0 : CC, da);
 }
 
 void DN_ISA_FN(dn_cpu_conv_backward)(const dn_conv_bwd_params *bp, int nthreads, void *ws) {

@@ -17,24 +17,26 @@
 #include <stdint.h>
 
 /* C[MR rows][NV vectors] (+)= A[rows][0..kend) * B[0..kend)[cols] */
-#define DN_GEMM_MICRO(NAME, MRX, NVX)                                                                 \
-    static inline void NAME(int64_t kend, const float *A, int64_t rs,       \
-                                                int64_t cs, const float *B, int64_t ldb,        \
-                                                float *C, int64_t ldc, float beta, const float *Cin) { \
-        vf c[MRX][NVX];                                                                         \
-        for (int m = 0; m < MRX; m++)                                                           \
-            for (int r = 0; r < NVX; r++)                                                       \
-                c[m][r] = beta != 0.0f ? vset1(beta) * vload(Cin + m * ldc + r * DN_VW) : vzero();                       \
-        for (int64_t k = 0; k < kend; k++) {                                                    \
-            vf b[NVX];                                                                          \
-            for (int r = 0; r < NVX; r++) b[r] = vload(B + k * ldb + r * DN_VW);                \
-            for (int m = 0; m < MRX; m++) {                                                     \
-                vf a = vset1(A[m * rs + k * cs]);                                               \
-                for (int r = 0; r < NVX; r++) c[m][r] += a * b[r];                              \
-            }                                                                                   \
-        }                                                                                       \
-        for (int m = 0; m < MRX; m++)                                                           \
-            for (int r = 0; r < NVX; r++) vstore(C + m * ldc + r * DN_VW, c[m][r]);             \
+#define DN_GEMM_MICRO(NAME, MRX, NVX)                                                              \
+    static inline void NAME(int64_t kend, const float *A, int64_t rs, int64_t cs, const float *B,  \
+                            int64_t ldb, float *C, int64_t ldc, float beta, const float *Cin) {    \
+        vf c[MRX][NVX];                                                                            \
+        for (int m = 0; m < MRX; m++)                                                              \
+            for (int r = 0; r < NVX; r++)                                                          \
+                c[m][r] = beta != 0.0f ? vset1(beta) * vload(Cin + m * ldc + r * DN_VW) : vzero(); \
+        for (int64_t k = 0; k < kend; k++) {                                                       \
+            vf b[NVX];                                                                             \
+            for (int r = 0; r < NVX; r++)                                                          \
+                b[r] = vload(B + k * ldb + r * DN_VW);                                             \
+            for (int m = 0; m < MRX; m++) {                                                        \
+                vf a = vset1(A[m * rs + k * cs]);                                                  \
+                for (int r = 0; r < NVX; r++)                                                      \
+                    c[m][r] += a * b[r];                                                           \
+            }                                                                                      \
+        }                                                                                          \
+        for (int m = 0; m < MRX; m++)                                                              \
+            for (int r = 0; r < NVX; r++)                                                          \
+                vstore(C + m * ldc + r * DN_VW, c[m][r]);                                          \
     }
 
 DN_GEMM_MICRO(gemm_micro_full, DN_MR, DN_NR)
@@ -76,14 +78,18 @@ static void gemm_f32_from(int64_t M, int64_t N, int64_t Kc, const float *A, int6
             BIG(kend, A + i * rs, rs, cs, B + j, ldb, C + i * ldc + j, ldc, beta,                  \
                 Cin + i * ldc + j);                                                                \
         }                                                                                          \
-        if ((WIDTH) == DN_NR && !lowc && M - i >= 2) { /* the row tail in one tile */             \
+        if ((WIDTH) == DN_NR && !lowc && M - i >= 2) { /* the row tail in one tile */              \
             const int64_t rem = M - i, kend = lowa && i + rem < Kc ? i + rem : Kc;                 \
             const float *a_ = A + i * rs, *b_ = B + j, *ci_ = Cin + i * ldc + j;                   \
             float *c_ = C + i * ldc + j;                                                           \
-            if (rem == 2) gemm_micro_t2(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);            \
-            else if (rem == 3) gemm_micro_t3(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);       \
-            else if (rem == 4) gemm_micro_t4(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);       \
-            else gemm_micro_t5(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);                     \
+            if (rem == 2)                                                                          \
+                gemm_micro_t2(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);                      \
+            else if (rem == 3)                                                                     \
+                gemm_micro_t3(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);                      \
+            else if (rem == 4)                                                                     \
+                gemm_micro_t4(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);                      \
+            else                                                                                   \
+                gemm_micro_t5(kend, a_, rs, cs, b_, ldb, c_, ldc, beta, ci_);                      \
             i = M;                                                                                 \
         }                                                                                          \
         for (; i < M; i++) {                                                                       \

@@ -22,7 +22,8 @@
  * ------------------------------------------------------------------------------------------- */
 typedef struct {
     int64_t nvb; /* value-column blocks per head */
-    int64_t vbw; /* columns per block (multiple of DN_VW, except that the last block may be short) */
+    int64_t
+        vbw; /* columns per block (multiple of DN_VW, except that the last block may be short) */
     int64_t vbp; /* padded width of one block's tile */
 } split;
 
@@ -40,7 +41,8 @@ static split make_split(const dn_la_params *p, int nthreads) {
 }
 
 static inline void prefetch_row(const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(x + i);
+    for (int64_t i = 0; i < n; i += 16)
+        __builtin_prefetch(x + i);
 }
 
 /* q (times scale) and k of one token, L2-normalised if asked. */
@@ -74,10 +76,11 @@ typedef struct {
 } tok;
 
 #define REC_BLOCK(NAME, NV)                                                                        \
-    static inline void NAME(float *S, int64_t ld, int64_t K, const float *q, const float *k,      \
+    static inline void NAME(float *S, int64_t ld, int64_t K, const float *q, const float *k,       \
                             const float *v, float *o, tok tk) {                                    \
         vf ak[NV], aq[NV], u[NV];                                                                  \
-        for (int r = 0; r < NV; r++) ak[r] = aq[r] = vzero();                                      \
+        for (int r = 0; r < NV; r++)                                                               \
+            ak[r] = aq[r] = vzero();                                                               \
         if (tk.delta) {                                                                            \
             for (int64_t i = 0; i < K; i++) {                                                      \
                 vf ki = vset1(k[i]), qi = vset1(q[i]);                                             \
@@ -90,7 +93,8 @@ typedef struct {
         } else {                                                                                   \
             for (int64_t i = 0; i < K; i++) {                                                      \
                 vf qi = vset1(q[i]);                                                               \
-                for (int r = 0; r < NV; r++) aq[r] += qi * vload(S + i * ld + r * DN_VW);          \
+                for (int r = 0; r < NV; r++)                                                       \
+                    aq[r] += qi * vload(S + i * ld + r * DN_VW);                                   \
             }                                                                                      \
         }                                                                                          \
         vf e = vset1(tk.e), kq = vset1(tk.kq), beta = vset1(tk.beta);                              \
@@ -104,7 +108,7 @@ typedef struct {
                 vf ki = vset1(k[i]);                                                               \
                 for (int r = 0; r < NV; r++) {                                                     \
                     float *sp = S + i * ld + r * DN_VW;                                            \
-                    vstore(sp, e * vload(sp) + ki * u[r]);                                         \
+                    vstore(sp, e *vload(sp) + ki * u[r]);                                          \
                 }                                                                                  \
             }                                                                                      \
         } else {                                                                                   \
@@ -134,7 +138,8 @@ static void rec_block_scalar(float *S, int64_t ld, int64_t K, int64_t w, const f
         }
         float u = tk.delta ? tk.beta * (v[j] - tk.e * ak) : v[j];
         o[j] = tk.e * aq + tk.kq * u;
-        for (int64_t i = 0; i < K; i++) S[i * ld + j] = tk.e * S[i * ld + j] + k[i] * u;
+        for (int64_t i = 0; i < K; i++)
+            S[i * ld + j] = tk.e * S[i * ld + j] + k[i] * u;
     }
 }
 
@@ -179,7 +184,8 @@ static void rec_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0, i
             rec_block_wide(S + j, ld, K, qd, kd, v + j, o + j, tk);
         for (; j + REC_NV / 2 * DN_VW <= vb; j += REC_NV / 2 * DN_VW)
             rec_block_half(S + j, ld, K, qd, kd, v + j, o + j, tk);
-        for (; j + DN_VW <= vb; j += DN_VW) rec_block_vec(S + j, ld, K, qd, kd, v + j, o + j, tk);
+        for (; j + DN_VW <= vb; j += DN_VW)
+            rec_block_vec(S + j, ld, K, qd, kd, v + j, o + j, tk);
         if (j < vb) rec_block_scalar(S + j, ld, K, vb - j, qd, kd, v + j, o + j, tk);
     }
     /* T = 0 with no final state: nothing to return. */
@@ -212,8 +218,8 @@ typedef struct {
 
 static size_t chunk_floats(int64_t K, int64_t C, int64_t vbp, chunk_ws *w, float *base) {
     const int64_t Cp = ROUND_UP(C, DN_VW);
-    int64_t sizes[] = {K * vbp, 2 * C * K, 2 * C * Cp, 2 * C * vbp, C * vbp, C, C, Cp,
-                       2 * C /* doubles */};
+    int64_t sizes[] = {K * vbp, 2 * C * K, 2 * C * Cp, 2 * C * vbp, C * vbp,
+                       C,       C,         Cp,         2 * C /* doubles */};
     float **slots[] = {&w->S, &w->QK, &w->P, &w->X, &w->U, &w->eg, &w->bt, &w->row, NULL};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
@@ -240,9 +246,11 @@ static size_t chunk_floats(int64_t K, int64_t C, int64_t vbp, chunk_ws *w, float
             const float *a = A + i * lda;                                                          \
             for (int64_t l = 0; l < i; l++) {                                                      \
                 vf al = vset1(a[l]);                                                               \
-                for (int r = 0; r < NV; r++) acc[r] -= al * vload(U + l * ld + r * DN_VW);         \
+                for (int r = 0; r < NV; r++)                                                       \
+                    acc[r] -= al * vload(U + l * ld + r * DN_VW);                                  \
             }                                                                                      \
-            for (int r = 0; r < NV; r++) vstore(U + i * ld + r * DN_VW, acc[r]);                   \
+            for (int r = 0; r < NV; r++)                                                           \
+                vstore(U + i * ld + r * DN_VW, acc[r]);                                            \
         }                                                                                          \
     }
 #define SOLVE_NV (DN_NR * 2)
@@ -301,8 +309,10 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
             if (gate) {
                 /* Gam[i][j] = exp(gamma_i - gamma_j) <= 1: differences taken in double, so that
                  * long cumulative sums lose nothing, then exponentiated in vectors. */
-                for (int64_t j = 0; j <= i; j++) w.row[j] = (float)(w.gam[j] - w.gam[i]);
-                for (int64_t j = 0; j <= i; j += DN_VW) vstore(w.row + j, vexp_neg(-vload(w.row + j)));
+                for (int64_t j = 0; j <= i; j++)
+                    w.row[j] = (float)(w.gam[j] - w.gam[i]);
+                for (int64_t j = 0; j <= i; j += DN_VW)
+                    vstore(w.row + j, vexp_neg(-vload(w.row + j)));
             }
             for (int64_t j = 0; j <= i; j++) {
                 float gm = gate ? w.row[j] : 1.0f;
@@ -348,7 +358,8 @@ static void chunk_task(const dn_la_params *p, int64_t n, int64_t hv, int64_t v0,
         if (gate)
             for (int64_t l = 0; l < L; l++) {
                 vf d = vset1((float)exp(w.gam[L - 1] - w.gam[l]));
-                for (int64_t j = 0; j < vbp; j += DN_VW) vstore(w.U + l * vbp + j, d * vload(w.U + l * vbp + j));
+                for (int64_t j = 0; j < vbp; j += DN_VW)
+                    vstore(w.U + l * vbp + j, d * vload(w.U + l * vbp + j));
             }
         gemm_f32(K, vbp, L, Kc, 1, K, w.U, vbp, w.S, vbp, gate ? w.eg[L - 1] : 1.0f, 0);
     }

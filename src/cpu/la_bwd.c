@@ -34,34 +34,59 @@ typedef struct {
 
 /* Per-thread scratch layout. */
 typedef struct {
-    float *ck;                                      /* nck x K x Vp       states entering chunks */
-    float *mats;                                    /* nck x 4 x C x Cp   M, A, GK, Gam per chunk */
-    float *Ub, *Rb;                                 /* Tmax x Vp          per-token U and R */
-    float *QK;                                      /* 2C x K             Qs rows, then K rows */
-    float *M, *A, *GK, *Gam, *W, *Z;                /* C x Cp each */
-    float *dO, *KdS, *dU, *dY, *EdOR;               /* C x Vp (EdOR 2C x Vp) */
-    float *BT, *UT;                                 /* Vp x 2Cp, Vp x Cp  transposed blocks */
-    float *G1, *G2;                                 /* K x 2Cp, K x Cp */
-    float *dQr, *dKr;                               /* C x K */
-    float *GT1, *GT2, *KT;                          /* 2C x K, C x K, K x Cp */
-    float *dS;                                      /* K x Vp */
-    float *eg, *dd, *bt, *dgam, *row;               /* C, C, C, C, Cp */
-    double *gam;                                    /* C */
+    float *ck;                        /* nck x K x Vp       states entering chunks */
+    float *mats;                      /* nck x 4 x C x Cp   M, A, GK, Gam per chunk */
+    float *Ub, *Rb;                   /* Tmax x Vp          per-token U and R */
+    float *QK;                        /* 2C x K             Qs rows, then K rows */
+    float *M, *A, *GK, *Gam, *W, *Z;  /* C x Cp each */
+    float *dO, *KdS, *dU, *dY, *EdOR; /* C x Vp (EdOR 2C x Vp) */
+    float *BT, *UT;                   /* Vp x 2Cp, Vp x Cp  transposed blocks */
+    float *G1, *G2;                   /* K x 2Cp, K x Cp */
+    float *dQr, *dKr;                 /* C x K */
+    float *GT1, *GT2, *KT;            /* 2C x K, C x K, K x Cp */
+    float *dS;                        /* K x Vp */
+    float *eg, *dd, *bt, *dgam, *row; /* C, C, C, C, Cp */
+    double *gam;                      /* C */
 } bws;
 
 static size_t bws_layout(const bdims *d, int64_t Tmax, bws *w, float *base) {
     const int64_t K = d->K, Vp = d->Vp, C = d->C, Cp = d->Cp;
-    const int64_t sizes[] = {d->nck * K * Vp, d->nck * 4 * C * Cp, Tmax * Vp, Tmax * Vp, 2 * C * K,
-                             C * Cp, C * Cp, C * Cp, C * Cp, C * Cp, C * Cp,
-                             C * Vp, C * Vp, C * Vp, C * Vp, 2 * C * Vp,
-                             Vp * 2 * Cp, Vp * Cp, K * 2 * Cp, K * Cp, C * K, C * K,
-                             2 * C * K, C * K, K * Cp,
-                             K * Vp, C, C, C, C, Cp, 2 * C};
-    float **slots[] = {&w->ck, &w->mats, &w->Ub, &w->Rb, &w->QK, &w->M, &w->A, &w->GK, &w->Gam, &w->W,
-                       &w->Z, &w->dO, &w->KdS, &w->dU, &w->dY, &w->EdOR, &w->BT, &w->UT,
-                       &w->G1, &w->G2, &w->dQr, &w->dKr, &w->GT1, &w->GT2, &w->KT, &w->dS,
-                       &w->eg, &w->dd,
-                       &w->bt, &w->dgam, &w->row, NULL};
+    const int64_t sizes[] = {d->nck * K * Vp,
+                             d->nck * 4 * C * Cp,
+                             Tmax * Vp,
+                             Tmax * Vp,
+                             2 * C * K,
+                             C * Cp,
+                             C * Cp,
+                             C * Cp,
+                             C * Cp,
+                             C * Cp,
+                             C * Cp,
+                             C * Vp,
+                             C * Vp,
+                             C * Vp,
+                             C * Vp,
+                             2 * C * Vp,
+                             Vp * 2 * Cp,
+                             Vp * Cp,
+                             K * 2 * Cp,
+                             K * Cp,
+                             C * K,
+                             C * K,
+                             2 * C * K,
+                             C * K,
+                             K * Cp,
+                             K * Vp,
+                             C,
+                             C,
+                             C,
+                             C,
+                             Cp,
+                             2 * C};
+    float **slots[] = {&w->ck,  &w->mats, &w->Ub, &w->Rb, &w->QK,  &w->M,    &w->A,   &w->GK,
+                       &w->Gam, &w->W,    &w->Z,  &w->dO, &w->KdS, &w->dU,   &w->dY,  &w->EdOR,
+                       &w->BT,  &w->UT,   &w->G1, &w->G2, &w->dQr, &w->dKr,  &w->GT1, &w->GT2,
+                       &w->KT,  &w->dS,   &w->eg, &w->dd, &w->bt,  &w->dgam, &w->row, NULL};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         if (slots[i])
@@ -97,8 +122,9 @@ typedef struct {
 
 static size_t saved_head_floats(const bdims *d, int64_t Tn) {
     const int64_t nch = (Tn + d->C - 1) / d->C;
-    return ROUND_UP((size_t)((nch + 1) * d->K * d->Vp), 16) + ROUND_UP((size_t)(nch * 4 * d->C * d->Cp), 16) +
-           2 * ROUND_UP((size_t)(Tn * d->Vp), 16) + ROUND_UP((size_t)(nch * 2 * d->C * d->K), 16);
+    return ROUND_UP((size_t)((nch + 1) * d->K * d->Vp), 16) +
+           ROUND_UP((size_t)(nch * 4 * d->C * d->Cp), 16) + 2 * ROUND_UP((size_t)(Tn * d->Vp), 16) +
+           ROUND_UP((size_t)(nch * 2 * d->C * d->K), 16);
 }
 
 static sview saved_at(const dn_la_params *p, const bdims *d, float *base, int64_t n, int64_t hv) {
@@ -143,7 +169,8 @@ size_t DN_ISA_FN(dn_cpu_la_bwd_workspace)(const dn_la_params *p, int nthreads) {
 /* x^ = x / sqrt(|x|^2 + 1e-6) times s (or x s) */
 static inline void prep_row(float *dst, const float *x, int64_t K, int l2, float s) {
     float r = l2 ? 1.0f / sqrtf(dot_f32(x, x, K) + 1e-6f) : 1.0f;
-    for (int64_t i = 0; i < K; i++) dst[i] = x[i] * r * s;
+    for (int64_t i = 0; i < K; i++)
+        dst[i] = x[i] * r * s;
 }
 /* dx = s (r dy - r^3 (x.dy) x), or s dy without the normalisation. The projection is done in
  * double: where dy is (nearly) parallel to x, e.g. always for K = 1, the two terms cancel to
@@ -152,11 +179,13 @@ static inline void prep_row(float *dst, const float *x, int64_t K, int l2, float
 static inline void prep_row_back(float *dx, const float *x, const float *dy, int64_t K, int l2,
                                  float s, int add) {
     if (!l2) {
-        for (int64_t i = 0; i < K; i++) dx[i] = add ? dx[i] + s * dy[i] : s * dy[i];
+        for (int64_t i = 0; i < K; i++)
+            dx[i] = add ? dx[i] + s * dy[i] : s * dy[i];
         return;
     }
     double ss = 0, xd = 0;
-    for (int64_t i = 0; i < K; i++) ss += (double)x[i] * x[i], xd += (double)x[i] * dy[i];
+    for (int64_t i = 0; i < K; i++)
+        ss += (double)x[i] * x[i], xd += (double)x[i] * dy[i];
     const double r = 1.0 / sqrt(ss + 1e-6), c = r * r * r * xd;
     for (int64_t i = 0; i < K; i++) {
         float v = (float)(s * (r * dy[i] - c * x[i]));
@@ -164,7 +193,8 @@ static inline void prep_row_back(float *dx, const float *x, const float *dy, int
     }
 }
 
-/* Gate and beta vectors of a chunk: gamma (cumulative, double), e^gamma, beta, e^{gamma_L - gamma}. */
+/* Gate and beta vectors of a chunk: gamma (cumulative, double), e^gamma, beta, e^{gamma_L - gamma}.
+ */
 static void load_gates(const dn_la_params *p, const bdims *d, bws *w, int64_t b, int64_t hv,
                        int64_t tc, int64_t L) {
     double gacc = 0;
@@ -175,7 +205,8 @@ static void load_gates(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
         w->eg[l] = d->gate ? (float)exp(gacc) : 1.0f;
         w->bt[l] = d->delta ? p->beta[b * p->beta_s.b + t * p->beta_s.t + hv * p->beta_s.h] : 1.0f;
     }
-    for (int64_t l = 0; l < L; l++) w->dd[l] = d->gate ? (float)exp(w->gam[L - 1] - w->gam[l]) : 1.0f;
+    for (int64_t l = 0; l < L; l++)
+        w->dd[l] = d->gate ? (float)exp(w->gam[L - 1] - w->gam[l]) : 1.0f;
 }
 
 /* Chunk rows Qs (scaled, normalised) and K (normalised) into w->QK, gates and betas; with dots,
@@ -186,7 +217,8 @@ static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
     float *Qc = w->QK, *Kc = w->QK + L * K;
     for (int64_t l = 0; l < L; l++) {
         const int64_t t = tc + l;
-        prep_row(Kc + l * K, p->k + b * p->k_s.b + t * p->k_s.t + h * p->k_s.h, K, p->qk_l2norm, 1.0f);
+        prep_row(Kc + l * K, p->k + b * p->k_s.b + t * p->k_s.t + h * p->k_s.h, K, p->qk_l2norm,
+                 1.0f);
         if (need_q)
             prep_row(Qc + l * K, p->q + b * p->q_s.b + t * p->q_s.t + h * p->q_s.h, K, p->qk_l2norm,
                      p->scale);
@@ -197,23 +229,28 @@ static void load_chunk(const dn_la_params *p, const bdims *d, bws *w, int64_t b,
     const int64_t Lp = ROUND_UP(L, DN_VW);
     transpose_f32(w->KT, Cp, Kc, K, L, K);
     for (int64_t k = 0; k < K; k++)
-        for (int64_t l = L; l < Lp; l++) w->KT[k * Cp + l] = 0;
+        for (int64_t l = L; l < Lp; l++)
+            w->KT[k * Cp + l] = 0;
     if (need_q) gemm_f32(L, Lp, K, Qc, K, 1, w->KT, Cp, w->M, Cp, 0, DN_TRI_C);
     if (d->delta) gemm_f32(L, Lp, K, Kc, K, 1, w->KT, Cp, w->GK, Cp, 0, DN_TRI_C);
     for (int64_t i = 0; i < L; i++) {
         float *gm = w->Gam + i * Cp, *gk = w->GK + i * Cp, *m = w->M + i * Cp, *a = w->A + i * Cp;
         if (d->gate) {
-            for (int64_t j = 0; j <= i; j++) w->row[j] = (float)(w->gam[j] - w->gam[i]);
-            for (int64_t j = 0; j <= i; j += DN_VW) vstore(gm + j, vexp_neg(-vload(w->row + j)));
+            for (int64_t j = 0; j <= i; j++)
+                w->row[j] = (float)(w->gam[j] - w->gam[i]);
+            for (int64_t j = 0; j <= i; j += DN_VW)
+                vstore(gm + j, vexp_neg(-vload(w->row + j)));
         } else {
-            for (int64_t j = 0; j <= i; j++) gm[j] = 1.0f;
+            for (int64_t j = 0; j <= i; j++)
+                gm[j] = 1.0f;
         }
         for (int64_t j = 0; j <= i; j++) {
             m[j] = need_q ? gm[j] * m[j] : 0.0f;
             gk[j] = d->delta && j < i ? gm[j] * gk[j] : 0.0f;
             a[j] = w->bt[i] * gk[j];
         }
-        for (int64_t j = i + 1; j < Cp; j++) gm[j] = gk[j] = m[j] = a[j] = 0.0f;
+        for (int64_t j = i + 1; j < Cp; j++)
+            gm[j] = gk[j] = m[j] = a[j] = 0.0f;
     }
 }
 
@@ -225,16 +262,20 @@ static void subst_row(float *x, const float *Y, int64_t Vp, const float *a, int6
     int64_t j = 0;
     for (; j + SUBST_NV * DN_VW <= Vp; j += SUBST_NV * DN_VW) {
         vf acc[SUBST_NV];
-        for (int r = 0; r < SUBST_NV; r++) acc[r] = vload(x + j + r * DN_VW);
+        for (int r = 0; r < SUBST_NV; r++)
+            acc[r] = vload(x + j + r * DN_VW);
         for (int64_t l = l0; l < l1; l++) {
             const vf al = vset1(a[l * as]);
-            for (int r = 0; r < SUBST_NV; r++) acc[r] -= al * vload(Y + l * Vp + j + r * DN_VW);
+            for (int r = 0; r < SUBST_NV; r++)
+                acc[r] -= al * vload(Y + l * Vp + j + r * DN_VW);
         }
-        for (int r = 0; r < SUBST_NV; r++) vstore(x + j + r * DN_VW, acc[r]);
+        for (int r = 0; r < SUBST_NV; r++)
+            vstore(x + j + r * DN_VW, acc[r]);
     }
     for (; j < Vp; j += DN_VW) {
         vf acc = vload(x + j);
-        for (int64_t l = l0; l < l1; l++) acc -= vset1(a[l * as]) * vload(Y + l * Vp + j);
+        for (int64_t l = l0; l < l1; l++)
+            acc -= vset1(a[l * as]) * vload(Y + l * Vp + j);
         vstore(x + j, acc);
     }
 }
@@ -244,7 +285,8 @@ static void subst_row(float *x, const float *Y, int64_t Vp, const float *a, int6
 static inline void prefetch_rows(const float *src, dn_strides s, int64_t b, int64_t t0, int64_t t1,
                                  int64_t head, int64_t n) {
     for (int64_t t = t0; t < t1; t++)
-        for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(src + b * s.b + t * s.t + head * s.h + i);
+        for (int64_t i = 0; i < n; i += 16)
+            __builtin_prefetch(src + b * s.b + t * s.t + head * s.h + i);
 }
 
 /* Rows of one (b, t, head) tensor of width n into a padded L x ld block. */
@@ -258,16 +300,18 @@ static void load_rows(float *dst, int64_t ld, const float *src, dn_strides s, in
 
 /* Forward sweep: checkpoints, chunk matrices, U and R per token (and, when saving, the q and k
  * rows) into sv; with outputs, also the forward's o and final_state. */
-static void fwd_sweep(const dn_la_params *p, const bdims *d, bws *w, sview sv, int64_t n, int64_t hv,
-                      int outputs) {
+static void fwd_sweep(const dn_la_params *p, const bdims *d, bws *w, sview sv, int64_t n,
+                      int64_t hv, int outputs) {
     const int64_t K = d->K, V = d->V, Vp = d->Vp, C = d->C, Cp = d->Cp, h = hv / (p->HV / p->H);
     int64_t b, t0, t1;
     dn_la_seq(p, n, &b, &t0, &t1);
     const int64_t soff = (n * p->HV + hv) * K * V, nch = (t1 - t0 + C - 1) / C;
     float *S = sv.ck;
     for (int64_t i = 0; i < K; i++) {
-        if (p->initial_state) memcpy(S + i * Vp, p->initial_state + soff + i * V, sizeof(float) * V);
-        else memset(S + i * Vp, 0, sizeof(float) * V);
+        if (p->initial_state)
+            memcpy(S + i * Vp, p->initial_state + soff + i * V, sizeof(float) * V);
+        else
+            memset(S + i * Vp, 0, sizeof(float) * V);
         memset(S + i * Vp + V, 0, sizeof(float) * (Vp - V));
     }
     for (int64_t c = 0; c < nch; c++) {
@@ -300,7 +344,8 @@ static void fwd_sweep(const dn_la_params *p, const bdims *d, bws *w, sview sv, i
         /* S1 = e^{gamma_L} S0 + K^T diag(d) U */
         for (int64_t l = 0; l < L; l++) {
             vf dl = vset1(w->dd[l]);
-            for (int64_t j = 0; j < Vp; j += DN_VW) vstore(w->dU + l * Vp + j, dl * vload(U + l * Vp + j));
+            for (int64_t j = 0; j < Vp; j += DN_VW)
+                vstore(w->dU + l * Vp + j, dl * vload(U + l * Vp + j));
         }
         if (outputs) { /* O = E (Q S0) + M U, into o */
             float *O = w->KdS;
@@ -308,7 +353,8 @@ static void fwd_sweep(const dn_la_params *p, const bdims *d, bws *w, sview sv, i
             if (d->gate)
                 for (int64_t i = 0; i < L; i++) {
                     const vf e = vset1(w->eg[i]);
-                    for (int64_t j = 0; j < Vp; j += DN_VW) vstore(O + i * Vp + j, e * vload(O + i * Vp + j));
+                    for (int64_t j = 0; j < Vp; j += DN_VW)
+                        vstore(O + i * Vp + j, e * vload(O + i * Vp + j));
                 }
             gemm_f32(L, Vp, L, w->M, Cp, 1, U, Vp, O, Vp, 1.0f, DN_TRI_A);
             for (int64_t l = 0; l < L; l++)
@@ -319,7 +365,8 @@ static void fwd_sweep(const dn_la_params *p, const bdims *d, bws *w, sview sv, i
     }
     if (outputs && p->final_state)
         for (int64_t i = 0; i < K; i++)
-            memcpy(p->final_state + soff + i * V, sv.ck + nch * K * Vp + i * Vp, sizeof(float) * (size_t)V);
+            memcpy(p->final_state + soff + i * V, sv.ck + nch * K * Vp + i * Vp,
+                   sizeof(float) * (size_t)V);
 }
 
 /* Backward sweep over the chunks, last first, reading sv. */
@@ -332,13 +379,16 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
     const int64_t soff = (n * p->HV + hv) * K * V, nch = (t1 - t0 + C - 1) / C;
     float *dS = w->dS;
     for (int64_t i = 0; i < K; i++) {
-        if (bp->dfinal_state) memcpy(dS + i * Vp, bp->dfinal_state + soff + i * V, sizeof(float) * V);
-        else memset(dS + i * Vp, 0, sizeof(float) * V);
+        if (bp->dfinal_state)
+            memcpy(dS + i * Vp, bp->dfinal_state + soff + i * V, sizeof(float) * V);
+        else
+            memset(dS + i * Vp, 0, sizeof(float) * V);
         memset(dS + i * Vp + V, 0, sizeof(float) * (Vp - V));
     }
     for (int64_t c = nch - 1; c >= 0; c--) {
         const int64_t tc = t0 + c * C, L = t1 - tc < C ? t1 - tc : C, Lp = ROUND_UP(L, DN_VW);
-        const float *S0 = sv.ck + c * K * Vp, *U = sv.Ub + (tc - t0) * Vp, *R = sv.Rb + (tc - t0) * Vp;
+        const float *S0 = sv.ck + c * K * Vp, *U = sv.Ub + (tc - t0) * Vp,
+                    *R = sv.Rb + (tc - t0) * Vp;
         float *QKc = sv.qk ? sv.qk + c * 2 * C * K : w->QK;
         float *Qc = QKc, *Kc = QKc + L * K;
         float *mc = sv.mats + c * 4 * C * Cp;
@@ -353,7 +403,8 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
         else
             load_chunk(p, d, w, b, h, hv, tc, L, 1, 0);
         load_rows(w->dO, Vp, bp->dout, bp->dout_s, b, tc, hv, L, V);
-        for (int64_t l = 0; l < L; l++) w->dgam[l] = 0;
+        for (int64_t l = 0; l < L; l++)
+            w->dgam[l] = 0;
         double dgL = 0; /* gradient reaching gamma_L through e^{gamma_L} and d */
 
         /* dU = M^T dO + diag(d) K dS1 */
@@ -362,7 +413,8 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
         for (int64_t i = 0; i < L; i++) {
             vf di = vset1(w->dd[i]);
             for (int64_t j = 0; j < Vp; j += DN_VW)
-                vstore(w->dU + i * Vp + j, vload(w->dU + i * Vp + j) + di * vload(w->KdS + i * Vp + j));
+                vstore(w->dU + i * Vp + j,
+                       vload(w->dU + i * Vp + j) + di * vload(w->KdS + i * Vp + j));
         }
         /* delta: dY = (I + A)^{-T} dU by back substitution; dR = b dY; db = dY . R */
         const float *dVsrc = w->dU;
@@ -380,8 +432,8 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
             dVsrc = w->KdS;
         }
         for (int64_t l = 0; l < L; l++)
-            memcpy(bp->dv + b * bp->dv_s.b + (tc + l) * bp->dv_s.t + hv * bp->dv_s.h, dVsrc + l * Vp,
-                   sizeof(float) * V);
+            memcpy(bp->dv + b * bp->dv_s.b + (tc + l) * bp->dv_s.t + hv * bp->dv_s.h,
+                   dVsrc + l * Vp, sizeof(float) * V);
         const float *dR = w->KdS;
 
         /* dM = lower(dO U^T) -> W = dM * Gam; dA = -dY U^T (strictly lower) -> Z = dA b Gam;
@@ -389,7 +441,8 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
          * fill W and Z first (lower triangles), then are turned into the masked forms. */
         transpose_f32(w->UT, Cp, U, Vp, L, Vp);
         for (int64_t j = 0; j < Vp; j++)
-            for (int64_t i = L; i < Lp; i++) w->UT[j * Cp + i] = 0;
+            for (int64_t i = L; i < Lp; i++)
+                w->UT[j * Cp + i] = 0;
         gemm_f32(L, Lp, Vp, w->dO, Vp, 1, w->UT, Cp, w->W, Cp, 0, DN_TRI_C);
         if (d->delta) gemm_f32(L, Lp, Vp, w->dY, Vp, 1, w->UT, Cp, w->Z, Cp, 0, DN_TRI_C);
         for (int64_t i = 0; i < L; i++) {
@@ -405,20 +458,21 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
                     zr[j] = da * w->bt[i] * w->Gam[i * Cp + j];
                     db_extra += (double)da * w->GK[i * Cp + j];
                     ta = da * w->A[i * Cp + j];
-                }
-                else if (d->delta) {
+                } else if (d->delta) {
                     zr[j] = 0;
                 }
                 dgi += (double)tm + ta;
                 w->dgam[j] -= tm + ta;
             }
             w->dgam[i] += (float)dgi;
-            for (int64_t j = i + 1; j < Cp; j++) wr[j] = zr[j] = 0;
+            for (int64_t j = i + 1; j < Cp; j++)
+                wr[j] = zr[j] = 0;
             if (d->delta) w->row[i] += (float)db_extra;
         }
         if (bp->dbeta)
             for (int64_t l = 0; l < L; l++)
-                bp->dbeta[b * bp->dbeta_s.b + (tc + l) * bp->dbeta_s.t + hv * bp->dbeta_s.h] = w->row[l];
+                bp->dbeta[b * bp->dbeta_s.b + (tc + l) * bp->dbeta_s.t + hv * bp->dbeta_s.h] =
+                    w->row[l];
 
         /* E-scaled [dO; -dR] blocks, and their transposes */
         float *EdO = w->EdOR, *EdR = w->EdOR + L * Vp;
@@ -432,7 +486,8 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
         const int64_t M2 = d->delta ? 2 * L : L, N2 = ROUND_UP(M2, DN_VW);
         transpose_f32(w->BT, 2 * Cp, w->EdOR, Vp, M2, Vp);
         for (int64_t j = 0; j < Vp; j++)
-            for (int64_t i = M2; i < N2; i++) w->BT[j * 2 * Cp + i] = 0;
+            for (int64_t i = M2; i < N2; i++)
+                w->BT[j * 2 * Cp + i] = 0;
         /* G1 = S0 [E dO | -E dR]^T (K x 2L);  G2 = dS1 U^T (K x L) */
         gemm_f32(K, N2, Vp, S0, Vp, 1, w->BT, 2 * Cp, w->G1, 2 * Cp, 0, 0);
         gemm_f32(K, Lp, Vp, dS, Vp, 1, w->UT, Cp, w->G2, Cp, 0, 0);
@@ -474,16 +529,19 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
                 }
         }
         if (d->delta) { /* dk_i += sum_j (Z_ij + Z_ji) k_j, with Z + Z^T built in W (done with;
-                         * not in GK, which may be the training forward's saved buffer: read only) */
+                         * not in GK, which may be the training forward's saved buffer: read only)
+                         */
             for (int64_t i = 0; i < L; i++)
-                for (int64_t j = 0; j < L; j++) w->W[i * Cp + j] = w->Z[i * Cp + j] + w->Z[j * Cp + i];
+                for (int64_t j = 0; j < L; j++)
+                    w->W[i * Cp + j] = w->Z[i * Cp + j] + w->Z[j * Cp + i];
             if (K % DN_VW == 0)
                 gemm_f32(L, K, L, w->W, Cp, 1, Kc, K, w->dKr, K, 1.0f, 0);
             else
                 for (int64_t i = 0; i < L; i++)
                     for (int64_t j = 0; j < L; j++) {
                         const float zs = w->W[i * Cp + j];
-                        for (int64_t k = 0; k < K; k++) w->dKr[i * K + k] += zs * Kc[j * K + k];
+                        for (int64_t k = 0; k < K; k++)
+                            w->dKr[i * K + k] += zs * Kc[j * K + k];
                     }
         }
         /* add the transposed parts, then through the normalisation into dq, dk */
@@ -510,13 +568,15 @@ static void bwd_sweep(const dn_la_bwd_params *bp, const bdims *d, bws *w, sview 
             float acc = 0;
             for (int64_t l = L - 1; l >= 0; l--) {
                 acc += w->dgam[l];
-                if (dn_decay_is_zero(p->g[b * p->g_s.b + (tc + l) * p->g_s.t + hv * p->g_s.h])) acc = 0;
+                if (dn_decay_is_zero(p->g[b * p->g_s.b + (tc + l) * p->g_s.t + hv * p->g_s.h]))
+                    acc = 0;
                 bp->dg[b * bp->dg_s.b + (tc + l) * bp->dg_s.t + hv * bp->dg_s.h] = acc;
             }
         }
     }
     if (bp->dinitial_state)
-        for (int64_t i = 0; i < K; i++) memcpy(bp->dinitial_state + soff + i * V, dS + i * Vp, sizeof(float) * V);
+        for (int64_t i = 0; i < K; i++)
+            memcpy(bp->dinitial_state + soff + i * V, dS + i * Vp, sizeof(float) * V);
 }
 
 typedef struct {
@@ -574,7 +634,8 @@ static void train_task(void *vctx, int64_t task, int thread, void *mine) {
     fwd_sweep(p, c->d, &w, saved_at(p, c->d, (float *)c->saved, n, hv), n, hv, 1);
 }
 
-void DN_ISA_FN(dn_cpu_la_forward_train)(const dn_la_params *p, int nthreads, void *ws, void *saved) {
+void DN_ISA_FN(dn_cpu_la_forward_train)(const dn_la_params *p, int nthreads, void *ws,
+                                        void *saved) {
     int64_t Tmax;
     bdims d = make_dims(p, &Tmax);
     bws layout;

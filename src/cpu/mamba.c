@@ -114,12 +114,15 @@ static void mamba_bwd_block(const dn_mamba_bwd_params *bp, int64_t b, int64_t d0
     float *h = w->ck; /* checkpoint c at ck + c * nd * N */
     for (int64_t i = 0; i < nd; i++) {
         const int64_t soff = (b * D + d0 + i) * N;
-        if (p->initial_state) memcpy(h + i * N, p->initial_state + soff, sizeof(float) * (size_t)N);
-        else memset(h + i * N, 0, sizeof(float) * (size_t)N);
+        if (p->initial_state)
+            memcpy(h + i * N, p->initial_state + soff, sizeof(float) * (size_t)N);
+        else
+            memset(h + i * N, 0, sizeof(float) * (size_t)N);
     }
 #define DT_OF(t, d)                                                                                \
     ({                                                                                             \
-        float raw_ = p->dt[b * p->dt_s.b + (t)*p->dt_s.t + (d)] + (p->dt_bias ? p->dt_bias[d] : 0.0f); \
+        float raw_ =                                                                               \
+            p->dt[b * p->dt_s.b + (t)*p->dt_s.t + (d)] + (p->dt_bias ? p->dt_bias[d] : 0.0f);      \
         p->dt_softplus ? softplus1(raw_) : raw_;                                                   \
     })
     /* forward: checkpoints */
@@ -129,13 +132,16 @@ static void mamba_bwd_block(const dn_mamba_bwd_params *bp, int64_t b, int64_t d0
         for (int64_t t = c * MCK; t < T && t < (c + 1) * MCK; t++)
             for (int64_t i = 0; i < nd; i++) {
                 const int64_t d = d0 + i, g = d / per_group;
-                const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h, *A = p->A + d * N;
+                const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h,
+                            *A = p->A + d * N;
                 const float dt = DT_OF(t, d), dtx = dt * p->x[b * p->x_s.b + t * p->x_s.t + d];
                 float *hd = nxt + i * N;
                 int64_t n = 0;
                 for (; n < Nv; n += DN_VW)
-                    vstore(hd + n, vexp(vset1(dt) * vload(A + n)) * vload(hd + n) + vset1(dtx) * vload(Bm + n));
-                for (; n < N; n++) hd[n] = expf(dt * A[n]) * hd[n] + dtx * Bm[n];
+                    vstore(hd + n, vexp(vset1(dt) * vload(A + n)) * vload(hd + n) +
+                                       vset1(dtx) * vload(Bm + n));
+                for (; n < N; n++)
+                    hd[n] = expf(dt * A[n]) * hd[n] + dtx * Bm[n];
             }
     }
     /* backward */
@@ -152,13 +158,16 @@ static void mamba_bwd_block(const dn_mamba_bwd_params *bp, int64_t b, int64_t d0
             memcpy(w->hs + (l + 1) * nd * N, w->hs + l * nd * N, sizeof(float) * (size_t)(nd * N));
             for (int64_t i = 0; i < nd; i++) {
                 const int64_t d = d0 + i, g = d / per_group;
-                const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h, *A = p->A + d * N;
+                const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h,
+                            *A = p->A + d * N;
                 const float dt = DT_OF(t, d), dtx = dt * p->x[b * p->x_s.b + t * p->x_s.t + d];
                 float *hd = w->hs + (l + 1) * nd * N + i * N;
                 int64_t n = 0;
                 for (; n < Nv; n += DN_VW)
-                    vstore(hd + n, vexp(vset1(dt) * vload(A + n)) * vload(hd + n) + vset1(dtx) * vload(Bm + n));
-                for (; n < N; n++) hd[n] = expf(dt * A[n]) * hd[n] + dtx * Bm[n];
+                    vstore(hd + n, vexp(vset1(dt) * vload(A + n)) * vload(hd + n) +
+                                       vset1(dtx) * vload(Bm + n));
+                for (; n < N; n++)
+                    hd[n] = expf(dt * A[n]) * hd[n] + dtx * Bm[n];
             }
         }
         for (int64_t l = L - 1; l >= 0; l--) {
@@ -166,18 +175,24 @@ static void mamba_bwd_block(const dn_mamba_bwd_params *bp, int64_t b, int64_t d0
             for (int64_t i = 0; i < nd; i++) {
                 const int64_t d = d0 + i, g = d / per_group;
                 const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h;
-                const float *Cm = p->Cm + b * p->Cm_s.b + t * p->Cm_s.t + g * p->Cm_s.h, *A = p->A + d * N;
-                float *dBa = w->dBacc + ((b * T + t) * p->G + g) * N, *dCa = w->dCacc + ((b * T + t) * p->G + g) * N;
-                const float *ht = w->hs + (l + 1) * nd * N + i * N, *hp = w->hs + l * nd * N + i * N;
+                const float *Cm = p->Cm + b * p->Cm_s.b + t * p->Cm_s.t + g * p->Cm_s.h,
+                            *A = p->A + d * N;
+                float *dBa = w->dBacc + ((b * T + t) * p->G + g) * N,
+                      *dCa = w->dCacc + ((b * T + t) * p->G + g) * N;
+                const float *ht = w->hs + (l + 1) * nd * N + i * N,
+                            *hp = w->hs + l * nd * N + i * N;
                 float *dh = w->dh + i * N, *dA = w->dA + i * N;
-                const float raw = p->dt[b * p->dt_s.b + t * p->dt_s.t + d] + (p->dt_bias ? p->dt_bias[d] : 0.0f);
+                const float raw =
+                    p->dt[b * p->dt_s.b + t * p->dt_s.t + d] + (p->dt_bias ? p->dt_bias[d] : 0.0f);
                 const float dt = p->dt_softplus ? softplus1(raw) : raw;
                 const float x = p->x[b * p->x_s.b + t * p->x_s.t + d];
                 float dy = bp->dy[b * bp->dy_s.b + t * bp->dy_s.t + d];
                 if (p->z) {
                     float y = dot_f32(Cm, ht, N) + (p->Dskip ? p->Dskip[d] * x : 0.0f);
-                    const float z = p->z[b * p->z_s.b + t * p->z_s.t + d], sg = 1.0f / (1.0f + expf(-z));
-                    bp->dz[b * bp->dz_s.b + t * bp->dz_s.t + d] = dy * y * sg * (1.0f + z * (1.0f - sg));
+                    const float z = p->z[b * p->z_s.b + t * p->z_s.t + d],
+                                sg = 1.0f / (1.0f + expf(-z));
+                    bp->dz[b * bp->dz_s.b + t * bp->dz_s.t + d] =
+                        dy * y * sg * (1.0f + z * (1.0f - sg));
                     dy *= z * sg;
                 }
                 float dx = p->Dskip ? dy * p->Dskip[d] : 0.0f;
@@ -186,7 +201,8 @@ static void mamba_bwd_block(const dn_mamba_bwd_params *bp, int64_t b, int64_t d0
                 vf acc_dt = vzero(), acc_dx = vzero();
                 int64_t n = 0;
                 for (; n < Nv; n += DN_VW) {
-                    vf cv = vload(Cm + n), bm = vload(Bm + n), a = vload(A + n), hpv = vload(hp + n);
+                    vf cv = vload(Cm + n), bm = vload(Bm + n), a = vload(A + n),
+                       hpv = vload(hp + n);
                     vstore(dCa + n, vload(dCa + n) + vdy * vload(ht + n));
                     vf dhv = vload(dh + n) + vdy * cv;
                     vf e = vexp(vdt * a);
@@ -217,7 +233,8 @@ static void mamba_bwd_block(const dn_mamba_bwd_params *bp, int64_t b, int64_t d0
 #undef DT_OF
     if (bp->dinitial_state)
         for (int64_t i = 0; i < nd; i++)
-            memcpy(bp->dinitial_state + (b * D + d0 + i) * N, w->dh + i * N, sizeof(float) * (size_t)N);
+            memcpy(bp->dinitial_state + (b * D + d0 + i) * N, w->dh + i * N,
+                   sizeof(float) * (size_t)N);
 }
 
 /* Workspace: per thread, the checkpoints, the states of a chunk, dh and the block's parameter sums;
@@ -232,7 +249,8 @@ static int bwd_sizes(const dn_mamba_params *p, int nthreads, size_t *per_thread,
     const int nt = dn_parallel_threads(nthreads, (p->D + CB - 1) / CB);
     int64_t nbc, acc;
     *per_thread = sizeof(float) * bwd_thread_floats(p);
-    if (!DN_PROD(&nbc, p->B, p->T, p->G, p->N) || !DN_PROD(&acc, 2, nbc, nt, (int64_t)sizeof(float)))
+    if (!DN_PROD(&nbc, p->B, p->T, p->G, p->N) ||
+        !DN_PROD(&acc, 2, nbc, nt, (int64_t)sizeof(float)))
         return 0;
     *acc_floats = (size_t)(2 * nbc);
     const size_t threads = dn_parallel_ws_bytes(nthreads, *per_thread);
@@ -273,9 +291,11 @@ static void bwd_run(void *vctx, int64_t blk, int thread, void *scratch) {
     w.dBacc = c->acc + c->acc_floats * (size_t)thread, w.dCacc = w.dBacc + nbc;
     const int64_t d0 = blk * CB, nd = p->D - d0 < CB ? p->D - d0 : CB;
     memset(w.dA, 0, sizeof(float) * (size_t)(nd * N + 2 * CB));
-    for (int64_t b = 0; b < p->B; b++) mamba_bwd_block(bp, b, d0, nd, &w);
+    for (int64_t b = 0; b < p->B; b++)
+        mamba_bwd_block(bp, b, d0, nd, &w);
     for (int64_t i = 0; i < nd; i++) {
-        for (int64_t n = 0; n < N; n++) bp->dA[(d0 + i) * N + n] += w.dA[i * N + n];
+        for (int64_t n = 0; n < N; n++)
+            bp->dA[(d0 + i) * N + n] += w.dA[i * N + n];
         if (bp->dDskip) bp->dDskip[d0 + i] += w.dA[nd * N + i];
         if (bp->ddt_bias) bp->ddt_bias[d0 + i] += w.dA[nd * N + nd + i];
     }
@@ -294,7 +314,8 @@ static void bwd_sum(void *vctx, int64_t bt, int thread, void *scratch) {
             const size_t o = (size_t)((bt * p->G + g) * N + n);
             float sb = 0, sc = 0;
             for (int th = 0; th < c->nt; th++)
-                sb += c->acc[c->acc_floats * (size_t)th + o], sc += c->acc[c->acc_floats * (size_t)th + nbc + o];
+                sb += c->acc[c->acc_floats * (size_t)th + o],
+                    sc += c->acc[c->acc_floats * (size_t)th + nbc + o];
             bp->dBm[b * bp->dBm_s.b + t * bp->dBm_s.t + g * bp->dBm_s.h + n] = sb;
             bp->dCm[b * bp->dCm_s.b + t * bp->dCm_s.t + g * bp->dCm_s.h + n] = sc;
         }
@@ -342,7 +363,8 @@ static void m2_prepare_run(void *vctx, int64_t task, int thread, void *scratch) 
         if (c->dtp) c->dtp[row] = dt;
         c->g[row] = dt * p->A[h];
         const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
-        for (int64_t k = 0; k < P; k++) c->v[row * P + k] = dt * x[k];
+        for (int64_t k = 0; k < P; k++)
+            c->v[row * P + k] = dt * x[k];
     }
 }
 
@@ -363,7 +385,8 @@ static void m2_finish_run(void *vctx, int64_t task, int thread, void *scratch) {
         const int64_t b = row / (T * H), t = row / H % T, h = row % H;
         const float *x = p->x + b * p->x_s.b + t * p->x_s.t + h * p->x_s.h;
         float *y = p->y + b * p->y_s.b + t * p->y_s.t + h * p->y_s.h;
-        for (int64_t k = 0; k < P; k++) y[k] += p->Dskip[h] * x[k];
+        for (int64_t k = 0; k < P; k++)
+            y[k] += p->Dskip[h] * x[k];
     }
 }
 

@@ -41,15 +41,18 @@ void dn_parallel_tasks(int nthreads, int64_t ntasks, dn_schedule sched, dn_task_
             void *mine = ws ? (char *)ws + per * (size_t)me : NULL;
             if (sched == DN_SCHED_DYNAMIC) {
 #pragma omp for schedule(dynamic, 1)
-                for (int64_t t = 0; t < ntasks; t++) fn(ctx, t, me, mine);
+                for (int64_t t = 0; t < ntasks; t++)
+                    fn(ctx, t, me, mine);
             } else {
 #pragma omp for schedule(static)
-                for (int64_t t = 0; t < ntasks; t++) fn(ctx, t, me, mine);
+                for (int64_t t = 0; t < ntasks; t++)
+                    fn(ctx, t, me, mine);
             }
         }
         return;
     }
 #endif
     (void)sched, (void)per, (void)nt;
-    for (int64_t t = 0; t < ntasks; t++) fn(ctx, t, 0, ws);
+    for (int64_t t = 0; t < ntasks; t++)
+        fn(ctx, t, 0, ws);
 }

@@ -1,6 +1,7 @@
 /*
  * cpu/rwkv4.c - fast CPU RWKV-4 WKV, vectorised over channels (each channel is an independent
- * recurrence), one contiguous range of channels per thread. Compiled once per SIMD level (see simd.h).
+ * recurrence), one contiguous range of channels per thread. Compiled once per SIMD level (see
+ * simd.h).
  */
 #include "../internal.h"
 #include "simd.h"
@@ -18,7 +19,8 @@ static void rwkv_vectors(const dn_rwkv4_params *p, int64_t b, int64_t c0, int64_
         const int64_t c = c0 + i;
         w[i] = -expf(p->time_decay[c]);
         const float *s0 = p->initial_state ? p->initial_state + b * 3 * C : NULL;
-        num[i] = s0 ? s0[c] : 0.0f, den[i] = s0 ? s0[C + c] : 0.0f, m[i] = s0 ? s0[2 * C + c] : -1e38f;
+        num[i] = s0 ? s0[c] : 0.0f, den[i] = s0 ? s0[C + c] : 0.0f,
+        m[i] = s0 ? s0[2 * C + c] : -1e38f;
     }
     for (int64_t t = 0; t < p->T; t++) {
         const float *kr = p->k + b * p->k_s.b + t * p->k_s.t + c0;
@@ -51,7 +53,8 @@ static void rwkv_scalar(const dn_rwkv4_params *p, int64_t b, int64_t c) {
     const float *s0 = p->initial_state ? p->initial_state + b * 3 * C : NULL;
     float num = s0 ? s0[c] : 0, den = s0 ? s0[C + c] : 0, m = s0 ? s0[2 * C + c] : -1e38f;
     for (int64_t t = 0; t < p->T; t++) {
-        const float k = p->k[b * p->k_s.b + t * p->k_s.t + c], v = p->v[b * p->v_s.b + t * p->v_s.t + c];
+        const float k = p->k[b * p->k_s.b + t * p->k_s.t + c],
+                    v = p->v[b * p->v_s.b + t * p->v_s.t + c];
         float mo = fmaxf(m, u + k), e1 = expf(m - mo), e2 = expf(u + k - mo);
         p->y[b * p->y_s.b + t * p->y_s.t + c] = (e1 * num + e2 * v) / (e1 * den + e2);
         float mn = fmaxf(m + w, k);
@@ -80,7 +83,8 @@ static rwkv_split make_split(int64_t C, int nthreads) {
 
 size_t DN_ISA_FN(dn_cpu_rwkv4_workspace)(const dn_rwkv4_params *p, int nthreads) {
     /* num, den, max and decay of a range */
-    return dn_parallel_ws_bytes(nthreads, sizeof(float) * (size_t)(4 * make_split(p->C, nthreads).maxn));
+    return dn_parallel_ws_bytes(nthreads,
+                                sizeof(float) * (size_t)(4 * make_split(p->C, nthreads).maxn));
 }
 
 typedef struct {
@@ -121,36 +125,45 @@ static void rwkv_bwd_range(const dn_rwkv4_bwd_params *bp, int64_t b, int64_t c0,
         const int64_t c = c0 + i;
         w[i] = -expf(p->time_decay[c]);
         const float *s0 = p->initial_state ? p->initial_state + b * 3 * C : NULL;
-        st[i] = s0 ? s0[c] : 0.0f, st[n + i] = s0 ? s0[C + c] : 0.0f, st[2 * n + i] = s0 ? s0[2 * C + c] : -1e38f;
+        st[i] = s0 ? s0[c] : 0.0f, st[n + i] = s0 ? s0[C + c] : 0.0f,
+        st[2 * n + i] = s0 ? s0[2 * C + c] : -1e38f;
     }
     for (int64_t t = 0; t < T; t++) {
-        const float *kr = p->k + b * p->k_s.b + t * p->k_s.t + c0, *vr = p->v + b * p->v_s.b + t * p->v_s.t + c0;
+        const float *kr = p->k + b * p->k_s.b + t * p->k_s.t + c0,
+                    *vr = p->v + b * p->v_s.b + t * p->v_s.t + c0;
         const float *cur = st + 3 * t * n;
         float *nx = st + 3 * (t + 1) * n;
         for (int64_t i = 0; i < n; i += DN_VW) {
             vf k = vload(kr + i), v = vload(vr + i), a = vload(cur + i), bb = vload(cur + n + i);
             vf mw = vload(cur + 2 * n + i) + vload(w + i), q2 = vmax(mw, k);
             vf f1 = vexp_neg(mw - q2), f2 = vexp_neg(k - q2);
-            vstore(nx + i, f1 * a + f2 * v), vstore(nx + n + i, f1 * bb + f2), vstore(nx + 2 * n + i, q2);
+            vstore(nx + i, f1 * a + f2 * v), vstore(nx + n + i, f1 * bb + f2),
+                vstore(nx + 2 * n + i, q2);
         }
     }
     float *ga = gwu + 2 * n, *gb = ga + n, *gp = gb + n; /* gwu: [gw | gu | ga | gb | gp] */
     for (int64_t i = 0; i < n; i++) {
         const float *sT = bp->dfinal_state ? bp->dfinal_state + b * 3 * C : NULL;
-        ga[i] = sT ? sT[c0 + i] : 0.0f, gb[i] = sT ? sT[C + c0 + i] : 0.0f, gp[i] = sT ? sT[2 * C + c0 + i] : 0.0f;
+        ga[i] = sT ? sT[c0 + i] : 0.0f, gb[i] = sT ? sT[C + c0 + i] : 0.0f,
+        gp[i] = sT ? sT[2 * C + c0 + i] : 0.0f;
     }
     const vf one = vset1(1.0f), zero = vzero();
     for (int64_t t = T - 1; t >= 0; t--) {
-        const float *kr = p->k + b * p->k_s.b + t * p->k_s.t + c0, *vr = p->v + b * p->v_s.b + t * p->v_s.t + c0;
+        const float *kr = p->k + b * p->k_s.b + t * p->k_s.t + c0,
+                    *vr = p->v + b * p->v_s.b + t * p->v_s.t + c0;
         const float *gyr = bp->dy + b * bp->dy_s.b + t * bp->dy_s.t + c0, *cur = st + 3 * t * n;
-        float *dkr = bp->dk + b * bp->dk_s.b + t * bp->dk_s.t + c0, *dvr = bp->dv + b * bp->dv_s.b + t * bp->dv_s.t + c0;
+        float *dkr = bp->dk + b * bp->dk_s.b + t * bp->dk_s.t + c0,
+              *dvr = bp->dv + b * bp->dv_s.b + t * bp->dv_s.t + c0;
         for (int64_t i = 0; i < n; i += DN_VW) {
-            const vf k = vload(kr + i), v = vload(vr + i), a = vload(cur + i), bb = vload(cur + n + i);
-            const vf pp = vload(cur + 2 * n + i), gy = vload(gyr + i), u = vload(p->time_first + c0 + i);
+            const vf k = vload(kr + i), v = vload(vr + i), a = vload(cur + i),
+                     bb = vload(cur + n + i);
+            const vf pp = vload(cur + 2 * n + i), gy = vload(gyr + i),
+                     u = vload(p->time_first + c0 + i);
             const vf gav = vload(ga + i), gbv = vload(gb + i), gpv = vload(gp + i);
-            const vf mw = pp + vload(w + i), q2 = vmax(mw, k), f1 = vexp_neg(mw - q2), f2 = vexp_neg(k - q2);
+            const vf mw = pp + vload(w + i), q2 = vmax(mw, k), f1 = vexp_neg(mw - q2),
+                     f2 = vexp_neg(k - q2);
             const vi first = mw >= k; /* the maximum was w + p */
-#define SEL(x, y) ((vf)(((vi)(x) & first) | ((vi)(y) & ~first)))
+#define SEL(x, y) ((vf)(((vi)(x)&first) | ((vi)(y) & ~first)))
             const vf dap = SEL(-(f2 * v), f1 * a), dbp = SEL(-f2, f1 * bb), dpp = SEL(one, zero);
             const vf dak = SEL(f2 * v, -(f1 * a)), dbk = SEL(f2, -(f1 * bb)), dpk = SEL(zero, one);
 #undef SEL
@@ -172,7 +185,8 @@ static void rwkv_bwd_range(const dn_rwkv4_bwd_params *bp, int64_t b, int64_t c0,
     }
     if (bp->dinitial_state) {
         float *d0 = bp->dinitial_state + b * 3 * C;
-        for (int64_t i = 0; i < n; i++) d0[c0 + i] = ga[i], d0[C + c0 + i] = gb[i], d0[2 * C + c0 + i] = gp[i];
+        for (int64_t i = 0; i < n; i++)
+            d0[c0 + i] = ga[i], d0[C + c0 + i] = gb[i], d0[2 * C + c0 + i] = gp[i];
     }
 }
 
@@ -185,22 +199,28 @@ static void rwkv_bwd_scalar(const dn_rwkv4_bwd_params *bp, int64_t b, int64_t c,
     const float *s0 = p->initial_state ? p->initial_state + b * 3 * C : NULL;
     st[0] = s0 ? s0[c] : 0.0f, st[1] = s0 ? s0[C + c] : 0.0f, st[2] = s0 ? s0[2 * C + c] : -1e38f;
     for (int64_t t = 0; t < T; t++) {
-        const float k = p->k[b * p->k_s.b + t * p->k_s.t + c], v = p->v[b * p->v_s.b + t * p->v_s.t + c];
-        const float mw = st[3 * t + 2] + w, q2 = fmaxf(mw, k), f1 = expf(mw - q2), f2 = expf(k - q2);
+        const float k = p->k[b * p->k_s.b + t * p->k_s.t + c],
+                    v = p->v[b * p->v_s.b + t * p->v_s.t + c];
+        const float mw = st[3 * t + 2] + w, q2 = fmaxf(mw, k), f1 = expf(mw - q2),
+                    f2 = expf(k - q2);
         st[3 * t + 3] = f1 * st[3 * t] + f2 * v, st[3 * t + 4] = f1 * st[3 * t + 1] + f2;
         st[3 * t + 5] = q2;
     }
     const float *sT = bp->dfinal_state ? bp->dfinal_state + b * 3 * C : NULL;
     float ga = sT ? sT[c] : 0, gb = sT ? sT[C + c] : 0, gp = sT ? sT[2 * C + c] : 0, gw = 0, gu = 0;
     for (int64_t t = T - 1; t >= 0; t--) {
-        const float k = p->k[b * p->k_s.b + t * p->k_s.t + c], v = p->v[b * p->v_s.b + t * p->v_s.t + c];
+        const float k = p->k[b * p->k_s.b + t * p->k_s.t + c],
+                    v = p->v[b * p->v_s.b + t * p->v_s.t + c];
         const float a = st[3 * t], bb = st[3 * t + 1], pp = st[3 * t + 2];
         const float gy = bp->dy[b * bp->dy_s.b + t * bp->dy_s.t + c];
         const float mw = pp + w, q2 = fmaxf(mw, k), f1 = expf(mw - q2), f2 = expf(k - q2);
         const int first = mw >= k;
-        const float dap = first ? -f2 * v : f1 * a, dbp = first ? -f2 : f1 * bb, dpp = first ? 1.0f : 0.0f;
-        const float dak = first ? f2 * v : -f1 * a, dbk = first ? f2 : -f1 * bb, dpk = first ? 0.0f : 1.0f;
-        float gk = ga * dak + gb * dbk + gp * dpk, gv = ga * f2, gpp = ga * dap + gb * dbp + gp * dpp;
+        const float dap = first ? -f2 * v : f1 * a, dbp = first ? -f2 : f1 * bb,
+                    dpp = first ? 1.0f : 0.0f;
+        const float dak = first ? f2 * v : -f1 * a, dbk = first ? f2 : -f1 * bb,
+                    dpk = first ? 0.0f : 1.0f;
+        float gk = ga * dak + gb * dbk + gp * dpk, gv = ga * f2,
+              gpp = ga * dap + gb * dbp + gp * dpp;
         gw += gpp;
         float gaa = ga * f1, gbb = gb * f1;
         const float q = fmaxf(pp, u + k), e1 = expf(pp - q), e2 = expf(u + k - q);
@@ -244,7 +264,8 @@ static void bwd_run(void *vctx, int64_t task, int thread, void *ws) {
         const int64_t c0 = v0 * DN_VW, n = (v1 - v0) * DN_VW;
         float *gwu = st + 3 * (T + 1) * n + n;
         memset(gwu, 0, sizeof(float) * (size_t)(2 * n));
-        for (int64_t b = 0; b < p->B; b++) rwkv_bwd_range(bp, b, c0, n, st, gwu);
+        for (int64_t b = 0; b < p->B; b++)
+            rwkv_bwd_range(bp, b, c0, n, st, gwu);
         for (int64_t i = 0; i < n; i++) {
             bp->dtime_decay[c0 + i] += gwu[i] * -expf(p->time_decay[c0 + i]);
             bp->dtime_first[c0 + i] += gwu[n + i];
@@ -252,7 +273,8 @@ static void bwd_run(void *vctx, int64_t task, int thread, void *ws) {
     } else {
         const int64_t ch = nvec * DN_VW + (task - parts);
         float gw = 0, gu = 0;
-        for (int64_t b = 0; b < p->B; b++) rwkv_bwd_scalar(bp, b, ch, st, &gw, &gu);
+        for (int64_t b = 0; b < p->B; b++)
+            rwkv_bwd_scalar(bp, b, ch, st, &gw, &gu);
         bp->dtime_decay[ch] += gw * -expf(p->time_decay[ch]);
         bp->dtime_first[ch] += gu;
     }

@@ -1,10 +1,10 @@
 /*
  * simd.h - the vector type the fast CPU kernels are written in.
  *
- * One source, several builds: each file in src/cpu is compiled once per SIMD level with the matching -m
- * flags and DN_ISA_SUFFIX, and GCC/Clang vector extensions lower the same code to AVX-512, AVX2
- * with FMA, or the baseline (SSE2 on x86-64, whatever the target has elsewhere). The runtime
- * picks a build with dn_isa_active(). Register blocking (DN_MR x DN_NR vectors) follows the
+ * One source, several builds: each file in src/cpu is compiled once per SIMD level with the
+ * matching -m flags and DN_ISA_SUFFIX, and GCC/Clang vector extensions lower the same code to
+ * AVX-512, AVX2 with FMA, or the baseline (SSE2 on x86-64, whatever the target has elsewhere). The
+ * runtime picks a build with dn_isa_active(). Register blocking (DN_MR x DN_NR vectors) follows the
  * register file of each level.
  */
 #ifndef DN_CPU_SIMD_H
@@ -71,9 +71,11 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
         acc0 += vload(a + i) * vload(b + i);
         acc1 += vload(a + i + DN_VW) * vload(b + i + DN_VW);
     }
-    for (; i + DN_VW <= n; i += DN_VW) acc0 += vload(a + i) * vload(b + i);
+    for (; i + DN_VW <= n; i += DN_VW)
+        acc0 += vload(a + i) * vload(b + i);
     float s = vhsum(acc0 + acc1);
-    for (; i < n; i++) s += a[i] * b[i];
+    for (; i < n; i++)
+        s += a[i] * b[i];
     return s;
 }
 
@@ -129,7 +131,8 @@ static inline vf vsoftplus(vf x) {
  * a product multiply a masked (zero) weight by a value it must not see. */
 static inline int all_finite(const float *x, int64_t n) {
     vf acc = vzero();
-    for (int64_t i = 0; i < n; i += DN_VW) acc += vload(x + i) * vzero();
+    for (int64_t i = 0; i < n; i += DN_VW)
+        acc += vload(x + i) * vzero();
     const float s = vhsum(acc);
     return s == s;
 }
@@ -145,7 +148,8 @@ static inline vf vmax(vf a, vf b) {
 #include <immintrin.h>
 static inline void transpose8(float *dst, int64_t ldd, const float *src, int64_t lds) {
     __m256 r[8], t[8], u[8];
-    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * lds);
+    for (int i = 0; i < 8; i++)
+        r[i] = _mm256_loadu_ps(src + i * lds);
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
         t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -169,13 +173,16 @@ static inline void transpose_f32(float *dst, int64_t ldd, const float *src, int6
 #if defined(__AVX2__)
     for (; i0 + 8 <= nr; i0 += 8) {
         int64_t j0 = 0;
-        for (; j0 + 8 <= nc; j0 += 8) transpose8(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds);
+        for (; j0 + 8 <= nc; j0 += 8)
+            transpose8(dst + j0 * ldd + i0, ldd, src + i0 * lds + j0, lds);
         for (int64_t i = i0; i < i0 + 8; i++)
-            for (int64_t j = j0; j < nc; j++) dst[j * ldd + i] = src[i * lds + j];
+            for (int64_t j = j0; j < nc; j++)
+                dst[j * ldd + i] = src[i * lds + j];
     }
 #endif
     for (int64_t i = i0; i < nr; i++)
-        for (int64_t j = 0; j < nc; j++) dst[j * ldd + i] = src[i * lds + j];
+        for (int64_t j = 0; j < nc; j++)
+            dst[j * ldd + i] = src[i * lds + j];
 }
 
 #define DN_CAT2(a, b) a##_##b

@@ -11,13 +11,16 @@ dn_status dn_ref_conv_forward(const dn_conv_params *p) {
         for (int64_t d = 0; d < D; d++) {
             const float *s0 = p->initial_state ? p->initial_state + (b * D + d) * (W - 1) : NULL;
             /* input at time t (negative t reaches into the state: t = -1 is its last entry) */
-#define XIN(s) ((s) >= 0 ? (double)p->x[b * p->x_s.b + (s)*p->x_s.t + d] \
-                         : (s0 ? (double)s0[W - 1 + (s)] : 0.0))
+#define XIN(s)                                                                                     \
+    ((s) >= 0 ? (double)p->x[b * p->x_s.b + (s)*p->x_s.t + d]                                      \
+              : (s0 ? (double)s0[W - 1 + (s)] : 0.0))
             double out_state[4];
-            for (int64_t j = 0; j < W - 1; j++) out_state[j] = XIN(T - (W - 1) + j);
+            for (int64_t j = 0; j < W - 1; j++)
+                out_state[j] = XIN(T - (W - 1) + j);
             for (int64_t t = 0; t < T; t++) {
                 double acc = p->bias ? p->bias[d] : 0;
-                for (int64_t j = 0; j < W; j++) acc += (double)p->weight[d * W + j] * XIN(t - W + 1 + j);
+                for (int64_t j = 0; j < W; j++)
+                    acc += (double)p->weight[d * W + j] * XIN(t - W + 1 + j);
                 if (p->silu) acc = acc / (1 + exp(-acc));
                 p->y[b * p->y_s.b + t * p->y_s.t + d] = (float)acc;
             }
@@ -38,12 +41,14 @@ dn_status dn_ref_conv_backward(const dn_conv_bwd_params *bp) {
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t d = 0; d < D; d++) {
             const float *s0 = p->initial_state ? p->initial_state + (b * D + d) * (W - 1) : NULL;
-#define XIN(s) ((s) >= 0 ? (double)p->x[b * p->x_s.b + (s)*p->x_s.t + d] \
-                         : (s0 ? (double)s0[W - 1 + (s)] : 0.0))
+#define XIN(s)                                                                                     \
+    ((s) >= 0 ? (double)p->x[b * p->x_s.b + (s)*p->x_s.t + d]                                      \
+              : (s0 ? (double)s0[W - 1 + (s)] : 0.0))
             double dbias = 0;
             for (int64_t t = 0; t < T; t++) {
                 double a = p->bias ? p->bias[d] : 0;
-                for (int64_t j = 0; j < W; j++) a += (double)p->weight[d * W + j] * XIN(t - W + 1 + j);
+                for (int64_t j = 0; j < W; j++)
+                    a += (double)p->weight[d * W + j] * XIN(t - W + 1 + j);
                 double dy = bp->dy[b * bp->dy_s.b + t * bp->dy_s.t + d];
                 if (p->silu) {
                     const double sg = 1 / (1 + exp(-a));
@@ -51,7 +56,8 @@ dn_status dn_ref_conv_backward(const dn_conv_bwd_params *bp) {
                 }
                 da[t] = dy;
                 dbias += dy;
-                for (int64_t j = 0; j < W; j++) bp->dweight[d * W + j] += (float)(dy * XIN(t - W + 1 + j));
+                for (int64_t j = 0; j < W; j++)
+                    bp->dweight[d * W + j] += (float)(dy * XIN(t - W + 1 + j));
             }
 #undef XIN
             if (bp->dbias) bp->dbias[d] += (float)dbias;
@@ -64,7 +70,8 @@ dn_status dn_ref_conv_backward(const dn_conv_bwd_params *bp) {
                     if (t >= 0 && t < T) acc += da[t] * p->weight[d * W + j];
                 }
                 const int64_t fj = s - (T - (W - 1));
-                if (bp->dfinal_state && fj >= 0) acc += bp->dfinal_state[(b * D + d) * (W - 1) + fj];
+                if (bp->dfinal_state && fj >= 0)
+                    acc += bp->dfinal_state[(b * D + d) * (W - 1) + fj];
                 if (s >= 0)
                     bp->dx[b * bp->dx_s.b + s * bp->dx_s.t + d] = (float)acc;
                 else if (bp->dinitial_state)

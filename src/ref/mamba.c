@@ -16,7 +16,8 @@ dn_status dn_ref_mamba_forward(const dn_mamba_params *p) {
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t d = 0; d < D; d++) {
             const int64_t g = d / per_group, soff = (b * D + d) * N;
-            for (int64_t n = 0; n < N; n++) h[n] = p->initial_state ? p->initial_state[soff + n] : 0;
+            for (int64_t n = 0; n < N; n++)
+                h[n] = p->initial_state ? p->initial_state[soff + n] : 0;
             for (int64_t t = 0; t < p->T; t++) {
                 const double x = p->x[b * p->x_s.b + t * p->x_s.t + d];
                 double dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + d];
@@ -37,7 +38,8 @@ dn_status dn_ref_mamba_forward(const dn_mamba_params *p) {
                 p->y[b * p->y_s.b + t * p->y_s.t + d] = (float)y;
             }
             if (p->final_state)
-                for (int64_t n = 0; n < N; n++) p->final_state[soff + n] = (float)h[n];
+                for (int64_t n = 0; n < N; n++)
+                    p->final_state[soff + n] = (float)h[n];
         }
     dn_free(h);
     return DN_OK;
@@ -50,7 +52,8 @@ dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p) {
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t h = 0; h < H; h++) {
             const int64_t g = h / per_group, soff = (b * H + h) * N * P;
-            for (int64_t i = 0; i < N * P; i++) S[i] = p->initial_state ? p->initial_state[soff + i] : 0;
+            for (int64_t i = 0; i < N * P; i++)
+                S[i] = p->initial_state ? p->initial_state[soff + i] : 0;
             for (int64_t t = 0; t < p->T; t++) {
                 double dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + h * p->dt_s.h];
                 if (p->dt_bias) dt += p->dt_bias[h];
@@ -65,13 +68,15 @@ dn_status dn_ref_mamba2_forward(const dn_mamba2_params *p) {
                         S[n * P + c] = decay * S[n * P + c] + (double)Bm[n] * dt * x[c];
                 for (int64_t c = 0; c < P; c++) {
                     double acc = 0;
-                    for (int64_t n = 0; n < N; n++) acc += S[n * P + c] * Cm[n];
+                    for (int64_t n = 0; n < N; n++)
+                        acc += S[n * P + c] * Cm[n];
                     if (p->Dskip) acc += (double)p->Dskip[h] * x[c];
                     y[c] = (float)acc;
                 }
             }
             if (p->final_state)
-                for (int64_t i = 0; i < N * P; i++) p->final_state[soff + i] = (float)S[i];
+                for (int64_t i = 0; i < N * P; i++)
+                    p->final_state[soff + i] = (float)S[i];
         }
     dn_free(S);
     return DN_OK;
@@ -95,20 +100,25 @@ dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *bp) {
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t d = 0; d < D; d++) {
             const int64_t g = d / per_group, soff = (b * D + d) * N;
-            for (int64_t n = 0; n < N; n++) h[n] = p->initial_state ? p->initial_state[soff + n] : 0;
+            for (int64_t n = 0; n < N; n++)
+                h[n] = p->initial_state ? p->initial_state[soff + n] : 0;
             for (int64_t t = 0; t < T; t++) {
-                double dt = p->dt[b * p->dt_s.b + t * p->dt_s.t + d] + (p->dt_bias ? p->dt_bias[d] : 0.0);
+                double dt =
+                    p->dt[b * p->dt_s.b + t * p->dt_s.t + d] + (p->dt_bias ? p->dt_bias[d] : 0.0);
                 if (p->dt_softplus) dt = softplus(dt);
                 const double x = p->x[b * p->x_s.b + t * p->x_s.t + d];
                 const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h;
                 for (int64_t n = 0; n < N; n++)
                     h[(t + 1) * N + n] = exp(dt * p->A[d * N + n]) * h[t * N + n] + dt * Bm[n] * x;
             }
-            for (int64_t n = 0; n < N; n++) dh[n] = bp->dfinal_state ? bp->dfinal_state[soff + n] : 0;
+            for (int64_t n = 0; n < N; n++)
+                dh[n] = bp->dfinal_state ? bp->dfinal_state[soff + n] : 0;
             double dD = 0, dbias = 0;
-            for (int64_t n = 0; n < N; n++) dA[n] = 0;
+            for (int64_t n = 0; n < N; n++)
+                dA[n] = 0;
             for (int64_t t = T - 1; t >= 0; t--) {
-                const double raw = p->dt[b * p->dt_s.b + t * p->dt_s.t + d] + (p->dt_bias ? p->dt_bias[d] : 0.0);
+                const double raw =
+                    p->dt[b * p->dt_s.b + t * p->dt_s.t + d] + (p->dt_bias ? p->dt_bias[d] : 0.0);
                 const double dt = p->dt_softplus ? softplus(raw) : raw;
                 const double x = p->x[b * p->x_s.b + t * p->x_s.t + d];
                 const float *Bm = p->Bm + b * p->Bm_s.b + t * p->Bm_s.t + g * p->Bm_s.h;
@@ -118,12 +128,14 @@ dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *bp) {
                 const double *ht = h + (t + 1) * N, *hp = h + t * N;
                 /* output: y = C.h + D x, then y * silu(z) */
                 double y = 0;
-                for (int64_t n = 0; n < N; n++) y += (double)Cm[n] * ht[n];
+                for (int64_t n = 0; n < N; n++)
+                    y += (double)Cm[n] * ht[n];
                 if (p->Dskip) y += (double)p->Dskip[d] * x;
                 double dy = bp->dy[b * bp->dy_s.b + t * bp->dy_s.t + d];
                 if (p->z) {
                     const double z = p->z[b * p->z_s.b + t * p->z_s.t + d], sg = 1 / (1 + exp(-z));
-                    bp->dz[b * bp->dz_s.b + t * bp->dz_s.t + d] = (float)(dy * y * sg * (1 + z * (1 - sg)));
+                    bp->dz[b * bp->dz_s.b + t * bp->dz_s.t + d] =
+                        (float)(dy * y * sg * (1 + z * (1 - sg)));
                     dy *= z * sg;
                 }
                 double dx = p->Dskip ? dy * p->Dskip[d] : 0, ddt = 0;
@@ -144,11 +156,13 @@ dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *bp) {
                 bp->dx[b * bp->dx_s.b + t * bp->dx_s.t + d] = (float)dx;
                 bp->ddt[b * bp->ddt_s.b + t * bp->ddt_s.t + d] = (float)ddt;
             }
-            for (int64_t n = 0; n < N; n++) bp->dA[d * N + n] += (float)dA[n];
+            for (int64_t n = 0; n < N; n++)
+                bp->dA[d * N + n] += (float)dA[n];
             if (bp->dDskip) bp->dDskip[d] += (float)dD;
             if (bp->ddt_bias) bp->ddt_bias[d] += (float)dbias;
             if (bp->dinitial_state)
-                for (int64_t n = 0; n < N; n++) bp->dinitial_state[soff + n] = (float)dh[n];
+                for (int64_t n = 0; n < N; n++)
+                    bp->dinitial_state[soff + n] = (float)dh[n];
         }
     dn_free(h);
     return DN_OK;

@@ -19,7 +19,8 @@ dn_status dn_ref_rwkv4_forward(const dn_rwkv4_params *p) {
                 const double v = p->v[b * p->v_s.b + t * p->v_s.t + c];
                 /* output: the state plus the current token with the bonus u */
                 double mo = fmax(m, u + k), e1 = exp(m - mo), e2 = exp(u + k - mo);
-                p->y[b * p->y_s.b + t * p->y_s.t + c] = (float)((e1 * num + e2 * v) / (e1 * den + e2));
+                p->y[b * p->y_s.b + t * p->y_s.t + c] =
+                    (float)((e1 * num + e2 * v) / (e1 * den + e2));
                 /* state: decay by w, add the current token */
                 double mn = fmax(m + w, k);
                 e1 = exp(m + w - mn), e2 = exp(k - mn);
@@ -50,7 +51,8 @@ dn_status dn_ref_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
             const float *s0 = p->initial_state ? p->initial_state + b * 3 * C : NULL;
             st[0] = s0 ? s0[c] : 0, st[1] = s0 ? s0[C + c] : 0, st[2] = s0 ? s0[2 * C + c] : -1e38;
             for (int64_t t = 0; t < T; t++) {
-                const double k = p->k[b * p->k_s.b + t * p->k_s.t + c], v = p->v[b * p->v_s.b + t * p->v_s.t + c];
+                const double k = p->k[b * p->k_s.b + t * p->k_s.t + c],
+                             v = p->v[b * p->v_s.b + t * p->v_s.t + c];
                 const double a = st[3 * t], bb = st[3 * t + 1], pp = st[3 * t + 2];
                 const double q2 = fmax(w + pp, k), f1 = exp(w + pp - q2), f2 = exp(k - q2);
                 st[3 * t + 3] = f1 * a + f2 * v, st[3 * t + 4] = f1 * bb + f2, st[3 * t + 5] = q2;
@@ -59,7 +61,8 @@ dn_status dn_ref_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
             double ga = sT ? sT[c] : 0, gb = sT ? sT[C + c] : 0, gp = sT ? sT[2 * C + c] : 0;
             double gw = 0, gu = 0;
             for (int64_t t = T - 1; t >= 0; t--) {
-                const double k = p->k[b * p->k_s.b + t * p->k_s.t + c], v = p->v[b * p->v_s.b + t * p->v_s.t + c];
+                const double k = p->k[b * p->k_s.b + t * p->k_s.t + c],
+                             v = p->v[b * p->v_s.b + t * p->v_s.t + c];
                 const double a = st[3 * t], bb = st[3 * t + 1], pp = st[3 * t + 2];
                 const double gy = bp->dy[b * bp->dy_s.b + t * bp->dy_s.t + c];
                 /* update */

@@ -35,11 +35,21 @@
 #define FZ_TOL 1e-3
 
 static const char *family_names[FZ_FAMILY_COUNT] = {
-    [FZ_LA_FWD] = "la_fwd",       [FZ_LA_STEP] = "la_step",     [FZ_LA_BWD] = "la_bwd",
-    [FZ_LA_TRAIN] = "la_train",   [FZ_ATTN_FWD] = "attn_fwd",   [FZ_ATTN_BWD] = "attn_bwd",
-    [FZ_KV] = "kv",               [FZ_MAMBA] = "mamba",         [FZ_MAMBA_BWD] = "mamba_bwd",
-    [FZ_MAMBA2] = "mamba2",       [FZ_MAMBA2_BWD] = "mamba2_bwd", [FZ_RWKV4] = "rwkv4",
-    [FZ_RWKV4_BWD] = "rwkv4_bwd", [FZ_CONV] = "conv",           [FZ_CONV_BWD] = "conv_bwd",
+    [FZ_LA_FWD] = "la_fwd",
+    [FZ_LA_STEP] = "la_step",
+    [FZ_LA_BWD] = "la_bwd",
+    [FZ_LA_TRAIN] = "la_train",
+    [FZ_ATTN_FWD] = "attn_fwd",
+    [FZ_ATTN_BWD] = "attn_bwd",
+    [FZ_KV] = "kv",
+    [FZ_MAMBA] = "mamba",
+    [FZ_MAMBA_BWD] = "mamba_bwd",
+    [FZ_MAMBA2] = "mamba2",
+    [FZ_MAMBA2_BWD] = "mamba2_bwd",
+    [FZ_RWKV4] = "rwkv4",
+    [FZ_RWKV4_BWD] = "rwkv4_bwd",
+    [FZ_CONV] = "conv",
+    [FZ_CONV_BWD] = "conv_bwd",
     [FZ_NAMES] = "names",
 };
 
@@ -64,13 +74,19 @@ static unsigned u8(fz *f) { return f->i < f->n ? f->d[f->i++] : 0; }
 static unsigned pick(fz *f, unsigned n) { return u8(f) % n; }
 static uint64_t u64(fz *f) {
     uint64_t x = 0;
-    for (int i = 0; i < 8; i++) x = x << 8 | u8(f);
+    for (int i = 0; i < 8; i++)
+        x = x << 8 | u8(f);
     return x;
 }
 
-static const int64_t special_dims[8] = {
-    -1, INT64_MIN, INT64_MAX, INT64_MAX / 2 + 1, (int64_t)1 << 62, 3037000500LL,
-    ((int64_t)1 << 32) + 1, 0};
+static const int64_t special_dims[8] = {-1,
+                                        INT64_MIN,
+                                        INT64_MAX,
+                                        INT64_MAX / 2 + 1,
+                                        (int64_t)1 << 62,
+                                        3037000500LL,
+                                        ((int64_t)1 << 32) + 1,
+                                        0};
 /* A dimension in [lo, hi] most of the time, else one of the special values above. */
 static int64_t dim(fz *f, int64_t lo, int64_t hi) {
     unsigned b = u8(f);
@@ -80,16 +96,16 @@ static int64_t dim(fz *f, int64_t lo, int64_t hi) {
 
 /* ---- buffers ---- */
 typedef struct {
-    float *p;        /* exact-size allocation */
+    float *p; /* exact-size allocation */
     size_t bytes;
-    float *snap;     /* contents before the call */
-    float *res;      /* results of the call under test (for the comparison with the reference) */
-    uint8_t *mask;   /* per float: 1 where an output view (written element) lies */
-    int out;         /* an output view points here */
-    int raw;         /* opaque bytes (workspace, saved, cu_seqlens): no float checks */
-    int nocompare;   /* an output that the reference does not produce identically */
-    int neginf_ok;   /* -inf is a documented value (lse of a row that sees no key) */
-    int scale_of;    /* > 0: 1 + the buffer whose reference RMS floors this one's error scale */
+    float *snap;   /* contents before the call */
+    float *res;    /* results of the call under test (for the comparison with the reference) */
+    uint8_t *mask; /* per float: 1 where an output view (written element) lies */
+    int out;       /* an output view points here */
+    int raw;       /* opaque bytes (workspace, saved, cu_seqlens): no float checks */
+    int nocompare; /* an output that the reference does not produce identically */
+    int neginf_ok; /* -inf is a documented value (lse of a row that sees no key) */
+    int scale_of;  /* > 0: 1 + the buffer whose reference RMS floors this one's error scale */
 } fbuf;
 
 typedef struct {
@@ -147,7 +163,8 @@ static void ctx_free(ctx *c) {
 static const uint32_t CANARY = 0x7fc0deadu; /* a quiet NaN: unwritten output elements show */
 static void fill_canary(fbuf *b) {
     uint8_t *p = (uint8_t *)b->p;
-    for (size_t i = 0; i < b->bytes; i++) p[i] = (uint8_t)(CANARY >> (8 * (i & 3)));
+    for (size_t i = 0; i < b->bytes; i++)
+        p[i] = (uint8_t)(CANARY >> (8 * (i & 3)));
 }
 
 /* Value kinds of an input tensor. */
@@ -188,7 +205,7 @@ static float value(ctx *c, int kind, int64_t i) {
         if (c->vmode == 1) return rng_uniform(r, -500, 500);
         return x;
     case V_STATE_RWKV: { /* rows num, den, m of one [3,C] block: i is the flat index */
-        return x; /* fixed up by the caller */
+        return x;        /* fixed up by the caller */
     }
     default: (void)i; return x;
     }
@@ -197,17 +214,18 @@ static float value(ctx *c, int kind, int64_t i) {
 static void fill_values(ctx *c, int bi, int kind) {
     fbuf *b = &c->b[bi];
     int64_t n = (int64_t)(b->bytes / sizeof(float));
-    for (int64_t i = 0; i < n; i++) b->p[i] = value(c, kind, i);
+    for (int64_t i = 0; i < n; i++)
+        b->p[i] = value(c, kind, i);
 }
 
 /* ---- views ---- */
 typedef struct {
     int64_t n0, n1, n2, D;
     dn_strides s;
-    int64_t ext; /* floats the view spans; -1: huge (tiny buffer, must be rejected) */
-    int neg;     /* a negative stride */
-    int legit;   /* a layout in contract for an input (contiguous, padded, permuted, broadcast) */
-    int disjoint;/* rows do not share elements (required of outputs) */
+    int64_t ext;  /* floats the view spans; -1: huge (tiny buffer, must be rejected) */
+    int neg;      /* a negative stride */
+    int legit;    /* a layout in contract for an input (contiguous, padded, permuted, broadcast) */
+    int disjoint; /* rows do not share elements (required of outputs) */
 } view;
 
 /* Views spanning more than 2^61 floats (whose byte size overflows int64) yet fewer than 2^63:
@@ -248,7 +266,8 @@ static void view_measure(view *v) {
         __int128 s = st[i] < 0 ? -(__int128)st[i] : (__int128)st[i];
         ext += smul((__int128)(n[i] - 1), s);
     }
-    if (ext > INT64_MAX || count > INT64_MAX || ((ext > FZ_HUGE || count > FZ_HUGE) && byte_mode())) {
+    if (ext > INT64_MAX || count > INT64_MAX ||
+        ((ext > FZ_HUGE || count > FZ_HUGE) && byte_mode())) {
         v->ext = -1;
         return;
     }
@@ -292,7 +311,13 @@ static view pick_view(ctx *c, int64_t n0, int64_t n1, int64_t n2, int64_t D, int
     int64_t a0 = clamp0(n0), a1 = clamp0(n1), a2 = clamp0(n2), d = clamp0(D);
     unsigned m = allow ? u8(c->f) : 0;
     /* contiguous (often), padded, permuted, broadcast, overlapping rows, negative, huge */
-    unsigned mode = m < 128 ? 0 : m < 160 ? 1 : m < 184 ? 2 : m < 204 ? 3 : m < 220 ? 4 : m < 236 ? 5 : 6;
+    unsigned mode = m < 128   ? 0
+                    : m < 160 ? 1
+                    : m < 184 ? 2
+                    : m < 204 ? 3
+                    : m < 220 ? 4
+                    : m < 236 ? 5
+                              : 6;
     /* saturating arithmetic for the strides of huge dims: they are rejected anyway */
     __int128 h = d, t = smul(a2, d), b = smul(smul(a1, a2), d);
     switch (mode) {
@@ -315,9 +340,7 @@ static view pick_view(ctx *c, int64_t n0, int64_t n1, int64_t n2, int64_t D, int
         if (w == 2) b = 0;
         break;
     }
-    case 4: /* rows overlapping partially */
-        h = d > 1 ? d / 2 : 0;
-        break;
+    case 4: /* rows overlapping partially */ h = d > 1 ? d / 2 : 0; break;
     case 5: {
         unsigned w = pick(c->f, 3);
         int64_t neg = pick(c->f, 2) ? -1 : -(int64_t)d;
@@ -426,7 +449,9 @@ static int64_t prod(int k, const int64_t *d) {
     if (p > FZ_HUGE) return byte_mode() ? INT64_MAX : FZ_HUGE + 1; /* skipped by flat() */
     return (int64_t)p;
 }
-#define PROD(...) prod((int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (const int64_t[]){__VA_ARGS__})
+#define PROD(...)                                                                                  \
+    prod((int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)),                          \
+         (const int64_t[]){__VA_ARGS__})
 
 /* The *_params_default functions compute contiguous strides as plain products, which overflow
  * (undefined behaviour) for huge dims: finding 4 in the report. Unless DN_FUZZ_DEFAULTS=1, the
@@ -441,10 +466,12 @@ static int64_t sd(int64_t x) {
 typedef dn_status (*call_fn)(ctx *c, void *params, int ref);
 
 static void snapshot(ctx *c) {
-    for (int i = 0; i < c->nb; i++) memcpy(c->b[i].snap, c->b[i].p, c->b[i].bytes);
+    for (int i = 0; i < c->nb; i++)
+        memcpy(c->b[i].snap, c->b[i].p, c->b[i].bytes);
 }
 static void restore(ctx *c) {
-    for (int i = 0; i < c->nb; i++) memcpy(c->b[i].p, c->b[i].snap, c->b[i].bytes);
+    for (int i = 0; i < c->nb; i++)
+        memcpy(c->b[i].p, c->b[i].snap, c->b[i].bytes);
 }
 
 static int finite_f(float x) { return isfinite(x); }
@@ -487,7 +514,8 @@ static dn_status exec(ctx *c, const char *name, call_fn fn, void *params, int is
         for (int i = 0; i < c->nb; i++)
             if (memcmp(c->b[i].p, c->b[i].snap, c->b[i].bytes)) {
                 size_t j = 0;
-                while (((uint8_t *)c->b[i].p)[j] == ((uint8_t *)c->b[i].snap)[j]) j++;
+                while (((uint8_t *)c->b[i].p)[j] == ((uint8_t *)c->b[i].snap)[j])
+                    j++;
                 snprintf(msg, sizeof msg, "status %s but buffer %d (%s) changed at byte %zu",
                          dn_status_str(st), i, c->b[i].out ? "output" : "input", j);
                 fz_fail(c, "(b) error-writes-nothing", msg);
@@ -521,7 +549,8 @@ static dn_status exec(ctx *c, const char *name, call_fn fn, void *params, int is
     }
     if (is_ref) return st;
     /* the same call through the reference */
-    for (int i = 0; i < c->nb; i++) memcpy(c->b[i].res, c->b[i].p, c->b[i].bytes);
+    for (int i = 0; i < c->nb; i++)
+        memcpy(c->b[i].res, c->b[i].p, c->b[i].bytes);
     restore(c);
     dn_status sr = fn(c, params, 1);
     if (sr != DN_OK) {
@@ -542,8 +571,10 @@ static dn_status exec(ctx *c, const char *name, call_fn fn, void *params, int is
         }
         double e = masked_err(b, b->res, b->p, &w, fl);
         if (!(e <= FZ_TOL)) {
-            snprintf(msg, sizeof msg, "output buffer %d: rel RMS %.3g vs DN_IMPL_REF (worst [%lld] "
-                     "got %.9g ref %.9g)", i, e, (long long)w, b->res[w], b->p[w]);
+            snprintf(msg, sizeof msg,
+                     "output buffer %d: rel RMS %.3g vs DN_IMPL_REF (worst [%lld] "
+                     "got %.9g ref %.9g)",
+                     i, e, (long long)w, b->res[w], b->p[w]);
             fz_fail(c, "(c) matches-reference", msg);
         }
     }
@@ -577,8 +608,10 @@ static float pick_scale(ctx *c, float dflt) {
 }
 static void maybe_set_isa(ctx *c) {
     unsigned m = u8(c->f);
-    if (m >= 240) dn_set_isa((dn_isa)((int)(m % 5) - 1)); /* also -1 and DN_ISA_COUNT */
-    else if (m >= 200) dn_set_isa(dn_isa_best());
+    if (m >= 240)
+        dn_set_isa((dn_isa)((int)(m % 5) - 1)); /* also -1 and DN_ISA_COUNT */
+    else if (m >= 200)
+        dn_set_isa(dn_isa_best());
 }
 static void pick_vmode(ctx *c) {
     unsigned m = u8(c->f);
@@ -592,7 +625,8 @@ static void scale_keys(ctx *c, int bi, int64_t K) {
     if (K <= 0 || c->vmode == 2) return;
     float s = (float)(1.0 / sqrt((double)K));
     fbuf *b = &c->b[bi];
-    for (size_t i = 0; i < b->bytes / sizeof(float); i++) b->p[i] *= s;
+    for (size_t i = 0; i < b->bytes / sizeof(float); i++)
+        b->p[i] *= s;
 }
 
 /* ======================================================================================== */
@@ -768,7 +802,8 @@ static void la_workspace(ctx *c, dn_la_params *p, int bwd_ws, dn_la_bwd_params *
     unsigned wm = pick(c->f, 8);
     if (wm < 5) return;
     size_t need = 0;
-    dn_status st = bwd_ws ? dn_la_backward_workspace_size(bp, &need) : dn_la_workspace_size(p, &need);
+    dn_status st =
+        bwd_ws ? dn_la_backward_workspace_size(bp, &need) : dn_la_workspace_size(p, &need);
     if (st != DN_OK || need > (size_t)FZ_LIMIT * 16) return;
     size_t bytes = wm == 6 && need > 0 ? need - 1 : need;
     int bi = buf_new(c, bytes + 64, 1);
@@ -779,8 +814,10 @@ static void la_workspace(ctx *c, dn_la_params *p, int bwd_ws, dn_la_bwd_params *
     if (wm == 7) al += 4; /* misaligned */
     /* keep it inside the allocation */
     if (al + bytes > base + bytes + 64) al = base;
-    if (bwd_ws) bp->workspace = al, bp->workspace_bytes = bytes;
-    else p->workspace = al, p->workspace_bytes = bytes;
+    if (bwd_ws)
+        bp->workspace = al, bp->workspace_bytes = bytes;
+    else
+        p->workspace = al, p->workspace_bytes = bytes;
 }
 
 static void fam_la_fwd(ctx *c) {
@@ -799,7 +836,8 @@ static void fam_la_fwd(ctx *c) {
     }
     la_workspace(c, p, 0, NULL);
     dn_status st = exec(c, "dn_la_forward", la_fwd_call, &lc, p->impl == DN_IMPL_REF);
-    if (cs != DN_OK && st == DN_OK && !c->skip) fz_fail(c, "check-agrees", "dn_la_check failed but forward OK");
+    if (cs != DN_OK && st == DN_OK && !c->skip)
+        fz_fail(c, "check-agrees", "dn_la_check failed but forward OK");
 }
 
 static dn_status la_train_call(ctx *c, void *v, int ref) {
@@ -915,7 +953,8 @@ static void fam_la_bwd(ctx *c) {
         int ic = c->ic, nb = c->nb;
         /* the training forward writes o/final_state: let it, they are not the backward's */
         if (p->o) c->ic = 0;
-        for (int i = 0; i < nb; i++) c->b[i].mask[0] |= 0; /* no-op: keep buffers */
+        for (int i = 0; i < nb; i++)
+            c->b[i].mask[0] |= 0; /* no-op: keep buffers */
         dn_la_params tp = *p;
         float *o = NULL;
         if (tp.o) {
@@ -954,8 +993,8 @@ static dn_status la_step_call(ctx *c, void *v, int ref) {
     (void)c;
     step_case *s = v;
     if (!ref)
-        return dn_la_step(s->op, s->o, s->state, s->q, s->k, s->v, s->g, s->beta, s->B, s->H,
-                          s->HV, s->K, s->V, s->scale, s->l2);
+        return dn_la_step(s->op, s->o, s->state, s->q, s->k, s->v, s->g, s->beta, s->B, s->H, s->HV,
+                          s->K, s->V, s->scale, s->l2);
     dn_la_params p = dn_la_params_default(s->op, s->B, 1, s->H, s->HV, s->K, s->V);
     p.q = s->q, p.k = s->k, p.v = s->v, p.g = s->g, p.beta = s->beta, p.o = s->o;
     p.initial_state = s->state, p.final_state = s->state;
@@ -1110,7 +1149,8 @@ static void fam_attn_fwd(ctx *c) {
     }
     dn_status cs = dn_attn_check(&a.p);
     dn_status st = exec(c, "dn_attn_forward", attn_fwd_call, &a, a.p.impl == DN_IMPL_REF);
-    if (cs != DN_OK && st == DN_OK && !c->skip) fz_fail(c, "check-agrees", "dn_attn_check failed but forward OK");
+    if (cs != DN_OK && st == DN_OK && !c->skip)
+        fz_fail(c, "check-agrees", "dn_attn_check failed but forward OK");
 }
 
 static dn_status attn_bwd_call(ctx *c, void *v, int ref) {
@@ -1134,12 +1174,14 @@ static void fam_attn_bwd(ctx *c) {
         if (dn_attn_forward(&fp) != DN_OK) c->ic = 0;
     }
     /* the forward wrote o and lse: they are the backward's inputs now */
-    for (int i = 0; i < c->nb; i++) c->b[i].out = 0, memset(c->b[i].mask, 0, c->b[i].bytes / 4 + 1);
+    for (int i = 0; i < c->nb; i++)
+        c->b[i].out = 0, memset(c->b[i].mask, 0, c->b[i].bytes / 4 + 1);
     int64_t B = p->B, TQ = p->TQ, TK = p->TK, H = p->H, HKV = p->HKV, D = p->D;
     attn_case *ac = &a;
     {
         dn_attn_params t = *p;
-        t.B = sd(t.B), t.TQ = sd(t.TQ), t.TK = sd(t.TK), t.H = sd(t.H), t.HKV = sd(t.HKV), t.D = sd(t.D);
+        t.B = sd(t.B), t.TQ = sd(t.TQ), t.TK = sd(t.TK), t.H = sd(t.H), t.HKV = sd(t.HKV),
+        t.D = sd(t.D);
         ac->bp = dn_attn_bwd_params_default(&t);
         ac->bp.fwd = *p;
     }
@@ -1196,8 +1238,8 @@ static dn_status kv_attend_call(ctx *c, void *v, int ref) {
     (void)c;
     kv_case *k = v;
     if (!ref)
-        return dn_kv_cache_attend(k->kv, k->o, k->o_s, k->lse, k->q, k->q_s, k->TQ, k->H,
-                                  k->scale, k->window, k->n_threads);
+        return dn_kv_cache_attend(k->kv, k->o, k->o_s, k->lse, k->q, k->q_s, k->TQ, k->H, k->scale,
+                                  k->window, k->n_threads);
     dn_attn_params p = dn_attn_params_default(k->B, k->len, k->H, k->HKV, k->D);
     p.TQ = k->TQ;
     p.q = k->q, p.q_s = k->q_s, p.k = k->kall, p.v = k->vall, p.o = k->o, p.o_s = k->o_s;
@@ -1223,11 +1265,13 @@ static void fam_kv(ctx *c) {
     c->call = "dn_kv_cache_create";
     dn_status st = dn_kv_cache_create(pick(f, 64) ? &kv : NULL, B, HKV, D, cap, dtype, flags);
     if (st != DN_OK) {
-        if (kv != (dn_kv_cache *)(uintptr_t)0x1234) fz_fail(c, "(b) error-writes-nothing", "*out written");
+        if (kv != (dn_kv_cache *)(uintptr_t)0x1234)
+            fz_fail(c, "(b) error-writes-nothing", "*out written");
         dn_kv_cache_free(NULL);
         c->call = "dn_kv_cache_reset(NULL)";
         if (dn_kv_cache_reset(NULL) == DN_OK) fz_fail(c, "null-rejected", "reset(NULL) OK");
-        if (dn_kv_cache_len(NULL) != 0 || dn_kv_cache_capacity(NULL) != 0) fz_fail(c, "null", "len");
+        if (dn_kv_cache_len(NULL) != 0 || dn_kv_cache_capacity(NULL) != 0)
+            fz_fail(c, "null", "len");
         return;
     }
     if (kv == NULL || kv == (dn_kv_cache *)(uintptr_t)0x1234) fz_fail(c, "ok-sets-out", "no cache");
@@ -1254,17 +1298,20 @@ static void fam_kv(ctx *c) {
             c->call = "dn_kv_cache_append";
             st = dn_kv_cache_append(kv, kp, vk.s, vp, vv.s, T);
             for (int i = 0; i < c->nb; i++)
-                if (memcmp(c->b[i].p, c->b[i].snap, c->b[i].bytes)) fz_fail(c, "(c) inputs-read-only", "k/v");
+                if (memcmp(c->b[i].p, c->b[i].snap, c->b[i].bytes))
+                    fz_fail(c, "(c) inputs-read-only", "k/v");
             if (st != DN_OK) {
                 if (dn_kv_cache_len(kv) != len0 || dn_kv_cache_capacity(kv) != cap0 ||
                     dn_kv_cache_bytes(kv) != by0)
                     fz_fail(c, "(b) error-writes-nothing", "cache len/capacity changed");
             } else {
                 if (dn_kv_cache_len(kv) != len0 + T) fz_fail(c, "append-len", "len != len0 + T");
-                if (dn_kv_cache_capacity(kv) < dn_kv_cache_len(kv)) fz_fail(c, "append-cap", "cap < len");
+                if (dn_kv_cache_capacity(kv) < dn_kv_cache_len(kv))
+                    fz_fail(c, "append-cap", "cap < len");
                 if (!(flags & DN_KV_GROW) && dn_kv_cache_capacity(kv) != cap0)
                     fz_fail(c, "append-cap", "capacity changed without DN_KV_GROW");
-                if (dn_kv_cache_used_bytes(kv) > dn_kv_cache_bytes(kv)) fz_fail(c, "bytes", "used > held");
+                if (dn_kv_cache_used_bytes(kv) > dn_kv_cache_bytes(kv))
+                    fz_fail(c, "bytes", "used > held");
                 /* the reference copy */
                 for (int64_t b = 0; b < B; b++)
                     for (int64_t t = 0; t < T; t++)
@@ -1454,7 +1501,8 @@ static void fam_mamba_bwd(ctx *c) {
     dn_mamba_bwd_params *bp = &s.bp;
     int64_t B = p->B, T = p->T, D = p->D, N = p->N, G = p->G;
     view vdy = view3(c, B, T, D), vdx = view3(c, B, T, D), vddt = view3(c, B, T, D);
-    view vdz = view3(c, B, T, D), vdB = pick_view(c, B, T, G, N, 1), vdC = pick_view(c, B, T, G, N, 1);
+    view vdz = view3(c, B, T, D), vdB = pick_view(c, B, T, G, N, 1),
+         vdC = pick_view(c, B, T, G, N, 1);
     if (big_view(&vdy) || big_view(&vdx) || big_view(&vddt) || big_view(&vdz) || big_view(&vdB) ||
         big_view(&vdC))
         return;
@@ -1588,7 +1636,8 @@ static void fam_mamba2_bwd(ctx *c) {
     view vdy = pick_view(c, B, T, H, P, 1), vdx = pick_view(c, B, T, H, P, 1);
     view vddt = pick_view(c, B, T, H, 1, 1), vdB = pick_view(c, B, T, G, N, 1);
     view vdC = pick_view(c, B, T, G, N, 1);
-    if (big_view(&vdy) || big_view(&vdx) || big_view(&vddt) || big_view(&vdB) || big_view(&vdC)) return;
+    if (big_view(&vdy) || big_view(&vdx) || big_view(&vddt) || big_view(&vdB) || big_view(&vdC))
+        return;
     int64_t ns = PROD(B, H, N, P);
     bp->dy = in_view(c, &vdy, V_ANY, NULL), bp->dy_s = vdy.s;
     if (pick(c->f, 2)) bp->dfinal_state = flat(c, ns, V_ANY, 0, 0, NULL);
@@ -1832,7 +1881,8 @@ static void fam_conv_bwd(ctx *c) {
     if (present(c, p->bias != NULL)) bp->dbias = flat(c, D, V_ANY, 1, 1, NULL);
     if (pick(c->f, 2)) bp->dinitial_state = flat(c, ns, V_ANY, 1, 0, NULL);
     unsigned am = pick(c->f, 16);
-    if (am == 0) bp->dx = (float *)bp->dy, bp->dx_s = bp->dy_s, c->b[bdy].out = 1, c->alias = 1, c->ic = 0;
+    if (am == 0)
+        bp->dx = (float *)bp->dy, bp->dx_s = bp->dy_s, c->b[bdy].out = 1, c->alias = 1, c->ic = 0;
     if (am == 1) bp->dweight = NULL, c->ic = 0;
     exec(c, "dn_conv_backward", conv_bwd_call, &s, p->impl == DN_IMPL_REF);
 }
@@ -1845,10 +1895,12 @@ static void fam_names(ctx *c) {
     fz *f = c->f;
     char s[40];
     size_t n = pick(f, sizeof s);
-    for (size_t i = 0; i < n; i++) s[i] = (char)u8(f);
+    for (size_t i = 0; i < n; i++)
+        s[i] = (char)u8(f);
     s[n] = 0;
-    static const char *known[] = {"linear_attn", "gla", "deltanet", "gdn", "softmax_attn",
-                                  "mamba1", "mamba2", "rwkv4", "short_conv", "generic", "avx2", "avx512"};
+    static const char *known[] = {"linear_attn",  "gla",     "deltanet", "gdn",
+                                  "softmax_attn", "mamba1",  "mamba2",   "rwkv4",
+                                  "short_conv",   "generic", "avx2",     "avx512"};
     if (pick(f, 4) == 0) snprintf(s, sizeof s, "%s", known[pick(f, 12)]);
     dn_op op = (dn_op)0x5a5a;
     dn_isa isa = (dn_isa)0x5a5a;
@@ -1860,7 +1912,8 @@ static void fam_names(ctx *c) {
     if (dn_op_from_name(s, NULL) == DN_OK) fz_fail(c, "null-rejected", "op out NULL");
     c->call = "dn_isa_from_name";
     st = dn_isa_from_name(pick(f, 32) ? s : NULL, &isa);
-    if (st != DN_OK && isa != (dn_isa)0x5a5a) fz_fail(c, "(b) error-writes-nothing", "*isa written");
+    if (st != DN_OK && isa != (dn_isa)0x5a5a)
+        fz_fail(c, "(b) error-writes-nothing", "*isa written");
     if (st == DN_OK && strcmp(dn_isa_name(isa) ? dn_isa_name(isa) : "", s))
         fz_fail(c, "name-roundtrip", s);
     if (dn_isa_from_name(s, NULL) == DN_OK) fz_fail(c, "null-rejected", "isa out NULL");
@@ -1940,12 +1993,14 @@ static int test_fuzz_bounded(void) {
     jmp_buf env;
     for (volatile long i = 0; i < iters; i++) {
         size_t n = 16 + rng_next(&r) % (sizeof buf - 16);
-        for (size_t j = 0; j < n; j++) buf[j] = (uint8_t)rng_next(&r);
+        for (size_t j = 0; j < n; j++)
+            buf[j] = (uint8_t)rng_next(&r);
         bounded_jmp = &env;
         if (setjmp(env) == 0) {
             dn_fuzz_one(buf, n, (int)(i % FZ_FAMILY_COUNT));
         } else { /* the violation is printed; this input's buffers are leaked, on purpose */
-            printf("    FAIL fuzz input %ld (family %s)\n", i, dn_fuzz_family_name((int)(i % FZ_FAMILY_COUNT)));
+            printf("    FAIL fuzz input %ld (family %s)\n", i,
+                   dn_fuzz_family_name((int)(i % FZ_FAMILY_COUNT)));
             if (++fails >= 20) break;
         }
         bounded_jmp = NULL;

@@ -23,7 +23,8 @@ static float frand(unsigned *s) {
 }
 static float *fill(int64_t n, unsigned seed, float lo) {
     float *x = malloc(sizeof(float) * (size_t)n);
-    for (int64_t i = 0; i < n; i++) x[i] = lo < 0 ? frand(&seed) : -0.5f * (frand(&seed) + 1.f);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = lo < 0 ? frand(&seed) : -0.5f * (frand(&seed) + 1.f);
     return x;
 }
 
@@ -80,7 +81,8 @@ static void *thread_b(void *arg) {
         (void)dn_build_info();
         dn_attn_params bad = dn_attn_params_default(B, T, 3, 2, D);
         if (dn_attn_forward(&bad) == DN_OK) fail("bad attention params accepted");
-        if (strstr(dn_last_error(), "gdn")) fail("dn_last_error of thread B shows thread A's error");
+        if (strstr(dn_last_error(), "gdn"))
+            fail("dn_last_error of thread B shows thread A's error");
     }
     free(o);
     return NULL;
@@ -89,8 +91,10 @@ static void *thread_b(void *arg) {
 int main(void) {
     q = fill(B * T * H * K, 1, -1), k = fill(B * T * H * K, 2, -1), v = fill(B * T * H * V, 3, -1);
     g = fill(B * T * H, 4, 0), beta = fill(B * T * H, 5, 0);
-    for (int i = 0; i < B * T * H; i++) beta[i] = -beta[i];
-    aq = fill(B * T * H * D, 6, -1), ak = fill(B * T * H * D, 7, -1), av = fill(B * T * H * D, 8, -1);
+    for (int i = 0; i < B * T * H; i++)
+        beta[i] = -beta[i];
+    aq = fill(B * T * H * D, 6, -1), ak = fill(B * T * H * D, 7, -1),
+    av = fill(B * T * H * D, 8, -1);
     o_ref = malloc(sizeof(float) * B * T * H * V);
     ao_ref = malloc(sizeof(float) * B * T * H * D);
     /* references before any thread starts; the same thread counts give the same bits */
