@@ -742,8 +742,9 @@ static dn_la_params la_build(ctx *c, int fwd_outputs) {
         c->b[c->nb - 1].out = 0;
         memset(c->b[c->nb - 1].mask, 0, c->b[c->nb - 1].bytes / sizeof(float) + 1);
     }
-    if (amode == 2 && fwd_outputs && has_final && bo >= 0) {
-        /* final_state inside o's buffer */
+    if (amode == 2 && fwd_outputs && has_final && bo >= 0 && vo.ext > 0) {
+        /* final_state inside o's buffer (o's view not empty: with T = 0 the two would not
+         * overlap, and a state of ns floats at o + 1 would lie outside the buffer) */
         float *st = flat(c, ns, V_ANY, 0, 0, NULL);
         if (has_init) p.initial_state = st;
         p.final_state = p.o + (c->b[bo].bytes / sizeof(float) > 1 ? 1 : 0);
