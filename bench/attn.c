@@ -62,20 +62,6 @@ static void rec(const abench *c, const char *phase, const char *dtype, int64_t T
 
 static dn_status run_attn(void *p) { return dn_attn_forward(p); }
 
-/* one decode step over the cache, in the shape bench_time calls */
-typedef struct {
-    const dn_kv_cache *kv;
-    float *o;
-    const float *q;
-    dn_strides s1;
-    int64_t H;
-    int threads;
-} attend_ctx;
-static dn_status run_attend(void *arg) {
-    const attend_ctx *a = arg;
-    return dn_kv_cache_attend(a->kv, a->o, a->s1, NULL, a->q, a->s1, 1, a->H, 0, 0, a->threads);
-}
-
 static int prefill(abench *c, int64_t T) {
     const int64_t H = c->H, D = c->D;
     dn_attn_params p = dn_attn_params_default(1, T, H, H, D);
@@ -104,7 +90,7 @@ static int decode(abench *c, int64_t ctx, dn_dtype dt) {
         if (dn_kv_cache_append(kv, k, s, v, s, ctx - t < chunk ? ctx - t : chunk) != DN_OK)
             return fprintf(stderr, "%s\n", dn_last_error()), 1;
     int n = ctx >= 65536 ? 15 : 5 * c->reps;
-    attend_ctx a = {kv, o, q, s1, H, c->threads};
+    attend_ctx a = {kv, o, q, s1, H, D, c->threads};
     double sec = bench_time(run_attend, &a, BENCH_WARMUP_STEP, n);
     if (sec < 0) return fprintf(stderr, "%s\n", dn_last_error()), 1;
     rec(c, "decode", dn_dtype_name(dt), ctx, H, sec, 4.0 * (double)ctx * D * H,

@@ -8,6 +8,7 @@
 
 #include "deltanet.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -110,6 +111,22 @@ static inline int dn_bench_set_isa(const char *who, const char *name) {
         return 2;
     }
     return 0;
+}
+
+/* One decode step over a KV cache (one query token per sequence, scale 1/sqrt(D)), in the shape
+ * bench_time calls: shared by `bench attn` and `compare` so both time the same call. */
+typedef struct {
+    const dn_kv_cache *kv;
+    float *o;
+    const float *q;
+    dn_strides s1;
+    int64_t H, D;
+    int threads;
+} attend_ctx;
+static inline dn_status run_attend(void *arg) {
+    const attend_ctx *a = arg;
+    const float scale = (float)(1.0 / sqrt((double)a->D));
+    return dn_kv_cache_attend(a->kv, a->o, a->s1, NULL, a->q, a->s1, 1, a->H, scale, 0, a->threads);
 }
 
 #endif

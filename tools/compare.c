@@ -227,20 +227,6 @@ static meas prefill(const config *c, int m, int64_t T) {
  * every context (timing policy in bench.h). */
 static int decode_reps(const config *c) { return c->quick ? 5 : 101; }
 
-/* one decode step over the KV cache, in the shape bench_time calls */
-typedef struct {
-    const dn_kv_cache *kv;
-    float *o;
-    const float *q;
-    dn_strides s1;
-    int64_t H;
-    int threads;
-} attend_ctx;
-static dn_status run_attend(void *arg) {
-    const attend_ctx *a = arg;
-    return dn_kv_cache_attend(a->kv, a->o, a->s1, NULL, a->q, a->s1, 1, a->H, 0, 0, a->threads);
-}
-
 static void decode_attn(const config *c, results *res) {
     const int64_t H = c->H, Dh = c->Dh, W = H * Dh, chunk = 1024;
     dn_kv_cache *kv;
@@ -259,7 +245,7 @@ static void decode_attn(const config *c, results *res) {
                 exit(1);
             }
         }
-        attend_ctx a = {kv, o, q, s1, H, (int)c->threads};
+        attend_ctx a = {kv, o, q, s1, H, Dh, (int)c->threads};
         res->decode_s[M_ATTN][i] = time_runs(run_attend, &a, BENCH_WARMUP_STEP, decode_reps(c));
         /* bytes the cache holds, computed from its length and dtype */
         res->state_bytes[M_ATTN][i] = (double)dn_kv_cache_used_bytes(kv);
