@@ -231,7 +231,8 @@ $(BUILD)/tests/fuzz/fuzz.o: tests/fuzz/fuzz.h
 clean-fuzz:
 	rm -rf build-fuzz build-tsan
 fuzz: build-fuzz/fuzz_deltanet
-	@echo "fuzz: $(FUZZ_CC), OpenMP: $(if $(CLANG_OMP),libomp,none); run DN_FUZZ_FAMILY=<family> $< -max_total_time=N"
+	@echo "fuzz: $(FUZZ_CC), OpenMP: $(if $(CLANG_OMP),libomp,none); run:"
+	@echo "  DN_FUZZ_FAMILY=<family> LSAN_OPTIONS=suppressions=tests/fuzz/lsan.supp ASAN_OPTIONS=allocator_may_return_null=1 $< -max_total_time=N"
 
 tsan: build-tsan/concurrency
 	@echo "tsan: OpenMP $(if $(TSAN_OMP),on (libomp),off (TSAN_OPENMP=0 or no libomp))"
