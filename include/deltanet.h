@@ -632,6 +632,25 @@ typedef struct dn_conv_bwd_params {
 DN_API dn_conv_bwd_params dn_conv_bwd_params_default(const dn_conv_params *fwd);
 DN_API dn_status dn_conv_backward(const dn_conv_bwd_params *p);
 
+
+/* ---------------------------------------------------------------------------------------------
+ * Dense matrix product (the projections and MLPs of the models built on the ops)
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ *   C = alpha * op(A) * op(B) + beta * C,  row-major, op(X) = X or X^T
+ *   op(A) [M,K], op(B) [K,N], C [M,N]; lda, ldb, ldc are row strides in elements (at least the
+ *   stored row length, and >= 1). beta = 0: C is not read (NaN in it is overwritten).
+ * M, N or K = 0 is valid (with K = 0, C = beta * C). C must not overlap A or B.
+ * Runs on the BLAS the library was built with (see dn_matmul_backend) or on the built-in kernel.
+ */
+typedef enum dn_trans { DN_NO_TRANS = 0, DN_TRANS = 1 } dn_trans;
+DN_API dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, float alpha,
+                           const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                           float *C, int64_t ldc);
+/* Which implementation dn_matmul uses now, e.g. "openblas" or "built-in". */
+DN_API const char *dn_matmul_backend(void);
+
 #ifdef __cplusplus
 }
 #endif
