@@ -632,7 +632,6 @@ typedef struct dn_conv_bwd_params {
 DN_API dn_conv_bwd_params dn_conv_bwd_params_default(const dn_conv_params *fwd);
 DN_API dn_status dn_conv_backward(const dn_conv_bwd_params *p);
 
-
 /* ---------------------------------------------------------------------------------------------
  * Dense matrix product (the projections and MLPs of the models built on the ops)
  * ------------------------------------------------------------------------------------------- */
@@ -650,6 +649,90 @@ DN_API dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64
                            float *C, int64_t ldc);
 /* Which implementation dn_matmul uses now, e.g. "openblas" or "built-in". */
 DN_API const char *dn_matmul_backend(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * Language models built on the ops (src/model/)
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * A decoder-only LM: token embedding, L pre-norm residual blocks (RMSNorm, mixer, RMSNorm,
+ * SwiGLU MLP), a final RMSNorm and the LM head (tied to the embedding or its own matrix). The
+ * mixer of block i is layer_pattern[i % strlen(layer_pattern)]:
+ *   'G'  Gated DeltaNet, shaped as Qwen3.5's linear-attention layer: one projection to q, k, v,
+ *        z, b, a; causal depthwise convolution (width conv_kernel) with SiLU over q, k, v;
+ *        L2-normalised q and k; beta = sigmoid(b); g = -exp(A_log) softplus(a + dt_bias);
+ *        HV value heads over H key heads; output RMSNorm (plain weight) gated by SiLU(z);
+ *        output projection.
+ *   'A'  softmax attention, shaped as Qwen3.5's gated attention: q, k, v projections, per-head
+ *        q/k RMSNorm (attn_qk_norm), RoPE on the first rotary_dim dimensions of each head
+ *        (rotate-half pairing), grouped-query heads, output gate sigmoid(gate) from the q
+ *        projection (attn_output_gate), output projection.
+ * Norm weights of the blocks, the final norm and the q/k norms are zero-centred (the scale is
+ * 1 + w, Qwen3.5's convention), so they start at 0; the gated output norm's weight is plain.
+ * Names of the fields follow Hugging Face's config.json keys where one exists.
+ */
+#define DN_MODEL_MAX_LAYERS 256
+typedef struct dn_model_config {
+    int64_t vocab_size, hidden_size, num_hidden_layers, intermediate_size;
+    char layer_pattern[DN_MODEL_MAX_LAYERS + 1]; /* e.g. "GGGA"; repeated over the layers */
+    double rms_norm_eps;
+    int tie_word_embeddings;
+    /* softmax attention ('A') */
+    int64_t num_attention_heads, num_key_value_heads, head_dim;
+    double rope_theta, partial_rotary_factor; /* rotary_dim = head_dim * factor (even) */
+    int attn_qk_norm, attn_output_gate;
+    /* Gated DeltaNet ('G') */
+    int64_t linear_num_key_heads, linear_num_value_heads, linear_key_head_dim,
+        linear_value_head_dim, linear_conv_kernel_dim;
+    double initializer_range; /* std of the normal init of projections and embeddings */
+} dn_model_config;
+
+/* A small Gated DeltaNet model's settings (byte vocabulary); edit the fields, then create. */
+DN_API dn_model_config dn_model_config_default(void);
+/* DN_ERR_ARG / DN_ERR_SHAPE with a message naming the field when a setting is out of range. */
+DN_API dn_status dn_model_config_check(const dn_model_config *c);
+
+typedef struct dn_model dn_model;
+
+/* Parameters laid out in one buffer (dn_model_params), tensor by tensor, initialised from seed
+ * (same seed, same weights, on every machine). */
+DN_API dn_status dn_model_create(dn_model **out, const dn_model_config *c, uint64_t seed);
+DN_API void dn_model_free(dn_model *m); /* NULL is a no-op */
+DN_API const dn_model_config *dn_model_get_config(const dn_model *m);
+
+/* One parameter tensor: name (Hugging Face style, e.g. "model.layers.0.mlp.up_proj.weight"),
+ * shape, offset in the parameter buffer, and whether weight decay applies (not to norms,
+ * biases, A_log and dt_bias). */
+typedef struct dn_param_info {
+    const char *name;
+    int ndim;
+    int64_t shape[3];
+    int64_t offset, numel;
+    int decay;
+} dn_param_info;
+DN_API int64_t dn_model_num_tensors(const dn_model *m);
+DN_API dn_status dn_model_param_info(const dn_model *m, int64_t i, dn_param_info *out);
+DN_API int64_t dn_model_num_params(const dn_model *m);
+/* The parameter and gradient buffers (dn_model_num_params floats each). */
+DN_API float *dn_model_params(dn_model *m);
+DN_API float *dn_model_grads(dn_model *m);
+DN_API void dn_model_zero_grad(dn_model *m);
+
+/*
+ * Training step half: forward over tokens [B,T] (values in [0, vocab_size)) and, when grad_scale
+ * is not 0, the backward, which ADDS grad_scale * d(loss_sum)/d(params) to the gradients.
+ * targets [B,T]: the token each position should predict, or -1 to leave it out of the loss.
+ * loss_sum: the summed cross-entropy (natural log) over the counted targets; n_targets: their
+ * number (both optional). Activations for (B,T) are allocated on first use and kept.
+ */
+DN_API dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens,
+                                           const int32_t *targets, int64_t B, int64_t T,
+                                           float grad_scale, double *loss_sum, int64_t *n_targets);
+/* Logits [B,T,vocab_size] of a forward over tokens [B,T]. */
+DN_API dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int64_t B,
+                                 int64_t T);
+/* Bytes the model holds now: parameters + gradients, and activations. */
+DN_API dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes);
 
 #ifdef __cplusplus
 }

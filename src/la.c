@@ -80,6 +80,12 @@ static dn_status check_shape(const dn_la_params *p, const char *name) {
         !DN_PROD(&n, states, p->HV, p->K, p->V, (int64_t)(4 * sizeof(float))) ||
         !DN_PROD(&n, p->B, p->T, p->HV, p->K + p->V + 4, (int64_t)sizeof(float)))
         return dn_fail(DN_ERR_SHAPE, "%s: tensor sizes overflow 64-bit indexing", name);
+    return DN_OK;
+}
+
+/* g exactly for the gated ops, beta exactly for the delta-rule ops (not part of the shape: the
+ * size queries take params without tensors). */
+static dn_status check_op_inputs(const dn_la_params *p, const char *name) {
     if (dn_op_has_gate(p->op) && !p->g)
         return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required", name);
     if (!dn_op_has_gate(p->op) && p->g)
@@ -147,6 +153,7 @@ static dn_status check_fwd(const dn_la_params *p, const void *saved, size_t save
     dn_status st = shape_only(p);
     if (st != DN_OK) return st;
     const char *name = dn_op_name(p->op);
+    if ((st = check_op_inputs(p, name)) != DN_OK) return st;
     dn_arg a[DN_MAX_ARGS];
     int n = fwd_args(p, a);
     a[n++] = (dn_arg){"o", p->o, p->o_s, p->B, p->T, p->HV, p->V, 1, 0, 0};
@@ -296,6 +303,7 @@ static dn_status bwd_check(const dn_la_bwd_params *bp) {
         return dn_fail(DN_ERR_ARG, "op %d is not a linear-attention family op", (int)p->op);
     const char *op = dn_op_name(p->op);
     dn_status st = check_shape(p, op);
+    if (st == DN_OK) st = check_op_inputs(p, op);
     if (st != DN_OK) return st;
     if (dn_op_has_gate(p->op) != (bp->dg != NULL))
         return dn_fail(DN_ERR_ARG, "%s: dg must be given exactly for gated ops", op);

@@ -1,0 +1,580 @@
+/*
+ * model.c - the decoder-only LM: configuration, parameters, activation arena, forward, backward
+ * and the cross-entropy loss (see the model section of include/deltanet.h).
+ *
+ * Block i (pre-norm):  a = RMSNorm(h);  h += mixer(a);  c = RMSNorm(h);
+ *                      h += W_down (silu(W_gate c) * W_up c)
+ * then hf = RMSNorm(h) and logits = hf W_head^T. The backward runs the blocks in reverse with
+ * one running gradient of the residual stream (m->dh).
+ */
+#include "model.h"
+
+#include <string.h>
+
+/* ---- configuration ---------------------------------------------------------------------- */
+
+dn_model_config dn_model_config_default(void) {
+    dn_model_config c;
+    memset(&c, 0, sizeof c);
+    c.vocab_size = 256, c.hidden_size = 128, c.num_hidden_layers = 4, c.intermediate_size = 352;
+    strcpy(c.layer_pattern, "G");
+    c.rms_norm_eps = 1e-6, c.tie_word_embeddings = 1;
+    c.num_attention_heads = 2, c.num_key_value_heads = 2, c.head_dim = 64;
+    c.rope_theta = 10000.0, c.partial_rotary_factor = 1.0;
+    c.attn_qk_norm = 1, c.attn_output_gate = 1;
+    c.linear_num_key_heads = 2, c.linear_num_value_heads = 2;
+    c.linear_key_head_dim = 64, c.linear_value_head_dim = 64, c.linear_conv_kernel_dim = 4;
+    c.initializer_range = 0.02;
+    return c;
+}
+
+static int has_kind(const dn_model_config *c, char k) {
+    return strchr(c->layer_pattern, k) != NULL;
+}
+
+#define RANGE(field, lo, hi)                                                                       \
+    if (!(c->field >= (lo) && c->field <= (hi)))                                                   \
+        return dn_fail(DN_ERR_ARG, "model config: " #field " = %g is outside [%g, %g]",            \
+                       (double)c->field, (double)(lo), (double)(hi));
+
+dn_status dn_model_config_check(const dn_model_config *c) {
+    if (!c) return dn_fail(DN_ERR_NULL, "model config is NULL");
+    RANGE(vocab_size, 1, 1 << 24);
+    RANGE(hidden_size, 1, 1 << 16);
+    RANGE(num_hidden_layers, 1, DN_MODEL_MAX_LAYERS);
+    RANGE(intermediate_size, 1, 1 << 18);
+    RANGE(rms_norm_eps, 0.0, 1.0);
+    RANGE(initializer_range, 0.0, 10.0);
+    const size_t np = strnlen(c->layer_pattern, sizeof c->layer_pattern);
+    if (np == 0 || np > DN_MODEL_MAX_LAYERS)
+        return dn_fail(DN_ERR_ARG, "model config: layer_pattern is empty or not terminated");
+    for (size_t i = 0; i < np; i++)
+        if (!strchr("GA", c->layer_pattern[i]))
+            return dn_fail(DN_ERR_ARG,
+                           "model config: layer_pattern letter '%c' is not a mixer this version "
+                           "has (G: Gated DeltaNet, A: softmax attention)",
+                           c->layer_pattern[i]);
+    if (has_kind(c, 'A')) {
+        RANGE(num_attention_heads, 1, 1024);
+        RANGE(num_key_value_heads, 1, 1024);
+        RANGE(head_dim, 2, 256);
+        RANGE(rope_theta, 1.0, 1e12);
+        RANGE(partial_rotary_factor, 0.0, 1.0);
+        if (c->num_attention_heads % c->num_key_value_heads)
+            return dn_fail(DN_ERR_SHAPE,
+                           "model config: num_attention_heads (%lld) is not a multiple of "
+                           "num_key_value_heads (%lld)",
+                           (long long)c->num_attention_heads, (long long)c->num_key_value_heads);
+    }
+    if (has_kind(c, 'G')) {
+        RANGE(linear_num_key_heads, 1, 1024);
+        RANGE(linear_num_value_heads, 1, 1024);
+        RANGE(linear_key_head_dim, 1, 1024);
+        RANGE(linear_value_head_dim, 1, 1024);
+        RANGE(linear_conv_kernel_dim, 2, 4);
+        if (c->linear_num_value_heads % c->linear_num_key_heads)
+            return dn_fail(DN_ERR_SHAPE,
+                           "model config: linear_num_value_heads (%lld) is not a multiple of "
+                           "linear_num_key_heads (%lld)",
+                           (long long)c->linear_num_value_heads,
+                           (long long)c->linear_num_key_heads);
+    }
+    return DN_OK;
+}
+
+/* ---- parameters -------------------------------------------------------------------------- */
+
+typedef enum { INIT_NORMAL, INIT_ZERO, INIT_ONE, INIT_CONV, INIT_A_LOG, INIT_DT_BIAS } init_kind;
+
+typedef struct {
+    dn_model *m;
+    int64_t names_len;
+    init_kind *init;
+    int count_only;
+} reg;
+
+/* Registers a tensor (pass 1 counts sizes, pass 2 fills the table); returns its offset. */
+static int64_t add(reg *r, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2,
+                   init_kind init, int decay) {
+    dn_model *m = r->m;
+    const int64_t numel = s0 * (ndim > 1 ? s1 : 1) * (ndim > 2 ? s2 : 1);
+    const int64_t off = m->n_params;
+    if (!r->count_only) {
+        dn_param_info *t = &m->tensors[m->n_tensors];
+        char *dst = m->names + r->names_len;
+        strcpy(dst, name);
+        t->name = dst;
+        t->ndim = ndim;
+        t->shape[0] = s0, t->shape[1] = ndim > 1 ? s1 : 0, t->shape[2] = ndim > 2 ? s2 : 0;
+        t->offset = off, t->numel = numel, t->decay = decay;
+        r->init[m->n_tensors] = init;
+    }
+    r->names_len += (int64_t)strlen(name) + 1;
+    m->n_tensors++;
+    m->n_params += numel;
+    return off;
+}
+
+static void register_params(reg *r) {
+    dn_model *m = r->m;
+    const int64_t d = m->d, I = m->I;
+    char name[160];
+    m->n_tensors = 0, m->n_params = 0, r->names_len = 0;
+    m->embed = add(r, "model.embed_tokens.weight", 2, m->Vocab, d, 0, INIT_NORMAL, 1);
+    for (int64_t i = 0; i < m->L; i++) {
+        dn_layer *l = &m->layers[i];
+#define P(fmt) (snprintf(name, sizeof name, "model.layers.%lld." fmt, (long long)i), name)
+        l->norm1 = add(r, P("input_layernorm.weight"), 1, d, 0, 0, INIT_ZERO, 0);
+        if (l->kind == 'G') {
+            const dn_gdn_layer_dims *g = &m->gd;
+            l->gdn.proj =
+                add(r, P("linear_attn.in_proj_qkv.weight"), 2, g->C, d, 0, INIT_NORMAL, 1);
+            add(r, P("linear_attn.in_proj_z.weight"), 2, g->HV * g->V, d, 0, INIT_NORMAL, 1);
+            add(r, P("linear_attn.in_proj_b.weight"), 2, g->HV, d, 0, INIT_NORMAL, 1);
+            add(r, P("linear_attn.in_proj_a.weight"), 2, g->HV, d, 0, INIT_NORMAL, 1);
+            l->gdn.conv = add(r, P("linear_attn.conv1d.weight"), 3, g->C, 1, g->W, INIT_CONV, 1);
+            l->gdn.A_log = add(r, P("linear_attn.A_log"), 1, g->HV, 0, 0, INIT_A_LOG, 0);
+            l->gdn.dt_bias = add(r, P("linear_attn.dt_bias"), 1, g->HV, 0, 0, INIT_DT_BIAS, 0);
+            l->gdn.norm = add(r, P("linear_attn.norm.weight"), 1, g->V, 0, 0, INIT_ONE, 0);
+            l->gdn.out =
+                add(r, P("linear_attn.out_proj.weight"), 2, d, g->HV * g->V, 0, INIT_NORMAL, 1);
+        } else {
+            const dn_attn_layer_dims *ad = &m->ad;
+            l->attn.proj = add(r, P("self_attn.q_proj.weight"), 2, ad->Pq, d, 0, INIT_NORMAL, 1);
+            add(r, P("self_attn.k_proj.weight"), 2, ad->HKV * ad->D, d, 0, INIT_NORMAL, 1);
+            add(r, P("self_attn.v_proj.weight"), 2, ad->HKV * ad->D, d, 0, INIT_NORMAL, 1);
+            if (ad->qk_norm) {
+                l->attn.q_norm = add(r, P("self_attn.q_norm.weight"), 1, ad->D, 0, 0, INIT_ZERO, 0);
+                l->attn.k_norm = add(r, P("self_attn.k_norm.weight"), 1, ad->D, 0, 0, INIT_ZERO, 0);
+            }
+            l->attn.out =
+                add(r, P("self_attn.o_proj.weight"), 2, d, ad->H * ad->D, 0, INIT_NORMAL, 1);
+        }
+        l->norm2 = add(r, P("post_attention_layernorm.weight"), 1, d, 0, 0, INIT_ZERO, 0);
+        l->gate_up = add(r, P("mlp.gate_proj.weight"), 2, I, d, 0, INIT_NORMAL, 1);
+        add(r, P("mlp.up_proj.weight"), 2, I, d, 0, INIT_NORMAL, 1);
+        l->down = add(r, P("mlp.down_proj.weight"), 2, d, I, 0, INIT_NORMAL, 1);
+#undef P
+    }
+    m->final_norm = add(r, "model.norm.weight", 1, d, 0, 0, INIT_ZERO, 0);
+    m->head = m->cfg.tie_word_embeddings
+                  ? m->embed
+                  : add(r, "lm_head.weight", 2, m->Vocab, d, 0, INIT_NORMAL, 1);
+}
+
+/* Initial values. A_log = log(A), A ~ U(1, 16); dt_bias = softplus^-1(dt), dt log-uniform in
+ * [1e-3, 1e-1] (Mamba-2's and Qwen3.5's choices); the convolution U(-1/sqrt(W), 1/sqrt(W))
+ * (PyTorch's default for a depthwise Conv1d). */
+static void init_params(dn_model *m, const init_kind *init, uint64_t seed) {
+    for (int64_t t = 0; t < m->n_tensors; t++) {
+        const dn_param_info *ti = &m->tensors[t];
+        dn_rng r = {seed ^ (0xA5A5A5A5ull * (uint64_t)(t + 1))};
+        float *p = m->params + ti->offset;
+        for (int64_t i = 0; i < ti->numel; i++) {
+            double v = 0;
+            switch (init[t]) {
+            case INIT_NORMAL: v = m->cfg.initializer_range * dn_rng_normal(&r); break;
+            case INIT_ZERO: v = 0; break;
+            case INIT_ONE: v = 1; break;
+            case INIT_CONV: {
+                const double b = 1.0 / sqrt((double)m->gd.W);
+                v = (2.0 * dn_rng_uniform(&r) - 1.0) * b;
+                break;
+            }
+            case INIT_A_LOG: v = log(1.0 + 15.0 * dn_rng_uniform(&r)); break;
+            case INIT_DT_BIAS: {
+                const double dt = exp(log(1e-3) + (log(1e-1) - log(1e-3)) * dn_rng_uniform(&r));
+                v = dt + log(-expm1(-dt));
+                break;
+            }
+            }
+            p[i] = (float)v;
+        }
+    }
+}
+
+dn_status dn_model_create(dn_model **out, const dn_model_config *c, uint64_t seed) {
+    if (!out) return dn_fail(DN_ERR_NULL, "model: out is NULL");
+    dn_status st = dn_model_config_check(c);
+    if (st != DN_OK) return st;
+    dn_model *m = dn_calloc(sizeof *m);
+    if (!m) return dn_fail(DN_ERR_ALLOC, "model: cannot allocate");
+    m->cfg = *c;
+    m->L = c->num_hidden_layers, m->d = c->hidden_size, m->I = c->intermediate_size;
+    m->Vocab = c->vocab_size;
+    dn_gdn_layer_dims_init(&m->gd, c);
+    dn_attn_layer_dims_init(&m->ad, c);
+    m->layers = dn_calloc((size_t)m->L * sizeof *m->layers);
+    init_kind *init = NULL;
+    if (!m->layers) goto oom;
+    const size_t np = strlen(c->layer_pattern);
+    for (int64_t i = 0; i < m->L; i++)
+        m->layers[i].kind = c->layer_pattern[(size_t)i % np];
+
+    reg r = {m, 0, NULL, 1};
+    register_params(&r); /* sizes */
+    int64_t bytes;
+    if (!DN_PROD(&bytes, m->n_params, 2 * (int64_t)sizeof(float)))
+        return dn_model_free(m), dn_fail(DN_ERR_SHAPE, "model: parameter count overflows");
+    m->tensors = dn_calloc((size_t)m->n_tensors * sizeof *m->tensors);
+    m->names = dn_alloc((size_t)r.names_len);
+    init = dn_alloc((size_t)m->n_tensors * sizeof *init);
+    m->params = dn_alloc((size_t)bytes / 2);
+    m->grads = dn_calloc((size_t)bytes / 2);
+    if (!m->tensors || !m->names || !init || !m->params || !m->grads) goto oom;
+    r.count_only = 0, r.init = init;
+    register_params(&r);
+    init_params(m, init, seed);
+    dn_free(init);
+    *out = m;
+    return DN_OK;
+oom:
+    dn_free(init);
+    dn_model_free(m);
+    return dn_fail(DN_ERR_ALLOC, "model: cannot allocate the parameters");
+}
+
+void dn_model_free(dn_model *m) {
+    if (!m) return;
+    dn_free(m->arena);
+    dn_rope_table_free(&m->rope);
+    dn_free(m->params);
+    dn_free(m->grads);
+    dn_free(m->tensors);
+    dn_free(m->names);
+    dn_free(m->layers);
+    dn_free(m);
+}
+
+const dn_model_config *dn_model_get_config(const dn_model *m) { return m ? &m->cfg : NULL; }
+int64_t dn_model_num_tensors(const dn_model *m) { return m ? m->n_tensors : 0; }
+int64_t dn_model_num_params(const dn_model *m) { return m ? m->n_params : 0; }
+float *dn_model_params(dn_model *m) { return m ? m->params : NULL; }
+float *dn_model_grads(dn_model *m) { return m ? m->grads : NULL; }
+void dn_model_zero_grad(dn_model *m) {
+    if (m) memset(m->grads, 0, (size_t)m->n_params * sizeof(float));
+}
+
+dn_status dn_model_param_info(const dn_model *m, int64_t i, dn_param_info *out) {
+    if (!m || !out) return dn_fail(DN_ERR_NULL, "model_param_info: NULL argument");
+    if (i < 0 || i >= m->n_tensors)
+        return dn_fail(DN_ERR_ARG, "model_param_info: index %lld outside [0, %lld)", (long long)i,
+                       (long long)m->n_tensors);
+    *out = m->tensors[i];
+    return DN_OK;
+}
+
+dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes) {
+    if (!m) return dn_fail(DN_ERR_NULL, "model_memory: model is NULL");
+    if (param_bytes) *param_bytes = (size_t)m->n_params * 2 * sizeof(float);
+    if (act_bytes) *act_bytes = m->arena_bytes;
+    return DN_OK;
+}
+
+/* ---- activation arena ---------------------------------------------------------------------- */
+
+/* Bump allocation in 64-byte steps: a first pass with base NULL measures, the second assigns. */
+typedef struct {
+    char *base;
+    size_t used;
+    int overflow;
+} bump;
+
+static void *take(bump *b, int64_t n, size_t elt) {
+    int64_t bytes;
+    if (n < 0 || !DN_PROD(&bytes, n, (int64_t)elt) || bytes > ((int64_t)1 << 50)) {
+        b->overflow = 1;
+        return NULL;
+    }
+    void *p = b->base ? b->base + b->used : NULL;
+    b->used += ((size_t)bytes + 63) & ~(size_t)63;
+    return p;
+}
+#define TAKE(b, n) ((float *)take((b), (n), sizeof(float)))
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T, size_t la_saved) {
+    const int64_t N = B * T, d = m->d, I = m->I;
+    const dn_gdn_layer_dims *g = &m->gd;
+    const dn_attn_layer_dims *ad = &m->ad;
+    int64_t wide = d; /* widest mixer-internal gradient the backward keeps per layer */
+    for (int64_t i = 0; i < m->L; i++) {
+        dn_layer *l = &m->layers[i];
+        l->h_in = TAKE(b, N * d);
+        l->a = TAKE(b, N * d);
+        l->rstd1 = TAKE(b, N);
+        l->h_mid = TAKE(b, N * d);
+        l->c = TAKE(b, N * d);
+        l->rstd2 = TAKE(b, N);
+        l->gu = TAKE(b, N * 2 * I);
+        l->act = TAKE(b, N * I);
+        if (l->kind == 'G') {
+            dn_gdn_layer_acts *s = &l->ga;
+            s->proj = TAKE(b, N * g->P);
+            s->xc = TAKE(b, N * g->C);
+            s->g = TAKE(b, N * g->HV);
+            s->beta = TAKE(b, N * g->HV);
+            s->o = TAKE(b, N * g->HV * g->V);
+            s->rstd = TAKE(b, N * g->HV);
+            s->on = TAKE(b, N * g->HV * g->V);
+            s->saved = take(b, (int64_t)la_saved, 1);
+            s->saved_bytes = la_saved;
+        } else {
+            dn_attn_layer_acts *s = &l->aa;
+            s->proj = TAKE(b, N * ad->P);
+            s->qraw = TAKE(b, N * ad->H * ad->D);
+            s->kraw = TAKE(b, N * ad->HKV * ad->D);
+            s->qn = TAKE(b, N * ad->H * ad->D);
+            s->kn = TAKE(b, N * ad->HKV * ad->D);
+            s->rq = TAKE(b, N * ad->H);
+            s->rk = TAKE(b, N * ad->HKV);
+            s->o = TAKE(b, N * ad->H * ad->D);
+            s->lse = TAKE(b, N * ad->H);
+            s->og = ad->gate ? TAKE(b, N * ad->H * ad->D) : s->o;
+            if ((ad->H + ad->HKV) * ad->D > wide) wide = (ad->H + ad->HKV) * ad->D;
+        }
+    }
+    m->h_out = TAKE(b, N * d);
+    m->hf = TAKE(b, N * d);
+    m->rstdf = TAKE(b, N);
+    m->rows_h = TAKE(b, N * d);
+    m->logits = TAKE(b, N * m->Vocab);
+    m->rows = take(b, N, sizeof(int64_t));
+    m->row_loss = take(b, N, sizeof(double));
+    /* backward scratch */
+    int64_t P = 1, C = 1, HVV = 1, HV = 1, HQ = 1, HK = 1;
+    if (has_kind(&m->cfg, 'G')) P = g->P, C = g->C, HVV = g->HV * g->V, HV = g->HV;
+    if (has_kind(&m->cfg, 'A')) {
+        if (ad->P > P) P = ad->P;
+        HQ = ad->H * ad->D, HK = ad->HKV * ad->D;
+        if (HQ > HVV) HVV = HQ;
+    }
+    m->dh = TAKE(b, N * d);
+    m->dx = TAKE(b, N * wide);
+    m->dmix = TAKE(b, N * d);
+    m->dgu = TAKE(b, N * 2 * I);
+    m->dact = TAKE(b, N * I);
+    m->dproj = TAKE(b, N * P);
+    m->dconv = TAKE(b, N * C);
+    m->dg = TAKE(b, N * HV);
+    m->dbeta = TAKE(b, N * HV);
+    m->do_ = TAKE(b, N * HVV);
+    m->don = TAKE(b, N * HVV);
+    m->dq = TAKE(b, N * HQ);
+    m->dk = TAKE(b, N * HK);
+}
+
+/* Sizes the arena for (B,T), keeping it when it already fits. Nothing changes on failure. */
+static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T) {
+    if (m->arena && B == m->B && T == m->T) return DN_OK;
+    int64_t N;
+    if (B < 1 || T < 1 || !DN_PROD(&N, B, T) || N > ((int64_t)1 << 40))
+        return dn_fail(DN_ERR_SHAPE, "model: B=%lld, T=%lld out of range", (long long)B,
+                       (long long)T);
+    size_t la_saved = 0;
+    if (has_kind(&m->cfg, 'G')) {
+        const dn_gdn_layer_dims *g = &m->gd;
+        dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, g->H, g->HV, g->K, g->V);
+        dn_status st = dn_la_saved_size(&p, &la_saved);
+        if (st != DN_OK) return st;
+    }
+    bump b = {NULL, 0, 0};
+    lay_out(m, &b, B, T, la_saved);
+    if (b.overflow)
+        return dn_fail(DN_ERR_SHAPE, "model: activations for B=%lld, T=%lld overflow", (long long)B,
+                       (long long)T);
+    dn_rope_table rope = {0};
+    if (has_kind(&m->cfg, 'A')) {
+        dn_status st = dn_rope_table_init(&rope, T, m->ad.rd, m->cfg.rope_theta);
+        if (st != DN_OK) return st;
+    }
+    void *arena = dn_alloc(b.used ? b.used : 1);
+    if (!arena) {
+        dn_rope_table_free(&rope);
+        return dn_fail(DN_ERR_ALLOC, "model: cannot allocate %zu bytes of activations", b.used);
+    }
+    dn_free(m->arena);
+    dn_rope_table_free(&m->rope);
+    m->arena = arena, m->arena_bytes = b.used, m->rope = rope, m->B = B, m->T = T;
+    b = (bump){arena, 0, 0};
+    lay_out(m, &b, B, T, la_saved);
+    return DN_OK;
+}
+
+/* ---- forward and backward ------------------------------------------------------------------- */
+
+static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B, int64_t T) {
+    const int64_t N = B * T, d = m->d, I = m->I;
+    const float *W = m->params;
+    const double eps = m->cfg.rms_norm_eps;
+    dn_rmsnorm_fwd(l->a, l->rstd1, l->h_in, W + l->norm1, 1.0f, N, d, eps);
+    dn_status st = l->kind == 'G' ? dn_gdn_layer_forward(m, l, &l->ga, l->h_mid, l->a, B, T)
+                                  : dn_attn_layer_forward(m, l, &l->aa, l->h_mid, l->a, B, T);
+    if (st != DN_OK) return st;
+    DN_PARALLEL_FOR
+    for (int64_t i = 0; i < N * d; i++)
+        l->h_mid[i] += l->h_in[i];
+    dn_rmsnorm_fwd(l->c, l->rstd2, l->h_mid, W + l->norm2, 1.0f, N, d, eps);
+    if ((st = dn_linear_fwd(l->gu, 2 * I, l->c, d, W + l->gate_up, N, d, 2 * I, 0.0f)) != DN_OK)
+        return st;
+    DN_PARALLEL_FOR
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < I; j++)
+            l->act[n * I + j] = dn_siluf(l->gu[n * 2 * I + j]) * l->gu[n * 2 * I + I + j];
+    memcpy(h_out, l->h_mid, (size_t)(N * d) * sizeof(float));
+    return dn_linear_fwd(h_out, d, l->act, I, W + l->down, N, I, d, 1.0f);
+}
+
+/* dh: in, the gradient of the block's output; out, the gradient of its input. */
+static dn_status block_backward(dn_model *m, dn_layer *l, int64_t B, int64_t T) {
+    const int64_t N = B * T, d = m->d, I = m->I;
+    const float *W = m->params;
+    float *G = m->grads, *dh = m->dh;
+    dn_status st =
+        dn_linear_bwd(m->dact, I, G + l->down, dh, d, l->act, I, W + l->down, N, I, d, 0.0f);
+    if (st != DN_OK) return st;
+    DN_PARALLEL_FOR
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < I; j++) {
+            const float gt = l->gu[n * 2 * I + j], up = l->gu[n * 2 * I + I + j];
+            const float sg = dn_sigmoidf(gt), da = m->dact[n * I + j];
+            m->dgu[n * 2 * I + j] = da * up * sg * (1.0f + gt * (1.0f - sg));
+            m->dgu[n * 2 * I + I + j] = da * gt * sg;
+        }
+    if ((st = dn_linear_bwd(m->dmix, d, G + l->gate_up, m->dgu, 2 * I, l->c, d, W + l->gate_up, N,
+                            d, 2 * I, 0.0f)) != DN_OK ||
+        (st = dn_rmsnorm_bwd(m->dx, G + l->norm2, m->dmix, l->h_mid, l->rstd2, W + l->norm2, 1.0f,
+                             N, d)) != DN_OK)
+        return st;
+    DN_PARALLEL_FOR
+    for (int64_t i = 0; i < N * d; i++)
+        dh[i] += m->dx[i];
+    st = l->kind == 'G' ? dn_gdn_layer_backward(m, l, &l->ga, m->dmix, dh, l->a, B, T)
+                        : dn_attn_layer_backward(m, l, &l->aa, m->dmix, dh, l->a, B, T);
+    if (st != DN_OK) return st;
+    if ((st = dn_rmsnorm_bwd(m->dx, G + l->norm1, m->dmix, l->h_in, l->rstd1, W + l->norm1, 1.0f, N,
+                             d)) != DN_OK)
+        return st;
+    DN_PARALLEL_FOR
+    for (int64_t i = 0; i < N * d; i++)
+        dh[i] += m->dx[i];
+    return DN_OK;
+}
+
+static dn_status check_tokens(const dn_model *m, const int32_t *tokens, const int32_t *targets,
+                              int64_t N) {
+    for (int64_t n = 0; n < N; n++) {
+        if (tokens[n] < 0 || tokens[n] >= m->Vocab)
+            return dn_fail(DN_ERR_ARG, "model: token %lld = %d is outside [0, %lld)", (long long)n,
+                           tokens[n], (long long)m->Vocab);
+        if (targets && (targets[n] < -1 || targets[n] >= m->Vocab))
+            return dn_fail(DN_ERR_ARG, "model: target %lld = %d is outside [-1, %lld)",
+                           (long long)n, targets[n], (long long)m->Vocab);
+    }
+    return DN_OK;
+}
+
+/* Embedding and every block: m->h_out and the final norm m->hf. */
+static dn_status forward(dn_model *m, const int32_t *tokens, int64_t B, int64_t T) {
+    const int64_t N = B * T, d = m->d;
+    const float *E = m->params + m->embed;
+    float *h = m->L > 0 ? m->layers[0].h_in : m->h_out;
+    DN_PARALLEL_FOR
+    for (int64_t n = 0; n < N; n++)
+        memcpy(h + n * d, E + (int64_t)tokens[n] * d, (size_t)d * sizeof(float));
+    for (int64_t i = 0; i < m->L; i++) {
+        float *next = i + 1 < m->L ? m->layers[i + 1].h_in : m->h_out;
+        dn_status st = block_forward(m, &m->layers[i], next, B, T);
+        if (st != DN_OK) return st;
+    }
+    dn_rmsnorm_fwd(m->hf, m->rstdf, m->h_out, m->params + m->final_norm, 1.0f, N, d,
+                   m->cfg.rms_norm_eps);
+    return DN_OK;
+}
+
+dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const int32_t *targets,
+                                    int64_t B, int64_t T, float grad_scale, double *loss_sum,
+                                    int64_t *n_targets) {
+    if (!m || !tokens || !targets)
+        return dn_fail(DN_ERR_NULL, "model_forward_backward: NULL model, tokens or targets");
+    if (!isfinite(grad_scale))
+        return dn_fail(DN_ERR_ARG, "model_forward_backward: grad_scale is not finite");
+    dn_status st = ensure_arena(m, B, T);
+    if (st != DN_OK) return st;
+    const int64_t N = B * T, d = m->d, V = m->Vocab;
+    if ((st = check_tokens(m, tokens, targets, N)) != DN_OK) return st;
+    if ((st = forward(m, tokens, B, T)) != DN_OK) return st;
+
+    /* the loss over the counted rows only: gather them, one product for their logits */
+    int64_t nc = 0;
+    for (int64_t n = 0; n < N; n++)
+        if (targets[n] >= 0) m->rows[nc++] = n;
+    DN_PARALLEL_FOR
+    for (int64_t r = 0; r < nc; r++)
+        memcpy(m->rows_h + r * d, m->hf + m->rows[r] * d, (size_t)d * sizeof(float));
+    const float *Wh = m->params + m->head;
+    if ((st = dn_linear_fwd(m->logits, V, m->rows_h, d, Wh, nc, d, V, 0.0f)) != DN_OK) return st;
+    /* per row: loss_r = logsumexp(z) - z[target]; dz = grad_scale (softmax(z) - onehot) */
+    DN_PARALLEL_FOR
+    for (int64_t r = 0; r < nc; r++) {
+        float *z = m->logits + r * V;
+        const int32_t tgt = targets[m->rows[r]];
+        float mx = z[0];
+        for (int64_t j = 1; j < V; j++)
+            mx = z[j] > mx ? z[j] : mx;
+        double s = 0;
+        for (int64_t j = 0; j < V; j++)
+            s += exp((double)z[j] - mx);
+        const double lse = mx + log(s);
+        m->row_loss[r] = lse - z[tgt];
+        if (grad_scale != 0.0f) {
+            for (int64_t j = 0; j < V; j++)
+                z[j] = (float)(grad_scale * exp((double)z[j] - lse));
+            z[tgt] -= grad_scale;
+        }
+    }
+    double loss = 0;
+    for (int64_t r = 0; r < nc; r++) /* in order: the same sum at every thread count */
+        loss += m->row_loss[r];
+    if (loss_sum) *loss_sum = loss;
+    if (n_targets) *n_targets = nc;
+    if (grad_scale == 0.0f) return DN_OK;
+
+    /* the head: dW_head += dz^T rows_h; d rows_h = dz W_head, scattered into dhf (m->dx) */
+    float *G = m->grads, *dhf = m->dx;
+    if ((st = dn_linear_bwd(m->dmix, d, G + m->head, m->logits, V, m->rows_h, d, Wh, nc, d, V,
+                            0.0f)) != DN_OK)
+        return st;
+    memset(dhf, 0, (size_t)(N * d) * sizeof(float));
+    DN_PARALLEL_FOR
+    for (int64_t r = 0; r < nc; r++)
+        memcpy(dhf + m->rows[r] * d, m->dmix + r * d, (size_t)d * sizeof(float));
+    if ((st = dn_rmsnorm_bwd(m->dh, G + m->final_norm, dhf, m->h_out, m->rstdf,
+                             m->params + m->final_norm, 1.0f, N, d)) != DN_OK)
+        return st;
+    for (int64_t i = m->L - 1; i >= 0; i--)
+        if ((st = block_backward(m, &m->layers[i], B, T)) != DN_OK) return st;
+    /* the embedding: rows added in token order, columns split across threads */
+    float *dE = G + m->embed;
+    const int64_t cb = 64, nblk = (d + cb - 1) / cb;
+    DN_PARALLEL_FOR
+    for (int64_t blk = 0; blk < nblk; blk++) {
+        const int64_t j0 = blk * cb, j1 = j0 + cb < d ? j0 + cb : d;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t j = j0; j < j1; j++)
+                dE[(int64_t)tokens[n] * d + j] += m->dh[n * d + j];
+    }
+    return DN_OK;
+}
+
+dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int64_t B, int64_t T) {
+    if (!m || !logits || !tokens)
+        return dn_fail(DN_ERR_NULL, "model_logits: NULL model, logits or tokens");
+    dn_status st = ensure_arena(m, B, T);
+    if (st != DN_OK) return st;
+    if ((st = check_tokens(m, tokens, NULL, B * T)) != DN_OK) return st;
+    if ((st = forward(m, tokens, B, T)) != DN_OK) return st;
+    return dn_linear_fwd(logits, m->Vocab, m->hf, m->d, m->params + m->head, B * T, m->d, m->Vocab,
+                         0.0f);
+}

@@ -1,0 +1,113 @@
+/*
+ * model.h - the model layer's internal structures: parameter offsets and saved activations of
+ * each block and mixer (not installed).
+ *
+ * Shapes: N = B*T token rows, d = hidden_size, I = intermediate_size. Every activation is a
+ * contiguous row-major [N, width] matrix in one arena sized for the largest (B,T) seen so far.
+ * Parameter "pointers" are offsets into the model's parameter buffer, so the same offsets index
+ * the gradient buffer.
+ */
+#ifndef DN_MODEL_MODEL_H
+#define DN_MODEL_MODEL_H
+
+#include "nn.h"
+
+/* Gated DeltaNet mixer ('G'): dimensions and the fused input projection's column layout
+ * [q | k | v | z | b | a] (the first C = 2 H K + HV V columns go through the convolution). */
+typedef struct {
+    int64_t H, HV, K, V, W; /* key heads, value heads, head dims, conv width */
+    int64_t C, P;           /* conv channels, projection width */
+    int64_t z0, b0, a0;     /* first column of z, b, a in the projection */
+} dn_gdn_layer_dims;
+typedef struct {
+    int64_t proj, conv, A_log, dt_bias, norm, out; /* proj [P,d] = in_proj_qkv, _z, _b, _a */
+} dn_gdn_layer_w;
+typedef struct {
+    float *proj; /* [N,P] projection output */
+    float *xc;   /* [N,C] SiLU(conv(q,k,v)) */
+    float *g;    /* [N,HV] log decay */
+    float *beta; /* [N,HV] */
+    float *o;    /* [N,HV*V] delta-rule output */
+    float *rstd; /* [N*HV] output norm */
+    float *on;   /* [N,HV*V] gated, normed output (input of out_proj) */
+    void *saved; /* the op's training buffer */
+    size_t saved_bytes;
+} dn_gdn_layer_acts;
+
+/* Softmax attention mixer ('A'): projection layout [q (and gate, per head [q_h | gate_h]) | k | v]
+ */
+typedef struct {
+    int64_t H, HKV, D, rd; /* heads, key/value heads, head dim, rotary dims */
+    int64_t Pq, P;         /* q(+gate) width, projection width */
+    int gate, qk_norm;
+} dn_attn_layer_dims;
+typedef struct {
+    int64_t proj, q_norm, k_norm, out; /* proj [P,d] = q_proj, k_proj, v_proj */
+} dn_attn_layer_w;
+typedef struct {
+    float *proj;        /* [N,P] */
+    float *qraw, *kraw; /* [N,H*D], [N,HKV*D] contiguous copies of the projections */
+    float *qn, *kn;     /* after q/k norm and RoPE (the op's q and k) */
+    float *rq, *rk;     /* [N*H], [N*HKV] norm rstd */
+    float *o, *lse;     /* [N,H*D], [B,H,T] */
+    float *og;          /* [N,H*D] gated output (input of o_proj); == o without a gate */
+} dn_attn_layer_acts;
+
+typedef struct {
+    char kind;
+    int64_t norm1, norm2, gate_up, down; /* gate_up [2I,d] = gate_proj, up_proj; down [d,I] */
+    dn_gdn_layer_w gdn;
+    dn_attn_layer_w attn;
+    /* saved activations */
+    float *h_in;      /* [N,d] residual stream entering the block */
+    float *a, *rstd1; /* [N,d] input norm output, [N] */
+    float *h_mid;     /* [N,d] after the mixer's residual add */
+    float *c, *rstd2; /* [N,d] post-attention norm output, [N] */
+    float *gu, *act;  /* [N,2I] gate|up pre-activations, [N,I] silu(gate)*up */
+    dn_gdn_layer_acts ga;
+    dn_attn_layer_acts aa;
+} dn_layer;
+
+struct dn_model {
+    dn_model_config cfg;
+    int64_t L, d, I, Vocab;
+    dn_gdn_layer_dims gd;
+    dn_attn_layer_dims ad;
+    float *params, *grads;
+    int64_t n_params;
+    dn_param_info *tensors;
+    int64_t n_tensors;
+    char *names;                     /* storage of the tensor names */
+    int64_t embed, final_norm, head; /* head == embed when tied */
+    dn_layer *layers;
+
+    /* activations, for the (B,T) the arena was sized for */
+    int64_t B, T;
+    void *arena;
+    size_t arena_bytes;
+    float *h_out, *hf, *rstdf; /* [N,d] last residual stream, final norm output, [N] */
+    float *rows_h, *logits;    /* [N,d] gathered rows of counted targets, [N,Vocab] */
+    int64_t *rows;             /* [N] which rows count */
+    double *row_loss;          /* [N] loss of each counted row */
+    /* backward scratch, shared by every layer */
+    float *dh, *dx, *dmix, *dgu, *dact, *dproj, *dconv, *dg, *dbeta, *do_, *don, *dq, *dk;
+    dn_rope_table rope;
+};
+
+/* src/model/gdn.c: the Gated DeltaNet mixer, out [N,d] from a [N,d] */
+void dn_gdn_layer_dims_init(dn_gdn_layer_dims *g, const dn_model_config *c);
+dn_status dn_gdn_layer_forward(const dn_model *m, const dn_layer *l, const dn_gdn_layer_acts *s,
+                               float *out, const float *a, int64_t B, int64_t T);
+/* da [N,d] written from dout [N,d]; parameter gradients added to m->grads */
+dn_status dn_gdn_layer_backward(dn_model *m, const dn_layer *l, const dn_gdn_layer_acts *s,
+                                float *da, const float *dout, const float *a, int64_t B, int64_t T);
+
+/* src/model/attn.c: the softmax attention mixer */
+void dn_attn_layer_dims_init(dn_attn_layer_dims *d, const dn_model_config *c);
+dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_attn_layer_acts *s,
+                                float *out, const float *a, int64_t B, int64_t T);
+dn_status dn_attn_layer_backward(dn_model *m, const dn_layer *l, const dn_attn_layer_acts *s,
+                                 float *da, const float *dout, const float *a, int64_t B,
+                                 int64_t T);
+
+#endif /* DN_MODEL_MODEL_H */

@@ -1,0 +1,244 @@
+/*
+ * model_ref.c - an independent double-precision forward of the whole language model, written
+ * from the math (loops over tokens and heads, no ops, no matrix library), reading the weights by
+ * their public names. The model tests compare the library's logits with it and its central
+ * finite differences with the library's gradients.
+ */
+#include "model_ref.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const double *W(const ref_model *r, const char *fmt, long long layer) {
+    char name[160];
+    snprintf(name, sizeof name, fmt, layer);
+    for (int64_t i = 0; i < dn_model_num_tensors(r->m); i++) {
+        dn_param_info t;
+        dn_model_param_info(r->m, i, &t);
+        if (!strcmp(t.name, name)) return r->p + t.offset;
+    }
+    fprintf(stderr, "model_ref: no tensor %s\n", name);
+    exit(2);
+}
+
+static double *dalloc(int64_t n) {
+    double *p = calloc((size_t)(n > 0 ? n : 1), sizeof(double));
+    if (!p) exit(2);
+    return p;
+}
+
+/* y [N,out] = x [N,in] W^T */
+static void linear(double *y, const double *x, const double *w, int64_t N, int64_t in,
+                   int64_t out) {
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t o = 0; o < out; o++) {
+            double s = 0;
+            for (int64_t i = 0; i < in; i++)
+                s += x[n * in + i] * w[o * in + i];
+            y[n * out + o] = s;
+        }
+}
+
+static void rmsnorm(double *y, const double *x, const double *w, double offset, int64_t rows,
+                    int64_t n, double eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int64_t j = 0; j < n; j++)
+            ss += x[r * n + j] * x[r * n + j];
+        const double rs = 1.0 / sqrt(ss / (double)n + eps);
+        for (int64_t j = 0; j < n; j++)
+            y[r * n + j] = x[r * n + j] * rs * (w[j] + offset);
+    }
+}
+
+static double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
+static double silu(double x) { return x * sigm(x); }
+static double softplus(double x) { return x > 30 ? x : log1p(exp(x)); }
+
+static void gdn_mixer(const ref_model *r, long long li, double *out, const double *a, int64_t B,
+                      int64_t T) {
+    const dn_model_config *c = dn_model_get_config(r->m);
+    const int64_t d = c->hidden_size, H = c->linear_num_key_heads, HV = c->linear_num_value_heads;
+    const int64_t K = c->linear_key_head_dim, V = c->linear_value_head_dim;
+    const int64_t Wd = c->linear_conv_kernel_dim, C = 2 * H * K + HV * V, N = B * T;
+    double *qkv = dalloc(N * C), *z = dalloc(N * HV * V), *bb = dalloc(N * HV),
+           *aa = dalloc(N * HV);
+    linear(qkv, a, W(r, "model.layers.%lld.linear_attn.in_proj_qkv.weight", li), N, d, C);
+    linear(z, a, W(r, "model.layers.%lld.linear_attn.in_proj_z.weight", li), N, d, HV * V);
+    linear(bb, a, W(r, "model.layers.%lld.linear_attn.in_proj_b.weight", li), N, d, HV);
+    linear(aa, a, W(r, "model.layers.%lld.linear_attn.in_proj_a.weight", li), N, d, HV);
+    const double *cw = W(r, "model.layers.%lld.linear_attn.conv1d.weight", li);
+    const double *A_log = W(r, "model.layers.%lld.linear_attn.A_log", li);
+    const double *dt_bias = W(r, "model.layers.%lld.linear_attn.dt_bias", li);
+    const double *nw = W(r, "model.layers.%lld.linear_attn.norm.weight", li);
+    double *xc = dalloc(N * C), *o = dalloc(N * HV * V), *on = dalloc(N * HV * V);
+    for (int64_t b = 0; b < B; b++) /* causal depthwise conv + SiLU, zeros before the start */
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t ch = 0; ch < C; ch++) {
+                double s = 0;
+                for (int64_t j = 0; j < Wd; j++) {
+                    const int64_t ts = t - Wd + 1 + j;
+                    if (ts >= 0) s += cw[ch * Wd + j] * qkv[(b * T + ts) * C + ch];
+                }
+                xc[(b * T + t) * C + ch] = silu(s);
+            }
+    double *S = dalloc(K * V), *q = dalloc(K), *k = dalloc(K), *u = dalloc(V);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < HV; j++) {
+            const int64_t h = j / (HV / H);
+            memset(S, 0, sizeof(double) * (size_t)(K * V));
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t n = b * T + t;
+                const double *row = xc + n * C;
+                double nq = 0, nk = 0;
+                for (int64_t i = 0; i < K; i++) {
+                    q[i] = row[h * K + i], k[i] = row[H * K + h * K + i];
+                    nq += q[i] * q[i], nk += k[i] * k[i];
+                }
+                nq = 1.0 / sqrt(nq + 1e-6), nk = 1.0 / sqrt(nk + 1e-6);
+                for (int64_t i = 0; i < K; i++)
+                    q[i] *= nq / sqrt((double)K), k[i] *= nk;
+                const double *v = row + 2 * H * K + j * V;
+                const double beta = sigm(bb[n * HV + j]);
+                const double g = -exp(A_log[j]) * softplus(aa[n * HV + j] + dt_bias[j]);
+                for (int64_t e = 0; e < K * V; e++)
+                    S[e] *= exp(g);
+                for (int64_t vv = 0; vv < V; vv++) {
+                    double pred = 0;
+                    for (int64_t i = 0; i < K; i++)
+                        pred += S[i * V + vv] * k[i];
+                    u[vv] = beta * (v[vv] - pred);
+                }
+                for (int64_t i = 0; i < K; i++)
+                    for (int64_t vv = 0; vv < V; vv++)
+                        S[i * V + vv] += k[i] * u[vv];
+                for (int64_t vv = 0; vv < V; vv++) {
+                    double s = 0;
+                    for (int64_t i = 0; i < K; i++)
+                        s += S[i * V + vv] * q[i];
+                    o[n * HV * V + j * V + vv] = s;
+                }
+            }
+        }
+    rmsnorm(on, o, nw, 0.0, N * HV, V, c->rms_norm_eps);
+    for (int64_t i = 0; i < N * HV * V; i++)
+        on[i] *= silu(z[i]);
+    linear(out, on, W(r, "model.layers.%lld.linear_attn.out_proj.weight", li), N, HV * V, d);
+    free(qkv), free(z), free(bb), free(aa), free(xc), free(o), free(on);
+    free(S), free(q), free(k), free(u);
+}
+
+static void attn_mixer(const ref_model *r, long long li, double *out, const double *a, int64_t B,
+                       int64_t T) {
+    const dn_model_config *c = dn_model_get_config(r->m);
+    const int64_t d = c->hidden_size, H = c->num_attention_heads, HKV = c->num_key_value_heads;
+    const int64_t D = c->head_dim, N = B * T, gate = c->attn_output_gate != 0;
+    const int64_t rd = (int64_t)((double)D * c->partial_rotary_factor) / 2 * 2;
+    const int64_t Pq = H * D * (gate ? 2 : 1);
+    double *qp = dalloc(N * Pq), *q = dalloc(N * H * D), *k = dalloc(N * HKV * D);
+    double *v = dalloc(N * HKV * D), *o = dalloc(N * H * D);
+    linear(qp, a, W(r, "model.layers.%lld.self_attn.q_proj.weight", li), N, d, Pq);
+    linear(k, a, W(r, "model.layers.%lld.self_attn.k_proj.weight", li), N, d, HKV * D);
+    linear(v, a, W(r, "model.layers.%lld.self_attn.v_proj.weight", li), N, d, HKV * D);
+    for (int64_t n = 0; n < N; n++) /* per head [q | gate] when gated */
+        for (int64_t h = 0; h < H; h++)
+            memcpy(q + (n * H + h) * D, qp + n * Pq + h * D * (gate ? 2 : 1), sizeof(double) * D);
+    if (c->attn_qk_norm) {
+        rmsnorm(q, q, W(r, "model.layers.%lld.self_attn.q_norm.weight", li), 1.0, N * H, D,
+                c->rms_norm_eps);
+        rmsnorm(k, k, W(r, "model.layers.%lld.self_attn.k_norm.weight", li), 1.0, N * HKV, D,
+                c->rms_norm_eps);
+    }
+    for (int64_t n = 0; n < N; n++) { /* rotate-half RoPE on the first rd dims */
+        const double pos = (double)(n % T);
+        for (int64_t i = 0; i < rd / 2; i++) {
+            const double ang = pos * pow(c->rope_theta, -2.0 * (double)i / (double)rd);
+            for (int64_t h = 0; h < H + HKV; h++) {
+                double *x = h < H ? q + (n * H + h) * D : k + (n * HKV + h - H) * D;
+                const double x1 = x[i], x2 = x[i + rd / 2];
+                x[i] = x1 * cos(ang) - x2 * sin(ang);
+                x[i + rd / 2] = x2 * cos(ang) + x1 * sin(ang);
+            }
+        }
+    }
+    double *sc = dalloc(T);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t kh = h / (H / HKV);
+            for (int64_t i = 0; i < T; i++) {
+                const double *qi = q + ((b * T + i) * H + h) * D;
+                double mx = -INFINITY, s = 0;
+                for (int64_t j = 0; j <= i; j++) {
+                    const double *kj = k + ((b * T + j) * HKV + kh) * D;
+                    double dot = 0;
+                    for (int64_t e = 0; e < D; e++)
+                        dot += qi[e] * kj[e];
+                    sc[j] = dot / sqrt((double)D);
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int64_t j = 0; j <= i; j++)
+                    s += (sc[j] = exp(sc[j] - mx));
+                double *oi = o + ((b * T + i) * H + h) * D;
+                for (int64_t e = 0; e < D; e++) {
+                    double acc = 0;
+                    for (int64_t j = 0; j <= i; j++)
+                        acc += sc[j] * v[((b * T + j) * HKV + kh) * D + e];
+                    oi[e] = acc / s;
+                }
+                if (gate)
+                    for (int64_t e = 0; e < D; e++)
+                        oi[e] *= sigm(qp[(b * T + i) * Pq + h * 2 * D + D + e]);
+            }
+        }
+    linear(out, o, W(r, "model.layers.%lld.self_attn.o_proj.weight", li), N, H * D, d);
+    free(qp), free(q), free(k), free(v), free(o), free(sc);
+}
+
+double ref_model_forward(const ref_model *r, double *logits, const int32_t *tokens,
+                         const int32_t *targets, int64_t B, int64_t T) {
+    const dn_model_config *c = dn_model_get_config(r->m);
+    const int64_t d = c->hidden_size, I = c->intermediate_size, Vo = c->vocab_size, N = B * T;
+    const double eps = c->rms_norm_eps;
+    double *h = dalloc(N * d), *a = dalloc(N * d), *mix = dalloc(N * d), *gu = dalloc(N * 2 * I);
+    double *act = dalloc(N * I);
+    const double *E = W(r, "model.embed_tokens.weight", 0);
+    for (int64_t n = 0; n < N; n++)
+        memcpy(h + n * d, E + (int64_t)tokens[n] * d, sizeof(double) * (size_t)d);
+    const size_t np = strlen(c->layer_pattern);
+    for (long long li = 0; li < c->num_hidden_layers; li++) {
+        rmsnorm(a, h, W(r, "model.layers.%lld.input_layernorm.weight", li), 1.0, N, d, eps);
+        if (c->layer_pattern[(size_t)li % np] == 'G')
+            gdn_mixer(r, li, mix, a, B, T);
+        else
+            attn_mixer(r, li, mix, a, B, T);
+        for (int64_t i = 0; i < N * d; i++)
+            h[i] += mix[i];
+        rmsnorm(a, h, W(r, "model.layers.%lld.post_attention_layernorm.weight", li), 1.0, N, d,
+                eps);
+        linear(gu, a, W(r, "model.layers.%lld.mlp.gate_proj.weight", li), N, d, I);
+        linear(act, a, W(r, "model.layers.%lld.mlp.up_proj.weight", li), N, d, I);
+        for (int64_t i = 0; i < N * I; i++)
+            act[i] *= silu(gu[i]);
+        linear(mix, act, W(r, "model.layers.%lld.mlp.down_proj.weight", li), N, I, d);
+        for (int64_t i = 0; i < N * d; i++)
+            h[i] += mix[i];
+    }
+    rmsnorm(a, h, W(r, "model.norm.weight", 0), 1.0, N, d, eps);
+    const double *Wh = c->tie_word_embeddings ? E : W(r, "lm_head.weight", 0);
+    double *z = logits ? logits : dalloc(N * Vo), loss = 0;
+    linear(z, a, Wh, N, d, Vo);
+    for (int64_t n = 0; n < N; n++) {
+        if (!targets || targets[n] < 0) continue;
+        double mx = -INFINITY, s = 0;
+        for (int64_t j = 0; j < Vo; j++)
+            mx = z[n * Vo + j] > mx ? z[n * Vo + j] : mx;
+        for (int64_t j = 0; j < Vo; j++)
+            s += exp(z[n * Vo + j] - mx);
+        loss += mx + log(s) - z[n * Vo + targets[n]];
+    }
+    if (!logits) free(z);
+    free(h), free(a), free(mix), free(gu), free(act);
+    return loss;
+}
