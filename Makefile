@@ -64,7 +64,8 @@ CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 
 # --- sources ------------------------------------------------------------------------------------
 LIB_SRC    := src/core.c src/check.c src/mem.c src/la.c src/attn.c src/mamba.c src/rwkv4.c src/conv.c src/matmul.c \
-              src/model/nn.c src/model/model.c src/model/gdn.c src/model/attn.c \
+              src/model/nn.c src/model/model.c src/model/gdn.c src/model/attn.c src/model/train.c \
+              src/model/data.c \
               src/ref/la.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
               src/cpu/dispatch.c src/cpu/parallel.c
 KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
@@ -123,7 +124,7 @@ TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # Under AddressSanitizer a failed allocation must come back as NULL (the library's contract is

@@ -734,6 +734,64 @@ DN_API dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *toke
 /* Bytes the model holds now: parameters + gradients, and activations. */
 DN_API dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes);
 
+/* ---------------------------------------------------------------------------------------------
+ * Training: AdamW, the learning-rate schedule, data
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * AdamW with decoupled weight decay (Loshchilov & Hutter): for every parameter p with gradient
+ * g (after clipping), at step t = 1, 2, ...:
+ *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+ *   p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) + lr wd p   (wd only where decay)
+ * grad_clip > 0 scales the gradients by min(1, grad_clip / ||g||_2) first (global norm).
+ */
+typedef struct dn_adamw_config {
+    double beta1, beta2, eps, weight_decay, grad_clip;
+} dn_adamw_config;
+DN_API dn_adamw_config dn_adamw_config_default(void); /* 0.9, 0.95, 1e-8, 0.1, 1.0 */
+
+typedef struct dn_adamw dn_adamw;
+DN_API dn_status dn_adamw_create(dn_adamw **out, const dn_model *m, const dn_adamw_config *c);
+DN_API void dn_adamw_free(dn_adamw *o);
+/* One update of m's parameters from m's gradients at learning rate lr (the gradients are left
+ * as they are, clipped). grad_norm: the global L2 norm before clipping (optional).
+ * A non-finite gradient norm is DN_ERR_ARG and changes nothing. */
+DN_API dn_status dn_adamw_step(dn_adamw *o, dn_model *m, double lr, double *grad_norm);
+/* The optimizer's state for checkpoints: step count, then the first and second moments, each
+ * dn_model_num_params floats. */
+DN_API int64_t dn_adamw_get_step(const dn_adamw *o);
+DN_API dn_status dn_adamw_state(dn_adamw *o, int64_t *step, float **m1, float **m2);
+DN_API dn_status dn_adamw_set_step(dn_adamw *o, int64_t step);
+
+/* Linear warmup over warmup steps to peak, then cosine decay to peak * min_ratio at total. */
+DN_API double dn_lr_at(int64_t step, int64_t warmup, int64_t total, double peak, double min_ratio);
+
+/* Byte-level text data (vocabulary 256): a corpus split into a training part (the first
+ * 1 - val_fraction of the bytes) and a validation part. Batches are windows of T + 1 bytes at
+ * positions drawn from (seed, batch index): the same index gives the same batch on every run, so
+ * training resumes exactly. */
+typedef struct dn_text_data dn_text_data;
+DN_API dn_status dn_text_data_load(dn_text_data **out, const char *path, double val_fraction);
+DN_API dn_status dn_text_data_from_memory(dn_text_data **out, const uint8_t *bytes, size_t n,
+                                          double val_fraction);
+DN_API void dn_text_data_free(dn_text_data *d);
+DN_API size_t dn_text_data_size(const dn_text_data *d, int validation);
+/* tokens, targets [B,T]: targets are the next bytes. */
+DN_API dn_status dn_text_data_batch(const dn_text_data *d, int validation, uint64_t seed,
+                                    uint64_t index, int32_t *tokens, int32_t *targets, int64_t B,
+                                    int64_t T);
+
+/*
+ * Multi-query associative recall (MQAR, the Zoology benchmark's task): each sequence starts with
+ * n_pairs key-value pairs (keys drawn without repetition from [1, vocab/2), values from
+ * [vocab/2, vocab)), written k1 v1 k2 v2 ...; the rest holds the n_pairs keys again as queries
+ * in random order at random distinct even offsets, 0 elsewhere. The target after a query key is
+ * its value; every other target is -1 (not counted). Needs T >= 4 n_pairs and vocab/2 > n_pairs.
+ * The same (seed, index) gives the same batch.
+ */
+DN_API dn_status dn_mqar_batch(int32_t *tokens, int32_t *targets, int64_t B, int64_t T,
+                               int64_t vocab, int64_t n_pairs, uint64_t seed, uint64_t index);
+
 #ifdef __cplusplus
 }
 #endif

@@ -44,7 +44,7 @@ dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_a
     dn_status st = dn_linear_fwd(s->proj, P, a, d, W + l->attn.proj, N, d, P, 0.0f);
     if (st != DN_OK) return st;
 
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * P)
     for (int64_t n = 0; n < N; n++) {
         const float *row = s->proj + n * P;
         for (int64_t h = 0; h < H; h++)
@@ -67,7 +67,7 @@ dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_a
     if ((st = dn_attn_forward(&p)) != DN_OK) return st;
 
     if (ad->gate) {
-        DN_PARALLEL_FOR
+        DN_PARALLEL_FOR(N * H * D)
         for (int64_t n = 0; n < N; n++)
             for (int64_t h = 0; h < H; h++) {
                 const float *gt = s->proj + n * P + q_col(ad, h) + D;
@@ -93,7 +93,7 @@ dn_status dn_attn_layer_backward(dn_model *m, const dn_layer *l, const dn_attn_l
                                  W + l->attn.out, N, H * D, d, 0.0f);
     if (st != DN_OK) return st;
     if (ad->gate) { /* og = o sigmoid(gate): dgate into dproj, do in place of dog */
-        DN_PARALLEL_FOR
+        DN_PARALLEL_FOR(N * H * D)
         for (int64_t n = 0; n < N; n++)
             for (int64_t h = 0; h < H; h++) {
                 const float *gt = s->proj + n * P + q_col(ad, h) + D;
@@ -126,7 +126,7 @@ dn_status dn_attn_layer_backward(dn_model *m, const dn_layer *l, const dn_attn_l
                                  1.0f, N * HKV, D)) != DN_OK)
             return st;
     }
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * P)
     for (int64_t n = 0; n < N; n++) {
         float *row = dproj + n * P;
         for (int64_t h = 0; h < H; h++)

@@ -59,7 +59,7 @@ dn_status dn_gdn_layer_forward(const dn_model *m, const dn_layer *l, const dn_gd
     if ((st = dn_conv_forward(&cp)) != DN_OK) return st;
 
     const float *A_log = W + l->gdn.A_log, *dt_bias = W + l->gdn.dt_bias;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * HV * 8)
     for (int64_t n = 0; n < N; n++)
         for (int64_t j = 0; j < HV; j++) {
             const float *row = s->proj + n * P;
@@ -72,7 +72,7 @@ dn_status dn_gdn_layer_forward(const dn_model *m, const dn_layer *l, const dn_gd
 
     /* gated norm: on = RMSNorm(o) * silu(z), per (token, value head) over V */
     dn_rmsnorm_fwd(s->on, s->rstd, s->o, W + l->gdn.norm, 0.0f, N * HV, V, m->cfg.rms_norm_eps);
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * HV * V)
     for (int64_t n = 0; n < N; n++) {
         const float *z = s->proj + n * P + g->z0;
         float *on = s->on + n * HV * V;
@@ -98,7 +98,7 @@ dn_status dn_gdn_layer_backward(dn_model *m, const dn_layer *l, const dn_gdn_lay
 
     /* on = y * silu(z), y = RMSNorm(o) w: dz into dproj's z columns, dy in place of don */
     const float *wn = W + l->gdn.norm;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * HVV)
     for (int64_t n = 0; n < N; n++) {
         const float *z = s->proj + n * P + g->z0, *o = s->o + n * HVV;
         float *dz = dproj + n * P + g->z0, *dy = don + n * HVV;
@@ -134,7 +134,7 @@ dn_status dn_gdn_layer_backward(dn_model *m, const dn_layer *l, const dn_gdn_lay
     /* beta = sigmoid(b); g = -A softplus(u), A = exp(A_log), u = a + dt_bias:
      *   db = dbeta beta (1 - beta);  du = -A sigmoid(u) dg;  dA_log += dg g;  ddt_bias += du */
     const float *A_log = W + l->gdn.A_log, *dt_bias = W + l->gdn.dt_bias;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * HV * 8)
     for (int64_t n = 0; n < N; n++)
         for (int64_t j = 0; j < HV; j++) {
             float *row = dproj + n * P;

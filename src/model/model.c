@@ -412,13 +412,13 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
     dn_status st = l->kind == 'G' ? dn_gdn_layer_forward(m, l, &l->ga, l->h_mid, l->a, B, T)
                                   : dn_attn_layer_forward(m, l, &l->aa, l->h_mid, l->a, B, T);
     if (st != DN_OK) return st;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
         l->h_mid[i] += l->h_in[i];
     dn_rmsnorm_fwd(l->c, l->rstd2, l->h_mid, W + l->norm2, 1.0f, N, d, eps);
     if ((st = dn_linear_fwd(l->gu, 2 * I, l->c, d, W + l->gate_up, N, d, 2 * I, 0.0f)) != DN_OK)
         return st;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * I * 3)
     for (int64_t n = 0; n < N; n++)
         for (int64_t j = 0; j < I; j++)
             l->act[n * I + j] = dn_siluf(l->gu[n * 2 * I + j]) * l->gu[n * 2 * I + I + j];
@@ -434,7 +434,7 @@ static dn_status block_backward(dn_model *m, dn_layer *l, int64_t B, int64_t T) 
     dn_status st =
         dn_linear_bwd(m->dact, I, G + l->down, dh, d, l->act, I, W + l->down, N, I, d, 0.0f);
     if (st != DN_OK) return st;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * I * 4)
     for (int64_t n = 0; n < N; n++)
         for (int64_t j = 0; j < I; j++) {
             const float gt = l->gu[n * 2 * I + j], up = l->gu[n * 2 * I + I + j];
@@ -447,7 +447,7 @@ static dn_status block_backward(dn_model *m, dn_layer *l, int64_t B, int64_t T) 
         (st = dn_rmsnorm_bwd(m->dx, G + l->norm2, m->dmix, l->h_mid, l->rstd2, W + l->norm2, 1.0f,
                              N, d)) != DN_OK)
         return st;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
         dh[i] += m->dx[i];
     st = l->kind == 'G' ? dn_gdn_layer_backward(m, l, &l->ga, m->dmix, dh, l->a, B, T)
@@ -456,7 +456,7 @@ static dn_status block_backward(dn_model *m, dn_layer *l, int64_t B, int64_t T) 
     if ((st = dn_rmsnorm_bwd(m->dx, G + l->norm1, m->dmix, l->h_in, l->rstd1, W + l->norm1, 1.0f, N,
                              d)) != DN_OK)
         return st;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
         dh[i] += m->dx[i];
     return DN_OK;
@@ -480,7 +480,7 @@ static dn_status forward(dn_model *m, const int32_t *tokens, int64_t B, int64_t 
     const int64_t N = B * T, d = m->d;
     const float *E = m->params + m->embed;
     float *h = m->L > 0 ? m->layers[0].h_in : m->h_out;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * d)
     for (int64_t n = 0; n < N; n++)
         memcpy(h + n * d, E + (int64_t)tokens[n] * d, (size_t)d * sizeof(float));
     for (int64_t i = 0; i < m->L; i++) {
@@ -510,13 +510,13 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
     int64_t nc = 0;
     for (int64_t n = 0; n < N; n++)
         if (targets[n] >= 0) m->rows[nc++] = n;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(nc * d)
     for (int64_t r = 0; r < nc; r++)
         memcpy(m->rows_h + r * d, m->hf + m->rows[r] * d, (size_t)d * sizeof(float));
     const float *Wh = m->params + m->head;
     if ((st = dn_linear_fwd(m->logits, V, m->rows_h, d, Wh, nc, d, V, 0.0f)) != DN_OK) return st;
     /* per row: loss_r = logsumexp(z) - z[target]; dz = grad_scale (softmax(z) - onehot) */
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(nc * V * 3)
     for (int64_t r = 0; r < nc; r++) {
         float *z = m->logits + r * V;
         const int32_t tgt = targets[m->rows[r]];
@@ -547,7 +547,7 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
                             0.0f)) != DN_OK)
         return st;
     memset(dhf, 0, (size_t)(N * d) * sizeof(float));
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(nc * d)
     for (int64_t r = 0; r < nc; r++)
         memcpy(dhf + m->rows[r] * d, m->dmix + r * d, (size_t)d * sizeof(float));
     if ((st = dn_rmsnorm_bwd(m->dh, G + m->final_norm, dhf, m->h_out, m->rstdf,
@@ -558,7 +558,7 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
     /* the embedding: rows added in token order, columns split across threads */
     float *dE = G + m->embed;
     const int64_t cb = 64, nblk = (d + cb - 1) / cb;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * d)
     for (int64_t blk = 0; blk < nblk; blk++) {
         const int64_t j0 = blk * cb, j1 = j0 + cb < d ? j0 + cb : d;
         for (int64_t n = 0; n < N; n++)

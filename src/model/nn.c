@@ -27,7 +27,7 @@ dn_status dn_linear_bwd(float *dx, int64_t lddx, float *dW, const float *dy, int
 
 void dn_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, float offset,
                     int64_t rows, int64_t n, double eps) {
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(rows * n)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n;
         float *yr = y + r * n;
@@ -48,7 +48,7 @@ dn_status dn_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, 
                          const float *w, float offset, int64_t rows, int64_t n) {
     if (dw) {
         const int64_t cb = 64, nblk = (n + cb - 1) / cb;
-        DN_PARALLEL_FOR
+        DN_PARALLEL_FOR(rows * n)
         for (int64_t b = 0; b < nblk; b++) {
             const int64_t j0 = b * cb, j1 = j0 + cb < n ? j0 + cb : n;
             double acc[64] = {0};
@@ -63,7 +63,7 @@ dn_status dn_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, 
         }
     }
     if (dx) {
-        DN_PARALLEL_FOR
+        DN_PARALLEL_FOR(rows * n)
         for (int64_t r = 0; r < rows; r++) {
             const float *xr = x + r * n, *dyr = dy + r * n;
             float *dxr = dx + r * n;
@@ -113,7 +113,7 @@ void dn_rope_apply(float *x, int64_t ld, const dn_rope_table *t, int64_t N, int6
     const int64_t h = t->rd / 2;
     if (h == 0) return;
     const float sgn = inverse ? -1.0f : 1.0f;
-    DN_PARALLEL_FOR
+    DN_PARALLEL_FOR(N * H * t->rd)
     for (int64_t r = 0; r < N; r++) {
         const int64_t p = r % t->T;
         const float *c = t->cos + p * h, *s = t->sin + p * h;

@@ -13,10 +13,13 @@
 
 #include <math.h>
 
+/* A parallel loop over independent iterations, threaded only when `work` (about the number of
+ * floats it touches) pays for waking the threads. */
 #if defined(_OPENMP)
-#define DN_PARALLEL_FOR _Pragma("omp parallel for schedule(static)")
+#define DN_PRAGMA(x) _Pragma(#x)
+#define DN_PARALLEL_FOR(work) DN_PRAGMA(omp parallel for schedule(static) if ((work) >= 32768))
 #else
-#define DN_PARALLEL_FOR
+#define DN_PARALLEL_FOR(work)
 #endif
 
 /* y [N,out] = x [N,in] W^T (W [out,in]); ldx, ldy: row strides. beta 1 adds to y. */
