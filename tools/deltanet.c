@@ -2,10 +2,12 @@
  * deltanet - the command-line tool. Subcommands:
  *   compare the Transformer against the linear family, measured (default with no subcommand)
  *   bench   benchmarks of the ops (gdn, attn, ssm)
+ *   train   a language model (Gated DeltaNet, attention, hybrid) on text or MQAR
  *   info    build, SIMD level, threads and the measured FMA peak
  */
 #include "bench.h"
 #include "compare.h"
+#include "train.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -23,6 +25,8 @@ static void usage(void) {
            "               decode tokens/s\n"
            "  bench bwd    training step (forward + backward) of Gated DeltaNet and attention\n"
            "               against length\n"
+           "  train        a language model (Gated DeltaNet, attention or a hybrid) trained on\n"
+           "               byte-level text or MQAR recall (deltanet train --help)\n"
            "  info    what this build and machine provide\n"
            "With no command, runs `compare` with its defaults.\n");
 }
@@ -37,6 +41,7 @@ int main(int argc, char **argv) {
         if (argc > 2 && !strcmp(argv[2], "bwd")) return dn_bench_bwd_main(argc - 2, argv + 2);
         return dn_bench_gdn_main(argc - 1, argv + 1);
     }
+    if (!strcmp(argv[1], "train")) return dn_train_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "info")) {
         printf("%s\n", dn_build_info());
         printf("best SIMD level: %s, threads: %d\n", dn_isa_name(dn_isa_best()),
