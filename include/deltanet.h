@@ -734,6 +734,27 @@ DN_API dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *toke
 /* Bytes the model holds now: parameters + gradients, and activations. */
 DN_API dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes);
 
+/*
+ * Generation: B sequences advance together through a state that holds, per Gated DeltaNet
+ * layer, the convolution's last inputs and the delta-rule state (fixed size), and per attention
+ * layer a KV cache (grows with the context, up to max_len tokens).
+ * dn_model_step feeds T more tokens of every sequence, tokens [B,T]: a prefill (the chunkwise
+ * form) when T > 1, a decode step (the recurrence) when T = 1. logits: [B,T,vocab] when
+ * all_positions, else [B,vocab] for the last position. The results equal one forward over the
+ * whole sequence (up to fp32 rounding). Bad input changes nothing; a failure while the state
+ * is being advanced (an allocation) leaves it unusable until dn_model_state_reset.
+ */
+typedef struct dn_model_state dn_model_state;
+DN_API dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t B,
+                                       int64_t max_len);
+DN_API void dn_model_state_free(dn_model_state *s); /* NULL is a no-op */
+DN_API dn_status dn_model_state_reset(dn_model_state *s);
+DN_API int64_t dn_model_state_len(const dn_model_state *s); /* tokens fed so far */
+/* Bytes of the fixed-size states (all Gated DeltaNet layers) and of the KV caches in use. */
+DN_API dn_status dn_model_state_bytes(const dn_model_state *s, size_t *fixed, size_t *kv);
+DN_API dn_status dn_model_step(dn_model *m, dn_model_state *s, float *logits, const int32_t *tokens,
+                               int64_t T, int all_positions);
+
 /* ---------------------------------------------------------------------------------------------
  * Training: AdamW, the learning-rate schedule, data
  * ------------------------------------------------------------------------------------------- */

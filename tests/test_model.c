@@ -304,11 +304,73 @@ static int test_model_reproducible(void) {
     return fails;
 }
 
+/* Prefill then token-by-token decode from the state gives the logits of one forward over the
+ * whole sequence, for every mixer and the hybrids; in pieces of any size. */
+static int test_model_generation(void) {
+    int fails = 0;
+    for (int w = 0; w < N_TINY; w++) {
+        dn_model_config c = tiny(w);
+        dn_model *m = make_model(&c, 31 + (uint64_t)w);
+        if (!m) return 1;
+        const int64_t B = 2, T = 37, V = c.vocab_size;
+        rng r = {41};
+        int32_t tok[2 * 37], tgt[2 * 37];
+        random_tokens(&r, tok, tgt, B * T, V);
+        float *full = falloc(B * T * V), *got = falloc(B * T * V), *step = falloc(B * T * V);
+        poison(got, B * T * V);
+        if (dn_model_logits(m, full, tok, B, T) != DN_OK) return fails + 1;
+        dn_model_state *st = NULL;
+        if (dn_model_state_create(&st, m, B, 64) != DN_OK) return fails + 1;
+        /* pieces: 13 and 7 tokens of prefill, then one token at a time */
+        const int64_t pieces[] = {13, 7};
+        int64_t pos = 0;
+        int32_t chunk[2 * 37];
+        for (int64_t k = 0; pos < T; k++) {
+            const int64_t n = k < 2 ? pieces[k] : 1;
+            for (int64_t b = 0; b < B; b++)
+                memcpy(chunk + b * n, tok + b * T + pos, sizeof(int32_t) * (size_t)n);
+            if (dn_model_step(m, st, step, chunk, n, 1) != DN_OK) {
+                printf("    FAIL step: %s\n", dn_last_error());
+                return fails + 1;
+            }
+            for (int64_t b = 0; b < B; b++)
+                memcpy(got + (b * T + pos) * V, step + b * n * V, sizeof(float) * (size_t)(n * V));
+            pos += n;
+        }
+        char what[300];
+        snprintf(what, sizeof what, "%s prefill + decode", c.layer_pattern);
+        fails += check_close(what, got, full, B * T * V, 2e-5);
+        if (dn_model_state_len(st) != T) fails++;
+        size_t fixed = 0, kv = 0;
+        dn_model_state_bytes(st, &fixed, &kv);
+        const int n_attn = (int)(strchr(c.layer_pattern, 'A') != NULL);
+        if ((kv > 0) != n_attn || (fixed > 0) != (strchr(c.layer_pattern, 'G') != NULL)) fails++;
+        /* past max_len, a bad token: rejected, the state unchanged (the next step still right) */
+        if (dn_model_step(m, st, step, tok, 64 - T + 1, 0) != DN_ERR_SHAPE) fails++;
+        dn_model_state_reset(st);
+        int32_t bad[2] = {0, (int32_t)V};
+        if (dn_model_step(m, st, step, bad, 1, 0) != DN_ERR_ARG || dn_model_state_len(st) != 0)
+            fails++;
+        for (int64_t b = 0; b < B; b++)
+            memcpy(chunk + b * T, tok + b * T, sizeof(int32_t) * (size_t)T);
+        if (dn_model_step(m, st, step, chunk, T, 0) != DN_OK) fails++;
+        float last[2 * 64];
+        for (int64_t b = 0; b < B; b++)
+            memcpy(last + b * V, full + (b * T + T - 1) * V, sizeof(float) * (size_t)V);
+        fails += check_close("last-position logits after reset", step, last, B * V, 2e-5);
+        dn_model_state_free(st);
+        free(full), free(got), free(step);
+        dn_model_free(m);
+    }
+    return fails;
+}
+
 const test_case dn_tests_model[] = {
     {"model_logits_vs_reference", test_model_logits},
     {"model_grad_vs_finite_differences", test_model_grad},
     {"model_config_errors", test_model_config_errors},
     {"model_bad_input", test_model_bad_input},
     {"model_reproducible", test_model_reproducible},
+    {"model_generation_matches_forward", test_model_generation},
     {NULL, NULL},
 };

@@ -37,7 +37,8 @@ static int64_t q_col(const dn_attn_layer_dims *ad, int64_t h) {
 }
 
 dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_attn_layer_acts *s,
-                                float *out, const float *a, int64_t B, int64_t T) {
+                                float *out, const float *a, int64_t B, int64_t T,
+                                dn_layer_cache *cache, const dn_rope_table *rope) {
     const dn_attn_layer_dims *ad = &m->ad;
     const float *W = m->params;
     const int64_t N = B * T, d = m->d, P = ad->P, H = ad->H, HKV = ad->HKV, D = ad->D;
@@ -60,11 +61,17 @@ dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_a
         memcpy(s->qn, s->qraw, (size_t)(N * H * D) * sizeof(float));
         memcpy(s->kn, s->kraw, (size_t)(N * HKV * D) * sizeof(float));
     }
-    dn_rope_apply(s->qn, H * D, &m->rope, N, H, D, 0);
-    dn_rope_apply(s->kn, HKV * D, &m->rope, N, HKV, D, 0);
+    dn_rope_apply(s->qn, H * D, rope, N, H, D, 0);
+    dn_rope_apply(s->kn, HKV * D, rope, N, HKV, D, 0);
 
     dn_attn_params p = op_params(m, s, B, T);
-    if ((st = dn_attn_forward(&p)) != DN_OK) return st;
+    if (cache) {
+        if ((st = dn_kv_cache_append(cache->kv, p.k, p.k_s, p.v, p.v_s, T)) != DN_OK ||
+            (st = dn_kv_cache_attend(cache->kv, p.o, p.o_s, NULL, p.q, p.q_s, T, H, p.scale, 0,
+                                     0)) != DN_OK)
+            return st;
+    } else if ((st = dn_attn_forward(&p)) != DN_OK)
+        return st;
 
     if (ad->gate) {
         DN_PARALLEL_FOR(N * H * D)

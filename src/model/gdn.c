@@ -49,13 +49,15 @@ static dn_conv_params conv_params(const dn_model *m, const dn_layer *l, const dn
 }
 
 dn_status dn_gdn_layer_forward(const dn_model *m, const dn_layer *l, const dn_gdn_layer_acts *s,
-                               float *out, const float *a, int64_t B, int64_t T) {
+                               float *out, const float *a, int64_t B, int64_t T,
+                               dn_layer_cache *cache) {
     const dn_gdn_layer_dims *g = &m->gd;
     const float *W = m->params;
     const int64_t N = B * T, d = m->d, P = g->P, HV = g->HV, V = g->V;
     dn_status st = dn_linear_fwd(s->proj, P, a, d, W + l->gdn.proj, N, d, P, 0.0f);
     if (st != DN_OK) return st;
     dn_conv_params cp = conv_params(m, l, s, B, T);
+    if (cache) cp.initial_state = cp.final_state = cache->conv; /* updated in place */
     if ((st = dn_conv_forward(&cp)) != DN_OK) return st;
 
     const float *A_log = W + l->gdn.A_log, *dt_bias = W + l->gdn.dt_bias;
@@ -68,7 +70,12 @@ dn_status dn_gdn_layer_forward(const dn_model *m, const dn_layer *l, const dn_gd
         }
 
     dn_la_params lp = la_params(m, s, B, T);
-    if ((st = dn_la_forward_train(&lp, s->saved, s->saved_bytes)) != DN_OK) return st;
+    if (cache) {
+        lp.initial_state = lp.final_state = cache->S;
+        st = dn_la_forward(&lp);
+    } else
+        st = dn_la_forward_train(&lp, s->saved, s->saved_bytes);
+    if (st != DN_OK) return st;
 
     /* gated norm: on = RMSNorm(o) * silu(z), per (token, value head) over V */
     dn_rmsnorm_fwd(s->on, s->rstd, s->o, W + l->gdn.norm, 0.0f, N * HV, V, m->cfg.rms_norm_eps);

@@ -384,19 +384,29 @@ static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T) {
     if (b.overflow)
         return dn_fail(DN_ERR_SHAPE, "model: activations for B=%lld, T=%lld overflow", (long long)B,
                        (long long)T);
+    /* the training forward's rotary table (positions 0..T-1) */
     dn_rope_table rope = {0};
-    if (has_kind(&m->cfg, 'A')) {
-        dn_status st = dn_rope_table_init(&rope, T, m->ad.rd, m->cfg.rope_theta);
+    const int new_rope = has_kind(&m->cfg, 'A') && m->rope.T != T;
+    if (new_rope) {
+        dn_status st = dn_rope_table_init(&rope, 0, T, m->ad.rd, m->cfg.rope_theta);
         if (st != DN_OK) return st;
     }
-    void *arena = dn_alloc(b.used ? b.used : 1);
-    if (!arena) {
-        dn_rope_table_free(&rope);
-        return dn_fail(DN_ERR_ALLOC, "model: cannot allocate %zu bytes of activations", b.used);
+    /* an arena large enough is laid out again in place; a larger one replaces it */
+    void *arena = m->arena;
+    if (b.used > m->arena_bytes) {
+        arena = dn_alloc(b.used);
+        if (!arena) {
+            dn_rope_table_free(&rope);
+            return dn_fail(DN_ERR_ALLOC, "model: cannot allocate %zu bytes of activations", b.used);
+        }
+        dn_free(m->arena);
+        m->arena = arena, m->arena_bytes = b.used;
     }
-    dn_free(m->arena);
-    dn_rope_table_free(&m->rope);
-    m->arena = arena, m->arena_bytes = b.used, m->rope = rope, m->B = B, m->T = T;
+    if (new_rope) {
+        dn_rope_table_free(&m->rope);
+        m->rope = rope;
+    }
+    m->B = B, m->T = T;
     b = (bump){arena, 0, 0};
     lay_out(m, &b, B, T, la_saved);
     return DN_OK;
@@ -404,13 +414,15 @@ static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T) {
 
 /* ---- forward and backward ------------------------------------------------------------------- */
 
-static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B, int64_t T) {
+static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B, int64_t T,
+                               dn_layer_cache *cache, const dn_rope_table *rope) {
     const int64_t N = B * T, d = m->d, I = m->I;
     const float *W = m->params;
     const double eps = m->cfg.rms_norm_eps;
     dn_rmsnorm_fwd(l->a, l->rstd1, l->h_in, W + l->norm1, 1.0f, N, d, eps);
-    dn_status st = l->kind == 'G' ? dn_gdn_layer_forward(m, l, &l->ga, l->h_mid, l->a, B, T)
-                                  : dn_attn_layer_forward(m, l, &l->aa, l->h_mid, l->a, B, T);
+    dn_status st = l->kind == 'G'
+                       ? dn_gdn_layer_forward(m, l, &l->ga, l->h_mid, l->a, B, T, cache)
+                       : dn_attn_layer_forward(m, l, &l->aa, l->h_mid, l->a, B, T, cache, rope);
     if (st != DN_OK) return st;
     DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
@@ -475,8 +487,10 @@ static dn_status check_tokens(const dn_model *m, const int32_t *tokens, const in
     return DN_OK;
 }
 
-/* Embedding and every block: m->h_out and the final norm m->hf. */
-static dn_status forward(dn_model *m, const int32_t *tokens, int64_t B, int64_t T) {
+/* Embedding and every block: m->h_out and the final norm m->hf. With a state: inference from
+ * position state->len (the caller advances it). */
+static dn_status forward(dn_model *m, const int32_t *tokens, int64_t B, int64_t T,
+                         dn_model_state *state, const dn_rope_table *rope) {
     const int64_t N = B * T, d = m->d;
     const float *E = m->params + m->embed;
     float *h = m->L > 0 ? m->layers[0].h_in : m->h_out;
@@ -485,7 +499,8 @@ static dn_status forward(dn_model *m, const int32_t *tokens, int64_t B, int64_t 
         memcpy(h + n * d, E + (int64_t)tokens[n] * d, (size_t)d * sizeof(float));
     for (int64_t i = 0; i < m->L; i++) {
         float *next = i + 1 < m->L ? m->layers[i + 1].h_in : m->h_out;
-        dn_status st = block_forward(m, &m->layers[i], next, B, T);
+        dn_status st = block_forward(m, &m->layers[i], next, B, T, state ? &state->layers[i] : NULL,
+                                     rope ? rope : &m->rope);
         if (st != DN_OK) return st;
     }
     dn_rmsnorm_fwd(m->hf, m->rstdf, m->h_out, m->params + m->final_norm, 1.0f, N, d,
@@ -504,7 +519,7 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
     if (st != DN_OK) return st;
     const int64_t N = B * T, d = m->d, V = m->Vocab;
     if ((st = check_tokens(m, tokens, targets, N)) != DN_OK) return st;
-    if ((st = forward(m, tokens, B, T)) != DN_OK) return st;
+    if ((st = forward(m, tokens, B, T, NULL, NULL)) != DN_OK) return st;
 
     /* the loss over the counted rows only: gather them, one product for their logits */
     int64_t nc = 0;
@@ -574,7 +589,110 @@ dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int
     dn_status st = ensure_arena(m, B, T);
     if (st != DN_OK) return st;
     if ((st = check_tokens(m, tokens, NULL, B * T)) != DN_OK) return st;
-    if ((st = forward(m, tokens, B, T)) != DN_OK) return st;
+    if ((st = forward(m, tokens, B, T, NULL, NULL)) != DN_OK) return st;
     return dn_linear_fwd(logits, m->Vocab, m->hf, m->d, m->params + m->head, B * T, m->d, m->Vocab,
                          0.0f);
+}
+
+/* ---- generation ------------------------------------------------------------------------------ */
+
+dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t B,
+                                int64_t max_len) {
+    if (!out || !m) return dn_fail(DN_ERR_NULL, "model_state_create: NULL argument");
+    if (B < 1 || B > ((int64_t)1 << 24) || max_len < 1 || max_len > ((int64_t)1 << 40))
+        return dn_fail(DN_ERR_SHAPE, "model_state_create: B=%lld, max_len=%lld out of range",
+                       (long long)B, (long long)max_len);
+    const dn_gdn_layer_dims *g = &m->gd;
+    int64_t per = 0, total = 0; /* floats of one GDN layer's states, of all */
+    if (has_kind(&m->cfg, 'G') && (!DN_PROD(&per, B, g->C * (g->W - 1) + g->HV * g->K * g->V) ||
+                                   !DN_PROD(&total, per, m->L, (int64_t)sizeof(float))))
+        return dn_fail(DN_ERR_SHAPE, "model_state_create: state size overflows");
+    dn_model_state *s = dn_calloc(sizeof *s);
+    if (!s) return dn_fail(DN_ERR_ALLOC, "model_state_create: cannot allocate");
+    s->m = m, s->B = B, s->max_len = max_len;
+    s->layers = dn_calloc((size_t)m->L * sizeof *s->layers);
+    s->fixed = dn_calloc(total ? (size_t)total : 1);
+    dn_status st = s->layers && s->fixed ? DN_OK : DN_ERR_ALLOC;
+    s->fixed_bytes = 0;
+    for (int64_t i = 0; i < m->L && st == DN_OK; i++) {
+        dn_layer_cache *c = &s->layers[i];
+        if (m->layers[i].kind == 'G') {
+            c->conv = s->fixed + s->fixed_bytes / sizeof(float);
+            c->S = c->conv + B * g->C * (g->W - 1);
+            s->fixed_bytes += (size_t)per * sizeof(float);
+        } else {
+            const int64_t cap = max_len < 256 ? max_len : 256;
+            st = dn_kv_cache_create(&c->kv, B, m->ad.HKV, m->ad.D, cap, DN_F32, DN_KV_GROW);
+        }
+    }
+    if (st != DN_OK) {
+        dn_model_state_free(s);
+        return st == DN_ERR_ALLOC ? dn_fail(DN_ERR_ALLOC, "model_state_create: cannot allocate")
+                                  : st;
+    }
+    *out = s;
+    return DN_OK;
+}
+
+void dn_model_state_free(dn_model_state *s) {
+    if (!s) return;
+    if (s->layers)
+        for (int64_t i = 0; i < s->m->L; i++)
+            dn_kv_cache_free(s->layers[i].kv);
+    dn_free(s->layers);
+    dn_free(s->fixed);
+    dn_free(s);
+}
+
+dn_status dn_model_state_reset(dn_model_state *s) {
+    if (!s) return dn_fail(DN_ERR_NULL, "model_state_reset: state is NULL");
+    memset(s->fixed, 0, s->fixed_bytes);
+    for (int64_t i = 0; i < s->m->L; i++)
+        if (s->layers[i].kv) dn_kv_cache_reset(s->layers[i].kv);
+    s->len = 0, s->broken = 0;
+    return DN_OK;
+}
+
+int64_t dn_model_state_len(const dn_model_state *s) { return s ? s->len : 0; }
+
+dn_status dn_model_state_bytes(const dn_model_state *s, size_t *fixed, size_t *kv) {
+    if (!s) return dn_fail(DN_ERR_NULL, "model_state_bytes: state is NULL");
+    size_t k = 0;
+    for (int64_t i = 0; i < s->m->L; i++)
+        if (s->layers[i].kv) k += dn_kv_cache_used_bytes(s->layers[i].kv);
+    if (fixed) *fixed = s->fixed_bytes;
+    if (kv) *kv = k;
+    return DN_OK;
+}
+
+dn_status dn_model_step(dn_model *m, dn_model_state *s, float *logits, const int32_t *tokens,
+                        int64_t T, int all_positions) {
+    if (!m || !s || !logits || !tokens) return dn_fail(DN_ERR_NULL, "model_step: NULL argument");
+    if (s->m != m) return dn_fail(DN_ERR_ARG, "model_step: the state was made for another model");
+    if (s->broken)
+        return dn_fail(DN_ERR_ARG, "model_step: an earlier step failed; reset the state");
+    const int64_t B = s->B;
+    if (T < 1 || T > s->max_len - s->len)
+        return dn_fail(DN_ERR_SHAPE, "model_step: %lld more tokens after %lld pass max_len %lld",
+                       (long long)T, (long long)s->len, (long long)s->max_len);
+    dn_status st = ensure_arena(m, B, T);
+    if (st == DN_OK) st = check_tokens(m, tokens, NULL, B * T);
+    if (st != DN_OK) return st;
+    dn_rope_table rope = {0};
+    if (has_kind(&m->cfg, 'A') &&
+        (st = dn_rope_table_init(&rope, s->len, T, m->ad.rd, m->cfg.rope_theta)) != DN_OK)
+        return st;
+    /* from here on the states change */
+    st = forward(m, tokens, B, T, s, &rope);
+    dn_rope_table_free(&rope);
+    if (st != DN_OK) {
+        s->broken = 1;
+        return st;
+    }
+    s->len += T;
+    const int64_t d = m->d, V = m->Vocab;
+    const float *Wh = m->params + m->head;
+    if (all_positions) return dn_linear_fwd(logits, V, m->hf, d, Wh, B * T, d, V, 0.0f);
+    /* the last position of each sequence: rows T-1, 2T-1, ... (row stride T d) */
+    return dn_linear_fwd(logits, V, m->hf + (T - 1) * d, T * d, Wh, B, d, V, 0.0f);
 }

@@ -53,6 +53,13 @@ typedef struct {
     float *og;          /* [N,H*D] gated output (input of o_proj); == o without a gate */
 } dn_attn_layer_acts;
 
+/* The inference state of one block: what generation carries from token to token. */
+typedef struct {
+    float *conv;     /* Gated DeltaNet: [B,C,W-1] the convolution's last inputs */
+    float *S;        /* Gated DeltaNet: [B,HV,K,V] the delta-rule state */
+    dn_kv_cache *kv; /* attention: keys and values so far */
+} dn_layer_cache;
+
 typedef struct {
     char kind;
     int64_t norm1, norm2, gate_up, down; /* gate_up [2I,d] = gate_proj, up_proj; down [d,I] */
@@ -67,6 +74,15 @@ typedef struct {
     dn_gdn_layer_acts ga;
     dn_attn_layer_acts aa;
 } dn_layer;
+
+struct dn_model_state {
+    const dn_model *m;
+    int64_t B, len, max_len;
+    int broken; /* a step failed half way: reset before use */
+    dn_layer_cache *layers;
+    float *fixed; /* every layer's conv and delta-rule states, one block */
+    size_t fixed_bytes;
+};
 
 struct dn_model {
     dn_model_config cfg;
@@ -94,18 +110,23 @@ struct dn_model {
     dn_rope_table rope;
 };
 
-/* src/model/gdn.c: the Gated DeltaNet mixer, out [N,d] from a [N,d] */
+/* src/model/gdn.c: the Gated DeltaNet mixer, out [N,d] from a [N,d]. cache NULL: training (the
+ * op's training buffer is filled); else inference from and into the cache's states. */
 void dn_gdn_layer_dims_init(dn_gdn_layer_dims *g, const dn_model_config *c);
 dn_status dn_gdn_layer_forward(const dn_model *m, const dn_layer *l, const dn_gdn_layer_acts *s,
-                               float *out, const float *a, int64_t B, int64_t T);
+                               float *out, const float *a, int64_t B, int64_t T,
+                               dn_layer_cache *cache);
 /* da [N,d] written from dout [N,d]; parameter gradients added to m->grads */
 dn_status dn_gdn_layer_backward(dn_model *m, const dn_layer *l, const dn_gdn_layer_acts *s,
                                 float *da, const float *dout, const float *a, int64_t B, int64_t T);
 
-/* src/model/attn.c: the softmax attention mixer */
+/* src/model/attn.c: the softmax attention mixer. cache NULL: training over positions 0..T-1;
+ * else the new keys and values are appended to the cache and the queries attend over it, at
+ * the positions rope was made for. */
 void dn_attn_layer_dims_init(dn_attn_layer_dims *d, const dn_model_config *c);
 dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_attn_layer_acts *s,
-                                float *out, const float *a, int64_t B, int64_t T);
+                                float *out, const float *a, int64_t B, int64_t T,
+                                dn_layer_cache *cache, const dn_rope_table *rope);
 dn_status dn_attn_layer_backward(dn_model *m, const dn_layer *l, const dn_attn_layer_acts *s,
                                  float *da, const float *dout, const float *a, int64_t B,
                                  int64_t T);

@@ -79,7 +79,7 @@ dn_status dn_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, 
     return DN_OK;
 }
 
-dn_status dn_rope_table_init(dn_rope_table *t, int64_t T, int64_t rd, double theta) {
+dn_status dn_rope_table_init(dn_rope_table *t, int64_t pos0, int64_t T, int64_t rd, double theta) {
     memset(t, 0, sizeof *t);
     int64_t n;
     if (!DN_PROD(&n, T, rd / 2, (int64_t)sizeof(float)))
@@ -95,7 +95,7 @@ dn_status dn_rope_table_init(dn_rope_table *t, int64_t T, int64_t rd, double the
     const int64_t h = rd / 2;
     for (int64_t p = 0; p < T; p++)
         for (int64_t i = 0; i < h; i++) {
-            const double ang = (double)p * pow(theta, -2.0 * (double)i / (double)rd);
+            const double ang = (double)(pos0 + p) * pow(theta, -2.0 * (double)i / (double)rd);
             t->cos[p * h + i] = (float)cos(ang);
             t->sin[p * h + i] = (float)sin(ang);
         }

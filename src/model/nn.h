@@ -44,13 +44,13 @@ static inline float dn_siluf(float x) { return x / (1.0f + expf(-x)); }
 static inline float dn_softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 /* Rotary embedding on the first rd dims of each of H heads of dim D in rows x [N, ld], token
- * row r at position pos[r % T] = r % T (each sequence of T tokens starts at 0). Pairs (i, i+rd/2)
- * rotate by pos * theta^(-2i/rd). inverse: rotate back (the backward). */
+ * row r at position pos0 + r % T (each of the B sequences of T tokens starts at pos0). Pairs
+ * (i, i + rd/2) rotate by pos * theta^(-2i/rd). inverse: rotate back (the backward). */
 typedef struct {
-    float *cos, *sin; /* [T, rd/2] */
+    float *cos, *sin; /* [T, rd/2], row t for position pos0 + t */
     int64_t T, rd;
 } dn_rope_table;
-dn_status dn_rope_table_init(dn_rope_table *t, int64_t T, int64_t rd, double theta);
+dn_status dn_rope_table_init(dn_rope_table *t, int64_t pos0, int64_t T, int64_t rd, double theta);
 void dn_rope_table_free(dn_rope_table *t);
 void dn_rope_apply(float *x, int64_t ld, const dn_rope_table *t, int64_t N, int64_t H, int64_t D,
                    int inverse);
