@@ -663,6 +663,10 @@ DN_API const char *dn_matmul_backend(void);
  *        L2-normalised q and k; beta = sigmoid(b); g = -exp(A_log) softplus(a + dt_bias);
  *        HV value heads over H key heads; output RMSNorm (plain weight) gated by SiLU(z);
  *        output projection.
+ *   'D'  DeltaNet: the same layer without the gate (no a, A_log, dt_bias).
+ *   'L'  linear attention: the same layer without the gate and the delta rule (no b either);
+ *        q and k still L2-normalised. G, D and L differ only in the op, so that a comparison
+ *        isolates what the delta rule and the gate buy.
  *   'A'  softmax attention, shaped as Qwen3.5's gated attention: q, k, v projections, per-head
  *        q/k RMSNorm (attn_qk_norm), RoPE on the first rotary_dim dimensions of each head
  *        (rotate-half pairing), grouped-query heads, output gate sigmoid(gate) from the q

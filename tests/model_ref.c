@@ -57,8 +57,9 @@ static double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
 static double silu(double x) { return x * sigm(x); }
 static double softplus(double x) { return x > 30 ? x : log1p(exp(x)); }
 
-static void gdn_mixer(const ref_model *r, long long li, double *out, const double *a, int64_t B,
-                      int64_t T) {
+/* 'G' Gated DeltaNet, 'D' DeltaNet (no gate), 'L' linear attention (no gate, no delta rule) */
+static void la_mixer(const ref_model *r, long long li, char kind, double *out, const double *a,
+                     int64_t B, int64_t T) {
     const dn_model_config *c = dn_model_get_config(r->m);
     const int64_t d = c->hidden_size, H = c->linear_num_key_heads, HV = c->linear_num_value_heads;
     const int64_t K = c->linear_key_head_dim, V = c->linear_value_head_dim;
@@ -67,11 +68,15 @@ static void gdn_mixer(const ref_model *r, long long li, double *out, const doubl
            *aa = dalloc(N * HV);
     linear(qkv, a, W(r, "model.layers.%lld.linear_attn.in_proj_qkv.weight", li), N, d, C);
     linear(z, a, W(r, "model.layers.%lld.linear_attn.in_proj_z.weight", li), N, d, HV * V);
-    linear(bb, a, W(r, "model.layers.%lld.linear_attn.in_proj_b.weight", li), N, d, HV);
-    linear(aa, a, W(r, "model.layers.%lld.linear_attn.in_proj_a.weight", li), N, d, HV);
+    const double *A_log = NULL, *dt_bias = NULL;
+    if (kind != 'L')
+        linear(bb, a, W(r, "model.layers.%lld.linear_attn.in_proj_b.weight", li), N, d, HV);
+    if (kind == 'G') {
+        linear(aa, a, W(r, "model.layers.%lld.linear_attn.in_proj_a.weight", li), N, d, HV);
+        A_log = W(r, "model.layers.%lld.linear_attn.A_log", li);
+        dt_bias = W(r, "model.layers.%lld.linear_attn.dt_bias", li);
+    }
     const double *cw = W(r, "model.layers.%lld.linear_attn.conv1d.weight", li);
-    const double *A_log = W(r, "model.layers.%lld.linear_attn.A_log", li);
-    const double *dt_bias = W(r, "model.layers.%lld.linear_attn.dt_bias", li);
     const double *nw = W(r, "model.layers.%lld.linear_attn.norm.weight", li);
     double *xc = dalloc(N * C), *o = dalloc(N * HV * V), *on = dalloc(N * HV * V);
     for (int64_t b = 0; b < B; b++) /* causal depthwise conv + SiLU, zeros before the start */
@@ -101,13 +106,15 @@ static void gdn_mixer(const ref_model *r, long long li, double *out, const doubl
                 for (int64_t i = 0; i < K; i++)
                     q[i] *= nq / sqrt((double)K), k[i] *= nk;
                 const double *v = row + 2 * H * K + j * V;
-                const double beta = sigm(bb[n * HV + j]);
-                const double g = -exp(A_log[j]) * softplus(aa[n * HV + j] + dt_bias[j]);
-                for (int64_t e = 0; e < K * V; e++)
-                    S[e] *= exp(g);
+                if (kind == 'G') {
+                    const double g = -exp(A_log[j]) * softplus(aa[n * HV + j] + dt_bias[j]);
+                    for (int64_t e = 0; e < K * V; e++)
+                        S[e] *= exp(g);
+                }
+                const double beta = kind == 'L' ? 1.0 : sigm(bb[n * HV + j]);
                 for (int64_t vv = 0; vv < V; vv++) {
-                    double pred = 0;
-                    for (int64_t i = 0; i < K; i++)
+                    double pred = 0; /* what the memory returns for k: the delta rule's error */
+                    for (int64_t i = 0; kind != 'L' && i < K; i++)
                         pred += S[i * V + vv] * k[i];
                     u[vv] = beta * (v[vv] - pred);
                 }
@@ -209,10 +216,11 @@ double ref_model_forward(const ref_model *r, double *logits, const int32_t *toke
     const size_t np = strlen(c->layer_pattern);
     for (long long li = 0; li < c->num_hidden_layers; li++) {
         rmsnorm(a, h, W(r, "model.layers.%lld.input_layernorm.weight", li), 1.0, N, d, eps);
-        if (c->layer_pattern[(size_t)li % np] == 'G')
-            gdn_mixer(r, li, mix, a, B, T);
-        else
+        const char kind = c->layer_pattern[(size_t)li % np];
+        if (kind == 'A')
             attn_mixer(r, li, mix, a, B, T);
+        else
+            la_mixer(r, li, kind, mix, a, B, T);
         for (int64_t i = 0; i < N * d; i++)
             h[i] += mix[i];
         rmsnorm(a, h, W(r, "model.layers.%lld.post_attention_layernorm.weight", li), 1.0, N, d,

@@ -6,7 +6,7 @@
 #include "model_ref.h"
 #include "test.h"
 
-/* Tiny configurations: every mixer, grouped heads, the attention options, a hybrid. */
+/* Tiny configurations: every mixer, grouped heads, the attention options, hybrids. */
 static dn_model_config tiny(int which) {
     dn_model_config c = dn_model_config_default();
     c.vocab_size = 11, c.hidden_size = 16, c.intermediate_size = 24, c.num_hidden_layers = 2;
@@ -23,6 +23,9 @@ static dn_model_config tiny(int which) {
         strcpy(c.layer_pattern, "GGA"), c.num_hidden_layers = 3;
         c.attn_output_gate = 0, c.attn_qk_norm = 0;
         break;
+    case 4: /* DeltaNet and linear attention on the same skeleton, and Gated DeltaNet */
+        strcpy(c.layer_pattern, "DLG"), c.num_hidden_layers = 3;
+        break;
     default: /* one key head shared by every value head, conv width 2, no rotary dims */
         strcpy(c.layer_pattern, "AG"), c.linear_num_key_heads = 1, c.linear_conv_kernel_dim = 2;
         c.partial_rotary_factor = 0.0, c.num_key_value_heads = 1;
@@ -30,7 +33,7 @@ static dn_model_config tiny(int which) {
     }
     return c;
 }
-#define N_TINY 4
+#define N_TINY 5
 
 /* A model whose zero-initialised norms and fixed gate parameters are moved off their initial
  * values, so that their gradients are tested at a generic point. */

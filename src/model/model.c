@@ -31,6 +31,7 @@ dn_model_config dn_model_config_default(void) {
 static int has_kind(const dn_model_config *c, char k) {
     return strchr(c->layer_pattern, k) != NULL;
 }
+static int has_la(const dn_model_config *c) { return strpbrk(c->layer_pattern, "GDL") != NULL; }
 
 #define RANGE(field, lo, hi)                                                                       \
     if (!(c->field >= (lo) && c->field <= (hi)))                                                   \
@@ -49,10 +50,11 @@ dn_status dn_model_config_check(const dn_model_config *c) {
     if (np == 0 || np > DN_MODEL_MAX_LAYERS)
         return dn_fail(DN_ERR_ARG, "model config: layer_pattern is empty or not terminated");
     for (size_t i = 0; i < np; i++)
-        if (!strchr("GA", c->layer_pattern[i]))
+        if (!strchr("GDLA", c->layer_pattern[i]))
             return dn_fail(DN_ERR_ARG,
                            "model config: layer_pattern letter '%c' is not a mixer this version "
-                           "has (G: Gated DeltaNet, A: softmax attention)",
+                           "has (G: Gated DeltaNet, D: DeltaNet, L: linear attention, A: softmax "
+                           "attention)",
                            c->layer_pattern[i]);
     if (has_kind(c, 'A')) {
         RANGE(num_attention_heads, 1, 1024);
@@ -66,7 +68,7 @@ dn_status dn_model_config_check(const dn_model_config *c) {
                            "num_key_value_heads (%lld)",
                            (long long)c->num_attention_heads, (long long)c->num_key_value_heads);
     }
-    if (has_kind(c, 'G')) {
+    if (has_la(c)) {
         RANGE(linear_num_key_heads, 1, 1024);
         RANGE(linear_num_value_heads, 1, 1024);
         RANGE(linear_key_head_dim, 1, 1024);
@@ -125,18 +127,20 @@ static void register_params(reg *r) {
         dn_layer *l = &m->layers[i];
 #define P(fmt) (snprintf(name, sizeof name, "model.layers.%lld." fmt, (long long)i), name)
         l->norm1 = add(r, P("input_layernorm.weight"), 1, d, 0, 0, INIT_ZERO, 0);
-        if (l->kind == 'G') {
-            const dn_gdn_layer_dims *g = &m->gd;
-            l->gdn.proj =
+        if (dn_is_la_kind(l->kind)) { /* the projections in the order of their columns */
+            const dn_la_layer_dims *g = &l->ld;
+            l->lin.proj =
                 add(r, P("linear_attn.in_proj_qkv.weight"), 2, g->C, d, 0, INIT_NORMAL, 1);
             add(r, P("linear_attn.in_proj_z.weight"), 2, g->HV * g->V, d, 0, INIT_NORMAL, 1);
-            add(r, P("linear_attn.in_proj_b.weight"), 2, g->HV, d, 0, INIT_NORMAL, 1);
-            add(r, P("linear_attn.in_proj_a.weight"), 2, g->HV, d, 0, INIT_NORMAL, 1);
-            l->gdn.conv = add(r, P("linear_attn.conv1d.weight"), 3, g->C, 1, g->W, INIT_CONV, 1);
-            l->gdn.A_log = add(r, P("linear_attn.A_log"), 1, g->HV, 0, 0, INIT_A_LOG, 0);
-            l->gdn.dt_bias = add(r, P("linear_attn.dt_bias"), 1, g->HV, 0, 0, INIT_DT_BIAS, 0);
-            l->gdn.norm = add(r, P("linear_attn.norm.weight"), 1, g->V, 0, 0, INIT_ONE, 0);
-            l->gdn.out =
+            if (g->beta) add(r, P("linear_attn.in_proj_b.weight"), 2, g->HV, d, 0, INIT_NORMAL, 1);
+            if (g->gate) add(r, P("linear_attn.in_proj_a.weight"), 2, g->HV, d, 0, INIT_NORMAL, 1);
+            l->lin.conv = add(r, P("linear_attn.conv1d.weight"), 3, g->C, 1, g->W, INIT_CONV, 1);
+            if (g->gate) {
+                l->lin.A_log = add(r, P("linear_attn.A_log"), 1, g->HV, 0, 0, INIT_A_LOG, 0);
+                l->lin.dt_bias = add(r, P("linear_attn.dt_bias"), 1, g->HV, 0, 0, INIT_DT_BIAS, 0);
+            }
+            l->lin.norm = add(r, P("linear_attn.norm.weight"), 1, g->V, 0, 0, INIT_ONE, 0);
+            l->lin.out =
                 add(r, P("linear_attn.out_proj.weight"), 2, d, g->HV * g->V, 0, INIT_NORMAL, 1);
         } else {
             const dn_attn_layer_dims *ad = &m->ad;
@@ -177,7 +181,7 @@ static void init_params(dn_model *m, const init_kind *init, uint64_t seed) {
             case INIT_ZERO: v = 0; break;
             case INIT_ONE: v = 1; break;
             case INIT_CONV: {
-                const double b = 1.0 / sqrt((double)m->gd.W);
+                const double b = 1.0 / sqrt((double)m->cfg.linear_conv_kernel_dim);
                 v = (2.0 * dn_rng_uniform(&r) - 1.0) * b;
                 break;
             }
@@ -202,14 +206,16 @@ dn_status dn_model_create(dn_model **out, const dn_model_config *c, uint64_t see
     m->cfg = *c;
     m->L = c->num_hidden_layers, m->d = c->hidden_size, m->I = c->intermediate_size;
     m->Vocab = c->vocab_size;
-    dn_gdn_layer_dims_init(&m->gd, c);
     dn_attn_layer_dims_init(&m->ad, c);
     m->layers = dn_calloc((size_t)m->L * sizeof *m->layers);
     init_kind *init = NULL;
     if (!m->layers) goto oom;
     const size_t np = strlen(c->layer_pattern);
-    for (int64_t i = 0; i < m->L; i++)
-        m->layers[i].kind = c->layer_pattern[(size_t)i % np];
+    for (int64_t i = 0; i < m->L; i++) {
+        dn_layer *l = &m->layers[i];
+        l->kind = c->layer_pattern[(size_t)i % np];
+        if (dn_is_la_kind(l->kind)) dn_la_layer_dims_init(&l->ld, c, l->kind);
+    }
 
     reg r = {m, 0, NULL, 1};
     register_params(&r); /* sizes */
@@ -294,11 +300,11 @@ static void *take(bump *b, int64_t n, size_t elt) {
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
-static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T, size_t la_saved) {
+static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     const int64_t N = B * T, d = m->d, I = m->I;
-    const dn_gdn_layer_dims *g = &m->gd;
     const dn_attn_layer_dims *ad = &m->ad;
     int64_t wide = d; /* widest mixer-internal gradient the backward keeps per layer */
+    int64_t P = 1, C = 1, HVV = 1, HV = 1, HQ = 1, HK = 1; /* the widest of each, for scratch */
     for (int64_t i = 0; i < m->L; i++) {
         dn_layer *l = &m->layers[i];
         l->h_in = TAKE(b, N * d);
@@ -309,8 +315,12 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T, size_t la_saved)
         l->rstd2 = TAKE(b, N);
         l->gu = TAKE(b, N * 2 * I);
         l->act = TAKE(b, N * I);
-        if (l->kind == 'G') {
-            dn_gdn_layer_acts *s = &l->ga;
+        if (dn_is_la_kind(l->kind)) {
+            const dn_la_layer_dims *g = &l->ld;
+            dn_la_layer_acts *s = &l->lin_acts;
+            size_t la_saved = 0;
+            dn_la_params p = dn_la_params_default(g->op, B, T, g->H, g->HV, g->K, g->V);
+            if (dn_la_saved_size(&p, &la_saved) != DN_OK) b->overflow = 1;
             s->proj = TAKE(b, N * g->P);
             s->xc = TAKE(b, N * g->C);
             s->g = TAKE(b, N * g->HV);
@@ -320,8 +330,10 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T, size_t la_saved)
             s->on = TAKE(b, N * g->HV * g->V);
             s->saved = take(b, (int64_t)la_saved, 1);
             s->saved_bytes = la_saved;
+            P = g->P > P ? g->P : P, C = g->C > C ? g->C : C;
+            HVV = g->HV * g->V > HVV ? g->HV * g->V : HVV, HV = g->HV > HV ? g->HV : HV;
         } else {
-            dn_attn_layer_acts *s = &l->aa;
+            dn_attn_layer_acts *s = &l->attn_acts;
             s->proj = TAKE(b, N * ad->P);
             s->qraw = TAKE(b, N * ad->H * ad->D);
             s->kraw = TAKE(b, N * ad->HKV * ad->D);
@@ -343,8 +355,6 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T, size_t la_saved)
     m->rows = take(b, N, sizeof(int64_t));
     m->row_loss = take(b, N, sizeof(double));
     /* backward scratch */
-    int64_t P = 1, C = 1, HVV = 1, HV = 1, HQ = 1, HK = 1;
-    if (has_kind(&m->cfg, 'G')) P = g->P, C = g->C, HVV = g->HV * g->V, HV = g->HV;
     if (has_kind(&m->cfg, 'A')) {
         if (ad->P > P) P = ad->P;
         HQ = ad->H * ad->D, HK = ad->HKV * ad->D;
@@ -372,15 +382,8 @@ static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T) {
     if (B < 1 || T < 1 || !DN_PROD(&N, B, T) || N > ((int64_t)1 << 40))
         return dn_fail(DN_ERR_SHAPE, "model: B=%lld, T=%lld out of range", (long long)B,
                        (long long)T);
-    size_t la_saved = 0;
-    if (has_kind(&m->cfg, 'G')) {
-        const dn_gdn_layer_dims *g = &m->gd;
-        dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, g->H, g->HV, g->K, g->V);
-        dn_status st = dn_la_saved_size(&p, &la_saved);
-        if (st != DN_OK) return st;
-    }
     bump b = {NULL, 0, 0};
-    lay_out(m, &b, B, T, la_saved);
+    lay_out(m, &b, B, T);
     if (b.overflow)
         return dn_fail(DN_ERR_SHAPE, "model: activations for B=%lld, T=%lld overflow", (long long)B,
                        (long long)T);
@@ -408,7 +411,7 @@ static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T) {
     }
     m->B = B, m->T = T;
     b = (bump){arena, 0, 0};
-    lay_out(m, &b, B, T, la_saved);
+    lay_out(m, &b, B, T);
     return DN_OK;
 }
 
@@ -420,9 +423,10 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
     const float *W = m->params;
     const double eps = m->cfg.rms_norm_eps;
     dn_rmsnorm_fwd(l->a, l->rstd1, l->h_in, W + l->norm1, 1.0f, N, d, eps);
-    dn_status st = l->kind == 'G'
-                       ? dn_gdn_layer_forward(m, l, &l->ga, l->h_mid, l->a, B, T, cache)
-                       : dn_attn_layer_forward(m, l, &l->aa, l->h_mid, l->a, B, T, cache, rope);
+    dn_status st =
+        dn_is_la_kind(l->kind)
+            ? dn_la_layer_forward(m, l, &l->lin_acts, l->h_mid, l->a, B, T, cache)
+            : dn_attn_layer_forward(m, l, &l->attn_acts, l->h_mid, l->a, B, T, cache, rope);
     if (st != DN_OK) return st;
     DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
@@ -462,8 +466,9 @@ static dn_status block_backward(dn_model *m, dn_layer *l, int64_t B, int64_t T) 
     DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
         dh[i] += m->dx[i];
-    st = l->kind == 'G' ? dn_gdn_layer_backward(m, l, &l->ga, m->dmix, dh, l->a, B, T)
-                        : dn_attn_layer_backward(m, l, &l->aa, m->dmix, dh, l->a, B, T);
+    st = dn_is_la_kind(l->kind)
+             ? dn_la_layer_backward(m, l, &l->lin_acts, m->dmix, dh, l->a, B, T)
+             : dn_attn_layer_backward(m, l, &l->attn_acts, m->dmix, dh, l->a, B, T);
     if (st != DN_OK) return st;
     if ((st = dn_rmsnorm_bwd(m->dx, G + l->norm1, m->dmix, l->h_in, l->rstd1, W + l->norm1, 1.0f, N,
                              d)) != DN_OK)
@@ -602,10 +607,11 @@ dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t
     if (B < 1 || B > ((int64_t)1 << 24) || max_len < 1 || max_len > ((int64_t)1 << 40))
         return dn_fail(DN_ERR_SHAPE, "model_state_create: B=%lld, max_len=%lld out of range",
                        (long long)B, (long long)max_len);
-    const dn_gdn_layer_dims *g = &m->gd;
-    int64_t per = 0, total = 0; /* floats of one GDN layer's states, of all */
-    if (has_kind(&m->cfg, 'G') && (!DN_PROD(&per, B, g->C * (g->W - 1) + g->HV * g->K * g->V) ||
-                                   !DN_PROD(&total, per, m->L, (int64_t)sizeof(float))))
+    dn_la_layer_dims gd, *g = &gd; /* the state sizes are the same for G, D and L */
+    dn_la_layer_dims_init(g, &m->cfg, 'G');
+    int64_t per = 0, total = 0; /* floats of one linear-family layer's states, of all */
+    if (has_la(&m->cfg) && (!DN_PROD(&per, B, g->C * (g->W - 1) + g->HV * g->K * g->V) ||
+                            !DN_PROD(&total, per, m->L, (int64_t)sizeof(float))))
         return dn_fail(DN_ERR_SHAPE, "model_state_create: state size overflows");
     dn_model_state *s = dn_calloc(sizeof *s);
     if (!s) return dn_fail(DN_ERR_ALLOC, "model_state_create: cannot allocate");
@@ -616,7 +622,7 @@ dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t
     s->fixed_bytes = 0;
     for (int64_t i = 0; i < m->L && st == DN_OK; i++) {
         dn_layer_cache *c = &s->layers[i];
-        if (m->layers[i].kind == 'G') {
+        if (dn_is_la_kind(m->layers[i].kind)) {
             c->conv = s->fixed + s->fixed_bytes / sizeof(float);
             c->S = c->conv + B * g->C * (g->W - 1);
             s->fixed_bytes += (size_t)per * sizeof(float);

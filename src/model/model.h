@@ -12,16 +12,20 @@
 
 #include "nn.h"
 
-/* Gated DeltaNet mixer ('G'): dimensions and the fused input projection's column layout
- * [q | k | v | z | b | a] (the first C = 2 H K + HV V columns go through the convolution). */
+/* Linear-attention family mixer ('G' Gated DeltaNet, 'D' DeltaNet, 'L' linear attention): the
+ * op, dimensions and the fused input projection's column layout [q | k | v | z | b | a] (the
+ * first C = 2 H K + HV V columns go through the convolution; b only with the delta rule, a only
+ * with the gate). */
 typedef struct {
+    dn_op op;
+    int beta, gate;         /* whether the op takes beta (delta rule), g (gate) */
     int64_t H, HV, K, V, W; /* key heads, value heads, head dims, conv width */
     int64_t C, P;           /* conv channels, projection width */
     int64_t z0, b0, a0;     /* first column of z, b, a in the projection */
-} dn_gdn_layer_dims;
+} dn_la_layer_dims;
 typedef struct {
     int64_t proj, conv, A_log, dt_bias, norm, out; /* proj [P,d] = in_proj_qkv, _z, _b, _a */
-} dn_gdn_layer_w;
+} dn_la_layer_w;
 typedef struct {
     float *proj; /* [N,P] projection output */
     float *xc;   /* [N,C] SiLU(conv(q,k,v)) */
@@ -32,7 +36,7 @@ typedef struct {
     float *on;   /* [N,HV*V] gated, normed output (input of out_proj) */
     void *saved; /* the op's training buffer */
     size_t saved_bytes;
-} dn_gdn_layer_acts;
+} dn_la_layer_acts;
 
 /* Softmax attention mixer ('A'): projection layout [q (and gate, per head [q_h | gate_h]) | k | v]
  */
@@ -62,8 +66,9 @@ typedef struct {
 
 typedef struct {
     char kind;
+    dn_la_layer_dims ld;                 /* kind G, D or L */
     int64_t norm1, norm2, gate_up, down; /* gate_up [2I,d] = gate_proj, up_proj; down [d,I] */
-    dn_gdn_layer_w gdn;
+    dn_la_layer_w lin;
     dn_attn_layer_w attn;
     /* saved activations */
     float *h_in;      /* [N,d] residual stream entering the block */
@@ -71,8 +76,8 @@ typedef struct {
     float *h_mid;     /* [N,d] after the mixer's residual add */
     float *c, *rstd2; /* [N,d] post-attention norm output, [N] */
     float *gu, *act;  /* [N,2I] gate|up pre-activations, [N,I] silu(gate)*up */
-    dn_gdn_layer_acts ga;
-    dn_attn_layer_acts aa;
+    dn_la_layer_acts lin_acts;
+    dn_attn_layer_acts attn_acts;
 } dn_layer;
 
 struct dn_model_state {
@@ -87,7 +92,6 @@ struct dn_model_state {
 struct dn_model {
     dn_model_config cfg;
     int64_t L, d, I, Vocab;
-    dn_gdn_layer_dims gd;
     dn_attn_layer_dims ad;
     float *params, *grads;
     int64_t n_params;
@@ -110,15 +114,16 @@ struct dn_model {
     dn_rope_table rope;
 };
 
-/* src/model/gdn.c: the Gated DeltaNet mixer, out [N,d] from a [N,d]. cache NULL: training (the
+/* src/model/la.c: the Gated DeltaNet mixer, out [N,d] from a [N,d]. cache NULL: training (the
  * op's training buffer is filled); else inference from and into the cache's states. */
-void dn_gdn_layer_dims_init(dn_gdn_layer_dims *g, const dn_model_config *c);
-dn_status dn_gdn_layer_forward(const dn_model *m, const dn_layer *l, const dn_gdn_layer_acts *s,
-                               float *out, const float *a, int64_t B, int64_t T,
-                               dn_layer_cache *cache);
+void dn_la_layer_dims_init(dn_la_layer_dims *g, const dn_model_config *c, char kind);
+static inline int dn_is_la_kind(char k) { return k == 'G' || k == 'D' || k == 'L'; }
+dn_status dn_la_layer_forward(const dn_model *m, const dn_layer *l, const dn_la_layer_acts *s,
+                              float *out, const float *a, int64_t B, int64_t T,
+                              dn_layer_cache *cache);
 /* da [N,d] written from dout [N,d]; parameter gradients added to m->grads */
-dn_status dn_gdn_layer_backward(dn_model *m, const dn_layer *l, const dn_gdn_layer_acts *s,
-                                float *da, const float *dout, const float *a, int64_t B, int64_t T);
+dn_status dn_la_layer_backward(dn_model *m, const dn_layer *l, const dn_la_layer_acts *s, float *da,
+                               const float *dout, const float *a, int64_t B, int64_t T);
 
 /* src/model/attn.c: the softmax attention mixer. cache NULL: training over positions 0..T-1;
  * else the new keys and values are appended to the cache and the queries attend over it, at
