@@ -667,6 +667,12 @@ DN_API const char *dn_matmul_backend(void);
  *   'L'  linear attention: the same layer without the gate and the delta rule (no b either);
  *        q and k still L2-normalised. G, D and L differ only in the op, so that a comparison
  *        isolates what the delta rule and the gate buy.
+ *   'M'  Mamba-2's block: one projection to x, B, C, z, dt; causal depthwise convolution (with
+ *        bias) and SiLU over x, B, C; the SSD recurrence (dn_mamba2_forward) with
+ *        A = -exp(A_log), dt softplus(dt + dt_bias) and the D skip; RMSNorm over groups of
+ *        y * SiLU(z); output projection. Sizes from the linear_* fields: linear_num_value_heads
+ *        heads of linear_value_head_dim, state size linear_key_head_dim, linear_num_key_heads
+ *        groups, so its state is as large as a Gated DeltaNet layer's.
  *   'A'  softmax attention, shaped as Qwen3.5's gated attention: q, k, v projections, per-head
  *        q/k RMSNorm (attn_qk_norm), RoPE on the first rotary_dim dimensions of each head
  *        (rotate-half pairing), grouped-query heads, output gate sigmoid(gate) from the q

@@ -203,6 +203,69 @@ static void attn_mixer(const ref_model *r, long long li, double *out, const doub
     free(qp), free(q), free(k), free(v), free(o), free(sc);
 }
 
+/* Mamba-2's block (the SSD recurrence written directly) */
+static void mamba2_mixer(const ref_model *r, long long li, double *out, const double *a, int64_t B,
+                         int64_t T) {
+    const dn_model_config *c = dn_model_get_config(r->m);
+    const int64_t d = c->hidden_size, H = c->linear_num_value_heads, Pd = c->linear_value_head_dim;
+    const int64_t Ns = c->linear_key_head_dim, G = c->linear_num_key_heads;
+    const int64_t Wd = c->linear_conv_kernel_dim, HP = H * Pd, GN = G * Ns, C = HP + 2 * GN;
+    const int64_t Pw = C + HP + H, N = B * T;
+    double *proj = dalloc(N * Pw), *xc = dalloc(N * C), *y = dalloc(N * HP), *S = dalloc(Ns * Pd);
+    linear(proj, a, W(r, "model.layers.%lld.mamba.in_proj.weight", li), N, d, Pw);
+    const double *cw = W(r, "model.layers.%lld.mamba.conv1d.weight", li);
+    const double *cb = W(r, "model.layers.%lld.mamba.conv1d.bias", li);
+    const double *dt_bias = W(r, "model.layers.%lld.mamba.dt_bias", li);
+    const double *A_log = W(r, "model.layers.%lld.mamba.A_log", li);
+    const double *Dk = W(r, "model.layers.%lld.mamba.D", li);
+    const double *nw = W(r, "model.layers.%lld.mamba.norm.weight", li);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t ch = 0; ch < C; ch++) {
+                double s = cb[ch];
+                for (int64_t j = 0; j < Wd; j++) {
+                    const int64_t ts = t - Wd + 1 + j;
+                    if (ts >= 0) s += cw[ch * Wd + j] * proj[(b * T + ts) * Pw + ch];
+                }
+                xc[(b * T + t) * C + ch] = silu(s);
+            }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t gi = h / (H / G);
+            memset(S, 0, sizeof(double) * (size_t)(Ns * Pd));
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t n = b * T + t;
+                const double *x = xc + n * C + h * Pd, *Bm = xc + n * C + HP + gi * Ns;
+                const double *Cm = xc + n * C + HP + GN + gi * Ns;
+                const double dt = softplus(proj[n * Pw + C + HP + h] + dt_bias[h]);
+                const double decay = exp(-exp(A_log[h]) * dt);
+                for (int64_t i = 0; i < Ns; i++)
+                    for (int64_t p = 0; p < Pd; p++)
+                        S[i * Pd + p] = decay * S[i * Pd + p] + Bm[i] * dt * x[p];
+                for (int64_t p = 0; p < Pd; p++) {
+                    double acc = Dk[h] * x[p];
+                    for (int64_t i = 0; i < Ns; i++)
+                        acc += S[i * Pd + p] * Cm[i];
+                    y[n * HP + h * Pd + p] = acc;
+                }
+            }
+        }
+    for (int64_t n = 0; n < N; n++) /* gate, then RMSNorm per group of HP / G channels */
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t ng = HP / G;
+            double *u = y + n * HP + g * ng, ss = 0;
+            for (int64_t j = 0; j < ng; j++) {
+                u[j] *= silu(proj[n * Pw + C + g * ng + j]);
+                ss += u[j] * u[j];
+            }
+            const double rs = 1.0 / sqrt(ss / (double)ng + c->rms_norm_eps);
+            for (int64_t j = 0; j < ng; j++)
+                u[j] *= rs * nw[g * ng + j];
+        }
+    linear(out, y, W(r, "model.layers.%lld.mamba.out_proj.weight", li), N, HP, d);
+    free(proj), free(xc), free(y), free(S);
+}
+
 double ref_model_forward(const ref_model *r, double *logits, const int32_t *tokens,
                          const int32_t *targets, int64_t B, int64_t T) {
     const dn_model_config *c = dn_model_get_config(r->m);
@@ -219,6 +282,8 @@ double ref_model_forward(const ref_model *r, double *logits, const int32_t *toke
         const char kind = c->layer_pattern[(size_t)li % np];
         if (kind == 'A')
             attn_mixer(r, li, mix, a, B, T);
+        else if (kind == 'M')
+            mamba2_mixer(r, li, mix, a, B, T);
         else
             la_mixer(r, li, kind, mix, a, B, T);
         for (int64_t i = 0; i < N * d; i++)

@@ -31,7 +31,8 @@ dn_model_config dn_model_config_default(void) {
 static int has_kind(const dn_model_config *c, char k) {
     return strchr(c->layer_pattern, k) != NULL;
 }
-static int has_la(const dn_model_config *c) { return strpbrk(c->layer_pattern, "GDL") != NULL; }
+/* the mixers configured by the linear_* fields: the linear family and Mamba-2 */
+static int has_la(const dn_model_config *c) { return strpbrk(c->layer_pattern, "GDLM") != NULL; }
 
 #define RANGE(field, lo, hi)                                                                       \
     if (!(c->field >= (lo) && c->field <= (hi)))                                                   \
@@ -50,11 +51,11 @@ dn_status dn_model_config_check(const dn_model_config *c) {
     if (np == 0 || np > DN_MODEL_MAX_LAYERS)
         return dn_fail(DN_ERR_ARG, "model config: layer_pattern is empty or not terminated");
     for (size_t i = 0; i < np; i++)
-        if (!strchr("GDLA", c->layer_pattern[i]))
+        if (!strchr("GDLMA", c->layer_pattern[i]))
             return dn_fail(DN_ERR_ARG,
                            "model config: layer_pattern letter '%c' is not a mixer this version "
-                           "has (G: Gated DeltaNet, D: DeltaNet, L: linear attention, A: softmax "
-                           "attention)",
+                           "has (G: Gated DeltaNet, D: DeltaNet, L: linear attention, M: Mamba-2, "
+                           "A: softmax attention)",
                            c->layer_pattern[i]);
     if (has_kind(c, 'A')) {
         RANGE(num_attention_heads, 1, 1024);
@@ -142,6 +143,16 @@ static void register_params(reg *r) {
             l->lin.norm = add(r, P("linear_attn.norm.weight"), 1, g->V, 0, 0, INIT_ONE, 0);
             l->lin.out =
                 add(r, P("linear_attn.out_proj.weight"), 2, d, g->HV * g->V, 0, INIT_NORMAL, 1);
+        } else if (l->kind == 'M') {
+            const dn_mamba2_layer_dims *g = &l->md;
+            l->mamba.in_proj = add(r, P("mamba.in_proj.weight"), 2, g->Pw, d, 0, INIT_NORMAL, 1);
+            l->mamba.conv = add(r, P("mamba.conv1d.weight"), 3, g->C, 1, g->W, INIT_CONV, 1);
+            l->mamba.conv_bias = add(r, P("mamba.conv1d.bias"), 1, g->C, 0, 0, INIT_CONV, 0);
+            l->mamba.dt_bias = add(r, P("mamba.dt_bias"), 1, g->H, 0, 0, INIT_DT_BIAS, 0);
+            l->mamba.A_log = add(r, P("mamba.A_log"), 1, g->H, 0, 0, INIT_A_LOG, 0);
+            l->mamba.D = add(r, P("mamba.D"), 1, g->H, 0, 0, INIT_ONE, 0);
+            l->mamba.norm = add(r, P("mamba.norm.weight"), 1, g->H * g->P, 0, 0, INIT_ONE, 0);
+            l->mamba.out = add(r, P("mamba.out_proj.weight"), 2, d, g->H * g->P, 0, INIT_NORMAL, 1);
         } else {
             const dn_attn_layer_dims *ad = &m->ad;
             l->attn.proj = add(r, P("self_attn.q_proj.weight"), 2, ad->Pq, d, 0, INIT_NORMAL, 1);
@@ -215,6 +226,7 @@ dn_status dn_model_create(dn_model **out, const dn_model_config *c, uint64_t see
         dn_layer *l = &m->layers[i];
         l->kind = c->layer_pattern[(size_t)i % np];
         if (dn_is_la_kind(l->kind)) dn_la_layer_dims_init(&l->ld, c, l->kind);
+        if (l->kind == 'M') dn_mamba2_layer_dims_init(&l->md, c);
     }
 
     reg r = {m, 0, NULL, 1};
@@ -332,6 +344,18 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
             s->saved_bytes = la_saved;
             P = g->P > P ? g->P : P, C = g->C > C ? g->C : C;
             HVV = g->HV * g->V > HVV ? g->HV * g->V : HVV, HV = g->HV > HV ? g->HV : HV;
+        } else if (l->kind == 'M') {
+            const dn_mamba2_layer_dims *g = &l->md;
+            dn_mamba2_layer_acts *s = &l->mamba_acts;
+            s->proj = TAKE(b, N * g->Pw);
+            s->xc = TAKE(b, N * g->C);
+            s->A = TAKE(b, g->H);
+            s->y = TAKE(b, N * g->H * g->P);
+            s->u = TAKE(b, N * g->H * g->P);
+            s->rstd = TAKE(b, N * g->G);
+            s->on = TAKE(b, N * g->H * g->P);
+            P = g->Pw > P ? g->Pw : P, C = g->C > C ? g->C : C;
+            HVV = g->H * g->P > HVV ? g->H * g->P : HVV, HV = g->H > HV ? g->H : HV;
         } else {
             dn_attn_layer_acts *s = &l->attn_acts;
             s->proj = TAKE(b, N * ad->P);
@@ -423,10 +447,13 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
     const float *W = m->params;
     const double eps = m->cfg.rms_norm_eps;
     dn_rmsnorm_fwd(l->a, l->rstd1, l->h_in, W + l->norm1, 1.0f, N, d, eps);
-    dn_status st =
-        dn_is_la_kind(l->kind)
-            ? dn_la_layer_forward(m, l, &l->lin_acts, l->h_mid, l->a, B, T, cache)
-            : dn_attn_layer_forward(m, l, &l->attn_acts, l->h_mid, l->a, B, T, cache, rope);
+    dn_status st;
+    if (dn_is_la_kind(l->kind))
+        st = dn_la_layer_forward(m, l, &l->lin_acts, l->h_mid, l->a, B, T, cache);
+    else if (l->kind == 'M')
+        st = dn_mamba2_layer_forward(m, l, &l->mamba_acts, l->h_mid, l->a, B, T, cache);
+    else
+        st = dn_attn_layer_forward(m, l, &l->attn_acts, l->h_mid, l->a, B, T, cache, rope);
     if (st != DN_OK) return st;
     DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
@@ -466,9 +493,12 @@ static dn_status block_backward(dn_model *m, dn_layer *l, int64_t B, int64_t T) 
     DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
         dh[i] += m->dx[i];
-    st = dn_is_la_kind(l->kind)
-             ? dn_la_layer_backward(m, l, &l->lin_acts, m->dmix, dh, l->a, B, T)
-             : dn_attn_layer_backward(m, l, &l->attn_acts, m->dmix, dh, l->a, B, T);
+    if (dn_is_la_kind(l->kind))
+        st = dn_la_layer_backward(m, l, &l->lin_acts, m->dmix, dh, l->a, B, T);
+    else if (l->kind == 'M')
+        st = dn_mamba2_layer_backward(m, l, &l->mamba_acts, m->dmix, dh, l->a, B, T);
+    else
+        st = dn_attn_layer_backward(m, l, &l->attn_acts, m->dmix, dh, l->a, B, T);
     if (st != DN_OK) return st;
     if ((st = dn_rmsnorm_bwd(m->dx, G + l->norm1, m->dmix, l->h_in, l->rstd1, W + l->norm1, 1.0f, N,
                              d)) != DN_OK)
@@ -607,7 +637,9 @@ dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t
     if (B < 1 || B > ((int64_t)1 << 24) || max_len < 1 || max_len > ((int64_t)1 << 40))
         return dn_fail(DN_ERR_SHAPE, "model_state_create: B=%lld, max_len=%lld out of range",
                        (long long)B, (long long)max_len);
-    dn_la_layer_dims gd, *g = &gd; /* the state sizes are the same for G, D and L */
+    /* the state sizes are the same for G, D, L and M: conv channels 2 H K + HV V (Mamba-2:
+     * H P + 2 G N, the same numbers), state HV K V (H N P) */
+    dn_la_layer_dims gd, *g = &gd;
     dn_la_layer_dims_init(g, &m->cfg, 'G');
     int64_t per = 0, total = 0; /* floats of one linear-family layer's states, of all */
     if (has_la(&m->cfg) && (!DN_PROD(&per, B, g->C * (g->W - 1) + g->HV * g->K * g->V) ||
@@ -622,7 +654,7 @@ dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t
     s->fixed_bytes = 0;
     for (int64_t i = 0; i < m->L && st == DN_OK; i++) {
         dn_layer_cache *c = &s->layers[i];
-        if (dn_is_la_kind(m->layers[i].kind)) {
+        if (m->layers[i].kind != 'A') {
             c->conv = s->fixed + s->fixed_bytes / sizeof(float);
             c->S = c->conv + B * g->C * (g->W - 1);
             s->fixed_bytes += (size_t)per * sizeof(float);

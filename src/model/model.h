@@ -38,6 +38,26 @@ typedef struct {
     size_t saved_bytes;
 } dn_la_layer_acts;
 
+/* Mamba-2 mixer ('M'): projection layout [x | B | C | z | dt] (the first C columns go through
+ * the convolution). */
+typedef struct {
+    int64_t H, P, N, G, W; /* heads, head dim, state size, groups, conv width */
+    int64_t C, Pw;         /* conv channels, projection width */
+    int64_t z0, dt0;       /* first column of z and dt */
+} dn_mamba2_layer_dims;
+typedef struct {
+    int64_t in_proj, conv, conv_bias, dt_bias, A_log, D, norm, out;
+} dn_mamba2_layer_w;
+typedef struct {
+    float *proj; /* [N,Pw] */
+    float *xc;   /* [N,C] SiLU(conv(x B C)) */
+    float *A;    /* [H] -exp(A_log) */
+    float *y;    /* [N,H*P] SSD output (with D x) */
+    float *u;    /* [N,H*P] y * silu(z) */
+    float *rstd; /* [N*G] */
+    float *on;   /* [N,H*P] normed (input of out_proj) */
+} dn_mamba2_layer_acts;
+
 /* Softmax attention mixer ('A'): projection layout [q (and gate, per head [q_h | gate_h]) | k | v]
  */
 typedef struct {
@@ -59,17 +79,19 @@ typedef struct {
 
 /* The inference state of one block: what generation carries from token to token. */
 typedef struct {
-    float *conv;     /* Gated DeltaNet: [B,C,W-1] the convolution's last inputs */
-    float *S;        /* Gated DeltaNet: [B,HV,K,V] the delta-rule state */
+    float *conv;     /* linear family and Mamba-2: [B,C,W-1] the convolution's last inputs */
+    float *S;        /* linear family: [B,HV,K,V] the state; Mamba-2: [B,H,N,P] */
     dn_kv_cache *kv; /* attention: keys and values so far */
 } dn_layer_cache;
 
 typedef struct {
     char kind;
     dn_la_layer_dims ld;                 /* kind G, D or L */
+    dn_mamba2_layer_dims md;             /* kind M */
     int64_t norm1, norm2, gate_up, down; /* gate_up [2I,d] = gate_proj, up_proj; down [d,I] */
     dn_la_layer_w lin;
     dn_attn_layer_w attn;
+    dn_mamba2_layer_w mamba;
     /* saved activations */
     float *h_in;      /* [N,d] residual stream entering the block */
     float *a, *rstd1; /* [N,d] input norm output, [N] */
@@ -78,6 +100,7 @@ typedef struct {
     float *gu, *act;  /* [N,2I] gate|up pre-activations, [N,I] silu(gate)*up */
     dn_la_layer_acts lin_acts;
     dn_attn_layer_acts attn_acts;
+    dn_mamba2_layer_acts mamba_acts;
 } dn_layer;
 
 struct dn_model_state {
@@ -135,5 +158,14 @@ dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_a
 dn_status dn_attn_layer_backward(dn_model *m, const dn_layer *l, const dn_attn_layer_acts *s,
                                  float *da, const float *dout, const float *a, int64_t B,
                                  int64_t T);
+
+/* src/model/mamba2.c: the Mamba-2 mixer (cache as for the linear family) */
+void dn_mamba2_layer_dims_init(dn_mamba2_layer_dims *g, const dn_model_config *c);
+dn_status dn_mamba2_layer_forward(const dn_model *m, const dn_layer *l,
+                                  const dn_mamba2_layer_acts *s, float *out, const float *a,
+                                  int64_t B, int64_t T, dn_layer_cache *cache);
+dn_status dn_mamba2_layer_backward(dn_model *m, const dn_layer *l, const dn_mamba2_layer_acts *s,
+                                   float *da, const float *dout, const float *a, int64_t B,
+                                   int64_t T);
 
 #endif /* DN_MODEL_MODEL_H */

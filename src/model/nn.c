@@ -27,9 +27,19 @@ dn_status dn_linear_bwd(float *dx, int64_t lddx, float *dW, const float *dy, int
 
 void dn_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, float offset,
                     int64_t rows, int64_t n, double eps) {
+    dn_rmsnorm_groups_fwd(y, rstd, x, w, offset, rows, n, 1, eps);
+}
+
+dn_status dn_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *rstd,
+                         const float *w, float offset, int64_t rows, int64_t n) {
+    return dn_rmsnorm_groups_bwd(dx, dw, dy, x, rstd, w, offset, rows, n, 1);
+}
+
+void dn_rmsnorm_groups_fwd(float *y, float *rstd, const float *x, const float *w, float offset,
+                           int64_t rows, int64_t n, int64_t groups, double eps) {
     DN_PARALLEL_FOR(rows * n)
     for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * n;
+        const float *xr = x + r * n, *wr = w + (r % groups) * n;
         float *yr = y + r * n;
         double ss = 0;
         for (int64_t j = 0; j < n; j++)
@@ -37,43 +47,44 @@ void dn_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, float
         const float rs = (float)(1.0 / sqrt(ss / (double)n + eps));
         rstd[r] = rs;
         for (int64_t j = 0; j < n; j++)
-            yr[j] = xr[j] * rs * (w[j] + offset);
+            yr[j] = xr[j] * rs * (wr[j] + offset);
     }
 }
 
 /* y = x r (w + o) with r = (mean x^2 + eps)^(-1/2):
  *   dx_j = r (w_j + o) dy_j - x_j r^3 / n * sum_i dy_i (w_i + o) x_i,   dw_j += sum_rows dy_j x_j r
- */
-dn_status dn_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *rstd,
-                         const float *w, float offset, int64_t rows, int64_t n) {
+ * dw: one column block per task, the rows of its group summed in order. */
+dn_status dn_rmsnorm_groups_bwd(float *dx, float *dw, const float *dy, const float *x,
+                                const float *rstd, const float *w, float offset, int64_t rows,
+                                int64_t n, int64_t groups) {
     if (dw) {
         const int64_t cb = 64, nblk = (n + cb - 1) / cb;
         DN_PARALLEL_FOR(rows * n)
-        for (int64_t b = 0; b < nblk; b++) {
-            const int64_t j0 = b * cb, j1 = j0 + cb < n ? j0 + cb : n;
+        for (int64_t b = 0; b < nblk * groups; b++) {
+            const int64_t g = b / nblk, j0 = (b % nblk) * cb, j1 = j0 + cb < n ? j0 + cb : n;
             double acc[64] = {0};
-            for (int64_t r = 0; r < rows; r++) {
+            for (int64_t r = g; r < rows; r += groups) {
                 const float *xr = x + r * n, *dyr = dy + r * n;
                 const double rs = rstd[r];
                 for (int64_t j = j0; j < j1; j++)
                     acc[j - j0] += (double)dyr[j] * xr[j] * rs;
             }
             for (int64_t j = j0; j < j1; j++)
-                dw[j] += (float)acc[j - j0];
+                dw[g * n + j] += (float)acc[j - j0];
         }
     }
     if (dx) {
         DN_PARALLEL_FOR(rows * n)
         for (int64_t r = 0; r < rows; r++) {
-            const float *xr = x + r * n, *dyr = dy + r * n;
+            const float *xr = x + r * n, *dyr = dy + r * n, *wr = w + (r % groups) * n;
             float *dxr = dx + r * n;
             const double rs = rstd[r];
             double dot = 0;
             for (int64_t j = 0; j < n; j++)
-                dot += (double)dyr[j] * (w[j] + offset) * xr[j];
+                dot += (double)dyr[j] * (wr[j] + offset) * xr[j];
             const double c = dot * rs * rs * rs / (double)n;
             for (int64_t j = 0; j < n; j++)
-                dxr[j] = (float)(rs * (w[j] + offset) * dyr[j] - c * xr[j]);
+                dxr[j] = (float)(rs * (wr[j] + offset) * dyr[j] - c * xr[j]);
         }
     }
     return DN_OK;

@@ -34,9 +34,16 @@ dn_status dn_linear_bwd(float *dx, int64_t lddx, float *dW, const float *dy, int
  * rstd [rows] saved for the backward. */
 void dn_rmsnorm_fwd(float *y, float *rstd, const float *x, const float *w, float offset,
                     int64_t rows, int64_t n, double eps);
-/* dx written; dw [n] += (per thread partial sums, reduced in a fixed order). */
+/* dx written; dw [n] += the rows' contributions, summed in row order. */
 dn_status dn_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *rstd,
                          const float *w, float offset, int64_t rows, int64_t n);
+/* The same with a weight per group of rows: row r uses w + (r % groups) n (Mamba-2's norm over
+ * groups of channels: rows are (token, group) pairs). dw [groups, n]. */
+void dn_rmsnorm_groups_fwd(float *y, float *rstd, const float *x, const float *w, float offset,
+                           int64_t rows, int64_t n, int64_t groups, double eps);
+dn_status dn_rmsnorm_groups_bwd(float *dx, float *dw, const float *dy, const float *x,
+                                const float *rstd, const float *w, float offset, int64_t rows,
+                                int64_t n, int64_t groups);
 
 static inline float dn_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline float dn_siluf(float x) { return x / (1.0f + expf(-x)); }
