@@ -3,10 +3,12 @@
  *   compare the Transformer against the linear family, measured (default with no subcommand)
  *   bench   benchmarks of the ops (gdn, attn, ssm)
  *   train   a language model (Gated DeltaNet, attention, hybrid) on text or MQAR
+ *   recall  the MQAR in-context recall experiment, one model per mixer
  *   info    build, SIMD level, threads and the measured FMA peak
  */
 #include "bench.h"
 #include "compare.h"
+#include "recall.h"
 #include "train.h"
 
 #include <stdio.h>
@@ -42,6 +44,7 @@ int main(int argc, char **argv) {
         return dn_bench_gdn_main(argc - 1, argv + 1);
     }
     if (!strcmp(argv[1], "train")) return dn_train_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "recall")) return dn_recall_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "info")) {
         printf("%s\n", dn_build_info());
         printf("best SIMD level: %s, threads: %d\n", dn_isa_name(dn_isa_best()),

@@ -1,0 +1,384 @@
+/*
+ * recall.c - `deltanet recall`: the multi-query associative recall experiment (the Zoology
+ * benchmark's MQAR task). One 2-layer model per mixer and width, trained on a mixture of
+ * (sequence length, pairs) slices, then its accuracy on held-out sequences of every slice,
+ * including longer and fuller ones than it trained on. Reported: accuracy per mixer and slice,
+ * state bytes per sequence, parameters, training time and steps; a table, JSON and an SVG chart.
+ */
+#include "recall.h"
+#include "bench.h"
+#include "svg.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    int64_t T, pairs;
+} slice;
+
+/* Training mixture and evaluation slices (T >= 4 pairs, pairs from 8 to 128, T up to 512). */
+static const slice train_slices[] = {{64, 8}, {64, 16}, {128, 16}, {128, 32}, {256, 32}, {256, 64}};
+static const slice eval_slices[] = {{64, 8},   {64, 16},  {128, 16}, {128, 32},
+                                    {256, 32}, {256, 64}, {512, 64}, {512, 128}};
+#define N_TRAIN (int)(sizeof train_slices / sizeof train_slices[0])
+#define N_EVAL (int)(sizeof eval_slices / sizeof eval_slices[0])
+#define MAX_RUNS 16
+
+static const struct {
+    char letter;
+    const char *name;
+} mixers[] = {{'A', "attention"},
+              {'G', "gated_deltanet"},
+              {'D', "deltanet"},
+              {'L', "linear_attn"},
+              {'M', "mamba2"}};
+#define N_MIXERS (int)(sizeof mixers / sizeof mixers[0])
+
+typedef struct {
+    const char *mixers; /* letters */
+    int64_t widths[2];
+    int n_widths;
+    int64_t steps, batch_tokens, eval_seqs, vocab, threads;
+    double lr;
+    uint64_t seed;
+    const char *out_dir;
+    int quiet;
+} recall_opts;
+
+typedef struct {
+    char mixer;
+    int64_t width, params, steps;
+    double acc[N_EVAL], seconds, state_bytes, final_loss;
+} recall_run;
+
+static volatile sig_atomic_t stop_flag;
+static void on_sig(int s) {
+    (void)s;
+    stop_flag = 1;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static const char *mixer_name(char c) {
+    for (int i = 0; i < N_MIXERS; i++)
+        if (mixers[i].letter == c) return mixers[i].name;
+    return "?";
+}
+
+static void usage(void) {
+    printf("usage: deltanet recall [options]\n"
+           "Multi-query associative recall (MQAR, as in the Zoology benchmark): one 2-layer\n"
+           "model per mixer and width trained on a mixture of (length, pairs) slices, accuracy\n"
+           "on held-out sequences per slice.\n"
+           "  --mixers STR      letters: A attention, G Gated DeltaNet, D DeltaNet, L linear\n"
+           "                    attention, M Mamba-2 (default AGDLM)\n"
+           "  --widths LIST     model widths, heads of 64 (default 64,128)\n"
+           "  --steps N         training steps per model (default 600)\n"
+           "  --batch-tokens N  tokens per step (default 8192)\n"
+           "  --lr X            peak learning rate (default 3e-3)\n"
+           "  --eval-seqs N     held-out sequences per slice (default 256)\n"
+           "  --vocab V         (default 8192)\n"
+           "  --full            the long run: 4000 steps of 16384 tokens\n"
+           "  --seed N --threads N --out DIR (default deltanet-recall) --quiet\n");
+}
+
+static int parse(recall_opts *o, int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            return 1;
+        }
+        if (!strcmp(a, "--quiet")) {
+            o->quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--full")) {
+            o->steps = 4000, o->batch_tokens = 16384;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "recall: option %s needs a value (see --help)\n", a);
+            return -1;
+        }
+        const char *v = argv[++i];
+        char *end = NULL;
+        errno = 0;
+        if (!strcmp(a, "--mixers")) {
+            if (!*v || strspn(v, "AGDLM") != strlen(v) || strlen(v) > 5) {
+                fprintf(stderr, "recall: --mixers takes letters of AGDLM\n");
+                return -1;
+            }
+            o->mixers = v;
+        } else if (!strcmp(a, "--widths")) {
+            o->n_widths = 0;
+            const char *p = v;
+            while (*p && o->n_widths < 2) {
+                long long w = strtoll(p, &end, 10);
+                if (end == p || w < 64 || w > 4096 || w % 64) {
+                    fprintf(stderr, "recall: widths are multiples of 64 in [64, 4096], at most "
+                                    "two\n");
+                    return -1;
+                }
+                o->widths[o->n_widths++] = w;
+                p = *end == ',' ? end + 1 : end;
+            }
+            if (*p) {
+                fprintf(stderr, "recall: at most two widths\n");
+                return -1;
+            }
+        } else if (!strcmp(a, "--out"))
+            o->out_dir = v;
+        else if (!strcmp(a, "--lr")) {
+            o->lr = strtod(v, &end);
+            if (errno || *end || !(o->lr > 0 && o->lr < 1)) {
+                fprintf(stderr, "recall: --lr in (0, 1)\n");
+                return -1;
+            }
+        } else {
+            long long n = strtoll(v, &end, 10);
+            if (errno || end == v || *end || n < 1) {
+                fprintf(stderr, "recall: %s takes a positive integer\n", a);
+                return -1;
+            }
+            if (!strcmp(a, "--steps"))
+                o->steps = n;
+            else if (!strcmp(a, "--batch-tokens") && n >= 512)
+                o->batch_tokens = n;
+            else if (!strcmp(a, "--eval-seqs"))
+                o->eval_seqs = n;
+            else if (!strcmp(a, "--vocab") && n >= 512 && n <= (1 << 20))
+                o->vocab = n;
+            else if (!strcmp(a, "--seed"))
+                o->seed = (uint64_t)n;
+            else if (!strcmp(a, "--threads"))
+                o->threads = n;
+            else {
+                fprintf(stderr, "recall: unknown option or value %s %s (see --help)\n", a, v);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The model of one run: 2 layers of the mixer, heads of 64, MLP 2x wide. Gated mixers start
+ * with slow decay (A_log = log A, A ~ U(1, 16), dt ~ [1e-3, 1e-1]: exp(g) near 1). */
+static dn_model_config run_config(char mixer, int64_t width, int64_t vocab) {
+    dn_model_config c = dn_model_config_default();
+    c.vocab_size = vocab, c.hidden_size = width, c.num_hidden_layers = 2;
+    c.intermediate_size = 2 * width;
+    c.layer_pattern[0] = mixer, c.layer_pattern[1] = 0;
+    const int64_t heads = width / 64;
+    c.num_attention_heads = c.num_key_value_heads = heads, c.head_dim = 64;
+    c.linear_num_key_heads = c.linear_num_value_heads = heads;
+    c.linear_key_head_dim = c.linear_value_head_dim = 64;
+    c.tie_word_embeddings = 1;
+    return c;
+}
+
+static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run *r) {
+    memset(r, 0, sizeof *r);
+    r->mixer = mixer, r->width = width;
+    dn_model_config c = run_config(mixer, width, o->vocab);
+    dn_model *m = NULL;
+    dn_adamw *opt = NULL;
+    dn_adamw_config oc = dn_adamw_config_default();
+    if (dn_model_create(&m, &c, o->seed) != DN_OK || dn_adamw_create(&opt, m, &oc) != DN_OK) {
+        fprintf(stderr, "recall: %s\n", dn_last_error());
+        dn_model_free(m);
+        return -1;
+    }
+    r->params = dn_model_num_params(m);
+    const int64_t maxT = eval_slices[N_EVAL - 1].T;
+    const int64_t maxN = o->batch_tokens > maxT * 8 ? o->batch_tokens : maxT * 8;
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)maxN),
+            *tgt = malloc(sizeof(int32_t) * (size_t)maxN);
+    float *logits = malloc(sizeof(float) * (size_t)(8 * maxT) * (size_t)o->vocab);
+    if (!tok || !tgt || !logits) {
+        fprintf(stderr, "recall: out of memory\n");
+        return -1;
+    }
+    const double t0 = now_s();
+    double loss = NAN;
+    int64_t step;
+    for (step = 0; step < o->steps && !stop_flag; step++) {
+        const slice s = train_slices[step % N_TRAIN];
+        const int64_t B = o->batch_tokens / s.T;
+        double l = 0;
+        int64_t n = 0;
+        dn_model_zero_grad(m);
+        if (dn_mqar_batch(tok, tgt, B, s.T, o->vocab, s.pairs, o->seed, (uint64_t)step) != DN_OK ||
+            dn_model_forward_backward(m, tok, tgt, B, s.T, 1.0f / (float)(B * s.pairs), &l, &n) !=
+                DN_OK ||
+            dn_adamw_step(opt, m, dn_lr_at(step, o->steps / 10, o->steps, o->lr, 0.1), NULL) !=
+                DN_OK) {
+            fprintf(stderr, "recall: step %lld: %s\n", (long long)step, dn_last_error());
+            break;
+        }
+        loss = l / (double)n;
+        if (!o->quiet && isatty(1) && (step % 10 == 0 || step + 1 == o->steps)) {
+            const double el = now_s() - t0;
+            printf("\r\033[K  %-15s width %-4lld step %lld/%lld  loss %.3f  %.0f tok/s  ETA %.0fs",
+                   mixer_name(mixer), (long long)width, (long long)step + 1, (long long)o->steps,
+                   loss, (double)((step + 1) * o->batch_tokens) / el,
+                   el / (double)(step + 1) * (double)(o->steps - step - 1));
+            fflush(stdout);
+        }
+    }
+    r->steps = step, r->seconds = now_s() - t0, r->final_loss = loss;
+    /* held-out sequences: another seed stream, 8 sequences per call */
+    for (int e = 0; e < N_EVAL; e++) {
+        const slice s = eval_slices[e];
+        int64_t right = 0, total = 0;
+        for (int64_t done = 0; done < o->eval_seqs; done += 8) {
+            const int64_t B = 8;
+            dn_mqar_batch(tok, tgt, B, s.T, o->vocab, s.pairs, o->seed ^ 0xE7A1u, (uint64_t)done);
+            if (dn_model_logits(m, logits, tok, B, s.T) != DN_OK) break;
+            for (int64_t i = 0; i < B * s.T; i++) {
+                if (tgt[i] < 0) continue;
+                const float *z = logits + i * o->vocab;
+                int64_t best = 0;
+                for (int64_t j = 1; j < o->vocab; j++)
+                    if (z[j] > z[best]) best = j;
+                right += best == tgt[i], total++;
+            }
+        }
+        r->acc[e] = total ? (double)right / (double)total : 0;
+    }
+    dn_model_state *st = NULL;
+    size_t fixed = 0, kv = 0;
+    if (dn_model_state_create(&st, m, 1, maxT) == DN_OK) {
+        /* the state after a 512-token sequence: fixed for the recurrent mixers, the KV cache for
+         * attention (grows with the length) */
+        dn_mqar_batch(tok, tgt, 1, maxT, o->vocab, 64, o->seed, 0);
+        if (dn_model_step(m, st, logits, tok, maxT, 0) == DN_OK)
+            dn_model_state_bytes(st, &fixed, &kv);
+        dn_model_state_free(st);
+    }
+    r->state_bytes = (double)(fixed + kv);
+    free(tok), free(tgt), free(logits);
+    dn_adamw_free(opt);
+    dn_model_free(m);
+    return 0;
+}
+
+static void print_table(FILE *f, const recall_run *runs, int n) {
+    fprintf(f, "%-15s %5s %8s %10s", "mixer", "width", "params", "state@512");
+    for (int e = 0; e < N_EVAL; e++) {
+        char h[24];
+        snprintf(h, sizeof h, "T%lld/%lld", (long long)eval_slices[e].T,
+                 (long long)eval_slices[e].pairs);
+        fprintf(f, " %8s", h);
+    }
+    fprintf(f, " %7s %6s\n", "train_s", "steps");
+    for (int i = 0; i < n; i++) {
+        const recall_run *r = &runs[i];
+        fprintf(f, "%-15s %5lld %8lld %9.0fK", mixer_name(r->mixer), (long long)r->width,
+                (long long)r->params, r->state_bytes / 1024);
+        for (int e = 0; e < N_EVAL; e++)
+            fprintf(f, " %7.1f%%", 100 * r->acc[e]);
+        fprintf(f, " %7.0f %6lld\n", r->seconds, (long long)r->steps);
+    }
+}
+
+int dn_recall_main(int argc, char **argv) {
+    recall_opts o = {.mixers = "AGDLM",
+                     .widths = {64, 128},
+                     .n_widths = 2,
+                     .steps = 600,
+                     .batch_tokens = 8192,
+                     .eval_seqs = 256,
+                     .vocab = 8192,
+                     .lr = 3e-3,
+                     .seed = 7,
+                     .out_dir = "deltanet-recall"};
+    const int p = parse(&o, argc, argv);
+    if (p) return p > 0 ? 0 : 2;
+    if (o.threads > 0) dn_set_num_threads((int)o.threads);
+    signal(SIGINT, on_sig);
+    signal(SIGTERM, on_sig);
+    recall_run runs[MAX_RUNS];
+    int n = 0;
+    if (!o.quiet)
+        printf("MQAR: vocab %lld, %lld steps of %lld tokens per model, train slices (T/pairs) "
+               "64/8 64/16 128/16 128/32 256/32 256/64\n",
+               (long long)o.vocab, (long long)o.steps, (long long)o.batch_tokens);
+    for (int w = 0; w < o.n_widths && !stop_flag; w++)
+        for (const char *mx = o.mixers; *mx && !stop_flag; mx++) {
+            if (train_one(&o, *mx, o.widths[w], &runs[n]) != 0) return 1;
+            if (!o.quiet) {
+                printf("%s", isatty(1) ? "\r\033[K" : "");
+                print_table(stdout, &runs[n], 1);
+            }
+            n++;
+        }
+    mkdir(o.out_dir, 0777);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/recall.txt", o.out_dir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        print_table(f, runs, n);
+        fclose(f);
+    }
+    if (!o.quiet) {
+        printf("\n");
+        print_table(stdout, runs, n);
+    }
+    snprintf(path, sizeof path, "%s/recall.json", o.out_dir);
+    if ((f = fopen(path, "w"))) {
+        fprintf(f,
+                "{\"vocab\": %lld, \"steps\": %lld, \"batch_tokens\": %lld, \"lr\": %g, "
+                "\"runs\": [\n",
+                (long long)o.vocab, (long long)o.steps, (long long)o.batch_tokens, o.lr);
+        for (int i = 0; i < n; i++) {
+            const recall_run *r = &runs[i];
+            fprintf(f,
+                    "  {\"mixer\": \"%s\", \"width\": %lld, \"params\": %lld, \"state_bytes\": "
+                    "%.0f, \"train_seconds\": %.1f, \"steps\": %lld, \"final_loss\": %.4f, "
+                    "\"accuracy\": {",
+                    mixer_name(r->mixer), (long long)r->width, (long long)r->params, r->state_bytes,
+                    r->seconds, (long long)r->steps, r->final_loss);
+            for (int e = 0; e < N_EVAL; e++)
+                fprintf(f, "%s\"T%lld_pairs%lld\": %.4f", e ? ", " : "",
+                        (long long)eval_slices[e].T, (long long)eval_slices[e].pairs, r->acc[e]);
+            fprintf(f, "}}%s\n", i + 1 < n ? "," : "");
+        }
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+    /* chart: accuracy against pairs at T = 256 and 512 slices, one series per run */
+    static double xs[MAX_RUNS][N_EVAL], ys[MAX_RUNS][N_EVAL];
+    static char names[MAX_RUNS][48];
+    svg_series ser[MAX_RUNS];
+    for (int i = 0; i < n; i++) {
+        int k = 0;
+        for (int e = 0; e < N_EVAL; e++)
+            if (eval_slices[e].T >= 256)
+                xs[i][k] = (double)eval_slices[e].pairs, ys[i][k++] = 100 * runs[i].acc[e] + 0.1;
+        snprintf(names[i], sizeof names[i], "%s d=%lld", mixer_name(runs[i].mixer),
+                 (long long)runs[i].width);
+        ser[i] = (svg_series){names[i], xs[i], ys[i], k};
+    }
+    svg_chart ch = {"MQAR accuracy at T = 256 and 512",
+                    "key-value pairs",
+                    "accuracy (%)",
+                    "2 layers, heads of 64; vocab 8192",
+                    ser,
+                    n};
+    snprintf(path, sizeof path, "%s/recall.svg", o.out_dir);
+    svg_chart_write(path, &ch);
+    if (!o.quiet) printf("wrote %s/recall.txt, recall.json, recall.svg\n", o.out_dir);
+    return 0;
+}
