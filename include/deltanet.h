@@ -673,6 +673,9 @@ DN_API const char *dn_matmul_backend(void);
  *        y * SiLU(z); output projection. Sizes from the linear_* fields: linear_num_value_heads
  *        heads of linear_value_head_dim, state size linear_key_head_dim, linear_num_key_heads
  *        groups, so its state is as large as a Gated DeltaNet layer's.
+ *   'R'  RWKV-4 time mixing: token shift (mixes of the input and the previous token's), key,
+ *        value and receptance projections, the WKV op (dn_rwkv4_forward), sigmoid(r) * wkv,
+ *        output projection; d channels.
  *   'A'  softmax attention, shaped as Qwen3.5's gated attention: q, k, v projections, per-head
  *        q/k RMSNorm (attn_qk_norm), RoPE on the first rotary_dim dimensions of each head
  *        (rotate-half pairing), grouped-query heads, output gate sigmoid(gate) from the q

@@ -266,6 +266,44 @@ static void mamba2_mixer(const ref_model *r, long long li, double *out, const do
     free(proj), free(xc), free(y), free(S);
 }
 
+/* RWKV-4 time mixing, the WKV recurrence written directly (no running maximum: small k here) */
+static void rwkv4_mixer(const ref_model *r, long long li, double *out, const double *a, int64_t B,
+                        int64_t T) {
+    const dn_model_config *c = dn_model_get_config(r->m);
+    const int64_t d = c->hidden_size, N = B * T;
+    const double *mk = W(r, "model.layers.%lld.rwkv.time_mix_key", li);
+    const double *mv = W(r, "model.layers.%lld.rwkv.time_mix_value", li);
+    const double *mr = W(r, "model.layers.%lld.rwkv.time_mix_receptance", li);
+    const double *td = W(r, "model.layers.%lld.rwkv.time_decay", li);
+    const double *tf = W(r, "model.layers.%lld.rwkv.time_first", li);
+    double *xk = dalloc(N * d), *xv = dalloc(N * d), *xr = dalloc(N * d), *k = dalloc(N * d);
+    double *v = dalloc(N * d), *rr = dalloc(N * d), *y = dalloc(N * d);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t j = 0; j < d; j++) {
+            const double x = a[n * d + j], xx = n % T ? a[(n - 1) * d + j] : 0.0;
+            xk[n * d + j] = xx + mk[j] * (x - xx);
+            xv[n * d + j] = xx + mv[j] * (x - xx);
+            xr[n * d + j] = xx + mr[j] * (x - xx);
+        }
+    linear(k, xk, W(r, "model.layers.%lld.rwkv.key.weight", li), N, d, d);
+    linear(v, xv, W(r, "model.layers.%lld.rwkv.value.weight", li), N, d, d);
+    linear(rr, xr, W(r, "model.layers.%lld.rwkv.receptance.weight", li), N, d, d);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < d; j++) {
+            double num = 0, den = 0;
+            const double w = exp(-exp(td[j])), u = tf[j];
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t n = (b * T + t) * d + j;
+                const double e = exp(u + k[n]);
+                y[n] = sigm(rr[n]) * (num + e * v[n]) / (den + e);
+                num = w * num + exp(k[n]) * v[n];
+                den = w * den + exp(k[n]);
+            }
+        }
+    linear(out, y, W(r, "model.layers.%lld.rwkv.output.weight", li), N, d, d);
+    free(xk), free(xv), free(xr), free(k), free(v), free(rr), free(y);
+}
+
 double ref_model_forward(const ref_model *r, double *logits, const int32_t *tokens,
                          const int32_t *targets, int64_t B, int64_t T) {
     const dn_model_config *c = dn_model_get_config(r->m);
@@ -284,6 +322,8 @@ double ref_model_forward(const ref_model *r, double *logits, const int32_t *toke
             attn_mixer(r, li, mix, a, B, T);
         else if (kind == 'M')
             mamba2_mixer(r, li, mix, a, B, T);
+        else if (kind == 'R')
+            rwkv4_mixer(r, li, mix, a, B, T);
         else
             la_mixer(r, li, kind, mix, a, B, T);
         for (int64_t i = 0; i < N * d; i++)

@@ -51,11 +51,11 @@ dn_status dn_model_config_check(const dn_model_config *c) {
     if (np == 0 || np > DN_MODEL_MAX_LAYERS)
         return dn_fail(DN_ERR_ARG, "model config: layer_pattern is empty or not terminated");
     for (size_t i = 0; i < np; i++)
-        if (!strchr("GDLMA", c->layer_pattern[i]))
+        if (!strchr("GDLMRA", c->layer_pattern[i]))
             return dn_fail(DN_ERR_ARG,
                            "model config: layer_pattern letter '%c' is not a mixer this version "
                            "has (G: Gated DeltaNet, D: DeltaNet, L: linear attention, M: Mamba-2, "
-                           "A: softmax attention)",
+                           "R: RWKV-4, A: softmax attention)",
                            c->layer_pattern[i]);
     if (has_kind(c, 'A')) {
         RANGE(num_attention_heads, 1, 1024);
@@ -87,7 +87,17 @@ dn_status dn_model_config_check(const dn_model_config *c) {
 
 /* ---- parameters -------------------------------------------------------------------------- */
 
-typedef enum { INIT_NORMAL, INIT_ZERO, INIT_ONE, INIT_CONV, INIT_A_LOG, INIT_DT_BIAS } init_kind;
+typedef enum {
+    INIT_NORMAL,
+    INIT_ZERO,
+    INIT_ONE,
+    INIT_CONV,
+    INIT_A_LOG,
+    INIT_DT_BIAS,
+    INIT_MIX,
+    INIT_DECAY,
+    INIT_FIRST
+} init_kind;
 
 typedef struct {
     dn_model *m;
@@ -143,6 +153,16 @@ static void register_params(reg *r) {
             l->lin.norm = add(r, P("linear_attn.norm.weight"), 1, g->V, 0, 0, INIT_ONE, 0);
             l->lin.out =
                 add(r, P("linear_attn.out_proj.weight"), 2, d, g->HV * g->V, 0, INIT_NORMAL, 1);
+        } else if (l->kind == 'R') {
+            l->rwkv.time_decay = add(r, P("rwkv.time_decay"), 1, d, 0, 0, INIT_DECAY, 0);
+            l->rwkv.time_first = add(r, P("rwkv.time_first"), 1, d, 0, 0, INIT_FIRST, 0);
+            l->rwkv.mix_k = add(r, P("rwkv.time_mix_key"), 1, d, 0, 0, INIT_MIX, 0);
+            l->rwkv.mix_v = add(r, P("rwkv.time_mix_value"), 1, d, 0, 0, INIT_MIX, 0);
+            l->rwkv.mix_r = add(r, P("rwkv.time_mix_receptance"), 1, d, 0, 0, INIT_MIX, 0);
+            l->rwkv.key = add(r, P("rwkv.key.weight"), 2, d, d, 0, INIT_NORMAL, 1);
+            l->rwkv.value = add(r, P("rwkv.value.weight"), 2, d, d, 0, INIT_NORMAL, 1);
+            l->rwkv.receptance = add(r, P("rwkv.receptance.weight"), 2, d, d, 0, INIT_NORMAL, 1);
+            l->rwkv.output = add(r, P("rwkv.output.weight"), 2, d, d, 0, INIT_NORMAL, 1);
         } else if (l->kind == 'M') {
             const dn_mamba2_layer_dims *g = &l->md;
             l->mamba.in_proj = add(r, P("mamba.in_proj.weight"), 2, g->Pw, d, 0, INIT_NORMAL, 1);
@@ -197,6 +217,11 @@ static void init_params(dn_model *m, const init_kind *init, uint64_t seed) {
                 break;
             }
             case INIT_A_LOG: v = log(1.0 + 15.0 * dn_rng_uniform(&r)); break;
+            case INIT_MIX: v = 0.2 + 0.6 * dn_rng_uniform(&r); break;
+            case INIT_DECAY: /* RWKV-4: channel decays from fast (-5) to slow (+3) */
+                v = -5.0 + 8.0 * pow((double)i / (double)(ti->numel > 1 ? ti->numel - 1 : 1), 0.7);
+                break;
+            case INIT_FIRST: v = log(0.3); break;
             case INIT_DT_BIAS: {
                 const double dt = exp(log(1e-3) + (log(1e-1) - log(1e-3)) * dn_rng_uniform(&r));
                 v = dt + log(-expm1(-dt));
@@ -344,6 +369,14 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
             s->saved_bytes = la_saved;
             P = g->P > P ? g->P : P, C = g->C > C ? g->C : C;
             HVV = g->HV * g->V > HVV ? g->HV * g->V : HVV, HV = g->HV > HV ? g->HV : HV;
+        } else if (l->kind == 'R') {
+            dn_rwkv4_layer_acts *s = &l->rwkv_acts;
+            s->xk = TAKE(b, N * d), s->xv = TAKE(b, N * d), s->xr = TAKE(b, N * d);
+            s->k = TAKE(b, N * d), s->v = TAKE(b, N * d), s->r = TAKE(b, N * d);
+            s->wkv = TAKE(b, N * d), s->rw = TAKE(b, N * d);
+            s->zeros = TAKE(b, d);
+            if (s->zeros) memset(s->zeros, 0, (size_t)d * sizeof(float));
+            P = 3 * d > P ? 3 * d : P, C = 2 * d > C ? 2 * d : C, HVV = d > HVV ? d : HVV;
         } else if (l->kind == 'M') {
             const dn_mamba2_layer_dims *g = &l->md;
             dn_mamba2_layer_acts *s = &l->mamba_acts;
@@ -452,6 +485,8 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
         st = dn_la_layer_forward(m, l, &l->lin_acts, l->h_mid, l->a, B, T, cache);
     else if (l->kind == 'M')
         st = dn_mamba2_layer_forward(m, l, &l->mamba_acts, l->h_mid, l->a, B, T, cache);
+    else if (l->kind == 'R')
+        st = dn_rwkv4_layer_forward(m, l, &l->rwkv_acts, l->h_mid, l->a, B, T, cache);
     else
         st = dn_attn_layer_forward(m, l, &l->attn_acts, l->h_mid, l->a, B, T, cache, rope);
     if (st != DN_OK) return st;
@@ -497,6 +532,8 @@ static dn_status block_backward(dn_model *m, dn_layer *l, int64_t B, int64_t T) 
         st = dn_la_layer_backward(m, l, &l->lin_acts, m->dmix, dh, l->a, B, T);
     else if (l->kind == 'M')
         st = dn_mamba2_layer_backward(m, l, &l->mamba_acts, m->dmix, dh, l->a, B, T);
+    else if (l->kind == 'R')
+        st = dn_rwkv4_layer_backward(m, l, &l->rwkv_acts, m->dmix, dh, l->a, B, T);
     else
         st = dn_attn_layer_backward(m, l, &l->attn_acts, m->dmix, dh, l->a, B, T);
     if (st != DN_OK) return st;
@@ -631,33 +668,59 @@ dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int
 
 /* ---- generation ------------------------------------------------------------------------------ */
 
+/* Floats of one layer's fixed-size state for B sequences: conv inputs and recurrent state. The
+ * linear family and Mamba-2 of one config hold the same sizes (Mamba-2's H P + 2 G N channels
+ * and H N P state are the linear family's 2 H K + HV V and HV K V). */
+static void fixed_sizes(const dn_model *m, char kind, int64_t B, int64_t *conv, int64_t *S) {
+    if (kind == 'R') {
+        *conv = B * m->d, *S = B * 3 * m->d;
+    } else {
+        dn_la_layer_dims g;
+        dn_la_layer_dims_init(&g, &m->cfg, 'G');
+        *conv = B * g.C * (g.W - 1), *S = B * g.HV * g.K * g.V;
+    }
+}
+
+/* Zero states; RWKV-4's running maximum starts at -1e38 (the op's empty state). */
+static void clear_fixed(dn_model_state *s) {
+    memset(s->fixed, 0, s->fixed_bytes);
+    for (int64_t i = 0; i < s->m->L; i++)
+        if (s->m->layers[i].kind == 'R')
+            for (int64_t b = 0; b < s->B; b++)
+                for (int64_t j = 0; j < s->m->d; j++)
+                    s->layers[i].S[(b * 3 + 2) * s->m->d + j] = -1e38f;
+}
+
 dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t B,
                                 int64_t max_len) {
     if (!out || !m) return dn_fail(DN_ERR_NULL, "model_state_create: NULL argument");
     if (B < 1 || B > ((int64_t)1 << 24) || max_len < 1 || max_len > ((int64_t)1 << 40))
         return dn_fail(DN_ERR_SHAPE, "model_state_create: B=%lld, max_len=%lld out of range",
                        (long long)B, (long long)max_len);
-    /* the state sizes are the same for G, D, L and M: conv channels 2 H K + HV V (Mamba-2:
-     * H P + 2 G N, the same numbers), state HV K V (H N P) */
-    dn_la_layer_dims gd, *g = &gd;
-    dn_la_layer_dims_init(g, &m->cfg, 'G');
-    int64_t per = 0, total = 0; /* floats of one linear-family layer's states, of all */
-    if (has_la(&m->cfg) && (!DN_PROD(&per, B, g->C * (g->W - 1) + g->HV * g->K * g->V) ||
-                            !DN_PROD(&total, per, m->L, (int64_t)sizeof(float))))
+    int64_t total = 0; /* floats of every layer's fixed states (each well below 2^40) */
+    for (int64_t i = 0; i < m->L; i++) {
+        int64_t nc, ns;
+        if (m->layers[i].kind == 'A') continue;
+        fixed_sizes(m, m->layers[i].kind, B, &nc, &ns);
+        total += nc + ns;
+    }
+    if (total > ((int64_t)1 << 40))
         return dn_fail(DN_ERR_SHAPE, "model_state_create: state size overflows");
     dn_model_state *s = dn_calloc(sizeof *s);
     if (!s) return dn_fail(DN_ERR_ALLOC, "model_state_create: cannot allocate");
     s->m = m, s->B = B, s->max_len = max_len;
     s->layers = dn_calloc((size_t)m->L * sizeof *s->layers);
-    s->fixed = dn_calloc(total ? (size_t)total : 1);
+    s->fixed = dn_calloc(total ? (size_t)total * sizeof(float) : 1);
+    s->fixed_bytes = (size_t)total * sizeof(float);
     dn_status st = s->layers && s->fixed ? DN_OK : DN_ERR_ALLOC;
-    s->fixed_bytes = 0;
+    float *next = s->fixed;
     for (int64_t i = 0; i < m->L && st == DN_OK; i++) {
         dn_layer_cache *c = &s->layers[i];
         if (m->layers[i].kind != 'A') {
-            c->conv = s->fixed + s->fixed_bytes / sizeof(float);
-            c->S = c->conv + B * g->C * (g->W - 1);
-            s->fixed_bytes += (size_t)per * sizeof(float);
+            int64_t nc, ns;
+            fixed_sizes(m, m->layers[i].kind, B, &nc, &ns);
+            c->conv = next, c->S = next + nc;
+            next += nc + ns;
         } else {
             const int64_t cap = max_len < 256 ? max_len : 256;
             st = dn_kv_cache_create(&c->kv, B, m->ad.HKV, m->ad.D, cap, DN_F32, DN_KV_GROW);
@@ -668,6 +731,7 @@ dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t
         return st == DN_ERR_ALLOC ? dn_fail(DN_ERR_ALLOC, "model_state_create: cannot allocate")
                                   : st;
     }
+    clear_fixed(s);
     *out = s;
     return DN_OK;
 }
@@ -684,7 +748,7 @@ void dn_model_state_free(dn_model_state *s) {
 
 dn_status dn_model_state_reset(dn_model_state *s) {
     if (!s) return dn_fail(DN_ERR_NULL, "model_state_reset: state is NULL");
-    memset(s->fixed, 0, s->fixed_bytes);
+    clear_fixed(s);
     for (int64_t i = 0; i < s->m->L; i++)
         if (s->layers[i].kv) dn_kv_cache_reset(s->layers[i].kv);
     s->len = 0, s->broken = 0;

@@ -58,6 +58,17 @@ typedef struct {
     float *on;   /* [N,H*P] normed (input of out_proj) */
 } dn_mamba2_layer_acts;
 
+/* RWKV-4 time mixing ('R'), C = d channels */
+typedef struct {
+    int64_t time_decay, time_first, mix_k, mix_v, mix_r, key, value, receptance, output;
+} dn_rwkv4_layer_w;
+typedef struct {
+    float *xk, *xv, *xr; /* [N,d] token-shifted mixes */
+    float *k, *v, *r;    /* [N,d] projections */
+    float *wkv, *rw;     /* [N,d] WKV output, sigmoid(r) * wkv (input of output) */
+    float *zeros;        /* [d] the input before a sequence's first token */
+} dn_rwkv4_layer_acts;
+
 /* Softmax attention mixer ('A'): projection layout [q (and gate, per head [q_h | gate_h]) | k | v]
  */
 typedef struct {
@@ -79,8 +90,10 @@ typedef struct {
 
 /* The inference state of one block: what generation carries from token to token. */
 typedef struct {
-    float *conv;     /* linear family and Mamba-2: [B,C,W-1] the convolution's last inputs */
-    float *S;        /* linear family: [B,HV,K,V] the state; Mamba-2: [B,H,N,P] */
+    float *conv;     /* linear family and Mamba-2: [B,C,W-1] the convolution's last inputs;
+                        RWKV-4: [B,d] the last input (token shift) */
+    float *S;        /* linear family: [B,HV,K,V] the state; Mamba-2: [B,H,N,P]; RWKV-4:
+                        [B,3,d] (num, den, running max) */
     dn_kv_cache *kv; /* attention: keys and values so far */
 } dn_layer_cache;
 
@@ -92,6 +105,7 @@ typedef struct {
     dn_la_layer_w lin;
     dn_attn_layer_w attn;
     dn_mamba2_layer_w mamba;
+    dn_rwkv4_layer_w rwkv;
     /* saved activations */
     float *h_in;      /* [N,d] residual stream entering the block */
     float *a, *rstd1; /* [N,d] input norm output, [N] */
@@ -101,6 +115,7 @@ typedef struct {
     dn_la_layer_acts lin_acts;
     dn_attn_layer_acts attn_acts;
     dn_mamba2_layer_acts mamba_acts;
+    dn_rwkv4_layer_acts rwkv_acts;
 } dn_layer;
 
 struct dn_model_state {
@@ -167,5 +182,13 @@ dn_status dn_mamba2_layer_forward(const dn_model *m, const dn_layer *l,
 dn_status dn_mamba2_layer_backward(dn_model *m, const dn_layer *l, const dn_mamba2_layer_acts *s,
                                    float *da, const float *dout, const float *a, int64_t B,
                                    int64_t T);
+
+/* src/model/rwkv4.c: RWKV-4 time mixing */
+dn_status dn_rwkv4_layer_forward(const dn_model *m, const dn_layer *l, const dn_rwkv4_layer_acts *s,
+                                 float *out, const float *a, int64_t B, int64_t T,
+                                 dn_layer_cache *cache);
+dn_status dn_rwkv4_layer_backward(dn_model *m, const dn_layer *l, const dn_rwkv4_layer_acts *s,
+                                  float *da, const float *dout, const float *a, int64_t B,
+                                  int64_t T);
 
 #endif /* DN_MODEL_MODEL_H */
