@@ -676,6 +676,10 @@ DN_API const char *dn_matmul_backend(void);
  *   'R'  RWKV-4 time mixing: token shift (mixes of the input and the previous token's), key,
  *        value and receptance projections, the WKV op (dn_rwkv4_forward), sigmoid(r) * wkv,
  *        output projection; d channels.
+ *   'S'  Mamba-1's block (the selective scan): one projection to x and z; causal depthwise
+ *        convolution (with bias) and SiLU over x; x_proj to dt (rank R), B and C; dt_proj;
+ *        the scan (dn_mamba_forward) with A = -exp(A_log) [E,N], softplus(dt + dt_bias), the D
+ *        skip and the SiLU(z) gate; output projection.
  *   'A'  softmax attention, shaped as Qwen3.5's gated attention: q, k, v projections, per-head
  *        q/k RMSNorm (attn_qk_norm), RoPE on the first rotary_dim dimensions of each head
  *        (rotate-half pairing), grouped-query heads, output gate sigmoid(gate) from the q
@@ -697,6 +701,9 @@ typedef struct dn_model_config {
     /* Gated DeltaNet ('G') */
     int64_t linear_num_key_heads, linear_num_value_heads, linear_key_head_dim,
         linear_value_head_dim, linear_conv_kernel_dim;
+    /* Mamba-1 ('S'): expand * hidden_size channels, state_size per channel, dt rank (0:
+     * ceil(hidden_size / 16)); its convolution is linear_conv_kernel_dim wide */
+    int64_t mamba_expand, mamba_state_size, mamba_dt_rank;
     double initializer_range; /* std of the normal init of projections and embeddings */
 } dn_model_config;
 

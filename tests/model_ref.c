@@ -304,6 +304,59 @@ static void rwkv4_mixer(const ref_model *r, long long li, double *out, const dou
     free(xk), free(xv), free(xr), free(k), free(v), free(rr), free(y);
 }
 
+/* Mamba-1's block, the selective scan written directly */
+static void mamba_mixer(const ref_model *r, long long li, double *out, const double *a, int64_t B,
+                        int64_t T) {
+    const dn_model_config *c = dn_model_get_config(r->m);
+    const int64_t d = c->hidden_size, E = c->mamba_expand * d, Ns = c->mamba_state_size;
+    const int64_t R = c->mamba_dt_rank > 0 ? c->mamba_dt_rank : (d + 15) / 16;
+    const int64_t Wd = c->linear_conv_kernel_dim, X = R + 2 * Ns, N = B * T;
+    double *proj = dalloc(N * 2 * E), *xc = dalloc(N * E), *xdbl = dalloc(N * X);
+    double *dt = dalloc(N * E), *y = dalloc(N * E), *h = dalloc(Ns);
+    linear(proj, a, W(r, "model.layers.%lld.mamba1.in_proj.weight", li), N, d, 2 * E);
+    const double *cw = W(r, "model.layers.%lld.mamba1.conv1d.weight", li);
+    const double *cb = W(r, "model.layers.%lld.mamba1.conv1d.bias", li);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t ch = 0; ch < E; ch++) {
+                double s = cb[ch];
+                for (int64_t j = 0; j < Wd; j++) {
+                    const int64_t ts = t - Wd + 1 + j;
+                    if (ts >= 0) s += cw[ch * Wd + j] * proj[(b * T + ts) * 2 * E + ch];
+                }
+                xc[(b * T + t) * E + ch] = silu(s);
+            }
+    linear(xdbl, xc, W(r, "model.layers.%lld.mamba1.x_proj.weight", li), N, E, X);
+    const double *wdt = W(r, "model.layers.%lld.mamba1.dt_proj.weight", li);
+    const double *dt_bias = W(r, "model.layers.%lld.mamba1.dt_proj.bias", li);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t e = 0; e < E; e++) {
+            double s = dt_bias[e];
+            for (int64_t q = 0; q < R; q++)
+                s += xdbl[n * X + q] * wdt[e * R + q];
+            dt[n * E + e] = softplus(s);
+        }
+    const double *A_log = W(r, "model.layers.%lld.mamba1.A_log", li);
+    const double *Dk = W(r, "model.layers.%lld.mamba1.D", li);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t e = 0; e < E; e++) {
+            memset(h, 0, sizeof(double) * (size_t)Ns);
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t n = b * T + t;
+                const double x = xc[n * E + e], dtv = dt[n * E + e];
+                double acc = Dk[e] * x;
+                for (int64_t i = 0; i < Ns; i++) {
+                    h[i] =
+                        exp(-exp(A_log[e * Ns + i]) * dtv) * h[i] + dtv * xdbl[n * X + R + i] * x;
+                    acc += xdbl[n * X + R + Ns + i] * h[i];
+                }
+                y[n * E + e] = acc * silu(proj[n * 2 * E + E + e]);
+            }
+        }
+    linear(out, y, W(r, "model.layers.%lld.mamba1.out_proj.weight", li), N, E, d);
+    free(proj), free(xc), free(xdbl), free(dt), free(y), free(h);
+}
+
 double ref_model_forward(const ref_model *r, double *logits, const int32_t *tokens,
                          const int32_t *targets, int64_t B, int64_t T) {
     const dn_model_config *c = dn_model_get_config(r->m);
@@ -324,6 +377,8 @@ double ref_model_forward(const ref_model *r, double *logits, const int32_t *toke
             mamba2_mixer(r, li, mix, a, B, T);
         else if (kind == 'R')
             rwkv4_mixer(r, li, mix, a, B, T);
+        else if (kind == 'S')
+            mamba_mixer(r, li, mix, a, B, T);
         else
             la_mixer(r, li, kind, mix, a, B, T);
         for (int64_t i = 0; i < N * d; i++)

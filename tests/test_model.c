@@ -31,14 +31,17 @@ static dn_model_config tiny(int which) {
         strcpy(c.layer_pattern, "MA"), c.linear_num_key_heads = 1;
         break;
     case 7: /* RWKV-4, and beside Gated DeltaNet */ strcpy(c.layer_pattern, "RG"); break;
-    default: /* one key head shared by every value head, conv width 2, no rotary dims */
+    case 8: /* Mamba-1 (state 4, dt rank 3), and beside attention */
+        strcpy(c.layer_pattern, "SA"), c.mamba_state_size = 4, c.mamba_dt_rank = 3;
+        break;
+    default: /* 3: one key head shared by every value head, conv width 2, no rotary dims */
         strcpy(c.layer_pattern, "AG"), c.linear_num_key_heads = 1, c.linear_conv_kernel_dim = 2;
         c.partial_rotary_factor = 0.0, c.num_key_value_heads = 1;
         break;
     }
     return c;
 }
-#define N_TINY 8
+#define N_TINY 9
 
 /* A model whose zero-initialised norms and fixed gate parameters are moved off their initial
  * values, so that their gradients are tested at a generic point. */
@@ -352,7 +355,7 @@ static int test_model_generation(void) {
         size_t fixed = 0, kv = 0;
         dn_model_state_bytes(st, &fixed, &kv);
         const int n_attn = (int)(strchr(c.layer_pattern, 'A') != NULL);
-        if ((kv > 0) != n_attn || (fixed > 0) != (strpbrk(c.layer_pattern, "GDLMR") != NULL))
+        if ((kv > 0) != n_attn || (fixed > 0) != (strpbrk(c.layer_pattern, "GDLMRS") != NULL))
             fails++;
         /* past max_len, a bad token: rejected, the state unchanged (the next step still right) */
         if (dn_model_step(m, st, step, tok, 64 - T + 1, 0) != DN_ERR_SHAPE) fails++;

@@ -24,6 +24,7 @@ dn_model_config dn_model_config_default(void) {
     c.attn_qk_norm = 1, c.attn_output_gate = 1;
     c.linear_num_key_heads = 2, c.linear_num_value_heads = 2;
     c.linear_key_head_dim = 64, c.linear_value_head_dim = 64, c.linear_conv_kernel_dim = 4;
+    c.mamba_expand = 2, c.mamba_state_size = 16, c.mamba_dt_rank = 0;
     c.initializer_range = 0.02;
     return c;
 }
@@ -51,11 +52,11 @@ dn_status dn_model_config_check(const dn_model_config *c) {
     if (np == 0 || np > DN_MODEL_MAX_LAYERS)
         return dn_fail(DN_ERR_ARG, "model config: layer_pattern is empty or not terminated");
     for (size_t i = 0; i < np; i++)
-        if (!strchr("GDLMRA", c->layer_pattern[i]))
+        if (!strchr("GDLMRSA", c->layer_pattern[i]))
             return dn_fail(DN_ERR_ARG,
                            "model config: layer_pattern letter '%c' is not a mixer this version "
                            "has (G: Gated DeltaNet, D: DeltaNet, L: linear attention, M: Mamba-2, "
-                           "R: RWKV-4, A: softmax attention)",
+                           "R: RWKV-4, S: Mamba-1, A: softmax attention)",
                            c->layer_pattern[i]);
     if (has_kind(c, 'A')) {
         RANGE(num_attention_heads, 1, 1024);
@@ -68,6 +69,12 @@ dn_status dn_model_config_check(const dn_model_config *c) {
                            "model config: num_attention_heads (%lld) is not a multiple of "
                            "num_key_value_heads (%lld)",
                            (long long)c->num_attention_heads, (long long)c->num_key_value_heads);
+    }
+    if (has_kind(c, 'S')) {
+        RANGE(mamba_expand, 1, 16);
+        RANGE(mamba_state_size, 1, 256);
+        RANGE(mamba_dt_rank, 0, 65536);
+        RANGE(linear_conv_kernel_dim, 2, 4);
     }
     if (has_la(c)) {
         RANGE(linear_num_key_heads, 1, 1024);
@@ -96,7 +103,9 @@ typedef enum {
     INIT_DT_BIAS,
     INIT_MIX,
     INIT_DECAY,
-    INIT_FIRST
+    INIT_FIRST,
+    INIT_S4D,
+    INIT_DT_PROJ
 } init_kind;
 
 typedef struct {
@@ -153,6 +162,19 @@ static void register_params(reg *r) {
             l->lin.norm = add(r, P("linear_attn.norm.weight"), 1, g->V, 0, 0, INIT_ONE, 0);
             l->lin.out =
                 add(r, P("linear_attn.out_proj.weight"), 2, d, g->HV * g->V, 0, INIT_NORMAL, 1);
+        } else if (l->kind == 'S') {
+            const dn_mamba_layer_dims *g = &l->sd;
+            const int64_t E = g->E;
+            l->mamba1.in_proj = add(r, P("mamba1.in_proj.weight"), 2, 2 * E, d, 0, INIT_NORMAL, 1);
+            l->mamba1.conv = add(r, P("mamba1.conv1d.weight"), 3, E, 1, g->W, INIT_CONV, 1);
+            l->mamba1.conv_bias = add(r, P("mamba1.conv1d.bias"), 1, E, 0, 0, INIT_CONV, 0);
+            l->mamba1.x_proj =
+                add(r, P("mamba1.x_proj.weight"), 2, g->R + 2 * g->N, E, 0, INIT_NORMAL, 1);
+            l->mamba1.dt_proj = add(r, P("mamba1.dt_proj.weight"), 2, E, g->R, 0, INIT_DT_PROJ, 1);
+            l->mamba1.dt_bias = add(r, P("mamba1.dt_proj.bias"), 1, E, 0, 0, INIT_DT_BIAS, 0);
+            l->mamba1.A_log = add(r, P("mamba1.A_log"), 2, E, g->N, 0, INIT_S4D, 0);
+            l->mamba1.D = add(r, P("mamba1.D"), 1, E, 0, 0, INIT_ONE, 0);
+            l->mamba1.out = add(r, P("mamba1.out_proj.weight"), 2, d, E, 0, INIT_NORMAL, 1);
         } else if (l->kind == 'R') {
             l->rwkv.time_decay = add(r, P("rwkv.time_decay"), 1, d, 0, 0, INIT_DECAY, 0);
             l->rwkv.time_first = add(r, P("rwkv.time_first"), 1, d, 0, 0, INIT_FIRST, 0);
@@ -222,6 +244,12 @@ static void init_params(dn_model *m, const init_kind *init, uint64_t seed) {
                 v = -5.0 + 8.0 * pow((double)i / (double)(ti->numel > 1 ? ti->numel - 1 : 1), 0.7);
                 break;
             case INIT_FIRST: v = log(0.3); break;
+            case INIT_S4D: v = log((double)(i % ti->shape[1] + 1)); break; /* A[e][n] = -(n+1) */
+            case INIT_DT_PROJ: { /* U(-R^-1/2, R^-1/2), Mamba's dt_proj init */
+                const double b = 1.0 / sqrt((double)ti->shape[1]);
+                v = (2.0 * dn_rng_uniform(&r) - 1.0) * b;
+                break;
+            }
             case INIT_DT_BIAS: {
                 const double dt = exp(log(1e-3) + (log(1e-1) - log(1e-3)) * dn_rng_uniform(&r));
                 v = dt + log(-expm1(-dt));
@@ -252,6 +280,7 @@ dn_status dn_model_create(dn_model **out, const dn_model_config *c, uint64_t see
         l->kind = c->layer_pattern[(size_t)i % np];
         if (dn_is_la_kind(l->kind)) dn_la_layer_dims_init(&l->ld, c, l->kind);
         if (l->kind == 'M') dn_mamba2_layer_dims_init(&l->md, c);
+        if (l->kind == 'S') dn_mamba_layer_dims_init(&l->sd, c);
     }
 
     reg r = {m, 0, NULL, 1};
@@ -342,6 +371,7 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     const dn_attn_layer_dims *ad = &m->ad;
     int64_t wide = d; /* widest mixer-internal gradient the backward keeps per layer */
     int64_t P = 1, C = 1, HVV = 1, HV = 1, HQ = 1, HK = 1; /* the widest of each, for scratch */
+    int64_t dA = 1;
     for (int64_t i = 0; i < m->L; i++) {
         dn_layer *l = &m->layers[i];
         l->h_in = TAKE(b, N * d);
@@ -369,6 +399,19 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
             s->saved_bytes = la_saved;
             P = g->P > P ? g->P : P, C = g->C > C ? g->C : C;
             HVV = g->HV * g->V > HVV ? g->HV * g->V : HVV, HV = g->HV > HV ? g->HV : HV;
+        } else if (l->kind == 'S') {
+            const dn_mamba_layer_dims *g = &l->sd;
+            dn_mamba_layer_acts *s = &l->mamba1_acts;
+            const int64_t E = g->E, X = g->R + 2 * g->N;
+            s->proj = TAKE(b, N * 2 * E);
+            s->xc = TAKE(b, N * E);
+            s->xdbl = TAKE(b, N * X);
+            s->dt = TAKE(b, N * E);
+            s->A = TAKE(b, E * g->N);
+            s->y = TAKE(b, N * E);
+            P = 2 * E > P ? 2 * E : P, C = E + 2 * g->N > C ? E + 2 * g->N : C;
+            HVV = E > HVV ? E : HVV, wide = X > wide ? X : wide;
+            dA = E * g->N > dA ? E * g->N : dA;
         } else if (l->kind == 'R') {
             dn_rwkv4_layer_acts *s = &l->rwkv_acts;
             s->xk = TAKE(b, N * d), s->xv = TAKE(b, N * d), s->xr = TAKE(b, N * d);
@@ -430,6 +473,7 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     m->don = TAKE(b, N * HVV);
     m->dq = TAKE(b, N * HQ);
     m->dk = TAKE(b, N * HK);
+    m->dA = TAKE(b, dA);
 }
 
 /* Sizes the arena for (B,T), keeping it when it already fits. Nothing changes on failure. */
@@ -487,6 +531,8 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
         st = dn_mamba2_layer_forward(m, l, &l->mamba_acts, l->h_mid, l->a, B, T, cache);
     else if (l->kind == 'R')
         st = dn_rwkv4_layer_forward(m, l, &l->rwkv_acts, l->h_mid, l->a, B, T, cache);
+    else if (l->kind == 'S')
+        st = dn_mamba_layer_forward(m, l, &l->mamba1_acts, l->h_mid, l->a, B, T, cache);
     else
         st = dn_attn_layer_forward(m, l, &l->attn_acts, l->h_mid, l->a, B, T, cache, rope);
     if (st != DN_OK) return st;
@@ -534,6 +580,8 @@ static dn_status block_backward(dn_model *m, dn_layer *l, int64_t B, int64_t T) 
         st = dn_mamba2_layer_backward(m, l, &l->mamba_acts, m->dmix, dh, l->a, B, T);
     else if (l->kind == 'R')
         st = dn_rwkv4_layer_backward(m, l, &l->rwkv_acts, m->dmix, dh, l->a, B, T);
+    else if (l->kind == 'S')
+        st = dn_mamba_layer_backward(m, l, &l->mamba1_acts, m->dmix, dh, l->a, B, T);
     else
         st = dn_attn_layer_backward(m, l, &l->attn_acts, m->dmix, dh, l->a, B, T);
     if (st != DN_OK) return st;
@@ -674,6 +722,10 @@ dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int
 static void fixed_sizes(const dn_model *m, char kind, int64_t B, int64_t *conv, int64_t *S) {
     if (kind == 'R') {
         *conv = B * m->d, *S = B * 3 * m->d;
+    } else if (kind == 'S') {
+        dn_mamba_layer_dims g;
+        dn_mamba_layer_dims_init(&g, &m->cfg);
+        *conv = B * g.E * (g.W - 1), *S = B * g.E * g.N;
     } else {
         dn_la_layer_dims g;
         dn_la_layer_dims_init(&g, &m->cfg, 'G');

@@ -58,6 +58,22 @@ typedef struct {
     float *on;   /* [N,H*P] normed (input of out_proj) */
 } dn_mamba2_layer_acts;
 
+/* Mamba-1 mixer ('S') */
+typedef struct {
+    int64_t E, N, R, W; /* channels, state size, dt rank, conv width */
+} dn_mamba_layer_dims;
+typedef struct {
+    int64_t in_proj, conv, conv_bias, x_proj, dt_proj, dt_bias, A_log, D, out;
+} dn_mamba_layer_w;
+typedef struct {
+    float *proj; /* [N,2E] x | z */
+    float *xc;   /* [N,E] SiLU(conv(x)) */
+    float *xdbl; /* [N,R+2N] dt_r | B | C */
+    float *dt;   /* [N,E] before softplus and bias */
+    float *A;    /* [E,N] -exp(A_log) */
+    float *y;    /* [N,E] gated scan output */
+} dn_mamba_layer_acts;
+
 /* RWKV-4 time mixing ('R'), C = d channels */
 typedef struct {
     int64_t time_decay, time_first, mix_k, mix_v, mix_r, key, value, receptance, output;
@@ -99,13 +115,15 @@ typedef struct {
 
 typedef struct {
     char kind;
-    dn_la_layer_dims ld;                 /* kind G, D or L */
-    dn_mamba2_layer_dims md;             /* kind M */
+    dn_la_layer_dims ld; /* kind G, D or L */
+    dn_mamba2_layer_dims md;
+    dn_mamba_layer_dims sd;              /* kind M */
     int64_t norm1, norm2, gate_up, down; /* gate_up [2I,d] = gate_proj, up_proj; down [d,I] */
     dn_la_layer_w lin;
     dn_attn_layer_w attn;
     dn_mamba2_layer_w mamba;
     dn_rwkv4_layer_w rwkv;
+    dn_mamba_layer_w mamba1;
     /* saved activations */
     float *h_in;      /* [N,d] residual stream entering the block */
     float *a, *rstd1; /* [N,d] input norm output, [N] */
@@ -116,6 +134,7 @@ typedef struct {
     dn_attn_layer_acts attn_acts;
     dn_mamba2_layer_acts mamba_acts;
     dn_rwkv4_layer_acts rwkv_acts;
+    dn_mamba_layer_acts mamba1_acts;
 } dn_layer;
 
 struct dn_model_state {
@@ -149,6 +168,7 @@ struct dn_model {
     double *row_loss;          /* [N] loss of each counted row */
     /* backward scratch, shared by every layer */
     float *dh, *dx, *dmix, *dgu, *dact, *dproj, *dconv, *dg, *dbeta, *do_, *don, *dq, *dk;
+    float *dA; /* [E,N] Mamba-1's dA before the chain rule to A_log */
     dn_rope_table rope;
 };
 
@@ -182,6 +202,15 @@ dn_status dn_mamba2_layer_forward(const dn_model *m, const dn_layer *l,
 dn_status dn_mamba2_layer_backward(dn_model *m, const dn_layer *l, const dn_mamba2_layer_acts *s,
                                    float *da, const float *dout, const float *a, int64_t B,
                                    int64_t T);
+
+/* src/model/mamba.c: Mamba-1 */
+void dn_mamba_layer_dims_init(dn_mamba_layer_dims *g, const dn_model_config *c);
+dn_status dn_mamba_layer_forward(const dn_model *m, const dn_layer *l, const dn_mamba_layer_acts *s,
+                                 float *out, const float *a, int64_t B, int64_t T,
+                                 dn_layer_cache *cache);
+dn_status dn_mamba_layer_backward(dn_model *m, const dn_layer *l, const dn_mamba_layer_acts *s,
+                                  float *da, const float *dout, const float *a, int64_t B,
+                                  int64_t T);
 
 /* src/model/rwkv4.c: RWKV-4 time mixing */
 dn_status dn_rwkv4_layer_forward(const dn_model *m, const dn_layer *l, const dn_rwkv4_layer_acts *s,
