@@ -186,8 +186,8 @@ static double train_steps(dn_model *m, dn_adamw *o, const int32_t *tok, const in
 
 static int test_overfit(void) {
     int fails = 0;
-    const char *patterns[] = {"G", "A", "GGA"};
-    for (int k = 0; k < 3; k++) {
+    const char *patterns[] = {"G", "D", "L", "M", "R", "S", "A", "GGGA"};
+    for (int k = 0; k < (int)(sizeof patterns / sizeof patterns[0]); k++) {
         dn_model_config c = tiny(patterns[k]);
         dn_model *m = NULL;
         dn_adamw *o = NULL;
