@@ -775,6 +775,19 @@ DN_API dn_status dn_model_state_bytes(const dn_model_state *s, size_t *fixed, si
 DN_API dn_status dn_model_step(dn_model *m, dn_model_state *s, float *logits, const int32_t *tokens,
                                int64_t T, int all_positions);
 
+/* Next-token sampling: temperature 0 (or top_k 1) is greedy; else softmax(logits / temperature)
+ * restricted to the top_k most likely tokens (0: all) and then to the smallest set holding top_p
+ * of their probability. rng_state: the caller's 64-bit generator state, advanced by the call (a
+ * seed reproduces a generation). NaN logits are never drawn. */
+typedef struct dn_sample_params {
+    double temperature;
+    int64_t top_k;
+    double top_p;
+} dn_sample_params;
+DN_API dn_sample_params dn_sample_params_default(void); /* 0.8, 0 (all), 0.95 */
+DN_API dn_status dn_sample(int32_t *out, const float *logits, int64_t V, const dn_sample_params *p,
+                           uint64_t *rng_state);
+
 /* ---------------------------------------------------------------------------------------------
  * Training: AdamW, the learning-rate schedule, data
  * ------------------------------------------------------------------------------------------- */

@@ -248,9 +248,65 @@ static int test_resume_in_memory(void) {
     return fails;
 }
 
+/* Sampling: greedy is the argmax; top-k and top-p keep only their candidates; frequencies follow
+ * softmax(z / temperature) (20000 draws, each within 4 standard deviations); a seed reproduces;
+ * NaN logits are never drawn; bad options are errors. */
+static int test_sampling(void) {
+    int fails = 0;
+    const float z[5] = {1.0f, 3.0f, NAN, 2.0f, -1.0f};
+    dn_sample_params p = dn_sample_params_default();
+    uint64_t st = 1;
+    int32_t t = -1;
+    p.temperature = 0;
+    if (dn_sample(&t, z, 5, &p, &st) != DN_OK || t != 1) fails++;
+    p.temperature = 1.0, p.top_p = 1.0, p.top_k = 2;
+    for (int i = 0; i < 2000; i++) {
+        dn_sample(&t, z, 5, &p, &st);
+        if (t != 1 && t != 3) fails++;
+    }
+    p.top_k = 0, p.top_p = 0.5; /* token 1 alone holds more than half the mass */
+    for (int i = 0; i < 200; i++) {
+        dn_sample(&t, z, 5, &p, &st);
+        if (t != 1) fails++;
+    }
+    p.top_p = 1.0, p.temperature = 2.0;
+    double w[5], sum = 0;
+    for (int j = 0; j < 5; j++)
+        sum += (w[j] = j == 2 ? 0 : exp(z[j] / 2.0));
+    int count[5] = {0};
+    const int n = 20000;
+    for (int i = 0; i < n; i++) {
+        dn_sample(&t, z, 5, &p, &st);
+        if (t >= 0 && t < 5) count[t]++;
+    }
+    for (int j = 0; j < 5; j++) {
+        const double q = w[j] / sum, sd = sqrt(n * q * (1 - q));
+        if (fabs(count[j] - n * q) > 4 * sd + 1e-9) {
+            printf("    FAIL token %d drawn %d times, expected %.0f +- %.0f\n", j, count[j], n * q,
+                   sd);
+            fails++;
+        }
+    }
+    uint64_t s1 = 42, s2 = 42;
+    for (int i = 0; i < 50; i++) {
+        int32_t a, b;
+        dn_sample(&a, z, 5, &p, &s1), dn_sample(&b, z, 5, &p, &s2);
+        fails += a != b;
+    }
+    p.top_p = 0;
+    if (dn_sample(&t, z, 5, &p, &st) != DN_ERR_ARG) fails++;
+    p.top_p = 1, p.temperature = -1;
+    if (dn_sample(&t, z, 5, &p, &st) != DN_ERR_ARG) fails++;
+    const float allnan[2] = {NAN, NAN};
+    p.temperature = 1;
+    if (dn_sample(&t, allnan, 2, &p, &st) != DN_ERR_ARG) fails++;
+    return fails;
+}
+
 const test_case dn_tests_train[] = {
     {"train_adamw_formula", test_adamw_formula},
     {"train_lr_schedule", test_lr_schedule},
+    {"train_sampling", test_sampling},
     {"train_mqar_data", test_mqar_data},
     {"train_text_data", test_text_data},
     {"train_overfit_every_mixer", test_overfit},
