@@ -121,7 +121,7 @@ $(BUILD)/%.o: %.c $(STAMP)
 
 TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/train.o $(BUILD)/tools/recall.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine.o
 
-$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(STATIC)
+$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(TOOL_OBJ) $(STATIC)

@@ -27,6 +27,8 @@ static void usage(void) {
            "               decode tokens/s\n"
            "  bench bwd    training step (forward + backward) of Gated DeltaNet and attention\n"
            "               against length\n"
+           "  bench model  language models: training tokens/s and MFU, decode tokens/s\n"
+           "               against context (deltanet bench model --help)\n"
            "  train        a language model (Gated DeltaNet, attention or a hybrid) trained on\n"
            "               byte-level text or MQAR recall (deltanet train --help)\n"
            "  info    what this build and machine provide\n"
@@ -41,6 +43,7 @@ int main(int argc, char **argv) {
         if (argc > 2 && !strcmp(argv[2], "gdn")) return dn_bench_gdn_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "ssm")) return dn_bench_ssm_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "bwd")) return dn_bench_bwd_main(argc - 2, argv + 2);
+        if (argc > 2 && !strcmp(argv[2], "model")) return dn_bench_model_main(argc - 2, argv + 2);
         return dn_bench_gdn_main(argc - 1, argv + 1);
     }
     if (!strcmp(argv[1], "train")) return dn_train_main(argc - 1, argv + 1);
