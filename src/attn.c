@@ -102,6 +102,7 @@ dn_status dn_attn_workspace_size(const dn_attn_params *p, size_t *bytes) {
 dn_status dn_attn_forward(const dn_attn_params *p) {
     dn_status st = dn_attn_check(p);
     if (st != DN_OK) return st;
+    if (p->TQ == 0) return DN_OK; /* no query: nothing to write, however large B is */
     if (p->impl == DN_IMPL_REF) return dn_ref_attn_forward(p);
     if ((st = check_tile(p, "softmax_attn")) != DN_OK) return st;
     const dn_cpu_kernels *kern = dn_cpu();

@@ -4,6 +4,8 @@
  */
 #include "internal.h"
 
+#include <string.h>
+
 #include <stdint.h>
 
 int dn_prod(int64_t *out, int n, const int64_t *d) {
@@ -134,4 +136,12 @@ dn_strides dn_contiguous(int64_t n1, int64_t n2, int64_t D) {
     int64_t t, b;
     if (!DN_PROD(&t, n2, D) || !DN_PROD(&b, n1, n2, D)) return (dn_strides){-1, -1, -1};
     return (dn_strides){b, t, D};
+}
+
+void dn_pass_state(float *out, const float *in, int64_t n) {
+    if (!out || out == in) return;
+    if (in)
+        memmove(out, in, (size_t)n * sizeof(float));
+    else
+        memset(out, 0, (size_t)n * sizeof(float));
 }

@@ -133,6 +133,11 @@ static inline dn_arg dn_arg_flat(const char *name, const void *p, int64_t n0, in
     return (dn_arg){name, p, dn_contiguous(n1, n2, D), n0, n1, n2, D, output, optional, inplace};
 }
 
+/* A call over no tokens (T = 0) computes nothing, however large B is: every entry point returns
+ * before its loops, after passing the state through: out = in, or zeros when in is NULL (the
+ * empty state; out NULL: nothing to write). n floats; in place allowed. */
+void dn_pass_state(float *out, const float *in, int64_t n);
+
 /* Reference (plain C, double accumulation): src/ref/la.c */
 dn_status dn_ref_la_forward(const dn_la_params *p);
 dn_status dn_ref_la_backward(const dn_la_bwd_params *p);

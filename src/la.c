@@ -118,6 +118,7 @@ static int fwd_args(const dn_la_params *p, dn_arg *a) {
  * 0 <= beta <= 2. A cheap pass (B T HV values against B T HV K V of work). NaN is data, not a
  * contract violation: it propagates (see the header). */
 static dn_status check_values(const dn_la_params *p, const char *name) {
+    if (p->T == 0) return DN_OK; /* no values (and B may be huge) */
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t t = 0; t < p->T; t++)
             for (int64_t h = 0; h < p->HV; h++) {
@@ -208,9 +209,16 @@ dn_status dn_la_workspace_size(const dn_la_params *p, size_t *bytes) {
     return DN_OK;
 }
 
+/* floats of one state tensor [NS,HV,K,V] (checked to fit by the shape checks) */
+static int64_t state_floats(const dn_la_params *p) { return dn_la_nseq(p) * p->HV * p->K * p->V; }
+
 dn_status dn_la_forward(const dn_la_params *p) {
     dn_status st = dn_la_check(p);
     if (st != DN_OK) return st;
+    if (p->T == 0) {
+        dn_pass_state(p->final_state, p->initial_state, state_floats(p));
+        return DN_OK;
+    }
     const dn_la_params r = resolved(p);
     if (r.impl == DN_IMPL_REF) return dn_ref_la_forward(&r);
 
@@ -336,6 +344,10 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
     const dn_la_params *p = &bp->fwd;
     dn_status st = bwd_check(bp);
     if (st != DN_OK) return st;
+    if (p->T == 0) {
+        dn_pass_state(bp->dinitial_state, bp->dfinal_state, state_floats(p));
+        return DN_OK;
+    }
     const char *op = dn_op_name(p->op);
     if (bp->saved) {
         if (p->impl == DN_IMPL_REF)
@@ -374,7 +386,7 @@ dn_status dn_la_saved_size(const dn_la_params *p_in, size_t *bytes) {
     dn_status st = shape_only(p);
     if (st != DN_OK) return st;
     if (!bytes) return dn_fail(DN_ERR_NULL, "dn_la_saved_size: bytes is NULL");
-    *bytes = sizeof(float) * dn_cpu()->la_saved_floats(p);
+    *bytes = p->T == 0 ? 0 : sizeof(float) * dn_cpu()->la_saved_floats(p);
     return DN_OK;
 }
 
@@ -387,6 +399,10 @@ dn_status dn_la_forward_train(const dn_la_params *p_in, void *saved, size_t save
     if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_CHUNK)
         return dn_fail(DN_ERR_UNSUPPORTED,
                        "%s training forward: chunkwise only (impl auto or chunk)", op);
+    if (p->T == 0) { /* nothing to save: saved is not read */
+        dn_pass_state(p->final_state, p->initial_state, state_floats(p));
+        return DN_OK;
+    }
     const dn_cpu_kernels *kern = dn_cpu();
     const size_t need_saved = sizeof(float) * kern->la_saved_floats(p);
     if (!saved) return dn_fail(DN_ERR_NULL, "%s training forward: saved is NULL", op);

@@ -82,6 +82,10 @@ static dn_status mamba1_check(const dn_mamba_params *p) {
 dn_status dn_mamba_forward(const dn_mamba_params *p) {
     dn_status st = mamba1_check(p);
     if (st != DN_OK) return st;
+    if (p->T == 0) {
+        dn_pass_state(p->final_state, p->initial_state, p->B * p->D * p->N);
+        return DN_OK;
+    }
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba_forward(p);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
@@ -133,6 +137,10 @@ dn_status dn_mamba_backward(const dn_mamba_bwd_params *bp) {
     a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, sst, B, 1, D, N, 1, 1, 0};
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     if ((st = check_A(op, p->A, D * N)) != DN_OK) return st;
+    if (T == 0) {
+        dn_pass_state(bp->dinitial_state, bp->dfinal_state, B * D * N);
+        return DN_OK;
+    }
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba_backward(bp);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
@@ -218,6 +226,10 @@ static dn_status mamba2_check(const dn_mamba2_params *p) {
 dn_status dn_mamba2_forward(const dn_mamba2_params *p) {
     dn_status st = mamba2_check(p);
     if (st != DN_OK) return st;
+    if (p->T == 0) {
+        dn_pass_state(p->final_state, p->initial_state, p->B * p->H * p->N * p->P);
+        return DN_OK;
+    }
     if (p->impl == DN_IMPL_REF) return dn_ref_mamba2_forward(p);
 
     const int64_t B = p->B, T = p->T, H = p->H, P = p->P;
@@ -296,6 +308,10 @@ dn_status dn_mamba2_backward(const dn_mamba2_bwd_params *bp) {
     }
     if (p->impl == DN_IMPL_RECURRENT)
         return dn_fail(DN_ERR_UNSUPPORTED, "%s: the backward is chunkwise (or DN_IMPL_REF)", op);
+    if (p->T == 0) {
+        dn_pass_state(bp->dinitial_state, bp->dfinal_state, p->B * p->H * p->N * p->P);
+        return DN_OK;
+    }
     const int64_t B = p->B, T = p->T, H = p->H, P = p->P, rows = B * T * H;
     float *g = dn_alloc(sizeof(float) * (size_t)(rows + 1)),
           *v = dn_alloc(sizeof(float) * (size_t)(rows * P + 1));

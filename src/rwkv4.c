@@ -53,6 +53,14 @@ static dn_status rwkv4_check(const dn_rwkv4_params *p) {
 dn_status dn_rwkv4_forward(const dn_rwkv4_params *p) {
     dn_status st = rwkv4_check(p);
     if (st != DN_OK) return st;
+    if (p->T == 0) { /* the empty state is num = den = 0, m = -1e38 */
+        dn_pass_state(p->final_state, p->initial_state, p->B * 3 * p->C);
+        if (p->final_state && !p->initial_state)
+            for (int64_t b = 0; b < p->B; b++)
+                for (int64_t c = 0; c < p->C; c++)
+                    p->final_state[(b * 3 + 2) * p->C + c] = -1e38f;
+        return DN_OK;
+    }
     if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_forward(p);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
@@ -91,6 +99,10 @@ dn_status dn_rwkv4_backward(const dn_rwkv4_bwd_params *bp) {
     a[n++] = (dn_arg){"dtime_first", bp->dtime_first, vec, 1, 1, 1, C, 1, 0, 0};
     a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, sst, B, 1, 3, C, 1, 1, 0};
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
+    if (T == 0) {
+        dn_pass_state(bp->dinitial_state, bp->dfinal_state, B * 3 * C);
+        return DN_OK;
+    }
     if (p->impl == DN_IMPL_REF) return dn_ref_rwkv4_backward(bp);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);

@@ -331,10 +331,92 @@ static int test_walk_bad_dims(void) {
     return fails;
 }
 
+/*
+ * No tokens, a huge batch: B = 2^33 + 1 sequences of T = 0 tokens is a valid call with nothing
+ * to compute, and must return at once on every path (the fuzzer found the Mamba-1 reference
+ * backward looping over B x D for 22 minutes; the linear family's value check and training-
+ * buffer size, the attention reference and the scans did the same). A regression here shows as
+ * a hang, not a wrong number. State outputs receive the state input, or the empty state.
+ */
+static int test_empty_huge_batch(void) {
+    int fails = 0;
+    const int64_t B = ((int64_t)1 << 33) + 1;
+    float buf[64], A[2] = {-1.0f, -1.0f};
+    static float saved[1024] __attribute__((aligned(64)));
+    for (int i = 0; i < 64; i++)
+        buf[i] = 0.5f;
+#define EXPECT_OK(what, call)                                                                      \
+    do {                                                                                           \
+        dn_status st_ = (call);                                                                    \
+        if (st_ != DN_OK) {                                                                        \
+            printf("    FAIL %s (%s): %s\n", what, dn_impl_name(im), dn_last_error());             \
+            fails++;                                                                               \
+        }                                                                                          \
+    } while (0)
+    for (int r = 0; r < 2; r++) {
+        const dn_impl im = r ? DN_IMPL_REF : DN_IMPL_AUTO;
+        dn_la_params p = dn_la_params_default(DN_OP_GDN, B, 0, 1, 1, 1, 1);
+        p.q = p.k = p.v = p.g = p.beta = buf, p.o = buf + 8, p.impl = im;
+        EXPECT_OK("la forward", dn_la_forward(&p));
+        size_t sb = 1;
+        if (dn_la_saved_size(&p, &sb) != DN_OK || sb != 0) fails++;
+        if (!r) EXPECT_OK("la training forward", dn_la_forward_train(&p, saved, sizeof saved));
+        dn_la_bwd_params lb = dn_la_bwd_params_default(&p);
+        lb.dout = buf, lb.dq = buf + 16, lb.dk = buf + 20, lb.dv = buf + 24;
+        lb.dg = buf + 28, lb.dbeta = buf + 32;
+        EXPECT_OK("la backward", dn_la_backward(&lb));
+        dn_mamba_params mp = dn_mamba_params_default(B, 0, 2, 1, 1);
+        mp.x = mp.dt = mp.Bm = mp.Cm = buf, mp.A = A, mp.y = buf + 8, mp.impl = im;
+        EXPECT_OK("mamba forward", dn_mamba_forward(&mp));
+        dn_mamba_bwd_params mb = dn_mamba_bwd_params_default(&mp);
+        mb.dy = buf, mb.dx = buf + 16, mb.ddt = buf + 20, mb.dBm = buf + 24, mb.dCm = buf + 28;
+        mb.dA = buf + 32;
+        EXPECT_OK("mamba backward", dn_mamba_backward(&mb));
+        dn_mamba2_params m2 = dn_mamba2_params_default(B, 0, 1, 1, 1, 1);
+        m2.x = m2.dt = m2.Bm = m2.Cm = buf, m2.A = A, m2.y = buf + 8, m2.impl = im;
+        EXPECT_OK("mamba2 forward", dn_mamba2_forward(&m2));
+        dn_mamba2_bwd_params m2b = dn_mamba2_bwd_params_default(&m2);
+        m2b.dy = buf, m2b.dx = buf + 16, m2b.ddt = buf + 20, m2b.dBm = buf + 24;
+        m2b.dCm = buf + 28, m2b.dA = buf + 32;
+        EXPECT_OK("mamba2 backward", dn_mamba2_backward(&m2b));
+        dn_rwkv4_params rp = dn_rwkv4_params_default(B, 0, 1);
+        rp.k = rp.v = rp.time_decay = rp.time_first = buf, rp.y = buf + 8, rp.impl = im;
+        EXPECT_OK("rwkv4 forward", dn_rwkv4_forward(&rp));
+        dn_rwkv4_bwd_params rb = dn_rwkv4_bwd_params_default(&rp);
+        rb.dy = buf, rb.dk = buf + 16, rb.dv = buf + 20, rb.dtime_decay = buf + 24;
+        rb.dtime_first = buf + 28;
+        EXPECT_OK("rwkv4 backward", dn_rwkv4_backward(&rb));
+        dn_conv_params cp = dn_conv_params_default(B, 0, 1, 2);
+        cp.x = cp.weight = buf, cp.y = buf + 8, cp.impl = im;
+        EXPECT_OK("conv forward", dn_conv_forward(&cp));
+        dn_conv_bwd_params cb = dn_conv_bwd_params_default(&cp);
+        cb.dy = buf, cb.dx = buf + 16, cb.dweight = buf + 24;
+        EXPECT_OK("conv backward", dn_conv_backward(&cb));
+        dn_attn_params ap = dn_attn_params_default(B, 0, 1, 1, 1);
+        ap.q = ap.k = ap.v = buf, ap.o = buf + 8, ap.lse = buf + 12, ap.impl = im;
+        EXPECT_OK("attention forward", dn_attn_forward(&ap));
+        dn_attn_bwd_params ab = dn_attn_bwd_params_default(&ap);
+        ab.dout = buf, ab.dq = buf + 16, ab.dk = buf + 20, ab.dv = buf + 24;
+        EXPECT_OK("attention backward", dn_attn_backward(&ab));
+    }
+#undef EXPECT_OK
+    /* T = 0 passes the state through: final = initial, dinitial = dfinal; RWKV-4's empty state */
+    float init[4] = {1, 2, 3, 4}, fin[4] = {0}, rw[3] = {9, 9, 9};
+    dn_la_params p = dn_la_params_default(DN_OP_GDN, 1, 0, 1, 1, 2, 2);
+    p.q = p.k = p.v = p.g = p.beta = buf, p.o = buf + 8;
+    p.initial_state = init, p.final_state = fin;
+    if (dn_la_forward(&p) != DN_OK || memcmp(init, fin, sizeof init)) fails++;
+    dn_rwkv4_params rp = dn_rwkv4_params_default(1, 0, 1);
+    rp.k = rp.v = rp.time_decay = rp.time_first = buf, rp.y = buf + 8, rp.final_state = rw;
+    if (dn_rwkv4_forward(&rp) != DN_OK || rw[0] != 0 || rw[1] != 0 || rw[2] != -1e38f) fails++;
+    return fails;
+}
+
 const test_case dn_tests_contract[] = {
     {"contract_kv_append_overflow", test_kv_append_overflow},
     {"contract_overflowing_products", test_overflowing_products},
     {"contract_overlaps_and_ranges", test_overlaps_and_ranges},
     {"contract_walk_bad_dims", test_walk_bad_dims},
+    {"contract_empty_huge_batch", test_empty_huge_batch},
     {NULL, NULL},
 };

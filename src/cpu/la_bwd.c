@@ -103,11 +103,14 @@ static bdims make_dims(const dn_la_params *p, int64_t *Tmax) {
     d.K = p->K, d.V = p->V, d.C = p->chunk_size, d.Vp = ROUND_UP(p->V, DN_VW);
     d.Cp = ROUND_UP(d.C, DN_VW);
     d.delta = dn_op_has_delta(p->op), d.gate = dn_op_has_gate(p->op);
-    int64_t m = 0;
-    for (int64_t n = 0; n < dn_la_nseq(p); n++) {
-        int64_t b, t0, t1;
-        dn_la_seq(p, n, &b, &t0, &t1);
-        if (t1 - t0 > m) m = t1 - t0;
+    int64_t m = p->T; /* without cu_seqlens every sequence has T tokens */
+    if (p->cu_seqlens) {
+        m = 0;
+        for (int64_t n = 0; n < p->n_seqs; n++) {
+            int64_t b, t0, t1;
+            dn_la_seq(p, n, &b, &t0, &t1);
+            if (t1 - t0 > m) m = t1 - t0;
+        }
     }
     *Tmax = m > 0 ? m : 1;
     d.nck = (m + d.C - 1) / d.C + 1;
@@ -150,6 +153,7 @@ static sview saved_at(const dn_la_params *p, const bdims *d, float *base, int64_
 size_t DN_ISA_FN(dn_cpu_la_saved_floats)(const dn_la_params *p) {
     int64_t Tmax;
     bdims d = make_dims(p, &Tmax);
+    if (!p->cu_seqlens) return (size_t)(p->B * p->HV) * saved_head_floats(&d, p->T);
     size_t tot = 0;
     for (int64_t m = 0; m < dn_la_nseq(p); m++) {
         int64_t b, t0, t1;
