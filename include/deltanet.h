@@ -80,6 +80,8 @@ typedef enum dn_status {
     DN_ERR_UNSUPPORTED, /* the requested implementation does not support this case */
     DN_ERR_ALLOC,       /* an internal allocation failed */
     DN_ERR_FULL,        /* a KV cache would grow past its capacity (and may not grow) */
+    DN_ERR_FORMAT,      /* a file or text being read is malformed (JSON, safetensors, ...) */
+    DN_ERR_IO,          /* the operating system refused a file operation (open, read, write, ...) */
     DN_STATUS_COUNT
 } dn_status;
 
@@ -631,7 +633,6 @@ typedef struct dn_conv_bwd_params {
 
 DN_API dn_conv_bwd_params dn_conv_bwd_params_default(const dn_conv_params *fwd);
 DN_API dn_status dn_conv_backward(const dn_conv_bwd_params *p);
-
 
 /* ---------------------------------------------------------------------------------------------
  * Dense matrix product (the projections and MLPs of the models built on the ops)
