@@ -123,7 +123,7 @@ TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_files.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # Under AddressSanitizer a failed allocation must come back as NULL (the library's contract is
@@ -185,7 +185,8 @@ clean:
 
 # --- fuzzing and ThreadSanitizer (tests/fuzz, tests/tsan): clang only, their own build dirs ----
 # make fuzz: build-fuzz/fuzz_deltanet, libFuzzer + ASan + UBSan over the library (same flags);
-#   run: DN_FUZZ_FAMILY=la_fwd build-fuzz/fuzz_deltanet -max_total_time=60 (families: fuzz.h).
+#   run: DN_FUZZ_FAMILY=la_fwd build-fuzz/fuzz_deltanet -max_total_time=60 (families: fuzz.h;
+#   the file parsers' families json and safetensors take -dict=tests/fuzz/files.dict).
 # make tsan: build-tsan/concurrency under -fsanitize=thread, then runs it. OpenMP through LLVM's
 #   libomp when clang finds it (TSAN_OPENMP=0 builds without).
 FUZZ_CC     ?= clang
@@ -216,7 +217,7 @@ FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=
 FUZZ_LIBOBJ := $(LIB_SRC:%.c=build-fuzz/%.o) $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=build-fuzz/%_$(isa).o))
 $(eval $(call SANLIB_RULES,build-fuzz,$(FUZZ_FLAGS)))
 
-build-fuzz/fuzz_deltanet: build-fuzz/tests/fuzz/fuzz.o $(FUZZ_LIBOBJ)
+build-fuzz/fuzz_deltanet: build-fuzz/tests/fuzz/fuzz.o build-fuzz/tests/fuzz/fuzz_files.o $(FUZZ_LIBOBJ)
 	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined $(CLANG_OMP) -o $@ $^ -lm
 
 TSAN_OMP   := $(if $(filter 1,$(TSAN_OPENMP)),$(CLANG_OMP))
@@ -228,7 +229,7 @@ build-tsan/concurrency: build-tsan/tests/tsan/concurrency.o $(TSAN_LIBOBJ)
 	$(FUZZ_CC) -fsanitize=thread $(TSAN_OMP) -pthread -o $@ $^ -lm
 
 .PHONY: fuzz tsan clean-fuzz
-$(BUILD)/tests/fuzz/fuzz.o: tests/fuzz/fuzz.h
+$(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o: tests/fuzz/fuzz.h
 clean-fuzz:
 	rm -rf build-fuzz build-tsan
 fuzz: build-fuzz/fuzz_deltanet
