@@ -66,6 +66,7 @@ CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 LIB_SRC    := src/core.c src/check.c src/mem.c src/la.c src/attn.c src/mamba.c src/rwkv4.c src/conv.c src/matmul.c \
               src/model/nn.c src/model/model.c src/model/la.c src/model/mamba.c src/model/mamba2.c src/model/rwkv4.c src/model/attn.c src/model/train.c \
               src/model/data.c src/model/sample.c \
+              src/model/json.c src/model/fileio.c src/model/safetensors.c \
               src/ref/la.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
               src/cpu/dispatch.c src/cpu/parallel.c
 KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
@@ -124,7 +125,7 @@ TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/train.o $(BUILD)/tools/recal
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_files.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # Under AddressSanitizer a failed allocation must come back as NULL (the library's contract is
@@ -186,7 +187,8 @@ clean:
 
 # --- fuzzing and ThreadSanitizer (tests/fuzz, tests/tsan): clang only, their own build dirs ----
 # make fuzz: build-fuzz/fuzz_deltanet, libFuzzer + ASan + UBSan over the library (same flags);
-#   run: DN_FUZZ_FAMILY=la_fwd build-fuzz/fuzz_deltanet -max_total_time=60 (families: fuzz.h).
+#   run: DN_FUZZ_FAMILY=la_fwd build-fuzz/fuzz_deltanet -max_total_time=60 (families: fuzz.h;
+#   the file parsers' families json and safetensors take -dict=tests/fuzz/files.dict).
 # make tsan: build-tsan/concurrency under -fsanitize=thread, then runs it. OpenMP through LLVM's
 #   libomp when clang finds it (TSAN_OPENMP=0 builds without).
 FUZZ_CC     ?= clang
@@ -217,7 +219,7 @@ FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=
 FUZZ_LIBOBJ := $(LIB_SRC:%.c=build-fuzz/%.o) $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=build-fuzz/%_$(isa).o))
 $(eval $(call SANLIB_RULES,build-fuzz,$(FUZZ_FLAGS)))
 
-build-fuzz/fuzz_deltanet: build-fuzz/tests/fuzz/fuzz.o $(FUZZ_LIBOBJ)
+build-fuzz/fuzz_deltanet: build-fuzz/tests/fuzz/fuzz.o build-fuzz/tests/fuzz/fuzz_files.o $(FUZZ_LIBOBJ)
 	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined $(CLANG_OMP) -o $@ $^ -lm
 
 TSAN_OMP   := $(if $(filter 1,$(TSAN_OPENMP)),$(CLANG_OMP))
@@ -229,7 +231,7 @@ build-tsan/concurrency: build-tsan/tests/tsan/concurrency.o $(TSAN_LIBOBJ)
 	$(FUZZ_CC) -fsanitize=thread $(TSAN_OMP) -pthread -o $@ $^ -lm
 
 .PHONY: fuzz tsan clean-fuzz
-$(BUILD)/tests/fuzz/fuzz.o: tests/fuzz/fuzz.h
+$(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o: tests/fuzz/fuzz.h
 clean-fuzz:
 	rm -rf build-fuzz build-tsan
 fuzz: build-fuzz/fuzz_deltanet

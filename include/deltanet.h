@@ -80,6 +80,8 @@ typedef enum dn_status {
     DN_ERR_UNSUPPORTED, /* the requested implementation does not support this case */
     DN_ERR_ALLOC,       /* an internal allocation failed */
     DN_ERR_FULL,        /* a KV cache would grow past its capacity (and may not grow) */
+    DN_ERR_FORMAT,      /* a file or text being read is malformed (JSON, safetensors, ...) */
+    DN_ERR_IO,          /* the operating system refused a file operation (open, read, write, ...) */
     DN_STATUS_COUNT
 } dn_status;
 

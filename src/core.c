@@ -21,6 +21,8 @@ static const char *const status_names[] = {
     [DN_ERR_UNSUPPORTED] = "unsupported",
     [DN_ERR_ALLOC] = "out of memory",
     [DN_ERR_FULL] = "capacity exceeded",
+    [DN_ERR_FORMAT] = "malformed input",
+    [DN_ERR_IO] = "i/o error",
 };
 _Static_assert(DN_COUNTOF(status_names) == DN_STATUS_COUNT, "status name table out of date");
 

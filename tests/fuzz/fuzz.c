@@ -13,6 +13,7 @@
  *   (c) an OK status on finite in-contract inputs writes finite values to every output element,
  *       nothing outside the output views, nothing to the inputs, and (for the fast paths) matches
  *       DN_IMPL_REF to a relative RMS of 1e-3.
+ * The file parsers of the model layer (JSON, safetensors) have their families in fuzz_files.c.
  * Two drivers share this code: LLVMFuzzerTestOneInput (make fuzz) and the test case
  * fuzz_bounded (a few thousand inputs from a fixed seed inside the normal test driver).
  */
@@ -51,6 +52,8 @@ static const char *family_names[FZ_FAMILY_COUNT] = {
     [FZ_CONV] = "conv",
     [FZ_CONV_BWD] = "conv_bwd",
     [FZ_NAMES] = "names",
+    [FZ_JSON] = "json",
+    [FZ_SAFETENSORS] = "safetensors",
 };
 
 const char *dn_fuzz_family_name(int f) {
@@ -1952,6 +1955,14 @@ void dn_fuzz_one(const uint8_t *data, size_t size, int family) {
     c.ic = 1;
     c.call = "?";
     if (family < 0) family = (int)(u8(&f) % FZ_FAMILY_COUNT);
+    if (family == FZ_JSON || family == FZ_SAFETENSORS) { /* the rest of the input is the file */
+        const int js = family == FZ_JSON;
+        c.call = js ? "dn_json_parse" : "dn_st_parse";
+        const char *bad =
+            js ? dn_fuzz_json(f.d + f.i, f.n - f.i) : dn_fuzz_safetensors(f.d + f.i, f.n - f.i);
+        if (bad) fz_fail(&c, "file-parser", bad);
+        return;
+    }
     maybe_set_isa(&c);
     switch (family) {
     case FZ_LA_FWD: fam_la_fwd(&c); break;

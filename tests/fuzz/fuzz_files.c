@@ -1,0 +1,204 @@
+/*
+ * fuzz_files.c - the contract fuzzer's families for the model layer's file parsers
+ * (src/model/json.c, src/model/safetensors.c), called from fuzz.c's dispatch.
+ *
+ * The first byte of an input is a mode; the rest is the file:
+ *   bit 7     the n-th allocation of the parse fails (n from bits 1..6): DN_ERR_ALLOC is then
+ *             allowed, with nothing leaked (libFuzzer's LeakSanitizer checks every input);
+ *   bit 0     (safetensors only) the rest is a header and data, assembled into a file with a
+ *             correct length field: byte 1 gives the data length, then the header text, then
+ *             the data, so mutations reach the header's meaning, not only its length.
+ * Properties (a violation returns a sentence; fuzz.c aborts or counts it):
+ *   json        an error leaves *out alone and is DN_ERR_FORMAT (or DN_ERR_ALLOC under
+ *               injection); an accepted text, written back by dn_jw_value and parsed again, gives
+ *               the same tree (types, numbers bit for bit, strings and keys byte for byte, order).
+ *   safetensors an error leaves *out alone; an accepted file has every tensor inside its data,
+ *               with a size matching its dtype and shape, together covering the data exactly,
+ *               each found by its name; rebuilt from its tensors by dn_st_make_header it parses
+ *               again to the same names, dtypes, shapes, bytes and metadata.
+ */
+#include "fuzz.h"
+#include "test.h"
+
+#include "../../src/model/json.h"
+#include "../../src/model/safetensors.h"
+
+void dn_free(void *p);
+
+static int same_tree(const dn_json *a, const dn_json *b) {
+    if (a->type != b->type || a->key_len != b->key_len) return 0;
+    if (a->key_len && memcmp(a->key, b->key, a->key_len)) return 0;
+    switch (a->type) {
+    case DN_JSON_BOOL: return a->boolean == b->boolean;
+    case DN_JSON_NUMBER: {
+        double x = dn_json_num(a), y = dn_json_num(b);
+        if (memcmp(&x, &y, sizeof x)) return 0;
+        return !(a->is_int && b->is_int) || a->u.i == b->u.i;
+    }
+    case DN_JSON_STRING:
+        return a->len == b->len && !memcmp(a->u.str, b->u.str, a->len) && !a->u.str[a->len];
+    case DN_JSON_ARRAY:
+    case DN_JSON_OBJECT:
+        if (a->len != b->len) return 0;
+        for (size_t i = 0; i < a->len; i++)
+            if (!same_tree(&a->u.items[i], &b->u.items[i])) return 0;
+        return 1;
+    default: return 1;
+    }
+}
+
+static dn_json *const UNTOUCHED = (dn_json *)(uintptr_t)0x7a7a7a7a;
+
+const char *dn_fuzz_json(const uint8_t *d, size_t n) {
+    const unsigned mode = n ? d[0] : 0;
+    const char *text = n ? (const char *)d + 1 : "";
+    const size_t len = n ? n - 1 : 0;
+    dn_json *v = UNTOUCHED;
+    if (mode & 0x80) dn_fault_fail_alloc_after((long)((mode >> 1) & 0x3f));
+    dn_status st = dn_json_parse(text, len, &v);
+    dn_fault_fail_alloc_after(-1);
+    if (st != DN_OK) {
+        if (v != UNTOUCHED) return "a failed parse wrote *out";
+        if (st == DN_ERR_ALLOC && (mode & 0x80)) return NULL;
+        return st == DN_ERR_FORMAT ? NULL : "a parse failed with a status other than FORMAT";
+    }
+    const char *bad = NULL;
+    dn_jw w;
+    dn_jw_init(&w);
+    dn_jw_value(&w, v);
+    dn_json *again = UNTOUCHED;
+    if (dn_jw_finish(&w) != DN_OK)
+        bad = "dn_jw_value rejected a parsed tree";
+    else if (dn_json_parse(w.buf, w.len, &again) != DN_OK)
+        bad = "the written-back text does not parse";
+    else if (!same_tree(v, again))
+        bad = "written back and parsed again, the tree differs";
+    /* lookups find each member of an object (keys are unique) */
+    for (size_t i = 0; !bad && v->type == DN_JSON_OBJECT && i < v->len && i < 8; i++) {
+        const dn_json *m = &v->u.items[i];
+        if (strlen(m->key) == m->key_len && dn_json_get(v, m->key) != m)
+            bad = "dn_json_get does not find a member";
+    }
+    if (again != UNTOUCHED) dn_json_free(again);
+    dn_jw_free(&w);
+    dn_json_free(v);
+    return bad;
+}
+
+/* What an accepted file must satisfy; NULL when it does. */
+static const char *check_file(const dn_st *st, const uint8_t *buf, size_t n) {
+    if (8 + st->header_bytes + st->data_bytes != n || st->data != buf + 8 + st->header_bytes)
+        return "sizes of the accepted file are inconsistent";
+    uint64_t sum = 0;
+    for (size_t i = 0; i < st->n_tensors; i++) {
+        const dn_st_tensor *t = &st->tensors[i];
+        if (!dn_st_dtype_name(t->dtype) || t->ndim < 0 || (t->ndim && !t->shape))
+            return "a tensor has a bad dtype or ndim";
+        int64_t numel = 1;
+        for (int k = 0; k < t->ndim; k++)
+            if (t->shape[k] < 0 || __builtin_mul_overflow(numel, t->shape[k], &numel))
+                return "an accepted shape overflows";
+        if (numel != t->numel || (unsigned __int128)numel * (unsigned)dn_st_dtype_bits(t->dtype) !=
+                                     (unsigned __int128)t->bytes * 8)
+            return "a tensor's bytes do not match its dtype and shape";
+        if (t->offset > st->data_bytes || t->bytes > st->data_bytes - t->offset ||
+            t->data != st->data + t->offset)
+            return "a tensor lies outside the data";
+        if (t->bytes) { /* ASan checks these reads */
+            volatile uint8_t x = t->data[0];
+            x = t->data[t->bytes - 1];
+            (void)x;
+        }
+        if (dn_st_find(st, t->name) != t) return "dn_st_find does not find a tensor";
+        sum += t->bytes;
+    }
+    if (sum != st->data_bytes) return "the tensors do not cover the data exactly";
+    for (size_t i = 0; i < st->n_meta; i++)
+        if (!dn_st_meta(st, st->meta_keys[i])) return "dn_st_meta does not find a key";
+    return NULL;
+}
+
+/* Rebuilds the file from the parsed tensors, parses it again, compares. */
+static const char *rebuild(const dn_st *st) {
+    size_t nt = st->n_tensors ? st->n_tensors : 1;
+    dn_st_entry *e = malloc(nt * sizeof *e);
+    const char *bad = NULL;
+    for (size_t i = 0; i < st->n_tensors; i++) {
+        const dn_st_tensor *t = &st->tensors[i];
+        e[i] = (dn_st_entry){t->name, t->dtype, t->ndim, t->shape, t->data};
+    }
+    uint8_t *hdr = NULL, *file = NULL;
+    size_t hl = 0;
+    uint64_t db = 0;
+    dn_st *again = NULL;
+    if (dn_st_make_header(e, st->n_tensors, st->meta_keys, st->meta_values, st->n_meta, &hdr, &hl,
+                          &db) != DN_OK)
+        bad = "dn_st_make_header rejected the tensors of an accepted file";
+    else if (db != st->data_bytes)
+        bad = "the rebuilt file's data size differs";
+    if (!bad) {
+        file = malloc(hl + db + 1);
+        memcpy(file, hdr, hl);
+        size_t o = hl;
+        for (size_t i = 0; i < st->n_tensors; i++) {
+            if (st->tensors[i].bytes) memcpy(file + o, st->tensors[i].data, st->tensors[i].bytes);
+            o += st->tensors[i].bytes;
+        }
+        if (dn_st_parse(file, o, &again) != DN_OK) bad = "the rebuilt file does not parse";
+    }
+    if (!bad && (again->n_tensors != st->n_tensors || again->n_meta != st->n_meta))
+        bad = "the rebuilt file has other counts";
+    for (size_t i = 0; !bad && i < st->n_tensors; i++) {
+        const dn_st_tensor *a = &st->tensors[i], *b = &again->tensors[i];
+        if (strcmp(a->name, b->name) || a->dtype != b->dtype || a->ndim != b->ndim ||
+            a->bytes != b->bytes || (a->ndim && memcmp(a->shape, b->shape, 8 * (size_t)a->ndim)) ||
+            (a->bytes && memcmp(a->data, b->data, a->bytes)))
+            bad = "a rebuilt tensor differs";
+    }
+    for (size_t i = 0; !bad && i < st->n_meta; i++)
+        if (strcmp(st->meta_keys[i], again->meta_keys[i]) ||
+            strcmp(st->meta_values[i], again->meta_values[i]))
+            bad = "rebuilt metadata differs";
+    dn_st_close(again);
+    free(file);
+    dn_free(hdr);
+    free(e);
+    return bad;
+}
+
+static dn_st *const NO_ST = (dn_st *)(uintptr_t)0x7a7a7a7a;
+
+const char *dn_fuzz_safetensors(const uint8_t *d, size_t n) {
+    const unsigned mode = n ? d[0] : 0;
+    const uint8_t *buf = n ? d + 1 : d;
+    size_t len = n ? n - 1 : 0;
+    uint8_t *assembled = NULL;
+    if ((mode & 1) && len >= 1) { /* [data length] [header ...] [data] */
+        size_t dl = d[1], rest = len - 1;
+        if (dl > rest) dl = rest;
+        size_t hl = rest - dl;
+        len = 8 + rest;
+        assembled = malloc(len);
+        for (int k = 0; k < 8; k++)
+            assembled[k] = (uint8_t)((uint64_t)hl >> (8 * k));
+        memcpy(assembled + 8, d + 2, rest);
+        buf = assembled;
+    }
+    dn_st *st = NO_ST;
+    if (mode & 0x80) dn_fault_fail_alloc_after((long)((mode >> 1) & 0x3f));
+    dn_status s = dn_st_parse(buf, len, &st);
+    dn_fault_fail_alloc_after(-1);
+    const char *bad = NULL;
+    if (s != DN_OK) {
+        if (st != NO_ST)
+            bad = "a failed parse wrote *out";
+        else if (s != DN_ERR_FORMAT && !(s == DN_ERR_ALLOC && (mode & 0x80)))
+            bad = "a parse failed with a status other than FORMAT";
+    } else {
+        bad = check_file(st, buf, len);
+        if (!bad) bad = rebuild(st);
+        dn_st_close(st);
+    }
+    free(assembled);
+    return bad;
+}
