@@ -66,7 +66,7 @@ CFLAGS := $(CFLAGS_BASE) $(OPT) $(CFLAGS_EXTRA)
 LIB_SRC    := src/core.c src/check.c src/mem.c src/la.c src/attn.c src/mamba.c src/rwkv4.c src/conv.c src/matmul.c \
               src/model/nn.c src/model/model.c src/model/la.c src/model/mamba.c src/model/mamba2.c src/model/rwkv4.c src/model/attn.c src/model/train.c \
               src/model/data.c src/model/sample.c \
-              src/model/json.c src/model/fileio.c src/model/safetensors.c \
+              src/model/json.c src/model/fileio.c src/model/safetensors.c src/model/checkpoint.c \
               src/ref/la.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
               src/cpu/dispatch.c src/cpu/parallel.c
 KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \

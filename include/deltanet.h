@@ -756,6 +756,14 @@ DN_API dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *toke
 /* Bytes the model holds now: parameters + gradients, and activations. */
 DN_API dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes);
 
+/* The config as a JSON object with Hugging Face key names ("hidden_size", "num_hidden_layers",
+ * "linear_num_value_heads", ...; "layer_pattern" for the mixers). to_json: *out is a new
+ * NUL-terminated string (release it with free()). from_json: keys absent take the defaults of
+ * dn_model_config_default; an unknown key, a wrong type or an out-of-range value is an error
+ * naming it, and *out is unchanged. */
+DN_API dn_status dn_model_config_to_json(const dn_model_config *c, char **out);
+DN_API dn_status dn_model_config_from_json(dn_model_config *out, const char *text, size_t n);
+
 /*
  * Generation: B sequences advance together through a state that holds, per Gated DeltaNet
  * layer, the convolution's last inputs and the delta-rule state (fixed size), and per attention
@@ -818,6 +826,26 @@ DN_API dn_status dn_adamw_step(dn_adamw *o, dn_model *m, double lr, double *grad
 DN_API int64_t dn_adamw_get_step(const dn_adamw *o);
 DN_API dn_status dn_adamw_state(dn_adamw *o, int64_t *step, float **m1, float **m2);
 DN_API dn_status dn_adamw_set_step(dn_adamw *o, int64_t step);
+
+/*
+ * Checkpoints: a safetensors file with every parameter under its name (fp32), the AdamW moments
+ * when opt is given ("optimizer.exp_avg.<name>", "optimizer.exp_avg_sq.<name>"), and metadata:
+ * the format, the config (JSON), the optimizer's step and extra_json (any JSON the caller wants
+ * back, e.g. a trainer's options; may be NULL). Written atomically: a temporary file beside
+ * path, fsync, rename, directory fsync; on failure path is unchanged.
+ * dn_checkpoint_load validates before it trusts anything (header size, offsets inside the file
+ * and covering it exactly, dtypes, shape products, the config, every tensor's name, dtype and
+ * shape, no tensor missing or left over) and creates the model (and, when opt is not NULL, an
+ * optimizer with config oc holding the saved moments and step; the file must have them).
+ * extra_json (may be NULL): a new string to free(), or NULL when none was saved. On error
+ * nothing is created. dn_checkpoint_parse reads a whole file already in memory.
+ */
+DN_API dn_status dn_checkpoint_save(const char *path, const dn_model *m, dn_adamw *opt,
+                                    const char *extra_json);
+DN_API dn_status dn_checkpoint_load(const char *path, dn_model **model, dn_adamw **opt,
+                                    const dn_adamw_config *oc, char **extra_json);
+DN_API dn_status dn_checkpoint_parse(const uint8_t *buf, size_t n, dn_model **model, dn_adamw **opt,
+                                     const dn_adamw_config *oc, char **extra_json);
 
 /* Linear warmup over warmup steps to peak, then cosine decay to peak * min_ratio at total. */
 DN_API double dn_lr_at(int64_t step, int64_t warmup, int64_t total, double peak, double min_ratio);

@@ -5,6 +5,8 @@
  */
 #include "test.h"
 
+#include <unistd.h>
+
 static dn_model_config tiny(const char *pattern) {
     dn_model_config c = dn_model_config_default();
     c.vocab_size = 32, c.hidden_size = 32, c.intermediate_size = 64, c.num_hidden_layers = 2;
@@ -303,6 +305,185 @@ static int test_sampling(void) {
     return fails;
 }
 
+/* ---- checkpoints ---- */
+
+static void tmp_path(char *buf, size_t n, const char *tag) {
+    snprintf(buf, n, "/tmp/dn_test_%ld_%s.safetensors", (long)getpid(), tag);
+}
+
+/* Saved and loaded: the same config, parameters, moments, step and extra JSON, bit for bit. */
+static int test_checkpoint_roundtrip(void) {
+    int fails = 0;
+    dn_model_config c = tiny("GMAR");
+    c.num_hidden_layers = 4;
+    dn_model *m = NULL, *m2 = NULL;
+    dn_adamw *o = NULL, *o2 = NULL;
+    dn_adamw_config oc = dn_adamw_config_default();
+    if (dn_model_create(&m, &c, 5) != DN_OK || dn_adamw_create(&o, m, &oc) != DN_OK) return 1;
+    const int64_t B = 2, T = 12;
+    int32_t tok[24], tgt[24];
+    rng r = {6};
+    for (int i = 0; i < 24; i++)
+        tok[i] = (int32_t)(rng_next(&r) % 32), tgt[i] = (int32_t)(rng_next(&r) % 32);
+    train_steps(m, o, tok, tgt, B, T, 0, 3, 1e-3);
+    char path[128];
+    tmp_path(path, sizeof path, "ckpt");
+    const char *extra = "{\"step\": 3, \"note\": \"caf\\u00e9\"}";
+    if (dn_checkpoint_save(path, m, o, extra) != DN_OK) {
+        printf("    FAIL save: %s\n", dn_last_error());
+        return 1;
+    }
+    char *x = NULL;
+    if (dn_checkpoint_load(path, &m2, &o2, &oc, &x) != DN_OK) {
+        printf("    FAIL load: %s\n", dn_last_error());
+        return 1;
+    }
+    const int64_t n = dn_model_num_params(m);
+    float *a1, *a2, *b1, *b2;
+    int64_t sa, sb;
+    dn_adamw_state(o, &sa, &a1, &a2), dn_adamw_state(o2, &sb, &b1, &b2);
+    if (memcmp(dn_model_get_config(m), dn_model_get_config(m2), sizeof c) ||
+        dn_model_num_params(m2) != n ||
+        memcmp(dn_model_params(m), dn_model_params(m2), sizeof(float) * (size_t)n) ||
+        memcmp(a1, b1, sizeof(float) * (size_t)n) || memcmp(a2, b2, sizeof(float) * (size_t)n) ||
+        sa != sb || !x || strcmp(x, extra) != 0) {
+        printf("    FAIL round trip differs (extra %s)\n", x ? x : "(none)");
+        fails++;
+    }
+    free(x);
+    /* the config as JSON, both ways */
+    char *js = NULL;
+    dn_model_config back;
+    if (dn_model_config_to_json(&c, &js) != DN_OK ||
+        dn_model_config_from_json(&back, js, strlen(js)) != DN_OK || memcmp(&back, &c, sizeof c)) {
+        printf("    FAIL config JSON round trip\n");
+        fails++;
+    }
+    free(js);
+    const char *bad_cfg[] = {"{\"hidden_sise\": 64}",
+                             "{\"hidden_size\": \"64\"}",
+                             "{\"hidden_size\": -1}",
+                             "{\"layer_pattern\": \"GX\"}",
+                             "[1]",
+                             "{\"hidden_size\": 64.5}",
+                             "{"};
+    for (size_t i = 0; i < sizeof bad_cfg / sizeof bad_cfg[0]; i++) {
+        dn_model_config keep = back;
+        if (dn_model_config_from_json(&back, bad_cfg[i], strlen(bad_cfg[i])) == DN_OK ||
+            memcmp(&keep, &back, sizeof back)) {
+            printf("    FAIL config %s accepted\n", bad_cfg[i]);
+            fails++;
+        }
+    }
+    remove(path);
+    dn_adamw_free(o), dn_adamw_free(o2);
+    dn_model_free(m), dn_model_free(m2);
+    return fails;
+}
+
+/* 20 steps straight, or 10 steps, a checkpoint written and read back into a fresh process
+ * state, 10 more: the same losses and parameters to the last bit. */
+static int test_resume_from_file(void) {
+    int fails = 0;
+    dn_model_config c = tiny("GA");
+    dn_adamw_config oc = dn_adamw_config_default();
+    const int64_t B = 2, T = 20;
+    int32_t tok[40], tgt[40];
+    rng r = {2};
+    for (int i = 0; i < 40; i++)
+        tok[i] = (int32_t)(rng_next(&r) % 32), tgt[i] = (int32_t)(rng_next(&r) % 32);
+    dn_model *a = NULL, *b = NULL, *b2 = NULL;
+    dn_adamw *oa = NULL, *ob = NULL, *ob2 = NULL;
+    dn_model_create(&a, &c, 1), dn_model_create(&b, &c, 1);
+    dn_adamw_create(&oa, a, &oc), dn_adamw_create(&ob, b, &oc);
+    const double la = train_steps(a, oa, tok, tgt, B, T, 0, 20, 3e-3);
+    train_steps(b, ob, tok, tgt, B, T, 0, 10, 3e-3);
+    char path[128];
+    tmp_path(path, sizeof path, "resume");
+    if (dn_checkpoint_save(path, b, ob, NULL) != DN_OK ||
+        dn_checkpoint_load(path, &b2, &ob2, &oc, NULL) != DN_OK) {
+        printf("    FAIL checkpoint: %s\n", dn_last_error());
+        return 1;
+    }
+    const double lb = train_steps(b2, ob2, tok, tgt, B, T, 10, 10, 3e-3);
+    const int64_t n = dn_model_num_params(a);
+    if (la != lb || memcmp(dn_model_params(a), dn_model_params(b2), sizeof(float) * (size_t)n)) {
+        printf("    FAIL resumed run differs: loss %.17g vs %.17g\n", la, lb);
+        fails++;
+    }
+    remove(path);
+    dn_adamw_free(oa), dn_adamw_free(ob), dn_adamw_free(ob2);
+    dn_model_free(a), dn_model_free(b), dn_model_free(b2);
+    return fails;
+}
+
+/* Malformed checkpoints: every truncation (in steps), flipped header bytes, a file of another
+ * model, a model-only file asked for the optimizer, a missing file: errors, nothing returned. */
+static int test_checkpoint_malformed(void) {
+    int fails = 0;
+    dn_model_config c = tiny("GA");
+    dn_model *m = NULL;
+    dn_adamw *o = NULL;
+    dn_adamw_config oc = dn_adamw_config_default();
+    dn_model_create(&m, &c, 1), dn_adamw_create(&o, m, &oc);
+    char path[128];
+    tmp_path(path, sizeof path, "bad");
+    if (dn_checkpoint_save(path, m, NULL, NULL) != DN_OK) return 1;
+    FILE *f = fopen(path, "rb");
+    if (!f) return 1;
+    fseek(f, 0, SEEK_END);
+    const size_t len = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc(len), *cp = malloc(len);
+    if (fread(buf, 1, len, f) != len) fails++;
+    fclose(f);
+    dn_model *const UNSET = (dn_model *)(uintptr_t)0x5a5a;
+#define EXPECT_FAIL(what, call)                                                                    \
+    do {                                                                                           \
+        dn_model *mm = UNSET;                                                                      \
+        dn_status st_ = (call);                                                                    \
+        if (st_ == DN_OK || mm != UNSET) {                                                         \
+            printf("    FAIL %s: accepted\n", what);                                               \
+            fails++;                                                                               \
+            if (st_ == DN_OK) dn_model_free(mm);                                                   \
+        }                                                                                          \
+    } while (0)
+    for (size_t cut = 0; cut < len; cut += 1 + len / 97)
+        EXPECT_FAIL("truncated", dn_checkpoint_parse(buf, cut, &mm, NULL, NULL, NULL));
+    const uint64_t hlen = (uint64_t)buf[0] | (uint64_t)buf[1] << 8 | (uint64_t)buf[2] << 16;
+    const char *needles[] = {"\"F32\"", "hidden_size\\\"", "deltanet-checkpoint", "\"shape\":[",
+                             "model.norm.weight"};
+    const char *repl[] = {"\"F16\"", "hidden_sise\\\"", "deltanet-checkpoinX", "\"shape\":[9",
+                          "model.norm.weighX"};
+    for (size_t k = 0; k < sizeof needles / sizeof needles[0]; k++) {
+        memcpy(cp, buf, len);
+        char *hdr = (char *)cp + 8, *at = NULL;
+        for (size_t i = 0; i + strlen(needles[k]) <= hlen && !at; i++)
+            if (!memcmp(hdr + i, needles[k], strlen(needles[k]))) at = hdr + i;
+        if (!at) {
+            printf("    FAIL test setup: %s not in the header\n", needles[k]);
+            fails++;
+            continue;
+        }
+        memcpy(at, repl[k], strlen(repl[k]));
+        EXPECT_FAIL(repl[k], dn_checkpoint_parse(cp, len, &mm, NULL, NULL, NULL));
+    }
+    /* the optimizer asked of a model-only file; another model's file through its shape */
+    dn_adamw *oo = NULL;
+    EXPECT_FAIL("no optimizer state", dn_checkpoint_parse(buf, len, &mm, &oo, &oc, NULL));
+    if (oo) fails++;
+    EXPECT_FAIL("missing file",
+                dn_checkpoint_load("/nonexistent/x.safetensors", &mm, NULL, NULL, NULL));
+    EXPECT_FAIL("NULL optimizer config", dn_checkpoint_load(path, &mm, &oo, NULL, NULL));
+#undef EXPECT_FAIL
+    if (dn_checkpoint_save(path, m, o, "{not json") == DN_OK) fails++;
+    remove(path);
+    free(buf), free(cp);
+    dn_adamw_free(o);
+    dn_model_free(m);
+    return fails;
+}
+
 const test_case dn_tests_train[] = {
     {"train_adamw_formula", test_adamw_formula},
     {"train_lr_schedule", test_lr_schedule},
@@ -311,5 +492,8 @@ const test_case dn_tests_train[] = {
     {"train_text_data", test_text_data},
     {"train_overfit_every_mixer", test_overfit},
     {"train_resume_in_memory", test_resume_in_memory},
+    {"train_checkpoint_roundtrip", test_checkpoint_roundtrip},
+    {"train_resume_from_file", test_resume_from_file},
+    {"train_checkpoint_malformed", test_checkpoint_malformed},
     {NULL, NULL},
 };

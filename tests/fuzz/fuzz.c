@@ -54,6 +54,7 @@ static const char *family_names[FZ_FAMILY_COUNT] = {
     [FZ_NAMES] = "names",
     [FZ_JSON] = "json",
     [FZ_SAFETENSORS] = "safetensors",
+    [FZ_CHECKPOINT] = "checkpoint",
 };
 
 const char *dn_fuzz_family_name(int f) {
@@ -1955,11 +1956,13 @@ void dn_fuzz_one(const uint8_t *data, size_t size, int family) {
     c.ic = 1;
     c.call = "?";
     if (family < 0) family = (int)(u8(&f) % FZ_FAMILY_COUNT);
-    if (family == FZ_JSON || family == FZ_SAFETENSORS) { /* the rest of the input is the file */
-        const int js = family == FZ_JSON;
-        c.call = js ? "dn_json_parse" : "dn_st_parse";
-        const char *bad =
-            js ? dn_fuzz_json(f.d + f.i, f.n - f.i) : dn_fuzz_safetensors(f.d + f.i, f.n - f.i);
+    if (family == FZ_JSON || family == FZ_SAFETENSORS || family == FZ_CHECKPOINT) {
+        /* the rest of the input is the file */
+        const int js = family == FZ_JSON, ck = family == FZ_CHECKPOINT;
+        c.call = js ? "dn_json_parse" : ck ? "dn_checkpoint_parse" : "dn_st_parse";
+        const char *bad = js   ? dn_fuzz_json(f.d + f.i, f.n - f.i)
+                          : ck ? dn_fuzz_checkpoint(f.d + f.i, f.n - f.i)
+                               : dn_fuzz_safetensors(f.d + f.i, f.n - f.i);
         if (bad) fz_fail(&c, "file-parser", bad);
         return;
     }

@@ -23,6 +23,8 @@
 #include "../../src/model/json.h"
 #include "../../src/model/safetensors.h"
 
+#include <unistd.h>
+
 void dn_free(void *p);
 
 static int same_tree(const dn_json *a, const dn_json *b) {
@@ -200,5 +202,85 @@ const char *dn_fuzz_safetensors(const uint8_t *d, size_t n) {
         dn_st_close(st);
     }
     free(assembled);
+    return bad;
+}
+
+/* ---- checkpoints: a valid tiny checkpoint, mutated (or the raw input as the file) ---- */
+
+static uint8_t *ckpt_base;
+static size_t ckpt_len;
+
+/* A checkpoint of a tiny hybrid model with its optimizer, made once per process. */
+static void make_base(void) {
+    if (ckpt_base) return;
+    dn_model_config c = dn_model_config_default();
+    c.vocab_size = 7, c.hidden_size = 8, c.intermediate_size = 8, c.num_hidden_layers = 2;
+    strcpy(c.layer_pattern, "GA");
+    c.num_attention_heads = c.num_key_value_heads = 1, c.head_dim = 4;
+    c.linear_num_key_heads = c.linear_num_value_heads = 1;
+    c.linear_key_head_dim = c.linear_value_head_dim = 4;
+    dn_model *m = NULL;
+    dn_adamw *o = NULL;
+    dn_adamw_config oc = dn_adamw_config_default();
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/dn_fuzz_ckpt_%ld.safetensors", (long)getpid());
+    if (dn_model_create(&m, &c, 1) == DN_OK && dn_adamw_create(&o, m, &oc) == DN_OK &&
+        dn_checkpoint_save(path, m, o, "{\"step\": 3}") == DN_OK) {
+        FILE *f = fopen(path, "rb");
+        if (f) {
+            fseek(f, 0, SEEK_END);
+            const long n = ftell(f);
+            fseek(f, 0, SEEK_SET);
+            ckpt_base = malloc((size_t)n);
+            if (ckpt_base && fread(ckpt_base, 1, (size_t)n, f) == (size_t)n) ckpt_len = (size_t)n;
+            fclose(f);
+        }
+        remove(path);
+    }
+    dn_adamw_free(o);
+    dn_model_free(m);
+}
+
+static dn_model *const NO_MODEL = (dn_model *)(uintptr_t)0x7a7a7a7a;
+
+const char *dn_fuzz_checkpoint(const uint8_t *d, size_t n) {
+    make_base();
+    if (!ckpt_len) return "could not make the base checkpoint";
+    const unsigned mode = n ? d[0] : 0;
+    uint8_t *buf;
+    size_t len;
+    if (mode & 1) { /* the input is the file */
+        len = n - 1;
+        buf = malloc(len ? len : 1);
+        if (len) memcpy(buf, d + 1, len);
+    } else { /* the base, with (offset, byte) edits and maybe a truncation */
+        len = ckpt_len;
+        buf = malloc(len);
+        memcpy(buf, ckpt_base, len);
+        for (size_t i = 1; i + 2 < n; i += 3) {
+            const size_t off = ((size_t)d[i] << 8 | d[i + 1]) * 7 % len;
+            buf[off] = d[i + 2];
+        }
+        if (mode & 2) len = n > 1 ? ((size_t)d[1] << 8 | d[n - 1]) % (len + 1) : len / 2;
+    }
+    dn_model *m = NO_MODEL;
+    dn_adamw *o = NULL;
+    char *extra = NULL;
+    dn_adamw_config oc = dn_adamw_config_default();
+    if (mode & 0x80) dn_fault_fail_alloc_after((long)((mode >> 2) & 0x1f));
+    dn_status s = dn_checkpoint_parse(buf, len, &m, (mode & 4) ? &o : NULL, &oc, &extra);
+    dn_fault_fail_alloc_after(-1);
+    const char *bad = NULL;
+    if (s != DN_OK) {
+        if (m != NO_MODEL || o || extra) bad = "a failed load returned something";
+    } else {
+        const dn_model_config *c = dn_model_get_config(m);
+        if (!c || dn_model_config_check(c) != DN_OK) bad = "a loaded model's config is invalid";
+        if ((mode & 4) && !o) bad = "no optimizer returned";
+        free(extra);
+        dn_adamw_free(o);
+        dn_model_free(m);
+    }
+    free(buf);
     return bad;
 }
