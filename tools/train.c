@@ -2,7 +2,11 @@
  * train.c - `deltanet train`: trains a language model of any mixer pattern on byte-level text or
  * on the MQAR recall task, with AdamW, warmup + cosine schedule, gradient accumulation and
  * clipping, periodic evaluation on held-out data, a progress line, a JSON log and an SVG loss
- * curve. SIGINT / SIGTERM stop after the current step, with the summary written.
+ * curve, and checkpoints (DIR/checkpoint.safetensors: the model, the optimizer's moments and the
+ * options) every --save-every steps, at the end, and when SIGINT / SIGTERM stop the run after
+ * the current step. --resume continues from the checkpoint with the same options, and gives the
+ * losses an uninterrupted run would have, to the last bit (batches are functions of the seed and
+ * the step).
  */
 #include "train.h"
 #include "bench.h"
@@ -45,6 +49,7 @@ void train_options_default(train_options *o) {
     o->eval_every = 100, o->eval_batches = 8;
     o->mqar_vocab = 8192, o->mqar_pairs = 16;
     o->out_dir = "deltanet-train";
+    o->save_every = 0;
 }
 
 static void usage(void) {
@@ -67,8 +72,16 @@ static void usage(void) {
         "  --eval-every N --eval-batches N   held-out evaluation (default 100, 8)\n"
         "  --mqar-vocab V --mqar-pairs N     MQAR task (default 8192, 16)\n"
         "  --seed N --threads N --out DIR    (default 1234, all cores, deltanet-train)\n"
+        "  --config FILE                     the model's config as JSON (Hugging Face key names,\n"
+        "                                    \"layer_pattern\" for the mixers; options after\n"
+        "                                    it override it)\n"
+        "  --save-every N                    checkpoint every N steps (default: at the end and\n"
+        "                                    on SIGINT / SIGTERM only)\n"
+        "  --resume                          continue from DIR/checkpoint.safetensors (same\n"
+        "                                    options), bit-identical to an uninterrupted run\n"
         "  --quiet                           no progress line\n"
-        "Writes DIR/log.jsonl (one record per evaluation and a summary) and DIR/loss.svg.\n",
+        "Writes DIR/log.jsonl (one record per evaluation and a summary), DIR/loss.svg and\n"
+        "DIR/checkpoint.safetensors.\n",
         DEFAULT_CORPUS);
 }
 
@@ -97,6 +110,27 @@ static int parse_f64(const char *s, double lo, double hi, double *out, const cha
     return 0;
 }
 
+static int load_config(const char *path, dn_model_config *c) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "train: cannot open %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char buf[65536];
+    const size_t n = fread(buf, 1, sizeof buf, f);
+    const int big = n == sizeof buf;
+    fclose(f);
+    if (big) {
+        fprintf(stderr, "train: %s is larger than a config (64 KiB)\n", path);
+        return -1;
+    }
+    if (dn_model_config_from_json(c, buf, n) != DN_OK) {
+        fprintf(stderr, "train: %s: %s\n", path, dn_last_error());
+        return -1;
+    }
+    return 0;
+}
+
 /* Returns 0 to run, 1 after --help, -1 on a bad option (message printed). */
 int train_parse(train_options *o, int argc, char **argv) {
     int64_t heads = -1, head_dim = -1, kv = -1, vh = -1;
@@ -108,6 +142,10 @@ int train_parse(train_options *o, int argc, char **argv) {
         }
         if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--resume")) {
+            o->resume = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -131,7 +169,10 @@ int train_parse(train_options *o, int argc, char **argv) {
             o->task = v;
         } else if (!strcmp(a, "--data"))
             o->data = v;
-        else if (!strcmp(a, "--out"))
+        else if (!strcmp(a, "--config")) {
+            if (load_config(v, &o->model)) return -1;
+            o->config_path = v;
+        } else if (!strcmp(a, "--out"))
             o->out_dir = v;
         else if (!strcmp(a, "--pattern")) {
             if (strlen(v) == 0 || strlen(v) > DN_MODEL_MAX_LAYERS) {
@@ -158,6 +199,7 @@ int train_parse(train_options *o, int argc, char **argv) {
         I64("--mqar-vocab", 8, 1 << 24, o->mqar_vocab)
         I64("--mqar-pairs", 1, 1 << 20, o->mqar_pairs)
         I64("--threads", 1, 1024, o->threads)
+        I64("--save-every", 0, (int64_t)1 << 40, o->save_every)
         F64("--lr", 0, 10, o->lr)
         F64("--min-lr-ratio", 0, 1, o->min_lr_ratio)
         F64("--wd", 0, 100, o->opt.weight_decay)
@@ -178,8 +220,8 @@ int train_parse(train_options *o, int argc, char **argv) {
     dn_model_config *c = &o->model;
     if (heads > 0) c->num_attention_heads = c->linear_num_key_heads = heads;
     if (head_dim > 0) c->head_dim = c->linear_key_head_dim = c->linear_value_head_dim = head_dim;
-    c->num_key_value_heads = kv > 0 ? kv : c->num_attention_heads;
-    c->linear_num_value_heads = vh > 0 ? vh : c->linear_num_key_heads;
+    if (kv > 0 || heads > 0) c->num_key_value_heads = kv > 0 ? kv : heads;
+    if (vh > 0 || heads > 0) c->linear_num_value_heads = vh > 0 ? vh : heads;
     if (!strcmp(o->task, "mqar")) c->vocab_size = o->mqar_vocab;
     if (dn_model_config_check(c) != DN_OK) {
         fprintf(stderr, "train: %s\n", dn_last_error());
@@ -329,6 +371,49 @@ static void fmt_time(char *buf, size_t n, double s) {
         snprintf(buf, n, "%.0fh%02.0fm", floor(s / 3600), fmod(s / 60, 60));
 }
 
+/* JSON string body of s (quotes, backslashes and control bytes escaped) */
+static void json_str(char *dst, size_t cap, const char *s) {
+    size_t n = 0;
+    for (; *s && n + 8 < cap; s++) {
+        const unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            dst[n++] = '\\', dst[n++] = (char)ch;
+        else if (ch < 0x20)
+            n += (size_t)snprintf(dst + n, cap - n, "\\u%04x", ch);
+        else
+            dst[n++] = (char)ch;
+    }
+    dst[n] = 0;
+}
+
+/* The options that decide the run's numbers, as JSON: saved in the checkpoint, and compared on
+ * --resume (a run resumed with other options would not be the same run). */
+static void options_json(const train_options *o, char *buf, size_t cap) {
+    char data[1024];
+    json_str(data, sizeof data, !strcmp(o->task, "text") ? o->data : "");
+    snprintf(buf, cap,
+             "{\"task\": \"%s\", \"data\": \"%s\", \"batch\": %lld, \"seq\": %lld, "
+             "\"accum\": %lld, \"steps\": %lld, \"lr\": %.17g, \"warmup\": %lld, "
+             "\"min_lr_ratio\": %.17g, \"weight_decay\": %.17g, \"grad_clip\": %.17g, "
+             "\"beta1\": %.17g, \"beta2\": %.17g, \"eps\": %.17g, \"seed\": %llu, "
+             "\"mqar_vocab\": %lld, \"mqar_pairs\": %lld}",
+             o->task, data, (long long)o->B, (long long)o->T, (long long)o->accum,
+             (long long)o->steps, o->lr, (long long)o->warmup, o->min_lr_ratio, o->opt.weight_decay,
+             o->opt.grad_clip, o->opt.beta1, o->opt.beta2, o->opt.eps, (unsigned long long)o->seed,
+             (long long)o->mqar_vocab, (long long)o->mqar_pairs);
+}
+
+static int save_checkpoint(const train_options *o, const dn_model *m, dn_adamw *opt) {
+    char path[4096], extra[4096];
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", o->out_dir);
+    options_json(o, extra, sizeof extra);
+    if (dn_checkpoint_save(path, m, opt, extra) != DN_OK) {
+        fprintf(stderr, "train: cannot save %s: %s\n", path, dn_last_error());
+        return -1;
+    }
+    return 0;
+}
+
 int train_run(const train_options *o, train_result *res) {
     memset(res, 0, sizeof *res);
     if (o->threads > 0) dn_set_num_threads((int)o->threads);
@@ -336,8 +421,39 @@ int train_run(const train_options *o, train_result *res) {
     if (!strcmp(o->task, "text") && load_corpus(o->data, &src.text)) return 1;
     dn_model *m = NULL;
     dn_adamw *opt = NULL;
-    if (dn_model_create(&m, &o->model, o->seed) != DN_OK ||
-        dn_adamw_create(&opt, m, &o->opt) != DN_OK) {
+    int64_t first_step = 0;
+    if (o->resume) {
+        char path[4096], want[4096];
+        char *extra = NULL;
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", o->out_dir);
+        if (dn_checkpoint_load(path, &m, &opt, &o->opt, &extra) != DN_OK) {
+            fprintf(stderr, "train: cannot resume from %s: %s\n", path, dn_last_error());
+            dn_text_data_free(src.text);
+            return 1;
+        }
+        options_json(o, want, sizeof want);
+        char *cfg = NULL;
+        dn_model_config_to_json(&o->model, &cfg);
+        char *have = NULL;
+        dn_model_config_to_json(dn_model_get_config(m), &have);
+        const int same = extra && !strcmp(extra, want) && cfg && have && !strcmp(cfg, have);
+        if (!same)
+            fprintf(stderr,
+                    "train: %s was made with other options or another model; resume with the "
+                    "same ones.\n  checkpoint: %s\n             %s\n  now:        %s\n"
+                    "             %s\n",
+                    path, extra ? extra : "(none)", have ? have : "?", want, cfg ? cfg : "?");
+        free(extra), free(cfg), free(have);
+        if (!same) {
+            dn_adamw_free(opt);
+            dn_model_free(m);
+            dn_text_data_free(src.text);
+            return 1;
+        }
+        first_step = dn_adamw_get_step(opt);
+        if (!o->quiet) printf("resuming from %s at step %lld\n", path, (long long)first_step);
+    } else if (dn_model_create(&m, &o->model, o->seed) != DN_OK ||
+               dn_adamw_create(&opt, m, &o->opt) != DN_OK) {
         fprintf(stderr, "train: %s\n", dn_last_error());
         dn_model_free(m);
         dn_text_data_free(src.text);
@@ -358,7 +474,7 @@ int train_run(const train_options *o, train_result *res) {
     mkdir(o->out_dir, 0777);
     char path[4096];
     snprintf(path, sizeof path, "%s/log.jsonl", o->out_dir);
-    FILE *logf = fopen(path, "w");
+    FILE *logf = fopen(path, o->resume ? "a" : "w");
     if (!logf) fprintf(stderr, "train: cannot write %s (no JSON log)\n", path);
 
     signal(SIGINT, on_signal);
@@ -376,7 +492,7 @@ int train_run(const train_options *o, train_result *res) {
     double t0 = now_s(), train_time = 0, loss = NAN;
     int64_t n_eval = 0, step;
     int rc = 0;
-    for (step = 0; step < o->steps && !stop_requested; step++) {
+    for (step = first_step; step < o->steps && !stop_requested; step++) {
         const double ts = now_s();
         dn_model_zero_grad(m);
         /* the gradient of the mean over every counted target of the step's micro-batches */
@@ -407,12 +523,12 @@ int train_run(const train_options *o, train_result *res) {
         if (rc) break;
         loss = lsum / (double)(count ? count : 1);
         train_time += now_s() - ts;
-        curve_x[step] = (double)(step + 1), curve_y[step] = loss;
-        const double tps = (double)((step + 1) * o->accum * N) / train_time;
+        const int64_t done = step + 1 - first_step; /* steps run in this process */
+        curve_x[done - 1] = (double)(step + 1), curve_y[done - 1] = loss;
+        const double tps = (double)(done * o->accum * N) / train_time;
         if (tty) {
             char eta[32];
-            fmt_time(eta, sizeof eta,
-                     (double)(o->steps - step - 1) * train_time / (double)(step + 1));
+            fmt_time(eta, sizeof eta, (double)(o->steps - step - 1) * train_time / (double)done);
             printf("\r\033[Kstep %lld/%lld  loss %.4f  lr %.2e  |g| %.3f  %.0f tok/s  MFU %.1f%%  "
                    "ETA %s",
                    (long long)step + 1, (long long)o->steps, loss, lr, gnorm, tps,
@@ -438,12 +554,22 @@ int train_run(const train_options *o, train_result *res) {
                         (long long)step + 1, loss, vl, acc, lr, gnorm, tps);
             res->val_loss = vl, res->val_accuracy = acc;
         }
+        if (o->save_every && (step + 1) % o->save_every == 0 && step + 1 < o->steps &&
+            save_checkpoint(o, m, opt)) {
+            rc = 1;
+            step++;
+            break;
+        }
     }
     res->steps = step, res->train_loss = loss, res->seconds = now_s() - t0;
-    res->tokens_per_s = train_time > 0 ? (double)(step * o->accum * N) / train_time : 0;
+    res->tokens_per_s =
+        train_time > 0 ? (double)((step - first_step) * o->accum * N) / train_time : 0;
+    if (rc == 0 && step > first_step && save_checkpoint(o, m, opt)) rc = 1;
     res->mfu = peak > 0 ? res->tokens_per_s * flops_tok / (peak * 1e9) : 0;
     if (stop_requested && !o->quiet)
-        printf("\nstopped by signal after step %lld\n", (long long)step);
+        printf("\nstopped by signal after step %lld (checkpoint saved: continue with the same "
+               "options and --resume)\n",
+               (long long)step);
     if (logf) {
         fprintf(logf,
                 "{\"summary\": true, \"pattern\": \"%s\", \"params\": %lld, \"steps\": %lld, "
@@ -454,8 +580,8 @@ int train_run(const train_options *o, train_result *res) {
                 res->val_loss, res->tokens_per_s, flops_tok, peak, res->mfu, res->seconds);
         fclose(logf);
     }
-    if (step > 0) {
-        svg_series ser[2] = {{"train", curve_x, curve_y, (int)step},
+    if (step > first_step) {
+        svg_series ser[2] = {{"train", curve_x, curve_y, (int)(step - first_step)},
                              {"validation", eval_x, eval_y, (int)n_eval}};
         char note[320];
         snprintf(note, sizeof note, "%s, %lld parameters", o->model.layer_pattern,

@@ -15,7 +15,9 @@ typedef struct {
     int64_t mqar_vocab, mqar_pairs;
     double lr, min_lr_ratio;
     uint64_t seed;
-    int quiet;
+    int quiet, resume;
+    int64_t save_every; /* checkpoint every N steps (0: only at the end and on a signal) */
+    const char *config_path;
 } train_options;
 
 typedef struct {
