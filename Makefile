@@ -120,7 +120,7 @@ $(BUILD)/%.o: %.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ibench -Itests -Itools -c $< -o $@
 
-TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/train.o $(BUILD)/tools/recall.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine.o
+TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/train.o $(BUILD)/tools/recall.o $(BUILD)/tools/generate.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine.o
 
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)

@@ -4,10 +4,12 @@
  *   bench   benchmarks of the ops (gdn, attn, ssm)
  *   train   a language model (Gated DeltaNet, attention, hybrid) on text or MQAR
  *   recall  the MQAR in-context recall experiment, one model per mixer
+ *   generate text from a trained checkpoint
  *   info    build, SIMD level, threads and the measured FMA peak
  */
 #include "bench.h"
 #include "compare.h"
+#include "generate.h"
 #include "recall.h"
 #include "train.h"
 
@@ -48,6 +50,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "train")) return dn_train_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "recall")) return dn_recall_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "generate")) return dn_generate_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "info")) {
         printf("%s\n", dn_build_info());
         printf("best SIMD level: %s, threads: %d\n", dn_isa_name(dn_isa_best()),
