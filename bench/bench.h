@@ -21,6 +21,9 @@ int dn_bench_attn_main(int argc, char **argv);
 int dn_bench_ssm_main(int argc, char **argv);
 /* `deltanet bench bwd`: forward + backward of Gated DeltaNet and attention (bench/bwd.c). */
 int dn_bench_bwd_main(int argc, char **argv);
+/* `deltanet bench matmul`: dense products, the built-in kernel against the BLAS (bench/matmul.c).
+ */
+int dn_bench_matmul_main(int argc, char **argv);
 
 /* ---- the machine's ceilings (bench/machine.c), measured in the run they bound ---- */
 
