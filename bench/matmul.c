@@ -2,8 +2,9 @@
  * bench/matmul.c - dense products at the shapes of a model's projections (`deltanet bench
  * matmul`): the built-in kernel and the BLAS the library was built with, side by side in one run,
  * each point timed for both alike (bench.h's policy: the same warm-up, the same number of timed
- * calls set by the size of the point, the median), as GFLOP/s (2 M N K per call), the fraction
- * of the fp32 FMA peak measured in the same run, and the ratio built-in / BLAS.
+ * calls set by the size of the point, the median; and the same idle pause before each), as
+ * GFLOP/s (2 M N K per call), the fraction of the fp32 FMA peak measured in the same run, and
+ * the ratio built-in / BLAS.
  *
  * Default points, with T tokens and a d_in -> d_out projection Y [T,d_out] = X [T,d_in] W:
  *   forward     NN  Y = X W          M = T,     N = d_out, K = d_in
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
     int ta, tb;
@@ -141,6 +143,10 @@ int dn_bench_matmul_main(int argc, char **argv) {
         double gf[2] = {0, 0};
         for (int b = 0; b < 1 + have_blas && !status; b++) {
             dn_matmul_set_backend(b ? "blas" : "builtin");
+            /* an OpenBLAS built on pthreads keeps its workers spinning for about 0.1 s after a
+             * call (THREAD_TIMEOUT), on the cores the built-in kernel's OpenMP threads use next:
+             * each point starts after a pause that outlasts it (untimed, for both backends) */
+            nanosleep(&(struct timespec){0, 250 * 1000 * 1000}, NULL);
             const double sec = bench_time(run_mm, &c, BENCH_WARMUP, n);
             if (sec < 0) {
                 fprintf(stderr, "bench matmul: %s\n", dn_last_error());

@@ -44,7 +44,8 @@
  *     thread; calls on different threads are independent. Every op is bitwise reproducible run
  *     to run at a fixed thread count and ISA. Also identical across thread counts: the linear
  *     family (forward, training forward, backward), the attention forward, Mamba-1's forward,
- *     Mamba-2, RWKV-4 and the convolution (forward and backward). Not across thread counts: the
+ *     Mamba-2, RWKV-4, the convolution (forward and backward) and dn_matmul's built-in kernel
+ *     (on a BLAS, dn_matmul is as reproducible as the BLAS). Not across thread counts: the
  *     attention backward (unless B x HKV is a multiple of both thread counts or at least 4x
  *     them), dn_kv_cache_attend (keys are split by thread), Mamba-1's backward (dBm, dCm).
  */
@@ -646,7 +647,8 @@ DN_API dn_status dn_conv_backward(const dn_conv_bwd_params *p);
  * which); the BLAS takes int dimensions, so a call with a dimension or leading dimension past
  * INT_MAX runs on the built-in kernel. Threads: dn_get_num_threads() (the BLAS's pool is set to
  * match). The built-in kernel is bitwise reproducible run to run and across thread counts at one
- * SIMD level; the BLAS is as reproducible as it is (OpenBLAS: at a fixed thread count).
+ * SIMD level; the BLAS as far as the BLAS is (OpenBLAS: run to run at a fixed thread count, as
+ * the tests check).
  */
 typedef enum dn_trans { DN_NO_TRANS = 0, DN_TRANS = 1 } dn_trans;
 DN_API dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, float alpha,

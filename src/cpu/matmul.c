@@ -159,6 +159,22 @@ static void pack_a(const dn_matmul_args *a, float *dst, int64_t i0, int64_t m, i
     }
 }
 
+/* An edge tile: C[0..mi)[0..nj) = alpha t + beta C from the whole tile's sums t */
+static void mm_edge(const float *t, float *C, int64_t ldc, int64_t mi, int64_t nj, float alpha,
+                    float beta) {
+    for (int64_t i = 0; i < mi; i++)
+        for (int64_t j = 0; j < nj; j++) {
+            float *c = C + i * ldc + j;
+            const float s = t[i * MM_NR + j];
+            if (beta == 0.0f)
+                *c = alpha * s;
+            else if (beta == 1.0f)
+                *c = *c + alpha * s;
+            else
+                *c = alpha * s + beta * *c;
+        }
+}
+
 /* One tile: s = A micro-panel x B micro-panel over kc, then C[0..mi)[0..nj) = alpha s + beta C
  * (beta = 0: C not read). The tile's rows of C, and from `next` on one cache line per k, are
  * prefetched while it runs. */
@@ -183,33 +199,24 @@ static inline void mm_tile(int64_t kc, const float *restrict ap, const float *re
                 acc[i][r] += ai * b[r];
         }
     }
-    const vf va = splat(alpha), vb = splat(beta);
-    if (mi == MM_MR && nj == MM_NR) {
+    if (mi < MM_MR || nj < MM_NR) {
+        float t[MM_MR * MM_NR];
         for (int i = 0; i < MM_MR; i++)
-            for (int r = 0; r < MM_NV; r++) {
-                float *c = C + i * ldc + r * DN_VW;
-                if (beta == 0.0f)
-                    vstore(c, va * acc[i][r]);
-                else if (beta == 1.0f)
-                    vstore(c, vload(c) + va * acc[i][r]);
-                else
-                    vstore(c, va * acc[i][r] + vb * vload(c));
-            }
+            for (int r = 0; r < MM_NV; r++)
+                vstore(t + i * MM_NR + r * DN_VW, acc[i][r]);
+        mm_edge(t, C, ldc, mi, nj, alpha, beta);
         return;
     }
-    float t[MM_MR][MM_NR];
+    const vf va = splat(alpha), vb = splat(beta);
     for (int i = 0; i < MM_MR; i++)
-        for (int r = 0; r < MM_NV; r++)
-            vstore(&t[i][r * DN_VW], acc[i][r]);
-    for (int64_t i = 0; i < mi; i++)
-        for (int64_t j = 0; j < nj; j++) {
-            float *c = C + i * ldc + j;
+        for (int r = 0; r < MM_NV; r++) {
+            float *c = C + i * ldc + r * DN_VW;
             if (beta == 0.0f)
-                *c = alpha * t[i][j];
+                vstore(c, va * acc[i][r]);
             else if (beta == 1.0f)
-                *c = *c + alpha * t[i][j];
+                vstore(c, vload(c) + va * acc[i][r]);
             else
-                *c = alpha * t[i][j] + beta * *c;
+                vstore(c, va * acc[i][r] + vb * vload(c));
         }
 }
 
