@@ -6,11 +6,12 @@
  * GFLOP/s (2 M N K per call), the fraction of the fp32 FMA peak measured in the same run, and
  * the ratio built-in / BLAS.
  *
- * Default points, with T tokens and a d_in -> d_out projection Y [T,d_out] = X [T,d_in] W:
- *   forward     NN  Y = X W          M = T,     N = d_out, K = d_in
- *   backward    NT  dX = dY W^T      M = T,     N = d_in,  K = d_out
- *   backward    TN  dW = X^T dY      M = d_in,  N = d_out, K = T
- * at T from 512 to 4096 and widths from 256 to 2048, plus the 2048 square.
+ * Default points: the products of a linear layer y = x W^T with W [out,in] (the layout of the
+ * model layer's linear layers), over T tokens:
+ *   forward     NT  Y = X W^T        M = T,    N = out,  K = in
+ *   backward    NN  dX = dY W        M = T,    N = in,   K = out
+ *   backward    TN  dW = dY^T X      M = out,  N = in,   K = T
+ * at T from 512 to 4096 and widths from 256 to 2048, and the 2048 square.
  */
 #include "bench.h"
 
@@ -25,9 +26,9 @@ typedef struct {
 } mm_point;
 
 static const mm_point default_points[] = {
-    {0, 0, 512, 256, 256},    {0, 0, 512, 1024, 1024},  {0, 0, 4096, 2048, 512},
-    {0, 0, 2048, 2048, 2048}, {0, 1, 2048, 1024, 1024}, {1, 0, 1024, 1024, 2048},
-    {0, 1, 4096, 512, 2048},  {1, 0, 256, 256, 4096},
+    {0, 1, 512, 256, 256},    {0, 1, 512, 1024, 1024},  {0, 0, 512, 1024, 1024},
+    {1, 0, 1024, 1024, 512},  {0, 1, 4096, 2048, 512},  {0, 0, 4096, 512, 2048},
+    {1, 0, 1024, 1024, 4096}, {0, 0, 2048, 2048, 2048},
 };
 #define N_DEFAULT (int)(sizeof default_points / sizeof default_points[0])
 #define MAX_POINTS 32

@@ -156,11 +156,11 @@ static int check_case(const mm_case *c, rng *r, const char *label) {
 /* Block sizes of the built-in kernel (src/cpu/matmul.c): MR 6 (14 at AVX-512), NR 8 / 16 / 32,
  * KC 256, MC 168, NC 4096; the shapes sit on both sides of each. */
 static const shape shapes[] = {
-    {1, 1, 1},     {7, 13, 29},   {2, 3, 5},      {6, 16, 1},   {5, 17, 3},
-    {14, 32, 7},   {13, 31, 257}, {15, 33, 255},  {12, 9, 256}, {29, 65, 300},
-    {167, 17, 64}, {168, 8, 20},  {169, 40, 513}, {337, 7, 11}, {3, 4097, 3},
-    {2, 4128, 2},  {1, 1000, 97}, {1000, 1, 37},  {31, 23, 1},  {257, 129, 511},
-    {64, 64, 64},  {100, 200, 0}, {9, 3, 0},      {0, 5, 5},    {5, 0, 5},
+    {1, 1, 1},      {7, 13, 29},     {2, 3, 5},    {6, 16, 1},    {5, 17, 3},    {14, 32, 7},
+    {13, 31, 257},  {15, 33, 255},   {12, 9, 256}, {29, 65, 300}, {167, 17, 64}, {168, 8, 20},
+    {169, 40, 513}, {337, 7, 11},    {3, 4097, 3}, {2, 4128, 2},  {1, 1000, 97}, {1000, 1, 37},
+    {31, 23, 1},    {257, 129, 511}, {64, 64, 64}, {100, 200, 0}, {9, 3, 0},     {0, 5, 5},
+    {5, 0, 5},      {4, 300, 700},   {6, 300, 70},
 };
 #define N_SHAPES (int)(sizeof shapes / sizeof shapes[0])
 
@@ -406,7 +406,7 @@ static int test_contract(void) {
     return fails;
 }
 
-/* ---- allocation failure and reproducibility (the built-in kernel) ------------------------ */
+/* ---- allocation failure and reproducibility ------------------------------------------------ */
 
 typedef struct {
     const float *A, *B;
@@ -419,57 +419,70 @@ static dn_status alloc_call(void *p) {
                      c->C, c->N);
 }
 
+/* Packed panels (M = 70) and the gathered rows of a transposed A on the few-rows path (M = 3) */
 static int test_alloc_failure(void) {
     int fails = 0;
     rng r = {8};
-    const int64_t M = 70, N = 50, K = 300;
-    float *A = falloc(K * M), *B = falloc(K * N), *C = falloc(M * N);
-    fill_uniform(&r, A, K * M, -1, 1);
-    fill_uniform(&r, B, K * N, -1, 1);
-    alloc_ctx ctx = {A, B, C, M, N, K};
-    for (int b = 0; b < DN_ISA_COUNT; b++) {
-        if (!use_backend(b)) continue;
-        long reached = 0;
-        int64_t n = M * N;
-        char what[64];
-        snprintf(what, sizeof what, "builtin %s", backend_label(b));
-        fails += check_alloc_failures(what, alloc_call, &ctx, &C, &n, 1, &reached);
-        CHECK(reached >= 1, "%s: no allocation reached the hook", what);
+    const int64_t Ms[2] = {70, 3}, N = 50, K = 300;
+    for (int s = 0; s < 2; s++) {
+        const int64_t M = Ms[s];
+        float *A = falloc(K * M), *B = falloc(K * N), *C = falloc(M * N);
+        fill_uniform(&r, A, K * M, -1, 1);
+        fill_uniform(&r, B, K * N, -1, 1);
+        alloc_ctx ctx = {A, B, C, M, N, K};
+        for (int b = 0; b < DN_ISA_COUNT; b++) {
+            if (!use_backend(b)) continue;
+            long reached = 0;
+            int64_t n = M * N;
+            char what[64];
+            snprintf(what, sizeof what, "builtin %s, M = %lld", backend_label(b), (long long)M);
+            fails += check_alloc_failures(what, alloc_call, &ctx, &C, &n, 1, &reached);
+            CHECK(reached >= 1, "%s: no allocation reached the hook", what);
+        }
+        free(A), free(B), free(C);
     }
     restore_backend();
-    free(A), free(B), free(C);
     return fails;
 }
 
-/* Three runs at a fixed thread count are bitwise equal, and (the kernel sums each element in an
- * order fixed by the shape) equal across thread counts too. */
+/* The built-in kernel: three runs at a fixed thread count are bitwise equal, and (it sums each
+ * element in an order fixed by the shape) equal across thread counts too. The BLAS: three runs
+ * at a fixed thread count are bitwise equal (what the header says of OpenBLAS). */
 static int test_reproducible(void) {
     int fails = 0;
     rng r = {77};
-    const int64_t M = 301, N = 203, K = 700;
-    float *A = falloc(M * K), *B = falloc(N * K), *C = falloc(M * N), *first = falloc(M * N);
-    fill_uniform(&r, A, M * K, -1, 1);
-    fill_uniform(&r, B, N * K, -1, 1);
+    /* the packed path (B transposed) and the few-rows path (B not transposed) */
+    const shape sh[2] = {{301, 203, 700}, {3, 700, 900}};
     const int threads[] = {2, 2, 2, 1, 3, 4};
-    for (int b = 0; b < DN_ISA_COUNT; b++) {
-        if (!use_backend(b)) continue;
-        for (int i = 0; i < 6; i++) {
-            dn_set_num_threads(threads[i]);
-            poison(C, M * N);
-            dn_status st = dn_matmul(DN_NO_TRANS, DN_TRANS, M, N, K, 0.5f, A, K, B, K, 0.0f, C, N);
-            CHECK(st == DN_OK, "%s", dn_last_error());
-            if (i == 0)
-                memcpy(first, C, sizeof(float) * (size_t)(M * N));
-            else {
-                char what[64];
-                snprintf(what, sizeof what, "builtin %s, %d threads", backend_label(b), threads[i]);
-                fails += check_same_bits(what, C, first, M * N);
+    for (int s = 0; s < 2; s++) {
+        const int64_t M = sh[s].M, N = sh[s].N, K = sh[s].K;
+        const dn_trans tb = s == 0 ? DN_TRANS : DN_NO_TRANS;
+        float *A = falloc(M * K), *B = falloc(N * K), *C = falloc(M * N), *first = falloc(M * N);
+        fill_uniform(&r, A, M * K, -1, 1);
+        fill_uniform(&r, B, N * K, -1, 1);
+        for (int b = 0; b < N_BACKENDS; b++) {
+            if (!use_backend(b)) continue;
+            for (int i = 0; i < (b == DN_ISA_COUNT ? 3 : 6); i++) {
+                dn_set_num_threads(threads[i]);
+                poison(C, M * N);
+                dn_status st =
+                    dn_matmul(DN_NO_TRANS, tb, M, N, K, 0.5f, A, K, B, tb ? K : N, 0.0f, C, N);
+                CHECK(st == DN_OK, "%s", dn_last_error());
+                if (i == 0)
+                    memcpy(first, C, sizeof(float) * (size_t)(M * N));
+                else {
+                    char what[80];
+                    snprintf(what, sizeof what, "%s%s %lldx%lldx%lld, %d threads",
+                             b < DN_ISA_COUNT ? "builtin " : "", backend_label(b), (long long)M,
+                             (long long)N, (long long)K, threads[i]);
+                    fails += check_same_bits(what, C, first, M * N);
+                }
             }
         }
+        dn_set_num_threads(0);
+        free(A), free(B), free(C), free(first);
     }
-    dn_set_num_threads(0);
     restore_backend();
-    free(A), free(B), free(C), free(first);
     return fails;
 }
 

@@ -47,6 +47,8 @@
  * two passes of the threads (pack B, then compute), not two per depth block, each ending in a
  * wait for the slowest thread. */
 #define MM_BGROUP ((int64_t)4 << 20)
+/* Fewer rows than this skip the packing (few_rows below): measured faster at M = 1 to 5 */
+#define MM_FEW 6
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -90,6 +92,7 @@ static size_t b_floats(const mm_plan *p, int64_t K) {
 }
 
 size_t DN_ISA_FN(dn_cpu_matmul_workspace)(const dn_matmul_args *a, int nthreads) {
+    if (a->M < MM_FEW) return a->ta ? (size_t)(a->M * a->K) * sizeof(float) : 0;
     const mm_plan p = plan_for(a, nthreads);
     const size_t bp = (b_floats(&p, a->K) * sizeof(float) + 63) & ~(size_t)63;
     return bp + dn_parallel_ws_bytes(p.nt, (size_t)(p.mc * p.kc) * sizeof(float));
@@ -142,13 +145,14 @@ static void pack_a(const dn_matmul_args *a, float *dst, int64_t i0, int64_t m, i
         const int64_t mi = min64(MM_MR, m - ip);
         if (!a->ta) { /* op(A)[i][k] = A[i lda + k] */
             for (int64_t i = 0; i < MM_MR; i++) {
-                const float *src = a->A + (i0 + ip + i) * a->lda + pc;
-                if (i < mi)
+                if (i < mi) {
+                    const float *src = a->A + (i0 + ip + i) * a->lda + pc;
                     for (int64_t k = 0; k < kc; k++)
                         dst[k * MM_MR + i] = src[k];
-                else
+                } else {
                     for (int64_t k = 0; k < kc; k++)
                         dst[k * MM_MR + i] = 0.0f;
+                }
             }
         } else { /* op(A)[i][k] = A[k lda + i]: MR contiguous values per k */
             const float *src = a->A + pc * a->lda + i0 + ip;
@@ -249,7 +253,80 @@ static void mm_block(void *ctx, int64_t task, int thread, void *scratch) {
     }
 }
 
+/* ---- few rows (M < MM_FEW, as in a decode step): B used where it lies, not packed ----
+ * Packing B for so few rows would move it twice for each pass of the product. Instead each task
+ * owns MM_FEW_COLS columns of C and sweeps K once. With B not transposed, the task's rows of C
+ * accumulate in an L1 buffer, a_ik times the contiguous piece of B's row k, k in order; with B
+ * transposed, each element is the dot product of two contiguous rows (simd.h's dot_f32). The
+ * rows of op(A) are read in place, or copied contiguous first when A is transposed. Each
+ * element's summation order depends on K alone. */
+#define MM_FEW_COLS 256
+
+typedef struct {
+    const dn_matmul_args *a;
+    const float *arows; /* op(A) [M,K], row stride lda (in place) or K (copied) */
+    int64_t lda;
+} few_ctx;
+
+static inline float few_store(const float *c, float s, float alpha, float beta) {
+    return beta == 0.0f ? alpha * s : beta == 1.0f ? *c + alpha * s : alpha * s + beta * *c;
+}
+
+static void few_rows(void *ctx, int64_t task, int thread, void *scratch) {
+    (void)thread, (void)scratch;
+    const few_ctx *f = ctx;
+    const dn_matmul_args *a = f->a;
+    const int64_t j0 = task * MM_FEW_COLS, w = min64(a->N - j0, MM_FEW_COLS), K = a->K;
+    if (a->tb) {
+        for (int64_t i = 0; i < a->M; i++)
+            for (int64_t j = j0; j < j0 + w; j++) {
+                float *c = a->C + i * a->ldc + j;
+                *c = few_store(c, dot_f32(f->arows + i * f->lda, a->B + j * a->ldb, K), a->alpha,
+                               a->beta);
+            }
+        return;
+    }
+    float t[MM_FEW - 1][MM_FEW_COLS];
+    const int64_t wv = w / DN_VW * DN_VW;
+    for (int64_t i = 0; i < a->M; i++)
+        memset(t[i], 0, sizeof t[i]);
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = a->B + k * a->ldb + j0;
+        for (int64_t i = 0; i < a->M; i++) {
+            const float aik = f->arows[i * f->lda + k];
+            const vf ak = splat(aik);
+            for (int64_t j = 0; j < wv; j += DN_VW)
+                vstore(t[i] + j, vload(t[i] + j) + ak * vload(b + j));
+            for (int64_t j = wv; j < w; j++)
+                t[i][j] += aik * b[j];
+        }
+    }
+    for (int64_t i = 0; i < a->M; i++)
+        for (int64_t j = 0; j < w; j++) {
+            float *c = a->C + i * a->ldc + j0 + j;
+            *c = few_store(c, t[i][j], a->alpha, a->beta);
+        }
+}
+
+static void mm_few(const dn_matmul_args *a, int nthreads, float *ws) {
+    few_ctx f = {a, a->A, a->lda};
+    if (a->ta) { /* op(A)[i][k] = A[k lda + i]: the rows gathered, K floats each */
+        for (int64_t i = 0; i < a->M; i++)
+            for (int64_t k = 0; k < a->K; k++)
+                ws[i * a->K + k] = a->A[k * a->lda + i];
+        f.arows = ws, f.lda = a->K;
+    }
+    const double fmas = (double)a->M * (double)a->N * (double)a->K;
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if (fmas < (double)nt * (1 << 17)) nt = (int)(fmas / (1 << 17)) + 1;
+    dn_parallel_tasks(nt, cdiv(a->N, MM_FEW_COLS), DN_SCHED_DYNAMIC, few_rows, &f, NULL, 0);
+}
+
 void DN_ISA_FN(dn_cpu_matmul)(const dn_matmul_args *a, int nthreads, void *ws) {
+    if (a->M < MM_FEW) {
+        mm_few(a, nthreads, ws);
+        return;
+    }
     mm_ctx c = {.a = a, .p = plan_for(a, nthreads), .bp = ws};
     const size_t bp_bytes = (b_floats(&c.p, a->K) * sizeof(float) + 63) & ~(size_t)63;
     void *per_thread = (char *)ws + bp_bytes;
