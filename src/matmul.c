@@ -91,8 +91,8 @@ static void blas_set_threads(int n) {
     }
     atomic_flag_clear(&blas_threads_lock);
 }
-#else
-static void blas_set_threads(int n) { (void)n; }
+#elif defined(DN_HAVE_BLAS)
+static void blas_set_threads(int n) { (void)n; } /* a CBLAS without a thread setting */
 #endif
 
 /* C = beta C, C not read when beta = 0: the whole call when K = 0 or alpha = 0 */

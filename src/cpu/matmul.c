@@ -15,7 +15,7 @@
  * nothing beyond the copy every case makes; panels are padded with zeros to whole micro-panels,
  * and an edge tile is computed whole and written only inside C. Tasks are handed out
  * dynamically, a few per thread, so that a thread slowed by another process on its core leaves
- * its share to the others.
+ * its share to the others. A product of fewer than MM_FEW rows skips the packing (few_rows).
  *
  * Every element of C is summed in one order whatever the thread count: k in order within a
  * depth block, each block's sum added to C in turn (alpha s + beta C for the first, C + alpha s
@@ -28,7 +28,7 @@
 #include "simd.h"
 
 #if DN_VW == 16
-/* 28 accumulators and 2 B vectors of the 32 zmm registers (the broadcast folds into the FMA) */
+/* 28 accumulators, 2 B vectors and 1 broadcast of the 32 zmm registers */
 #define MM_MR 14
 #else
 /* 12 accumulators, 2 B vectors and 1 broadcast of the 16 ymm (or xmm) registers */
@@ -56,6 +56,15 @@ static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
  * subtraction folds away, where simd.h's vset1 (0 + x, which turns -0 into +0) costs an add */
 static inline vf splat(float x) { return x - vzero(); }
 
+/* Threads for a product: at most one per 2^17 multiply-adds, as waking threads costs more than a
+ * smaller share of work saves */
+static int mm_threads(const dn_matmul_args *a, int nthreads) {
+    const double fmas = (double)a->M * (double)a->N * (double)a->K;
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if (fmas < (double)nt * (1 << 17)) nt = (int)(fmas / (1 << 17)) + 1;
+    return nt;
+}
+
 /* How a call is cut. kc and nc fix the order in which each element is summed and depend on the
  * shape alone; mc, the row blocks and the column parts only move work between threads. */
 typedef struct {
@@ -73,10 +82,7 @@ static mm_plan plan_for(const dn_matmul_args *a, int nthreads) {
     p.nc = cdiv(cdiv(a->N, cdiv(a->N, MM_NC)), MM_NR) * MM_NR;
     p.nkg = MM_BGROUP / (p.kc * p.nc);
     if (p.nkg < 1) p.nkg = 1;
-    /* a thread per 2^17 multiply-adds at most: a small product is not worth waking threads for */
-    const double fmas = (double)a->M * (double)a->N * (double)a->K;
-    p.nt = nthreads < 1 ? 1 : nthreads;
-    if (fmas < (double)p.nt * (1 << 17)) p.nt = (int)(fmas / (1 << 17)) + 1;
+    p.nt = mm_threads(a, nthreads);
     /* row blocks: a multiple of the thread count, as even as whole micro-panels allow */
     int64_t nrb = cdiv(a->M, MM_MC);
     nrb = cdiv(nrb, p.nt) * p.nt;
@@ -316,10 +322,8 @@ static void mm_few(const dn_matmul_args *a, int nthreads, float *ws) {
                 ws[i * a->K + k] = a->A[k * a->lda + i];
         f.arows = ws, f.lda = a->K;
     }
-    const double fmas = (double)a->M * (double)a->N * (double)a->K;
-    int nt = nthreads < 1 ? 1 : nthreads;
-    if (fmas < (double)nt * (1 << 17)) nt = (int)(fmas / (1 << 17)) + 1;
-    dn_parallel_tasks(nt, cdiv(a->N, MM_FEW_COLS), DN_SCHED_DYNAMIC, few_rows, &f, NULL, 0);
+    dn_parallel_tasks(mm_threads(a, nthreads), cdiv(a->N, MM_FEW_COLS), DN_SCHED_DYNAMIC, few_rows,
+                      &f, NULL, 0);
 }
 
 void DN_ISA_FN(dn_cpu_matmul)(const dn_matmul_args *a, int nthreads, void *ws) {
