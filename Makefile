@@ -1,8 +1,10 @@
 # deltanet build. Knobs: DEBUG=1 (no optimisation), SAN=address,undefined (sanitizers), OPENMP=0
-# (single-threaded), CC=clang, CFLAGS_EXTRA=..., PREFIX=/usr/local for `make install`.
+# (single-threaded), BLAS=0 (no system BLAS: dn_matmul runs its built-in kernel only), CC=clang,
+# CFLAGS_EXTRA=..., PREFIX=/usr/local for `make install`.
 # Each configuration builds in its own directory (build, build-san, build-noomp, build-debug,
-# combined as needed), and a flags stamp rebuilds everything when the compiler or flags change,
-# so objects of one configuration never leak into another. Headers are tracked (-MMD -MP).
+# build-noblas, combined as needed), and a flags stamp rebuilds everything when the compiler or
+# flags change, so objects of one configuration never leak into another. Headers are tracked
+# (-MMD -MP).
 # Targets: all (library + tool), test, bench, run, install, compile_commands.json, format,
 # format-check, clean.
 
@@ -11,8 +13,9 @@ PREFIX  ?= /usr/local
 OPENMP  ?= 1
 SAN     ?=
 DEBUG   ?= 0
+BLAS    ?= 1
 
-BUILD   := build$(if $(SAN),-san)$(if $(filter 0,$(OPENMP)),-noomp)$(if $(filter 1,$(DEBUG)),-debug)
+BUILD   := build$(if $(SAN),-san)$(if $(filter 0,$(OPENMP)),-noomp)$(if $(filter 1,$(DEBUG)),-debug)$(if $(filter 0,$(BLAS)),-noblas)
 ARCH    := $(shell $(CC) -dumpmachine 2>/dev/null)
 
 CFLAGS_BASE := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Wshadow -Wno-unused-function \
@@ -44,6 +47,33 @@ else
   OMP_MSG := disabled (OPENMP=0)
 endif
 
+# A system BLAS for dn_matmul (src/matmul.c), through pkg-config: OpenBLAS, else BLIS, else any
+# CBLAS; the first whose cblas.h compiles and whose cblas_sgemm links. Its cflags go to every
+# object, its libs to every link and (as Requires.private) to the installed deltanet.pc.
+blas_probe = $(shell pkg-config --exists $(1) 2>/dev/null && \
+  echo 'int main(void){cblas_sgemm(CblasRowMajor,CblasNoTrans,CblasNoTrans,1,1,1,1.0f,0,1,0,1,0.0f,0,1);return 0;}' | \
+  $(CC) $$(pkg-config --cflags $(1)) -include cblas.h -x c - -o /dev/null $$(pkg-config --libs $(1)) 2>/dev/null && echo $(1))
+BLAS_PC :=
+ifeq ($(BLAS),0)
+  BLAS_MSG := disabled (BLAS=0): built-in kernel
+else
+  BLAS_PC := $(call blas_probe,openblas)
+  ifeq ($(BLAS_PC),)
+    BLAS_PC := $(call blas_probe,blis)
+  endif
+  ifeq ($(BLAS_PC),)
+    BLAS_PC := $(call blas_probe,cblas)
+  endif
+  ifneq ($(BLAS_PC),)
+    CFLAGS_BASE += -DDN_HAVE_BLAS $(if $(filter openblas,$(BLAS_PC)),-DDN_BLAS_OPENBLAS) \
+                   $(if $(filter blis,$(BLAS_PC)),-DDN_BLAS_BLIS) $(shell pkg-config --cflags $(BLAS_PC))
+    LDLIBS += $(shell pkg-config --libs $(BLAS_PC))
+    BLAS_MSG := $(BLAS_PC) $(shell pkg-config --modversion $(BLAS_PC)) for dn_matmul (DN_MATMUL=builtin: the built-in kernel; the fused kernels' small products stay in src/cpu/gemm.h)
+  else
+    BLAS_MSG := not found: built-in kernel (install libopenblas-dev for OpenBLAS)
+  endif
+endif
+
 ISAS := generic
 ifneq ($(findstring x86_64,$(ARCH)),)
   ISAS += avx2 avx512
@@ -67,10 +97,10 @@ LIB_SRC    := src/core.c src/check.c src/mem.c src/la.c src/attn.c src/mamba.c s
               src/model/nn.c src/model/model.c src/model/la.c src/model/mamba.c src/model/mamba2.c src/model/rwkv4.c src/model/attn.c src/model/train.c \
               src/model/data.c src/model/sample.c \
               src/model/json.c src/model/fileio.c src/model/safetensors.c src/model/checkpoint.c \
-              src/ref/la.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c \
+              src/ref/la.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c src/ref/matmul.c \
               src/cpu/dispatch.c src/cpu/parallel.c
 KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
-              src/cpu/conv.c
+              src/cpu/conv.c src/cpu/matmul.c
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
 
@@ -89,7 +119,7 @@ all: info $(STATIC) $(SHARED) $(TOOL) $(TEST)
 
 info:
 	@echo "deltanet build: CC=$(CC) ($(ARCH)), kernels: $(ISAS), this CPU: $(CPU_ISA), OpenMP: $(OMP_MSG)"
-	@echo "  BLAS: not linked (the fused kernels' products are at most 256x128x128, cache-resident; see src/cpu/gemm.h)"
+	@echo "  BLAS: $(BLAS_MSG)"
 	@echo "  CUDA toolkit: $(if $(HAVE_NVCC),found ($(shell nvcc --version 2>/dev/null | grep -o 'release [0-9.]*')), no CUDA kernels in this version,not found)"
 	@echo "  build dir: $(BUILD)$(if $(SAN), (sanitizers: $(SAN)))$(if $(filter 1,$(DEBUG)), (debug))"
 
@@ -122,10 +152,10 @@ $(BUILD)/%.o: %.c $(STAMP)
 
 TOOL_OBJ := $(BUILD)/tools/compare.o $(BUILD)/tools/train.o $(BUILD)/tools/recall.o $(BUILD)/tools/generate.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine.o
 
-$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(STATIC)
+$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(BUILD)/bench/matmul.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_files.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_matmul.o $(BUILD)/tests/test_files.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # Under AddressSanitizer a failed allocation must come back as NULL (the library's contract is
@@ -145,6 +175,7 @@ bench: info $(TOOL)
 	./$(TOOL) bench attn
 	./$(TOOL) bench ssm
 	./$(TOOL) bench bwd
+	./$(TOOL) bench matmul
 
 # The main job: softmax attention against the linear family, measured here.
 run: info $(TOOL)
@@ -157,7 +188,8 @@ install: $(STATIC) $(SHARED) $(TOOL)
 	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(TOOL) $(DESTDIR)$(PREFIX)/bin/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' \
-	    -e 's|@LIBS_PRIVATE@|-lm$(if $(filter yes,$(OMP_MSG)), -fopenmp)|' deltanet.pc.in \
+	    -e 's|@LIBS_PRIVATE@|-lm$(if $(filter yes,$(OMP_MSG)), -fopenmp)|' \
+	    -e 's|@REQUIRES_PRIVATE@|$(BLAS_PC)|' deltanet.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/deltanet.pc
 
 # Editor and clang-tidy support: one entry per source file with the flags it is built with.
@@ -179,8 +211,7 @@ format-check:
 	clang-format --dry-run -Werror $(FORMAT_SRC)
 
 clean:
-	rm -rf build build-san build-noomp build-debug build-san-noomp build-noomp-debug build-san-debug build-fuzz build-tsan \
-	       build-san-noomp-debug compile_commands.json
+	rm -rf build build-* compile_commands.json
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 

@@ -44,7 +44,8 @@
  *     thread; calls on different threads are independent. Every op is bitwise reproducible run
  *     to run at a fixed thread count and ISA. Also identical across thread counts: the linear
  *     family (forward, training forward, backward), the attention forward, Mamba-1's forward,
- *     Mamba-2, RWKV-4 and the convolution (forward and backward). Not across thread counts: the
+ *     Mamba-2, RWKV-4, the convolution (forward and backward) and dn_matmul's built-in kernel
+ *     (on a BLAS, dn_matmul is as reproducible as the BLAS). Not across thread counts: the
  *     attention backward (unless B x HKV is a multiple of both thread counts or at least 4x
  *     them), dn_kv_cache_attend (keys are split by thread), Mamba-1's backward (dBm, dCm).
  */
@@ -642,15 +643,27 @@ DN_API dn_status dn_conv_backward(const dn_conv_bwd_params *p);
  *   C = alpha * op(A) * op(B) + beta * C,  row-major, op(X) = X or X^T
  *   op(A) [M,K], op(B) [K,N], C [M,N]; lda, ldb, ldc are row strides in elements (at least the
  *   stored row length, and >= 1). beta = 0: C is not read (NaN in it is overwritten).
- * M, N or K = 0 is valid (with K = 0, C = beta * C). C must not overlap A or B.
- * Runs on the BLAS the library was built with (see dn_matmul_backend) or on the built-in kernel.
+ * M, N or K = 0 is valid: M or N = 0 does nothing (A, B, C may be NULL); K = 0 or alpha = 0 gives
+ * C = beta * C without reading A or B (the BLAS convention). C must not overlap A or B.
+ * Runs on the BLAS the library was built with or on the built-in kernel (dn_matmul_backend says
+ * which); the BLAS takes int dimensions, so a call with a dimension or leading dimension past
+ * INT_MAX runs on the built-in kernel. Threads: dn_get_num_threads() (the BLAS's pool is set to
+ * match). The built-in kernel is bitwise reproducible run to run and across thread counts at one
+ * SIMD level; the BLAS as far as the BLAS is (OpenBLAS: run to run at a fixed thread count, as
+ * the tests check).
  */
 typedef enum dn_trans { DN_NO_TRANS = 0, DN_TRANS = 1 } dn_trans;
 DN_API dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                            const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                            float *C, int64_t ldc);
-/* Which implementation dn_matmul uses now, e.g. "openblas" or "built-in". */
+/* Which implementation dn_matmul uses now: the BLAS's name ("openblas", "blis", "cblas") or
+ * "built-in". */
 DN_API const char *dn_matmul_backend(void);
+/* Selects dn_matmul's implementation for the process: "builtin" (also "built-in") or "blas" (also
+ * the BLAS's name). DN_ERR_UNSUPPORTED for "blas" in a build without one; DN_ERR_ARG for another
+ * name. The default is the BLAS when there is one, unless the environment variable DN_MATMUL is
+ * "builtin" (read once, at the first call). */
+DN_API dn_status dn_matmul_set_backend(const char *name);
 
 /* ---------------------------------------------------------------------------------------------
  * Language models built on the ops (src/model/)

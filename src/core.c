@@ -195,7 +195,9 @@ dn_status dn_set_isa(dn_isa isa) {
 const char *dn_build_info(void) {
     static _Thread_local char
         buf[256]; /* per thread: a caller's string is never rewritten under it */
-    snprintf(buf, sizeof buf, "deltanet %d.%d.%d, %s, kernels: generic%s, %s, isa in use: %s",
+    const char *blas = dn_matmul_blas_name();
+    snprintf(buf, sizeof buf,
+             "deltanet %d.%d.%d, %s, kernels: generic%s, %s, BLAS: %s, isa in use: %s",
              DN_VERSION_MAJOR, DN_VERSION_MINOR, DN_VERSION_PATCH,
 #if defined(__clang__)
              "clang " __clang_version__,
@@ -214,6 +216,6 @@ const char *dn_build_info(void) {
 #else
              "no OpenMP",
 #endif
-             isa_names[dn_isa_active()]);
+             blas ? blas : "none", isa_names[dn_isa_active()]);
     return buf;
 }

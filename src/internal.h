@@ -153,6 +153,24 @@ dn_status dn_ref_conv_forward(const dn_conv_params *p);
 dn_status dn_ref_conv_backward(const dn_conv_bwd_params *p);
 dn_status dn_ref_mamba_backward(const dn_mamba_bwd_params *p);
 
+/* The arguments of dn_matmul once checked (src/matmul.c), as the reference and the kernels take
+ * them: C [M,N] (row stride ldc) = alpha op(A) op(B) + beta C, where op(A) [M,K] is A [M,K] (row
+ * stride lda) or, with ta, the transpose of A [K,M]; op(B) [K,N] likewise from B [K,N] or B [N,K].
+ * beta = 0: C is not read. */
+typedef struct {
+    dn_trans ta, tb;
+    int64_t M, N, K;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+    int64_t lda, ldb, ldc;
+} dn_matmul_args;
+/* Reference (src/ref/matmul.c): each element summed in double. alpha = 0 or K = 0: A and B are
+ * not read and C = beta C, as dn_matmul promises. */
+void dn_ref_matmul(const dn_matmul_args *a);
+/* The BLAS this library was built with ("openblas", "blis", "cblas"), NULL without one. */
+const char *dn_matmul_blas_name(void);
+
 /* A KV cache as the kernels see it: [B,HKV,cap,D] keys and values of dtype, len tokens valid. */
 typedef struct {
     const void *k, *v;
@@ -198,6 +216,9 @@ typedef struct {
     void (*mamba_backward)(const dn_mamba_bwd_params *p, int nthreads, void *ws);
     size_t (*rwkv4_bwd_workspace)(const dn_rwkv4_params *p, int nthreads);
     void (*rwkv4_backward)(const dn_rwkv4_bwd_params *p, int nthreads, void *ws);
+    /* dn_matmul's built-in kernel: M, N, K >= 1 and alpha != 0 (the API layer does the rest) */
+    size_t (*matmul_workspace)(const dn_matmul_args *a, int nthreads);
+    void (*matmul)(const dn_matmul_args *a, int nthreads, void *ws);
 } dn_cpu_kernels;
 
 const dn_cpu_kernels *dn_cpu(void);
@@ -234,7 +255,9 @@ const dn_cpu_kernels *dn_cpu(void);
     size_t dn_cpu_mamba_bwd_workspace_##isa(const dn_mamba_params *p, int nthreads);               \
     void dn_cpu_mamba_backward_##isa(const dn_mamba_bwd_params *p, int nthreads, void *ws);        \
     size_t dn_cpu_rwkv4_bwd_workspace_##isa(const dn_rwkv4_params *p, int nthreads);               \
-    void dn_cpu_rwkv4_backward_##isa(const dn_rwkv4_bwd_params *p, int nthreads, void *ws);
+    void dn_cpu_rwkv4_backward_##isa(const dn_rwkv4_bwd_params *p, int nthreads, void *ws);        \
+    size_t dn_cpu_matmul_workspace_##isa(const dn_matmul_args *a, int nthreads);                   \
+    void dn_cpu_matmul_##isa(const dn_matmul_args *a, int nthreads, void *ws);
 DN_CPU_DECL(generic)
 DN_CPU_DECL(avx2)
 DN_CPU_DECL(avx512)

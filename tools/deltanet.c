@@ -1,7 +1,7 @@
 /*
  * deltanet - the command-line tool. Subcommands:
  *   compare the Transformer against the linear family, measured (default with no subcommand)
- *   bench   benchmarks of the ops (gdn, attn, ssm)
+ *   bench   benchmarks of the ops (gdn, attn, ssm, bwd, matmul, model)
  *   train   a language model (Gated DeltaNet, attention, hybrid) on text or MQAR
  *   recall  the MQAR in-context recall experiment, one model per mixer
  *   generate text from a trained checkpoint
@@ -29,6 +29,8 @@ static void usage(void) {
            "               decode tokens/s\n"
            "  bench bwd    training step (forward + backward) of Gated DeltaNet and attention\n"
            "               against length\n"
+           "  bench matmul dense products at projection shapes: the built-in kernel against the\n"
+           "               BLAS, as GFLOP/s and fractions of the FMA peak\n"
            "  bench model  language models: training tokens/s and MFU, decode tokens/s\n"
            "               against context (deltanet bench model --help)\n"
            "  train        a language model (Gated DeltaNet, attention or a hybrid) trained on\n"
@@ -46,6 +48,7 @@ int main(int argc, char **argv) {
         if (argc > 2 && !strcmp(argv[2], "ssm")) return dn_bench_ssm_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "bwd")) return dn_bench_bwd_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "model")) return dn_bench_model_main(argc - 2, argv + 2);
+        if (argc > 2 && !strcmp(argv[2], "matmul")) return dn_bench_matmul_main(argc - 2, argv + 2);
         return dn_bench_gdn_main(argc - 1, argv + 1);
     }
     if (!strcmp(argv[1], "train")) return dn_train_main(argc - 1, argv + 1);

@@ -27,6 +27,7 @@
         .mamba_backward = dn_cpu_mamba_backward_##isa,                                             \
         .rwkv4_bwd_workspace = dn_cpu_rwkv4_bwd_workspace_##isa,                                   \
         .rwkv4_backward = dn_cpu_rwkv4_backward_##isa,                                             \
+        .matmul_workspace = dn_cpu_matmul_workspace_##isa, .matmul = dn_cpu_matmul_##isa,          \
     }
 
 static const dn_cpu_kernels table_generic = DN_TABLE(generic);
