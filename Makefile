@@ -15,6 +15,16 @@ SAN     ?=
 DEBUG   ?= 0
 BLAS    ?= 1
 
+# What the build, the tests and the default runs need and the machine lacks (OpenBLAS, the text
+# corpus) is installed first (tools/install-deps.sh, apt-get as root): this included stamp is
+# made before anything else, and make then restarts and finds what was installed.
+ifeq ($(filter clean clean-fuzz format format-check,$(MAKECMDGOALS)),)
+-include .deps-checked
+endif
+.deps-checked: tools/install-deps.sh
+	@sh tools/install-deps.sh
+	@echo '# tools/install-deps.sh ran; delete this file to run it again' > $@
+
 BUILD   := build$(if $(SAN),-san)$(if $(filter 0,$(OPENMP)),-noomp)$(if $(filter 1,$(DEBUG)),-debug)$(if $(filter 0,$(BLAS)),-noblas)
 ARCH    := $(shell $(CC) -dumpmachine 2>/dev/null)
 

@@ -552,6 +552,7 @@ int train_run(const train_options *o, train_result *res) {
                         "\"val_accuracy\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, "
                         "\"tokens_per_s\": %.1f}\n",
                         (long long)step + 1, loss, vl, acc, lr, gnorm, tps);
+            if (logf) fflush(logf); /* readable while the run goes on */
             res->val_loss = vl, res->val_accuracy = acc;
         }
         if (o->save_every && (step + 1) % o->save_every == 0 && step + 1 < o->steps &&
