@@ -56,13 +56,14 @@ static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
  * subtraction folds away, where simd.h's vset1 (0 + x, which turns -0 into +0) costs an add */
 static inline vf splat(float x) { return x - vzero(); }
 
-/* Threads for a product: at most one per 2^17 multiply-adds, as waking threads costs more than a
- * smaller share of work saves */
+/* Threads for a product: each gets at least MM_FMAS_PER_THREAD multiply-adds (about 25 us of
+ * one core's work at AVX2), several times what starting and joining the threads of a parallel
+ * pass costs, so that a small product (a layer of a small model) runs on one thread. */
+#define MM_FMAS_PER_THREAD (1 << 20)
 static int mm_threads(const dn_matmul_args *a, int nthreads) {
     const double fmas = (double)a->M * (double)a->N * (double)a->K;
-    int nt = nthreads < 1 ? 1 : nthreads;
-    if (fmas < (double)nt * (1 << 17)) nt = (int)(fmas / (1 << 17)) + 1;
-    return nt;
+    const double most = fmas / MM_FMAS_PER_THREAD;
+    return nthreads <= 1 || most < 2 ? 1 : most < nthreads ? (int)most : nthreads;
 }
 
 /* How a call is cut. kc and nc fix the order in which each element is summed and depend on the
