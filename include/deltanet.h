@@ -647,10 +647,11 @@ DN_API dn_status dn_conv_backward(const dn_conv_bwd_params *p);
  * C = beta * C without reading A or B (the BLAS convention). C must not overlap A or B.
  * Runs on the BLAS the library was built with or on the built-in kernel (dn_matmul_backend says
  * which); the BLAS takes int dimensions, so a call with a dimension or leading dimension past
- * INT_MAX runs on the built-in kernel. Threads: dn_get_num_threads() (the BLAS's pool is set to
- * match). The built-in kernel is bitwise reproducible run to run and across thread counts at one
- * SIMD level; the BLAS as far as the BLAS is (OpenBLAS: run to run at a fixed thread count, as
- * the tests check).
+ * INT_MAX runs on the built-in kernel, and so does a product of fewer than 16 rows (M < 16: a
+ * decode step's projections, faster there unpacked). Threads: dn_get_num_threads() (the BLAS's pool
+ * is set to match). The built-in kernel is bitwise reproducible run to run and across thread counts
+ * at one SIMD level; the BLAS as far as the BLAS is (OpenBLAS: run to run at a fixed thread count,
+ * as the tests check).
  */
 typedef enum dn_trans { DN_NO_TRANS = 0, DN_TRANS = 1 } dn_trans;
 DN_API dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, float alpha,

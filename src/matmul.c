@@ -29,6 +29,8 @@ const char *dn_matmul_blas_name(void) { return BLAS_NAME; }
 
 /* ---- the backend: a process-wide setting like the SIMD level (src/core.c) ---- */
 enum { MM_BUILTIN = 0, MM_BLAS = 1 };
+/* fewer rows than this run on the built-in kernel even with a BLAS (see dn_matmul) */
+#define DN_MATMUL_BLAS_MIN_ROWS 16
 
 /* -1 until first use; then the BLAS when there is one, unless DN_MATMUL says builtin. The first
  * store wins (compare-exchange), so a dn_matmul_set_backend made meanwhile is never undone. */
@@ -163,10 +165,13 @@ dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, f
         return DN_OK;
     }
 #if defined(DN_HAVE_BLAS)
-    /* the BLAS takes int dimensions: a larger call runs on the built-in kernel */
+    /* the BLAS takes int dimensions: a larger call runs on the built-in kernel. So does a product
+     * of few rows (a decode step's projections): the built-in few-rows path is the faster one
+     * there (bench matmul), and it keeps the BLAS's pool of spinning threads, which would hold the
+     * cores for ~0.1 s after each call, out of a decode step's run of small OpenMP regions. */
     const int fits = M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX &&
                      ldb <= INT_MAX && ldc <= INT_MAX;
-    if (backend_now() == MM_BLAS && fits) {
+    if (backend_now() == MM_BLAS && fits && M >= DN_MATMUL_BLAS_MIN_ROWS) {
         blas_set_threads(dn_threads_for(0));
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
