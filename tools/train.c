@@ -504,7 +504,7 @@ int train_run(const train_options *o, train_result *res) {
         }
         double lsum = 0;
         for (int64_t a = 0; a < o->accum && rc == 0; a++) {
-            double l;
+            double l = 0;
             rc = get_batch(&src, 0, (uint64_t)(step * o->accum + a), tok, tgt);
             if (rc == 0 &&
                 dn_model_forward_backward(m, tok, tgt, o->B, o->T,
