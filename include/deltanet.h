@@ -753,6 +753,14 @@ DN_API int64_t dn_model_num_params(const dn_model *m);
 DN_API float *dn_model_params(dn_model *m);
 DN_API float *dn_model_grads(dn_model *m);
 DN_API void dn_model_zero_grad(dn_model *m);
+/* Re-initialises the gates of every Gated DeltaNet ('G') and Mamba-2 ('M') layer so that the
+ * initial decay per token, exp(g) with g = -exp(A_log) softplus(dt_bias) at a zero input, lies
+ * in [lo, hi] (0 < lo <= hi < 1; A_log = 0, -g log-uniform between -log(hi) and -log(lo), one
+ * draw per head from seed). The default init (A in [1, 16], dt in [1e-3, 1e-1], as Mamba-2 and
+ * flash-linear-attention) spans decays of 0.2 to 0.999: a head that starts near 0.2 forgets a
+ * token within a few steps, and on recall tasks such a model can sit at chance for thousands
+ * of steps. [0.99, 0.999] keeps every head's memory at 100 to 1000 tokens from the start. */
+DN_API dn_status dn_model_init_decay(dn_model *m, double lo, double hi, uint64_t seed);
 
 /*
  * Training step half: forward over tokens [B,T] (values in [0, vocab_size)) and, when grad_scale

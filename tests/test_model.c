@@ -315,6 +315,60 @@ static int test_model_reproducible(void) {
     return fails;
 }
 
+/* dn_model_init_decay: every gated head's initial decay exp(-exp(A_log) softplus(dt_bias)) lies
+ * in the range asked for; other tensors are untouched; bad ranges change nothing. */
+static int test_model_init_decay(void) {
+    int fails = 0;
+    dn_model_config c = tiny(2); /* GGA */
+    strcpy(c.layer_pattern, "GMA"), c.linear_num_key_heads = 2;
+    dn_model *m = NULL;
+    if (dn_model_create(&m, &c, 5) != DN_OK) return printf("    FAIL create\n"), 1;
+    const int64_t np = dn_model_num_params(m);
+    float *before = falloc(np);
+    memcpy(before, dn_model_params(m), sizeof(float) * (size_t)np);
+    const double bad[][2] = {{0, 0.5}, {0.5, 1}, {0.9, 0.8}, {-0.1, 0.5}, {NAN, 0.5}};
+    for (int i = 0; i < 5; i++)
+        CHECK(dn_model_init_decay(m, bad[i][0], bad[i][1], 1) == DN_ERR_ARG, "range %g, %g",
+              bad[i][0], bad[i][1]);
+    CHECK(dn_model_init_decay(NULL, 0.9, 0.99, 1) == DN_ERR_NULL, "NULL model");
+    CHECK(!memcmp(before, dn_model_params(m), sizeof(float) * (size_t)np), "rejected call wrote");
+    CHECK(dn_model_init_decay(m, 0.99, 0.999, 1) == DN_OK, "%s", dn_last_error());
+    const float *p = dn_model_params(m);
+    int gated = 0;
+    for (int64_t t = 0; t < dn_model_num_tensors(m); t++) {
+        dn_param_info a, d;
+        dn_model_param_info(m, t, &a);
+        const char *suffix = strrchr(a.name, '.');
+        if (strcmp(suffix, ".A_log") || t + 1 >= dn_model_num_tensors(m)) {
+            if (!strstr(a.name, "dt_bias"))
+                CHECK(!memcmp(before + a.offset, p + a.offset, sizeof(float) * (size_t)a.numel),
+                      "%s changed", a.name);
+            continue;
+        }
+        /* the dt_bias of the same layer sits beside A_log in either mixer */
+        int64_t u = -1;
+        for (int64_t v = 0; v < dn_model_num_tensors(m); v++) {
+            dn_model_param_info(m, v, &d);
+            if (strstr(d.name, "dt_bias") && !strncmp(d.name, a.name, (size_t)(suffix - a.name)))
+                u = v;
+        }
+        CHECK(u >= 0, "no dt_bias beside %s", a.name);
+        if (u < 0) continue;
+        dn_model_param_info(m, u, &d);
+        for (int64_t h = 0; h < a.numel; h++) {
+            const double x = p[d.offset + h], sp = x > 20 ? x : log1p(exp(x));
+            const double decay = exp(-exp((double)p[a.offset + h]) * sp);
+            CHECK(decay >= 0.99 - 1e-6 && decay <= 0.999 + 1e-6, "%s head %lld: decay %g", a.name,
+                  (long long)h, decay);
+            gated++;
+        }
+    }
+    CHECK(gated == 4 + 4, "%d gated heads re-initialised, expected 8", gated);
+    free(before);
+    dn_model_free(m);
+    return fails;
+}
+
 /* Prefill then token-by-token decode from the state gives the logits of one forward over the
  * whole sequence, for every mixer and the hybrids; in pieces of any size. */
 static int test_model_generation(void) {
@@ -384,5 +438,6 @@ const test_case dn_tests_model[] = {
     {"model_bad_input", test_model_bad_input},
     {"model_reproducible", test_model_reproducible},
     {"model_generation_matches_forward", test_model_generation},
+    {"model_init_decay", test_model_init_decay},
     {NULL, NULL},
 };

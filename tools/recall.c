@@ -174,8 +174,9 @@ static int parse(recall_opts *o, int argc, char **argv) {
     return 0;
 }
 
-/* The model of one run: 2 layers of the mixer, heads of 64, MLP 2x wide. Gated mixers start
- * with slow decay (A_log = log A, A ~ U(1, 16), dt ~ [1e-3, 1e-1]: exp(g) near 1). */
+/* The model of one run: 2 layers of the mixer, heads of 64, MLP 2x wide. The gated mixers'
+ * heads start with a decay per token in [0.99, 0.999] (dn_model_init_decay): with the default
+ * Mamba-2 init a head may start at 0.2 and forget a key before its query arrives. */
 static dn_model_config run_config(char mixer, int64_t width, int64_t vocab) {
     dn_model_config c = dn_model_config_default();
     c.vocab_size = vocab, c.hidden_size = width, c.num_hidden_layers = 2;
@@ -196,7 +197,9 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
     dn_model *m = NULL;
     dn_adamw *opt = NULL;
     dn_adamw_config oc = dn_adamw_config_default();
-    if (dn_model_create(&m, &c, o->seed) != DN_OK || dn_adamw_create(&opt, m, &oc) != DN_OK) {
+    if (dn_model_create(&m, &c, o->seed) != DN_OK ||
+        dn_model_init_decay(m, 0.99, 0.999, o->seed) != DN_OK ||
+        dn_adamw_create(&opt, m, &oc) != DN_OK) {
         fprintf(stderr, "recall: %s\n", dn_last_error());
         dn_model_free(m);
         return -1;

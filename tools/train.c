@@ -71,6 +71,9 @@ static void usage(void) {
         "  --wd X --clip X --beta2 X         AdamW (default 0.1, 1.0, 0.95)\n"
         "  --eval-every N --eval-batches N   held-out evaluation (default 100, 8)\n"
         "  --mqar-vocab V --mqar-pairs N     MQAR task (default 8192, 16)\n"
+        "  --decay-init LO,HI                initial decay per token of the gated layers' heads\n"
+        "                                    (G, M) in [LO, HI] (e.g. 0.99,0.999 for recall;\n"
+        "                                    default: A in [1, 16], dt in [1e-3, 0.1])\n"
         "  --seed N --threads N --out DIR    (default 1234, all cores, deltanet-train)\n"
         "  --config FILE                     the model's config as JSON (Hugging Face key names,\n"
         "                                    \"layer_pattern\" for the mixers; options after\n"
@@ -205,6 +208,15 @@ int train_parse(train_options *o, int argc, char **argv) {
         F64("--wd", 0, 100, o->opt.weight_decay)
         F64("--clip", 0, 1e30, o->opt.grad_clip)
         F64("--beta2", 0, 0.999999, o->opt.beta2)
+        else if (!strcmp(a, "--decay-init")) {
+            char *end = NULL;
+            o->decay_lo = strtod(v, &end);
+            o->decay_hi = *end == ',' ? strtod(end + 1, &end) : -1;
+            if (*end || !(o->decay_lo > 0 && o->decay_lo <= o->decay_hi && o->decay_hi < 1)) {
+                fprintf(stderr, "train: --decay-init takes LO,HI with 0 < LO <= HI < 1\n");
+                return -1;
+            }
+        }
         else if (!strcmp(a, "--seed")) {
             r = parse_i64(v, 0, INT64_MAX, &n, "--seed");
             o->seed = (uint64_t)n;
@@ -396,11 +408,11 @@ static void options_json(const train_options *o, char *buf, size_t cap) {
              "\"accum\": %lld, \"steps\": %lld, \"lr\": %.17g, \"warmup\": %lld, "
              "\"min_lr_ratio\": %.17g, \"weight_decay\": %.17g, \"grad_clip\": %.17g, "
              "\"beta1\": %.17g, \"beta2\": %.17g, \"eps\": %.17g, \"seed\": %llu, "
-             "\"mqar_vocab\": %lld, \"mqar_pairs\": %lld}",
+             "\"mqar_vocab\": %lld, \"mqar_pairs\": %lld, \"decay_init\": [%.17g, %.17g]}",
              o->task, data, (long long)o->B, (long long)o->T, (long long)o->accum,
              (long long)o->steps, o->lr, (long long)o->warmup, o->min_lr_ratio, o->opt.weight_decay,
              o->opt.grad_clip, o->opt.beta1, o->opt.beta2, o->opt.eps, (unsigned long long)o->seed,
-             (long long)o->mqar_vocab, (long long)o->mqar_pairs);
+             (long long)o->mqar_vocab, (long long)o->mqar_pairs, o->decay_lo, o->decay_hi);
 }
 
 static int save_checkpoint(const train_options *o, const dn_model *m, dn_adamw *opt) {
@@ -453,6 +465,8 @@ int train_run(const train_options *o, train_result *res) {
         first_step = dn_adamw_get_step(opt);
         if (!o->quiet) printf("resuming from %s at step %lld\n", path, (long long)first_step);
     } else if (dn_model_create(&m, &o->model, o->seed) != DN_OK ||
+               (o->decay_lo > 0 &&
+                dn_model_init_decay(m, o->decay_lo, o->decay_hi, o->seed) != DN_OK) ||
                dn_adamw_create(&opt, m, &o->opt) != DN_OK) {
         fprintf(stderr, "train: %s\n", dn_last_error());
         dn_model_free(m);

@@ -13,6 +13,7 @@ typedef struct {
     const char *task, *data, *out_dir;
     int64_t B, T, accum, steps, warmup, eval_every, eval_batches, threads;
     int64_t mqar_vocab, mqar_pairs;
+    double decay_lo, decay_hi; /* --decay-init: 0, 0 for the default gate init */
     double lr, min_lr_ratio;
     uint64_t seed;
     int quiet, resume;

@@ -327,6 +327,31 @@ void dn_model_zero_grad(dn_model *m) {
     if (m) memset(m->grads, 0, (size_t)m->n_params * sizeof(float));
 }
 
+dn_status dn_model_init_decay(dn_model *m, double lo, double hi, uint64_t seed) {
+    if (!m) return dn_fail(DN_ERR_NULL, "model_init_decay: NULL model");
+    if (!(lo > 0 && lo <= hi && hi < 1))
+        return dn_fail(DN_ERR_ARG, "model_init_decay: need 0 < lo <= hi < 1 (lo=%g, hi=%g)", lo,
+                       hi);
+    for (int64_t i = 0; i < m->L; i++) {
+        const dn_layer *l = &m->layers[i];
+        int64_t A_log = -1, dt_bias = -1, n = 0;
+        if (l->kind == 'G')
+            A_log = l->lin.A_log, dt_bias = l->lin.dt_bias, n = l->ld.HV;
+        else if (l->kind == 'M')
+            A_log = l->mamba.A_log, dt_bias = l->mamba.dt_bias, n = l->md.H;
+        if (A_log < 0) continue;
+        dn_rng r = {seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(i + 1))};
+        for (int64_t h = 0; h < n; h++) {
+            /* -g = softplus(dt_bias) when A = 1: dt_bias = softplus^-1(-log decay) */
+            const double glo = -log(hi), ghi = -log(lo);
+            const double dt = exp(log(glo) + (log(ghi) - log(glo)) * dn_rng_uniform(&r));
+            m->params[A_log + h] = 0.0f;
+            m->params[dt_bias + h] = (float)(dt + log(-expm1(-dt)));
+        }
+    }
+    return DN_OK;
+}
+
 dn_status dn_model_param_info(const dn_model *m, int64_t i, dn_param_info *out) {
     if (!m || !out) return dn_fail(DN_ERR_NULL, "model_param_info: NULL argument");
     if (i < 0 || i >= m->n_tensors)
@@ -655,17 +680,22 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
     for (int64_t r = 0; r < nc; r++) {
         float *z = m->logits + r * V;
         const int32_t tgt = targets[m->rows[r]];
+        const float zt = z[tgt];
         float mx = z[0];
         for (int64_t j = 1; j < V; j++)
             mx = z[j] > mx ? z[j] : mx;
+        /* one expf per logit (exp(z - max) <= 1, its sum in double), kept for the gradient */
         double s = 0;
-        for (int64_t j = 0; j < V; j++)
-            s += exp((double)z[j] - mx);
-        const double lse = mx + log(s);
-        m->row_loss[r] = lse - z[tgt];
+        for (int64_t j = 0; j < V; j++) {
+            const float e = expf(z[j] - mx);
+            s += e;
+            z[j] = e;
+        }
+        m->row_loss[r] = (double)mx + log(s) - (double)zt;
         if (grad_scale != 0.0f) {
+            const float c = (float)((double)grad_scale / s);
             for (int64_t j = 0; j < V; j++)
-                z[j] = (float)(grad_scale * exp((double)z[j] - lse));
+                z[j] *= c;
             z[tgt] -= grad_scale;
         }
     }
