@@ -294,7 +294,9 @@ DN_API dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *p, size_t
  * them, see the options above) and, in `saved`, what the backward would otherwise recompute: the
  * state entering every chunk, the chunk's masked products, and the corrected values and residuals
  * of every token; O(T (K+V) + (T/C) K V) floats per head (dn_la_saved_size). Hand the same buffer
- * to the backward as bwd.saved, with the same params, and it skips its forward sweep. */
+ * to the backward as bwd.saved, with the same params, and it skips its forward sweep. Its
+ * scratch is the backward's: p->workspace, when given, holds dn_la_backward_workspace_size()
+ * bytes of dn_la_bwd_params_default(p), 64-byte aligned (else DN_ERR_ARG); NULL allocates. */
 DN_API dn_status dn_la_saved_size(const dn_la_params *p, size_t *bytes);
 DN_API dn_status dn_la_forward_train(const dn_la_params *p, void *saved, size_t saved_bytes);
 
@@ -868,6 +870,18 @@ DN_API dn_status dn_checkpoint_load(const char *path, dn_model **model, dn_adamw
                                     const dn_adamw_config *oc, char **extra_json);
 DN_API dn_status dn_checkpoint_parse(const uint8_t *buf, size_t n, dn_model **model, dn_adamw **opt,
                                      const dn_adamw_config *oc, char **extra_json);
+
+/*
+ * The text model of a Hugging Face Qwen3.5 checkpoint directory (config.json with model_type
+ * "qwen3_5", the vision-language layout whose vision tower is skipped, or "qwen3_5_text"; the
+ * weights in model.safetensors or in the shards of model.safetensors.index.json, F32, F16 or
+ * BF16). The config becomes a dn_model_config (layer_types -> layer_pattern G / A) and every
+ * tensor is checked by name and shape before any is read: a missing, extra or mis-shaped tensor,
+ * or a malformed file, is an error naming it, and nothing is created. The weights are widened to
+ * fp32 (this version keeps an fp32 copy). The conventions it relies on are listed in
+ * src/model/hf.c. Qwen3-Next and the MoE variants: DN_ERR_UNSUPPORTED for now.
+ */
+DN_API dn_status dn_model_load_hf(dn_model **out, const char *dir);
 
 /* Linear warmup over warmup steps to peak, then cosine decay to peak * min_ratio at total. */
 DN_API double dn_lr_at(int64_t step, int64_t warmup, int64_t total, double peak, double min_ratio);

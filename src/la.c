@@ -411,8 +411,14 @@ dn_status dn_la_forward_train(const dn_la_params *p_in, void *saved, size_t save
                        "%s training forward: saved has %zu bytes, needs %zu, 64-byte aligned", op,
                        saved_bytes, need_saved);
     const int nt = dn_threads_for(p->n_threads);
+    const size_t need_ws = kern->la_bwd_workspace(p, nt);
+    if (p->workspace && (p->workspace_bytes < need_ws || ((uintptr_t)p->workspace & 63)))
+        return dn_fail(DN_ERR_ARG,
+                       "%s training forward: workspace of %zu bytes (alignment %d) is not %zu "
+                       "bytes, 64-byte aligned",
+                       op, p->workspace_bytes, (int)((uintptr_t)p->workspace & 63), need_ws);
     void *owned;
-    void *ws = dn_scratch(NULL, 0, kern->la_bwd_workspace(p, nt), &owned);
+    void *ws = dn_scratch(p->workspace, p->workspace_bytes, need_ws, &owned);
     if (!ws) return dn_fail(DN_ERR_ALLOC, "%s training forward: cannot allocate the workspace", op);
     kern->la_forward_train(p, nt, ws, saved);
     dn_free(owned);

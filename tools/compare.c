@@ -12,6 +12,7 @@
  */
 #include "compare.h"
 #include "bench.h"
+#include "opts.h"
 #include "svg.h"
 
 #include <errno.h>
@@ -524,18 +525,6 @@ static int mkdir_p(const char *dir) {
     return -1;
 }
 
-static int parse_list(const char *s, int64_t *out) {
-    int n = 0;
-    while (*s && n < MAXPTS) {
-        char *end;
-        long long x = strtoll(s, &end, 10);
-        if (end == s || x < 1 || (*end && *end != ',')) return -1;
-        out[n++] = x;
-        s = *end ? end + 1 : end;
-    }
-    return *s ? -1 : n;
-}
-
 static int geometric(int64_t lo, int64_t hi, int64_t *out) {
     int n = 0;
     for (int64_t t = lo; t <= hi && n < MAXPTS; t *= 2)
@@ -584,12 +573,13 @@ int dn_compare_main(int argc, char **argv) {
         if (!strcmp(a, "--max-len"))
             maxlen = atoll(val);
         else if (!strcmp(a, "--lengths")) {
-            if ((c.nlens = parse_list(val, c.lens)) < 1)
-                return fprintf(stderr, "compare: bad --lengths\n"), 2;
+            if ((c.nlens = opt_i64_list("compare", a, val, 1, (int64_t)1 << 40, c.lens, MAXPTS)) <
+                1)
+                return 2;
             have_lens = 1;
         } else if (!strcmp(a, "--contexts")) {
-            if ((c.nctx = parse_list(val, c.ctxs)) < 1)
-                return fprintf(stderr, "compare: bad --contexts\n"), 2;
+            if ((c.nctx = opt_i64_list("compare", a, val, 1, (int64_t)1 << 40, c.ctxs, MAXPTS)) < 1)
+                return 2;
             have_ctx = 1;
         } else if (!strcmp(a, "--heads"))
             c.H = atoll(val);

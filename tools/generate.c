@@ -5,6 +5,7 @@
  * tokens/s at the end.
  */
 #include "generate.h"
+#include "opts.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -54,33 +55,28 @@ int dn_generate_main(int argc, char **argv) {
             return 2;
         }
         const char *v = argv[++i];
-        char *end = NULL;
-        errno = 0;
-        if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+        int64_t n = 0;
+        int r = 0;
+        if (!strcmp(a, "-p") || !strcmp(a, "--prompt"))
             prompt = v;
-            continue;
-        }
-        const double x = strtod(v, &end);
-        if (errno || end == v || *end) {
-            fprintf(stderr, "generate: %s takes a number (got '%s')\n", a, v);
-            return 2;
-        }
-        if ((!strcmp(a, "-n") || !strcmp(a, "--tokens")) && x >= 1 && x <= 1e7)
-            n_new = (int64_t)x;
-        else if (!strcmp(a, "--temperature") && x >= 0 && x <= 100)
-            sp.temperature = x;
-        else if (!strcmp(a, "--top-k") && x >= 0 && x <= 1e9)
-            sp.top_k = (int64_t)x;
-        else if (!strcmp(a, "--top-p") && x > 0 && x <= 1)
-            sp.top_p = x;
-        else if (!strcmp(a, "--seed") && x >= 0)
-            seed = (uint64_t)x;
-        else if (!strcmp(a, "--threads") && x >= 1 && x <= 1024)
-            threads = (int64_t)x;
+        else if (!strcmp(a, "-n") || !strcmp(a, "--tokens"))
+            r = opt_i64("generate", a, v, 1, 10000000, &n_new);
+        else if (!strcmp(a, "--temperature"))
+            r = opt_f64("generate", a, v, 0, 100, &sp.temperature);
+        else if (!strcmp(a, "--top-k"))
+            r = opt_i64("generate", a, v, 0, 1000000000, &sp.top_k);
+        else if (!strcmp(a, "--top-p"))
+            r = opt_f64("generate", a, v, 1e-9, 1, &sp.top_p);
+        else if (!strcmp(a, "--seed")) {
+            r = opt_i64("generate", a, v, 0, INT64_MAX, &n);
+            if (!r) seed = (uint64_t)n;
+        } else if (!strcmp(a, "--threads"))
+            r = opt_i64("generate", a, v, 1, 1024, &threads);
         else {
-            fprintf(stderr, "generate: unknown option or value out of range: %s %s\n", a, v);
+            fprintf(stderr, "generate: unknown option %s (see --help)\n", a);
             return 2;
         }
+        if (r) return 2;
     }
     if (!path) {
         usage();

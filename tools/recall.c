@@ -7,6 +7,7 @@
  */
 #include "recall.h"
 #include "bench.h"
+#include "opts.h"
 #include "svg.h"
 
 #include <errno.h>
@@ -114,8 +115,8 @@ static int parse(recall_opts *o, int argc, char **argv) {
             return -1;
         }
         const char *v = argv[++i];
-        char *end = NULL;
-        errno = 0;
+        int64_t n = 0;
+        int r = 0;
         if (!strcmp(a, "--mixers")) {
             if (!*v || strspn(v, "AGDLM") != strlen(v) || strlen(v) > 5) {
                 fprintf(stderr, "recall: --mixers takes letters of AGDLM\n");
@@ -123,53 +124,36 @@ static int parse(recall_opts *o, int argc, char **argv) {
             }
             o->mixers = v;
         } else if (!strcmp(a, "--widths")) {
-            o->n_widths = 0;
-            const char *p = v;
-            while (*p && o->n_widths < 2) {
-                long long w = strtoll(p, &end, 10);
-                if (end == p || w < 64 || w > 4096 || w % 64) {
-                    fprintf(stderr, "recall: widths are multiples of 64 in [64, 4096], at most "
-                                    "two\n");
+            r = opt_i64_list("recall", a, v, 64, 4096, o->widths, 2);
+            for (int w = 0; w < r; w++)
+                if (o->widths[w] % 64) {
+                    fprintf(stderr, "recall: widths are multiples of 64 (heads of 64)\n");
                     return -1;
                 }
-                o->widths[o->n_widths++] = w;
-                p = *end == ',' ? end + 1 : end;
-            }
-            if (*p) {
-                fprintf(stderr, "recall: at most two widths\n");
-                return -1;
-            }
+            o->n_widths = r > 0 ? r : 0;
+            r = r > 0 ? 0 : -1;
         } else if (!strcmp(a, "--out"))
             o->out_dir = v;
-        else if (!strcmp(a, "--lr")) {
-            o->lr = strtod(v, &end);
-            if (errno || *end || !(o->lr > 0 && o->lr < 1)) {
-                fprintf(stderr, "recall: --lr in (0, 1)\n");
-                return -1;
-            }
-        } else {
-            long long n = strtoll(v, &end, 10);
-            if (errno || end == v || *end || n < 1) {
-                fprintf(stderr, "recall: %s takes a positive integer\n", a);
-                return -1;
-            }
-            if (!strcmp(a, "--steps"))
-                o->steps = n;
-            else if (!strcmp(a, "--batch-tokens") && n >= 512)
-                o->batch_tokens = n;
-            else if (!strcmp(a, "--eval-seqs"))
-                o->eval_seqs = n;
-            else if (!strcmp(a, "--vocab") && n >= 512 && n <= (1 << 20))
-                o->vocab = n;
-            else if (!strcmp(a, "--seed"))
-                o->seed = (uint64_t)n;
-            else if (!strcmp(a, "--threads"))
-                o->threads = n;
-            else {
-                fprintf(stderr, "recall: unknown option or value %s %s (see --help)\n", a, v);
-                return -1;
-            }
+        else if (!strcmp(a, "--lr"))
+            r = opt_f64("recall", a, v, 1e-9, 1, &o->lr);
+        else if (!strcmp(a, "--seed")) {
+            r = opt_i64("recall", a, v, 0, INT64_MAX, &n);
+            if (!r) o->seed = (uint64_t)n;
+        } else if (!strcmp(a, "--steps"))
+            r = opt_i64("recall", a, v, 1, (int64_t)1 << 40, &o->steps);
+        else if (!strcmp(a, "--batch-tokens"))
+            r = opt_i64("recall", a, v, 512, (int64_t)1 << 24, &o->batch_tokens);
+        else if (!strcmp(a, "--eval-seqs"))
+            r = opt_i64("recall", a, v, 8, 1 << 20, &o->eval_seqs);
+        else if (!strcmp(a, "--vocab"))
+            r = opt_i64("recall", a, v, 512, 1 << 20, &o->vocab);
+        else if (!strcmp(a, "--threads"))
+            r = opt_i64("recall", a, v, 1, 1024, &o->threads);
+        else {
+            fprintf(stderr, "recall: unknown option %s (see --help)\n", a);
+            return -1;
         }
+        if (r) return -1;
     }
     return 0;
 }

@@ -10,6 +10,7 @@
  */
 #include "train.h"
 #include "bench.h"
+#include "opts.h"
 #include "svg.h"
 
 #include <dirent.h>
@@ -88,31 +89,6 @@ static void usage(void) {
         DEFAULT_CORPUS);
 }
 
-static int parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out, const char *name) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "train: %s must be an integer in [%lld, %lld] (got '%s')\n", name,
-                (long long)lo, (long long)hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_f64(const char *s, double lo, double hi, double *out, const char *name) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "train: %s must be a number in [%g, %g] (got '%s')\n", name, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int load_config(const char *path, dn_model_config *c) {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -160,10 +136,11 @@ int train_parse(train_options *o, int argc, char **argv) {
         int r = 0;
 #define I64(flag, lo, hi, dst)                                                                     \
     else if (!strcmp(a, flag)) {                                                                   \
-        r = parse_i64(v, lo, hi, &n, flag);                                                        \
-        dst = n;                                                                                   \
+        r = opt_i64("train", flag, v, lo, hi, &n);                                                 \
+        if (!r) dst = n;                                                                           \
     }
-#define F64(flag, lo, hi, dst) else if (!strcmp(a, flag)) r = parse_f64(v, lo, hi, &dst, flag);
+#define F64(flag, lo, hi, dst)                                                                     \
+    else if (!strcmp(a, flag)) r = opt_f64("train", flag, v, lo, hi, &dst);
         if (!strcmp(a, "--task")) {
             if (strcmp(v, "text") && strcmp(v, "mqar")) {
                 fprintf(stderr, "train: --task must be text or mqar\n");
@@ -209,17 +186,13 @@ int train_parse(train_options *o, int argc, char **argv) {
         F64("--clip", 0, 1e30, o->opt.grad_clip)
         F64("--beta2", 0, 0.999999, o->opt.beta2)
         else if (!strcmp(a, "--decay-init")) {
-            char *end = NULL;
-            o->decay_lo = strtod(v, &end);
-            o->decay_hi = *end == ',' ? strtod(end + 1, &end) : -1;
-            if (*end || !(o->decay_lo > 0 && o->decay_lo <= o->decay_hi && o->decay_hi < 1)) {
-                fprintf(stderr, "train: --decay-init takes LO,HI with 0 < LO <= HI < 1\n");
-                return -1;
-            }
+            double d[2];
+            r = opt_f64_pair("train", a, v, 1e-9, 0.999999, d);
+            if (!r) o->decay_lo = d[0], o->decay_hi = d[1];
         }
         else if (!strcmp(a, "--seed")) {
-            r = parse_i64(v, 0, INT64_MAX, &n, "--seed");
-            o->seed = (uint64_t)n;
+            r = opt_i64("train", "--seed", v, 0, INT64_MAX, &n);
+            if (!r) o->seed = (uint64_t)n;
         }
         else {
             fprintf(stderr, "train: unknown option %s (see --help)\n", a);

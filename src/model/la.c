@@ -55,6 +55,18 @@ static dn_conv_params conv_params(const dn_model *m, const dn_layer *l, const dn
     return p;
 }
 
+/* The model's shared scratch for the op, when it is large enough at this call's threads. */
+static void *op_workspace(const dn_model *m, const dn_la_params *lp, size_t *bytes) {
+    dn_la_bwd_params bp = dn_la_bwd_params_default(lp);
+    size_t need = 0;
+    if (dn_la_backward_workspace_size(&bp, &need) != DN_OK || need > m->la_ws_bytes) {
+        *bytes = 0;
+        return NULL;
+    }
+    *bytes = m->la_ws_bytes;
+    return m->la_ws;
+}
+
 dn_status dn_la_layer_forward(const dn_model *m, const dn_layer *l, const dn_la_layer_acts *s,
                               float *out, const float *a, int64_t B, int64_t T,
                               dn_layer_cache *cache) {
@@ -82,8 +94,10 @@ dn_status dn_la_layer_forward(const dn_model *m, const dn_layer *l, const dn_la_
     if (cache) {
         lp.initial_state = lp.final_state = cache->S;
         st = dn_la_forward(&lp);
-    } else
+    } else {
+        lp.workspace = op_workspace(m, &lp, &lp.workspace_bytes);
         st = dn_la_forward_train(&lp, s->saved, s->saved_bytes);
+    }
     if (st != DN_OK) return st;
 
     /* gated norm: on = RMSNorm(o) * silu(z), per (token, value head) over V */
@@ -144,6 +158,7 @@ dn_status dn_la_layer_backward(dn_model *m, const dn_layer *l, const dn_la_layer
     bp.dg = g->gate ? m->dg : NULL, bp.dg_s = lp.g_s;
     bp.dbeta = g->beta ? m->dbeta : NULL, bp.dbeta_s = lp.beta_s;
     bp.saved = s->saved, bp.saved_bytes = s->saved_bytes;
+    bp.workspace = op_workspace(m, &lp, &bp.workspace_bytes);
     if ((st = dn_la_backward(&bp)) != DN_OK) return st;
 
     /* beta = sigmoid(b); g = -A softplus(u), A = exp(A_log), u = a + dt_bias:

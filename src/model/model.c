@@ -397,6 +397,7 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     int64_t wide = d; /* widest mixer-internal gradient the backward keeps per layer */
     int64_t P = 1, C = 1, HVV = 1, HV = 1, HQ = 1, HK = 1; /* the widest of each, for scratch */
     int64_t dA = 1;
+    size_t la_ws = 0;
     for (int64_t i = 0; i < m->L; i++) {
         dn_layer *l = &m->layers[i];
         l->h_in = TAKE(b, N * d);
@@ -422,6 +423,10 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
             s->on = TAKE(b, N * g->HV * g->V);
             s->saved = take(b, (int64_t)la_saved, 1);
             s->saved_bytes = la_saved;
+            dn_la_bwd_params bp = dn_la_bwd_params_default(&p);
+            size_t ws = 0;
+            if (dn_la_backward_workspace_size(&bp, &ws) != DN_OK) b->overflow = 1;
+            la_ws = max_sz(la_ws, ws);
             P = g->P > P ? g->P : P, C = g->C > C ? g->C : C;
             HVV = g->HV * g->V > HVV ? g->HV * g->V : HVV, HV = g->HV > HV ? g->HV : HV;
         } else if (l->kind == 'S') {
@@ -499,6 +504,8 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     m->dq = TAKE(b, N * HQ);
     m->dk = TAKE(b, N * HK);
     m->dA = TAKE(b, dA);
+    m->la_ws = take(b, (int64_t)la_ws, 1);
+    m->la_ws_bytes = la_ws;
 }
 
 /* Sizes the arena for (B,T), keeping it when it already fits. Nothing changes on failure. */

@@ -169,6 +169,10 @@ struct dn_model {
     /* backward scratch, shared by every layer */
     float *dh, *dx, *dmix, *dgu, *dact, *dproj, *dconv, *dg, *dbeta, *do_, *don, *dq, *dk;
     float *dA; /* [E,N] Mamba-1's dA before the chain rule to A_log */
+    /* the linear family's training forward and backward scratch, shared by the layers (sized
+     * at the thread count of the arena's layout; a call at more threads allocates its own) */
+    void *la_ws;
+    size_t la_ws_bytes;
     dn_rope_table rope;
 };
 
