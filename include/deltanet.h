@@ -723,6 +723,16 @@ typedef struct dn_model_config {
      * ceil(hidden_size / 16)); its convolution is linear_conv_kernel_dim wide */
     int64_t mamba_expand, mamba_state_size, mamba_dt_rank;
     double initializer_range; /* std of the normal init of projections and embeddings */
+    /* Mixture-of-experts MLPs (Qwen3-Next, Qwen3.5-MoE), on the layers whose letter in
+     * mlp_pattern (repeated like layer_pattern; empty: every layer dense) is 'E' ('D' dense).
+     * Router softmax over num_experts, the top num_experts_per_tok (weights renormalised to sum
+     * 1 when norm_topk_prob), each expert a SwiGLU MLP of moe_intermediate_size, plus a shared
+     * expert of shared_expert_intermediate_size (0: none) scaled by sigmoid(x w_gate). Forward
+     * and generation only: dn_model_forward_backward refuses a model with MoE layers. */
+    char mlp_pattern[DN_MODEL_MAX_LAYERS + 1];
+    int64_t num_experts, num_experts_per_tok, moe_intermediate_size,
+        shared_expert_intermediate_size;
+    int norm_topk_prob;
 } dn_model_config;
 
 /* A small Gated DeltaNet model's settings (byte vocabulary); edit the fields, then create. */
@@ -872,14 +882,15 @@ DN_API dn_status dn_checkpoint_parse(const uint8_t *buf, size_t n, dn_model **mo
                                      const dn_adamw_config *oc, char **extra_json);
 
 /*
- * The text model of a Hugging Face Qwen3.5 checkpoint directory (config.json with model_type
- * "qwen3_5", the vision-language layout whose vision tower is skipped, or "qwen3_5_text"; the
- * weights in model.safetensors or in the shards of model.safetensors.index.json, F32, F16 or
- * BF16). The config becomes a dn_model_config (layer_types -> layer_pattern G / A) and every
- * tensor is checked by name and shape before any is read: a missing, extra or mis-shaped tensor,
- * or a malformed file, is an error naming it, and nothing is created. The weights are widened to
- * fp32 (this version keeps an fp32 copy). The conventions it relies on are listed in
- * src/model/hf.c. Qwen3-Next and the MoE variants: DN_ERR_UNSUPPORTED for now.
+ * The text model of a Hugging Face checkpoint directory of the Gated DeltaNet hybrids: model_type
+ * "qwen3_5" / "qwen3_5_moe" (the vision-language layout; the vision tower is skipped),
+ * "qwen3_5_text" / "qwen3_5_moe_text" (causal LM) or "qwen3_next"; the weights in
+ * model.safetensors or in the shards of model.safetensors.index.json, F32, F16 or BF16. The
+ * config becomes a dn_model_config (layer_types -> layer_pattern G / A, experts -> mlp_pattern)
+ * and every tensor is checked by name and shape before any is read: a missing, extra or
+ * mis-shaped tensor, or a malformed file, is an error naming it, and nothing is created. The
+ * weights are widened to fp32 (this version keeps an fp32 copy). The conventions it relies on
+ * are listed in src/model/hf.c.
  */
 DN_API dn_status dn_model_load_hf(dn_model **out, const char *dir);
 

@@ -145,6 +145,8 @@ static int test_hf_parity(void) {
     double a, b;
     fails += parity("qwen3_5_text", &a, &b);
     fails += parity("qwen3_5_vl", &a, &b);
+    fails += parity("qwen3_5_moe", &a, &b);
+    fails += parity("qwen3_next", &a, &b);
     return fails;
 }
 
@@ -314,8 +316,34 @@ static int test_hf_malformed(void) {
     fails += expect_error(d, DN_ERR_FORMAT, "layer_types has 4 entries", "layer count");
 
     copy_fixture("qwen3_5_vl", d, sizeof d);
-    edit(d, "config.json", "\"model_type\": \"qwen3_5\"", "\"model_type\": \"qwen3_next\"");
-    fails += expect_error(d, DN_ERR_UNSUPPORTED, "qwen3_next", "Qwen3-Next");
+    edit(d, "config.json", "\"model_type\": \"qwen3_5\"", "\"model_type\": \"llama\"");
+    fails += expect_error(d, DN_ERR_UNSUPPORTED, "llama", "another model type");
+
+    copy_fixture("qwen3_next", d, sizeof d); /* the fused projection of another width */
+    edit(d, "config.json", "\"linear_value_head_dim\": 24", "\"linear_value_head_dim\": 16");
+    fails += expect_error(d, DN_ERR_FORMAT, "in_proj_qkvz.weight must be", "fused shape");
+
+    copy_fixture("qwen3_next", d, sizeof d);
+    edit(d, "config.json", "\"mlp_only_layers\": [\n    1\n  ]", "\"mlp_only_layers\": [7]");
+    fails += expect_error(d, DN_ERR_FORMAT, "mlp_only_layers[0]", "mlp_only_layers out of range");
+
+    copy_fixture("qwen3_5_moe", d, sizeof d);
+    edit(d, "config.json", "\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 5");
+    fails += expect_error(d, DN_ERR_ARG, "num_experts_per_tok", "top-k above the experts");
+
+    { /* a model with experts refuses to train, and generates */
+        dn_model *mm = NULL;
+        CHECK(dn_model_load_hf(&mm, FIXTURES "/qwen3_5_moe") == DN_OK, "%s", dn_last_error());
+        int32_t tok[4] = {1, 2, 3, 4}, tgt[4] = {2, 3, 4, 5};
+        double loss = 0;
+        CHECK(mm && dn_model_forward_backward(mm, tok, tgt, 1, 4, 1.0f, &loss, NULL) ==
+                        DN_ERR_UNSUPPORTED,
+              "training an MoE model: %s", dn_last_error());
+        CHECK(mm && dn_model_forward_backward(mm, tok, tgt, 1, 4, 0.0f, &loss, NULL) == DN_OK &&
+                  loss > 0,
+              "an MoE model's loss: %s", dn_last_error());
+        dn_model_free(mm);
+    }
 
     copy_fixture("qwen3_5_vl", d, sizeof d);
     edit(d, "config.json", "\"rope_type\": \"default\"", "\"rope_type\": \"yarn\"");

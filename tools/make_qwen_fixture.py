@@ -6,6 +6,9 @@ Writes, under tests/fixtures/ (or the directory given as the first argument):
                  files with model.safetensors.index.json, separate lm_head
   qwen3_5_vl/    Qwen3_5ForConditionalGeneration layout (model.language_model.*, a tiny
                  vision tower under model.visual.*), fp16 weights, one file, tied embeddings
+  qwen3_5_moe/   Qwen3_5MoeForCausalLM: 4 experts, top 2, a shared expert, fp32 weights
+  qwen3_next/    Qwen3NextForCausalLM: fused in_proj_qkvz / in_proj_ba, experts in layers 0, 2,
+                 3 and a dense MLP in layer 1 (mlp_only_layers), norm_topk_prob false, bf16
 Each holds config.json, the weights, and reference.safetensors:
   tokens [T] int32           the prompt
   logits [T, vocab] f32      transformers' logits of one forward over the prompt
@@ -27,7 +30,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (Qwen3_5Config, Qwen3_5ForCausalLM,
-                          Qwen3_5ForConditionalGeneration, Qwen3_5TextConfig)
+                          Qwen3_5ForConditionalGeneration, Qwen3_5MoeForCausalLM,
+                          Qwen3_5MoeTextConfig, Qwen3_5TextConfig, Qwen3NextConfig,
+                          Qwen3NextForCausalLM)
 
 T_PROMPT, STEPS = 40, 32
 
@@ -125,7 +130,36 @@ def main():
     model.to(torch.float16).save_pretrained(d)
     save_file(ref, os.path.join(d, "reference.safetensors"))
 
-    for sub in ("qwen3_5_text", "qwen3_5_vl"):
+    # Qwen3.5-MoE, causal-LM layout, fp32: experts in every layer, a shared expert
+    tc = text_config(tie=False)
+    del tc["intermediate_size"]
+    tc.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+              shared_expert_intermediate_size=20)
+    cfg = Qwen3_5MoeTextConfig(**tc)
+    model = Qwen3_5MoeForCausalLM(cfg).float().eval()
+    randomise(model, 3)
+    d = os.path.join(root, "qwen3_5_moe")
+    os.makedirs(d, exist_ok=True)
+    ref = reference(model, cfg.vocab_size, 3, True)
+    model.save_pretrained(d)
+    save_file(ref, os.path.join(d, "reference.safetensors"))
+
+    # Qwen3-Next, bf16: fused in_proj_qkvz / in_proj_ba, experts except in layer 1 (dense)
+    tc = text_config(tie=False)
+    tc.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
+              shared_expert_intermediate_size=20, decoder_sparse_step=1, mlp_only_layers=[1],
+              norm_topk_prob=False)
+    cfg = Qwen3NextConfig(**tc)
+    model = Qwen3NextForCausalLM(cfg).float().eval()
+    randomise(model, 4)
+    round_to(model, torch.bfloat16)
+    d = os.path.join(root, "qwen3_next")
+    os.makedirs(d, exist_ok=True)
+    ref = reference(model, cfg.vocab_size, 4, True)
+    model.to(torch.bfloat16).save_pretrained(d)
+    save_file(ref, os.path.join(d, "reference.safetensors"))
+
+    for sub in ("qwen3_5_text", "qwen3_5_vl", "qwen3_5_moe", "qwen3_next"):
         p = os.path.join(root, sub)
         for f in sorted(os.listdir(p)):
             print(f"{sub}/{f}: {os.path.getsize(os.path.join(p, f))} bytes")

@@ -32,14 +32,33 @@ typedef struct {
 #define FB(k)                                                                                      \
     { #k, offsetof(dn_model_config, k), 'b' }
 static const cfg_field cfg_fields[] = {
-    FI(vocab_size),          FI(hidden_size),           FI(num_hidden_layers),
-    FI(intermediate_size),   FD(rms_norm_eps),          FB(tie_word_embeddings),
-    FI(num_attention_heads), FI(num_key_value_heads),   FI(head_dim),
-    FD(rope_theta),          FD(partial_rotary_factor), FB(attn_qk_norm),
-    FB(attn_output_gate),    FI(linear_num_key_heads),  FI(linear_num_value_heads),
-    FI(linear_key_head_dim), FI(linear_value_head_dim), FI(linear_conv_kernel_dim),
-    FI(mamba_expand),        FI(mamba_state_size),      FI(mamba_dt_rank),
+    FI(vocab_size),
+    FI(hidden_size),
+    FI(num_hidden_layers),
+    FI(intermediate_size),
+    FD(rms_norm_eps),
+    FB(tie_word_embeddings),
+    FI(num_attention_heads),
+    FI(num_key_value_heads),
+    FI(head_dim),
+    FD(rope_theta),
+    FD(partial_rotary_factor),
+    FB(attn_qk_norm),
+    FB(attn_output_gate),
+    FI(linear_num_key_heads),
+    FI(linear_num_value_heads),
+    FI(linear_key_head_dim),
+    FI(linear_value_head_dim),
+    FI(linear_conv_kernel_dim),
+    FI(mamba_expand),
+    FI(mamba_state_size),
+    FI(mamba_dt_rank),
     FD(initializer_range),
+    FI(num_experts),
+    FI(num_experts_per_tok),
+    FI(moe_intermediate_size),
+    FI(shared_expert_intermediate_size),
+    FB(norm_topk_prob),
 };
 #undef FI
 #undef FD
@@ -50,6 +69,8 @@ static void write_config(dn_jw *w, const dn_model_config *c) {
     dn_jw_begin_object(w);
     dn_jw_key(w, "layer_pattern");
     dn_jw_string(w, c->layer_pattern);
+    dn_jw_key(w, "mlp_pattern");
+    dn_jw_string(w, c->mlp_pattern);
     for (size_t i = 0; i < N_CFG_FIELDS; i++) {
         const char *p = (const char *)c + cfg_fields[i].off;
         dn_jw_key(w, cfg_fields[i].key);
@@ -86,7 +107,7 @@ static dn_status read_config(const dn_json *obj, dn_model_config *c, const char 
     dn_model_config r = dn_model_config_default();
     for (size_t i = 0; i < dn_json_len(obj); i++) {
         const dn_json *v = dn_json_at(obj, i);
-        int known = !strcmp(v->key, "layer_pattern");
+        int known = !strcmp(v->key, "layer_pattern") || !strcmp(v->key, "mlp_pattern");
         for (size_t f = 0; f < N_CFG_FIELDS && !known; f++)
             known = !strcmp(v->key, cfg_fields[f].key);
         if (!known) return dn_fail(DN_ERR_FORMAT, "%s: unknown config key \"%s\"", what, v->key);
@@ -100,6 +121,14 @@ static dn_status read_config(const dn_json *obj, dn_model_config *c, const char 
             return dn_fail(DN_ERR_FORMAT, "%s: layer_pattern must have 1 to %d letters", what,
                            DN_MODEL_MAX_LAYERS);
         memcpy(r.layer_pattern, pat, plen + 1);
+    }
+    pat = NULL;
+    if ((st = dn_json_get_str(obj, "mlp_pattern", &pat, &plen, 0)) != DN_OK) return st;
+    if (pat) {
+        if (plen > DN_MODEL_MAX_LAYERS || strlen(pat) != plen)
+            return dn_fail(DN_ERR_FORMAT, "%s: mlp_pattern must have at most %d letters", what,
+                           DN_MODEL_MAX_LAYERS);
+        memcpy(r.mlp_pattern, pat, plen + 1);
     }
     for (size_t i = 0; i < N_CFG_FIELDS && st == DN_OK; i++) {
         char *p = (char *)&r + cfg_fields[i].off;

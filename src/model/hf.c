@@ -1,12 +1,15 @@
 /*
- * hf.c - the text model of a Hugging Face Qwen3.5 checkpoint directory, loaded into a dn_model
- * (dn_model_load_hf, include/deltanet.h).
+ * hf.c - the text model of a Hugging Face Qwen3.5, Qwen3.5-MoE or Qwen3-Next checkpoint
+ * directory, loaded into a dn_model (dn_model_load_hf, include/deltanet.h).
  *
  * What is read, and every convention that differs from the ops' defaults:
  *   config.json        model_type "qwen3_5" (vision-language: the text model's settings under
  *                      "text_config", its weights under "model.language_model.", the vision tower
  *                      under "model.visual." skipped) or "qwen3_5_text" (a causal LM:
- *                      "model.layers.*"). tie_word_embeddings from the text config, else the top
+ *                      "model.layers.*"); "qwen3_5_moe" / "qwen3_5_moe_text" the same with
+                      experts in every layer; "qwen3_next" (experts where decoder_sparse_step
+                      and mlp_only_layers say, fused projections, below). tie_word_embeddings from
+ the text config, else the top
  *                      level. layer_types ("linear_attention" -> G, "full_attention" -> A), else
  *                      full_attention_interval. RoPE from rope_parameters (or the older top-level
  *                      rope_theta / partial_rotary_factor): type "default"; Qwen3.5's multimodal
@@ -25,8 +28,13 @@
  * L2-normalised in the op, value head j reading key head j / (HV/H), beta = sigmoid(b), g =
  * -exp(A_log) softplus(a + dt_bias), all in fp32.
  *
- * This step keeps an fp32 copy of the weights; Qwen3-Next (fused projections ordered per key head)
- * and the MoE variants are refused with DN_ERR_UNSUPPORTED.
+ * Qwen3-Next fuses the Gated DeltaNet projections and orders their rows per key head
+ * (in_proj_qkvz: [q_h | k_h | v of its value heads | z of its value heads] for each key head h,
+ * in_proj_ba: [b | a] per key head); they are scattered into the model's [q | k | v | z | b | a]
+ * rows (fused_layer). Experts: router softmax, top k, weights renormalised when norm_topk_prob
+ * (always for Qwen3.5-MoE), SwiGLU experts stored one tensor per projection
+ * (mlp.experts.E.gate_proj ...), a shared expert scaled by sigmoid(shared_expert_gate).
+ * This step keeps an fp32 copy of the weights.
  */
 #include "../half.h"
 #include "../internal.h"
@@ -106,8 +114,51 @@ static dn_status read_layer_types(const dn_json *tc, const char *file, dn_model_
     return DN_OK;
 }
 
-/* The model config, and the prefix of the text model's tensor names. */
-static dn_status read_config(const char *dir, dn_model_config *c, const char **prefix) {
+/* The mixture-of-experts settings: Qwen3.5-MoE (moe 1) has experts in every layer and always
+ * renormalises the top-k weights; Qwen3-Next (moe 2) has them in layer i when i is not in
+ * mlp_only_layers, num_experts > 0 and (i + 1) % decoder_sparse_step == 0, and reads
+ * norm_topk_prob (default true). */
+static dn_status read_moe(const dn_json *tc, const char *file, int moe, dn_model_config *c) {
+    dn_status st;
+    if ((st = dn_json_get_int(tc, "num_experts", &c->num_experts, 1)) != DN_OK ||
+        (st = dn_json_get_int(tc, "num_experts_per_tok", &c->num_experts_per_tok, 1)) != DN_OK ||
+        (st = dn_json_get_int(tc, "moe_intermediate_size", &c->moe_intermediate_size, 1)) !=
+            DN_OK ||
+        (st = dn_json_get_int(tc, "shared_expert_intermediate_size",
+                              &c->shared_expert_intermediate_size, 0)) != DN_OK)
+        return st;
+    c->norm_topk_prob = 1;
+    const int64_t L = c->num_hidden_layers;
+    if (moe == 1) {
+        memset(c->mlp_pattern, 'E', (size_t)L);
+        c->mlp_pattern[L] = 0;
+        if (!c->intermediate_size) c->intermediate_size = c->moe_intermediate_size; /* unused */
+        return DN_OK;
+    }
+    int64_t step = 1;
+    const dn_json *only = NULL;
+    if ((st = dn_json_get_bool(tc, "norm_topk_prob", &c->norm_topk_prob, 0)) != DN_OK ||
+        (st = dn_json_get_int(tc, "decoder_sparse_step", &step, 0)) != DN_OK ||
+        (st = dn_json_get_typed(tc, "mlp_only_layers", DN_JSON_ARRAY, &only, 0)) != DN_OK)
+        return st;
+    if (step < 1)
+        return dn_fail(DN_ERR_FORMAT, "%s: decoder_sparse_step %lld", file, (long long)step);
+    for (int64_t i = 0; i < L; i++)
+        c->mlp_pattern[i] = c->num_experts > 0 && (i + 1) % step == 0 ? 'E' : 'D';
+    c->mlp_pattern[L] = 0;
+    for (size_t j = 0; j < dn_json_len(only); j++) {
+        const dn_json *v = dn_json_at(only, j);
+        if (v->type != DN_JSON_NUMBER || !v->is_int || v->u.i < 0 || v->u.i >= L)
+            return dn_fail(DN_ERR_FORMAT, "%s: mlp_only_layers[%zu] is not a layer index", file, j);
+        c->mlp_pattern[v->u.i] = 'D';
+    }
+    if (!strchr(c->mlp_pattern, 'E')) c->mlp_pattern[0] = 0;
+    return DN_OK;
+}
+
+/* The model config, the prefix of the text model's tensor names, and whether the Gated DeltaNet
+ * projections are Qwen3-Next's fused ones. */
+static dn_status read_config(const char *dir, dn_model_config *c, const char **prefix, int *fused) {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
         return dn_fail(DN_ERR_ARG, "load_hf: directory name too long");
@@ -117,29 +168,29 @@ static dn_status read_config(const char *dir, dn_model_config *c, const char **p
     const char *type = NULL;
     const dn_json *tc = doc;
     if ((st = dn_json_get_str(doc, "model_type", &type, NULL, 1)) != DN_OK) goto done;
-    if (!strcmp(type, "qwen3_5")) {
+    int moe = 0;
+    *fused = 0;
+    if (!strcmp(type, "qwen3_5") || !strcmp(type, "qwen3_5_moe")) {
         if ((st = dn_json_get_typed(doc, "text_config", DN_JSON_OBJECT, &tc, 1)) != DN_OK)
             goto done;
         *prefix = "model.language_model.";
-    } else if (!strcmp(type, "qwen3_5_text")) {
+        moe = strstr(type, "_moe") != NULL;
+    } else if (!strcmp(type, "qwen3_5_text") || !strcmp(type, "qwen3_5_moe_text")) {
         *prefix = "model.";
-    } else if (!strcmp(type, "qwen3_next") || !strcmp(type, "qwen3_5_moe") ||
-               !strcmp(type, "qwen3_5_moe_text")) {
-        st = dn_fail(DN_ERR_UNSUPPORTED,
-                     "%s: model_type \"%s\" is not supported yet (dense qwen3_5 only: its MoE "
-                     "blocks and Qwen3-Next's fused projections come next)",
-                     path, type);
-        goto done;
+        moe = strstr(type, "_moe") != NULL;
+    } else if (!strcmp(type, "qwen3_next")) {
+        *prefix = "model.";
+        moe = 2, *fused = 1;
     } else {
         st = dn_fail(DN_ERR_UNSUPPORTED,
                      "%s: model_type \"%s\" is not a Gated DeltaNet hybrid this version reads "
-                     "(qwen3_5, qwen3_5_text)",
+                     "(qwen3_5, qwen3_5_text, qwen3_5_moe, qwen3_5_moe_text, qwen3_next)",
                      path, type);
         goto done;
     }
     dn_model_config r = dn_model_config_default();
     r.attn_qk_norm = 1, r.attn_output_gate = 1, r.tie_word_embeddings = 0;
-    r.head_dim = 0;
+    r.head_dim = 0, r.intermediate_size = 0;
     if ((st = dn_json_get_bool(doc, "tie_word_embeddings", &r.tie_word_embeddings, 0)) != DN_OK ||
         (st = dn_json_get_bool(tc, "tie_word_embeddings", &r.tie_word_embeddings, 0)) != DN_OK)
         goto done;
@@ -150,7 +201,7 @@ static dn_status read_config(const char *dir, dn_model_config *c, const char **p
     } ints[] = {
         {"vocab_size", offsetof(dn_model_config, vocab_size), 1},
         {"hidden_size", offsetof(dn_model_config, hidden_size), 1},
-        {"intermediate_size", offsetof(dn_model_config, intermediate_size), 1},
+        {"intermediate_size", offsetof(dn_model_config, intermediate_size), 0},
         {"num_hidden_layers", offsetof(dn_model_config, num_hidden_layers), 1},
         {"num_attention_heads", offsetof(dn_model_config, num_attention_heads), 1},
         {"num_key_value_heads", offsetof(dn_model_config, num_key_value_heads), 1},
@@ -165,6 +216,10 @@ static dn_status read_config(const char *dir, dn_model_config *c, const char **p
         if ((st = dn_json_get_int(tc, ints[i].key, (int64_t *)(void *)((char *)&r + ints[i].off),
                                   ints[i].required)) != DN_OK)
             goto done;
+    if (r.intermediate_size == 0 && !moe) {
+        st = dn_fail(DN_ERR_FORMAT, "%s: intermediate_size is missing", path);
+        goto done;
+    }
     if (r.head_dim == 0 && r.num_attention_heads > 0)
         r.head_dim = r.hidden_size / r.num_attention_heads;
     if ((st = dn_json_get_num(tc, "rms_norm_eps", &r.rms_norm_eps, 1)) != DN_OK ||
@@ -176,10 +231,13 @@ static dn_status read_config(const char *dir, dn_model_config *c, const char **p
         st = dn_fail(DN_ERR_UNSUPPORTED, "%s: hidden_act \"%s\" (silu only)", path, act);
         goto done;
     }
-    if ((st = read_rope(tc, path, &r)) != DN_OK || (st = read_layer_types(tc, path, &r)) != DN_OK)
+    if ((st = read_rope(tc, path, &r)) != DN_OK || (st = read_layer_types(tc, path, &r)) != DN_OK ||
+        (moe && (st = read_moe(tc, path, moe, &r)) != DN_OK))
         goto done;
     if ((st = dn_model_config_check(&r)) != DN_OK) {
-        st = dn_fail(st, "%s: %s", path, dn_last_error());
+        char why[512]; /* dn_fail writes the buffer dn_last_error reads */
+        snprintf(why, sizeof why, "%s", dn_last_error());
+        st = dn_fail(st, "%s: %s", path, why);
         goto done;
     }
     *c = r;
@@ -283,12 +341,71 @@ static void widen(float *dst, const dn_st_tensor *t) {
         }
 }
 
-static dn_status load_weights(dn_model *m, shards *s, const char *prefix) {
+/* Widens rows [r0, r0 + n) of the 2-D tensor t into dst. */
+static void widen_rows(float *dst, const dn_st_tensor *t, int64_t r0, int64_t n) {
+    const int64_t cols = t->shape[1], esz = t->dtype == DN_ST_F32 ? 4 : 2;
+    dn_st_tensor part = *t;
+    part.data = t->data + r0 * cols * esz, part.numel = n * cols;
+    widen(dst, &part);
+}
+
+static int is_fused_part(const char *name) {
+    static const char *const parts[4] = {"in_proj_qkv.weight", "in_proj_z.weight",
+                                         "in_proj_b.weight", "in_proj_a.weight"};
+    const char *at = strstr(name, ".linear_attn.");
+    for (int i = 0; at && i < 4; i++)
+        if (!strcmp(at + 13, parts[i])) return 1;
+    return 0;
+}
+
+/* Qwen3-Next's in_proj_qkvz rows hold, per key head h, [q_h (K) | k_h (K) | v (r V) | z (r V)]
+ * for its r = HV/H value heads, and in_proj_ba [b (r) | a (r)]; the model's projection rows are
+ * [q (H K) | k (H K) | v (HV V) | z (HV V) | b (HV) | a (HV)]. check: the shapes only. */
+static dn_status fused_layer(dn_model *m, shards *s, const char *prefix, int64_t i, int check) {
+    const dn_layer *l = &m->layers[i];
+    const dn_la_layer_dims *g = &l->ld;
+    const int64_t H = g->H, K = g->K, V = g->V, r = g->HV / g->H, d = m->d;
+    char qkvz[512], ba[512];
+    snprintf(qkvz, sizeof qkvz, "%slayers.%lld.linear_attn.in_proj_qkvz.weight", prefix,
+             (long long)i);
+    snprintf(ba, sizeof ba, "%slayers.%lld.linear_attn.in_proj_ba.weight", prefix, (long long)i);
+    const char *file = NULL;
+    const dn_st_tensor *a = shards_find(s, qkvz, &file), *b = shards_find(s, ba, &file);
+    if (!a || !b) return dn_fail(DN_ERR_FORMAT, "load_hf: tensor %s is missing", !a ? qkvz : ba);
+    const int64_t rows_a = H * (2 * K + 2 * r * V), rows_b = H * 2 * r;
+    if (a->ndim != 2 || a->shape[0] != rows_a || a->shape[1] != d || b->ndim != 2 ||
+        b->shape[0] != rows_b || b->shape[1] != d)
+        return dn_fail(DN_ERR_FORMAT,
+                       "load_hf: %s must be [%lld, %lld] and %s [%lld, %lld] for this config", qkvz,
+                       (long long)rows_a, (long long)d, ba, (long long)rows_b, (long long)d);
+    if ((a->dtype != DN_ST_F32 && a->dtype != DN_ST_F16 && a->dtype != DN_ST_BF16) ||
+        (b->dtype != DN_ST_F32 && b->dtype != DN_ST_F16 && b->dtype != DN_ST_BF16))
+        return dn_fail(DN_ERR_UNSUPPORTED, "load_hf: %s or %s is not F32, F16 or BF16", qkvz, ba);
+    if (check) return DN_OK;
+    float *P = dn_model_params(m) + l->lin.proj;
+    for (int64_t h = 0; h < H; h++) {
+        const int64_t base = h * (2 * K + 2 * r * V);
+        widen_rows(P + (h * K) * d, a, base, K);
+        widen_rows(P + (H * K + h * K) * d, a, base + K, K);
+        widen_rows(P + (2 * H * K + h * r * V) * d, a, base + 2 * K, r * V);
+        widen_rows(P + (g->z0 + h * r * V) * d, a, base + 2 * K + r * V, r * V);
+        widen_rows(P + (g->b0 + h * r) * d, b, h * 2 * r, r);
+        widen_rows(P + (g->a0 + h * r) * d, b, h * 2 * r + r, r);
+    }
+    return DN_OK;
+}
+
+static dn_status load_weights(dn_model *m, shards *s, const char *prefix, int fused) {
     char name[512];
     const size_t plen = strlen(prefix);
+    for (int64_t i = 0; fused && i < m->L; i++) {
+        dn_status st = m->layers[i].kind == 'G' ? fused_layer(m, s, prefix, i, 1) : DN_OK;
+        if (st != DN_OK) return st;
+    }
     for (int64_t i = 0; i < dn_model_num_tensors(m); i++) {
         dn_param_info ti;
         dn_model_param_info(m, i, &ti);
+        if (fused && is_fused_part(ti.name)) continue;
         /* the model's names are the causal LM's: "model.X" becomes prefix + "X" */
         if (!strncmp(ti.name, "model.", 6))
             snprintf(name, sizeof name, "%.*s%s", (int)plen, prefix, ti.name + 6);
@@ -331,9 +448,12 @@ static dn_status load_weights(dn_model *m, shards *s, const char *prefix) {
                                s->files[f]->name, s->files[f]->tensors[j].name);
     /* all checked: now copy */
     float *params = dn_model_params(m);
+    for (int64_t i = 0; fused && i < m->L; i++)
+        if (m->layers[i].kind == 'G') fused_layer(m, s, prefix, i, 0);
     for (int64_t i = 0; i < dn_model_num_tensors(m); i++) {
         dn_param_info ti;
         dn_model_param_info(m, i, &ti);
+        if (fused && is_fused_part(ti.name)) continue;
         if (!strncmp(ti.name, "model.", 6))
             snprintf(name, sizeof name, "%.*s%s", (int)plen, prefix, ti.name + 6);
         else
@@ -348,13 +468,14 @@ dn_status dn_model_load_hf(dn_model **out, const char *dir) {
     if (!out || !dir) return dn_fail(DN_ERR_NULL, "load_hf: NULL argument");
     dn_model_config c;
     const char *prefix = NULL;
-    dn_status st = read_config(dir, &c, &prefix);
+    int fused = 0;
+    dn_status st = read_config(dir, &c, &prefix, &fused);
     if (st != DN_OK) return st;
     shards *s = dn_calloc(sizeof *s);
     if (!s) return dn_fail(DN_ERR_ALLOC, "load_hf: cannot allocate");
     dn_model *m = NULL;
     if ((st = shards_open(s, dir)) == DN_OK && (st = dn_model_create(&m, &c, 0)) == DN_OK)
-        st = load_weights(m, s, prefix);
+        st = load_weights(m, s, prefix, fused);
     shards_close(s);
     dn_free(s);
     if (st != DN_OK) {

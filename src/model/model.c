@@ -76,6 +76,21 @@ dn_status dn_model_config_check(const dn_model_config *c) {
         RANGE(mamba_dt_rank, 0, 65536);
         RANGE(linear_conv_kernel_dim, 2, 4);
     }
+    const size_t nm = strnlen(c->mlp_pattern, sizeof c->mlp_pattern);
+    if (nm > DN_MODEL_MAX_LAYERS)
+        return dn_fail(DN_ERR_ARG, "model config: mlp_pattern is not terminated");
+    for (size_t i = 0; i < nm; i++)
+        if (c->mlp_pattern[i] != 'D' && c->mlp_pattern[i] != 'E')
+            return dn_fail(DN_ERR_ARG,
+                           "model config: mlp_pattern letter '%c' is neither D (dense) nor E "
+                           "(experts)",
+                           c->mlp_pattern[i]);
+    if (strchr(c->mlp_pattern, 'E')) {
+        RANGE(num_experts, 1, 4096);
+        RANGE(num_experts_per_tok, 1, c->num_experts);
+        RANGE(moe_intermediate_size, 1, 1 << 18);
+        RANGE(shared_expert_intermediate_size, 0, 1 << 18);
+    }
     if (has_la(c)) {
         RANGE(linear_num_key_heads, 1, 1024);
         RANGE(linear_num_value_heads, 1, 1024);
@@ -208,9 +223,35 @@ static void register_params(reg *r) {
                 add(r, P("self_attn.o_proj.weight"), 2, d, ad->H * ad->D, 0, INIT_NORMAL, 1);
         }
         l->norm2 = add(r, P("post_attention_layernorm.weight"), 1, d, 0, 0, INIT_ZERO, 0);
-        l->gate_up = add(r, P("mlp.gate_proj.weight"), 2, I, d, 0, INIT_NORMAL, 1);
-        add(r, P("mlp.up_proj.weight"), 2, I, d, 0, INIT_NORMAL, 1);
-        l->down = add(r, P("mlp.down_proj.weight"), 2, d, I, 0, INIT_NORMAL, 1);
+        if (l->moe) {
+            const dn_model_config *c = &m->cfg;
+            const int64_t E = c->num_experts, Im = c->moe_intermediate_size,
+                          Is = c->shared_expert_intermediate_size;
+            l->router = add(r, P("mlp.gate.weight"), 2, E, d, 0, INIT_NORMAL, 1);
+            for (int64_t e = 0; e < E; e++) {
+                static const char *const part[3] = {"gate_proj", "up_proj", "down_proj"};
+                for (int k = 0; k < 3; k++) {
+                    snprintf(name, sizeof name, "model.layers.%lld.mlp.experts.%lld.%s.weight",
+                             (long long)i, (long long)e, part[k]);
+                    const int64_t off =
+                        add(r, name, 2, k < 2 ? Im : d, k < 2 ? d : Im, 0, INIT_NORMAL, 1);
+                    if (e == 0 && k == 0) l->experts = off;
+                }
+            }
+            if (Is > 0) {
+                l->shared_gu =
+                    add(r, P("mlp.shared_expert.gate_proj.weight"), 2, Is, d, 0, INIT_NORMAL, 1);
+                add(r, P("mlp.shared_expert.up_proj.weight"), 2, Is, d, 0, INIT_NORMAL, 1);
+                l->shared_down =
+                    add(r, P("mlp.shared_expert.down_proj.weight"), 2, d, Is, 0, INIT_NORMAL, 1);
+                l->shared_gate =
+                    add(r, P("mlp.shared_expert_gate.weight"), 2, 1, d, 0, INIT_NORMAL, 1);
+            }
+        } else {
+            l->gate_up = add(r, P("mlp.gate_proj.weight"), 2, I, d, 0, INIT_NORMAL, 1);
+            add(r, P("mlp.up_proj.weight"), 2, I, d, 0, INIT_NORMAL, 1);
+            l->down = add(r, P("mlp.down_proj.weight"), 2, d, I, 0, INIT_NORMAL, 1);
+        }
 #undef P
     }
     m->final_norm = add(r, "model.norm.weight", 1, d, 0, 0, INIT_ZERO, 0);
@@ -278,6 +319,8 @@ dn_status dn_model_create(dn_model **out, const dn_model_config *c, uint64_t see
     for (int64_t i = 0; i < m->L; i++) {
         dn_layer *l = &m->layers[i];
         l->kind = c->layer_pattern[(size_t)i % np];
+        const size_t nm = strlen(c->mlp_pattern);
+        l->moe = nm > 0 && c->mlp_pattern[(size_t)i % nm] == 'E';
         if (dn_is_la_kind(l->kind)) dn_la_layer_dims_init(&l->ld, c, l->kind);
         if (l->kind == 'M') dn_mamba2_layer_dims_init(&l->md, c);
         if (l->kind == 'S') dn_mamba_layer_dims_init(&l->sd, c);
@@ -398,6 +441,7 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     int64_t P = 1, C = 1, HVV = 1, HV = 1, HQ = 1, HK = 1; /* the widest of each, for scratch */
     int64_t dA = 1;
     size_t la_ws = 0;
+    int moe = 0;
     for (int64_t i = 0; i < m->L; i++) {
         dn_layer *l = &m->layers[i];
         l->h_in = TAKE(b, N * d);
@@ -406,8 +450,9 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
         l->h_mid = TAKE(b, N * d);
         l->c = TAKE(b, N * d);
         l->rstd2 = TAKE(b, N);
-        l->gu = TAKE(b, N * 2 * I);
-        l->act = TAKE(b, N * I);
+        l->gu = l->moe ? NULL : TAKE(b, N * 2 * I);
+        l->act = l->moe ? NULL : TAKE(b, N * I);
+        moe |= l->moe;
         if (dn_is_la_kind(l->kind)) {
             const dn_la_layer_dims *g = &l->ld;
             dn_la_layer_acts *s = &l->lin_acts;
@@ -506,6 +551,22 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     m->dA = TAKE(b, dA);
     m->la_ws = take(b, (int64_t)la_ws, 1);
     m->la_ws_bytes = la_ws;
+    if (moe) {
+        const dn_model_config *c = &m->cfg;
+        const int64_t E = c->num_experts, k = c->num_experts_per_tok,
+                      Imax = c->moe_intermediate_size > c->shared_expert_intermediate_size
+                                 ? c->moe_intermediate_size
+                                 : c->shared_expert_intermediate_size;
+        m->moe_p = TAKE(b, N * E);
+        m->moe_w = TAKE(b, N * k);
+        m->moe_idx = take(b, N * k, sizeof(int32_t));
+        m->moe_rows = take(b, N, sizeof(int64_t));
+        m->moe_x = TAKE(b, N * d);
+        m->moe_gu = TAKE(b, N * 2 * Imax);
+        m->moe_act = TAKE(b, N * Imax);
+        m->moe_y = TAKE(b, N * d);
+        m->moe_sg = TAKE(b, N);
+    }
 }
 
 /* Sizes the arena for (B,T), keeping it when it already fits. Nothing changes on failure. */
@@ -550,6 +611,91 @@ static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T) {
 
 /* ---- forward and backward ------------------------------------------------------------------- */
 
+/* out = beta out + SwiGLU(x): gu = x W_gu^T [n,2I] (gate | up), act = silu(gate) up [n,I],
+ * act W_down^T [n,d] added. */
+static dn_status swiglu(float *out, float beta, float *gu, float *act, const float *x,
+                        const float *W_gu, const float *W_down, int64_t n, int64_t d, int64_t I) {
+    dn_status st = dn_linear_fwd(gu, 2 * I, x, d, W_gu, n, d, 2 * I, 0.0f);
+    if (st != DN_OK) return st;
+    DN_PARALLEL_FOR(n * I * 3)
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t j = 0; j < I; j++)
+            act[r * I + j] = dn_siluf(gu[r * 2 * I + j]) * gu[r * 2 * I + I + j];
+    return dn_linear_fwd(out, d, act, I, W_down, n, I, d, beta);
+}
+
+/* The mixture-of-experts MLP over l->c, added to h_out: router softmax, top k per token (the
+ * first of equal probabilities), weights renormalised when norm_topk_prob; each expert runs
+ * once over the rows routed to it (gathered), its outputs added in expert order; then the shared
+ * expert scaled by sigmoid(c w_gate). Inference only (no saved activations). */
+static dn_status moe_forward(dn_model *m, const dn_layer *l, float *h_out, int64_t N) {
+    const dn_model_config *c = &m->cfg;
+    const float *W = m->params;
+    const int64_t d = m->d, E = c->num_experts, k = c->num_experts_per_tok,
+                  Im = c->moe_intermediate_size, Is = c->shared_expert_intermediate_size;
+    dn_status st = dn_linear_fwd(m->moe_p, E, l->c, d, W + l->router, N, d, E, 0.0f);
+    if (st != DN_OK) return st;
+    DN_PARALLEL_FOR(N * E * 8)
+    for (int64_t n = 0; n < N; n++) {
+        float *p = m->moe_p + n * E, mx = p[0];
+        for (int64_t e = 1; e < E; e++)
+            mx = p[e] > mx ? p[e] : mx;
+        double s = 0;
+        for (int64_t e = 0; e < E; e++)
+            s += (p[e] = expf(p[e] - mx));
+        for (int64_t e = 0; e < E; e++)
+            p[e] = (float)(p[e] / s);
+        int32_t *idx = m->moe_idx + n * k;
+        float *w = m->moe_w + n * k, sum = 0;
+        for (int64_t j = 0; j < k; j++) { /* k is small: repeated scans */
+            int64_t best = -1;
+            for (int64_t e = 0; e < E; e++) {
+                int taken = 0;
+                for (int64_t q = 0; q < j; q++)
+                    taken |= idx[q] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            idx[j] = (int32_t)best, w[j] = p[best], sum += p[best];
+        }
+        if (c->norm_topk_prob)
+            for (int64_t j = 0; j < k; j++)
+                w[j] /= sum;
+    }
+    for (int64_t e = 0; e < E; e++) {
+        int64_t cnt = 0;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t j = 0; j < k; j++)
+                if (m->moe_idx[n * k + j] == e) m->moe_rows[cnt++] = n * k + j;
+        if (!cnt) continue;
+        DN_PARALLEL_FOR(cnt * d)
+        for (int64_t r = 0; r < cnt; r++)
+            memcpy(m->moe_x + r * d, l->c + m->moe_rows[r] / k * d, (size_t)d * sizeof(float));
+        const float *We = W + l->experts + e * 3 * Im * d;
+        if ((st = swiglu(m->moe_y, 0.0f, m->moe_gu, m->moe_act, m->moe_x, We, We + 2 * Im * d, cnt,
+                         d, Im)) != DN_OK)
+            return st;
+        DN_PARALLEL_FOR(cnt * d) /* each token appears at most once per expert */
+        for (int64_t r = 0; r < cnt; r++) {
+            const int64_t n = m->moe_rows[r] / k;
+            const float w = m->moe_w[m->moe_rows[r]];
+            for (int64_t i = 0; i < d; i++)
+                h_out[n * d + i] += w * m->moe_y[r * d + i];
+        }
+    }
+    if (Is == 0) return DN_OK;
+    if ((st = swiglu(m->moe_y, 0.0f, m->moe_gu, m->moe_act, l->c, W + l->shared_gu,
+                     W + l->shared_down, N, d, Is)) != DN_OK ||
+        (st = dn_linear_fwd(m->moe_sg, 1, l->c, d, W + l->shared_gate, N, d, 1, 0.0f)) != DN_OK)
+        return st;
+    DN_PARALLEL_FOR(N * d)
+    for (int64_t n = 0; n < N; n++) {
+        const float g = dn_sigmoidf(m->moe_sg[n]);
+        for (int64_t i = 0; i < d; i++)
+            h_out[n * d + i] += g * m->moe_y[n * d + i];
+    }
+    return DN_OK;
+}
+
 static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B, int64_t T,
                                dn_layer_cache *cache, const dn_rope_table *rope) {
     const int64_t N = B * T, d = m->d, I = m->I;
@@ -572,14 +718,9 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
     for (int64_t i = 0; i < N * d; i++)
         l->h_mid[i] += l->h_in[i];
     dn_rmsnorm_fwd(l->c, l->rstd2, l->h_mid, W + l->norm2, 1.0f, N, d, eps);
-    if ((st = dn_linear_fwd(l->gu, 2 * I, l->c, d, W + l->gate_up, N, d, 2 * I, 0.0f)) != DN_OK)
-        return st;
-    DN_PARALLEL_FOR(N * I * 3)
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t j = 0; j < I; j++)
-            l->act[n * I + j] = dn_siluf(l->gu[n * 2 * I + j]) * l->gu[n * 2 * I + I + j];
     memcpy(h_out, l->h_mid, (size_t)(N * d) * sizeof(float));
-    return dn_linear_fwd(h_out, d, l->act, I, W + l->down, N, I, d, 1.0f);
+    if (l->moe) return moe_forward(m, l, h_out, N);
+    return swiglu(h_out, 1.0f, l->gu, l->act, l->c, W + l->gate_up, W + l->down, N, d, I);
 }
 
 /* dh: in, the gradient of the block's output; out, the gradient of its input. */
@@ -667,6 +808,10 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
         return dn_fail(DN_ERR_NULL, "model_forward_backward: NULL model, tokens or targets");
     if (!isfinite(grad_scale))
         return dn_fail(DN_ERR_ARG, "model_forward_backward: grad_scale is not finite");
+    if (grad_scale != 0.0f && strchr(m->cfg.mlp_pattern, 'E'))
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "model_forward_backward: training mixture-of-experts layers is not "
+                       "supported (forward and generation only)");
     dn_status st = ensure_arena(m, B, T);
     if (st != DN_OK) return st;
     const int64_t N = B * T, d = m->d, V = m->Vocab;

@@ -119,6 +119,11 @@ typedef struct {
     dn_mamba2_layer_dims md;
     dn_mamba_layer_dims sd;              /* kind M */
     int64_t norm1, norm2, gate_up, down; /* gate_up [2I,d] = gate_proj, up_proj; down [d,I] */
+    /* a mixture-of-experts MLP (cfg.mlp_pattern 'E'): router [E,d]; expert e's gate_proj,
+     * up_proj [Im,d] and down_proj [d,Im] back to back from experts + 3 e Im d; the shared
+     * expert's gate|up [2Is,d], down [d,Is] and its gate [1,d] */
+    int moe;
+    int64_t router, experts, shared_gu, shared_down, shared_gate;
     dn_la_layer_w lin;
     dn_attn_layer_w attn;
     dn_mamba2_layer_w mamba;
@@ -173,6 +178,12 @@ struct dn_model {
      * at the thread count of the arena's layout; a call at more threads allocates its own) */
     void *la_ws;
     size_t la_ws_bytes;
+    /* mixture-of-experts scratch: router logits then probabilities [N,E], the chosen experts
+     * and their weights [N,k], one expert's rows [N] and inputs [N,d], gate|up [N,2Imax],
+     * activations [N,Imax], outputs [N,d], the shared expert's gate [N] */
+    float *moe_p, *moe_w, *moe_x, *moe_gu, *moe_act, *moe_y, *moe_sg;
+    int32_t *moe_idx;
+    int64_t *moe_rows;
     dn_rope_table rope;
 };
 
