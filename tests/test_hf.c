@@ -101,9 +101,10 @@ static int parity(const char *name, double *worst_prefill, double *worst_decode)
     CHECK(dn_model_state_create(&st, m, 1, T + S + 1) == DN_OK, "%s", dn_last_error());
     float *last = falloc(V);
     *worst_decode = 0;
-    if (st && dn_model_step(m, st, logits, r.tokens, T, 0) == DN_OK) {
+    if (st && dn_model_step(m, st, last, r.tokens, T, 0) == DN_OK) {
         /* the state's prefill gives the forward's last row, and the greedy tokens follow */
-        memcpy(last, logits + (T - 1) * V, (size_t)V * sizeof(float));
+        const double d0 = rel_diff(last, r.logits + (T - 1) * V, V);
+        CHECK(d0 < TOL, "%s: the prefill step's last logits differ by %.3g", name, d0);
         for (int64_t i = 0; i < S; i++) {
             CHECK(argmax(last, V) == r.generated[i], "%s: greedy token %lld is %lld, not %d", name,
                   (long long)i, (long long)argmax(last, V), r.generated[i]);
