@@ -395,9 +395,17 @@ static dn_status fused_layer(dn_model *m, shards *s, const char *prefix, int64_t
     return DN_OK;
 }
 
+/* The file's name of a model tensor: the model's names are the causal LM's, and "model.X"
+ * becomes prefix + "X". */
+static void file_name(char *dst, size_t cap, const char *prefix, const char *name) {
+    if (!strncmp(name, "model.", 6))
+        snprintf(dst, cap, "%s%s", prefix, name + 6);
+    else
+        snprintf(dst, cap, "%s", name);
+}
+
 static dn_status load_weights(dn_model *m, shards *s, const char *prefix, int fused) {
     char name[512];
-    const size_t plen = strlen(prefix);
     for (int64_t i = 0; fused && i < m->L; i++) {
         dn_status st = m->layers[i].kind == 'G' ? fused_layer(m, s, prefix, i, 1) : DN_OK;
         if (st != DN_OK) return st;
@@ -406,11 +414,7 @@ static dn_status load_weights(dn_model *m, shards *s, const char *prefix, int fu
         dn_param_info ti;
         dn_model_param_info(m, i, &ti);
         if (fused && is_fused_part(ti.name)) continue;
-        /* the model's names are the causal LM's: "model.X" becomes prefix + "X" */
-        if (!strncmp(ti.name, "model.", 6))
-            snprintf(name, sizeof name, "%.*s%s", (int)plen, prefix, ti.name + 6);
-        else
-            snprintf(name, sizeof name, "%s", ti.name);
+        file_name(name, sizeof name, prefix, ti.name);
         const char *file = NULL;
         const dn_st_tensor *t = shards_find(s, name, &file);
         if (!t)
@@ -454,10 +458,7 @@ static dn_status load_weights(dn_model *m, shards *s, const char *prefix, int fu
         dn_param_info ti;
         dn_model_param_info(m, i, &ti);
         if (fused && is_fused_part(ti.name)) continue;
-        if (!strncmp(ti.name, "model.", 6))
-            snprintf(name, sizeof name, "%.*s%s", (int)plen, prefix, ti.name + 6);
-        else
-            snprintf(name, sizeof name, "%s", ti.name);
+        file_name(name, sizeof name, prefix, ti.name);
         const char *file = NULL;
         widen(params + ti.offset, shards_find(s, name, &file));
     }

@@ -191,18 +191,9 @@ dn_status dn_la_layer_backward(dn_model *m, const dn_layer *l, const dn_la_layer
      * dproj's first C columns, dweight accumulated */
     const int64_t c0[3] = {0, HK, 2 * HK}, cn[3] = {HK, HK, HVV};
     const float *dy[3] = {dq, dk, dv};
-    for (int i = 0; i < 3; i++) {
-        dn_conv_params cp = conv_params(m, l, s, B, T);
-        cp.D = cn[i];
-        cp.x = s->proj + c0[i];
-        cp.weight += c0[i] * g->W;
-        cp.y = NULL; /* not read by the backward */
-        dn_conv_bwd_params cb = dn_conv_bwd_params_default(&cp);
-        cb.dy = dy[i], cb.dy_s = (dn_strides){T * cn[i], cn[i], 0};
-        cb.dx = dproj + c0[i], cb.dx_s = cp.x_s;
-        cb.dweight = G + l->lin.conv + c0[i] * g->W;
-        if ((st = dn_conv_backward(&cb)) != DN_OK) return st;
-    }
+    const dn_conv_params cp = conv_params(m, l, s, B, T);
+    if ((st = dn_conv_bwd_ranges(&cp, 3, c0, cn, dy, dproj, G + l->lin.conv, NULL)) != DN_OK)
+        return st;
 
     /* the projection */
     return dn_linear_bwd(da, d, G + l->lin.proj, dproj, P, a, d, W + l->lin.proj, N, d, P, 0.0f);

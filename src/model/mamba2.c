@@ -129,20 +129,10 @@ dn_status dn_mamba2_layer_backward(dn_model *m, const dn_layer *l, const dn_mamb
     /* the convolution, channels x, B, C separately (depthwise) */
     const int64_t c0[3] = {0, HP, HP + GN}, cn[3] = {HP, GN, GN};
     const float *dy3[3] = {dx, dB, dC};
-    for (int i = 0; i < 3; i++) {
-        dn_conv_params cp = conv_params(m, l, s, B, T);
-        cp.D = cn[i];
-        cp.x = s->proj + c0[i];
-        cp.weight += c0[i] * g->W;
-        cp.bias += c0[i];
-        cp.y = NULL;
-        dn_conv_bwd_params cb = dn_conv_bwd_params_default(&cp);
-        cb.dy = dy3[i], cb.dy_s = (dn_strides){T * cn[i], cn[i], 0};
-        cb.dx = dproj + c0[i], cb.dx_s = cp.x_s;
-        cb.dweight = G + l->mamba.conv + c0[i] * g->W;
-        cb.dbias = G + l->mamba.conv_bias + c0[i];
-        if ((st = dn_conv_backward(&cb)) != DN_OK) return st;
-    }
+    const dn_conv_params cp = conv_params(m, l, s, B, T);
+    if ((st = dn_conv_bwd_ranges(&cp, 3, c0, cn, dy3, dproj, G + l->mamba.conv,
+                                 G + l->mamba.conv_bias)) != DN_OK)
+        return st;
     return dn_linear_bwd(da, d, G + l->mamba.in_proj, dproj, Pw, a, d, W + l->mamba.in_proj, N, d,
                          Pw, 0.0f);
 }

@@ -144,3 +144,23 @@ double dn_rng_normal(dn_rng *r) {
     const double u1 = 1.0 - dn_rng_uniform(r), u2 = dn_rng_uniform(r);
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
+
+dn_status dn_conv_bwd_ranges(const dn_conv_params *cp0, int n, const int64_t *c0, const int64_t *cn,
+                             const float *const *dy, float *dx, float *dweight, float *dbias) {
+    for (int i = 0; i < n; i++) {
+        dn_conv_params cp = *cp0;
+        cp.D = cn[i];
+        cp.x += c0[i];
+        cp.weight += c0[i] * cp.W;
+        if (cp.bias) cp.bias += c0[i];
+        cp.y = NULL; /* not read by the backward */
+        dn_conv_bwd_params cb = dn_conv_bwd_params_default(&cp);
+        cb.dy = dy[i], cb.dy_s = (dn_strides){cp.T * cn[i], cn[i], 0};
+        cb.dx = dx + c0[i], cb.dx_s = cp.x_s;
+        cb.dweight = dweight + c0[i] * cp.W;
+        cb.dbias = dbias ? dbias + c0[i] : NULL;
+        dn_status st = dn_conv_backward(&cb);
+        if (st != DN_OK) return st;
+    }
+    return DN_OK;
+}

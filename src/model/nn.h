@@ -57,6 +57,13 @@ typedef struct {
     float *cos, *sin; /* [T, rd/2], row t for position pos0 + t */
     int64_t T, rd;
 } dn_rope_table;
+/* The backward of a depthwise convolution cp (its x, weight, bias at column 0 of the layer's
+ * channels) taken in n column ranges [c0[i], c0[i] + cn[i]), range i's output gradient dy[i]
+ * contiguous ([B,T,cn[i]]): dx into dx + c0[i] (cp's x strides), the weight gradient (and the
+ * bias gradient when dbias is not NULL) accumulated at dweight + c0[i] W (dbias + c0[i]). */
+dn_status dn_conv_bwd_ranges(const dn_conv_params *cp, int n, const int64_t *c0, const int64_t *cn,
+                             const float *const *dy, float *dx, float *dweight, float *dbias);
+
 dn_status dn_rope_table_init(dn_rope_table *t, int64_t pos0, int64_t T, int64_t rd, double theta);
 void dn_rope_table_free(dn_rope_table *t);
 void dn_rope_apply(float *x, int64_t ld, const dn_rope_table *t, int64_t N, int64_t H, int64_t D,
