@@ -315,6 +315,50 @@ static int test_model_reproducible(void) {
     return fails;
 }
 
+/* The arena switches between its training layout (activations kept per layer) and its inference
+ * layout (one region shared by the layers): the logits of an inference forward are the same
+ * before and after a training step's forward and backward, and the loss the same before and
+ * after an inference call, bit for bit. */
+static int test_model_arena_modes(void) {
+    int fails = 0;
+    for (int w = 0; w < N_TINY; w++) {
+        dn_model_config c = tiny(w);
+        dn_model *m = make_model(&c, 4);
+        if (!m) return 1;
+        const int64_t B = 2, T = 19, N = B * T, V = c.vocab_size;
+        rng r = {31};
+        int32_t tok[38], tgt[38];
+        random_tokens(&r, tok, tgt, N, V);
+        float *z1 = falloc(N * V), *z2 = falloc(N * V);
+        double l1 = 0, l2 = 0;
+        CHECK(dn_model_logits(m, z1, tok, B, T) == DN_OK, "%s", dn_last_error());
+        CHECK(dn_model_forward_backward(m, tok, tgt, B, T, 1.0f, &l1, NULL) == DN_OK, "%s",
+              dn_last_error());
+        CHECK(dn_model_logits(m, z2, tok, B, T) == DN_OK, "%s", dn_last_error());
+        CHECK(dn_model_forward_backward(m, tok, tgt, B, T, 1.0f, &l2, NULL) == DN_OK, "%s",
+              dn_last_error());
+        CHECK(!memcmp(z1, z2, sizeof(float) * (size_t)(N * V)), "%s: logits changed",
+              c.layer_pattern);
+        CHECK(l1 == l2, "%s: loss %.17g then %.17g", c.layer_pattern, l1, l2);
+        /* and the training forward's loss is the inference logits' cross-entropy */
+        double ref = 0;
+        for (int64_t n = 0; n < N; n++) {
+            if (tgt[n] < 0) continue;
+            double mx = z1[n * V], sum = 0;
+            for (int64_t j = 1; j < V; j++)
+                mx = z1[n * V + j] > mx ? z1[n * V + j] : mx;
+            for (int64_t j = 0; j < V; j++)
+                sum += exp(z1[n * V + j] - mx);
+            ref += mx + log(sum) - z1[n * V + tgt[n]];
+        }
+        CHECK(fabs(ref - l1) < 1e-4 * fabs(ref), "%s: loss %.9g, from the logits %.9g",
+              c.layer_pattern, l1, ref);
+        free(z1), free(z2);
+        dn_model_free(m);
+    }
+    return fails;
+}
+
 /* dn_model_init_decay: every gated head's initial decay exp(-exp(A_log) softplus(dt_bias)) lies
  * in the range asked for; other tensors are untouched; bad ranges change nothing. */
 static int test_model_init_decay(void) {
@@ -439,5 +483,6 @@ const test_case dn_tests_model[] = {
     {"model_reproducible", test_model_reproducible},
     {"model_generation_matches_forward", test_model_generation},
     {"model_init_decay", test_model_init_decay},
+    {"model_arena_modes", test_model_arena_modes},
     {NULL, NULL},
 };

@@ -91,8 +91,8 @@ dn_status dn_la_layer_forward(const dn_model *m, const dn_layer *l, const dn_la_
         }
 
     dn_la_params lp = la_params(g, s, B, T);
-    if (cache) {
-        lp.initial_state = lp.final_state = cache->S;
+    if (cache || !m->arena_train) { /* inference: nothing saved for a backward */
+        if (cache) lp.initial_state = lp.final_state = cache->S;
         st = dn_la_forward(&lp);
     } else {
         lp.workspace = op_workspace(m, &lp, &lp.workspace_bytes);

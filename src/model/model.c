@@ -434,7 +434,27 @@ static void *take(bump *b, int64_t n, size_t elt) {
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
-static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
+static void lay_out_moe(dn_model *m, bump *b, int64_t N) {
+    const dn_model_config *c = &m->cfg;
+    const int64_t E = c->num_experts, k = c->num_experts_per_tok, d = m->d,
+                  Imax = c->moe_intermediate_size > c->shared_expert_intermediate_size
+                             ? c->moe_intermediate_size
+                             : c->shared_expert_intermediate_size;
+    m->moe_p = TAKE(b, N * E);
+    m->moe_w = TAKE(b, N * k);
+    m->moe_idx = take(b, N * k, sizeof(int32_t));
+    m->moe_rows = take(b, N, sizeof(int64_t));
+    m->moe_x = TAKE(b, N * d);
+    m->moe_gu = TAKE(b, N * 2 * Imax);
+    m->moe_act = TAKE(b, N * Imax);
+    m->moe_y = TAKE(b, N * d);
+    m->moe_sg = TAKE(b, N);
+}
+
+/* Training (train 1): every layer keeps its activations for the backward. Inference: the
+ * layers run one after another and keep nothing, so they share one region (the residual
+ * stream alternates between two buffers), and nothing of the backward is laid out. */
+static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T, int train) {
     const int64_t N = B * T, d = m->d, I = m->I;
     const dn_attn_layer_dims *ad = &m->ad;
     int64_t wide = d; /* widest mixer-internal gradient the backward keeps per layer */
@@ -442,9 +462,14 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     int64_t dA = 1;
     size_t la_ws = 0;
     int moe = 0;
+    float *hbuf[2] = {NULL, NULL};
+    if (!train) hbuf[0] = TAKE(b, N * d), hbuf[1] = TAKE(b, N * d);
+    const size_t shared = b->used;
+    size_t top = shared;
     for (int64_t i = 0; i < m->L; i++) {
         dn_layer *l = &m->layers[i];
-        l->h_in = TAKE(b, N * d);
+        if (!train) b->used = shared;
+        l->h_in = train ? TAKE(b, N * d) : hbuf[i % 2];
         l->a = TAKE(b, N * d);
         l->rstd1 = TAKE(b, N);
         l->h_mid = TAKE(b, N * d);
@@ -458,7 +483,7 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
             dn_la_layer_acts *s = &l->lin_acts;
             size_t la_saved = 0;
             dn_la_params p = dn_la_params_default(g->op, B, T, g->H, g->HV, g->K, g->V);
-            if (dn_la_saved_size(&p, &la_saved) != DN_OK) b->overflow = 1;
+            if (train && dn_la_saved_size(&p, &la_saved) != DN_OK) b->overflow = 1;
             s->proj = TAKE(b, N * g->P);
             s->xc = TAKE(b, N * g->C);
             s->g = TAKE(b, N * g->HV);
@@ -466,11 +491,11 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
             s->o = TAKE(b, N * g->HV * g->V);
             s->rstd = TAKE(b, N * g->HV);
             s->on = TAKE(b, N * g->HV * g->V);
-            s->saved = take(b, (int64_t)la_saved, 1);
+            s->saved = train ? take(b, (int64_t)la_saved, 1) : NULL;
             s->saved_bytes = la_saved;
             dn_la_bwd_params bp = dn_la_bwd_params_default(&p);
             size_t ws = 0;
-            if (dn_la_backward_workspace_size(&bp, &ws) != DN_OK) b->overflow = 1;
+            if (train && dn_la_backward_workspace_size(&bp, &ws) != DN_OK) b->overflow = 1;
             la_ws = max_sz(la_ws, ws);
             P = g->P > P ? g->P : P, C = g->C > C ? g->C : C;
             HVV = g->HV * g->V > HVV ? g->HV * g->V : HVV, HV = g->HV > HV ? g->HV : HV;
@@ -521,10 +546,14 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
             s->og = ad->gate ? TAKE(b, N * ad->H * ad->D) : s->o;
             if ((ad->H + ad->HKV) * ad->D > wide) wide = (ad->H + ad->HKV) * ad->D;
         }
+        top = max_sz(top, b->used);
     }
-    m->h_out = TAKE(b, N * d);
+    b->used = top;
+    m->h_out = train ? TAKE(b, N * d) : hbuf[m->L % 2];
     m->hf = TAKE(b, N * d);
     m->rstdf = TAKE(b, N);
+    if (moe) lay_out_moe(m, b, N);
+    if (!train) return;
     m->rows_h = TAKE(b, N * d);
     m->logits = TAKE(b, N * m->Vocab);
     m->rows = take(b, N, sizeof(int64_t));
@@ -551,33 +580,17 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T) {
     m->dA = TAKE(b, dA);
     m->la_ws = take(b, (int64_t)la_ws, 1);
     m->la_ws_bytes = la_ws;
-    if (moe) {
-        const dn_model_config *c = &m->cfg;
-        const int64_t E = c->num_experts, k = c->num_experts_per_tok,
-                      Imax = c->moe_intermediate_size > c->shared_expert_intermediate_size
-                                 ? c->moe_intermediate_size
-                                 : c->shared_expert_intermediate_size;
-        m->moe_p = TAKE(b, N * E);
-        m->moe_w = TAKE(b, N * k);
-        m->moe_idx = take(b, N * k, sizeof(int32_t));
-        m->moe_rows = take(b, N, sizeof(int64_t));
-        m->moe_x = TAKE(b, N * d);
-        m->moe_gu = TAKE(b, N * 2 * Imax);
-        m->moe_act = TAKE(b, N * Imax);
-        m->moe_y = TAKE(b, N * d);
-        m->moe_sg = TAKE(b, N);
-    }
 }
 
 /* Sizes the arena for (B,T), keeping it when it already fits. Nothing changes on failure. */
-static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T) {
-    if (m->arena && B == m->B && T == m->T) return DN_OK;
+static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T, int train) {
+    if (m->arena && B == m->B && T == m->T && train == m->arena_train) return DN_OK;
     int64_t N;
     if (B < 1 || T < 1 || !DN_PROD(&N, B, T) || N > ((int64_t)1 << 40))
         return dn_fail(DN_ERR_SHAPE, "model: B=%lld, T=%lld out of range", (long long)B,
                        (long long)T);
     bump b = {NULL, 0, 0};
-    lay_out(m, &b, B, T);
+    lay_out(m, &b, B, T, train);
     if (b.overflow)
         return dn_fail(DN_ERR_SHAPE, "model: activations for B=%lld, T=%lld overflow", (long long)B,
                        (long long)T);
@@ -603,9 +616,9 @@ static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T) {
         dn_rope_table_free(&m->rope);
         m->rope = rope;
     }
-    m->B = B, m->T = T;
+    m->B = B, m->T = T, m->arena_train = train;
     b = (bump){arena, 0, 0};
-    lay_out(m, &b, B, T);
+    lay_out(m, &b, B, T, train);
     return DN_OK;
 }
 
@@ -812,7 +825,7 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
         return dn_fail(DN_ERR_UNSUPPORTED,
                        "model_forward_backward: training mixture-of-experts layers is not "
                        "supported (forward and generation only)");
-    dn_status st = ensure_arena(m, B, T);
+    dn_status st = ensure_arena(m, B, T, 1);
     if (st != DN_OK) return st;
     const int64_t N = B * T, d = m->d, V = m->Vocab;
     if ((st = check_tokens(m, tokens, targets, N)) != DN_OK) return st;
@@ -888,7 +901,7 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
 dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int64_t B, int64_t T) {
     if (!m || !logits || !tokens)
         return dn_fail(DN_ERR_NULL, "model_logits: NULL model, logits or tokens");
-    dn_status st = ensure_arena(m, B, T);
+    dn_status st = ensure_arena(m, B, T, 0);
     if (st != DN_OK) return st;
     if ((st = check_tokens(m, tokens, NULL, B * T)) != DN_OK) return st;
     if ((st = forward(m, tokens, B, T, NULL, NULL)) != DN_OK) return st;
@@ -1011,7 +1024,7 @@ dn_status dn_model_step(dn_model *m, dn_model_state *s, float *logits, const int
     if (T < 1 || T > s->max_len - s->len)
         return dn_fail(DN_ERR_SHAPE, "model_step: %lld more tokens after %lld pass max_len %lld",
                        (long long)T, (long long)s->len, (long long)s->max_len);
-    dn_status st = ensure_arena(m, B, T);
+    dn_status st = ensure_arena(m, B, T, 0);
     if (st == DN_OK) st = check_tokens(m, tokens, NULL, B * T);
     if (st != DN_OK) return st;
     dn_rope_table rope = {0};

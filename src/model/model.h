@@ -178,6 +178,7 @@ struct dn_model {
      * at the thread count of the arena's layout; a call at more threads allocates its own) */
     void *la_ws;
     size_t la_ws_bytes;
+    int arena_train; /* the arena's layout: 1 training (activations kept per layer), 0 inference */
     /* mixture-of-experts scratch: router logits then probabilities [N,E], the chosen experts
      * and their weights [N,k], one expert's rows [N] and inputs [N,d], gate|up [N,2Imax],
      * activations [N,Imax], outputs [N,d], the shared expert's gate [N] */
