@@ -659,6 +659,13 @@ typedef enum dn_trans { DN_NO_TRANS = 0, DN_TRANS = 1 } dn_trans;
 DN_API dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                            const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
                            float *C, int64_t ldc);
+/* The same with B stored in DN_F32, DN_BF16 or DN_F16 (btype; ldb in elements of that type):
+ * 16-bit elements are widened exactly to fp32 as they are read, the products accumulate in fp32,
+ * so a model's bf16 weights need no fp32 copy. 16-bit B always runs on the built-in kernel
+ * (the BLAS has no such product). */
+DN_API dn_status dn_matmul_ex(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K,
+                              float alpha, const float *A, int64_t lda, const void *B,
+                              dn_dtype btype, int64_t ldb, float beta, float *C, int64_t ldc);
 /* Which implementation dn_matmul uses now: the BLAS's name ("openblas", "blis", "cblas") or
  * "built-in". */
 DN_API const char *dn_matmul_backend(void);

@@ -8,6 +8,7 @@
 #define DN_INTERNAL_H
 
 #include "deltanet.h"
+#include "half.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,10 +162,19 @@ typedef struct {
     dn_trans ta, tb;
     int64_t M, N, K;
     float alpha, beta;
-    const float *A, *B;
+    const float *A, *B; /* B: when btype is DN_F32 */
     float *C;
     int64_t lda, ldb, ldc;
+    dn_dtype btype; /* DN_F32, or DN_BF16 / DN_F16 with the elements at B16 */
+    const uint16_t *B16;
 } dn_matmul_args;
+
+/* Element (r, c) of the stored B (row stride ldb) as fp32, whatever its type. */
+static inline float dn_matmul_b(const dn_matmul_args *a, int64_t r, int64_t c) {
+    const int64_t i = r * a->ldb + c;
+    if (a->btype == DN_F32) return a->B[i];
+    return a->btype == DN_BF16 ? dn_bf16_to_f32(a->B16[i]) : dn_f16_to_f32(a->B16[i]);
+}
 /* Reference (src/ref/matmul.c): each element summed in double. alpha = 0 or K = 0: A and B are
  * not read and C = beta C, as dn_matmul promises. */
 void dn_ref_matmul(const dn_matmul_args *a);

@@ -112,7 +112,17 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, float alpha,
                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                     int64_t ldc) {
+    return dn_matmul_ex(ta, tb, M, N, K, alpha, A, lda, B, DN_F32, ldb, beta, C, ldc);
+}
+
+dn_status dn_matmul_ex(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, const void *B, dn_dtype btype, int64_t ldb,
+                       float beta, float *C, int64_t ldc) {
     const char *op = "matmul";
+    if ((unsigned)btype >= DN_DTYPE_COUNT)
+        return dn_fail(DN_ERR_ARG, "%s: B's dtype %d is not DN_F32, DN_F16 or DN_BF16", op,
+                       (int)btype);
+    const int64_t bsize = btype == DN_F32 ? 4 : 2;
     if ((unsigned)ta > 1 || (unsigned)tb > 1)
         return dn_fail(DN_ERR_ARG, "%s: ta = %d, tb = %d; each must be DN_NO_TRANS or DN_TRANS", op,
                        (int)ta, (int)tb);
@@ -129,9 +139,17 @@ dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, f
         if (lds[i].ld < max64(1, lds[i].cols))
             return dn_fail(DN_ERR_SHAPE, "%s: %s = %lld is less than max(1, %lld), its row length",
                            op, lds[i].name, (long long)lds[i].ld, (long long)lds[i].cols);
+    /* 16-bit B: checked as the flat run of floats that covers its bytes, ((br - 1) ldb + bc)
+     * elements, which is what the NULL and overlap checks need */
+    int64_t b16 = 0;
+    if (bsize == 2 && (!DN_PROD(&b16, br > 0 ? br - 1 : 0, ldb) || b16 > INT64_MAX / 2 - bc))
+        return dn_fail(DN_ERR_SHAPE, "%s: B [%lld,%lld] with row stride %lld overflows", op,
+                       (long long)br, (long long)bc, (long long)ldb);
+    b16 = br > 0 && bc > 0 ? (b16 + bc + 1) / 2 : 0;
     dn_arg args[3] = {
         {"A", A, {0, 0, lda}, 1, 1, ar, ac, 0, K == 0, 0},
-        {"B", B, {0, 0, ldb}, 1, 1, br, bc, 0, K == 0, 0},
+        bsize == 4 ? (dn_arg){"B", B, {0, 0, ldb}, 1, 1, br, bc, 0, K == 0, 0}
+                   : (dn_arg){"B", B, {0, 0, b16}, 1, 1, 1, b16, 0, K == 0, 0},
         {"C", C, {0, 0, ldc}, 1, 1, M, N, 1, 0, 0},
     };
     /* sizes first, so that an overflowing shape is an error even where no element is touched */
@@ -155,11 +173,13 @@ dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, f
                               .alpha = alpha,
                               .beta = beta,
                               .A = A,
-                              .B = B,
+                              .B = btype == DN_F32 ? B : NULL,
                               .C = C,
                               .lda = lda,
                               .ldb = ldb,
-                              .ldc = ldc};
+                              .ldc = ldc,
+                              .btype = btype,
+                              .B16 = btype == DN_F32 ? NULL : B};
     if (K == 0 || alpha == 0.0f) {
         scale_c(&a);
         return DN_OK;
@@ -171,7 +191,7 @@ dn_status dn_matmul(dn_trans ta, dn_trans tb, int64_t M, int64_t N, int64_t K, f
      * cores for ~0.1 s after each call, out of a decode step's run of small OpenMP regions. */
     const int fits = M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX &&
                      ldb <= INT_MAX && ldc <= INT_MAX;
-    if (backend_now() == MM_BLAS && fits && M >= DN_MATMUL_BLAS_MIN_ROWS) {
+    if (backend_now() == MM_BLAS && fits && M >= DN_MATMUL_BLAS_MIN_ROWS && btype == DN_F32) {
         blas_set_threads(dn_threads_for(0));
         cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);

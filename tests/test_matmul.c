@@ -47,6 +47,7 @@ typedef struct {
     dn_trans ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
+    dn_dtype btype; /* B stored in 16 bits: dn_matmul_ex */
 } mm_case;
 
 #define GUARD 37 /* canary floats before and after C */
@@ -74,6 +75,15 @@ static int check_case(const mm_case *c, rng *r, const char *label) {
     const int64_t M = c->M, N = c->N, K = c->K;
     const int64_t ar = c->ta ? K : M, ac = c->ta ? M : K, br = c->tb ? N : K, bc = c->tb ? K : N;
     float *A = matrix_new(r, ar, ac, c->lda), *B = matrix_new(r, br, bc, c->ldb);
+    /* 16-bit B: B holds the stored values widened, so the reference and the bound see them */
+    uint16_t *B16 = NULL;
+    if (c->btype != DN_F32) {
+        B16 = calloc((size_t)(br * c->ldb) + 1, sizeof *B16);
+        for (int64_t i = 0; i < br * c->ldb; i++) {
+            B16[i] = c->btype == DN_BF16 ? dn_f32_to_bf16(B[i]) : dn_f32_to_f16(B[i]);
+            B[i] = c->btype == DN_BF16 ? dn_bf16_to_f32(B16[i]) : dn_f16_to_f32(B16[i]);
+        }
+    }
     const int64_t nc = 2 * GUARD + M * c->ldc;
     float *cbuf = falloc(nc), *c0 = falloc(nc), *cref = falloc(nc);
     for (int64_t i = 0; i < nc; i++)
@@ -96,14 +106,19 @@ static int check_case(const mm_case *c, rng *r, const char *label) {
                                .C = cref + GUARD,
                                .lda = c->lda,
                                .ldb = c->ldb,
-                               .ldc = c->ldc};
+                               .ldc = c->ldc,
+                               .btype = c->btype,
+                               .B16 = B16};
     dn_ref_matmul(&ra);
-    dn_status st =
-        dn_matmul(c->ta, c->tb, M, N, K, c->alpha, A, c->lda, B, c->ldb, c->beta, C, c->ldc);
+    dn_status st = c->btype == DN_F32 ? dn_matmul(c->ta, c->tb, M, N, K, c->alpha, A, c->lda, B,
+                                                  c->ldb, c->beta, C, c->ldc)
+                                      : dn_matmul_ex(c->ta, c->tb, M, N, K, c->alpha, A, c->lda,
+                                                     B16, c->btype, c->ldb, c->beta, C, c->ldc);
     char what[160];
-    snprintf(what, sizeof what, "%s %s%s %lldx%lldx%lld alpha %g beta %g ld %lld,%lld,%lld", label,
-             c->ta ? "T" : "N", c->tb ? "T" : "N", (long long)M, (long long)N, (long long)K,
-             c->alpha, c->beta, (long long)c->lda, (long long)c->ldb, (long long)c->ldc);
+    snprintf(what, sizeof what, "%s %s %s%s %lldx%lldx%lld alpha %g beta %g ld %lld,%lld,%lld",
+             label, dn_dtype_name(c->btype), c->ta ? "T" : "N", c->tb ? "T" : "N", (long long)M,
+             (long long)N, (long long)K, c->alpha, c->beta, (long long)c->lda, (long long)c->ldb,
+             (long long)c->ldc);
     if (st != DN_OK) {
         printf("    FAIL %s: %s (%s)\n", what, dn_status_str(st), dn_last_error());
         fails++;
@@ -147,7 +162,7 @@ static int check_case(const mm_case *c, rng *r, const char *label) {
             }
         }
     }
-    free(A), free(B), free(cbuf), free(c0), free(cref);
+    free(A), free(B), free(B16), free(cbuf), free(c0), free(cref);
     return fails;
 }
 
@@ -170,7 +185,7 @@ static const float betas[] = {0.0f, 1.0f, 0.25f, -1.0f, 0.5f, 0.0f};
 static const int64_t ld_extra[] = {0, 3, 17};
 
 /* Every shape, every transpose pair, with alpha/beta and leading dims varying across cases. */
-static int run_grid(int b, rng *r) {
+static int run_grid(int b, rng *r, dn_dtype btype) {
     int fails = 0, idx = 0;
     for (int s = 0; s < N_SHAPES; s++)
         for (int t = 0; t < 4; t++, idx++) {
@@ -178,7 +193,8 @@ static int run_grid(int b, rng *r) {
                          .tb = (dn_trans)(t & 1),
                          .M = shapes[s].M,
                          .N = shapes[s].N,
-                         .K = shapes[s].K};
+                         .K = shapes[s].K,
+                         .btype = btype};
             c.alpha = alphas[idx % N_AB], c.beta = betas[idx % N_AB];
             const int64_t ac = c.ta ? c.M : c.K, bc = c.tb ? c.K : c.N;
             c.lda = (ac > 1 ? ac : 1) + ld_extra[idx % 3];
@@ -195,9 +211,36 @@ static int test_vs_reference(void) {
     rng r = {2024};
     for (int b = 0; b < N_BACKENDS; b++) {
         if (!use_backend(b)) continue;
-        fails += run_grid(b, &r);
+        fails += run_grid(b, &r, DN_F32);
     }
     restore_backend();
+    return fails;
+}
+
+/* B in bf16 and fp16 (dn_matmul_ex, the model's weights in their stored type): the same grid
+ * against the reference over the widened values; every backend (16-bit B always takes the
+ * built-in kernel). */
+static int test_16bit_b(void) {
+    int fails = 0;
+    rng r = {77};
+    for (int b = 0; b < N_BACKENDS; b++) {
+        if (!use_backend(b)) continue;
+        fails += run_grid(b, &r, DN_BF16);
+        fails += run_grid(b, &r, DN_F16);
+    }
+    restore_backend();
+    float a[4] = {1, 2, 3, 4}, c[4];
+    uint16_t w[4] = {0x3f80, 0, 0, 0x3f80}; /* bf16 identity */
+    CHECK(dn_matmul_ex(DN_NO_TRANS, DN_TRANS, 2, 2, 2, 1.0f, a, 2, w, DN_BF16, 2, 0.0f, c, 2) ==
+                  DN_OK &&
+              c[0] == 1 && c[1] == 2 && c[2] == 3 && c[3] == 4,
+          "bf16 identity: %s", dn_last_error());
+    CHECK(dn_matmul_ex(DN_NO_TRANS, DN_TRANS, 2, 2, 2, 1.0f, a, 2, w, (dn_dtype)7, 2, 0.0f, c, 2) ==
+              DN_ERR_ARG,
+          "unknown B dtype");
+    CHECK(dn_matmul_ex(DN_NO_TRANS, DN_TRANS, 2, 2, 2, 1.0f, a, 2, NULL, DN_BF16, 2, 0.0f, c, 2) ==
+              DN_ERR_NULL,
+          "NULL 16-bit B");
     return fails;
 }
 
@@ -210,7 +253,7 @@ static int test_threads(void) {
         dn_set_num_threads(counts[i]);
         for (int b = 0; b < N_BACKENDS; b++) {
             if (!use_backend(b)) continue;
-            fails += run_grid(b, &r);
+            fails += run_grid(b, &r, DN_F32);
         }
     }
     dn_set_num_threads(0);
@@ -487,8 +530,13 @@ static int test_reproducible(void) {
 }
 
 const test_case dn_tests_matmul[] = {
-    {"matmul_vs_reference", test_vs_reference}, {"matmul_threads", test_threads},
-    {"matmul_accumulate", test_accumulate},     {"matmul_no_product", test_no_product},
-    {"matmul_contract", test_contract},         {"matmul_alloc_failure", test_alloc_failure},
-    {"matmul_reproducible", test_reproducible}, {NULL, NULL},
+    {"matmul_vs_reference", test_vs_reference},
+    {"matmul_threads", test_threads},
+    {"matmul_accumulate", test_accumulate},
+    {"matmul_no_product", test_no_product},
+    {"matmul_contract", test_contract},
+    {"matmul_alloc_failure", test_alloc_failure},
+    {"matmul_reproducible", test_reproducible},
+    {"matmul_16bit_b", test_16bit_b},
+    {NULL, NULL},
 };

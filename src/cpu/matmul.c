@@ -125,6 +125,14 @@ static void pack_b(void *ctx, int64_t task, int thread, void *scratch) {
     const int64_t pc = c->pg + q * c->p.kc, kc = min64(c->p.kc, a->K - pc);
     const int64_t j0 = c->jc + jp * MM_NR, nj = min64(MM_NR, c->jc + c->nc - j0);
     float *dst = c->bp + q * c->p.kc * c->p.nc + jp * MM_NR * kc;
+    if (a->btype != DN_F32) { /* 16-bit B, widened as it is packed */
+        for (int64_t k = 0; k < kc; k++, dst += MM_NR)
+            for (int64_t j = 0; j < MM_NR; j++)
+                dst[j] = j >= nj ? 0.0f
+                         : a->tb ? dn_matmul_b(a, j0 + j, pc + k)
+                                 : dn_matmul_b(a, pc + k, j0 + j);
+        return;
+    }
     if (!a->tb) { /* op(B)[k][j] = B[k ldb + j]: rows of B copied in order */
         const float *src = a->B + pc * a->ldb + j0;
         for (int64_t k = 0; k < kc; k++, src += a->ldb, dst += MM_NR) {
@@ -284,6 +292,27 @@ static void few_rows(void *ctx, int64_t task, int thread, void *scratch) {
     const few_ctx *f = ctx;
     const dn_matmul_args *a = f->a;
     const int64_t j0 = task * MM_FEW_COLS, w = min64(a->N - j0, MM_FEW_COLS), K = a->K;
+    if (a->tb && a->btype == DN_BF16) { /* a decode step over bf16 weights: rows read once */
+        for (int64_t j = j0; j < j0 + w; j++)
+            for (int64_t i = 0; i < a->M; i++) {
+                float *c = a->C + i * a->ldc + j;
+                *c = few_store(c, dot_f32_bf16(f->arows + i * f->lda, a->B16 + j * a->ldb, K),
+                               a->alpha, a->beta);
+            }
+        return;
+    }
+    if (a->btype != DN_F32) { /* fp16, or bf16 not transposed: element by element */
+        for (int64_t i = 0; i < a->M; i++)
+            for (int64_t j = j0; j < j0 + w; j++) {
+                const float *x = f->arows + i * f->lda;
+                float s = 0;
+                for (int64_t k = 0; k < K; k++)
+                    s += x[k] * (a->tb ? dn_matmul_b(a, j, k) : dn_matmul_b(a, k, j));
+                float *c = a->C + i * a->ldc + j;
+                *c = few_store(c, s, a->alpha, a->beta);
+            }
+        return;
+    }
     if (a->tb) {
         for (int64_t i = 0; i < a->M; i++)
             for (int64_t j = j0; j < j0 + w; j++) {

@@ -30,6 +30,19 @@
 typedef float vf __attribute__((vector_size(DN_VW * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(DN_VW * sizeof(int32_t))));
 
+typedef uint16_t vu16 __attribute__((vector_size(DN_VW * sizeof(uint16_t))));
+typedef uint32_t vu32 __attribute__((vector_size(DN_VW * sizeof(uint32_t))));
+
+/* DN_VW bf16 values widened to fp32 (exactly: the bits shifted into the upper half). */
+static inline vf vload_bf16(const uint16_t *p) {
+    vu16 h;
+    memcpy(&h, p, sizeof h);
+    const vu32 w = __builtin_convertvector(h, vu32) << 16;
+    vf r;
+    memcpy(&r, &w, sizeof r);
+    return r;
+}
+
 static inline vf vload(const float *p) {
     vf r;
     memcpy(&r, p, sizeof r);
@@ -76,6 +89,26 @@ static inline float dot_f32(const float *a, const float *b, int64_t n) {
     float s = vhsum(acc0 + acc1);
     for (; i < n; i++)
         s += a[i] * b[i];
+    return s;
+}
+
+/* sum a[i] widen(b[i]) over bf16 b, with vector partial sums as dot_f32. */
+static inline float dot_f32_bf16(const float *a, const uint16_t *b, int64_t n) {
+    vf acc0 = vzero(), acc1 = vzero();
+    int64_t i = 0;
+    for (; i + 2 * DN_VW <= n; i += 2 * DN_VW) {
+        acc0 += vload(a + i) * vload_bf16(b + i);
+        acc1 += vload(a + i + DN_VW) * vload_bf16(b + i + DN_VW);
+    }
+    for (; i + DN_VW <= n; i += DN_VW)
+        acc0 += vload(a + i) * vload_bf16(b + i);
+    float s = vhsum(acc0 + acc1);
+    for (; i < n; i++) {
+        const uint32_t u = (uint32_t)b[i] << 16;
+        float f;
+        memcpy(&f, &u, sizeof f);
+        s += a[i] * f;
+    }
     return s;
 }
 

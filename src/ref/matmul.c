@@ -14,7 +14,7 @@ void dn_ref_matmul(const dn_matmul_args *a) {
             double s = 0;
             for (int64_t k = 0; use_ab && k < a->K; k++) {
                 const double x = a->ta ? a->A[k * a->lda + i] : a->A[i * a->lda + k];
-                const double y = a->tb ? a->B[j * a->ldb + k] : a->B[k * a->ldb + j];
+                const double y = a->tb ? dn_matmul_b(a, j, k) : dn_matmul_b(a, k, j);
                 s += x * y;
             }
             float *c = &a->C[i * a->ldc + j];
