@@ -794,7 +794,8 @@ DN_API dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens,
 /* Logits [B,T,vocab_size] of a forward over tokens [B,T]. */
 DN_API dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int64_t B,
                                  int64_t T);
-/* Bytes the model holds now: parameters + gradients, and activations. */
+/* Bytes the model holds now: parameters + gradients (a loaded checkpoint with 16-bit weights: its
+ * weights only, matrices at 2 bytes), and activations. */
 DN_API dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes);
 
 /* The config as a JSON object with Hugging Face key names ("hidden_size", "num_hidden_layers",
@@ -895,9 +896,11 @@ DN_API dn_status dn_checkpoint_parse(const uint8_t *buf, size_t n, dn_model **mo
  * model.safetensors or in the shards of model.safetensors.index.json, F32, F16 or BF16. The
  * config becomes a dn_model_config (layer_types -> layer_pattern G / A, experts -> mlp_pattern)
  * and every tensor is checked by name and shape before any is read: a missing, extra or
- * mis-shaped tensor, or a malformed file, is an error naming it, and nothing is created. The
- * weights are widened to fp32 (this version keeps an fp32 copy). The conventions it relies on
- * are listed in src/model/hf.c.
+ * mis-shaped tensor, or a malformed file, is an error naming it, and nothing is created. When
+ * every matrix of the checkpoint is stored in one 16-bit type (bf16 or fp16), the matrices stay
+ * in it (no fp32 copy: products widen them as they read them, dn_matmul_ex) and the model is for
+ * forward and generation only (dn_model_forward_backward: DN_ERR_UNSUPPORTED); otherwise every
+ * weight is widened to fp32. The conventions it relies on are listed in src/model/hf.c.
  */
 DN_API dn_status dn_model_load_hf(dn_model **out, const char *dir);
 

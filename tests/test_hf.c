@@ -120,6 +120,23 @@ static int parity(const char *name, double *worst_prefill, double *worst_decode)
     } else
         CHECK(0, "%s prefill step: %s", name, dn_last_error());
 
+    /* a 16-bit checkpoint keeps its matrices in 16 bits: about 2 bytes a parameter, no
+     * gradients, and no training */
+    size_t pb = 0;
+    dn_model_memory(m, &pb, NULL);
+    const int is16 = strcmp(name, "qwen3_5_moe") != 0; /* the MoE fixture is fp32 */
+    const double per = (double)pb / (double)dn_model_num_params(m);
+    CHECK(is16 ? per < 2.2 : per == 8.0, "%s: %.2f bytes per parameter", name, per);
+    if (is16) {
+        int32_t tgt[64];
+        for (int64_t i = 0; i < T; i++)
+            tgt[i] = r.tokens[(i + 1) % T];
+        double loss = 0;
+        CHECK(dn_model_forward_backward(m, r.tokens, tgt, 1, T, 1.0f, &loss, NULL) ==
+                  DN_ERR_UNSUPPORTED,
+              "%s: training 16-bit weights was not refused", name);
+    }
+
     /* the test can fail: a zero-centred norm read as a plain weight moves the logits */
     float *p = dn_model_params(m);
     for (int64_t t = 0; t < dn_model_num_tensors(m); t++) {

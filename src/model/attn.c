@@ -42,7 +42,7 @@ dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_a
     const dn_attn_layer_dims *ad = &m->ad;
     const float *W = m->params;
     const int64_t N = B * T, d = m->d, P = ad->P, H = ad->H, HKV = ad->HKV, D = ad->D;
-    dn_status st = dn_linear_fwd(s->proj, P, a, d, W + l->attn.proj, N, d, P, 0.0f);
+    dn_status st = dn_model_linear(m, s->proj, P, a, d, l->attn.proj, N, d, P, 0.0f);
     if (st != DN_OK) return st;
 
     DN_PARALLEL_FOR(N * P)
@@ -84,7 +84,7 @@ dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_a
                     og[i] = o[i] * dn_sigmoidf(gt[i]);
             }
     }
-    return dn_linear_fwd(out, d, s->og, H * D, W + l->attn.out, N, H * D, d, 0.0f);
+    return dn_model_linear(m, out, d, s->og, H * D, l->attn.out, N, H * D, d, 0.0f);
 }
 
 dn_status dn_attn_layer_backward(dn_model *m, const dn_layer *l, const dn_attn_layer_acts *s,

@@ -16,7 +16,7 @@
  *                      sections (mrope_section, interleaved) give every section the same position
  *                      for text, so they reduce to ordinary rotary positions and are not read.
  *   weights            model.safetensors, or the shards named by model.safetensors.index.json;
- *                      F32, F16 or BF16, widened to fp32 (exactly) into the model's parameters.
+ *                      F32, F16 or BF16 (see below for what stays 16-bit).
  *                      Tensors "mtp.*" (the multi-token-prediction head, which transformers also
  *                      drops) and the vision tower are skipped; any other tensor the model does
  *                      not have is an error naming it, as is a missing or mis-shaped one.
@@ -34,7 +34,9 @@
  * rows (fused_layer). Experts: router softmax, top k, weights renormalised when norm_topk_prob
  * (always for Qwen3.5-MoE), SwiGLU experts stored one tensor per projection
  * (mlp.experts.E.gate_proj ...), a shared expert scaled by sigmoid(shared_expert_gate).
- * This step keeps an fp32 copy of the weights.
+ * Weights: when every matrix (2-D tensor) is stored in one 16-bit type, the matrices are kept
+ * in it, byte for byte, in the model's 16-bit store (put_rows); vectors and the convolution are
+ * widened to fp32. A mix of types widens everything to fp32.
  */
 #include "../half.h"
 #include "../internal.h"
@@ -341,12 +343,17 @@ static void widen(float *dst, const dn_st_tensor *t) {
         }
 }
 
-/* Widens rows [r0, r0 + n) of the 2-D tensor t into dst. */
-static void widen_rows(float *dst, const dn_st_tensor *t, int64_t r0, int64_t n) {
-    const int64_t cols = t->shape[1], esz = t->dtype == DN_ST_F32 ? 4 : 2;
+/* Rows [r0, r0 + n) of the 2-D tensor t (or all of a tensor of another rank, r0 = 0, n = 1) to
+ * the parameter at offset off: bytes as they are into the model's 16-bit weights when it keeps
+ * them (t is then of that type), else widened into the fp32 parameters. */
+static void put_rows(dn_model *m, int64_t off, const dn_st_tensor *t, int64_t r0, int64_t n) {
+    const int64_t cols = t->ndim == 2 ? t->shape[1] : t->numel, esz = t->dtype == DN_ST_F32 ? 4 : 2;
     dn_st_tensor part = *t;
     part.data = t->data + r0 * cols * esz, part.numel = n * cols;
-    widen(dst, &part);
+    if (m->w16 && t->ndim == 2)
+        memcpy(m->w16 + off, part.data, (size_t)(part.numel * 2));
+    else
+        widen(dn_model_params(m) + off, &part);
 }
 
 static int is_fused_part(const char *name) {
@@ -382,15 +389,15 @@ static dn_status fused_layer(dn_model *m, shards *s, const char *prefix, int64_t
         (b->dtype != DN_ST_F32 && b->dtype != DN_ST_F16 && b->dtype != DN_ST_BF16))
         return dn_fail(DN_ERR_UNSUPPORTED, "load_hf: %s or %s is not F32, F16 or BF16", qkvz, ba);
     if (check) return DN_OK;
-    float *P = dn_model_params(m) + l->lin.proj;
+    const int64_t P = l->lin.proj;
     for (int64_t h = 0; h < H; h++) {
         const int64_t base = h * (2 * K + 2 * r * V);
-        widen_rows(P + (h * K) * d, a, base, K);
-        widen_rows(P + (H * K + h * K) * d, a, base + K, K);
-        widen_rows(P + (2 * H * K + h * r * V) * d, a, base + 2 * K, r * V);
-        widen_rows(P + (g->z0 + h * r * V) * d, a, base + 2 * K + r * V, r * V);
-        widen_rows(P + (g->b0 + h * r) * d, b, h * 2 * r, r);
-        widen_rows(P + (g->a0 + h * r) * d, b, h * 2 * r + r, r);
+        put_rows(m, P + (h * K) * d, a, base, K);
+        put_rows(m, P + (H * K + h * K) * d, a, base + K, K);
+        put_rows(m, P + (2 * H * K + h * r * V) * d, a, base + 2 * K, r * V);
+        put_rows(m, P + (g->z0 + h * r * V) * d, a, base + 2 * K + r * V, r * V);
+        put_rows(m, P + (g->b0 + h * r) * d, b, h * 2 * r, r);
+        put_rows(m, P + (g->a0 + h * r) * d, b, h * 2 * r + r, r);
     }
     return DN_OK;
 }
@@ -402,6 +409,12 @@ static void file_name(char *dst, size_t cap, const char *prefix, const char *nam
         snprintf(dst, cap, "%s%s", prefix, name + 6);
     else
         snprintf(dst, cap, "%s", name);
+}
+
+/* Records the first dtype seen in *first; 1 when t differs from it. */
+static int t_16_first(dn_st_dtype *first, dn_st_dtype t) {
+    if (*first == DN_ST_DTYPE_COUNT) *first = t;
+    return *first != t;
 }
 
 static dn_status load_weights(dn_model *m, shards *s, const char *prefix, int fused) {
@@ -450,8 +463,32 @@ static dn_status load_weights(dn_model *m, shards *s, const char *prefix, int fu
                                "%s: tensor %s is not part of the model the config "
                                "describes",
                                s->files[f]->name, s->files[f]->tensors[j].name);
-    /* all checked: now copy */
-    float *params = dn_model_params(m);
+    /* all checked. The matrices stay 16-bit when every one of them is stored in the same 16-bit
+     * type (a bf16 or fp16 checkpoint); otherwise everything is widened to fp32. */
+    dn_st_dtype t16 = DN_ST_DTYPE_COUNT;
+    int same = 1;
+    for (int64_t i = 0; i < dn_model_num_tensors(m) && same; i++) {
+        dn_param_info ti;
+        dn_model_param_info(m, i, &ti);
+        const char *file = NULL;
+        const dn_st_tensor *t = NULL;
+        if (fused && is_fused_part(ti.name)) {
+            const char *at = strstr(ti.name, ".linear_attn.");
+            snprintf(name, sizeof name, "%s%.*s.linear_attn.in_proj_%s.weight", prefix,
+                     (int)(at - ti.name - 6), ti.name + 6,
+                     strstr(at, "qkv") || strstr(at, "_z.") ? "qkvz" : "ba");
+        } else if (ti.ndim == 2)
+            file_name(name, sizeof name, prefix, ti.name);
+        else
+            continue;
+        t = shards_find(s, name, &file);
+        if (t_16_first(&t16, t->dtype)) same = 0;
+    }
+    if (same && (t16 == DN_ST_BF16 || t16 == DN_ST_F16)) {
+        m->w16 = dn_alloc((size_t)dn_model_num_params(m) * sizeof(uint16_t));
+        if (!m->w16) return dn_fail(DN_ERR_ALLOC, "load_hf: cannot allocate the weights");
+        m->w16_type = t16 == DN_ST_BF16 ? DN_BF16 : DN_F16;
+    }
     for (int64_t i = 0; fused && i < m->L; i++)
         if (m->layers[i].kind == 'G') fused_layer(m, s, prefix, i, 0);
     for (int64_t i = 0; i < dn_model_num_tensors(m); i++) {
@@ -460,7 +497,7 @@ static dn_status load_weights(dn_model *m, shards *s, const char *prefix, int fu
         if (fused && is_fused_part(ti.name)) continue;
         file_name(name, sizeof name, prefix, ti.name);
         const char *file = NULL;
-        widen(params + ti.offset, shards_find(s, name, &file));
+        put_rows(m, ti.offset, shards_find(s, name, &file), 0, ti.ndim == 2 ? ti.shape[0] : 1);
     }
     return DN_OK;
 }
@@ -475,7 +512,7 @@ dn_status dn_model_load_hf(dn_model **out, const char *dir) {
     shards *s = dn_calloc(sizeof *s);
     if (!s) return dn_fail(DN_ERR_ALLOC, "load_hf: cannot allocate");
     dn_model *m = NULL;
-    if ((st = shards_open(s, dir)) == DN_OK && (st = dn_model_create(&m, &c, 0)) == DN_OK)
+    if ((st = shards_open(s, dir)) == DN_OK && (st = dn_model_new(&m, &c, 0, 0)) == DN_OK)
         st = load_weights(m, s, prefix, fused);
     shards_close(s);
     dn_free(s);

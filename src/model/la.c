@@ -73,7 +73,7 @@ dn_status dn_la_layer_forward(const dn_model *m, const dn_layer *l, const dn_la_
     const dn_la_layer_dims *g = &l->ld;
     const float *W = m->params;
     const int64_t N = B * T, d = m->d, P = g->P, HV = g->HV, V = g->V;
-    dn_status st = dn_linear_fwd(s->proj, P, a, d, W + l->lin.proj, N, d, P, 0.0f);
+    dn_status st = dn_model_linear(m, s->proj, P, a, d, l->lin.proj, N, d, P, 0.0f);
     if (st != DN_OK) return st;
     dn_conv_params cp = conv_params(m, l, s, B, T);
     if (cache) cp.initial_state = cp.final_state = cache->conv; /* updated in place */
@@ -109,7 +109,7 @@ dn_status dn_la_layer_forward(const dn_model *m, const dn_layer *l, const dn_la_
         for (int64_t i = 0; i < HV * V; i++)
             on[i] *= dn_siluf(z[i]);
     }
-    return dn_linear_fwd(out, d, s->on, HV * V, W + l->lin.out, N, HV * V, d, 0.0f);
+    return dn_model_linear(m, out, d, s->on, HV * V, l->lin.out, N, HV * V, d, 0.0f);
 }
 
 dn_status dn_la_layer_backward(dn_model *m, const dn_layer *l, const dn_la_layer_acts *s, float *da,

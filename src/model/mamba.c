@@ -55,13 +55,13 @@ dn_status dn_mamba_layer_forward(const dn_model *m, const dn_layer *l, const dn_
     const dn_mamba_layer_dims *g = &l->sd;
     const float *W = m->params;
     const int64_t N = B * T, d = m->d, E = g->E, X = g->R + 2 * g->N;
-    dn_status st = dn_linear_fwd(s->proj, 2 * E, a, d, W + l->mamba1.in_proj, N, d, 2 * E, 0.0f);
+    dn_status st = dn_model_linear(m, s->proj, 2 * E, a, d, l->mamba1.in_proj, N, d, 2 * E, 0.0f);
     if (st != DN_OK) return st;
     dn_conv_params cp = conv_params(m, l, s, B, T);
     if (cache) cp.initial_state = cp.final_state = cache->conv;
     if ((st = dn_conv_forward(&cp)) != DN_OK ||
-        (st = dn_linear_fwd(s->xdbl, X, s->xc, E, W + l->mamba1.x_proj, N, E, X, 0.0f)) != DN_OK ||
-        (st = dn_linear_fwd(s->dt, E, s->xdbl, X, W + l->mamba1.dt_proj, N, g->R, E, 0.0f)) !=
+        (st = dn_model_linear(m, s->xdbl, X, s->xc, E, l->mamba1.x_proj, N, E, X, 0.0f)) != DN_OK ||
+        (st = dn_model_linear(m, s->dt, E, s->xdbl, X, l->mamba1.dt_proj, N, g->R, E, 0.0f)) !=
             DN_OK)
         return st;
     for (int64_t i = 0; i < E * g->N; i++)
@@ -69,7 +69,7 @@ dn_status dn_mamba_layer_forward(const dn_model *m, const dn_layer *l, const dn_
     dn_mamba_params p = op_params(m, l, s, B, T);
     if (cache) p.initial_state = p.final_state = cache->S;
     if ((st = dn_mamba_forward(&p)) != DN_OK) return st;
-    return dn_linear_fwd(out, d, s->y, E, W + l->mamba1.out, N, E, d, 0.0f);
+    return dn_model_linear(m, out, d, s->y, E, l->mamba1.out, N, E, d, 0.0f);
 }
 
 dn_status dn_mamba_layer_backward(dn_model *m, const dn_layer *l, const dn_mamba_layer_acts *s,

@@ -60,7 +60,7 @@ dn_status dn_mamba2_layer_forward(const dn_model *m, const dn_layer *l,
     const dn_mamba2_layer_dims *g = &l->md;
     const float *W = m->params;
     const int64_t N = B * T, d = m->d, Pw = g->Pw, HP = g->H * g->P;
-    dn_status st = dn_linear_fwd(s->proj, Pw, a, d, W + l->mamba.in_proj, N, d, Pw, 0.0f);
+    dn_status st = dn_model_linear(m, s->proj, Pw, a, d, l->mamba.in_proj, N, d, Pw, 0.0f);
     if (st != DN_OK) return st;
     dn_conv_params cp = conv_params(m, l, s, B, T);
     if (cache) cp.initial_state = cp.final_state = cache->conv;
@@ -81,7 +81,7 @@ dn_status dn_mamba2_layer_forward(const dn_model *m, const dn_layer *l,
     }
     dn_rmsnorm_groups_fwd(s->on, s->rstd, s->u, W + l->mamba.norm, 0.0f, N * g->G, HP / g->G, g->G,
                           m->cfg.rms_norm_eps);
-    return dn_linear_fwd(out, d, s->on, HP, W + l->mamba.out, N, HP, d, 0.0f);
+    return dn_model_linear(m, out, d, s->on, HP, l->mamba.out, N, HP, d, 0.0f);
 }
 
 dn_status dn_mamba2_layer_backward(dn_model *m, const dn_layer *l, const dn_mamba2_layer_acts *s,

@@ -303,6 +303,10 @@ static void init_params(dn_model *m, const init_kind *init, uint64_t seed) {
 }
 
 dn_status dn_model_create(dn_model **out, const dn_model_config *c, uint64_t seed) {
+    return dn_model_new(out, c, seed, 1);
+}
+
+dn_status dn_model_new(dn_model **out, const dn_model_config *c, uint64_t seed, int do_init) {
     if (!out) return dn_fail(DN_ERR_NULL, "model: out is NULL");
     dn_status st = dn_model_config_check(c);
     if (st != DN_OK) return st;
@@ -339,7 +343,7 @@ dn_status dn_model_create(dn_model **out, const dn_model_config *c, uint64_t see
     if (!m->tensors || !m->names || !init || !m->params || !m->grads) goto oom;
     r.count_only = 0, r.init = init;
     register_params(&r);
-    init_params(m, init, seed);
+    if (do_init) init_params(m, init, seed);
     dn_free(init);
     *out = m;
     return DN_OK;
@@ -355,6 +359,7 @@ void dn_model_free(dn_model *m) {
     dn_rope_table_free(&m->rope);
     dn_free(m->params);
     dn_free(m->grads);
+    dn_free(m->w16);
     dn_free(m->tensors);
     dn_free(m->names);
     dn_free(m->layers);
@@ -406,7 +411,14 @@ dn_status dn_model_param_info(const dn_model *m, int64_t i, dn_param_info *out) 
 
 dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes) {
     if (!m) return dn_fail(DN_ERR_NULL, "model_memory: model is NULL");
-    if (param_bytes) *param_bytes = (size_t)m->n_params * 2 * sizeof(float);
+    if (param_bytes) {
+        *param_bytes = (size_t)m->n_params * 2 * sizeof(float); /* parameters and gradients */
+        if (m->w16) { /* the matrices in 16 bits; the rest in fp32; no gradients */
+            *param_bytes = 0;
+            for (int64_t i = 0; i < m->n_tensors; i++)
+                *param_bytes += (size_t)m->tensors[i].numel * (m->tensors[i].ndim == 2 ? 2 : 4);
+        }
+    }
     if (act_bytes) *act_bytes = m->arena_bytes;
     return DN_OK;
 }
@@ -624,17 +636,26 @@ static dn_status ensure_arena(dn_model *m, int64_t B, int64_t T, int train) {
 
 /* ---- forward and backward ------------------------------------------------------------------- */
 
+dn_status dn_model_linear(const dn_model *m, float *y, int64_t ldy, const float *x, int64_t ldx,
+                          int64_t w, int64_t N, int64_t in, int64_t out, float beta) {
+    if (m->w16)
+        return dn_matmul_ex(DN_NO_TRANS, DN_TRANS, N, out, in, 1.0f, x, ldx, m->w16 + w,
+                            m->w16_type, in, beta, y, ldy);
+    return dn_linear_fwd(y, ldy, x, ldx, m->params + w, N, in, out, beta);
+}
+
 /* out = beta out + SwiGLU(x): gu = x W_gu^T [n,2I] (gate | up), act = silu(gate) up [n,I],
  * act W_down^T [n,d] added. */
-static dn_status swiglu(float *out, float beta, float *gu, float *act, const float *x,
-                        const float *W_gu, const float *W_down, int64_t n, int64_t d, int64_t I) {
-    dn_status st = dn_linear_fwd(gu, 2 * I, x, d, W_gu, n, d, 2 * I, 0.0f);
+static dn_status swiglu(const dn_model *m, float *out, float beta, float *gu, float *act,
+                        const float *x, int64_t w_gu, int64_t w_down, int64_t n, int64_t d,
+                        int64_t I) {
+    dn_status st = dn_model_linear(m, gu, 2 * I, x, d, w_gu, n, d, 2 * I, 0.0f);
     if (st != DN_OK) return st;
     DN_PARALLEL_FOR(n * I * 3)
     for (int64_t r = 0; r < n; r++)
         for (int64_t j = 0; j < I; j++)
             act[r * I + j] = dn_siluf(gu[r * 2 * I + j]) * gu[r * 2 * I + I + j];
-    return dn_linear_fwd(out, d, act, I, W_down, n, I, d, beta);
+    return dn_model_linear(m, out, d, act, I, w_down, n, I, d, beta);
 }
 
 /* The mixture-of-experts MLP over l->c, added to h_out: router softmax, top k per token (the
@@ -643,10 +664,9 @@ static dn_status swiglu(float *out, float beta, float *gu, float *act, const flo
  * expert scaled by sigmoid(c w_gate). Inference only (no saved activations). */
 static dn_status moe_forward(dn_model *m, const dn_layer *l, float *h_out, int64_t N) {
     const dn_model_config *c = &m->cfg;
-    const float *W = m->params;
     const int64_t d = m->d, E = c->num_experts, k = c->num_experts_per_tok,
                   Im = c->moe_intermediate_size, Is = c->shared_expert_intermediate_size;
-    dn_status st = dn_linear_fwd(m->moe_p, E, l->c, d, W + l->router, N, d, E, 0.0f);
+    dn_status st = dn_model_linear(m, m->moe_p, E, l->c, d, l->router, N, d, E, 0.0f);
     if (st != DN_OK) return st;
     DN_PARALLEL_FOR(N * E * 8)
     for (int64_t n = 0; n < N; n++) {
@@ -683,9 +703,9 @@ static dn_status moe_forward(dn_model *m, const dn_layer *l, float *h_out, int64
         DN_PARALLEL_FOR(cnt * d)
         for (int64_t r = 0; r < cnt; r++)
             memcpy(m->moe_x + r * d, l->c + m->moe_rows[r] / k * d, (size_t)d * sizeof(float));
-        const float *We = W + l->experts + e * 3 * Im * d;
-        if ((st = swiglu(m->moe_y, 0.0f, m->moe_gu, m->moe_act, m->moe_x, We, We + 2 * Im * d, cnt,
-                         d, Im)) != DN_OK)
+        const int64_t We = l->experts + e * 3 * Im * d;
+        if ((st = swiglu(m, m->moe_y, 0.0f, m->moe_gu, m->moe_act, m->moe_x, We, We + 2 * Im * d,
+                         cnt, d, Im)) != DN_OK)
             return st;
         DN_PARALLEL_FOR(cnt * d) /* each token appears at most once per expert */
         for (int64_t r = 0; r < cnt; r++) {
@@ -696,9 +716,9 @@ static dn_status moe_forward(dn_model *m, const dn_layer *l, float *h_out, int64
         }
     }
     if (Is == 0) return DN_OK;
-    if ((st = swiglu(m->moe_y, 0.0f, m->moe_gu, m->moe_act, l->c, W + l->shared_gu,
-                     W + l->shared_down, N, d, Is)) != DN_OK ||
-        (st = dn_linear_fwd(m->moe_sg, 1, l->c, d, W + l->shared_gate, N, d, 1, 0.0f)) != DN_OK)
+    if ((st = swiglu(m, m->moe_y, 0.0f, m->moe_gu, m->moe_act, l->c, l->shared_gu, l->shared_down,
+                     N, d, Is)) != DN_OK ||
+        (st = dn_model_linear(m, m->moe_sg, 1, l->c, d, l->shared_gate, N, d, 1, 0.0f)) != DN_OK)
         return st;
     DN_PARALLEL_FOR(N * d)
     for (int64_t n = 0; n < N; n++) {
@@ -733,7 +753,7 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
     dn_rmsnorm_fwd(l->c, l->rstd2, l->h_mid, W + l->norm2, 1.0f, N, d, eps);
     memcpy(h_out, l->h_mid, (size_t)(N * d) * sizeof(float));
     if (l->moe) return moe_forward(m, l, h_out, N);
-    return swiglu(h_out, 1.0f, l->gu, l->act, l->c, W + l->gate_up, W + l->down, N, d, I);
+    return swiglu(m, h_out, 1.0f, l->gu, l->act, l->c, l->gate_up, l->down, N, d, I);
 }
 
 /* dh: in, the gradient of the block's output; out, the gradient of its input. */
@@ -800,9 +820,19 @@ static dn_status forward(dn_model *m, const int32_t *tokens, int64_t B, int64_t 
     const int64_t N = B * T, d = m->d;
     const float *E = m->params + m->embed;
     float *h = m->L > 0 ? m->layers[0].h_in : m->h_out;
-    DN_PARALLEL_FOR(N * d)
-    for (int64_t n = 0; n < N; n++)
-        memcpy(h + n * d, E + (int64_t)tokens[n] * d, (size_t)d * sizeof(float));
+    if (m->w16) { /* 16-bit weights: rows widened */
+        const uint16_t *E16 = m->w16 + m->embed;
+        DN_PARALLEL_FOR(N * d)
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t i = 0; i < d; i++) {
+                const uint16_t x = E16[(int64_t)tokens[n] * d + i];
+                h[n * d + i] = m->w16_type == DN_BF16 ? dn_bf16_to_f32(x) : dn_f16_to_f32(x);
+            }
+    } else {
+        DN_PARALLEL_FOR(N * d)
+        for (int64_t n = 0; n < N; n++)
+            memcpy(h + n * d, E + (int64_t)tokens[n] * d, (size_t)d * sizeof(float));
+    }
     for (int64_t i = 0; i < m->L; i++) {
         float *next = i + 1 < m->L ? m->layers[i + 1].h_in : m->h_out;
         dn_status st = block_forward(m, &m->layers[i], next, B, T, state ? &state->layers[i] : NULL,
@@ -821,6 +851,10 @@ dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens, const in
         return dn_fail(DN_ERR_NULL, "model_forward_backward: NULL model, tokens or targets");
     if (!isfinite(grad_scale))
         return dn_fail(DN_ERR_ARG, "model_forward_backward: grad_scale is not finite");
+    if (grad_scale != 0.0f && m->w16)
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "model_forward_backward: the weights are kept in 16 bits (a loaded "
+                       "checkpoint): forward and generation only");
     if (grad_scale != 0.0f && strchr(m->cfg.mlp_pattern, 'E'))
         return dn_fail(DN_ERR_UNSUPPORTED,
                        "model_forward_backward: training mixture-of-experts layers is not "
@@ -905,8 +939,7 @@ dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int
     if (st != DN_OK) return st;
     if ((st = check_tokens(m, tokens, NULL, B * T)) != DN_OK) return st;
     if ((st = forward(m, tokens, B, T, NULL, NULL)) != DN_OK) return st;
-    return dn_linear_fwd(logits, m->Vocab, m->hf, m->d, m->params + m->head, B * T, m->d, m->Vocab,
-                         0.0f);
+    return dn_model_linear(m, logits, m->Vocab, m->hf, m->d, m->head, B * T, m->d, m->Vocab, 0.0f);
 }
 
 /* ---- generation ------------------------------------------------------------------------------ */
@@ -1040,8 +1073,7 @@ dn_status dn_model_step(dn_model *m, dn_model_state *s, float *logits, const int
     }
     s->len += T;
     const int64_t d = m->d, V = m->Vocab;
-    const float *Wh = m->params + m->head;
-    if (all_positions) return dn_linear_fwd(logits, V, m->hf, d, Wh, B * T, d, V, 0.0f);
+    if (all_positions) return dn_model_linear(m, logits, V, m->hf, d, m->head, B * T, d, V, 0.0f);
     /* the last position of each sequence: rows T-1, 2T-1, ... (row stride T d) */
-    return dn_linear_fwd(logits, V, m->hf + (T - 1) * d, T * d, Wh, B, d, V, 0.0f);
+    return dn_model_linear(m, logits, V, m->hf + (T - 1) * d, T * d, m->head, B, d, V, 0.0f);
 }

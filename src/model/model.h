@@ -179,6 +179,11 @@ struct dn_model {
     void *la_ws;
     size_t la_ws_bytes;
     int arena_train; /* the arena's layout: 1 training (activations kept per layer), 0 inference */
+    /* 16-bit weights (a checkpoint loaded in its stored type): every 2-D tensor lives here, at
+     * its parameter offset, in w16_type (DN_BF16 / DN_F16), and its fp32 place in params is never
+     * touched (so never resident); the 1-D and 3-D tensors stay in params. NULL: all fp32. */
+    uint16_t *w16;
+    dn_dtype w16_type;
     /* mixture-of-experts scratch: router logits then probabilities [N,E], the chosen experts
      * and their weights [N,k], one expert's rows [N] and inputs [N,d], gate|up [N,2Imax],
      * activations [N,Imax], outputs [N,d], the shared expert's gate [N] */
@@ -187,6 +192,13 @@ struct dn_model {
     int64_t *moe_rows;
     dn_rope_table rope;
 };
+
+/* src/model/model.c: y [N,out] = x [N,in] W^T (+ beta y) for the weight at parameter offset w,
+ * from the 16-bit copy when the model has one. */
+dn_status dn_model_linear(const dn_model *m, float *y, int64_t ldy, const float *x, int64_t ldx,
+                          int64_t w, int64_t N, int64_t in, int64_t out, float beta);
+/* dn_model_create without the random init when do_init is 0 (a loader fills every tensor). */
+dn_status dn_model_new(dn_model **out, const dn_model_config *c, uint64_t seed, int do_init);
 
 /* src/model/la.c: the Gated DeltaNet mixer, out [N,d] from a [N,d]. cache NULL: training (the
  * op's training buffer is filled); else inference from and into the cache's states. */

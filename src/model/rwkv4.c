@@ -37,9 +37,9 @@ dn_status dn_rwkv4_layer_forward(const dn_model *m, const dn_layer *l, const dn_
         }
     }
     dn_status st;
-    if ((st = dn_linear_fwd(s->k, d, s->xk, d, W + l->rwkv.key, N, d, d, 0.0f)) != DN_OK ||
-        (st = dn_linear_fwd(s->v, d, s->xv, d, W + l->rwkv.value, N, d, d, 0.0f)) != DN_OK ||
-        (st = dn_linear_fwd(s->r, d, s->xr, d, W + l->rwkv.receptance, N, d, d, 0.0f)) != DN_OK)
+    if ((st = dn_model_linear(m, s->k, d, s->xk, d, l->rwkv.key, N, d, d, 0.0f)) != DN_OK ||
+        (st = dn_model_linear(m, s->v, d, s->xv, d, l->rwkv.value, N, d, d, 0.0f)) != DN_OK ||
+        (st = dn_model_linear(m, s->r, d, s->xr, d, l->rwkv.receptance, N, d, d, 0.0f)) != DN_OK)
         return st;
     dn_rwkv4_params p = dn_rwkv4_params_default(B, T, d);
     p.k = s->k, p.v = s->v, p.y = s->wkv;
@@ -49,7 +49,7 @@ dn_status dn_rwkv4_layer_forward(const dn_model *m, const dn_layer *l, const dn_
     DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
         s->rw[i] = dn_sigmoidf(s->r[i]) * s->wkv[i];
-    if ((st = dn_linear_fwd(out, d, s->rw, d, W + l->rwkv.output, N, d, d, 0.0f)) != DN_OK)
+    if ((st = dn_model_linear(m, out, d, s->rw, d, l->rwkv.output, N, d, d, 0.0f)) != DN_OK)
         return st;
     if (cache) /* the token shift's state: each sequence's last input */
         for (int64_t b = 0; b < B; b++)
