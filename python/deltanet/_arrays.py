@@ -1,0 +1,130 @@
+"""How the ops see arrays: one small adapter for numpy arrays and one for torch tensors.
+
+The op bodies in _impl.py are written once against this interface (prepare an input, allocate an
+output, take a pointer and element strides), so numpy and torch run the same argument handling.
+An input keeps its strides when its last dimension is contiguous (the C ABI takes the strides of
+the first three dimensions); anything else is copied once into fp32 contiguous memory.
+"""
+
+import numpy as np
+
+from . import _lib
+
+
+def _shape_error(msg):
+    err = _lib.ShapeError(msg)
+    err.status = _lib.ERR_SHAPE
+    return err
+
+
+class NumpyArrays:
+    kind = "numpy.ndarray"
+
+    @staticmethod
+    def prep(x, name, contiguous=False):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name} must hold floating-point values, got dtype {x.dtype}")
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        st = x.strides
+        if x.ndim == 0 or contiguous or st[-1] != 4 or min(st) < 0 or any(s % 4 for s in st):
+            x = np.ascontiguousarray(x)
+        return x
+
+    @staticmethod
+    def prep_index(x, name):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+        if x.ndim != 1:
+            raise _shape_error(f"{name} must be 1-D, got shape {tuple(x.shape)}")
+        return np.ascontiguousarray(x, dtype=np.int64)
+
+    @staticmethod
+    def ptr(x):
+        return x.ctypes.data
+
+    @staticmethod
+    def strides(x):
+        return tuple(s // 4 for s in x.strides)
+
+    @staticmethod
+    def shape(x):
+        return tuple(x.shape)
+
+    @staticmethod
+    def empty(shape):
+        return np.empty(shape, np.float32)
+
+    @staticmethod
+    def zeros(shape):
+        return np.zeros(shape, np.float32)
+
+
+class TorchArrays:
+    """fp32 CPU tensors (the torch op bodies receive tensors already converted to fp32)."""
+
+    kind = "torch.Tensor"
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+
+    def prep(self, x, name, contiguous=False):
+        torch = self.torch
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} is on {x.device}: this build of deltanet runs on CPU tensors only")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.dtype != torch.float32:
+            x = x.float()
+        if x.dim() and (contiguous or x.stride(-1) != 1):
+            x = x.contiguous()
+        return x
+
+    def prep_index(self, x, name):
+        torch = self.torch
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.device.type != "cpu":
+            raise ValueError(f"{name} is on {x.device}: this build of deltanet runs on CPU tensors only")
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got {x.dtype}")
+        if x.dim() != 1:
+            raise _shape_error(f"{name} must be 1-D, got shape {tuple(x.shape)}")
+        return x.to(torch.int64).contiguous()
+
+    @staticmethod
+    def ptr(x):
+        return x.data_ptr()
+
+    @staticmethod
+    def strides(x):
+        return x.stride()
+
+    @staticmethod
+    def shape(x):
+        return tuple(x.shape)
+
+    def empty(self, shape):
+        return self.torch.empty(shape, dtype=self.torch.float32)
+
+    def zeros(self, shape):
+        return self.torch.zeros(shape, dtype=self.torch.float32)
+
+
+NUMPY = NumpyArrays()
+_TORCH = None
+
+
+def torch_arrays():
+    global _TORCH
+    if _TORCH is None:
+        _TORCH = TorchArrays()
+    return _TORCH
