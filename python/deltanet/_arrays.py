@@ -52,6 +52,15 @@ class NumpyArrays:
         return tuple(s // 4 for s in x.strides)
 
     @staticmethod
+    def view(x):
+        """(pointer, strides of the first three dims) as the ABI's packed fields; zeros for None."""
+        if x is None:
+            return (0, 0, 0, 0)
+        s = x.strides
+        return (x.__array_interface__["data"][0], s[0] // 4, s[1] // 4 if len(s) > 1 else 0,
+                s[2] // 4 if len(s) > 2 else 0)
+
+    @staticmethod
     def shape(x):
         return tuple(x.shape)
 
@@ -109,22 +118,41 @@ class TorchArrays:
         return x.stride()
 
     @staticmethod
-    def shape(x):
-        return tuple(x.shape)
+    def view(x):
+        if x is None:
+            return (0, 0, 0, 0)
+        s = x.stride()
+        return (x.data_ptr(), s[0], s[1] if len(s) > 1 else 0, s[2] if len(s) > 2 else 0)
 
+    @staticmethod
+    def shape(x):
+        return x.shape  # torch.Size is a tuple
+
+    # Outputs are allocated by numpy and shared with torch: a third of the cost of torch.empty
+    # (allocation and release) on the decode path, and the same CPU memory.
     def empty(self, shape):
-        return self.torch.empty(shape, dtype=self.torch.float32)
+        return self.torch.from_numpy(np.empty(shape, np.float32))
 
     def zeros(self, shape):
-        return self.torch.zeros(shape, dtype=self.torch.float32)
+        return self.torch.from_numpy(np.zeros(shape, np.float32))
+
+
+class CheckedTorchArrays(TorchArrays):
+    """Tensors the caller has already checked (type, CPU, fp32): only the layout is handled."""
+
+    @staticmethod
+    def prep(x, name, contiguous=False):
+        if x.dim() and (contiguous or x.stride(-1) != 1):
+            return x.contiguous()
+        return x
 
 
 NUMPY = NumpyArrays()
 _TORCH = None
 
 
-def torch_arrays():
+def torch_arrays(checked=False):
     global _TORCH
     if _TORCH is None:
-        _TORCH = TorchArrays()
-    return _TORCH
+        _TORCH = (TorchArrays(), CheckedTorchArrays())
+    return _TORCH[1 if checked else 0]

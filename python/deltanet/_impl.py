@@ -14,6 +14,7 @@ from ._arrays import _shape_error
 
 byref = ctypes.byref
 LA_OPS = ("linear_attn", "gla", "deltanet", "gdn")
+IMPL_AUTO, IMPL_REF, IMPL_RECURRENT, IMPL_CHUNK = 0, 1, 2, 3
 _GATED = {1, 3}
 _DELTA = {2, 3}
 
@@ -139,17 +140,35 @@ def la_params(A, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, ch
     return p
 
 
+_SCALES = {}
+
+
+def default_scale(K):
+    """The library's default scale for key dimension K (dn_la_params_default: 1/sqrt(K))."""
+    s = _SCALES.get(K)
+    if s is None:
+        s = _SCALES[K] = _lib.dn_la_params_default(3, 1, 1, 1, 1, K, 1).scale
+    return s
+
+
 def la_forward(A, op, q, k, v, g=None, beta=None, scale=None, initial_state=None,
                output_final_state=False, cu_seqlens=None, qk_l2norm=False, impl="auto",
                chunk_size=64, n_threads=0):
     opi, dims, q, k, v, g, beta, h0, cu = la_inputs(A, op, q, k, v, g, beta, initial_state, cu_seqlens)
-    p = la_params(A, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads)
     B, T, H, HV, K, V, NS = dims
+    scale = _scale(scale)
     o = A.empty((B, T, HV, V))
-    _set(p, "o", A, o)
     ht = A.empty((NS, HV, K, V)) if output_final_state else None
-    p.final_state = _ptr(A, ht)
-    _lib.check(_lib.dn_la_forward(byref(p)), "dn_la_forward")
+    view = A.view
+    buf = _lib.LA_PACK.pack(
+        opi, B, T, H, HV, K, V, *view(q), *view(k), *view(v), *view(g), *view(beta), *view(o),
+        A.ptr(h0) if h0 is not None else 0, A.ptr(ht) if ht is not None else 0,
+        A.ptr(cu) if cu is not None else 0, NS if cu is not None else 0,
+        default_scale(K) if scale is None else scale, 1 if qk_l2norm else 0,
+        _int(chunk_size, "chunk_size"), impl_code(impl), _int(n_threads, "n_threads"), 0, 0)
+    status = _lib.dn_la_forward_packed(buf)
+    if status:
+        _lib.raise_status(status, "dn_la_forward")
     return o, ht
 
 

@@ -200,3 +200,42 @@ def raise_status(status, where):
 def check(status, where):
     if status:
         raise_status(status, where)
+
+
+# --- the decode-step call path --------------------------------------------------------------------
+# A params struct filled field by field costs a few microseconds per field through ctypes; a
+# decode step fills ~40. struct.pack writes the same bytes in one call: the format is derived from
+# the ctypes layout above (offsets, padding, sizeof), so the two cannot disagree.
+import struct as _struct
+
+_CODES = {c_int64: "q", c_void_p: "Q", c_float: "f", c_int: "i", c_size_t: "Q", c_double: "d"}
+
+
+def _leaves(cls, base=0):
+    for name, typ in cls._fields_:
+        off = base + getattr(cls, name).offset
+        if isinstance(typ, type) and issubclass(typ, ctypes.Structure):
+            yield from _leaves(typ, off)
+        else:
+            yield off, typ
+
+
+def packer(cls):
+    """struct.Struct whose pack(*leaf values in field order) gives cls's bytes (pointers as ints)."""
+    fmt, pos = "<", 0
+    for off, typ in _leaves(cls):
+        if off > pos:
+            fmt += f"{off - pos}x"
+        fmt += _CODES[typ]
+        pos = off + ctypes.sizeof(typ)
+    if ctypes.sizeof(cls) > pos:
+        fmt += f"{ctypes.sizeof(cls) - pos}x"
+    s = _struct.Struct(fmt)
+    assert s.size == ctypes.sizeof(cls), (cls.__name__, s.size, ctypes.sizeof(cls))
+    return s
+
+
+LA_PACK = packer(LaParams)
+# dn_la_forward taking the packed bytes (a separate function object: its own argtypes)
+dn_la_forward_packed = lib["dn_la_forward"]
+dn_la_forward_packed.restype, dn_la_forward_packed.argtypes = c_int, [c_char_p]

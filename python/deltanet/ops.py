@@ -20,11 +20,8 @@ from . import _impl
 from ._arrays import _shape_error, torch_arrays
 
 _A = torch_arrays()
+_A_CHECKED = torch_arrays(checked=True)  # for tensors that went through f32() below
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-def _none_if_empty(x):
-    return None if x is None or x.numel() == 0 and x.dim() == 1 and x.shape[0] == 0 else x
 
 
 def _nothing():
@@ -39,11 +36,13 @@ def f32(x, name, optional=False):
         raise TypeError(f"{name} is required, got None")
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_cpu:
+        raise ValueError(f"{name} is on {x.device}: this build of deltanet runs on CPU tensors only")
+    if x.dtype is torch.float32:
+        return x
     if x.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {x.dtype}")
-    if x.device.type != "cpu":
-        raise ValueError(f"{name} is on {x.device}: this build of deltanet runs on CPU tensors only")
-    return x if x.dtype == torch.float32 else x.float()
+    return x.float()
 
 
 def _index(x, name):
@@ -109,7 +108,11 @@ def _la_grad(ctx, do, dht):
     q, k, v, g, beta, h0, cu = ctx.saved_tensors
     has_g, has_beta, has_h0, ofs = ctx.has
     dht = dht if ofs else None
-    dq, dk, dv, dg, db, dh0 = _la_backward(q, k, v, g, beta, h0, cu, do, dht, *ctx.opts)
+    op, scale, qk_l2norm, impl, chunk_size = ctx.opts
+    if impl == _impl.IMPL_RECURRENT:  # the backward has no token-recurrent form; same gradients
+        impl = _impl.IMPL_AUTO
+    dq, dk, dv, dg, db, dh0 = _la_backward(q, k, v, g, beta, h0, cu, do, dht, op, scale, qk_l2norm,
+                                           impl, chunk_size)
     return (dq, dk, dv, dg if has_g else None, db if has_beta else None, dh0 if has_h0 else None,
             None, None, None, None, None, None, None)
 
@@ -117,14 +120,30 @@ def _la_grad(ctx, do, dht):
 _la_forward.register_autograd(_la_grad, setup_context=_la_setup)
 
 
-def default_scale(K):
-    return float(K) ** -0.5
+default_scale = _impl.default_scale
+
+
+def _needs_graph(*tensors):
+    """Whether the call must go through the registered operator: autograd will differentiate it,
+    or torch.compile / a torch.func transform is tracing. Otherwise (inference, decode) the op
+    body runs directly, without the dispatcher's few microseconds."""
+    if torch.compiler.is_compiling():
+        return True
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if t is not None and t.requires_grad:
+                return True
+    for t in tensors:  # a functorch wrapper or a tensor subclass dispatches through the op
+        if t is not None and type(t) is not Tensor:
+            return True
+    return False
 
 
 def la(op, q, k, v, g=None, beta=None, *, scale=None, initial_state=None, output_final_state=False,
        cu_seqlens=None, qk_l2norm=False, impl="auto", chunk_size=64):
     """Linear attention ('linear_attn'), scalar-gated ('gla'), DeltaNet ('deltanet') or Gated
-    DeltaNet ('gdn') over q, k [B,T,H,K], v [B,T,HV,V], g, beta [B,T,HV] (docs/OPS.md).
+    DeltaNet ('gdn') over q, k [B,T,H,K], v [B,T,HV,V], g, beta [B,T,HV] (docs/OPS.md), with
+    initial_state [N,HV,K,V] and cu_seqlens [N+1] (B = 1) for variable-length batches.
 
     Returns (o [B,T,HV,V] in q's dtype, final_state [N,HV,K,V] fp32 or None)."""
     dtype = q.dtype if isinstance(q, Tensor) else None
@@ -135,10 +154,16 @@ def la(op, q, k, v, g=None, beta=None, *, scale=None, initial_state=None, output
     if q.dim() != 4:
         raise _shape_error(f"q must be 4-D [B,T,H,K], got shape {tuple(q.shape)}")
     scale = default_scale(q.shape[-1]) if scale is None else _impl._scale(scale)
-    o, ht = _la_forward(q, k, v, g, beta, h0, cu, _impl.la_op(op), scale, bool(qk_l2norm),
-                        _impl.impl_code(impl), _impl._int(chunk_size, "chunk_size"),
-                        bool(output_final_state))
-    return o.to(dtype), (ht if output_final_state else None)
+    opi, impl, chunk_size = _impl.la_op(op), _impl.impl_code(impl), _impl._int(chunk_size, "chunk_size")
+    if _needs_graph(q, k, v, g, beta, h0):
+        o, ht = _la_forward(q, k, v, g, beta, h0, cu, opi, scale, bool(qk_l2norm), impl,
+                            chunk_size, bool(output_final_state))
+    else:
+        o, ht = _impl.la_forward(_A_CHECKED, opi, q, k, v, g, beta, scale, h0, output_final_state, cu,
+                                 qk_l2norm, impl, chunk_size)
+    if dtype is not torch.float32:
+        o = o.to(dtype)
+    return o, (ht if output_final_state else None)
 
 
 @torch.library.custom_op("deltanet::la_step", mutates_args=("state",))
