@@ -1,6 +1,6 @@
-"""Each op's argument handling, written once for numpy and torch (the `A` argument, _arrays.py).
+"""Each op's argument handling, written once for numpy and torch (the `xp` argument, _arrays.py).
 
-A body checks every tensor's shape against the dimensions it reads off the main inputs (the C
+xp body checks every tensor's shape against the dimensions it reads off the main inputs (the C
 library gets pointers and strides, so a tensor of the wrong size would be read past its end: that
 check belongs here), allocates the outputs, fills the params struct and calls the library, which
 checks the rest (dimensions, options, values) and says what is wrong. No math happens here.
@@ -54,81 +54,81 @@ def _scale(scale):
     return float(scale)
 
 
-def _ndim(A, x, name, n, layout):
-    if len(A.shape(x)) != n:
-        raise _shape_error(f"{name} must be {n}-D {layout}, got shape {A.shape(x)}")
+def _ndim(xp, x, name, n, layout):
+    if len(xp.shape(x)) != n:
+        raise _shape_error(f"{name} must be {n}-D {layout}, got shape {xp.shape(x)}")
 
 
-def _expect(A, x, name, shape, layout):
-    if A.shape(x) != tuple(shape):
-        raise _shape_error(f"{name} has shape {A.shape(x)}, expected {layout} = {tuple(shape)}")
+def _expect(xp, x, name, shape, layout):
+    if xp.shape(x) != tuple(shape):
+        raise _shape_error(f"{name} has shape {xp.shape(x)}, expected {layout} = {tuple(shape)}")
 
 
-def _opt(A, x, name, shape, layout, contiguous=False):
+def _opt(xp, x, name, shape, layout, contiguous=False):
     if x is None:
         return None
-    x = A.prep(x, name, contiguous)
-    _expect(A, x, name, shape, layout)
+    x = xp.prep(x, name, contiguous)
+    _expect(xp, x, name, shape, layout)
     return x
 
 
-def _set(p, field, A, x):
+def _set(p, field, xp, x):
     """Pointer and the strides of the first three dimensions (the ABI's dn_strides)."""
     if x is None:
         setattr(p, field, None)
         return
-    setattr(p, field, A.ptr(x))
-    s = A.strides(x)
+    setattr(p, field, xp.ptr(x))
+    s = xp.strides(x)
     st = getattr(p, field + "_s")
     st.b = s[0]
     st.t = s[1] if len(s) > 1 else 0
     st.h = s[2] if len(s) > 2 else 0
 
 
-def _ptr(A, x):
-    return None if x is None else A.ptr(x)
+def _ptr(xp, x):
+    return None if x is None else xp.ptr(x)
 
 
-def _seqs(A, cu_seqlens, B):
+def _seqs(xp, cu_seqlens, B):
     """(number of states, int64 offsets or None)."""
     if cu_seqlens is None:
         return B, None
-    cu = A.prep_index(cu_seqlens, "cu_seqlens")
-    if A.shape(cu)[0] < 1:
+    cu = xp.prep_index(cu_seqlens, "cu_seqlens")
+    if xp.shape(cu)[0] < 1:
         raise _shape_error("cu_seqlens must hold at least one offset (N+1 entries for N sequences)")
-    return A.shape(cu)[0] - 1, cu
+    return xp.shape(cu)[0] - 1, cu
 
 
 # --- linear-attention family -------------------------------------------------------------------
 
 
-def la_inputs(A, op, q, k, v, g, beta, initial_state, cu_seqlens):
+def la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens):
     opi = la_op(op)
-    q, k, v = A.prep(q, "q"), A.prep(k, "k"), A.prep(v, "v")
-    _ndim(A, q, "q", 4, "[B,T,H,K]")
-    _ndim(A, v, "v", 4, "[B,T,HV,V]")
-    B, T, H, K = A.shape(q)
-    HV, V = A.shape(v)[2:]
-    _expect(A, k, "k", (B, T, H, K), "[B,T,H,K]")
-    _expect(A, v, "v", (B, T, HV, V), "[B,T,HV,V]")
-    g = _opt(A, g, "g", (B, T, HV), "[B,T,HV]")
-    beta = _opt(A, beta, "beta", (B, T, HV), "[B,T,HV]")
-    NS, cu = _seqs(A, cu_seqlens, B)
-    h0 = _opt(A, initial_state, "initial_state", (NS, HV, K, V), "[N,HV,K,V]", contiguous=True)
+    q, k, v = xp.prep(q, "q"), xp.prep(k, "k"), xp.prep(v, "v")
+    _ndim(xp, q, "q", 4, "[B,T,H,K]")
+    _ndim(xp, v, "v", 4, "[B,T,HV,V]")
+    B, T, H, K = xp.shape(q)
+    HV, V = xp.shape(v)[2:]
+    _expect(xp, k, "k", (B, T, H, K), "[B,T,H,K]")
+    _expect(xp, v, "v", (B, T, HV, V), "[B,T,HV,V]")
+    g = _opt(xp, g, "g", (B, T, HV), "[B,T,HV]")
+    beta = _opt(xp, beta, "beta", (B, T, HV), "[B,T,HV]")
+    NS, cu = _seqs(xp, cu_seqlens, B)
+    h0 = _opt(xp, initial_state, "initial_state", (NS, HV, K, V), "[N,HV,K,V]", contiguous=True)
     return opi, (B, T, H, HV, K, V, NS), q, k, v, g, beta, h0, cu
 
 
-def la_params(A, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads):
+def la_params(xp, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads):
     B, T, H, HV, K, V, NS = dims
     p = _lib.dn_la_params_default(opi, B, T, H, HV, K, V)
-    _set(p, "q", A, q)
-    _set(p, "k", A, k)
-    _set(p, "v", A, v)
-    _set(p, "g", A, g)
-    _set(p, "beta", A, beta)
-    p.initial_state = _ptr(A, h0)
+    _set(p, "q", xp, q)
+    _set(p, "k", xp, k)
+    _set(p, "v", xp, v)
+    _set(p, "g", xp, g)
+    _set(p, "beta", xp, beta)
+    p.initial_state = _ptr(xp, h0)
     if cu is not None:
-        p.cu_seqlens = A.ptr(cu)
+        p.cu_seqlens = xp.ptr(cu)
         p.n_seqs = NS
     scale = _scale(scale)
     if scale is not None:
@@ -151,19 +151,19 @@ def default_scale(K):
     return s
 
 
-def la_forward(A, op, q, k, v, g=None, beta=None, scale=None, initial_state=None,
+def la_forward(xp, op, q, k, v, g=None, beta=None, scale=None, initial_state=None,
                output_final_state=False, cu_seqlens=None, qk_l2norm=False, impl="auto",
                chunk_size=64, n_threads=0):
-    opi, dims, q, k, v, g, beta, h0, cu = la_inputs(A, op, q, k, v, g, beta, initial_state, cu_seqlens)
+    opi, dims, q, k, v, g, beta, h0, cu = la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens)
     B, T, H, HV, K, V, NS = dims
     scale = _scale(scale)
-    o = A.empty((B, T, HV, V))
-    ht = A.empty((NS, HV, K, V)) if output_final_state else None
-    view = A.view
+    o = xp.empty((B, T, HV, V))
+    ht = xp.empty((NS, HV, K, V)) if output_final_state else None
+    view = xp.view
     buf = _lib.LA_PACK.pack(
         opi, B, T, H, HV, K, V, *view(q), *view(k), *view(v), *view(g), *view(beta), *view(o),
-        A.ptr(h0) if h0 is not None else 0, A.ptr(ht) if ht is not None else 0,
-        A.ptr(cu) if cu is not None else 0, NS if cu is not None else 0,
+        xp.ptr(h0) if h0 is not None else 0, xp.ptr(ht) if ht is not None else 0,
+        xp.ptr(cu) if cu is not None else 0, NS if cu is not None else 0,
         default_scale(K) if scale is None else scale, 1 if qk_l2norm else 0,
         _int(chunk_size, "chunk_size"), impl_code(impl), _int(n_threads, "n_threads"), 0, 0)
     status = _lib.dn_la_forward_packed(buf)
@@ -172,49 +172,49 @@ def la_forward(A, op, q, k, v, g=None, beta=None, scale=None, initial_state=None
     return o, ht
 
 
-def la_backward(A, op, q, k, v, g, beta, do, dht=None, scale=None, initial_state=None,
+def la_backward(xp, op, q, k, v, g, beta, do, dht=None, scale=None, initial_state=None,
                 cu_seqlens=None, qk_l2norm=False, impl="auto", chunk_size=64, n_threads=0):
     """(dq, dk, dv, dg, dbeta, dinitial_state), None where the op has no such input."""
-    opi, dims, q, k, v, g, beta, h0, cu = la_inputs(A, op, q, k, v, g, beta, initial_state, cu_seqlens)
-    p = la_params(A, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads)
+    opi, dims, q, k, v, g, beta, h0, cu = la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens)
+    p = la_params(xp, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads)
     B, T, H, HV, K, V, NS = dims
-    do = A.prep(do, "do")
-    _expect(A, do, "do", (B, T, HV, V), "[B,T,HV,V]")
-    dht = _opt(A, dht, "dfinal_state", (NS, HV, K, V), "[N,HV,K,V]", contiguous=True)
+    do = xp.prep(do, "do")
+    _expect(xp, do, "do", (B, T, HV, V), "[B,T,HV,V]")
+    dht = _opt(xp, dht, "dfinal_state", (NS, HV, K, V), "[N,HV,K,V]", contiguous=True)
     bp = _lib.dn_la_bwd_params_default(byref(p))
-    _set(bp, "dout", A, do)
-    bp.dfinal_state = _ptr(A, dht)
-    dq, dk, dv = A.empty((B, T, H, K)), A.empty((B, T, H, K)), A.empty((B, T, HV, V))
-    dg = A.empty((B, T, HV)) if g is not None else None
-    dbeta = A.empty((B, T, HV)) if beta is not None else None
-    dh0 = A.empty((NS, HV, K, V)) if h0 is not None else None
+    _set(bp, "dout", xp, do)
+    bp.dfinal_state = _ptr(xp, dht)
+    dq, dk, dv = xp.empty((B, T, H, K)), xp.empty((B, T, H, K)), xp.empty((B, T, HV, V))
+    dg = xp.empty((B, T, HV)) if g is not None else None
+    dbeta = xp.empty((B, T, HV)) if beta is not None else None
+    dh0 = xp.empty((NS, HV, K, V)) if h0 is not None else None
     for name, x in (("dq", dq), ("dk", dk), ("dv", dv), ("dg", dg), ("dbeta", dbeta)):
-        _set(bp, name, A, x)
-    bp.dinitial_state = _ptr(A, dh0)
+        _set(bp, name, xp, x)
+    bp.dinitial_state = _ptr(xp, dh0)
     _lib.check(_lib.dn_la_backward(byref(bp)), "dn_la_backward")
     return dq, dk, dv, dg, dbeta, dh0
 
 
-def la_step(A, op, state, q, k, v, g=None, beta=None, scale=None, qk_l2norm=False):
+def la_step(xp, op, state, q, k, v, g=None, beta=None, scale=None, qk_l2norm=False):
     """One decode step: o [B,HV,V]; state [B,HV,K,V] (fp32, contiguous) updated in place."""
     opi = la_op(op)
-    q, k, v = A.prep(q, "q", True), A.prep(k, "k", True), A.prep(v, "v", True)
-    _ndim(A, q, "q", 3, "[B,H,K]")
-    _ndim(A, v, "v", 3, "[B,HV,V]")
-    B, H, K = A.shape(q)
-    HV, V = A.shape(v)[1:]
-    _expect(A, k, "k", (B, H, K), "[B,H,K]")
-    _expect(A, v, "v", (B, HV, V), "[B,HV,V]")
-    g = _opt(A, g, "g", (B, HV), "[B,HV]", True)
-    beta = _opt(A, beta, "beta", (B, HV), "[B,HV]", True)
-    st = A.prep(state, "state", True)
+    q, k, v = xp.prep(q, "q", True), xp.prep(k, "k", True), xp.prep(v, "v", True)
+    _ndim(xp, q, "q", 3, "[B,H,K]")
+    _ndim(xp, v, "v", 3, "[B,HV,V]")
+    B, H, K = xp.shape(q)
+    HV, V = xp.shape(v)[1:]
+    _expect(xp, k, "k", (B, H, K), "[B,H,K]")
+    _expect(xp, v, "v", (B, HV, V), "[B,HV,V]")
+    g = _opt(xp, g, "g", (B, HV), "[B,HV]", True)
+    beta = _opt(xp, beta, "beta", (B, HV), "[B,HV]", True)
+    st = xp.prep(state, "state", True)
     if st is not state:
         raise TypeError("state must be a contiguous fp32 array: it is updated in place")
-    _expect(A, st, "state", (B, HV, K, V), "[B,HV,K,V]")
-    o = A.empty((B, HV, V))
+    _expect(xp, st, "state", (B, HV, K, V), "[B,HV,K,V]")
+    o = xp.empty((B, HV, V))
     scale = _scale(scale)
-    _lib.check(_lib.dn_la_step(opi, A.ptr(o), A.ptr(st), A.ptr(q), A.ptr(k), A.ptr(v), _ptr(A, g),
-                               _ptr(A, beta), B, H, HV, K, V, 0.0 if scale is None else scale,
+    _lib.check(_lib.dn_la_step(opi, xp.ptr(o), xp.ptr(st), xp.ptr(q), xp.ptr(k), xp.ptr(v), _ptr(xp, g),
+                               _ptr(xp, beta), B, H, HV, K, V, 0.0 if scale is None else scale,
                                1 if qk_l2norm else 0), "dn_la_step")
     return o
 
@@ -222,19 +222,19 @@ def la_step(A, op, state, q, k, v, g=None, beta=None, scale=None, qk_l2norm=Fals
 # --- causal softmax attention --------------------------------------------------------------------
 
 
-def _attn_params(A, q, k, v, scale, window, impl, n_threads):
-    q, k, v = A.prep(q, "q"), A.prep(k, "k"), A.prep(v, "v")
-    _ndim(A, q, "q", 4, "[B,TQ,H,D]")
-    _ndim(A, k, "k", 4, "[B,TK,HKV,D]")
-    B, TQ, H, D = A.shape(q)
-    TK, HKV = A.shape(k)[1:3]
-    _expect(A, k, "k", (B, TK, HKV, D), "[B,TK,HKV,D]")
-    _expect(A, v, "v", (B, TK, HKV, D), "[B,TK,HKV,D]")
+def _attn_params(xp, q, k, v, scale, window, impl, n_threads):
+    q, k, v = xp.prep(q, "q"), xp.prep(k, "k"), xp.prep(v, "v")
+    _ndim(xp, q, "q", 4, "[B,TQ,H,D]")
+    _ndim(xp, k, "k", 4, "[B,TK,HKV,D]")
+    B, TQ, H, D = xp.shape(q)
+    TK, HKV = xp.shape(k)[1:3]
+    _expect(xp, k, "k", (B, TK, HKV, D), "[B,TK,HKV,D]")
+    _expect(xp, v, "v", (B, TK, HKV, D), "[B,TK,HKV,D]")
     p = _lib.dn_attn_params_default(B, TK, H, HKV, D)
     p.TQ = TQ
-    _set(p, "q", A, q)
-    _set(p, "k", A, k)
-    _set(p, "v", A, v)
+    _set(p, "q", xp, q)
+    _set(p, "k", xp, k)
+    _set(p, "v", xp, v)
     scale = _scale(scale)
     if scale is not None:
         p.scale = scale
@@ -244,33 +244,33 @@ def _attn_params(A, q, k, v, scale, window, impl, n_threads):
     return p, (B, TQ, TK, H, HKV, D), (q, k, v)
 
 
-def attn_forward(A, q, k, v, scale=None, window=0, impl="auto", n_threads=0):
+def attn_forward(xp, q, k, v, scale=None, window=0, impl="auto", n_threads=0):
     """(o [B,TQ,H,D], lse [B,H,TQ])."""
-    p, (B, TQ, TK, H, HKV, D), keep = _attn_params(A, q, k, v, scale, window, impl, n_threads)
-    o, lse = A.empty((B, TQ, H, D)), A.empty((B, H, TQ))
-    _set(p, "o", A, o)
-    p.lse = A.ptr(lse)
+    p, (B, TQ, TK, H, HKV, D), keep = _attn_params(xp, q, k, v, scale, window, impl, n_threads)
+    o, lse = xp.empty((B, TQ, H, D)), xp.empty((B, H, TQ))
+    _set(p, "o", xp, o)
+    p.lse = xp.ptr(lse)
     _lib.check(_lib.dn_attn_forward(byref(p)), "dn_attn_forward")
     return o, lse
 
 
-def attn_backward(A, q, k, v, o, lse, do, scale=None, window=0, impl="auto", n_threads=0):
+def attn_backward(xp, q, k, v, o, lse, do, scale=None, window=0, impl="auto", n_threads=0):
     """(dq, dk, dv) from the forward's o and lse."""
-    p, (B, TQ, TK, H, HKV, D), keep = _attn_params(A, q, k, v, scale, window, impl, n_threads)
-    o = A.prep(o, "o")
-    _expect(A, o, "o", (B, TQ, H, D), "[B,TQ,H,D]")
-    lse = A.prep(lse, "lse", True)
-    _expect(A, lse, "lse", (B, H, TQ), "[B,H,TQ]")
-    do = A.prep(do, "do")
-    _expect(A, do, "do", (B, TQ, H, D), "[B,TQ,H,D]")
-    _set(p, "o", A, o)
-    p.lse = A.ptr(lse)
+    p, (B, TQ, TK, H, HKV, D), keep = _attn_params(xp, q, k, v, scale, window, impl, n_threads)
+    o = xp.prep(o, "o")
+    _expect(xp, o, "o", (B, TQ, H, D), "[B,TQ,H,D]")
+    lse = xp.prep(lse, "lse", True)
+    _expect(xp, lse, "lse", (B, H, TQ), "[B,H,TQ]")
+    do = xp.prep(do, "do")
+    _expect(xp, do, "do", (B, TQ, H, D), "[B,TQ,H,D]")
+    _set(p, "o", xp, o)
+    p.lse = xp.ptr(lse)
     bp = _lib.dn_attn_bwd_params_default(byref(p))
-    _set(bp, "dout", A, do)
-    dq, dk, dv = A.empty((B, TQ, H, D)), A.empty((B, TK, HKV, D)), A.empty((B, TK, HKV, D))
-    _set(bp, "dq", A, dq)
-    _set(bp, "dk", A, dk)
-    _set(bp, "dv", A, dv)
+    _set(bp, "dout", xp, do)
+    dq, dk, dv = xp.empty((B, TQ, H, D)), xp.empty((B, TK, HKV, D)), xp.empty((B, TK, HKV, D))
+    _set(bp, "dq", xp, dq)
+    _set(bp, "dk", xp, dk)
+    _set(bp, "dv", xp, dv)
     _lib.check(_lib.dn_attn_backward(byref(bp)), "dn_attn_backward")
     return dq, dk, dv
 
@@ -278,92 +278,92 @@ def attn_backward(A, q, k, v, o, lse, do, scale=None, window=0, impl="auto", n_t
 # --- Mamba-1 selective scan ----------------------------------------------------------------------
 
 
-def _groups(A, x, name, B, T):
+def _groups(xp, x, name, B, T):
     """Bm / Cm as [B,T,G,N] (a [B,T,N] tensor is G = 1)."""
-    x = A.prep(x, name)
-    s = A.shape(x)
+    x = xp.prep(x, name)
+    s = xp.shape(x)
     if len(s) == 3:
         x = x[:, :, None, :]
     elif len(s) != 4:
         raise _shape_error(f"{name} must be [B,T,G,N] or [B,T,N], got shape {s}")
-    s = A.shape(x)
+    s = xp.shape(x)
     if s[:2] != (B, T):
         raise _shape_error(f"{name} has shape {s}, expected [B,T,G,N] with B, T = {B}, {T}")
     return x
 
 
-def _mamba_params(A, x, dt, Amat, Bm, Cm, Dskip, z, dt_bias, dt_softplus, initial_state, impl,
+def _mamba_params(xp, x, dt, A, Bm, Cm, Dskip, z, dt_bias, dt_softplus, initial_state, impl,
                   n_threads):
-    x, dt = A.prep(x, "x"), A.prep(dt, "dt")
-    _ndim(A, x, "x", 3, "[B,T,D]")
-    B, T, D = A.shape(x)
-    _expect(A, dt, "dt", (B, T, D), "[B,T,D]")
-    Amat = A.prep(Amat, "A", True)
-    _ndim(A, Amat, "A", 2, "[D,N]")
-    N = A.shape(Amat)[1]
-    _expect(A, Amat, "A", (D, N), "[D,N]")
-    Bm, Cm = _groups(A, Bm, "Bm", B, T), _groups(A, Cm, "Cm", B, T)
-    G = A.shape(Bm)[2]
-    _expect(A, Bm, "Bm", (B, T, G, N), "[B,T,G,N]")
-    _expect(A, Cm, "Cm", (B, T, G, N), "[B,T,G,N]")
-    Dskip = _opt(A, Dskip, "Dskip", (D,), "[D]", True)
-    dt_bias = _opt(A, dt_bias, "dt_bias", (D,), "[D]", True)
-    z = _opt(A, z, "z", (B, T, D), "[B,T,D]")
-    h0 = _opt(A, initial_state, "initial_state", (B, D, N), "[B,D,N]", True)
+    x, dt = xp.prep(x, "x"), xp.prep(dt, "dt")
+    _ndim(xp, x, "x", 3, "[B,T,D]")
+    B, T, D = xp.shape(x)
+    _expect(xp, dt, "dt", (B, T, D), "[B,T,D]")
+    A = xp.prep(A, "A", True)
+    _ndim(xp, A, "A", 2, "[D,N]")
+    N = xp.shape(A)[1]
+    _expect(xp, A, "A", (D, N), "[D,N]")
+    Bm, Cm = _groups(xp, Bm, "Bm", B, T), _groups(xp, Cm, "Cm", B, T)
+    G = xp.shape(Bm)[2]
+    _expect(xp, Bm, "Bm", (B, T, G, N), "[B,T,G,N]")
+    _expect(xp, Cm, "Cm", (B, T, G, N), "[B,T,G,N]")
+    Dskip = _opt(xp, Dskip, "Dskip", (D,), "[D]", True)
+    dt_bias = _opt(xp, dt_bias, "dt_bias", (D,), "[D]", True)
+    z = _opt(xp, z, "z", (B, T, D), "[B,T,D]")
+    h0 = _opt(xp, initial_state, "initial_state", (B, D, N), "[B,D,N]", True)
     p = _lib.dn_mamba_params_default(B, T, D, N, G)
-    _set(p, "x", A, x)
-    _set(p, "dt", A, dt)
-    p.A = A.ptr(Amat)
-    _set(p, "Bm", A, Bm)
-    _set(p, "Cm", A, Cm)
-    p.Dskip, p.dt_bias = _ptr(A, Dskip), _ptr(A, dt_bias)
+    _set(p, "x", xp, x)
+    _set(p, "dt", xp, dt)
+    p.A = xp.ptr(A)
+    _set(p, "Bm", xp, Bm)
+    _set(p, "Cm", xp, Cm)
+    p.Dskip, p.dt_bias = _ptr(xp, Dskip), _ptr(xp, dt_bias)
     p.dt_softplus = 1 if dt_softplus else 0
-    _set(p, "z", A, z)
-    p.initial_state = _ptr(A, h0)
+    _set(p, "z", xp, z)
+    p.initial_state = _ptr(xp, h0)
     p.impl = impl_code(impl)
     p.n_threads = _int(n_threads, "n_threads")
-    keep = (x, dt, Amat, Bm, Cm, Dskip, dt_bias, z, h0)
+    keep = (x, dt, A, Bm, Cm, Dskip, dt_bias, z, h0)
     return p, (B, T, D, N, G), keep
 
 
-def mamba_forward(A, x, dt, Amat, Bm, Cm, Dskip=None, z=None, dt_bias=None, dt_softplus=False,
+def mamba_forward(xp, x, dt, A, Bm, Cm, Dskip=None, z=None, dt_bias=None, dt_softplus=False,
                   initial_state=None, output_final_state=False, impl="auto", n_threads=0):
     """(y [B,T,D], final_state [B,D,N] or None)."""
-    p, (B, T, D, N, G), keep = _mamba_params(A, x, dt, Amat, Bm, Cm, Dskip, z, dt_bias, dt_softplus,
+    p, (B, T, D, N, G), keep = _mamba_params(xp, x, dt, A, Bm, Cm, Dskip, z, dt_bias, dt_softplus,
                                              initial_state, impl, n_threads)
-    y = A.empty((B, T, D))
-    _set(p, "y", A, y)
-    ht = A.empty((B, D, N)) if output_final_state else None
-    p.final_state = _ptr(A, ht)
+    y = xp.empty((B, T, D))
+    _set(p, "y", xp, y)
+    ht = xp.empty((B, D, N)) if output_final_state else None
+    p.final_state = _ptr(xp, ht)
     _lib.check(_lib.dn_mamba_forward(byref(p)), "dn_mamba_forward")
     return y, ht
 
 
-def mamba_backward(A, x, dt, Amat, Bm, Cm, dy, Dskip=None, z=None, dt_bias=None, dt_softplus=False,
+def mamba_backward(xp, x, dt, A, Bm, Cm, dy, Dskip=None, z=None, dt_bias=None, dt_softplus=False,
                    initial_state=None, dfinal_state=None, impl="auto", n_threads=0):
     """(dx, ddt, dA, dBm, dCm, dDskip, dz, ddt_bias, dinitial_state); None where not given.
     dBm, dCm have the layout Bm, Cm were given in ([B,T,N] or [B,T,G,N])."""
-    p, (B, T, D, N, G), keep = _mamba_params(A, x, dt, Amat, Bm, Cm, Dskip, z, dt_bias, dt_softplus,
+    p, (B, T, D, N, G), keep = _mamba_params(xp, x, dt, A, Bm, Cm, Dskip, z, dt_bias, dt_softplus,
                                              initial_state, impl, n_threads)
-    dy = A.prep(dy, "dy")
-    _expect(A, dy, "dy", (B, T, D), "[B,T,D]")
-    dht = _opt(A, dfinal_state, "dfinal_state", (B, D, N), "[B,D,N]", True)
+    dy = xp.prep(dy, "dy")
+    _expect(xp, dy, "dy", (B, T, D), "[B,T,D]")
+    dht = _opt(xp, dfinal_state, "dfinal_state", (B, D, N), "[B,D,N]", True)
     bp = _lib.dn_mamba_bwd_params_default(byref(p))
-    _set(bp, "dy", A, dy)
-    bp.dfinal_state = _ptr(A, dht)
-    dx, ddt = A.empty((B, T, D)), A.empty((B, T, D))
-    dBm, dCm = A.empty((B, T, G, N)), A.empty((B, T, G, N))
-    dz = A.empty((B, T, D)) if z is not None else None
-    dA = A.zeros((D, N))  # parameter gradients accumulate in the library
-    dDskip = A.zeros((D,)) if Dskip is not None else None
-    ddt_bias = A.zeros((D,)) if dt_bias is not None else None
-    dh0 = A.empty((B, D, N)) if initial_state is not None else None
+    _set(bp, "dy", xp, dy)
+    bp.dfinal_state = _ptr(xp, dht)
+    dx, ddt = xp.empty((B, T, D)), xp.empty((B, T, D))
+    dBm, dCm = xp.empty((B, T, G, N)), xp.empty((B, T, G, N))
+    dz = xp.empty((B, T, D)) if z is not None else None
+    dA = xp.zeros((D, N))  # parameter gradients accumulate in the library
+    dDskip = xp.zeros((D,)) if Dskip is not None else None
+    ddt_bias = xp.zeros((D,)) if dt_bias is not None else None
+    dh0 = xp.empty((B, D, N)) if initial_state is not None else None
     for name, t in (("dx", dx), ("ddt", ddt), ("dBm", dBm), ("dCm", dCm), ("dz", dz)):
-        _set(bp, name, A, t)
-    bp.dA, bp.dDskip, bp.ddt_bias = A.ptr(dA), _ptr(A, dDskip), _ptr(A, ddt_bias)
-    bp.dinitial_state = _ptr(A, dh0)
+        _set(bp, name, xp, t)
+    bp.dA, bp.dDskip, bp.ddt_bias = xp.ptr(dA), _ptr(xp, dDskip), _ptr(xp, ddt_bias)
+    bp.dinitial_state = _ptr(xp, dh0)
     _lib.check(_lib.dn_mamba_backward(byref(bp)), "dn_mamba_backward")
-    if len(A.shape(Bm)) == 3:
+    if len(xp.shape(Bm)) == 3:
         dBm, dCm = dBm[:, :, 0, :], dCm[:, :, 0, :]
     return dx, ddt, dA, dBm, dCm, dDskip, dz, ddt_bias, dh0
 
@@ -371,73 +371,73 @@ def mamba_backward(A, x, dt, Amat, Bm, Cm, dy, Dskip=None, z=None, dt_bias=None,
 # --- Mamba-2 (SSD) -------------------------------------------------------------------------------
 
 
-def _mamba2_params(A, x, dt, Amat, Bm, Cm, Dskip, dt_bias, dt_softplus, initial_state, impl,
+def _mamba2_params(xp, x, dt, A, Bm, Cm, Dskip, dt_bias, dt_softplus, initial_state, impl,
                    chunk_size, n_threads):
-    x, dt = A.prep(x, "x"), A.prep(dt, "dt")
-    _ndim(A, x, "x", 4, "[B,T,H,P]")
-    B, T, H, P = A.shape(x)
-    _expect(A, dt, "dt", (B, T, H), "[B,T,H]")
-    Amat = A.prep(Amat, "A", True)
-    _expect(A, Amat, "A", (H,), "[H]")
-    Bm, Cm = _groups(A, Bm, "Bm", B, T), _groups(A, Cm, "Cm", B, T)
-    G, N = A.shape(Bm)[2:]
-    _expect(A, Cm, "Cm", (B, T, G, N), "[B,T,G,N]")
-    Dskip = _opt(A, Dskip, "Dskip", (H,), "[H]", True)
-    dt_bias = _opt(A, dt_bias, "dt_bias", (H,), "[H]", True)
-    h0 = _opt(A, initial_state, "initial_state", (B, H, N, P), "[B,H,N,P]", True)
+    x, dt = xp.prep(x, "x"), xp.prep(dt, "dt")
+    _ndim(xp, x, "x", 4, "[B,T,H,P]")
+    B, T, H, P = xp.shape(x)
+    _expect(xp, dt, "dt", (B, T, H), "[B,T,H]")
+    A = xp.prep(A, "A", True)
+    _expect(xp, A, "A", (H,), "[H]")
+    Bm, Cm = _groups(xp, Bm, "Bm", B, T), _groups(xp, Cm, "Cm", B, T)
+    G, N = xp.shape(Bm)[2:]
+    _expect(xp, Cm, "Cm", (B, T, G, N), "[B,T,G,N]")
+    Dskip = _opt(xp, Dskip, "Dskip", (H,), "[H]", True)
+    dt_bias = _opt(xp, dt_bias, "dt_bias", (H,), "[H]", True)
+    h0 = _opt(xp, initial_state, "initial_state", (B, H, N, P), "[B,H,N,P]", True)
     p = _lib.dn_mamba2_params_default(B, T, H, P, N, G)
-    _set(p, "x", A, x)
-    _set(p, "dt", A, dt)
-    p.A = A.ptr(Amat)
-    _set(p, "Bm", A, Bm)
-    _set(p, "Cm", A, Cm)
-    p.Dskip, p.dt_bias = _ptr(A, Dskip), _ptr(A, dt_bias)
+    _set(p, "x", xp, x)
+    _set(p, "dt", xp, dt)
+    p.A = xp.ptr(A)
+    _set(p, "Bm", xp, Bm)
+    _set(p, "Cm", xp, Cm)
+    p.Dskip, p.dt_bias = _ptr(xp, Dskip), _ptr(xp, dt_bias)
     p.dt_softplus = 1 if dt_softplus else 0
-    p.initial_state = _ptr(A, h0)
+    p.initial_state = _ptr(xp, h0)
     p.impl = impl_code(impl)
     p.chunk_size = _int(chunk_size, "chunk_size")
     p.n_threads = _int(n_threads, "n_threads")
-    keep = (x, dt, Amat, Bm, Cm, Dskip, dt_bias, h0)
+    keep = (x, dt, A, Bm, Cm, Dskip, dt_bias, h0)
     return p, (B, T, H, P, N, G), keep
 
 
-def mamba2_forward(A, x, dt, Amat, Bm, Cm, Dskip=None, dt_bias=None, dt_softplus=False,
+def mamba2_forward(xp, x, dt, A, Bm, Cm, Dskip=None, dt_bias=None, dt_softplus=False,
                    initial_state=None, output_final_state=False, impl="auto", chunk_size=64,
                    n_threads=0):
     """(y [B,T,H,P], final_state [B,H,N,P] or None)."""
-    p, (B, T, H, P, N, G), keep = _mamba2_params(A, x, dt, Amat, Bm, Cm, Dskip, dt_bias, dt_softplus,
+    p, (B, T, H, P, N, G), keep = _mamba2_params(xp, x, dt, A, Bm, Cm, Dskip, dt_bias, dt_softplus,
                                                  initial_state, impl, chunk_size, n_threads)
-    y = A.empty((B, T, H, P))
-    _set(p, "y", A, y)
-    ht = A.empty((B, H, N, P)) if output_final_state else None
-    p.final_state = _ptr(A, ht)
+    y = xp.empty((B, T, H, P))
+    _set(p, "y", xp, y)
+    ht = xp.empty((B, H, N, P)) if output_final_state else None
+    p.final_state = _ptr(xp, ht)
     _lib.check(_lib.dn_mamba2_forward(byref(p)), "dn_mamba2_forward")
     return y, ht
 
 
-def mamba2_backward(A, x, dt, Amat, Bm, Cm, dy, Dskip=None, dt_bias=None, dt_softplus=False,
+def mamba2_backward(xp, x, dt, A, Bm, Cm, dy, Dskip=None, dt_bias=None, dt_softplus=False,
                     initial_state=None, dfinal_state=None, impl="auto", chunk_size=64, n_threads=0):
     """(dx, ddt, dA, dBm, dCm, dDskip, ddt_bias, dinitial_state); None where not given."""
-    p, (B, T, H, P, N, G), keep = _mamba2_params(A, x, dt, Amat, Bm, Cm, Dskip, dt_bias, dt_softplus,
+    p, (B, T, H, P, N, G), keep = _mamba2_params(xp, x, dt, A, Bm, Cm, Dskip, dt_bias, dt_softplus,
                                                  initial_state, impl, chunk_size, n_threads)
-    dy = A.prep(dy, "dy")
-    _expect(A, dy, "dy", (B, T, H, P), "[B,T,H,P]")
-    dht = _opt(A, dfinal_state, "dfinal_state", (B, H, N, P), "[B,H,N,P]", True)
+    dy = xp.prep(dy, "dy")
+    _expect(xp, dy, "dy", (B, T, H, P), "[B,T,H,P]")
+    dht = _opt(xp, dfinal_state, "dfinal_state", (B, H, N, P), "[B,H,N,P]", True)
     bp = _lib.dn_mamba2_bwd_params_default(byref(p))
-    _set(bp, "dy", A, dy)
-    bp.dfinal_state = _ptr(A, dht)
-    dx, ddt = A.empty((B, T, H, P)), A.empty((B, T, H))
-    dBm, dCm = A.empty((B, T, G, N)), A.empty((B, T, G, N))
-    dA = A.zeros((H,))
-    dDskip = A.zeros((H,)) if Dskip is not None else None
-    ddt_bias = A.zeros((H,)) if dt_bias is not None else None
-    dh0 = A.empty((B, H, N, P)) if initial_state is not None else None
+    _set(bp, "dy", xp, dy)
+    bp.dfinal_state = _ptr(xp, dht)
+    dx, ddt = xp.empty((B, T, H, P)), xp.empty((B, T, H))
+    dBm, dCm = xp.empty((B, T, G, N)), xp.empty((B, T, G, N))
+    dA = xp.zeros((H,))
+    dDskip = xp.zeros((H,)) if Dskip is not None else None
+    ddt_bias = xp.zeros((H,)) if dt_bias is not None else None
+    dh0 = xp.empty((B, H, N, P)) if initial_state is not None else None
     for name, t in (("dx", dx), ("ddt", ddt), ("dBm", dBm), ("dCm", dCm)):
-        _set(bp, name, A, t)
-    bp.dA, bp.dDskip, bp.ddt_bias = A.ptr(dA), _ptr(A, dDskip), _ptr(A, ddt_bias)
-    bp.dinitial_state = _ptr(A, dh0)
+        _set(bp, name, xp, t)
+    bp.dA, bp.dDskip, bp.ddt_bias = xp.ptr(dA), _ptr(xp, dDskip), _ptr(xp, ddt_bias)
+    bp.dinitial_state = _ptr(xp, dh0)
     _lib.check(_lib.dn_mamba2_backward(byref(bp)), "dn_mamba2_backward")
-    if len(A.shape(Bm)) == 3:
+    if len(xp.shape(Bm)) == 3:
         dBm, dCm = dBm[:, :, 0, :], dCm[:, :, 0, :]
     return dx, ddt, dA, dBm, dCm, dDskip, ddt_bias, dh0
 
@@ -445,54 +445,54 @@ def mamba2_backward(A, x, dt, Amat, Bm, Cm, dy, Dskip=None, dt_bias=None, dt_sof
 # --- RWKV-4 WKV ----------------------------------------------------------------------------------
 
 
-def _rwkv4_params(A, k, v, time_decay, time_first, initial_state, impl, n_threads):
-    k, v = A.prep(k, "k"), A.prep(v, "v")
-    _ndim(A, k, "k", 3, "[B,T,C]")
-    B, T, C = A.shape(k)
-    _expect(A, v, "v", (B, T, C), "[B,T,C]")
-    w = A.prep(time_decay, "time_decay", True)
-    u = A.prep(time_first, "time_first", True)
-    _expect(A, w, "time_decay", (C,), "[C]")
-    _expect(A, u, "time_first", (C,), "[C]")
-    h0 = _opt(A, initial_state, "initial_state", (B, 3, C), "[B,3,C]", True)
+def _rwkv4_params(xp, k, v, time_decay, time_first, initial_state, impl, n_threads):
+    k, v = xp.prep(k, "k"), xp.prep(v, "v")
+    _ndim(xp, k, "k", 3, "[B,T,C]")
+    B, T, C = xp.shape(k)
+    _expect(xp, v, "v", (B, T, C), "[B,T,C]")
+    w = xp.prep(time_decay, "time_decay", True)
+    u = xp.prep(time_first, "time_first", True)
+    _expect(xp, w, "time_decay", (C,), "[C]")
+    _expect(xp, u, "time_first", (C,), "[C]")
+    h0 = _opt(xp, initial_state, "initial_state", (B, 3, C), "[B,3,C]", True)
     p = _lib.dn_rwkv4_params_default(B, T, C)
-    _set(p, "k", A, k)
-    _set(p, "v", A, v)
-    p.time_decay, p.time_first = A.ptr(w), A.ptr(u)
-    p.initial_state = _ptr(A, h0)
+    _set(p, "k", xp, k)
+    _set(p, "v", xp, v)
+    p.time_decay, p.time_first = xp.ptr(w), xp.ptr(u)
+    p.initial_state = _ptr(xp, h0)
     p.impl = impl_code(impl)
     p.n_threads = _int(n_threads, "n_threads")
     return p, (B, T, C), (k, v, w, u, h0)
 
 
-def rwkv4_forward(A, k, v, time_decay, time_first, initial_state=None, output_final_state=False,
+def rwkv4_forward(xp, k, v, time_decay, time_first, initial_state=None, output_final_state=False,
                   impl="auto", n_threads=0):
     """(y [B,T,C], final_state [B,3,C] or None)."""
-    p, (B, T, C), keep = _rwkv4_params(A, k, v, time_decay, time_first, initial_state, impl, n_threads)
-    y = A.empty((B, T, C))
-    _set(p, "y", A, y)
-    ht = A.empty((B, 3, C)) if output_final_state else None
-    p.final_state = _ptr(A, ht)
+    p, (B, T, C), keep = _rwkv4_params(xp, k, v, time_decay, time_first, initial_state, impl, n_threads)
+    y = xp.empty((B, T, C))
+    _set(p, "y", xp, y)
+    ht = xp.empty((B, 3, C)) if output_final_state else None
+    p.final_state = _ptr(xp, ht)
     _lib.check(_lib.dn_rwkv4_forward(byref(p)), "dn_rwkv4_forward")
     return y, ht
 
 
-def rwkv4_backward(A, k, v, time_decay, time_first, dy, initial_state=None, dfinal_state=None,
+def rwkv4_backward(xp, k, v, time_decay, time_first, dy, initial_state=None, dfinal_state=None,
                    impl="auto", n_threads=0):
     """(dk, dv, dtime_decay, dtime_first, dinitial_state or None)."""
-    p, (B, T, C), keep = _rwkv4_params(A, k, v, time_decay, time_first, initial_state, impl, n_threads)
-    dy = A.prep(dy, "dy")
-    _expect(A, dy, "dy", (B, T, C), "[B,T,C]")
-    dht = _opt(A, dfinal_state, "dfinal_state", (B, 3, C), "[B,3,C]", True)
+    p, (B, T, C), keep = _rwkv4_params(xp, k, v, time_decay, time_first, initial_state, impl, n_threads)
+    dy = xp.prep(dy, "dy")
+    _expect(xp, dy, "dy", (B, T, C), "[B,T,C]")
+    dht = _opt(xp, dfinal_state, "dfinal_state", (B, 3, C), "[B,3,C]", True)
     bp = _lib.dn_rwkv4_bwd_params_default(byref(p))
-    _set(bp, "dy", A, dy)
-    bp.dfinal_state = _ptr(A, dht)
-    dk, dv = A.empty((B, T, C)), A.empty((B, T, C))
-    dw, du = A.zeros((C,)), A.zeros((C,))
-    dh0 = A.empty((B, 3, C)) if initial_state is not None else None
-    _set(bp, "dk", A, dk)
-    _set(bp, "dv", A, dv)
-    bp.dtime_decay, bp.dtime_first, bp.dinitial_state = A.ptr(dw), A.ptr(du), _ptr(A, dh0)
+    _set(bp, "dy", xp, dy)
+    bp.dfinal_state = _ptr(xp, dht)
+    dk, dv = xp.empty((B, T, C)), xp.empty((B, T, C))
+    dw, du = xp.zeros((C,)), xp.zeros((C,))
+    dh0 = xp.empty((B, 3, C)) if initial_state is not None else None
+    _set(bp, "dk", xp, dk)
+    _set(bp, "dv", xp, dv)
+    bp.dtime_decay, bp.dtime_first, bp.dinitial_state = xp.ptr(dw), xp.ptr(du), _ptr(xp, dh0)
     _lib.check(_lib.dn_rwkv4_backward(byref(bp)), "dn_rwkv4_backward")
     return dk, dv, dw, du, dh0
 
@@ -500,54 +500,54 @@ def rwkv4_backward(A, k, v, time_decay, time_first, dy, initial_state=None, dfin
 # --- short causal convolution --------------------------------------------------------------------
 
 
-def _conv_params(A, x, weight, bias, silu, initial_state, impl, n_threads):
-    x = A.prep(x, "x")
-    _ndim(A, x, "x", 3, "[B,T,D]")
-    B, T, D = A.shape(x)
-    w = A.prep(weight, "weight", True)
-    _ndim(A, w, "weight", 2, "[D,W]")
-    W = A.shape(w)[1]
-    _expect(A, w, "weight", (D, W), "[D,W]")
-    bias = _opt(A, bias, "bias", (D,), "[D]", True)
-    h0 = _opt(A, initial_state, "initial_state", (B, D, max(W - 1, 0)), "[B,D,W-1]", True)
+def _conv_params(xp, x, weight, bias, silu, initial_state, impl, n_threads):
+    x = xp.prep(x, "x")
+    _ndim(xp, x, "x", 3, "[B,T,D]")
+    B, T, D = xp.shape(x)
+    w = xp.prep(weight, "weight", True)
+    _ndim(xp, w, "weight", 2, "[D,W]")
+    W = xp.shape(w)[1]
+    _expect(xp, w, "weight", (D, W), "[D,W]")
+    bias = _opt(xp, bias, "bias", (D,), "[D]", True)
+    h0 = _opt(xp, initial_state, "initial_state", (B, D, max(W - 1, 0)), "[B,D,W-1]", True)
     p = _lib.dn_conv_params_default(B, T, D, W)
-    _set(p, "x", A, x)
-    p.weight, p.bias = A.ptr(w), _ptr(A, bias)
+    _set(p, "x", xp, x)
+    p.weight, p.bias = xp.ptr(w), _ptr(xp, bias)
     p.silu = 1 if silu else 0
-    p.initial_state = _ptr(A, h0)
+    p.initial_state = _ptr(xp, h0)
     p.impl = impl_code(impl)
     p.n_threads = _int(n_threads, "n_threads")
     return p, (B, T, D, W), (x, w, bias, h0)
 
 
-def conv_forward(A, x, weight, bias=None, silu=False, initial_state=None, output_final_state=False,
+def conv_forward(xp, x, weight, bias=None, silu=False, initial_state=None, output_final_state=False,
                  impl="auto", n_threads=0):
     """(y [B,T,D], final_state [B,D,W-1] or None)."""
-    p, (B, T, D, W), keep = _conv_params(A, x, weight, bias, silu, initial_state, impl, n_threads)
-    y = A.empty((B, T, D))
-    _set(p, "y", A, y)
-    ht = A.empty((B, D, max(W - 1, 0))) if output_final_state else None
-    p.final_state = _ptr(A, ht)
+    p, (B, T, D, W), keep = _conv_params(xp, x, weight, bias, silu, initial_state, impl, n_threads)
+    y = xp.empty((B, T, D))
+    _set(p, "y", xp, y)
+    ht = xp.empty((B, D, max(W - 1, 0))) if output_final_state else None
+    p.final_state = _ptr(xp, ht)
     _lib.check(_lib.dn_conv_forward(byref(p)), "dn_conv_forward")
     return y, ht
 
 
-def conv_backward(A, x, weight, dy, bias=None, silu=False, initial_state=None, dfinal_state=None,
+def conv_backward(xp, x, weight, dy, bias=None, silu=False, initial_state=None, dfinal_state=None,
                   impl="auto", n_threads=0):
     """(dx, dweight, dbias or None, dinitial_state or None)."""
-    p, (B, T, D, W), keep = _conv_params(A, x, weight, bias, silu, initial_state, impl, n_threads)
-    dy = A.prep(dy, "dy")
-    _expect(A, dy, "dy", (B, T, D), "[B,T,D]")
-    dht = _opt(A, dfinal_state, "dfinal_state", (B, D, max(W - 1, 0)), "[B,D,W-1]", True)
+    p, (B, T, D, W), keep = _conv_params(xp, x, weight, bias, silu, initial_state, impl, n_threads)
+    dy = xp.prep(dy, "dy")
+    _expect(xp, dy, "dy", (B, T, D), "[B,T,D]")
+    dht = _opt(xp, dfinal_state, "dfinal_state", (B, D, max(W - 1, 0)), "[B,D,W-1]", True)
     bp = _lib.dn_conv_bwd_params_default(byref(p))
-    _set(bp, "dy", A, dy)
-    bp.dfinal_state = _ptr(A, dht)
-    dx = A.empty((B, T, D))
-    dw = A.zeros((D, W))
-    db = A.zeros((D,)) if bias is not None else None
-    dh0 = A.empty((B, D, max(W - 1, 0))) if initial_state is not None else None
-    _set(bp, "dx", A, dx)
-    bp.dweight, bp.dbias, bp.dinitial_state = A.ptr(dw), _ptr(A, db), _ptr(A, dh0)
+    _set(bp, "dy", xp, dy)
+    bp.dfinal_state = _ptr(xp, dht)
+    dx = xp.empty((B, T, D))
+    dw = xp.zeros((D, W))
+    db = xp.zeros((D,)) if bias is not None else None
+    dh0 = xp.empty((B, D, max(W - 1, 0))) if initial_state is not None else None
+    _set(bp, "dx", xp, dx)
+    bp.dweight, bp.dbias, bp.dinitial_state = xp.ptr(dw), _ptr(xp, db), _ptr(xp, dh0)
     _lib.check(_lib.dn_conv_backward(byref(bp)), "dn_conv_backward")
     return dx, dw, db, dh0
 

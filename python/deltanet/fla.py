@@ -16,6 +16,8 @@ size; the fused_recurrent_* functions run the token recurrence (their backward, 
 recurrent form, runs the chunkwise backward: the same gradients).
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +40,8 @@ def _state_layout(fn, state_v_first, kwargs):
     if "transpose_state_layout" in kwargs:  # fla's deprecated name for state_v_first
         if state_v_first:
             raise ValueError(f"{fn}: pass state_v_first or transpose_state_layout, not both")
+        warnings.warn("transpose_state_layout is fla's deprecated name for state_v_first",
+                      DeprecationWarning, stacklevel=3)
         return bool(kwargs.pop("transpose_state_layout"))
     return bool(state_v_first)
 
