@@ -120,14 +120,48 @@ def _la_grad(ctx, do, dht):
 _la_forward.register_autograd(_la_grad, setup_context=_la_setup)
 
 
+def _la_vmap(info, in_dims, q, k, v, g, beta, h0, cu, *opts):
+    """torch.func.vmap: the op once per slice of the mapped dimension (the C call has no batch
+    dimension of its own beyond B)."""
+    n = info.batch_size
+    args = (q, k, v, g, beta, h0, cu)
+    outs = [_la_forward(*[a if d is None else a.select(d, i) for a, d in zip(args, in_dims)], *opts)
+            for i in range(n)]
+    return (torch.stack([o for o, _ in outs]), torch.stack([h for _, h in outs])), (0, 0)
+
+
+torch.library.register_vmap("deltanet::la_forward", _la_vmap)
+
+
+class _La(torch.autograd.Function):
+    """The same formula as an autograd.Function (forward and backward are the operators above):
+    torch.func's transforms (grad, vjp, jacrev) need one with a setup_context, which custom
+    operators' own autograd registration does not provide in every torch version."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*inputs):
+        with torch.no_grad():  # the operator's own autograd must not record this call again
+            return _la_forward(*inputs)
+
+    setup_context = staticmethod(_la_setup)
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        with torch.no_grad():  # no gradient of the backward (the C library has none)
+            return _la_grad(ctx, do, dht)
+
+
 default_scale = _impl.default_scale
+_functorch_active = torch._C._functorch.peek_interpreter_stack  # None outside torch.func transforms
 
 
 def _needs_graph(*tensors):
     """Whether the call must go through the registered operator: autograd will differentiate it,
     or torch.compile / a torch.func transform is tracing. Otherwise (inference, decode) the op
     body runs directly, without the dispatcher's few microseconds."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _functorch_active() is not None:
         return True
     if torch.is_grad_enabled():
         for t in tensors:
@@ -156,8 +190,8 @@ def la(op, q, k, v, g=None, beta=None, *, scale=None, initial_state=None, output
     scale = default_scale(q.shape[-1]) if scale is None else _impl._scale(scale)
     opi, impl, chunk_size = _impl.la_op(op), _impl.impl_code(impl), _impl._int(chunk_size, "chunk_size")
     if _needs_graph(q, k, v, g, beta, h0):
-        o, ht = _la_forward(q, k, v, g, beta, h0, cu, opi, scale, bool(qk_l2norm), impl,
-                            chunk_size, bool(output_final_state))
+        o, ht = _La.apply(q, k, v, g, beta, h0, cu, opi, scale, bool(qk_l2norm), impl, chunk_size,
+                          bool(output_final_state))
     else:
         o, ht = _impl.la_forward(_A_CHECKED, opi, q, k, v, g, beta, scale, h0, output_final_state, cu,
                                  qk_l2norm, impl, chunk_size)
