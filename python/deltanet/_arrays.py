@@ -122,7 +122,9 @@ class TorchArrays:
         if x is None:
             return (0, 0, 0, 0)
         s = x.stride()
-        return (x.data_ptr(), s[0], s[1] if len(s) > 1 else 0, s[2] if len(s) > 2 else 0)
+        if len(s) >= 3:
+            return (x.data_ptr(), s[0], s[1], s[2])
+        return (x.data_ptr(), s[0] if s else 0, s[1] if len(s) > 1 else 0, 0)
 
     @staticmethod
     def shape(x):
@@ -142,7 +144,9 @@ class CheckedTorchArrays(TorchArrays):
 
     @staticmethod
     def prep(x, name, contiguous=False):
-        if x.dim() and (contiguous or x.stride(-1) != 1):
+        if x.is_contiguous():  # a cached flag: cheaper than reading a stride
+            return x
+        if contiguous or (x.dim() and x.stride(-1) != 1):
             return x.contiguous()
         return x
 

@@ -103,16 +103,26 @@ def _seqs(xp, cu_seqlens, B):
 
 
 def la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens):
+    # written flat: this runs on every decode step, where each helper call costs
     opi = la_op(op)
-    q, k, v = xp.prep(q, "q"), xp.prep(k, "k"), xp.prep(v, "v")
-    _ndim(xp, q, "q", 4, "[B,T,H,K]")
-    _ndim(xp, v, "v", 4, "[B,T,HV,V]")
-    B, T, H, K = xp.shape(q)
-    HV, V = xp.shape(v)[2:]
-    _expect(xp, k, "k", (B, T, H, K), "[B,T,H,K]")
-    _expect(xp, v, "v", (B, T, HV, V), "[B,T,HV,V]")
-    g = _opt(xp, g, "g", (B, T, HV), "[B,T,HV]")
-    beta = _opt(xp, beta, "beta", (B, T, HV), "[B,T,HV]")
+    prep, shape = xp.prep, xp.shape
+    q, k, v = prep(q, "q"), prep(k, "k"), prep(v, "v")
+    qs, vs = shape(q), shape(v)
+    if len(qs) != 4 or len(vs) != 4 or shape(k) != qs or vs[0] != qs[0] or vs[1] != qs[1]:
+        _ndim(xp, q, "q", 4, "[B,T,H,K]")
+        _ndim(xp, v, "v", 4, "[B,T,HV,V]")
+        _expect(xp, k, "k", qs, "[B,T,H,K]")
+        _expect(xp, v, "v", qs[:2] + vs[2:], "[B,T,HV,V]")
+    B, T, H, K = qs
+    HV, V = vs[2], vs[3]
+    if g is not None:
+        g = prep(g, "g")
+        if shape(g) != (B, T, HV):
+            _expect(xp, g, "g", (B, T, HV), "[B,T,HV]")
+    if beta is not None:
+        beta = prep(beta, "beta")
+        if shape(beta) != (B, T, HV):
+            _expect(xp, beta, "beta", (B, T, HV), "[B,T,HV]")
     NS, cu = _seqs(xp, cu_seqlens, B)
     h0 = _opt(xp, initial_state, "initial_state", (NS, HV, K, V), "[N,HV,K,V]", contiguous=True)
     return opi, (B, T, H, HV, K, V, NS), q, k, v, g, beta, h0, cu
