@@ -51,6 +51,12 @@ class NumpyArrays:
     def strides(x):
         return tuple(s // 4 for s in x.strides)
 
+    @classmethod
+    def pin(cls, x, name):
+        """(the prepared array, its view): what the packed params need, the array kept alive."""
+        x = cls.prep(x, name)
+        return x, cls.view(x)
+
     @staticmethod
     def view(x):
         """(pointer, strides of the first three dims) as the ABI's packed fields; zeros for None."""
@@ -117,6 +123,10 @@ class TorchArrays:
     def strides(x):
         return x.stride()
 
+    def pin(self, x, name):
+        x = self.prep(x, name)
+        return x, self.view(x)
+
     @staticmethod
     def view(x):
         if x is None:
@@ -149,6 +159,18 @@ class CheckedTorchArrays(TorchArrays):
         if contiguous or (x.dim() and x.stride(-1) != 1):
             return x.contiguous()
         return x
+
+    @staticmethod
+    def pin(x, name):
+        s = x.stride()  # one read of the strides serves the layout check and the view
+        if not s:
+            return x, (x.data_ptr(), 0, 0, 0)
+        if s[-1] != 1:
+            x = x.contiguous()
+            s = x.stride()
+        if len(s) >= 3:
+            return x, (x.data_ptr(), s[0], s[1], s[2])
+        return x, (x.data_ptr(), s[0], s[1] if len(s) > 1 else 0, 0)
 
 
 NUMPY = NumpyArrays()

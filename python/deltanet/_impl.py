@@ -103,10 +103,11 @@ def _seqs(xp, cu_seqlens, B):
 
 
 def la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens):
-    # written flat: this runs on every decode step, where each helper call costs
+    """The checked inputs, and the (pointer, strides) view of each activation for the packed
+    params. Written flat: this runs on every decode step, where each helper call costs."""
     opi = la_op(op)
-    prep, shape = xp.prep, xp.shape
-    q, k, v = prep(q, "q"), prep(k, "k"), prep(v, "v")
+    pin, shape = xp.pin, xp.shape
+    (q, qv), (k, kv), (v, vv) = pin(q, "q"), pin(k, "k"), pin(v, "v")
     qs, vs = shape(q), shape(v)
     if len(qs) != 4 or len(vs) != 4 or shape(k) != qs or vs[0] != qs[0] or vs[1] != qs[1]:
         _ndim(xp, q, "q", 4, "[B,T,H,K]")
@@ -115,17 +116,23 @@ def la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens):
         _expect(xp, v, "v", qs[:2] + vs[2:], "[B,T,HV,V]")
     B, T, H, K = qs
     HV, V = vs[2], vs[3]
+    gv = bv = _NO_VIEW
     if g is not None:
-        g = prep(g, "g")
+        g, gv = pin(g, "g")
         if shape(g) != (B, T, HV):
             _expect(xp, g, "g", (B, T, HV), "[B,T,HV]")
     if beta is not None:
-        beta = prep(beta, "beta")
+        beta, bv = pin(beta, "beta")
         if shape(beta) != (B, T, HV):
             _expect(xp, beta, "beta", (B, T, HV), "[B,T,HV]")
-    NS, cu = _seqs(xp, cu_seqlens, B)
-    h0 = _opt(xp, initial_state, "initial_state", (NS, HV, K, V), "[N,HV,K,V]", contiguous=True)
-    return opi, (B, T, H, HV, K, V, NS), q, k, v, g, beta, h0, cu
+    NS, cu = _seqs(xp, cu_seqlens, B) if cu_seqlens is not None else (B, None)
+    h0 = None
+    if initial_state is not None:
+        h0 = _opt(xp, initial_state, "initial_state", (NS, HV, K, V), "[N,HV,K,V]", contiguous=True)
+    return opi, (B, T, H, HV, K, V, NS), q, k, v, g, beta, h0, cu, (qv, kv, vv, gv, bv)
+
+
+_NO_VIEW = (0, 0, 0, 0)
 
 
 def la_params(xp, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads):
@@ -164,14 +171,15 @@ def default_scale(K):
 def la_forward(xp, op, q, k, v, g=None, beta=None, scale=None, initial_state=None,
                output_final_state=False, cu_seqlens=None, qk_l2norm=False, impl="auto",
                chunk_size=64, n_threads=0):
-    opi, dims, q, k, v, g, beta, h0, cu = la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens)
+    opi, dims, q, k, v, g, beta, h0, cu, views = la_inputs(xp, op, q, k, v, g, beta, initial_state,
+                                                           cu_seqlens)
     B, T, H, HV, K, V, NS = dims
     scale = _scale(scale)
     o = xp.empty((B, T, HV, V))
     ht = xp.empty((NS, HV, K, V)) if output_final_state else None
-    view = xp.view
+    qv, kv, vv, gv, bv = views
     buf = _lib.LA_PACK.pack(
-        opi, B, T, H, HV, K, V, *view(q), *view(k), *view(v), *view(g), *view(beta), *view(o),
+        opi, B, T, H, HV, K, V, *qv, *kv, *vv, *gv, *bv, xp.ptr(o), T * HV * V, HV * V, V,
         xp.ptr(h0) if h0 is not None else 0, xp.ptr(ht) if ht is not None else 0,
         xp.ptr(cu) if cu is not None else 0, NS if cu is not None else 0,
         default_scale(K) if scale is None else scale, 1 if qk_l2norm else 0,
@@ -185,7 +193,8 @@ def la_forward(xp, op, q, k, v, g=None, beta=None, scale=None, initial_state=Non
 def la_backward(xp, op, q, k, v, g, beta, do, dht=None, scale=None, initial_state=None,
                 cu_seqlens=None, qk_l2norm=False, impl="auto", chunk_size=64, n_threads=0):
     """(dq, dk, dv, dg, dbeta, dinitial_state), None where the op has no such input."""
-    opi, dims, q, k, v, g, beta, h0, cu = la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens)
+    opi, dims, q, k, v, g, beta, h0, cu, _ = la_inputs(xp, op, q, k, v, g, beta, initial_state,
+                                                       cu_seqlens)
     p = la_params(xp, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads)
     B, T, H, HV, K, V, NS = dims
     do = xp.prep(do, "do")
