@@ -34,6 +34,7 @@ def _numpy(f):
 
 la_forward = _numpy(_impl.la_forward)
 la_backward = _numpy(_impl.la_backward)
+la_forward_train = _numpy(_impl.la_forward_train)
 la_step = _numpy(_impl.la_step)
 attn_forward = _numpy(_impl.attn_forward)
 attn_backward = _numpy(_impl.attn_backward)
@@ -61,7 +62,7 @@ def get_num_threads():
     return _get_threads()
 
 
-__all__ = ["la_forward", "la_backward", "la_step", "attn_forward", "attn_backward",
+__all__ = ["la_forward", "la_backward", "la_forward_train", "la_step", "attn_forward", "attn_backward",
            "mamba_forward", "mamba_backward", "mamba2_forward", "mamba2_backward", "rwkv4_forward",
            "rwkv4_backward", "conv_forward", "conv_backward", "build_info", "set_num_threads",
            "get_num_threads", "DeltanetError", "ShapeError", "ArgumentError", "UnsupportedError",

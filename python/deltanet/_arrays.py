@@ -78,6 +78,13 @@ class NumpyArrays:
     def zeros(shape):
         return np.zeros(shape, np.float32)
 
+    @staticmethod
+    def aligned(n):
+        """n float32, 64-byte aligned (the library's training buffer)."""
+        raw = np.empty(n + 16, np.float32)
+        off = (-raw.ctypes.data % 64) // 4
+        return raw[off:off + n]
+
 
 class TorchArrays:
     """fp32 CPU tensors (the torch op bodies receive tensors already converted to fp32)."""
@@ -147,6 +154,9 @@ class TorchArrays:
 
     def zeros(self, shape):
         return self.torch.from_numpy(np.zeros(shape, np.float32))
+
+    def aligned(self, n):
+        return self.torch.from_numpy(NumpyArrays.aligned(n))
 
 
 class CheckedTorchArrays(TorchArrays):

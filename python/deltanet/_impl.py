@@ -135,6 +135,13 @@ def la_inputs(xp, op, q, k, v, g, beta, initial_state, cu_seqlens):
 _NO_VIEW = (0, 0, 0, 0)
 
 
+def _numel(xp, x):
+    n = 1
+    for d in xp.shape(x):
+        n *= d
+    return n
+
+
 def la_params(xp, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads):
     B, T, H, HV, K, V, NS = dims
     p = _lib.dn_la_params_default(opi, B, T, H, HV, K, V)
@@ -190,9 +197,42 @@ def la_forward(xp, op, q, k, v, g=None, beta=None, scale=None, initial_state=Non
     return o, ht
 
 
+def la_saved_floats(op, B, T, H, HV, K, V, impl="auto", chunk_size=64):
+    """Floats of the buffer dn_la_forward_train fills for these dimensions, without cu_seqlens
+    (with it, the size depends on the sequence lengths), from dn_la_saved_size."""
+    p = _lib.dn_la_params_default(la_op(op), B, T, H, HV, K, V)
+    p.impl, p.chunk_size = impl_code(impl), chunk_size
+    n = ctypes.c_size_t()
+    _lib.check(_lib.dn_la_saved_size(byref(p), byref(n)), "dn_la_saved_size")
+    return (n.value + 3) // 4
+
+
+def la_forward_train(xp, op, q, k, v, g=None, beta=None, scale=None, initial_state=None,
+                     output_final_state=False, cu_seqlens=None, qk_l2norm=False, impl="auto",
+                     chunk_size=64, n_threads=0):
+    """The forward for training: (o, final_state or None, saved), where saved holds what the
+    backward would otherwise recompute (dn_la_forward_train; pass it to la_backward). The
+    chunkwise form: impl 'auto' or 'chunk'."""
+    opi, dims, q, k, v, g, beta, h0, cu, _ = la_inputs(xp, op, q, k, v, g, beta, initial_state,
+                                                       cu_seqlens)
+    p = la_params(xp, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads)
+    B, T, H, HV, K, V, NS = dims
+    o = xp.empty((B, T, HV, V))
+    _set(p, "o", xp, o)
+    ht = xp.empty((NS, HV, K, V)) if output_final_state else None
+    p.final_state = _ptr(xp, ht)
+    n = ctypes.c_size_t()
+    _lib.check(_lib.dn_la_saved_size(byref(p), byref(n)), "dn_la_saved_size")
+    saved = xp.aligned((n.value + 3) // 4)
+    _lib.check(_lib.dn_la_forward_train(byref(p), xp.ptr(saved), n.value), "dn_la_forward_train")
+    return o, ht, saved
+
+
 def la_backward(xp, op, q, k, v, g, beta, do, dht=None, scale=None, initial_state=None,
-                cu_seqlens=None, qk_l2norm=False, impl="auto", chunk_size=64, n_threads=0):
-    """(dq, dk, dv, dg, dbeta, dinitial_state), None where the op has no such input."""
+                cu_seqlens=None, qk_l2norm=False, impl="auto", chunk_size=64, n_threads=0,
+                saved=None):
+    """(dq, dk, dv, dg, dbeta, dinitial_state), None where the op has no such input. saved: the
+    buffer of la_forward_train for the same call (the backward then skips its forward sweep)."""
     opi, dims, q, k, v, g, beta, h0, cu, _ = la_inputs(xp, op, q, k, v, g, beta, initial_state,
                                                        cu_seqlens)
     p = la_params(xp, opi, dims, q, k, v, g, beta, h0, cu, scale, qk_l2norm, impl, chunk_size, n_threads)
@@ -210,6 +250,9 @@ def la_backward(xp, op, q, k, v, g, beta, do, dht=None, scale=None, initial_stat
     for name, x in (("dq", dq), ("dk", dk), ("dv", dv), ("dg", dg), ("dbeta", dbeta)):
         _set(bp, name, xp, x)
     bp.dinitial_state = _ptr(xp, dh0)
+    if saved is not None:
+        saved = xp.prep(saved, "saved", True)
+        bp.saved, bp.saved_bytes = xp.ptr(saved), 4 * _numel(xp, saved)
     _lib.check(_lib.dn_la_backward(byref(bp)), "dn_la_backward")
     return dq, dk, dv, dg, dbeta, dh0
 

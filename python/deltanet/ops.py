@@ -66,9 +66,7 @@ def _la_forward(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Opti
     return o, (ht if ht is not None else _nothing())
 
 
-@_la_forward.register_fake
-def _(q, k, v, g, beta, initial_state, cu_seqlens, op, scale, qk_l2norm, impl, chunk_size,
-      output_final_state):
+def _la_forward_fake(q, k, v, cu_seqlens, output_final_state):
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     NS = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -77,19 +75,52 @@ def _(q, k, v, g, beta, initial_state, cu_seqlens, op, scale, qk_l2norm, impl, c
     return o, ht
 
 
+@_la_forward.register_fake
+def _(q, k, v, g, beta, initial_state, cu_seqlens, op, scale, qk_l2norm, impl, chunk_size,
+      output_final_state):
+    return _la_forward_fake(q, k, v, cu_seqlens, output_final_state)
+
+
+@torch.library.custom_op("deltanet::la_forward_train", mutates_args=())
+def _la_forward_train(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor],
+                      initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], op: int,
+                      scale: float, qk_l2norm: bool, impl: int, chunk_size: int,
+                      output_final_state: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward for training: also returns `saved` (dn_la_forward_train's buffer), which
+    la_backward reads instead of recomputing the forward sweep."""
+    o, ht, saved = _impl.la_forward_train(_A, op, q, k, v, g, beta, scale, initial_state,
+                                          output_final_state, cu_seqlens, qk_l2norm, impl,
+                                          chunk_size)
+    return o, (ht if ht is not None else _nothing()), saved
+
+
+@_la_forward_train.register_fake
+def _(q, k, v, g, beta, initial_state, cu_seqlens, op, scale, qk_l2norm, impl, chunk_size,
+      output_final_state):
+    o, ht = _la_forward_fake(q, k, v, cu_seqlens, output_final_state)
+    dims = (*q.shape, v.shape[2], v.shape[3])
+    if cu_seqlens is None and all(isinstance(d, int) for d in dims):
+        B, T, H, K, HV, V = dims
+        n = _impl.la_saved_floats(op, B, T, H, HV, K, V, impl, chunk_size)
+    else:  # depends on the sequence lengths (or on symbolic sizes)
+        n = torch.library.get_ctx().new_dynamic_size()
+    return o, ht, q.new_empty((n,), dtype=torch.float32)
+
+
 @torch.library.custom_op("deltanet::la_backward", mutates_args=())
 def _la_backward(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor],
                  initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], do: Tensor,
                  dfinal_state: Optional[Tensor], op: int, scale: float, qk_l2norm: bool, impl: int,
-                 chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 chunk_size: int, saved: Optional[Tensor] = None
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     grads = _impl.la_backward(_A, op, q, k, v, g, beta, do, dfinal_state, scale, initial_state,
-                              cu_seqlens, qk_l2norm, impl, chunk_size)
+                              cu_seqlens, qk_l2norm, impl, chunk_size, saved=saved)
     return tuple(x if x is not None else _nothing() for x in grads)
 
 
 @_la_backward.register_fake
 def _(q, k, v, g, beta, initial_state, cu_seqlens, do, dfinal_state, op, scale, qk_l2norm, impl,
-      chunk_size):
+      chunk_size, saved=None):
     e = q.new_empty((0,))
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             torch.empty_like(g) if g is not None else e,
@@ -104,15 +135,15 @@ def _la_setup(ctx, inputs, output):
     ctx.has = (g is not None, beta is not None, h0 is not None, bool(ofs))
 
 
-def _la_grad(ctx, do, dht):
-    q, k, v, g, beta, h0, cu = ctx.saved_tensors
+def _la_grad(ctx, do, dht, saved=None):
+    q, k, v, g, beta, h0, cu = ctx.saved_tensors[:7]
     has_g, has_beta, has_h0, ofs = ctx.has
     dht = dht if ofs else None
     op, scale, qk_l2norm, impl, chunk_size = ctx.opts
     if impl == _impl.IMPL_RECURRENT:  # the backward has no token-recurrent form; same gradients
         impl = _impl.IMPL_AUTO
     dq, dk, dv, dg, db, dh0 = _la_backward(q, k, v, g, beta, h0, cu, do, dht, op, scale, qk_l2norm,
-                                           impl, chunk_size)
+                                           impl, chunk_size, saved)
     return (dq, dk, dv, dg if has_g else None, db if has_beta else None, dh0 if has_h0 else None,
             None, None, None, None, None, None, None)
 
@@ -153,6 +184,29 @@ class _La(torch.autograd.Function):
             return _la_grad(ctx, do, dht)
 
 
+class _LaTrain(torch.autograd.Function):
+    """Training path: the forward keeps dn_la_forward_train's buffer for the backward, which
+    then skips its forward sweep (the chunkwise impls only; not under torch.func transforms)."""
+
+    @staticmethod
+    def forward(*inputs):
+        with torch.no_grad():
+            return _la_forward_train(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, g, beta, h0, cu, op, scale, qk_l2norm, impl, chunk_size, ofs = inputs
+        ctx.save_for_backward(q, k, v, g, beta, h0, cu, output[2])
+        ctx.mark_non_differentiable(output[2])
+        ctx.opts = (op, scale, qk_l2norm, impl, chunk_size)
+        ctx.has = (g is not None, beta is not None, h0 is not None, bool(ofs))
+
+    @staticmethod
+    def backward(ctx, do, dht, _dsaved):
+        with torch.no_grad():
+            return _la_grad(ctx, do, dht, ctx.saved_tensors[7])
+
+
 default_scale = _impl.default_scale
 _functorch_active = torch._C._functorch.peek_interpreter_stack  # None outside torch.func transforms
 
@@ -190,8 +244,13 @@ def la(op, q, k, v, g=None, beta=None, *, scale=None, initial_state=None, output
     scale = default_scale(q.shape[-1]) if scale is None else _impl._scale(scale)
     opi, impl, chunk_size = _impl.la_op(op), _impl.impl_code(impl), _impl._int(chunk_size, "chunk_size")
     if _needs_graph(q, k, v, g, beta, h0):
-        o, ht = _La.apply(q, k, v, g, beta, h0, cu, opi, scale, bool(qk_l2norm), impl, chunk_size,
-                          bool(output_final_state))
+        args = (q, k, v, g, beta, h0, cu, opi, scale, bool(qk_l2norm), impl, chunk_size,
+                bool(output_final_state))
+        if impl in (_impl.IMPL_AUTO, _impl.IMPL_CHUNK) and _functorch_active() is None \
+                and torch.is_grad_enabled():
+            o, ht, _ = _LaTrain.apply(*args)
+        else:
+            o, ht = _La.apply(*args)
     else:
         o, ht = _impl.la_forward(_A_CHECKED, opi, q, k, v, g, beta, scale, h0, output_final_state, cu,
                                  qk_l2norm, impl, chunk_size)
