@@ -9,7 +9,8 @@
   3. overhead: the Python cost of one decode call, fused_recurrent_gated_delta_rule at T=1 on a
      tiny shape, minus the C call alone (the same packed params, called through ctypes).
 
-Every measurement: the same warm-up, then the median of --reps timed runs. GFLOP/s counts the
+Every measurement: the same warm-up, then the median of --reps timed runs, the two sides
+interleaved run by run (a change in the machine's load falls on both alike). GFLOP/s counts the
 recurrence's work, 7 K V per token and value head for the forward (bench/la.c's convention), and
 3x that for forward + backward, the same count for both implementations. Prints a table and, with
 --json FILE, one JSON record per measurement.
@@ -45,6 +46,21 @@ def median_time(fn, warmup, reps, clock=time.perf_counter):
     return statistics.median(times)
 
 
+def median_times(fns, warmup, reps):
+    """Medians of several functions run interleaved (one call of each per round), so that a
+    change in the machine's load during the measurement falls on all of them alike."""
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for f, ts in zip(fns, times):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
+
+
 def record(**kw):
     RECORDS.append(kw)
     return kw
@@ -69,12 +85,12 @@ def bench_op(args):
     for T in args.lengths:
         flops_fwd = 7.0 * 128 * 128 * 16 * T
         for phase in ("fwd", "fwd+bwd"):
-            res = {}
+            runs = []
             for name, f in impls.items():
                 x = gdn_inputs(T, grad=phase != "fwd")
                 w = torch.randn(1, T, 16, 128)
 
-                def run():
+                def run(f=f, x=x, w=w):
                     if phase == "fwd":
                         with torch.no_grad():
                             f(x["q"], x["k"], x["v"], g=x["g"], beta=x["beta"], use_qk_l2norm_in_kernel=True)
@@ -82,10 +98,11 @@ def bench_op(args):
                         o, _ = f(x["q"], x["k"], x["v"], g=x["g"], beta=x["beta"], use_qk_l2norm_in_kernel=True)
                         (o * w).sum().backward()
 
-                reps = args.reps if T <= 1024 else max(3, args.reps // 3)
-                sec = median_time(run, args.warmup, reps)
-                flops = flops_fwd * (1 if phase == "fwd" else 3)
-                res[name] = sec
+                runs.append(run)
+            reps = args.reps if T <= 1024 else max(3, args.reps // 3)
+            flops = flops_fwd * (1 if phase == "fwd" else 3)
+            res = dict(zip(impls, median_times(runs, args.warmup, reps)))
+            for name, sec in res.items():
                 record(section="op", T=T, phase=phase, impl=name, seconds=sec, gflops=flops / sec * 1e-9)
             ratio = res["transformers_torch"] / res["deltanet"]
             for name, sec in res.items():
@@ -126,28 +143,33 @@ def bench_model(args, name, cfg):
     ids_all = torch.randint(0, cfg["vocab_size"], (1, max(args.model_lengths)))
     for T in args.model_lengths:
         ids = ids_all[:, :T]
-        res = {}
-        for patched in (False, True):
-            if patched:
-                patch_qwen3_5(model)
-            else:
-                unpatch(model)
 
-            def prefill():
-                with torch.no_grad():
-                    return model(ids, use_cache=True, logits_to_keep=1)
+        def mode(patched):
+            (patch_qwen3_5 if patched else unpatch)(model)
 
-            out = prefill()
-            sec_prefill = median_time(prefill, 0, args.model_reps)
-            cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
-            steps = []
+        def prefill(patched):
+            mode(patched)
             with torch.no_grad():
-                for i in range(args.decode_steps + 2):
+                return model(ids, use_cache=True, logits_to_keep=1)
+
+        # prefill: the two modes interleaved, one run of each per round
+        pre = median_times([lambda: prefill(False), lambda: prefill(True)], 1, args.model_reps)
+        # decode: one cache per mode, steps interleaved
+        state = {}
+        for patched in (False, True):
+            out = prefill(patched)
+            state[patched] = (out.cache, out.logits[:, -1:].argmax(-1))
+        steps = {False: [], True: []}
+        with torch.no_grad():
+            for i in range(args.decode_steps + 2):
+                for patched in (False, True):
+                    mode(patched)
+                    cache, tok = state[patched]
                     t = time.perf_counter()
                     out = model(tok, cache=cache, use_cache=True)
-                    steps.append(time.perf_counter() - t)
-                    cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
-            res[patched] = (sec_prefill, statistics.median(steps[2:]))
+                    steps[patched].append(time.perf_counter() - t)
+                    state[patched] = (out.cache, out.logits[:, -1:].argmax(-1))
+        res = {p: (pre[int(p)], statistics.median(steps[p][2:])) for p in (False, True)}
         unpatch(model)
         for i, phase in enumerate(("prefill", "decode")):
             a, b = res[False][i], res[True][i]

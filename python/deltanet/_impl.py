@@ -197,16 +197,6 @@ def la_forward(xp, op, q, k, v, g=None, beta=None, scale=None, initial_state=Non
     return o, ht
 
 
-def la_saved_floats(op, B, T, H, HV, K, V, impl="auto", chunk_size=64):
-    """Floats of the buffer dn_la_forward_train fills for these dimensions, without cu_seqlens
-    (with it, the size depends on the sequence lengths), from dn_la_saved_size."""
-    p = _lib.dn_la_params_default(la_op(op), B, T, H, HV, K, V)
-    p.impl, p.chunk_size = impl_code(impl), chunk_size
-    n = ctypes.c_size_t()
-    _lib.check(_lib.dn_la_saved_size(byref(p), byref(n)), "dn_la_saved_size")
-    return (n.value + 3) // 4
-
-
 def la_forward_train(xp, op, q, k, v, g=None, beta=None, scale=None, initial_state=None,
                      output_final_state=False, cu_seqlens=None, qk_l2norm=False, impl="auto",
                      chunk_size=64, n_threads=0):

@@ -81,46 +81,19 @@ def _(q, k, v, g, beta, initial_state, cu_seqlens, op, scale, qk_l2norm, impl, c
     return _la_forward_fake(q, k, v, cu_seqlens, output_final_state)
 
 
-@torch.library.custom_op("deltanet::la_forward_train", mutates_args=())
-def _la_forward_train(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor],
-                      initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], op: int,
-                      scale: float, qk_l2norm: bool, impl: int, chunk_size: int,
-                      output_final_state: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """The forward for training: also returns `saved` (dn_la_forward_train's buffer), which
-    la_backward reads instead of recomputing the forward sweep."""
-    o, ht, saved = _impl.la_forward_train(_A, op, q, k, v, g, beta, scale, initial_state,
-                                          output_final_state, cu_seqlens, qk_l2norm, impl,
-                                          chunk_size)
-    return o, (ht if ht is not None else _nothing()), saved
-
-
-@_la_forward_train.register_fake
-def _(q, k, v, g, beta, initial_state, cu_seqlens, op, scale, qk_l2norm, impl, chunk_size,
-      output_final_state):
-    o, ht = _la_forward_fake(q, k, v, cu_seqlens, output_final_state)
-    dims = (*q.shape, v.shape[2], v.shape[3])
-    if cu_seqlens is None and all(isinstance(d, int) for d in dims):
-        B, T, H, K, HV, V = dims
-        n = _impl.la_saved_floats(op, B, T, H, HV, K, V, impl, chunk_size)
-    else:  # depends on the sequence lengths (or on symbolic sizes)
-        n = torch.library.get_ctx().new_dynamic_size()
-    return o, ht, q.new_empty((n,), dtype=torch.float32)
-
-
 @torch.library.custom_op("deltanet::la_backward", mutates_args=())
 def _la_backward(q: Tensor, k: Tensor, v: Tensor, g: Optional[Tensor], beta: Optional[Tensor],
                  initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], do: Tensor,
                  dfinal_state: Optional[Tensor], op: int, scale: float, qk_l2norm: bool, impl: int,
-                 chunk_size: int, saved: Optional[Tensor] = None
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 chunk_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     grads = _impl.la_backward(_A, op, q, k, v, g, beta, do, dfinal_state, scale, initial_state,
-                              cu_seqlens, qk_l2norm, impl, chunk_size, saved=saved)
+                              cu_seqlens, qk_l2norm, impl, chunk_size)
     return tuple(x if x is not None else _nothing() for x in grads)
 
 
 @_la_backward.register_fake
 def _(q, k, v, g, beta, initial_state, cu_seqlens, do, dfinal_state, op, scale, qk_l2norm, impl,
-      chunk_size, saved=None):
+      chunk_size):
     e = q.new_empty((0,))
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             torch.empty_like(g) if g is not None else e,
@@ -135,15 +108,17 @@ def _la_setup(ctx, inputs, output):
     ctx.has = (g is not None, beta is not None, h0 is not None, bool(ofs))
 
 
-def _la_grad(ctx, do, dht, saved=None):
-    q, k, v, g, beta, h0, cu = ctx.saved_tensors[:7]
+def _la_grad(ctx, do, dht):
+    q, k, v, g, beta, h0, cu = ctx.saved_tensors
+    if do is None:  # o took no part in the loss (grads not materialised)
+        do = v.new_zeros(v.shape)
     has_g, has_beta, has_h0, ofs = ctx.has
     dht = dht if ofs else None
     op, scale, qk_l2norm, impl, chunk_size = ctx.opts
     if impl == _impl.IMPL_RECURRENT:  # the backward has no token-recurrent form; same gradients
         impl = _impl.IMPL_AUTO
     dq, dk, dv, dg, db, dh0 = _la_backward(q, k, v, g, beta, h0, cu, do, dht, op, scale, qk_l2norm,
-                                           impl, chunk_size, saved)
+                                           impl, chunk_size)
     return (dq, dk, dv, dg if has_g else None, db if has_beta else None, dh0 if has_h0 else None,
             None, None, None, None, None, None, None)
 
@@ -176,35 +151,15 @@ class _La(torch.autograd.Function):
         with torch.no_grad():  # the operator's own autograd must not record this call again
             return _la_forward(*inputs)
 
-    setup_context = staticmethod(_la_setup)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _la_setup(ctx, inputs, output)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for an unused state output
 
     @staticmethod
     def backward(ctx, do, dht):
         with torch.no_grad():  # no gradient of the backward (the C library has none)
             return _la_grad(ctx, do, dht)
-
-
-class _LaTrain(torch.autograd.Function):
-    """Training path: the forward keeps dn_la_forward_train's buffer for the backward, which
-    then skips its forward sweep (the chunkwise impls only; not under torch.func transforms)."""
-
-    @staticmethod
-    def forward(*inputs):
-        with torch.no_grad():
-            return _la_forward_train(*inputs)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        q, k, v, g, beta, h0, cu, op, scale, qk_l2norm, impl, chunk_size, ofs = inputs
-        ctx.save_for_backward(q, k, v, g, beta, h0, cu, output[2])
-        ctx.mark_non_differentiable(output[2])
-        ctx.opts = (op, scale, qk_l2norm, impl, chunk_size)
-        ctx.has = (g is not None, beta is not None, h0 is not None, bool(ofs))
-
-    @staticmethod
-    def backward(ctx, do, dht, _dsaved):
-        with torch.no_grad():
-            return _la_grad(ctx, do, dht, ctx.saved_tensors[7])
 
 
 default_scale = _impl.default_scale
@@ -246,11 +201,7 @@ def la(op, q, k, v, g=None, beta=None, *, scale=None, initial_state=None, output
     if _needs_graph(q, k, v, g, beta, h0):
         args = (q, k, v, g, beta, h0, cu, opi, scale, bool(qk_l2norm), impl, chunk_size,
                 bool(output_final_state))
-        if impl in (_impl.IMPL_AUTO, _impl.IMPL_CHUNK) and _functorch_active() is None \
-                and torch.is_grad_enabled():
-            o, ht, _ = _LaTrain.apply(*args)
-        else:
-            o, ht = _La.apply(*args)
+        o, ht = _La.apply(*args)
     else:
         o, ht = _impl.la_forward(_A_CHECKED, opi, q, k, v, g, beta, scale, h0, output_final_state, cu,
                                  qk_l2norm, impl, chunk_size)
