@@ -28,6 +28,25 @@ def _nothing():
     return torch.empty(0, dtype=torch.float32)
 
 
+def _function(name, opname, setup, grad):
+    """An autograd.Function running a registered operator with its registered formula: what
+    torch.func's transforms need (a setup_context), which custom operators' own autograd
+    registration does not provide in every torch version. The operator's autograd is not
+    recorded again inside, and the backward has no gradient of its own (as in the C library)."""
+
+    def forward(*inputs):
+        with torch.no_grad():  # through torch.ops, which torch.compile traces
+            return getattr(torch.ops.deltanet, opname)(*inputs)
+
+    def backward(ctx, *grads):
+        with torch.no_grad():
+            return grad(ctx, *grads)
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "setup_context": staticmethod(setup),
+        "backward": staticmethod(backward)})
+
+
 def f32(x, name, optional=False):
     """The boundary: a CPU floating tensor, as fp32 (autograd-tracked), or a clear error."""
     if x is None:
@@ -272,6 +291,7 @@ def _attn_grad(ctx, do, dlse):
 
 
 _attn_forward.register_autograd(_attn_grad, setup_context=_attn_setup)
+_Attn = _function("_Attn", "attn_forward", _attn_setup, _attn_grad)
 
 
 def attn(q, k, v, *, scale=None, window=0, impl="auto", return_lse=False):
@@ -283,7 +303,7 @@ def attn(q, k, v, *, scale=None, window=0, impl="auto", return_lse=False):
     if q.dim() != 4:
         raise _shape_error(f"q must be 4-D [B,TQ,H,D], got shape {tuple(q.shape)}")
     scale = default_scale(q.shape[-1]) if scale is None else _impl._scale(scale)
-    o, lse = _attn_forward(q, k, v, scale, _impl._int(window, "window"), _impl.impl_code(impl))
+    o, lse = _Attn.apply(q, k, v, scale, _impl._int(window, "window"), _impl.impl_code(impl))
     return (o.to(dtype), lse) if return_lse else o.to(dtype)
 
 
@@ -340,6 +360,7 @@ def _mamba_grad(ctx, dy, dht):
 
 
 _mamba_forward.register_autograd(_mamba_grad, setup_context=_mamba_setup)
+_Mamba = _function("_Mamba", "mamba_forward", _mamba_setup, _mamba_grad)
 
 
 def mamba(x, dt, A, Bm, Cm, Dskip=None, z=None, dt_bias=None, *, dt_softplus=False,
@@ -351,7 +372,7 @@ def mamba(x, dt, A, Bm, Cm, Dskip=None, z=None, dt_bias=None, *, dt_softplus=Fal
     args = [f32(x, "x"), f32(dt, "dt"), f32(A, "A"), f32(Bm, "Bm"), f32(Cm, "Cm"),
             f32(Dskip, "Dskip", True), f32(z, "z", True), f32(dt_bias, "dt_bias", True),
             f32(initial_state, "initial_state", True)]
-    y, ht = _mamba_forward(*args, bool(dt_softplus), bool(output_final_state), _impl.impl_code(impl))
+    y, ht = _Mamba.apply(*args, bool(dt_softplus), bool(output_final_state), _impl.impl_code(impl))
     return y.to(dtype), (ht if output_final_state else None)
 
 
@@ -409,6 +430,7 @@ def _mamba2_grad(ctx, dy, dht):
 
 
 _mamba2_forward.register_autograd(_mamba2_grad, setup_context=_mamba2_setup)
+_Mamba2 = _function("_Mamba2", "mamba2_forward", _mamba2_setup, _mamba2_grad)
 
 
 def mamba2(x, dt, A, Bm, Cm, Dskip=None, dt_bias=None, *, dt_softplus=False, initial_state=None,
@@ -419,7 +441,7 @@ def mamba2(x, dt, A, Bm, Cm, Dskip=None, dt_bias=None, *, dt_softplus=False, ini
     args = [f32(x, "x"), f32(dt, "dt"), f32(A, "A"), f32(Bm, "Bm"), f32(Cm, "Cm"),
             f32(Dskip, "Dskip", True), f32(dt_bias, "dt_bias", True),
             f32(initial_state, "initial_state", True)]
-    y, ht = _mamba2_forward(*args, bool(dt_softplus), bool(output_final_state),
+    y, ht = _Mamba2.apply(*args, bool(dt_softplus), bool(output_final_state),
                             _impl.impl_code(impl), _impl._int(chunk_size, "chunk_size"))
     return y.to(dtype), (ht if output_final_state else None)
 
@@ -472,6 +494,7 @@ def _rwkv4_grad(ctx, dy, dht):
 
 
 _rwkv4_forward.register_autograd(_rwkv4_grad, setup_context=_rwkv4_setup)
+_Rwkv4 = _function("_Rwkv4", "rwkv4_forward", _rwkv4_setup, _rwkv4_grad)
 
 
 def rwkv4(k, v, time_decay, time_first, *, initial_state=None, output_final_state=False,
@@ -481,7 +504,7 @@ def rwkv4(k, v, time_decay, time_first, *, initial_state=None, output_final_stat
     dtype = k.dtype if isinstance(k, Tensor) else None
     args = [f32(k, "k"), f32(v, "v"), f32(time_decay, "time_decay"), f32(time_first, "time_first"),
             f32(initial_state, "initial_state", True)]
-    y, ht = _rwkv4_forward(*args, bool(output_final_state), _impl.impl_code(impl))
+    y, ht = _Rwkv4.apply(*args, bool(output_final_state), _impl.impl_code(impl))
     return y.to(dtype), (ht if output_final_state else None)
 
 
@@ -531,6 +554,7 @@ def _conv_grad(ctx, dy, dht):
 
 
 _conv_forward.register_autograd(_conv_grad, setup_context=_conv_setup)
+_Conv = _function("_Conv", "conv_forward", _conv_setup, _conv_grad)
 
 
 def short_conv(x, weight, bias=None, *, silu=False, initial_state=None, output_final_state=False,
@@ -540,5 +564,5 @@ def short_conv(x, weight, bias=None, *, silu=False, initial_state=None, output_f
     dtype = x.dtype if isinstance(x, Tensor) else None
     args = [f32(x, "x"), f32(weight, "weight"), f32(bias, "bias", True),
             f32(initial_state, "initial_state", True)]
-    y, ht = _conv_forward(*args, bool(silu), bool(output_final_state), _impl.impl_code(impl))
+    y, ht = _Conv.apply(*args, bool(silu), bool(output_final_state), _impl.impl_code(impl))
     return y.to(dtype), (ht if output_final_state else None)

@@ -43,7 +43,7 @@ def test_torch_compile_forward_backward():
     eager = [t.clone().requires_grad_() for t in (q, k, v, g, beta, h0)]
     f(*eager).backward()
     comp = [t.clone().requires_grad_() for t in (q, k, v, g, beta, h0)]
-    torch.compile(f, fullgraph=True, backend="eager" if False else "aot_eager")(*comp).backward()
+    torch.compile(f, fullgraph=True, backend="aot_eager")(*comp).backward()
     for a, b in zip(comp, eager):
         close(a.grad, b.grad, 1e-6, "compiled grad")
 
@@ -66,3 +66,36 @@ def test_torch_func():
     except (RuntimeError, NotImplementedError) as e:  # torch versions without the fallback
         pytest.skip(f"vmap over a custom op not available here: {e}")
     close(out[1], ops.la("gdn", qs[1], k, v, g, beta)[0], 1e-6, "vmap")
+
+
+def test_torch_func_other_ops():
+    """torch.func.grad through the other ops' operators equals autograd's gradient."""
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(1, 9, 4, generator=g), torch.randn(4, 3, generator=g)
+    q = torch.randn(1, 6, 2, 8, generator=g)
+    cases = [
+        (lambda x: ops.short_conv(x, w, silu=True)[0].square().sum(), x),
+        (lambda q: ops.attn(q, q, q).square().sum(), q),
+        (lambda k: ops.rwkv4(k, k, torch.zeros(4), torch.zeros(4))[0].sum(), x),
+    ]
+    for f, a in cases:
+        gf = torch.func.grad(f)(a)
+        aa = a.clone().requires_grad_()
+        f(aa).backward()
+        close(gf, aa.grad, 1e-6, "torch.func.grad")
+
+
+def test_torch_compile_other_ops():
+    g = torch.Generator().manual_seed(4)
+    x, w, b = torch.randn(2, 7, 8, generator=g), torch.randn(8, 4, generator=g), torch.randn(8, generator=g)
+
+    def f(x, w, b):
+        y, h = ops.short_conv(x, w, b, silu=True, output_final_state=True)
+        return y.square().sum() + h.sum()
+
+    eager = [t.clone().requires_grad_() for t in (x, w, b)]
+    f(*eager).backward()
+    comp = [t.clone().requires_grad_() for t in (x, w, b)]
+    torch.compile(f, fullgraph=True, backend="aot_eager")(*comp).backward()
+    for a, e in zip(comp, eager):
+        close(a.grad, e.grad, 1e-6, "compiled conv grad")
