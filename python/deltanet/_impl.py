@@ -21,6 +21,8 @@ _DELTA = {2, 3}
 
 def la_op(op):
     """'gdn' / 'deltanet' / 'gla' / 'linear_attn' (or the dn_op number) to the dn_op number."""
+    if type(op) is int:
+        return op  # the library checks the number
     if isinstance(op, str):
         if op not in LA_OPS:
             raise ValueError(f"op must be one of {', '.join(LA_OPS)}, got {op!r}")
@@ -31,6 +33,8 @@ def la_op(op):
 
 
 def impl_code(impl):
+    if type(impl) is int:
+        return impl
     if isinstance(impl, str):
         if impl not in _lib.IMPLS:
             raise ValueError(f"impl must be one of {', '.join(_lib.IMPLS)}, got {impl!r}")
@@ -41,14 +45,16 @@ def impl_code(impl):
 
 
 def _int(x, name):
+    if type(x) is int:
+        return x
     if isinstance(x, bool) or not isinstance(x, int):
         raise TypeError(f"{name} must be an int, got {type(x).__name__}")
     return x
 
 
 def _scale(scale):
-    if scale is None:
-        return None
+    if scale is None or type(scale) is float:
+        return scale
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     return float(scale)

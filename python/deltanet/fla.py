@@ -138,12 +138,14 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=Non
     """Gated DeltaNet, token by token (decode). g None: no decay (the delta rule); beta None:
     ones. Returns (o [B,T,HV,V], final_state [N,HV,K,V] or None)."""
     fn = "fused_recurrent_gated_delta_rule"
-    state_v_first = _state_layout(fn, state_v_first, kwargs)
-    _no_extra(fn, kwargs)
+    if kwargs:  # (each check below is skipped when it cannot apply: this is the decode call)
+        state_v_first = _state_layout(fn, state_v_first, kwargs)
+        _no_extra(fn, kwargs)
     if gk is not None or gv is not None:
         raise NotImplementedError(f"{fn}: per-key (gk) and per-value (gv) gates are not supported "
                                   "by deltanet; pass the scalar gate g [B,T,HV]")
-    _check_varlen(q, initial_state, cu_seqlens)
+    if cu_seqlens is not None:
+        _check_varlen(q, initial_state, cu_seqlens)
     if use_gate_in_kernel:
         g = _gate(fn, g, A_log, dt_bias)
     if beta is None:
