@@ -124,8 +124,13 @@ SHARED := $(BUILD)/libdeltanet.so
 TOOL   := $(BUILD)/deltanet
 TEST   := $(BUILD)/test_deltanet
 
-.PHONY: all test bench run install clean info format format-check fuzz-bounded
+.PHONY: all test bench run install clean info format format-check fuzz-bounded shared print-shared test-python
 all: info $(STATIC) $(SHARED) $(TOOL) $(TEST)
+
+# The shared library alone (the Python package's build runs this) and where it lands.
+shared: info $(SHARED)
+print-shared:
+	@echo $(SHARED)
 
 info:
 	@echo "deltanet build: CC=$(CC) ($(ARCH)), kernels: $(ISAS), this CPU: $(CPU_ISA), OpenMP: $(OMP_MSG)"
@@ -174,6 +179,13 @@ TEST_ENV := $(if $(SAN),ASAN_OPTIONS=allocator_may_return_null=1$(if $(ASAN_OPTI
 
 test: info $(TEST)
 	$(TEST_ENV) ./$(TEST)
+
+# The Python package's tests (python/tests): installs the package into the active Python
+# (pip install ., which builds the library through `make shared`), then runs pytest.
+PYTHON ?= python3
+test-python:
+	$(PYTHON) -m pip install -q .
+	$(PYTHON) -m pytest -q python/tests
 
 # The contract fuzzer's bounded random loop (tests/fuzz) alone (`make test` runs it too;
 # DN_FUZZ_ITERS=n for a longer run); `make fuzz` builds the libFuzzer target.
