@@ -794,6 +794,10 @@ DN_API dn_status dn_model_forward_backward(dn_model *m, const int32_t *tokens,
 /* Logits [B,T,vocab_size] of a forward over tokens [B,T]. */
 DN_API dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int64_t B,
                                  int64_t T);
+/* Stores the model's matrices (every 2-D weight) in t: DN_BF16 or DN_F16 (rounded to nearest
+ * even; the model is then for forward and generation only, with half the bytes to read per
+ * token), or DN_F32 (back to fp32 for training: the 16-bit values widened). */
+DN_API dn_status dn_model_set_weight_dtype(dn_model *m, dn_dtype t);
 /* Bytes the model holds now: parameters + gradients (a loaded checkpoint with 16-bit weights: its
  * weights only, matrices at 2 bytes), and activations. */
 DN_API dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes);

@@ -409,6 +409,37 @@ dn_status dn_model_param_info(const dn_model *m, int64_t i, dn_param_info *out) 
     return DN_OK;
 }
 
+dn_status dn_model_set_weight_dtype(dn_model *m, dn_dtype t) {
+    if (!m) return dn_fail(DN_ERR_NULL, "model_set_weight_dtype: NULL model");
+    if (t != DN_F32 && t != DN_BF16 && t != DN_F16)
+        return dn_fail(DN_ERR_ARG, "model_set_weight_dtype: dtype %d is not F32, F16 or BF16",
+                       (int)t);
+    if (t == DN_F32 ? !m->w16 : m->w16 && m->w16_type == t) return DN_OK;
+    uint16_t *w16 = NULL;
+    if (t != DN_F32) {
+        w16 = dn_alloc((size_t)m->n_params * sizeof(uint16_t));
+        if (!w16) return dn_fail(DN_ERR_ALLOC, "model_set_weight_dtype: cannot allocate");
+    }
+    for (int64_t i = 0; i < m->n_tensors; i++) {
+        const dn_param_info *ti = &m->tensors[i];
+        if (ti->ndim != 2) continue;
+        float *p = m->params + ti->offset;
+        const uint16_t *src = m->w16 ? m->w16 + ti->offset : NULL;
+        for (int64_t j = 0; j < ti->numel; j++) {
+            const float x = src ? (m->w16_type == DN_BF16 ? dn_bf16_to_f32(src[j])
+                                                          : dn_f16_to_f32(src[j]))
+                                : p[j];
+            if (w16)
+                w16[ti->offset + j] = t == DN_BF16 ? dn_f32_to_bf16(x) : dn_f32_to_f16(x);
+            else
+                p[j] = x;
+        }
+    }
+    dn_free(m->w16);
+    m->w16 = w16, m->w16_type = t;
+    return DN_OK;
+}
+
 dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes) {
     if (!m) return dn_fail(DN_ERR_NULL, "model_memory: model is NULL");
     if (param_bytes) {
