@@ -78,7 +78,8 @@ TEXTS = [
     "\ufeffbom", "\u0000nul", "\x01\x02\x7f", "\u180e mongolian",
     "special <|im_start|>user\nhi<|im_end|>", "<|endoftext|><|endoftext|>", "x<|im_end|>y",
     "<think>\nreasoning\n</think>\n\nanswer", "<|im_start", "<|im_end|", "<<|im_end|>>",
-    "<tool_call>x</tool_call>", "a<think>b", "<|endoftext|>",
+    "<tool_call>x</tool_call>", "a<think>b", "<|endoftext|>", "\u00C5-tok A\u030A-tok A-tok",
+    "\u2126 \u03A9 \u4e2dx\u00e9 \u4e2dxe\u0301 \u0120a b",
     "a" * 300, " " * 100, "1" * 50, "!" * 40 + "\n" * 3, "ab" * 100,
     "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n",
     "camelCaseWord snake_case_word SCREAMING_CASE", "üÜöÖäÄß",
@@ -102,7 +103,11 @@ def build(marks, digits3, nfc, vocab, ignore_merges):
     tok.train_from_iterator(CORPUS * 3 + TEXTS, trainer)
     tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
                     AddedToken("</think>", special=False, normalized=False),
-                    AddedToken("<tool_call>", special=False, normalized=True)])
+                    AddedToken("<tool_call>", special=False, normalized=True),
+                    AddedToken("A\u030A-tok", special=False, normalized=True),
+                    AddedToken("\u2126", special=False, normalized=True),
+                    AddedToken("\u4e2dx\u00e9", special=False, normalized=False),
+                    AddedToken("\u0120a b", special=False, normalized=False)])
     tok.add_special_tokens([AddedToken("<|fim_pad|>", special=True, normalized=False)])
     if ignore_merges:
         j = json.loads(tok.to_str())
@@ -172,7 +177,7 @@ def main():
                  "decoded": tok.decode(ids, skip_special_tokens=False),
                  "decoded_skip": tok.decode(ids, skip_special_tokens=True)}
             norm = tok.normalizer.normalize_str(text) if tok.normalizer else text
-            if "<|" not in text and "<t" not in text and "</" not in text:
+            if "<|" not in text and "<t" not in text and "</" not in text and "-tok" not in text and "a b" not in text:
                 c["pieces"] = [p for p, _ in split.pre_tokenize_str(norm)]
             cases.append(c)
         vs = tok.get_vocab_size(with_added_tokens=True)

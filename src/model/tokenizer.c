@@ -32,8 +32,8 @@ enum { KIND_NONE = 0, KIND_VOCAB = 1, KIND_ADDED = 2, KIND_SPECIAL = 4 };
 
 typedef struct added_tok {
     int32_t id;
-    uint32_t len;
-    const char *s; /* content, into the blob */
+    uint32_t off, len; /* the text matched, in the blob: the content, or its NFC when the token
+                          is matched after normalization (the tokenizers library does so) */
     int special, normalized;
 } added_tok;
 
@@ -57,8 +57,9 @@ struct dn_tokenizer {
     uint64_t *mkey;
     int32_t *mrank, *mnew;
     size_t mmask;
-    added_tok *added;
+    added_tok *added; /* sorted by first byte: by_first[b] .. by_first[b + 1] start with b */
     int n_added;
+    int by_first[257];
     int nfc, ignore_merges, marks, digits3;
     int32_t eos, bos, im_start, im_end;
     int chat_ok;
@@ -449,11 +450,41 @@ static dn_status parse_added(dn_tokenizer *t, const dn_json *arr, uint8_t *scrat
         t->kind[at_id] |= KIND_ADDED | (special ? KIND_SPECIAL : 0);
         added_tok *a = &t->added[t->n_added++];
         a->id = at_id;
+        a->off = t->str_off[at_id];
         a->len = (uint32_t)c->len;
-        a->s = t->blob + t->str_off[at_id];
         a->special = special;
         a->normalized = normalized;
+        if (normalized && t->nfc) {
+            /* matched in normalized text as its NFC, and decoded as that too (what the
+             * tokenizers library does; its token -> id lookup keeps the content as written) */
+            uint8_t *norm;
+            size_t nn;
+            if ((st = dn_nfc((const uint8_t *)c->u.str, c->len, &norm, &nn))) return st;
+            st = blob_add(t, norm, nn, &a->off);
+            a->len = (uint32_t)nn;
+            if (!st && !(t->kind[at_id] & KIND_VOCAB)) { /* (a vocabulary token keeps its bytes) */
+                int bl;
+                size_t m = token_bytes((const char *)norm, nn, scratch, &bl);
+                st = blob_add(t, scratch, m, &t->byte_off[at_id]);
+                t->byte_len[at_id] = (uint32_t)m;
+            }
+            dn_free(norm);
+            if (st) return st;
+        }
     }
+    /* index by first byte (a counting sort) */
+    int count[257] = {0};
+    for (int k = 0; k < t->n_added; k++)
+        count[(uint8_t)t->blob[t->added[k].off] + 1]++;
+    for (int c0 = 0; c0 < 256; c0++)
+        count[c0 + 1] += count[c0];
+    memcpy(t->by_first, count, sizeof count);
+    added_tok *sorted = dn_alloc(((size_t)t->n_added + 1) * sizeof(added_tok));
+    if (!sorted) return dn_fail(DN_ERR_ALLOC, "tokenizer: out of memory");
+    for (int k = 0; k < t->n_added; k++)
+        sorted[count[(uint8_t)t->blob[t->added[k].off]]++] = t->added[k];
+    dn_free(t->added);
+    t->added = sorted;
     return DN_OK;
 }
 
@@ -533,7 +564,7 @@ static dn_status build(dn_tokenizer *t, const dn_json *root, const dn_json *cfg)
     for (int b = 0; b < 256; b++)
         t->byte_id[b] = -1;
 
-    size_t longest = 4096;
+    size_t longest = 3 * 4096; /* an added token's content, NFC (which at most triples it) */
     for (size_t i = 0; i < vocab->len; i++)
         if (vocab->u.items[i].key_len > longest) longest = vocab->u.items[i].key_len;
     uint8_t *scratch = dn_alloc(longest);
@@ -903,12 +934,12 @@ static dn_status encode_plain(enc *e, const uint8_t *s, size_t n) {
 static const added_tok *added_at(const dn_tokenizer *t, const uint8_t *s, size_t i, size_t n,
                                  int normalized, int no_special) {
     const added_tok *best = NULL;
-    for (int k = 0; k < t->n_added; k++) {
+    for (int k = t->by_first[s[i]]; k < t->by_first[s[i] + 1]; k++) {
         const added_tok *a = &t->added[k];
         if (a->normalized != normalized || (no_special && a->special) || a->len > n - i ||
-            (uint8_t)a->s[0] != s[i] || (best && a->len <= best->len))
+            (best && a->len <= best->len))
             continue;
-        if (!memcmp(s + i, a->s, a->len)) best = a;
+        if (!memcmp(s + i, t->blob + a->off, a->len)) best = a;
     }
     return best;
 }
