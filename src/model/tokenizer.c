@@ -18,6 +18,7 @@
 
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 /* Largest tokenizer.json read (real ones are 10-30 MB) and largest tokenizer_config.json. */
 #define TOK_MAX_FILE ((size_t)1 << 30)
@@ -45,6 +46,7 @@ typedef struct str_map {
 
 struct dn_tokenizer {
     int32_t n_ids;
+    uint64_t seed;                 /* of the hashes */
     uint8_t *kind;                 /* [n_ids] KIND_* */
     uint32_t *str_off, *str_len;   /* [n_ids] the token as in the file, in blob */
     uint32_t *byte_off, *byte_len; /* [n_ids] the bytes it decodes to, in blob */
@@ -107,14 +109,17 @@ static size_t token_bytes(const char *s, size_t n, uint8_t *out, int *byte_level
 /* ======================================================================================== */
 /* hashing */
 
-static uint64_t hash_bytes(const void *p, size_t n) {
+/* Both hashes start from a per-tokenizer seed (its address and the clock), so that a file
+ * cannot be built to make every key land in one bucket; nothing observable depends on it. */
+static uint64_t hash_bytes(uint64_t seed, const void *p, size_t n) {
     const uint8_t *s = p;
-    uint64_t h = 0xcbf29ce484222325ull;
+    uint64_t h = 0xcbf29ce484222325ull ^ seed;
     for (size_t i = 0; i < n; i++)
         h = (h ^ s[i]) * 0x100000001b3ull;
     return h ^ (h >> 29);
 }
-static uint64_t hash_pair(uint64_t k) {
+static uint64_t hash_pair(uint64_t seed, uint64_t k) {
+    k ^= seed;
     k ^= k >> 33;
     k *= 0xff51afd7ed558ccdull;
     k ^= k >> 33;
@@ -141,7 +146,7 @@ static dn_status map_init(str_map *m, size_t n) {
 typedef const char *(*key_fn)(const dn_tokenizer *t, int32_t id, size_t *len);
 static int32_t map_find(const dn_tokenizer *t, const str_map *m, key_fn got, const void *key,
                         size_t n, size_t *at) {
-    size_t i = (size_t)hash_bytes(key, n) & m->mask;
+    size_t i = (size_t)hash_bytes(t->seed, key, n) & m->mask;
     for (;; i = (i + 1) & m->mask) {
         int32_t v = m->slot[i];
         if (!v) {
@@ -164,7 +169,7 @@ static const char *key_bytes(const dn_tokenizer *t, int32_t id, size_t *len) {
 
 static int merge_find(const dn_tokenizer *t, int32_t a, int32_t b, size_t *at) {
     uint64_t k = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1; /* never 0 */
-    size_t i = (size_t)hash_pair(k) & t->mmask;
+    size_t i = (size_t)hash_pair(t->seed, k) & t->mmask;
     for (;; i = (i + 1) & t->mmask) {
         if (t->mkey[i] == k) {
             *at = i;
@@ -635,6 +640,7 @@ void dn_tokenizer_free(dn_tokenizer *t) {
 static dn_status parse_trees(dn_tokenizer **out, const dn_json *root, const dn_json *cfg) {
     dn_tokenizer *t = dn_calloc(sizeof *t);
     if (!t) return dn_fail(DN_ERR_ALLOC, "tokenizer: out of memory");
+    t->seed = ((uint64_t)(uintptr_t)t ^ (uint64_t)clock() << 20) * 0x9e3779b97f4a7c15ull;
     dn_status st = build(t, root, cfg);
     if (st) {
         dn_tokenizer_free(t);
