@@ -191,6 +191,39 @@ static int test_tok_fixture(void) {
     return fails;
 }
 
+/* NFC of every code point with a canonical decomposition (both forms), marks out of order,
+ * blocked pairs and Hangul, against tokenizers' NFC normalizer (tests/fixtures/tokenizer/nfc.json;
+ * dn_nfc also leaves alone what tokenizers' older Unicode data does not know). */
+static int test_tok_nfc(void) {
+    int fails = 0;
+    dn_json *j = NULL;
+    if (dn_json_load(FIX "/nfc.json", (size_t)16 << 20, &j) != DN_OK) {
+        printf("    cannot read " FIX "/nfc.json: %s\n", dn_last_error());
+        return 1;
+    }
+    const dn_json *cases = dn_json_get(j, "cases");
+    for (size_t c = 0; c < dn_json_len(cases) && fails < 10; c++) {
+        const dn_json *in = dn_json_at(dn_json_at(cases, c), 0),
+                      *want = dn_json_at(dn_json_at(cases, c), 1);
+        uint8_t *out = NULL;
+        size_t n = 0;
+        dn_status st = dn_nfc((const uint8_t *)in->u.str, in->len, &out, &n);
+        if (st || n != want->len || memcmp(out, want->u.str, n)) {
+            char a[64], b[64], g[64];
+            printf("    FAIL NFC of \"%s\": \"%s\", tokenizers \"%s\"\n",
+                   dn_json_shown(a, sizeof a, in->u.str, in->len),
+                   st ? "error" : dn_json_shown(g, sizeof g, (const char *)out, n),
+                   dn_json_shown(b, sizeof b, want->u.str, want->len));
+            fails++;
+        }
+        dn_free(out);
+    }
+    printf("    %zu texts normalized as tokenizers does (classes: Unicode %s, NFC: Unicode %s)\n",
+           dn_json_len(cases), dn_uc_version(), dn_uc_nfc_version());
+    dn_json_free(j);
+    return fails;
+}
+
 /* ChatML prompts, the config's tokens and the lookups. */
 static int test_tok_chat(void) {
     int fails = 0;
@@ -544,7 +577,11 @@ static int test_tok_alloc(void) {
 }
 
 const test_case dn_tests_tokenizer[] = {
-    {"tok_fixture", test_tok_fixture},     {"tok_chat", test_tok_chat},
-    {"tok_malformed", test_tok_malformed}, {"tok_roundtrip", test_tok_roundtrip},
-    {"tok_alloc", test_tok_alloc},         {NULL, NULL},
+    {"tok_fixture", test_tok_fixture},
+    {"tok_nfc", test_tok_nfc},
+    {"tok_chat", test_tok_chat},
+    {"tok_malformed", test_tok_malformed},
+    {"tok_roundtrip", test_tok_roundtrip},
+    {"tok_alloc", test_tok_alloc},
+    {NULL, NULL},
 };

@@ -11,6 +11,9 @@ Writes, under out_dir:
   qwen35/tokenizer.json                               Qwen3.5 pattern (letters and marks)
   gpt4/tokenizer.json                                 GPT-4 digits (\\p{N}{1,3}), no normalizer,
                                                       ignore_merges
+  nfc.json     [[text, NFC(text)]]: every code point with a canonical decomposition (composed and
+               decomposed), combining marks out of order, blocked and unblocked pairs, Hangul,
+               as tokenizers' NFC normalizer gives them
   cases.json   [{tokenizer, text, ids, decoded, decoded_skip, pieces?}], decode-only cases
                [{tokenizer, ids, decoded}] and chat cases [{tokenizer, messages, ids}]
 The C tests read these files only; nothing here runs at test time.
@@ -142,9 +145,41 @@ def sweep_text(rng):
     return [" ".join(snippets[i:i + 60]) for i in range(0, len(snippets), 60)]
 
 
+def nfc_cases(rng):
+    nfc = normalizers.NFC()
+    texts = []
+    marks = [c for c in range(0x300, 0x30000) if ud.combining(chr(c))]
+    for c in range(0xA0, 0x30000):
+        ch = chr(c)
+        d = ud.decomposition(ch)
+        if d and not d.startswith("<"):
+            texts.append(ch)
+            texts.append(ud.normalize("NFD", ch))
+            texts.append(ud.normalize("NFD", ch) + chr(rng.choice(marks)))
+    for _ in range(1500):  # a starter and marks in any order, some starters between
+        s = rng.choice("aeiouAEOUnczsgkyw") + "".join(
+            chr(rng.choice(marks)) if rng.random() < 0.8 else rng.choice("aeo\u0915\u05d0")
+            for _ in range(rng.randrange(1, 5)))
+        texts.append(s)
+    for _ in range(300):  # Hangul: jamo sequences and syllables followed by jamo
+        L = chr(0x1100 + rng.randrange(19)); V = chr(0x1161 + rng.randrange(21))
+        T = chr(0x11A8 + rng.randrange(27)); S = chr(0xAC00 + rng.randrange(11172))
+        texts.append(rng.choice([L + V, L + V + T, S + T, S + V, L + L + V, S + "\u0300" + T]))
+    # the expected values are tokenizers' own, which leaves marks and compositions newer than
+    # its Unicode data alone (tools/gen_unicode_tables.py masks the same code points)
+    out = [[t, nfc.normalize_str(t)] for t in texts]
+    newer = sum(want != ud.normalize("NFC", t) for t, want in out)
+    print("nfc: %d cases, %d where tokenizers differs from Python's Unicode %s" %
+          (len(out), newer, ud.unidata_version))
+    return out
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/tokenizer"
     rng = random.Random(11)
+    with open(os.path.join(out, "nfc.json"), "w") as f:
+        json.dump({"unicode_python": ud.unidata_version, "cases": nfc_cases(random.Random(5))}, f,
+                  ensure_ascii=False, separators=(",", ":"))
     configs = {
         "qwen3": build(0, 0, True, 2000, False),
         "qwen35": build(1, 0, True, 900, False),

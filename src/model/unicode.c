@@ -28,6 +28,9 @@ static uint32_t range_lookup(const uint32_t (*r)[3], size_t n, uint32_t cp) {
     return 0;
 }
 
+const char *dn_uc_version(void) { return DN_UNICODE_VERSION; }
+const char *dn_uc_nfc_version(void) { return DN_UNICODE_NFC_VERSION; }
+
 int dn_uc_class(uint32_t cp) {
     if (cp < 0x80) { /* the common case without a search */
         if ((cp | 0x20) - 'a' < 26) return DN_UC_LETTER;
