@@ -909,7 +909,8 @@ DN_API dn_status dn_mqar_batch(int32_t *tokens, int32_t *targets, int64_t B, int
  *     byte_fallback false, no continuing_subword_prefix / end_of_word_suffix; every one of the 256
  *     byte-level characters (GPT-2's bytes_to_unicode) must be in the vocabulary, so no input
  *     needs an unknown token.
- *   normalizer: null or NFC (exact, Unicode tables generated from Python's unicodedata).
+ *   normalizer: null or NFC (tables generated from Python's unicodedata, less the few recent
+ *     marks and compositions that Hugging Face's tokenizers leaves alone; docs/TOKENIZER.md).
  *   pre_tokenizer: Sequence [Split (Isolated, not inverted) with one of the split patterns of
  *     Qwen2/Qwen3, GPT-4 (\p{N}{1,3}) or Qwen3.5 (letters and marks), then ByteLevel with
  *     add_prefix_space and use_regex false]; the split runs on a hand-written matcher, not a regex
@@ -918,6 +919,7 @@ DN_API dn_status dn_mqar_batch(int32_t *tokens, int32_t *targets, int64_t B, int
  *     they are found in the text before anything else, leftmost and then longest first.
  *   tokenizer_config.json beside it (optional): eos_token, bos_token, chat_template.
  * Every id, token and merge is validated; a malformed file is an error, never a crash.
+ * A loaded tokenizer is read-only: any number of threads may encode and decode with it at once.
  */
 typedef struct dn_tokenizer dn_tokenizer;
 
