@@ -975,8 +975,9 @@ DN_API dn_status dn_tokenizer_decode(const dn_tokenizer *t, const int32_t *ids, 
  * markers as their special tokens and the roles and contents as plain text (a special token's
  * text inside a message stays text; otherwise the ids are those of encoding the formatted text).
  * DN_ERR_UNSUPPORTED when the tokenizer lacks <|im_start|> / <|im_end|> as special tokens or
- * its tokenizer_config.json has a chat_template that is not ChatML. Qwen3's optional thinking
- * block (<think>...</think>) is not added: append it to the prompt when the model wants it.
+ * its tokenizer_config.json has a chat_template that is not ChatML. Only the messages given are
+ * written: no default system message (Qwen2.5's template adds one when there is none) and no
+ * thinking block (<think>\n\n</think>\n\n, Qwen3's switch): add them as messages or text.
  */
 typedef struct dn_chat_message {
     const char *role;    /* "system", "user", "assistant", ... */
