@@ -224,6 +224,52 @@ static int test_tok_nfc(void) {
     return fails;
 }
 
+/* The exhaustive class check, when DN_TOK_PROBE names the folder that
+ * `tools/make_tokenizer_fixture.py --probe DIR` wrote (every code point, 2 x 60 MB). */
+static int test_tok_probe(void) {
+    const char *dir = getenv("DN_TOK_PROBE");
+    if (!dir || !*dir) {
+        printf("    (DN_TOK_PROBE unset: the exhaustive class check is skipped)\n");
+        return 0;
+    }
+    int fails = 0;
+    for (int k = 0; k < 2; k++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/probe_%s.json", dir, TOK_NAMES[k]);
+        dn_json *j = NULL;
+        dn_tokenizer *t = load_named(TOK_NAMES[k]);
+        if (!t || dn_json_load(path, (size_t)1 << 30, &j) != DN_OK) {
+            printf("    FAIL cannot read %s: %s\n", path, dn_last_error());
+            dn_tokenizer_free(t);
+            return fails + 1;
+        }
+        const dn_json *tx = dn_json_get(j, "texts"), *pc = dn_json_get(j, "piece_bytes");
+        size_t bad = 0;
+        for (size_t i = 0; i < dn_json_len(tx); i++) {
+            const dn_json *s = dn_json_at(tx, i), *w = dn_json_at(pc, i);
+            size_t *e = NULL, n = 0, at = 0, p = 0;
+            if (dn_tokenizer_split(t, s->u.str, s->len, &e, &n) != DN_OK) n = 0;
+            for (; p < n && p < w->len && e[p] - at == (size_t)dn_json_at(w, p)->u.i; p++)
+                at = e[p];
+            if (p < n || n != w->len) {
+                if (bad++ < 5) {
+                    uint32_t cp = 0;
+                    dn_utf8_next((const uint8_t *)s->u.str + at + (at ? 1 : 0), 4, &cp);
+                    printf("    FAIL %s: text %zu splits differently at byte %zu (near U+%04X)\n",
+                           TOK_NAMES[k], i, at, (unsigned)cp);
+                }
+            }
+            dn_free(e);
+        }
+        printf("    %s: %zu texts, %zu split differently from tokenizers\n", TOK_NAMES[k],
+               dn_json_len(tx), bad);
+        fails += bad > 0;
+        dn_json_free(j);
+        dn_tokenizer_free(t);
+    }
+    return fails;
+}
+
 /* ChatML prompts, the config's tokens and the lookups. */
 static int test_tok_chat(void) {
     int fails = 0;
@@ -577,11 +623,8 @@ static int test_tok_alloc(void) {
 }
 
 const test_case dn_tests_tokenizer[] = {
-    {"tok_fixture", test_tok_fixture},
-    {"tok_nfc", test_tok_nfc},
-    {"tok_chat", test_tok_chat},
-    {"tok_malformed", test_tok_malformed},
-    {"tok_roundtrip", test_tok_roundtrip},
-    {"tok_alloc", test_tok_alloc},
-    {NULL, NULL},
+    {"tok_fixture", test_tok_fixture},     {"tok_nfc", test_tok_nfc},
+    {"tok_probe", test_tok_probe},         {"tok_chat", test_tok_chat},
+    {"tok_malformed", test_tok_malformed}, {"tok_roundtrip", test_tok_roundtrip},
+    {"tok_alloc", test_tok_alloc},         {NULL, NULL},
 };

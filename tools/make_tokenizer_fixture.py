@@ -5,6 +5,7 @@
 tokens), and the ids, pieces and decodings that library gives for many test strings.
 
   python3 tools/make_tokenizer_fixture.py [out_dir]     (default tests/fixtures/tokenizer)
+  python3 tools/make_tokenizer_fixture.py --probe DIR   (the exhaustive class check, below)
 
 Writes, under out_dir:
   qwen3/tokenizer.json, qwen3/tokenizer_config.json   Qwen2/Qwen3 pattern, NFC, ~2000 tokens
@@ -17,6 +18,10 @@ Writes, under out_dir:
   cases.json   [{tokenizer, text, ids, decoded, decoded_skip, pieces?}], decode-only cases
                [{tokenizer, ids, decoded}] and chat cases [{tokenizer, messages, ids}]
 The C tests read these files only; nothing here runs at test time.
+
+--probe DIR writes DIR/probe_qwen3.json and DIR/probe_qwen35.json: every code point from U+0080
+to U+10FFFF in snippets whose split depends on its class, with the pieces tokenizers' Split gives
+(about 60 MB each, not committed); DN_TOK_PROBE=DIR ./build/test_deltanet tok_probe compares them.
 """
 import json
 import os
@@ -174,7 +179,25 @@ def nfc_cases(rng):
     return out
 
 
+def probe(out):
+    os.makedirs(out, exist_ok=True)
+    cps = [c for c in range(0x80, 0x110000) if not 0xD800 <= c < 0xE000]
+    for name, marks in (("qwen3", 0), ("qwen35", 1)):
+        split = pre_tokenizers.Split(Regex(pattern(marks, 0)), behavior="isolated", invert=False)
+        texts, pieces = [], []
+        for i in range(0, len(cps), 400):
+            s = " ".join(chr(c) + "!" + chr(c) + "a " + chr(c) + "1" + chr(c) + chr(c) + "\t" + chr(c)
+                         for c in cps[i:i + 400])
+            texts.append(s)
+            pieces.append([len(p.encode()) for p, _ in split.pre_tokenize_str(s)])
+        with open(os.path.join(out, "probe_%s.json" % name), "w") as f:
+            json.dump({"texts": texts, "piece_bytes": pieces}, f, ensure_ascii=False)
+    print("wrote the class probes under", out)
+
+
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--probe":
+        return probe(sys.argv[2])
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/tokenizer"
     rng = random.Random(11)
     with open(os.path.join(out, "nfc.json"), "w") as f:
