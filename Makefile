@@ -107,6 +107,7 @@ LIB_SRC    := src/core.c src/check.c src/mem.c src/la.c src/attn.c src/mamba.c s
               src/model/nn.c src/model/model.c src/model/la.c src/model/mamba.c src/model/mamba2.c src/model/rwkv4.c src/model/attn.c src/model/train.c \
               src/model/data.c src/model/sample.c \
               src/model/json.c src/model/fileio.c src/model/safetensors.c src/model/checkpoint.c src/model/hf.c \
+              src/model/unicode.c src/model/tokenizer.c \
               src/ref/la.c src/ref/attn.c src/ref/mamba.c src/ref/rwkv4.c src/ref/conv.c src/ref/matmul.c \
               src/cpu/dispatch.c src/cpu/parallel.c
 KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
@@ -165,12 +166,12 @@ $(BUILD)/%.o: %.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ibench -Itests -Itools -c $< -o $@
 
-TOOL_OBJ := $(BUILD)/tools/opts.o $(BUILD)/tools/compare.o $(BUILD)/tools/train.o $(BUILD)/tools/recall.o $(BUILD)/tools/generate.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine.o
+TOOL_OBJ := $(BUILD)/tools/opts.o $(BUILD)/tools/compare.o $(BUILD)/tools/train.o $(BUILD)/tools/recall.o $(BUILD)/tools/generate.o $(BUILD)/tools/run.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine.o
 
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(BUILD)/bench/matmul.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_matmul.o $(BUILD)/tests/test_files.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(BUILD)/tests/test_hf.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_matmul.o $(BUILD)/tests/test_files.o $(BUILD)/tests/test_tokenizer.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(BUILD)/tests/test_hf.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # Under AddressSanitizer a failed allocation must come back as NULL (the library's contract is

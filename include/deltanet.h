@@ -937,6 +937,96 @@ DN_API dn_status dn_text_data_batch(const dn_text_data *d, int validation, uint6
 DN_API dn_status dn_mqar_batch(int32_t *tokens, int32_t *targets, int64_t B, int64_t T,
                                int64_t vocab, int64_t n_pairs, uint64_t seed, uint64_t index);
 
+/* ---------------------------------------------------------------------------------------------
+ * Tokenizer: byte-level BPE read from a Hugging Face tokenizer.json (Qwen2 / Qwen3 / Qwen3.5
+ * and tokenizers built like them)
+ * ------------------------------------------------------------------------------------------- */
+
+/*
+ * What is read (anything else is DN_ERR_FORMAT naming the field, never a different tokenization):
+ *   model: BPE with vocab (token -> id) and merges ("a b" strings or [a, b] pairs), ignore_merges,
+ *     byte_fallback false, no continuing_subword_prefix / end_of_word_suffix; every one of the 256
+ *     byte-level characters (GPT-2's bytes_to_unicode) must be in the vocabulary, so no input
+ *     needs an unknown token.
+ *   normalizer: null or NFC (tables generated from Python's unicodedata, less the few recent
+ *     marks and compositions that Hugging Face's tokenizers leaves alone; docs/TOKENIZER.md).
+ *   pre_tokenizer: Sequence [Split (Isolated, not inverted) with one of the split patterns of
+ *     Qwen2/Qwen3, GPT-4 (\p{N}{1,3}) or Qwen3.5 (letters and marks), then ByteLevel with
+ *     add_prefix_space and use_regex false]; the split runs on a hand-written matcher, not a regex
+ *     engine. post_processor null or ByteLevel (adds no token); decoder ByteLevel.
+ *   added_tokens: special or not, normalized or not (lstrip, rstrip, single_word must be false);
+ *     they are found in the text before anything else, leftmost and then longest first.
+ *   tokenizer_config.json beside it (optional): eos_token, bos_token, chat_template.
+ * Every id, token and merge is validated; a malformed file is an error, never a crash.
+ * A loaded tokenizer is read-only: any number of threads may encode and decode with it at once.
+ */
+typedef struct dn_tokenizer dn_tokenizer;
+
+/* path: a directory holding tokenizer.json (and optionally tokenizer_config.json), or the
+ * tokenizer.json file itself (tokenizer_config.json is then looked for beside it). */
+DN_API dn_status dn_tokenizer_load(dn_tokenizer **out, const char *path);
+/* The same from memory: json[0..n) is tokenizer.json, config[0..config_n) tokenizer_config.json
+ * (config may be NULL). */
+DN_API dn_status dn_tokenizer_parse(dn_tokenizer **out, const char *json, size_t n,
+                                    const char *config, size_t config_n);
+DN_API void dn_tokenizer_free(dn_tokenizer *t);
+
+/* Ids run over [0, vocab_size); an id that no token has (a gap) is rejected by decode. */
+DN_API int64_t dn_tokenizer_vocab_size(const dn_tokenizer *t);
+/* The id of a token as written in tokenizer.json (byte-level form, e.g. "\u0120the", or an added
+ * token's content), or -1. */
+DN_API int32_t dn_tokenizer_token_id(const dn_tokenizer *t, const char *token);
+/* The token of id as written in tokenizer.json (NUL-terminated, owned by t), or NULL. */
+DN_API const char *dn_tokenizer_token_str(const dn_tokenizer *t, int32_t id);
+/* The bytes id stands for in decoded text (owned by t; not NUL-terminated, may split a UTF-8
+ * character: a streaming decoder joins them), DN_ERR_ARG for an unknown id. */
+DN_API dn_status dn_tokenizer_token_bytes(const dn_tokenizer *t, int32_t id, const char **bytes,
+                                          size_t *n);
+/* 1 for an added token marked special, else 0. */
+DN_API int dn_tokenizer_is_special(const dn_tokenizer *t, int32_t id);
+/* eos_token / bos_token of tokenizer_config.json as ids, -1 when absent. */
+DN_API int32_t dn_tokenizer_eos_id(const dn_tokenizer *t);
+DN_API int32_t dn_tokenizer_bos_id(const dn_tokenizer *t);
+
+/* Encoding flags: DN_TOK_NO_SPECIAL treats the text of special added tokens as plain text (for
+ * untrusted text that must not inject control tokens); non-special added tokens still match. */
+#define DN_TOK_NO_SPECIAL 1u
+/* Decoding flags: DN_TOK_SKIP_SPECIAL leaves special added tokens out. */
+#define DN_TOK_SKIP_SPECIAL 1u
+
+/* Encodes the UTF-8 text[0..n) into a new buffer *ids of *n_ids ids (free with free(); an empty
+ * text gives *n_ids = 0 and a valid buffer). Invalid UTF-8 is DN_ERR_ARG naming the byte offset
+ * (Hugging Face's tokenizers only ever sees valid text). Nothing is added around the text (no
+ * BOS/EOS: Qwen's tokenizers add none). */
+DN_API dn_status dn_tokenizer_encode(const dn_tokenizer *t, const char *text, size_t n,
+                                     unsigned flags, int32_t **ids, int64_t *n_ids);
+/* Decodes ids[0..n) into a new NUL-terminated UTF-8 string *text of *len bytes (free with
+ * free()). Bytes that do not form valid UTF-8 become U+FFFD, one per maximal invalid
+ * subsequence (as Hugging Face's ByteLevel decoder does); an unknown id is DN_ERR_ARG. */
+DN_API dn_status dn_tokenizer_decode(const dn_tokenizer *t, const int32_t *ids, int64_t n,
+                                     unsigned flags, char **text, size_t *len);
+
+/*
+ * Chat prompts in ChatML, the format of Qwen's chat templates:
+ *   <|im_start|>role\ncontent<|im_end|>\n ... and, with add_generation_prompt,
+ *   <|im_start|>assistant\n
+ * dn_chat_format writes that text (a new string to free()). dn_tokenizer_chat encodes it with the
+ * markers as their special tokens and the roles and contents as plain text (a special token's
+ * text inside a message stays text; otherwise the ids are those of encoding the formatted text).
+ * DN_ERR_UNSUPPORTED when the tokenizer lacks <|im_start|> / <|im_end|> as special tokens or
+ * its tokenizer_config.json has a chat_template that is not ChatML. Only the messages given are
+ * written: no default system message (Qwen2.5's template adds one when there is none) and no
+ * thinking block (<think>\n\n</think>\n\n, Qwen3's switch): add them as messages or text.
+ */
+typedef struct dn_chat_message {
+    const char *role;    /* "system", "user", "assistant", ... */
+    const char *content; /* UTF-8 */
+} dn_chat_message;
+DN_API dn_status dn_chat_format(const dn_chat_message *msgs, int64_t n, int add_generation_prompt,
+                                char **text, size_t *len);
+DN_API dn_status dn_tokenizer_chat(const dn_tokenizer *t, const dn_chat_message *msgs, int64_t n,
+                                   int add_generation_prompt, int32_t **ids, int64_t *n_ids);
+
 #ifdef __cplusplus
 }
 #endif

@@ -12,7 +12,9 @@
  * without its 1 + w, a gate ordering, rotary pairing, a swapped head group) moves logits by 1e-2
  * or more (checked by mutating the loaded weights below).
  */
+#include "../src/model/json.h"
 #include "../src/model/safetensors.h"
+#include "run.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -403,8 +405,80 @@ static int test_hf_malformed(void) {
     return fails;
 }
 
+/* `deltanet run` end to end on a model with a real tokenizer: the prompt's ids are those of
+ * Hugging Face's tokenizers, and greedy decoding gives transformers' tokens and text. */
+static int test_hf_run(void) {
+    int fails = 0;
+    const char *dir = FIXTURES "/qwen3_5_run";
+    dn_json *ref = NULL;
+    if (dn_json_load(FIXTURES "/qwen3_5_run/reference.json", 1 << 20, &ref) != DN_OK)
+        return printf("    FAIL %s\n", dn_last_error()), 1;
+    const char *prompt = NULL, *text = NULL;
+    const dn_json *pids = NULL, *gen = NULL;
+    dn_json_get_str(ref, "prompt", &prompt, NULL, 1);
+    dn_json_get_str(ref, "text", &text, NULL, 1);
+    dn_json_get_typed(ref, "prompt_ids", DN_JSON_ARRAY, &pids, 1);
+    dn_json_get_typed(ref, "generated", DN_JSON_ARRAY, &gen, 1);
+    if (!prompt || !text || !pids || !gen) {
+        dn_json_free(ref);
+        return printf("    FAIL reference.json: %s\n", dn_last_error()), 1;
+    }
+    dn_tokenizer *tok = NULL;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    CHECK(dn_tokenizer_load(&tok, dir) == DN_OK &&
+              dn_tokenizer_encode(tok, prompt, strlen(prompt), 0, &ids, &n) == DN_OK,
+          "%s", dn_last_error());
+    CHECK(n == (int64_t)dn_json_len(pids), "prompt: %lld ids, tokenizers gave %zu", (long long)n,
+          dn_json_len(pids));
+    for (int64_t i = 0; i < n && i < (int64_t)dn_json_len(pids); i++)
+        CHECK(ids[i] == dn_json_at(pids, (size_t)i)->u.i, "prompt id %lld", (long long)i);
+    free(ids);
+    dn_tokenizer_free(tok);
+
+    /* the command, its standard output in a file */
+    char out_path[256], ntok[16];
+    const char *t = getenv("TMPDIR");
+    snprintf(out_path, sizeof out_path, "%s/dn_test_run.XXXXXX", t && *t ? t : "/tmp");
+    const int fd = mkstemp(out_path);
+    snprintf(ntok, sizeof ntok, "%d", 12);
+    char *argv[] = {"run", (char *)dir,     "-p", (char *)prompt, "-n",
+                    ntok,  "--temperature", "0",  "--json",       NULL};
+    fflush(stdout);
+    const int saved = dup(1);
+    dup2(fd, 1);
+    const int rc = dn_run_main(9, argv);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved), close(fd);
+    CHECK(rc == 0, "deltanet run returned %d", rc);
+    dn_json *rec = NULL;
+    CHECK(dn_json_load(out_path, 1 << 20, &rec) == DN_OK, "its JSON record: %s", dn_last_error());
+    const char *got = NULL;
+    int64_t made = -1, fed = -1;
+    if (rec) {
+        dn_json_get_str(rec, "text", &got, NULL, 1);
+        dn_json_get_int(rec, "generated_tokens", &made, 1);
+        dn_json_get_int(rec, "prompt_tokens", &fed, 1);
+    }
+    CHECK(made == (int64_t)dn_json_len(gen), "%lld tokens generated, transformers %zu",
+          (long long)made, dn_json_len(gen));
+    CHECK(fed == n, "%lld prompt tokens fed", (long long)fed);
+    CHECK(got && !strcmp(got, text), "text '%s', transformers '%s'", got ? got : "(none)", text);
+    dn_json_free(rec);
+    dn_json_free(ref);
+    unlink(out_path);
+
+    char *bad[] = {"run", (char *)dir, NULL};
+    CHECK(dn_run_main(2, bad) == 2, "run without -p or --chat");
+    char *missing[] = {"run", FIXTURES "/none", "-p", "x", NULL};
+    CHECK(dn_run_main(4, missing) == 1, "run on a missing directory");
+    return fails;
+}
+
 const test_case dn_tests_hf[] = {
     {"hf_qwen3_5_parity", test_hf_parity},
     {"hf_qwen3_5_malformed", test_hf_malformed},
+    {"hf_run", test_hf_run},
     {NULL, NULL},
 };

@@ -11,32 +11,36 @@
 #include "compare.h"
 #include "generate.h"
 #include "recall.h"
+#include "run.h"
 #include "train.h"
 
 #include <stdio.h>
 #include <string.h>
 
 static void usage(void) {
-    printf("usage: deltanet <command> [options]\n"
-           "  compare      softmax attention against Gated DeltaNet and its relatives, measured:\n"
-           "               prefill cost, decode cost and state bytes, memory capacity; tables,\n"
-           "               SVG charts and JSON (deltanet compare --help)\n"
-           "  bench [gdn]  Gated DeltaNet (and family) forward: decode and prefill speed against\n"
-           "               the machine's measured FMA peak (deltanet bench --help for options)\n"
-           "  bench attn   causal softmax attention: tiled prefill, and KV-cache decode against\n"
-           "               the measured copy bandwidth (deltanet bench attn --help)\n"
-           "  bench ssm    Mamba-1, Mamba-2, RWKV-4 and the short convolution: prefill and\n"
-           "               decode tokens/s\n"
-           "  bench bwd    training step (forward + backward) of Gated DeltaNet and attention\n"
-           "               against length\n"
-           "  bench matmul dense products at projection shapes: the built-in kernel against the\n"
-           "               BLAS, as GFLOP/s and fractions of the FMA peak\n"
-           "  bench model  language models: training tokens/s and MFU, decode tokens/s\n"
-           "               against context (deltanet bench model --help)\n"
-           "  train        a language model (Gated DeltaNet, attention or a hybrid) trained on\n"
-           "               byte-level text or MQAR recall (deltanet train --help)\n"
-           "  info    what this build and machine provide\n"
-           "With no command, runs `compare` with its defaults.\n");
+    printf(
+        "usage: deltanet <command> [options]\n"
+        "  compare      softmax attention against Gated DeltaNet and its relatives, measured:\n"
+        "               prefill cost, decode cost and state bytes, memory capacity; tables,\n"
+        "               SVG charts and JSON (deltanet compare --help)\n"
+        "  bench [gdn]  Gated DeltaNet (and family) forward: decode and prefill speed against\n"
+        "               the machine's measured FMA peak (deltanet bench --help for options)\n"
+        "  bench attn   causal softmax attention: tiled prefill, and KV-cache decode against\n"
+        "               the measured copy bandwidth (deltanet bench attn --help)\n"
+        "  bench ssm    Mamba-1, Mamba-2, RWKV-4 and the short convolution: prefill and\n"
+        "               decode tokens/s\n"
+        "  bench bwd    training step (forward + backward) of Gated DeltaNet and attention\n"
+        "               against length\n"
+        "  bench matmul dense products at projection shapes: the built-in kernel against the\n"
+        "               BLAS, as GFLOP/s and fractions of the FMA peak\n"
+        "  bench model  language models: training tokens/s and MFU, decode tokens/s\n"
+        "               against context (deltanet bench model --help)\n"
+        "  train        a language model (Gated DeltaNet, attention or a hybrid) trained on\n"
+        "               byte-level text or MQAR recall (deltanet train --help)\n"
+        "  run          a Hugging Face Qwen3.5 / Qwen3.5-MoE / Qwen3-Next checkpoint on the CPU:\n"
+        "               prompt completion or chat (deltanet run --help)\n"
+        "  info    what this build and machine provide\n"
+        "With no command, runs `compare` with its defaults.\n");
 }
 
 int main(int argc, char **argv) {
@@ -54,6 +58,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return dn_train_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "recall")) return dn_recall_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "generate")) return dn_generate_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "run")) return dn_run_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "info")) {
         printf("%s\n", dn_build_info());
         printf("best SIMD level: %s, threads: %d\n", dn_isa_name(dn_isa_best()),

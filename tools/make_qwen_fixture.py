@@ -9,6 +9,9 @@ Writes, under tests/fixtures/ (or the directory given as the first argument):
   qwen3_5_moe/   Qwen3_5MoeForCausalLM: 4 experts, top 2, a shared expert, fp32 weights
   qwen3_next/    Qwen3NextForCausalLM: fused in_proj_qkvz / in_proj_ba, experts in layers 0, 2,
                  3 and a dense MLP in layer 1 (mlp_only_layers), norm_topk_prob false, bf16
+  qwen3_5_run/   a bf16 Qwen3.5 with the tokenizer fixture's Qwen3 BPE (tokenizer.json,
+                 tokenizer_config.json) and reference.json: a prompt, its ids and the greedy
+                 continuation (ids and text), for `deltanet run`
 Each holds config.json, the weights, and reference.safetensors:
   tokens [T] int32           the prompt
   logits [T, vocab] f32      transformers' logits of one forward over the prompt
@@ -35,6 +38,7 @@ from transformers import (Qwen3_5Config, Qwen3_5ForCausalLM,
                           Qwen3NextForCausalLM)
 
 T_PROMPT, STEPS = 40, 32
+RUN_STEPS = 12
 
 
 def text_config(tie):
@@ -159,7 +163,42 @@ def main():
     model.to(torch.bfloat16).save_pretrained(d)
     save_file(ref, os.path.join(d, "reference.safetensors"))
 
-    for sub in ("qwen3_5_text", "qwen3_5_vl", "qwen3_5_moe", "qwen3_next"):
+    # a model with a real tokenizer, for `deltanet run`: the tokenizer fixture's Qwen3 BPE
+    # (tests/fixtures/tokenizer/qwen3, tools/make_tokenizer_fixture.py), a prompt encoded by
+    # tokenizers and greedy decoding until a stop token or RUN_STEPS tokens
+    from tokenizers import Tokenizer
+    tdir = os.path.join(root, "tokenizer", "qwen3")
+    tok = Tokenizer.from_file(os.path.join(tdir, "tokenizer.json"))
+    tc = text_config(tie=True)
+    tc["vocab_size"] = tok.get_vocab_size(with_added_tokens=True)
+    cfg = Qwen3_5TextConfig(**tc)
+    model = Qwen3_5ForCausalLM(cfg).float().eval()
+    randomise(model, 5)
+    round_to(model, torch.bfloat16)
+    d = os.path.join(root, "qwen3_5_run")
+    os.makedirs(d, exist_ok=True)
+    prompt = "The delta rule writes: Grüße, 東京 42!"
+    ids = tok.encode(prompt).ids
+    stops = {tok.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    out, cache = [], None
+    with torch.no_grad():
+        o = model(input_ids=torch.tensor([ids]), use_cache=True)
+        for i in range(RUN_STEPS):
+            nxt = int(torch.argmax(o.logits[0, -1]))
+            if nxt in stops:
+                break
+            out.append(nxt)
+            o = model(input_ids=torch.tensor([[nxt]]), past_key_values=o.past_key_values,
+                      position_ids=torch.tensor([[len(ids) + i]]), use_cache=True)
+    model.to(torch.bfloat16).save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        with open(os.path.join(tdir, f), "rb") as a, open(os.path.join(d, f), "wb") as b:
+            b.write(a.read())
+    with open(os.path.join(d, "reference.json"), "w") as f:
+        json.dump({"prompt": prompt, "prompt_ids": ids, "generated": out,
+                   "text": tok.decode(out, skip_special_tokens=True)}, f, ensure_ascii=False)
+
+    for sub in ("qwen3_5_text", "qwen3_5_vl", "qwen3_5_moe", "qwen3_next", "qwen3_5_run"):
         p = os.path.join(root, sub)
         for f in sorted(os.listdir(p)):
             print(f"{sub}/{f}: {os.path.getsize(os.path.join(p, f))} bytes")

@@ -426,9 +426,9 @@ dn_status dn_model_set_weight_dtype(dn_model *m, dn_dtype t) {
         float *p = m->params + ti->offset;
         const uint16_t *src = m->w16 ? m->w16 + ti->offset : NULL;
         for (int64_t j = 0; j < ti->numel; j++) {
-            const float x = src ? (m->w16_type == DN_BF16 ? dn_bf16_to_f32(src[j])
-                                                          : dn_f16_to_f32(src[j]))
-                                : p[j];
+            const float x =
+                src ? (m->w16_type == DN_BF16 ? dn_bf16_to_f32(src[j]) : dn_f16_to_f32(src[j]))
+                    : p[j];
             if (w16)
                 w16[ti->offset + j] = t == DN_BF16 ? dn_f32_to_bf16(x) : dn_f32_to_f16(x);
             else

@@ -16,7 +16,7 @@
 enum {
     FZ_LA_FWD = 0, FZ_LA_STEP, FZ_LA_BWD, FZ_LA_TRAIN, FZ_ATTN_FWD, FZ_ATTN_BWD, FZ_KV,
     FZ_MAMBA, FZ_MAMBA_BWD, FZ_MAMBA2, FZ_MAMBA2_BWD, FZ_RWKV4, FZ_RWKV4_BWD, FZ_CONV,
-    FZ_CONV_BWD, FZ_NAMES, FZ_JSON, FZ_SAFETENSORS, FZ_CHECKPOINT, FZ_FAMILY_COUNT
+    FZ_CONV_BWD, FZ_NAMES, FZ_JSON, FZ_SAFETENSORS, FZ_CHECKPOINT, FZ_TOKENIZER, FZ_FAMILY_COUNT
 };
 
 /* Runs one input through the harness. family < 0: the first byte picks it. */
@@ -31,5 +31,8 @@ const char *dn_fuzz_json(const uint8_t *data, size_t size);
 const char *dn_fuzz_safetensors(const uint8_t *data, size_t size);
 /* dn_checkpoint_parse on mutations of a valid checkpoint (or on the raw input) */
 const char *dn_fuzz_checkpoint(const uint8_t *data, size_t size);
+/* dn_tokenizer_parse on a valid tokenizer.json mutated (or the raw input), and encode/decode of
+ * the input as text */
+const char *dn_fuzz_tokenizer(const uint8_t *data, size_t size);
 
 #endif

@@ -1,6 +1,7 @@
 /*
  * fuzz_files.c - the contract fuzzer's families for the model layer's file parsers
- * (src/model/json.c, src/model/safetensors.c), called from fuzz.c's dispatch.
+ * (src/model/json.c, src/model/safetensors.c, checkpoints, src/model/tokenizer.c), called from
+ * fuzz.c's dispatch.
  *
  * The first byte of an input is a mode; the rest is the file:
  *   bit 7     the n-th allocation of the parse fails (n from bits 1..6): DN_ERR_ALLOC is then
@@ -22,6 +23,7 @@
 
 #include "../../src/model/json.h"
 #include "../../src/model/safetensors.h"
+#include "../../src/model/unicode.h"
 
 #include <unistd.h>
 
@@ -280,6 +282,189 @@ const char *dn_fuzz_checkpoint(const uint8_t *d, size_t n) {
         free(extra);
         dn_adamw_free(o);
         dn_model_free(m);
+    }
+    free(buf);
+    return bad;
+}
+
+/* ---- tokenizer: a small valid tokenizer.json, mutated (or the raw input), and the input as
+ * text. Mode byte: bits 0-1: 0 the rest is text for the base tokenizer (valid UTF-8 must round
+ * trip: decode(encode(x)) = NFC(x); invalid UTF-8 must be DN_ERR_ARG with nothing written),
+ * 1 the base file with (offset, byte) edits and maybe a truncation (bit 2), 2 the rest is the
+ * file; a file accepted must encode a fixed text into valid ids that decode to valid UTF-8.
+ * Bit 7: the n-th allocation fails (n from bits 2..6). ---- */
+
+static char *tok_base;
+static size_t tok_base_len;
+
+/* appends s as a JSON string */
+static size_t put_jstr(char *o, const char *s, size_t n) {
+    size_t w = 0;
+    o[w++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\') o[w++] = '\\';
+        o[w++] = s[i];
+    }
+    o[w++] = '"';
+    return w;
+}
+
+/* byte-level character of byte b (GPT-2's bytes_to_unicode), as UTF-8 */
+static int bl_char(int b, char *o) {
+    uint32_t c = b <= 0x20                  ? 0x100u + (uint32_t)b
+                 : (b >= 0x7F && b <= 0xA0) ? 0x121u + (uint32_t)(b - 0x7F)
+                 : b == 0xAD                ? 0x143u
+                                            : (uint32_t)b;
+    return dn_utf8_put((uint8_t *)o, c);
+}
+
+static void make_tok_base(void) {
+    if (tok_base) return;
+    static const char *const merges[][2] = {{"\xc4\xa0", "t"}, {"\xc4\xa0t", "h"},
+                                            {"h", "e"},        {"\xc4\xa0th", "e"},
+                                            {"a", "b"},        {"\xc4\xa0", "\xc4\xa0"},
+                                            {"1", "2"},        {"\xc3\x83", "\xc2\xa9"},
+                                            {"ab", "ab"},      {"'", "s"}};
+    const size_t cap = 1 << 16;
+    char *o = malloc(cap);
+    size_t w = 0;
+    w += (size_t)sprintf(
+        o + w, "{\"version\":\"1.0\",\"added_tokens\":["
+               "{\"id\":266,\"content\":\"<|im_start|>\",\"special\":true,\"normalized\":false},"
+               "{\"id\":267,\"content\":\"<|im_end|>\",\"special\":true,\"normalized\":false},"
+               "{\"id\":268,\"content\":\"<think>\",\"special\":false,\"normalized\":false},"
+               "{\"id\":269,\"content\":\"\\u2126\",\"special\":false,\"normalized\":true}],"
+               "\"normalizer\":{\"type\":\"NFC\"},\"pre_tokenizer\":{\"type\":\"Sequence\","
+               "\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":"
+               "\"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|"
+               "\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|"
+               "\\\\s+(?!\\\\S)|\\\\s+\"},\"behavior\":\"Isolated\",\"invert\":false},"
+               "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}]},"
+               "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},"
+               "\"model\":{\"type\":\"BPE\",\"ignore_merges\":false,\"vocab\":{");
+    for (int b = 0; b < 256; b++) {
+        char ch[4];
+        w += put_jstr(o + w, ch, (size_t)bl_char(b, ch));
+        w += (size_t)sprintf(o + w, ":%d,", b);
+    }
+    int id = 256;
+    for (size_t m = 0; m < sizeof merges / sizeof merges[0]; m++) {
+        char cat[16];
+        size_t la = strlen(merges[m][0]), lb = strlen(merges[m][1]);
+        memcpy(cat, merges[m][0], la);
+        memcpy(cat + la, merges[m][1], lb);
+        w += put_jstr(o + w, cat, la + lb);
+        w += (size_t)sprintf(o + w, ":%d%s", id++,
+                             m + 1 < sizeof merges / sizeof merges[0] ? "," : "");
+    }
+    w += (size_t)sprintf(o + w, "},\"merges\":[");
+    for (size_t m = 0; m < sizeof merges / sizeof merges[0]; m++) {
+        char pair[16];
+        size_t la = strlen(merges[m][0]), lb = strlen(merges[m][1]);
+        memcpy(pair, merges[m][0], la);
+        pair[la] = ' ';
+        memcpy(pair + la + 1, merges[m][1], lb);
+        if (m % 2) { /* both spellings of a merge */
+            w += put_jstr(o + w, pair, la + 1 + lb);
+        } else {
+            o[w++] = '[';
+            w += put_jstr(o + w, merges[m][0], la);
+            o[w++] = ',';
+            w += put_jstr(o + w, merges[m][1], lb);
+            o[w++] = ']';
+        }
+        if (m + 1 < sizeof merges / sizeof merges[0]) o[w++] = ',';
+    }
+    w += (size_t)sprintf(o + w, "]}}");
+    tok_base = o;
+    tok_base_len = w;
+}
+
+static const char *tok_check_ids(const dn_tokenizer *t, const char *text, size_t n, int roundtrip) {
+    int32_t *ids = NULL;
+    int64_t ni = 0;
+    dn_status s = dn_tokenizer_encode(t, text, n, 0, &ids, &ni);
+    if (s == DN_ERR_ALLOC) return NULL;
+    if (s != DN_OK) return "encode of valid UTF-8 failed";
+    const char *bad = NULL;
+    for (int64_t i = 0; i < ni && !bad; i++)
+        if (ids[i] < 0 || ids[i] >= dn_tokenizer_vocab_size(t) ||
+            !dn_tokenizer_token_str(t, ids[i]))
+            bad = "encode gave an id that is not a token";
+    char *back = NULL;
+    size_t bl = 0;
+    if (!bad && (s = dn_tokenizer_decode(t, ids, ni, 0, &back, &bl)) != DN_OK && s != DN_ERR_ALLOC)
+        bad = "decode of encoded ids failed";
+    if (!bad && back && dn_utf8_check((const uint8_t *)back, bl) != bl)
+        bad = "decode gave invalid UTF-8";
+    if (!bad && back && roundtrip) {
+        uint8_t *norm = NULL;
+        size_t nn = 0;
+        if (dn_nfc((const uint8_t *)text, n, &norm, &nn) == DN_OK) {
+            if (nn != bl || memcmp(norm, back, nn)) bad = "decode(encode(x)) is not NFC(x)";
+            dn_free(norm);
+        }
+    }
+    free(back);
+    free(ids);
+    return bad;
+}
+
+static dn_tokenizer *const NO_TOK = (dn_tokenizer *)(uintptr_t)0x7a7a7a7a;
+
+const char *dn_fuzz_tokenizer(const uint8_t *d, size_t n) {
+    make_tok_base();
+    const unsigned mode = n ? d[0] : 0;
+    const char *bad = NULL;
+    if (mode & 0x80) dn_fault_fail_alloc_after((long)((mode >> 2) & 0x1f));
+    if ((mode & 3) == 0 || (mode & 3) == 3) { /* text for the base tokenizer */
+        dn_fault_fail_alloc_after(-1);
+        dn_tokenizer *t = NULL;
+        if (dn_tokenizer_parse(&t, tok_base, tok_base_len, NULL, 0) != DN_OK)
+            return "the base tokenizer does not load";
+        const char *text = n ? (const char *)d + 1 : "";
+        size_t len = n ? n - 1 : 0;
+        if (mode & 0x80) dn_fault_fail_alloc_after((long)((mode >> 2) & 0x1f));
+        if (dn_utf8_check((const uint8_t *)text, len) == len) {
+            bad = tok_check_ids(t, text, len, 1);
+        } else {
+            int32_t *ids = (int32_t *)(uintptr_t)0x5a5a;
+            int64_t ni = -5;
+            dn_status s = dn_tokenizer_encode(t, text, len, 0, &ids, &ni);
+            if (s != DN_ERR_ARG || ids != (int32_t *)(uintptr_t)0x5a5a || ni != -5)
+                bad = "invalid UTF-8 was not DN_ERR_ARG with nothing written";
+        }
+        dn_fault_fail_alloc_after(-1);
+        dn_tokenizer_free(t);
+        return bad;
+    }
+    char *buf;
+    size_t len;
+    if ((mode & 3) == 2) { /* the input is the file */
+        len = n - 1;
+        buf = malloc(len ? len : 1);
+        if (len) memcpy(buf, d + 1, len);
+    } else {
+        len = tok_base_len;
+        buf = malloc(len);
+        memcpy(buf, tok_base, len);
+        for (size_t i = 1; i + 2 < n; i += 3)
+            buf[((size_t)d[i] << 8 | d[i + 1]) * 13 % len] = (char)d[i + 2];
+        if (mode & 4) len = n > 1 ? ((size_t)d[1] << 8 | d[n - 1]) % (len + 1) : len / 2;
+    }
+    dn_tokenizer *t = NO_TOK;
+    dn_status s = dn_tokenizer_parse(&t, buf, len, NULL, 0);
+    dn_fault_fail_alloc_after(-1);
+    if (s != DN_OK) {
+        if (t != NO_TOK)
+            bad = "a failed parse wrote *out";
+        else if (s != DN_ERR_FORMAT && !(s == DN_ERR_ALLOC && (mode & 0x80)))
+            bad = "a parse failed with a status other than FORMAT";
+    } else {
+        static const char text[] = "The cafe\xcc\x81 12345 <|im_start|>user\n'S it's \xe4\xb8\xad "
+                                   "<think>\xf0\x9f\x98\x80  \r\n x";
+        bad = tok_check_ids(t, text, sizeof text - 1, 0);
+        dn_tokenizer_free(t);
     }
     free(buf);
     return bad;
