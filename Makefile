@@ -168,7 +168,7 @@ $(BUILD)/%.o: %.c $(STAMP)
 
 TOOL_OBJ := $(BUILD)/tools/opts.o $(BUILD)/tools/compare.o $(BUILD)/tools/train.o $(BUILD)/tools/recall.o $(BUILD)/tools/generate.o $(BUILD)/tools/run.o $(BUILD)/tools/svg.o $(BUILD)/bench/machine.o
 
-$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(BUILD)/bench/matmul.o $(STATIC)
+$(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(BUILD)/bench/qwen.o $(BUILD)/bench/matmul.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_matmul.o $(BUILD)/tests/test_files.o $(BUILD)/tests/test_tokenizer.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(BUILD)/tests/test_hf.o $(TOOL_OBJ) $(STATIC)

@@ -24,6 +24,7 @@ int dn_bench_bwd_main(int argc, char **argv);
 /* `deltanet bench model`: language-model training MFU and decode against context (bench/model.c).
  */
 int dn_bench_model_main(int argc, char **argv);
+int dn_bench_qwen_main(int argc, char **argv);
 /* `deltanet bench matmul`: dense products, the built-in kernel against the BLAS (bench/matmul.c).
  */
 int dn_bench_matmul_main(int argc, char **argv);

@@ -52,6 +52,7 @@ int main(int argc, char **argv) {
         if (argc > 2 && !strcmp(argv[2], "ssm")) return dn_bench_ssm_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "bwd")) return dn_bench_bwd_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "model")) return dn_bench_model_main(argc - 2, argv + 2);
+        if (argc > 2 && !strcmp(argv[2], "qwen")) return dn_bench_qwen_main(argc - 2, argv + 2);
         if (argc > 2 && !strcmp(argv[2], "matmul")) return dn_bench_matmul_main(argc - 2, argv + 2);
         return dn_bench_gdn_main(argc - 1, argv + 1);
     }
