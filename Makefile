@@ -108,7 +108,7 @@ ifeq ($(HAVE_NVCC),1)
   CUDA_ARCHS  := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
                  -gencode arch=compute_90,code=compute_90
   NVCC_FLAGS  := -std=c++17 -O3 -g -lineinfo -Iinclude $(CUDA_ARCHS) -Xcompiler -fPIC,-fvisibility=hidden,-Wall \
-                 $(if $(SAN),-Xcompiler -fsanitize=$(SAN))
+                 $(if $(SAN),-Xcompiler -fsanitize=$(SAN)) $(NVCC_EXTRA)
   LDLIBS      += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lstdc++
   CUDA_MSG    := $(NVCC) ($(shell $(NVCC) --version 2>/dev/null | grep -o 'release [0-9.]*')): GPU kernels for sm_80, sm_90a and PTX
 else
@@ -216,10 +216,14 @@ ifeq ($(SANITIZE),1)
 endif
 
 BENCH_CUDA := $(BUILD)/bench_cuda_la
-$(BENCH_CUDA): bench/cuda_la.cu $(STATIC) $(STAMP)
-	$(NVCC) $(NVCC_FLAGS) -Ibench -o $@ $< $(STATIC) $(LDFLAGS) $(LDLIBS) $(if $(filter yes,$(OMP_MSG)),-Xcompiler -fopenmp)
+$(BUILD)/bench/cuda_la.o: bench/cuda_la.cu include/deltanet.h $(STAMP)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+$(BENCH_CUDA): $(BUILD)/bench/cuda_la.o $(STATIC)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 bench-cuda: info $(BENCH_CUDA)
 	./$(BENCH_CUDA)
+	-python3 bench/cuda_la_fla.py
 
 bench: info $(TOOL)
 	./$(TOOL) bench
@@ -239,7 +243,7 @@ install: $(STATIC) $(SHARED) $(TOOL)
 	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(TOOL) $(DESTDIR)$(PREFIX)/bin/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' \
-	    -e 's|@LIBS_PRIVATE@|-lm$(if $(filter yes,$(OMP_MSG)), -fopenmp)|' \
+	    -e 's|@LIBS_PRIVATE@|-lm$(if $(filter yes,$(OMP_MSG)), -fopenmp)$(if $(HAVE_NVCC), -L$(CUDA_LIBDIR) -lcudart -lstdc++)|' \
 	    -e 's|@REQUIRES_PRIVATE@|$(BLAS_PC)|' deltanet.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/deltanet.pc
 

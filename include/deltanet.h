@@ -216,11 +216,14 @@ typedef struct dn_strides {
  *               (0, 1, ...): the call runs on that GPU, and q, k, v, g, beta, o, initial_state and
  *               final_state are device pointers (readable by that device); cu_seqlens stays a
  *               host array (it is checked and its sequences scheduled on the host; the call copies
- *               it to the device), as does the params struct itself. workspace is not used. The
- *               GPU path runs DN_IMPL_RECURRENT (the fused recurrence, also dn_la_step's decode)
- *               and DN_IMPL_CHUNK (chunks of 64 tokens for 16-bit inputs, 32 for fp32, whatever
- *               chunk_size says: the function is the same); DN_IMPL_AUTO picks the recurrence
- *               below 16 tokens per sequence, else the chunkwise form; DN_IMPL_REF is
+ *               it to the device), as does the params struct itself. workspace is not used.
+ *               K <= 256. The GPU runs DN_IMPL_RECURRENT (the fused recurrence, any K and V; T = 1
+ *               with initial_state == final_state is the batched decode step) and DN_IMPL_CHUNK
+ *               (K and V multiples of 16; chunks of 32 tokens whatever chunk_size says, the
+ *               function being the same; tensor cores for 16-bit inputs, fp32 products on the
+ *               CUDA cores for fp32 inputs, which so keep fp32 accuracy). DN_IMPL_AUTO picks the
+ *               recurrence below 16 tokens per sequence or for other head sizes, else the
+ *               chunkwise form. DN_IMPL_REF is
  *               DN_ERR_UNSUPPORTED there. The shape, stride and overlap checks are the same as on
  *               the CPU; the values of g and beta are not read on the host, so out-of-contract
  *               values are not rejected on the GPU (g is clamped below at -1024 as on the CPU).

@@ -245,8 +245,8 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
 /* The grid: every op and form over odd lengths, T < chunk, varlen, grouped heads, every head dim,
  * strided views, the gate and beta extremes. */
 static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *impls, int nimpl) {
-    static const int64_t dims[][2] = {{64, 64},   {96, 96},  {128, 128}, {192, 192},
-                                      {256, 256}, {96, 192}, {128, 256}, {256, 64}};
+    static const int64_t dims[][2] = {{64, 64},  {96, 96},   {128, 128}, {192, 192}, {256, 256},
+                                      {96, 192}, {128, 256}, {256, 64},  {32, 48},   {48, 16}};
     static const dn_op ops[] = {DN_OP_LINEAR_ATTN, DN_OP_GLA, DN_OP_DELTANET, DN_OP_GDN};
     la_case cases[128];
     int nc = 0;

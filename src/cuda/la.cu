@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <type_traits>
 
 namespace {
@@ -35,6 +36,7 @@ struct la_args {
     int64_t qb, qt, qh, kb, kt, kh, vb, vt, vh, gb, gt, gh, bb, bt, bh, ob, ot, oh;
     float scale;
     int l2norm, gate, delta;
+    int vec; /* q, k, v 16-byte aligned with strides of whole 16-byte vectors */
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
@@ -62,6 +64,22 @@ __device__ __forceinline__ void seq_range(const la_args &a, int64_t n, int64_t *
         *t0 = 0;
         *t1 = a.T;
     }
+}
+
+/* 16 bytes of T elements at p: one vector load when p is 16-byte aligned (vec), else element loads
+ * packed into the same register layout. */
+template <typename T> __device__ __forceinline__ uint4 load16(const T *p, bool vec) {
+    if (vec) return __ldg((const uint4 *)p);
+    using R = typename std::conditional<sizeof(T) == 4, uint32_t, uint16_t>::type;
+    union {
+        uint4 u;
+        R e[16 / sizeof(T)];
+    } w;
+    const R *pr = (const R *)p;
+#pragma unroll
+    for (int i = 0; i < (int)(16 / sizeof(T)); i++)
+        w.e[i] = pr[i];
+    return w.u;
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
@@ -278,53 +296,90 @@ __device__ __forceinline__ void prod(float *Cm, int ldc, const T *A, int lda, co
         mm<T, TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kd, acc);
 }
 
-/* Tm = (I + A)^{-1} for A strictly lower [C][C] (pitch ld), fp32, into Tm (pitch ld). Uses the
- * upper-right blocks of A (zero, never read as part of A) as scratch. */
-__device__ void unit_lower_inverse(float *Tm, float *A, int ld, int C) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    /* zero the upper triangle, then the 16 x 16 diagonal blocks, one warp each, by substitution
-     * down the rows (lanes 0..15: a column each) */
-    for (int x = threadIdx.x; x < C * C; x += blockDim.x) {
-        const int i = x / C, j = x % C;
-        if (j > i) Tm[i * ld + j] = 0.0f;
-    }
-    for (int blk = warp; blk < C / 16; blk += CH_WARPS) {
-        const int o = blk * 16, j = lane;
-        for (int i = 0; i < 16; i++) {
-            if (j < 16 && j <= i) {
-                float s = (i == j) ? 1.0f : 0.0f;
-                for (int m = j; m < i; m++)
-                    s -= A[(o + i) * ld + o + m] * Tm[(o + m) * ld + o + j];
-                Tm[(o + i) * ld + o + j] = s;
-            }
-            __syncwarp();
+/* One doubling step of unit_lower_inverse for blocks of S rows: pairs of S-row blocks become
+ * 2S-row blocks, lower-left = -L2^{-1} (M L1^{-1}); the zero upper triangles let every sum run
+ * over all S terms, unrolled. */
+template <int S>
+__device__ __forceinline__ void inverse_doubling(float *Tm, float *A, int ld, int C) {
+    const int pairs = C / (2 * S);
+    for (int x = threadIdx.x; x < pairs * S * S; x += blockDim.x) {
+        const int p = x / (S * S), i = (x / S) % S, j = x % S, o = p * 2 * S;
+        const float *ar = A + (o + S + i) * ld + o, *tc = Tm + o * ld + o + j;
+        float acc0 = 0, acc1 = 0;
+#pragma unroll
+        for (int m = 0; m < S; m += 2) {
+            acc0 += ar[m] * tc[m * ld];
+            acc1 += ar[m + 1] * tc[(m + 1) * ld];
         }
+        A[(o + i) * ld + o + S + j] = acc0 + acc1; /* scratch: the pair's upper-right block */
     }
     __syncthreads();
-    /* doubling: blocks of s rows pair up into blocks of 2s; lower-left = -L2^{-1} (M L1^{-1}) */
-    for (int s = 16; s < C; s *= 2) {
-        const int pairs = C / (2 * s);
-        for (int x = threadIdx.x; x < pairs * s * s; x += blockDim.x) {
-            const int p = x / (s * s), i = (x / s) % s, j = x % s, o = p * 2 * s;
-            float acc = 0; /* (M L1^{-1})[i][j], M = A[o+s+i][o+..]; L1^{-1} lower: m >= j */
-            for (int m = j; m < s; m++)
-                acc += A[(o + s + i) * ld + o + m] * Tm[(o + m) * ld + o + j];
-            A[(o + i) * ld + o + s + j] = acc; /* scratch: the pair's upper-right block */
+    for (int x = threadIdx.x; x < pairs * S * S; x += blockDim.x) {
+        const int p = x / (S * S), i = (x / S) % S, j = x % S, o = p * 2 * S;
+        const float *tr = Tm + (o + S + i) * ld + o + S, *mc = A + o * ld + o + S + j;
+        float acc0 = 0, acc1 = 0;
+#pragma unroll
+        for (int m = 0; m < S; m += 2) {
+            acc0 += tr[m] * mc[m * ld];
+            acc1 += tr[m + 1] * mc[(m + 1) * ld];
         }
-        __syncthreads();
-        for (int x = threadIdx.x; x < pairs * s * s; x += blockDim.x) {
-            const int p = x / (s * s), i = x / s % s, j = x % s, o = p * 2 * s;
-            float acc = 0; /* L2^{-1} lower: m <= i */
-            for (int m = 0; m <= i; m++)
-                acc += Tm[(o + s + i) * ld + o + s + m] * A[(o + m) * ld + o + s + j];
-            Tm[(o + s + i) * ld + o + j] = -acc;
-        }
-        __syncthreads();
+        Tm[(o + S + i) * ld + o + j] = -(acc0 + acc1);
     }
+    __syncthreads();
 }
+
+/* Tm = (I + A)^{-1} for A strictly lower [C][C] (pitch ld, C = 32 or 64), fp32, into Tm (pitch
+ * ld). Uses the upper-right blocks of A (zero, never read as part of A) as scratch. The 16 x 16
+ * diagonal blocks
+ * first, a half-warp each, a lane holding one column of the block's inverse in registers (forward
+ * substitution, the row of A read by broadcast); then doubling. */
+__device__ void unit_lower_inverse(float *Tm, float *A, int ld, int C) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int x = threadIdx.x; x < C * C; x += blockDim.x) {
+        const int i = x / C, j = x % C;
+        if (j > i && (i >> 4) != (j >> 4)) Tm[i * ld + j] = 0.0f;
+    }
+    const int blk = warp * 2 + (lane >> 4), j = lane & 15;
+    if (blk < C / 16) {
+        const int o = blk * 16;
+        float t[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float s = (i == j) ? 1.0f : 0.0f;
+#pragma unroll
+            for (int m = 0; m < i; m++)
+                s -= A[(o + i) * ld + o + m] * t[m];
+            t[i] = s; /* zero above the diagonal: t[m] = 0 for m < j */
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            Tm[(o + i) * ld + o + j] = t[i];
+    }
+    __syncthreads();
+    inverse_doubling<16>(Tm, A, ld, C);
+    if (C > 32) inverse_doubling<32>(Tm, A, ld, C);
+}
+
+/* Lab instrument (built with -DDN_CUDA_PROF): per-phase clock cycles of block 0's thread 0. */
+#ifdef DN_CUDA_PROF
+__device__ unsigned long long prof_cycles[16];
+#define PROF(i)                                                                                    \
+    do {                                                                                           \
+        if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {           \
+            const long long now_ = clock64();                                                      \
+            prof_cycles[i] += now_ - prof_last;                                                    \
+            prof_last = now_;                                                                      \
+        }                                                                                          \
+    } while (0)
+#else
+#define PROF(i) (void)0
+#endif
 
 template <typename T, int C, int BV>
 __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
+#ifdef DN_CUDA_PROF
+    long long prof_last = clock64();
+#endif
     extern __shared__ __align__(128) unsigned char smem[];
     const int K = (int)a.K;
     const ch_layout<T> L(C, K, BV);
@@ -353,50 +408,115 @@ __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
         if constexpr (sizeof(T) != 4) Sb[i * ldvb + j] = from_f<T>(s);
     }
 
+    /* The inputs of a chunk arrive in registers one chunk ahead (16-byte loads, all in flight at
+     * once, or element loads packed alike for unaligned views), so their latency hides behind the
+     * previous chunk's work. Padding rows past the sequence's end are zeros. */
+    constexpr int EPV = 16 / (int)sizeof(T);
+    constexpr int QK_MAX = C * 256 / EPV / CH_THREADS, V_MAX = (C * 64 / EPV) / CH_THREADS;
+    const int kvec = K / EPV, bvec = BV / EPV, nqv = C * kvec, nvv = C * bvec;
+    uint4 pq[QK_MAX], pk[QK_MAX], pv[V_MAX];
+    float pg = 0.0f, pb = 0.0f;
+    auto fetch = [&](int64_t tn) {
+        const int Ln = (int)(t1 - tn < C ? t1 - tn : C);
+#pragma unroll
+        for (int r = 0; r < QK_MAX; r++) {
+            const int x = tid + r * CH_THREADS, row = x / kvec, c = (x % kvec) * EPV;
+            pq[r] = pk[r] = make_uint4(0, 0, 0, 0);
+            if (x < nqv && row < Ln) {
+                pq[r] = load16(q + b * a.qb + (tn + row) * a.qt + h * a.qh + c, a.vec);
+                pk[r] = load16(k + b * a.kb + (tn + row) * a.kt + h * a.kh + c, a.vec);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < V_MAX; r++) {
+            const int x = tid + r * CH_THREADS, row = x / bvec, c = (x % bvec) * EPV;
+            pv[r] = make_uint4(0, 0, 0, 0);
+            if (x < nvv && row < Ln)
+                pv[r] = load16(v + b * a.vb + (tn + row) * a.vt + hv * a.vh + v0 + c, a.vec);
+        }
+        if (tid < C) {
+            const int64_t t = tn + tid;
+            pg = (a.gate && tid < Ln) ? a.g[b * a.gb + t * a.gt + hv * a.gh] : 0.0f;
+            pb = tid < Ln ? (a.delta ? a.beta[b * a.bb + t * a.bt + hv * a.bh] : 1.0f) : 0.0f;
+        }
+    };
+    if (t0 < t1) fetch(t0);
+
     for (int64_t tc = t0; tc < t1; tc += C) {
         const int Lc = (int)(t1 - tc < C ? t1 - tc : C);
-        /* q, k rows (normalised, q scaled): a warp a row; padding rows are zero */
-        for (int r = warp; r < C; r += CH_WARPS) {
-            const int64_t t = tc + r;
-            float sq = 0, sk = 0;
-            float qv[8], kv[8];
+        /* stage the prefetched chunk (raw v into Ub, raw g into dv), then ask for the next */
 #pragma unroll
-            for (int x = 0; x < 8; x++) {
-                const int c = lane + 32 * x;
-                qv[x] = kv[x] = 0.0f;
-                if (r < Lc && c < K) {
-                    qv[x] = to_f(q[b * a.qb + t * a.qt + h * a.qh + c]);
-                    kv[x] = to_f(k[b * a.kb + t * a.kt + h * a.kh + c]);
+        for (int r = 0; r < QK_MAX; r++) {
+            const int x = tid + r * CH_THREADS, row = x / kvec, c = (x % kvec) * EPV;
+            if (x < nqv) {
+                *(uint4 *)(Qs + row * ldk + c) = pq[r];
+                *(uint4 *)(Ks + row * ldk + c) = pk[r];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < V_MAX; r++) {
+            const int x = tid + r * CH_THREADS, row = x / bvec, c = (x % bvec) * EPV;
+            if (x < nvv) *(uint4 *)(Ub + row * ldvb + c) = pv[r];
+        }
+        if (tid < C) {
+            dv[tid] = fmaxf(pg, LOG_DECAY_MIN);
+            btv[tid] = pb;
+        }
+        if (tc + C < t1) fetch(tc + C);
+        __syncthreads();
+        PROF(0);
+        /* q scaled (and normalised), k normalised, in place: P threads a row, 16-byte pieces */
+        {
+            constexpr int P = CH_THREADS / C;
+            const int r = tid / P, part = tid % P;
+            float sq = 0, sk = 0;
+            for (int c = part; c < kvec; c += P) {
+                union {
+                    uint4 u;
+                    T e[EPV];
+                } xq, xk;
+                xq.u = *(const uint4 *)(Qs + r * ldk + c * EPV);
+                xk.u = *(const uint4 *)(Ks + r * ldk + c * EPV);
+#pragma unroll
+                for (int e = 0; e < EPV; e++) {
+                    const float x = to_f(xq.e[e]), y = to_f(xk.e[e]);
+                    sq += x * x;
+                    sk += y * y;
                 }
-                sq += qv[x] * qv[x];
-                sk += kv[x] * kv[x];
             }
             float rq = a.scale, rk = 1.0f;
             if (a.l2norm) {
-                sq = warp_sum(sq), sk = warp_sum(sk);
+#pragma unroll
+                for (int off = 1; off < P; off <<= 1) {
+                    sq += __shfl_xor_sync(0xffffffffu, sq, off);
+                    sk += __shfl_xor_sync(0xffffffffu, sk, off);
+                }
                 rq *= rsqrtf(sq + 1e-6f);
                 rk = rsqrtf(sk + 1e-6f);
             }
+            for (int c = part; c < kvec; c += P) {
+                union {
+                    uint4 u;
+                    T e[EPV];
+                } xq, xk;
+                xq.u = *(const uint4 *)(Qs + r * ldk + c * EPV);
+                xk.u = *(const uint4 *)(Ks + r * ldk + c * EPV);
 #pragma unroll
-            for (int x = 0; x < 8; x++) {
-                const int c = lane + 32 * x;
-                if (c < K) {
-                    Qs[r * ldk + c] = from_f<T>(qv[x] * rq);
-                    Ks[r * ldk + c] = from_f<T>(kv[x] * rk);
+                for (int e = 0; e < EPV; e++) {
+                    xq.e[e] = from_f<T>(to_f(xq.e[e]) * rq);
+                    xk.e[e] = from_f<T>(to_f(xk.e[e]) * rk);
                 }
+                *(uint4 *)(Qs + r * ldk + c * EPV) = xq.u;
+                if (a.l2norm) *(uint4 *)(Ks + r * ldk + c * EPV) = xk.u;
             }
         }
-        /* cumulative log decay (double, warp 0), beta; padding rows: no decay, beta 0 */
+        /* cumulative log decay in double (warp 0); padding rows have g = 0 */
         if (warp == 0) {
             constexpr int E = C / 32;
             double loc[E], run = 0;
 #pragma unroll
             for (int x = 0; x < E; x++) {
-                const int r = lane * E + x;
-                float gv = 0.0f;
-                if (a.gate && r < Lc)
-                    gv = fmaxf(a.g[b * a.gb + (tc + r) * a.gt + hv * a.gh], LOG_DECAY_MIN);
-                run += (double)gv;
+                run += (double)dv[lane * E + x];
                 loc[x] = run;
             }
             double incl = run; /* inclusive scan of the lanes' sums */
@@ -406,15 +526,11 @@ __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
             }
             const double excl = incl - run;
 #pragma unroll
-            for (int x = 0; x < E; x++) {
-                const int r = lane * E + x;
-                gam[r] = excl + loc[x];
-                btv[r] =
-                    (a.delta && r < Lc) ? a.beta[b * a.bb + (tc + r) * a.bt + hv * a.bh] : 0.0f;
-                if (!a.delta) btv[r] = r < Lc ? 1.0f : 0.0f;
-            }
+            for (int x = 0; x < E; x++)
+                gam[lane * E + x] = excl + loc[x];
         }
         __syncthreads();
+        PROF(1);
         if (tid < C) {
             const double gl = gam[Lc - 1];
             eg[tid] = (float)exp(gam[tid]);
@@ -428,26 +544,27 @@ __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
             prod<T, false, false>(X, ldv, Ks, ldk, Sb, ldvb, C, BV, K, false);
         }
         __syncthreads();
+        PROF(2);
         /* masks and gates */
+#pragma unroll 4
         for (int x = tid; x < C * C; x += CH_THREADS) {
             const int i = x / C, j = x % C;
             const float gm = (a.gate && j <= i) ? expf((float)(gam[i] - gam[j])) : 1.0f;
             Pb[i * ldcb + j] = from_f<T>(j <= i ? QK[i * ldc + j] * gm : 0.0f);
             if (a.delta) KK[i * ldc + j] = j < i ? btv[i] * gm * KK[i * ldc + j] : 0.0f;
         }
+#pragma unroll 4
         for (int x = tid; x < C * BV; x += CH_THREADS) {
             const int i = x / BV, j = x % BV;
-            const float vv =
-                i < Lc ? to_f(v[b * a.vb + (tc + i) * a.vt + hv * a.vh + v0 + j]) : 0.0f;
+            const float vv = to_f(Ub[i * ldvb + j]); /* raw v, staged */
             Ob[i * ldv + j] *= eg[i];
-            if (a.delta) {
+            if (a.delta)
                 Rb[i * ldvb + j] = from_f<T>(btv[i] * (vv - eg[i] * X[i * ldv + j]));
-            } else {
-                Ub[i * ldvb + j] = from_f<T>(vv);
+            else
                 Udb[i * ldvb + j] = from_f<T>(vv * dv[i]);
-            }
         }
         __syncthreads();
+        PROF(3);
         if (a.delta) {
             /* Tm into the QK buffer (free now), then U = Tm R */
             unit_lower_inverse(QK, KK, ldc, C);
@@ -457,9 +574,11 @@ __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
                     Tb[i * ldcb + j] = from_f<T>(QK[i * ldc + j]);
                 }
                 __syncthreads();
+                PROF(4);
             }
             prod<T, false, false>(X, ldv, Tb, ldcb, Rb, ldvb, C, BV, C, false);
             __syncthreads();
+            PROF(5);
             for (int x = tid; x < C * BV; x += CH_THREADS) {
                 const int i = x / BV, j = x % BV;
                 Ub[i * ldvb + j] = from_f<T>(X[i * ldv + j]);
@@ -475,10 +594,12 @@ __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
             }
         }
         __syncthreads();
+        PROF(6);
         /* O += P U;  S += K^T diag(d) U */
         prod<T, false, false>(Ob, ldv, Pb, ldcb, Ub, ldvb, C, BV, C, true);
         prod<T, true, false>(S32, ldv, Ks, ldk, Udb, ldvb, K, BV, C, true);
         __syncthreads();
+        PROF(7);
         for (int x = tid; x < Lc * BV; x += CH_THREADS) {
             const int i = x / BV, j = x % BV;
             o[b * a.ob + (tc + i) * a.ot + hv * a.oh + v0 + j] = from_f<T>(Ob[i * ldv + j]);
@@ -489,6 +610,7 @@ __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
                 Sb[i * ldvb + j] = from_f<T>(S32[i * ldv + j]);
             }
         __syncthreads();
+        PROF(8);
     }
     if (a.ht)
         for (int x = tid; x < K * BV; x += CH_THREADS) {
@@ -515,6 +637,12 @@ la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
     a.l2norm = p->qk_l2norm != 0;
     a.gate = p->op == DN_OP_GLA || p->op == DN_OP_GDN;
     a.delta = p->op == DN_OP_DELTANET || p->op == DN_OP_GDN;
+    const int64_t epv = p->dtype == DN_F32 ? 4 : 8; /* elements in 16 bytes */
+    const dn_strides st[3] = {p->q_s, p->k_s, p->v_s};
+    const void *ptr[3] = {p->q, p->k, p->v};
+    a.vec = 1;
+    for (int i = 0; i < 3; i++)
+        if (((uintptr_t)ptr[i] & 15) || st[i].b % epv || st[i].t % epv || st[i].h % epv) a.vec = 0;
     return a;
 }
 
@@ -540,17 +668,30 @@ cudaError_t launch_chunk_bv(const la_args &a, int64_t NS, cudaStream_t s) {
     return cudaGetLastError();
 }
 
-/* 16-bit inputs: 64-token chunks on tensor cores; fp32: 32-token chunks on CUDA cores. 64 value
- * columns a block where the state tile fits, else 32. */
+/* 32-token chunks (on an H200, bf16, H = 16, K = V = 128: 5-10% faster than 64 at every shape of
+ * bench/cuda_la.cu, the key-side work of a chunk growing with C^2). Value columns a block: 64
+ * where the state tile fits in shared memory; fewer only when the grid would leave half the GPU
+ * idle, since every column block repeats the chunk's key-side work (measured: 4 x 4096 x 16 heads
+ * ran 1.5x faster at 64 columns and 128 blocks than at 32 columns and 256 blocks; 1 x 32768 ran
+ * 1.5x faster at 16 columns than at 64). */
 template <typename T> cudaError_t launch_chunk(const la_args &a, int64_t NS, cudaStream_t s) {
-    constexpr int C = sizeof(T) == 4 ? 32 : 64;
-    if (a.K <= 128 && a.V % 64 == 0) return launch_chunk_bv<T, C, 64>(a, NS, s);
-    return launch_chunk_bv<T, C, 32>(a, NS, s);
+    constexpr int C = 32;
+    int sms = 132, dev = 0;
+    (void)cudaGetDevice(&dev);
+    (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    int bv = (a.K <= 128 && a.V % 64 == 0) ? 64 : 32;
+    while (bv > 16 && NS * a.HV * (a.V / bv) < (int64_t)sms / 2)
+        bv /= 2;
+    while (a.V % bv) /* V is a multiple of 16 */
+        bv /= 2;
+    if (bv == 64) return launch_chunk_bv<T, C, 64>(a, NS, s);
+    if (bv == 32) return launch_chunk_bv<T, C, 32>(a, NS, s);
+    return launch_chunk_bv<T, C, 16>(a, NS, s);
 }
 
 /* the chunk kernel's shape limits: wmma tiles of 16 over K, value blocks of 32 */
 bool chunk_supports(const dn_la_params *p) {
-    return p->K % 16 == 0 && p->K <= 256 && p->V % 32 == 0;
+    return p->K % 16 == 0 && p->K <= 256 && p->V % 16 == 0;
 }
 
 int64_t longest_seq(const dn_la_params *p) {
@@ -571,6 +712,20 @@ struct device_guard {
 };
 
 } // namespace
+
+#ifdef DN_CUDA_PROF
+extern "C" void dn_cuda_prof_dump(void) {
+    unsigned long long h[16];
+    cudaDeviceSynchronize();
+    cudaMemcpyFromSymbol(h, prof_cycles, sizeof h);
+    printf("prof cycles:");
+    for (int i = 0; i < 9; i++)
+        printf(" p%d=%llu", i, h[i]);
+    printf("\n");
+    unsigned long long z[16] = {0};
+    cudaMemcpyToSymbol(prof_cycles, z, sizeof z);
+}
+#endif
 
 dn_status dn_cuda_la_forward(const dn_la_params *p) {
     const char *name = dn_op_name(p->op);
@@ -604,7 +759,7 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
         impl = (longest_seq(p) < 16 || !chunk_supports(p)) ? DN_IMPL_RECURRENT : DN_IMPL_CHUNK;
     if (impl == DN_IMPL_CHUNK && !chunk_supports(p))
         return dn_fail(DN_ERR_UNSUPPORTED,
-                       "%s: the CUDA chunkwise kernel needs K a multiple of 16 and V of 32 (K=%lld "
+                       "%s: the CUDA chunkwise kernel needs K and V multiples of 16 (K=%lld "
                        "V=%lld); DN_IMPL_RECURRENT or AUTO run any size",
                        name, (long long)p->K, (long long)p->V);
 
