@@ -100,6 +100,7 @@ ISA_FLAGS_avx512  := -mavx512f -mavx512vl -mavx2 -mfma -mf16c
 # linked with the CUDA runtime (libcudart), which loads the driver only when a call needs it, so
 # the library runs on a machine without a GPU (the CUDA calls then return DN_ERR_DEVICE).
 CUDA ?= 1
+comma := ,
 NVCC ?= $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
 HAVE_NVCC := $(if $(filter 1,$(CUDA)),$(if $(NVCC),1))
 ifeq ($(HAVE_NVCC),1)
@@ -108,7 +109,7 @@ ifeq ($(HAVE_NVCC),1)
   CUDA_ARCHS  := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
                  -gencode arch=compute_90,code=compute_90
   NVCC_FLAGS  := -std=c++17 -O3 -g -lineinfo -Iinclude $(CUDA_ARCHS) -Xcompiler -fPIC,-fvisibility=hidden,-Wall \
-                 $(if $(SAN),-Xcompiler -fsanitize=$(SAN)) $(NVCC_EXTRA)
+                 $(foreach s,$(subst $(comma), ,$(SAN)),-Xcompiler -fsanitize=$(s)) $(NVCC_EXTRA)
   LDLIBS      += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lstdc++
   CUDA_MSG    := $(NVCC) ($(shell $(NVCC) --version 2>/dev/null | grep -o 'release [0-9.]*')): GPU kernels for sm_80, sm_90a and PTX
 else
