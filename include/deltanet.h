@@ -230,7 +230,10 @@ typedef struct dn_strides {
  *               Without a device: DN_ERR_DEVICE. The training forward and the backward are CPU
  *               only for now (DN_ERR_UNSUPPORTED with a device).
  *   stream      the cudaStream_t to run on (NULL: the default stream). The call returns once the
- *               work is queued; synchronize the stream before reading the outputs.
+ *               work is queued; synchronize the stream before reading the outputs. A call
+ *               without cu_seqlens can be captured in a CUDA graph (bench/cuda_la.cu does); one
+ *               with cu_seqlens copies it from host memory and allocates stream-ordered device
+ *               memory for it (cudaMallocAsync), which a capture may refuse.
  * Outputs must not overlap any other argument, except initial_state == final_state (in place).
  */
 typedef struct dn_la_params {
