@@ -1,12 +1,14 @@
 # deltanet build. Knobs: DEBUG=1 (no optimisation), SAN=address,undefined (sanitizers), OPENMP=0
-# (single-threaded), BLAS=0 (no system BLAS: dn_matmul runs its built-in kernel only), CC=clang,
+# (single-threaded), BLAS=0 (no system BLAS: dn_matmul runs its built-in kernel only), CUDA=0 (no
+# GPU kernels even where nvcc is found; NVCC=path picks the compiler), CC=clang,
 # CFLAGS_EXTRA=..., PREFIX=/usr/local for `make install`.
 # Each configuration builds in its own directory (build, build-san, build-noomp, build-debug,
 # build-noblas, combined as needed), and a flags stamp rebuilds everything when the compiler or
 # flags change, so objects of one configuration never leak into another. Headers are tracked
 # (-MMD -MP).
 # Targets: all (library + tool), test, bench, run, install, compile_commands.json, format,
-# format-check, clean.
+# format-check, clean; with CUDA: test-cuda (the GPU cases, under compute-sanitizer too with
+# SANITIZE=1) and bench-cuda.
 
 CC      ?= cc
 PREFIX  ?= /usr/local
@@ -93,7 +95,26 @@ ISA_FLAGS_generic :=
 ISA_FLAGS_avx2    := -mavx2 -mfma -mf16c
 ISA_FLAGS_avx512  := -mavx512f -mavx512vl -mavx2 -mfma -mf16c
 
-HAVE_NVCC := $(shell command -v nvcc >/dev/null 2>&1 && echo 1)
+# CUDA: the kernels of src/cuda/ when nvcc is found (on the PATH or in /usr/local/cuda), for
+# sm_80 (A100), sm_90a (H100/H200, Hopper-only instructions allowed) and PTX for later GPUs;
+# linked with the CUDA runtime (libcudart), which loads the driver only when a call needs it, so
+# the library runs on a machine without a GPU (the CUDA calls then return DN_ERR_DEVICE).
+CUDA ?= 1
+comma := ,
+NVCC ?= $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
+HAVE_NVCC := $(if $(filter 1,$(CUDA)),$(if $(NVCC),1))
+ifeq ($(HAVE_NVCC),1)
+  CUDA_HOME   := $(patsubst %/bin/nvcc,%,$(NVCC))
+  CUDA_LIBDIR := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib))
+  CUDA_ARCHS  := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a \
+                 -gencode arch=compute_90,code=compute_90
+  NVCC_FLAGS  := -std=c++17 -O3 -g -lineinfo -Iinclude $(CUDA_ARCHS) -Xcompiler -fPIC,-fvisibility=hidden,-Wall \
+                 $(foreach s,$(subst $(comma), ,$(SAN)),-Xcompiler -fsanitize=$(s)) $(NVCC_EXTRA)
+  LDLIBS      += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lstdc++
+  CUDA_MSG    := $(NVCC) ($(shell $(NVCC) --version 2>/dev/null | grep -o 'release [0-9.]*')): GPU kernels for sm_80, sm_90a and PTX
+else
+  CUDA_MSG    := $(if $(filter 1,$(CUDA)),nvcc not found: no GPU kernels (the CUDA calls return DN_ERR_DEVICE),disabled (CUDA=0): no GPU kernels)
+endif
 # What this processor runs, probed for every extension the kernels are compiled with (the
 # library makes the same checks at run time, src/core.c).
 CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
@@ -112,11 +133,13 @@ LIB_SRC    := src/core.c src/check.c src/mem.c src/la.c src/attn.c src/mamba.c s
               src/cpu/dispatch.c src/cpu/parallel.c
 KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
               src/cpu/conv.c src/cpu/matmul.c
+CUDA_SRC   := src/cuda/device.cu src/cuda/la.cu
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
-              $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o))
+              $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o)) \
+              $(if $(HAVE_NVCC),$(CUDA_SRC:%.cu=$(BUILD)/%.o),$(BUILD)/src/cuda_none.o)
 
 # Rebuild everything when the compiler or the flags change (a stamp holding them).
-FLAGS_NOW := $(CC) $(CFLAGS) | $(KOPT) | $(LDFLAGS)
+FLAGS_NOW := $(CC) $(CFLAGS) | $(KOPT) | $(LDFLAGS) | $(NVCC_FLAGS)
 STAMP     := $(BUILD)/.flags
 $(shell mkdir -p $(BUILD); [ "$$(cat $(STAMP) 2>/dev/null)" = '$(FLAGS_NOW)' ] || printf '%s' '$(FLAGS_NOW)' > $(STAMP))
 
@@ -125,7 +148,7 @@ SHARED := $(BUILD)/libdeltanet.so
 TOOL   := $(BUILD)/deltanet
 TEST   := $(BUILD)/test_deltanet
 
-.PHONY: all test bench run install clean info format format-check fuzz-bounded shared print-shared test-python
+.PHONY: all test bench run install clean info format format-check fuzz-bounded shared print-shared test-python test-cuda bench-cuda
 all: info $(STATIC) $(SHARED) $(TOOL) $(TEST)
 
 # The shared library alone (the Python package's build runs this) and where it lands.
@@ -136,12 +159,16 @@ print-shared:
 info:
 	@echo "deltanet build: CC=$(CC) ($(ARCH)), kernels: $(ISAS), this CPU: $(CPU_ISA), OpenMP: $(OMP_MSG)"
 	@echo "  BLAS: $(BLAS_MSG)"
-	@echo "  CUDA toolkit: $(if $(HAVE_NVCC),found ($(shell nvcc --version 2>/dev/null | grep -o 'release [0-9.]*')), no CUDA kernels in this version,not found)"
+	@echo "  CUDA: $(CUDA_MSG)"
 	@echo "  build dir: $(BUILD)$(if $(SAN), (sanitizers: $(SAN)))$(if $(filter 1,$(DEBUG)), (debug))"
 
 $(BUILD)/src/%.o: src/%.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/src/cuda/%.o: src/cuda/%.cu src/cuda/cuda_common.h include/deltanet.h $(STAMP)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
 # The reference is the math as written: no contraction of a*b+c into FMAs.
 $(BUILD)/src/ref/%.o: src/ref/%.c $(STAMP)
@@ -171,7 +198,7 @@ TOOL_OBJ := $(BUILD)/tools/opts.o $(BUILD)/tools/compare.o $(BUILD)/tools/train.
 $(TOOL): $(BUILD)/tools/deltanet.o $(TOOL_OBJ) $(BUILD)/bench/la.o $(BUILD)/bench/attn.o $(BUILD)/bench/ssm.o $(BUILD)/bench/bwd.o $(BUILD)/bench/model.o $(BUILD)/bench/qwen.o $(BUILD)/bench/matmul.o $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(TEST): $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_matmul.o $(BUILD)/tests/test_files.o $(BUILD)/tests/test_tokenizer.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(BUILD)/tests/test_hf.o $(TOOL_OBJ) $(STATIC)
+$(TEST): $(BUILD)/tests/test_cuda.o $(BUILD)/tests/test_main.o $(BUILD)/tests/fuzz/fuzz.o $(BUILD)/tests/fuzz/fuzz_files.o $(BUILD)/tests/test_faults.o $(BUILD)/tests/test_la.o $(BUILD)/tests/test_attn.o $(BUILD)/tests/test_ssm.o $(BUILD)/tests/test_compare.o $(BUILD)/tests/test_la_bwd.o $(BUILD)/tests/test_bwd_ssm.o $(BUILD)/tests/test_contract.o $(BUILD)/tests/test_matmul.o $(BUILD)/tests/test_files.o $(BUILD)/tests/test_tokenizer.o $(BUILD)/tests/test_model.o $(BUILD)/tests/model_ref.o $(BUILD)/tests/test_train.o $(BUILD)/tests/test_hf.o $(TOOL_OBJ) $(STATIC)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 # Under AddressSanitizer a failed allocation must come back as NULL (the library's contract is
@@ -193,6 +220,25 @@ test-python:
 fuzz-bounded: info $(TEST)
 	$(TEST_ENV) ./$(TEST) fuzz_bounded
 
+# The GPU cases alone (they skip, saying why, without a device); SANITIZE=1 runs them under
+# compute-sanitizer's memcheck and racecheck too, on the small grid (DN_CUDA_TEST_SMALL=1).
+test-cuda: info $(TEST)
+	./$(TEST) cuda
+ifeq ($(SANITIZE),1)
+	DN_CUDA_TEST_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 1 ./$(TEST) cuda
+	DN_CUDA_TEST_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 1 ./$(TEST) cuda
+endif
+
+BENCH_CUDA := $(BUILD)/bench_cuda_la
+$(BUILD)/bench/cuda_la.o: bench/cuda_la.cu include/deltanet.h $(STAMP)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+$(BENCH_CUDA): $(BUILD)/bench/cuda_la.o $(STATIC)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+bench-cuda: info $(BENCH_CUDA)
+	./$(BENCH_CUDA)
+	-python3 bench/cuda_la_fla.py
+
 bench: info $(TOOL)
 	./$(TOOL) bench
 	./$(TOOL) bench attn
@@ -211,7 +257,7 @@ install: $(STATIC) $(SHARED) $(TOOL)
 	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(TOOL) $(DESTDIR)$(PREFIX)/bin/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1.0|' \
-	    -e 's|@LIBS_PRIVATE@|-lm$(if $(filter yes,$(OMP_MSG)), -fopenmp)|' \
+	    -e 's|@LIBS_PRIVATE@|-lm$(if $(filter yes,$(OMP_MSG)), -fopenmp)$(if $(HAVE_NVCC), -L$(CUDA_LIBDIR) -lcudart -lstdc++)|' \
 	    -e 's|@REQUIRES_PRIVATE@|$(BLAS_PC)|' deltanet.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/deltanet.pc
 
@@ -227,7 +273,7 @@ compile_commands.json: Makefile
 	  echo ']'; } > $@
 	@echo "wrote $@"
 
-FORMAT_SRC := $(wildcard include/*.h src/*.c src/*.h src/*/*.c src/*/*.h tools/*.c tools/*.h bench/*.c bench/*.h tests/*.c tests/*.h tests/*/*.c)
+FORMAT_SRC := $(wildcard include/*.h src/*.c src/*.h src/*/*.c src/*/*.h src/cuda/*.cu bench/*.cu tools/*.c tools/*.h bench/*.c bench/*.h tests/*.c tests/*.h tests/*/*.c)
 format:
 	clang-format -i $(FORMAT_SRC)
 format-check:
@@ -270,7 +316,7 @@ $(1)/tests/%.o: tests/%.c $$(STAMP) $$(wildcard tests/*.h tests/fuzz/*.h)
 endef
 
 FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all $(CLANG_OMP)
-FUZZ_LIBOBJ := $(LIB_SRC:%.c=build-fuzz/%.o) $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=build-fuzz/%_$(isa).o))
+FUZZ_LIBOBJ := $(LIB_SRC:%.c=build-fuzz/%.o) build-fuzz/src/cuda_none.o $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=build-fuzz/%_$(isa).o))
 $(eval $(call SANLIB_RULES,build-fuzz,$(FUZZ_FLAGS)))
 
 build-fuzz/fuzz_deltanet: build-fuzz/tests/fuzz/fuzz.o build-fuzz/tests/fuzz/fuzz_files.o $(FUZZ_LIBOBJ)
@@ -278,7 +324,7 @@ build-fuzz/fuzz_deltanet: build-fuzz/tests/fuzz/fuzz.o build-fuzz/tests/fuzz/fuz
 
 TSAN_OMP   := $(if $(filter 1,$(TSAN_OPENMP)),$(CLANG_OMP))
 TSAN_FLAGS := -fsanitize=thread $(TSAN_OMP)
-TSAN_LIBOBJ := $(LIB_SRC:%.c=build-tsan/%.o) $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=build-tsan/%_$(isa).o))
+TSAN_LIBOBJ := $(LIB_SRC:%.c=build-tsan/%.o) build-tsan/src/cuda_none.o $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=build-tsan/%_$(isa).o))
 $(eval $(call SANLIB_RULES,build-tsan,$(TSAN_FLAGS)))
 
 build-tsan/concurrency: build-tsan/tests/tsan/concurrency.o $(TSAN_LIBOBJ)

@@ -83,6 +83,8 @@ typedef enum dn_status {
     DN_ERR_FULL,        /* a KV cache would grow past its capacity (and may not grow) */
     DN_ERR_FORMAT,      /* a file or text being read is malformed (JSON, safetensors, ...) */
     DN_ERR_IO,          /* the operating system refused a file operation (open, read, write, ...) */
+    DN_ERR_DEVICE,      /* a GPU call was asked for and no CUDA device (or no CUDA build) serves it,
+                           or the CUDA runtime reported an error (dn_last_error names it) */
     DN_STATUS_COUNT
 } dn_status;
 
@@ -145,6 +147,26 @@ DN_API int dn_get_num_threads(void);
  * string belongs to the calling thread and stays valid until its next call. */
 DN_API const char *dn_build_info(void);
 
+/* Element types of tensors: fp32, IEEE fp16, bfloat16 (16-bit values are passed as uint16_t bit
+ * patterns through the float pointers of the params structs; see dn_la_params' dtype). */
+typedef enum dn_dtype { DN_F32 = 0, DN_F16, DN_BF16, DN_DTYPE_COUNT } dn_dtype;
+DN_API const char *dn_dtype_name(dn_dtype t);
+
+/* ---------------------------------------------------------------------------------------------
+ * CUDA devices (src/cuda/). A build with nvcc has the GPU kernels; every build has these calls.
+ * Without a CUDA build or without a device they report it: dn_cuda_device_count() is 0 and the
+ * others return DN_ERR_DEVICE with the reason in dn_last_error(). Memory helpers exist so that C
+ * callers (the tests, bindings through a C FFI) need not link the CUDA runtime themselves.
+ * ------------------------------------------------------------------------------------------- */
+#define DN_DEVICE_CPU (-1) /* the device field of a params struct: the CPU (the default) */
+DN_API int dn_cuda_device_count(void);
+DN_API dn_status dn_cuda_malloc(void **ptr, size_t bytes); /* on the current device */
+DN_API void dn_cuda_free(void *ptr);                       /* NULL is a no-op */
+/* Copies bytes between any host or device buffers (the runtime tells which is which),
+ * synchronously on the default stream. */
+DN_API dn_status dn_cuda_memcpy(void *dst, const void *src, size_t bytes);
+DN_API dn_status dn_cuda_synchronize(void); /* waits for all work on the current device */
+
 /* ---------------------------------------------------------------------------------------------
  * Linear-attention family: linear attention, GLA (scalar gate), DeltaNet, Gated DeltaNet
  * ------------------------------------------------------------------------------------------- */
@@ -182,6 +204,36 @@ typedef struct dn_strides {
  *               the chunkwise form in chunks of 32 (each measured fastest on CPU, bench/).
  *   chunk_size  16, 32, 64 or 128 (default 64); read only under DN_IMPL_CHUNK.
  *   n_threads   0: dn_get_num_threads().
+ *   dtype       element type of q, k, v and o: DN_F32 (default), DN_BF16 or DN_F16. 16-bit tensors
+ *               are passed through the same (float *) fields, cast, holding uint16_t bit patterns;
+ *               strides stay in elements. g, beta and the states are fp32 whatever the dtype (the
+ *               gates' cumulative sums and the state need fp32; they are a small part of the
+ *               traffic). o is written in the dtype, as flash-linear-attention and FlashInfer do
+ *               (rounded to nearest even from the fp32 accumulators). On the CPU the 16-bit
+ *               inputs are converted to fp32 copies inside the call (extra memory: B T (2 H K +
+ *               2 HV V) floats) and the fp32 kernels run; on the GPU the kernels read them as is.
+ *   device      DN_DEVICE_CPU (default): every pointer is host memory. A CUDA device ordinal
+ *               (0, 1, ...): the call runs on that GPU, and q, k, v, g, beta, o, initial_state and
+ *               final_state are device pointers (readable by that device); cu_seqlens stays a
+ *               host array (it is checked and its sequences scheduled on the host; the call copies
+ *               it to the device), as does the params struct itself. workspace is not used.
+ *               K <= 256. The GPU runs DN_IMPL_RECURRENT (the fused recurrence, any K and V; T = 1
+ *               with initial_state == final_state is the batched decode step) and DN_IMPL_CHUNK
+ *               (K and V multiples of 16; chunks of 32 tokens whatever chunk_size says, the
+ *               function being the same; tensor cores for 16-bit inputs, fp32 products on the
+ *               CUDA cores for fp32 inputs, which so keep fp32 accuracy). DN_IMPL_AUTO picks the
+ *               recurrence below 16 tokens per sequence or for other head sizes, else the
+ *               chunkwise form. DN_IMPL_REF is
+ *               DN_ERR_UNSUPPORTED there. The shape, stride and overlap checks are the same as on
+ *               the CPU; the values of g and beta are not read on the host, so out-of-contract
+ *               values are not rejected on the GPU (g is clamped below at -1024 as on the CPU).
+ *               Without a device: DN_ERR_DEVICE. The training forward and the backward are CPU
+ *               only for now (DN_ERR_UNSUPPORTED with a device).
+ *   stream      the cudaStream_t to run on (NULL: the default stream). The call returns once the
+ *               work is queued; synchronize the stream before reading the outputs. A call
+ *               without cu_seqlens can be captured in a CUDA graph (bench/cuda_la.cu does); one
+ *               with cu_seqlens copies it from host memory and allocates stream-ordered device
+ *               memory for it (cudaMallocAsync), which a capture may refuse.
  * Outputs must not overlap any other argument, except initial_state == final_state (in place).
  */
 typedef struct dn_la_params {
@@ -216,6 +268,10 @@ typedef struct dn_la_params {
     void
         *workspace; /* optional scratch of at least dn_la_workspace_size() bytes, 64-byte aligned */
     size_t workspace_bytes;
+
+    dn_dtype dtype; /* DN_F32 (default), DN_BF16, DN_F16: q, k, v and o (see the options) */
+    int device;     /* DN_DEVICE_CPU (default) or a CUDA device ordinal */
+    void *stream;   /* cudaStream_t for a device call; NULL: the default stream */
 } dn_la_params;
 
 /* Params for contiguous tensors of the given shape with the defaults above; pointers NULL. */
@@ -236,7 +292,9 @@ DN_API dn_status dn_la_forward(const dn_la_params *p);
  *   o [B,HV,V] written; state [B,HV,K,V] read and updated in place;
  *   q, k [B,H,K]; v [B,HV,V]; g [B,HV] (NULL unless GLA/GDN); beta [B,HV] (NULL unless
  *   DeltaNet/GDN); all contiguous. scale: 0 (or negative) selects the default of the options
- *   above; NaN and Inf are DN_ERR_ARG.
+ *   above; NaN and Inf are DN_ERR_ARG. fp32 host tensors; for a GPU (or 16-bit) decode step,
+ *   call dn_la_forward with T = 1, impl DN_IMPL_RECURRENT and initial_state == final_state,
+ *   which is what this function does.
  */
 DN_API dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, const float *k,
                             const float *v, const float *g, const float *beta, int64_t B, int64_t H,
@@ -367,10 +425,8 @@ typedef struct dn_attn_bwd_params {
 DN_API dn_attn_bwd_params dn_attn_bwd_params_default(const dn_attn_params *fwd);
 DN_API dn_status dn_attn_backward(const dn_attn_bwd_params *p);
 
-/* KV cache for decode: [B,HKV,capacity,D] keys and values, stored as fp32, fp16 or bf16
- * (converted on append, round to nearest even; attention math is fp32). */
-typedef enum dn_dtype { DN_F32 = 0, DN_F16, DN_BF16, DN_DTYPE_COUNT } dn_dtype;
-DN_API const char *dn_dtype_name(dn_dtype t);
+/* KV cache for decode: [B,HKV,capacity,D] keys and values, stored as fp32, fp16 or bf16 (dn_dtype,
+ * above; converted on append, round to nearest even; attention math is fp32). */
 
 typedef struct dn_kv_cache dn_kv_cache;
 

@@ -113,6 +113,10 @@ dn_status dn_check_overlaps(const char *op, const dn_buf *bufs, int n) {
 }
 
 dn_status dn_check_args(const char *op, dn_arg *a, int n) {
+    return dn_check_args_mixed(op, a, n, 0);
+}
+
+dn_status dn_check_args_mixed(const char *op, dn_arg *a, int n, unsigned half) {
     dn_buf bufs[DN_MAX_ARGS];
     int nb = 0;
     DN_ASSERT(n <= DN_MAX_ARGS);
@@ -127,6 +131,7 @@ dn_status dn_check_args(const char *op, dn_arg *a, int n) {
         dn_status st = dn_check_view(op, a[i].name, a[i].p, a[i].s, a[i].n0, a[i].n1, a[i].n2,
                                      a[i].D, a[i].output, &extent);
         if (st != DN_OK) return st;
+        if (half >> i & 1) extent = (extent + 1) / 2; /* in floats, as dn_buf counts */
         bufs[nb++] = (dn_buf){a[i].name, a[i].p, extent, a[i].output, a[i].inplace};
     }
     return dn_check_overlaps(op, bufs, nb);

@@ -23,6 +23,7 @@ static const char *const status_names[] = {
     [DN_ERR_FULL] = "capacity exceeded",
     [DN_ERR_FORMAT] = "malformed input",
     [DN_ERR_IO] = "i/o error",
+    [DN_ERR_DEVICE] = "device error",
 };
 _Static_assert(DN_COUNTOF(status_names) == DN_STATUS_COUNT, "status name table out of date");
 

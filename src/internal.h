@@ -125,6 +125,9 @@ typedef struct {
 } dn_arg;
 #define DN_MAX_ARGS 24
 dn_status dn_check_args(const char *op, dn_arg *args, int n);
+/* The same, with bit i of half set when args[i] holds 16-bit elements (dn_la_params.dtype):
+ * its view spans half the bytes. */
+dn_status dn_check_args_mixed(const char *op, dn_arg *args, int n, unsigned half);
 /* Strides of a contiguous [*, n1, n2, D] tensor; all -1 (rejected as negative) on overflow, so
  * that the defaults of a params struct never wrap. */
 dn_strides dn_contiguous(int64_t n1, int64_t n2, int64_t D);
@@ -141,6 +144,9 @@ void dn_pass_state(float *out, const float *in, int64_t n);
 
 /* Reference (plain C, double accumulation): src/ref/la.c */
 dn_status dn_ref_la_forward(const dn_la_params *p);
+
+/* CUDA paths (src/cuda/; stubs in src/cuda_none.c without nvcc). Params passed dn_la_check. */
+dn_status dn_cuda_la_forward(const dn_la_params *p);
 dn_status dn_ref_la_backward(const dn_la_bwd_params *p);
 
 /* References (plain C, double): src/ref/ */

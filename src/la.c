@@ -5,6 +5,7 @@
  * Every check happens here, before anything is written, so that a rejected call leaves all
  * outputs untouched.
  */
+#include "half.h"
 #include "internal.h"
 
 #include <math.h>
@@ -27,6 +28,8 @@ dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int
     p.scale = K > 0 ? (float)(1.0 / sqrt((double)K)) : 1.0f;
     p.chunk_size = 64;
     p.impl = DN_IMPL_AUTO;
+    p.dtype = DN_F32;
+    p.device = DN_DEVICE_CPU;
     return p;
 }
 
@@ -51,6 +54,11 @@ static dn_status check_shape(const dn_la_params *p, const char *name) {
         return dn_fail(DN_ERR_ARG, "%s: impl %d is unknown", name, (int)p->impl);
     if (p->n_threads < 0)
         return dn_fail(DN_ERR_ARG, "%s: n_threads %d is negative", name, p->n_threads);
+    if ((unsigned)p->dtype >= DN_DTYPE_COUNT)
+        return dn_fail(DN_ERR_ARG, "%s: dtype %d is unknown", name, (int)p->dtype);
+    if (p->device < DN_DEVICE_CPU)
+        return dn_fail(DN_ERR_ARG, "%s: device %d is neither DN_DEVICE_CPU (-1) nor a CUDA ordinal",
+                       name, p->device);
     if (p->cu_seqlens) {
         if (p->B != 1)
             return dn_fail(DN_ERR_SHAPE, "%s: cu_seqlens needs B = 1 (got B=%lld)", name,
@@ -103,7 +111,7 @@ static int fwd_args(const dn_la_params *p, dn_arg *a) {
     const int64_t B = p->B, T = p->T, H = p->H, HV = p->HV, K = p->K, V = p->V;
     const int64_t NS = dn_la_nseq(p);
     int n = 0;
-    a[n++] = (dn_arg){"q", p->q, p->q_s, B, T, H, K, 0, 0, 0};
+    a[n++] = (dn_arg){"q", p->q, p->q_s, B, T, H, K, 0, 0, 0}; /* q, k, v first: see half_args */
     a[n++] = (dn_arg){"k", p->k, p->k_s, B, T, H, K, 0, 0, 0};
     a[n++] = (dn_arg){"v", p->v, p->v_s, B, T, HV, V, 0, 0, 0};
     a[n++] = (dn_arg){"g", p->g, p->g_s, B, T, HV, 1, 0, 1, 0};
@@ -157,13 +165,17 @@ static dn_status check_fwd(const dn_la_params *p, const void *saved, size_t save
     if ((st = check_op_inputs(p, name)) != DN_OK) return st;
     dn_arg a[DN_MAX_ARGS];
     int n = fwd_args(p, a);
+    const int io = n;
     a[n++] = (dn_arg){"o", p->o, p->o_s, p->B, p->T, p->HV, p->V, 1, 0, 0};
     a[n++] = dn_arg_flat("final_state", p->final_state, dn_la_nseq(p), p->HV, p->K, p->V, 1, 1, 1);
     a[n++] = (dn_arg){
         "saved", saved, dn_contiguous(1, 1, 1), (int64_t)(saved_bytes / sizeof(float)), 1, 1, 1, 1,
         1,       0};
-    if ((st = dn_check_args(name, a, n)) != DN_OK) return st;
-    return check_values(p, name);
+    /* 16-bit dtypes: q, k, v (the table's first three) and o hold 2-byte elements */
+    const unsigned half = p->dtype != DN_F32 ? 7u | 1u << io : 0u;
+    if ((st = dn_check_args_mixed(name, a, n, half)) != DN_OK) return st;
+    /* device memory is not read on the host (see the header: the GPU kernels clamp g) */
+    return p->device == DN_DEVICE_CPU ? check_values(p, name) : DN_OK;
 }
 
 dn_status dn_la_check(const dn_la_params *p) { return check_fwd(p, NULL, 0); }
@@ -201,7 +213,7 @@ dn_status dn_la_workspace_size(const dn_la_params *p, size_t *bytes) {
     if (st != DN_OK) return st;
     if (!bytes) return dn_fail(DN_ERR_NULL, "dn_la_workspace_size: bytes is NULL");
     dn_la_params r = resolved(p);
-    if (r.impl == DN_IMPL_REF) {
+    if (r.impl == DN_IMPL_REF || r.device != DN_DEVICE_CPU) {
         *bytes = 0;
         return DN_OK;
     }
@@ -212,9 +224,69 @@ dn_status dn_la_workspace_size(const dn_la_params *p, size_t *bytes) {
 /* floats of one state tensor [NS,HV,K,V] (checked to fit by the shape checks) */
 static int64_t state_floats(const dn_la_params *p) { return dn_la_nseq(p) * p->HV * p->K * p->V; }
 
+/* A 16-bit strided view [n0,n1,n2,D] to a contiguous fp32 copy, and back. */
+static void widen(float *dst, const float *src_, dn_strides s, dn_dtype t, int64_t n0, int64_t n1,
+                  int64_t n2, int64_t D) {
+    const uint16_t *src = (const uint16_t *)(const void *)src_;
+    for (int64_t a = 0; a < n0; a++)
+        for (int64_t b = 0; b < n1; b++)
+            for (int64_t c = 0; c < n2; c++) {
+                const uint16_t *x = src + a * s.b + b * s.t + c * s.h;
+                float *y = dst + ((a * n1 + b) * n2 + c) * D;
+                for (int64_t d = 0; d < D; d++)
+                    y[d] = t == DN_BF16 ? dn_bf16_to_f32(x[d]) : dn_f16_to_f32(x[d]);
+            }
+}
+static void narrow(float *dst_, dn_strides s, const float *src, dn_dtype t, int64_t n0, int64_t n1,
+                   int64_t n2, int64_t D) {
+    uint16_t *dst = (uint16_t *)(void *)dst_;
+    for (int64_t a = 0; a < n0; a++)
+        for (int64_t b = 0; b < n1; b++)
+            for (int64_t c = 0; c < n2; c++) {
+                uint16_t *y = dst + a * s.b + b * s.t + c * s.h;
+                const float *x = src + ((a * n1 + b) * n2 + c) * D;
+                for (int64_t d = 0; d < D; d++)
+                    y[d] = t == DN_BF16 ? dn_f32_to_bf16(x[d]) : dn_f32_to_f16(x[d]);
+            }
+}
+
+/* 16-bit inputs on the CPU: the fp32 kernels over converted copies (checked params). */
+static dn_status forward_widened(const dn_la_params *p) {
+    const int64_t B = p->B, T = p->T, H = p->H, HV = p->HV, K = p->K, V = p->V;
+    const size_t nqk = (size_t)(B * T * H * K), nv = (size_t)(B * T * HV * V);
+    float *buf = dn_alloc(sizeof(float) * (2 * nqk + 2 * nv));
+    if (!buf)
+        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate fp32 copies of the %s inputs",
+                       dn_op_name(p->op), dn_dtype_name(p->dtype));
+    dn_la_params w = *p;
+    float *q = buf, *k = q + nqk, *v = k + nqk, *o = v + nv;
+    widen(q, p->q, p->q_s, p->dtype, B, T, H, K);
+    widen(k, p->k, p->k_s, p->dtype, B, T, H, K);
+    widen(v, p->v, p->v_s, p->dtype, B, T, HV, V);
+    w.q = q;
+    w.k = k;
+    w.v = v;
+    w.o = o;
+    w.q_s = w.k_s = dn_contiguous(T, H, K);
+    w.v_s = w.o_s = dn_contiguous(T, HV, V);
+    w.dtype = DN_F32; /* the caller's workspace, if any, was sized for the same shapes */
+    dn_status st = dn_la_forward(&w);
+    if (st == DN_OK) narrow(p->o, p->o_s, o, p->dtype, B, T, HV, V);
+    dn_free(buf);
+    return st;
+}
+
 dn_status dn_la_forward(const dn_la_params *p) {
     dn_status st = dn_la_check(p);
     if (st != DN_OK) return st;
+    if (p->device != DN_DEVICE_CPU) {
+        if (p->impl == DN_IMPL_REF)
+            return dn_fail(DN_ERR_UNSUPPORTED,
+                           "%s: the double reference runs on the CPU only (device %d asked)",
+                           dn_op_name(p->op), p->device);
+        return dn_cuda_la_forward(p); /* T = 0 and AUTO are resolved there */
+    }
+    if (p->dtype != DN_F32 && p->T > 0) return forward_widened(p);
     if (p->T == 0) {
         dn_pass_state(p->final_state, p->initial_state, state_floats(p));
         return DN_OK;
@@ -344,6 +416,9 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
     const dn_la_params *p = &bp->fwd;
     dn_status st = bwd_check(bp);
     if (st != DN_OK) return st;
+    if (p->device != DN_DEVICE_CPU || p->dtype != DN_F32)
+        return dn_fail(DN_ERR_UNSUPPORTED, "%s backward: fp32 on the CPU only in this version",
+                       dn_op_name(p->op));
     if (p->T == 0) {
         dn_pass_state(bp->dinitial_state, bp->dfinal_state, state_floats(p));
         return DN_OK;
@@ -396,6 +471,9 @@ dn_status dn_la_forward_train(const dn_la_params *p_in, void *saved, size_t save
     dn_status st = check_fwd(p, saved, saved_bytes);
     if (st != DN_OK) return st;
     const char *op = dn_op_name(p->op);
+    if (p->device != DN_DEVICE_CPU || p->dtype != DN_F32)
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "%s training forward: fp32 on the CPU only in this version", op);
     if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_CHUNK)
         return dn_fail(DN_ERR_UNSUPPORTED,
                        "%s training forward: chunkwise only (impl auto or chunk)", op);

@@ -23,6 +23,7 @@ extern const test_case dn_tests_files[];
 extern const test_case dn_tests_matmul[];
 extern const test_case dn_tests_hf[];
 extern const test_case dn_tests_tokenizer[];
+extern const test_case dn_tests_cuda[];
 
 unsigned test_isa_skipped;
 
@@ -42,9 +43,10 @@ static int selected(const char *name, int argc, char **argv) {
 
 int main(int argc, char **argv) {
     const test_case *suites[] = {
-        dn_tests_la,     dn_tests_la_bwd,  dn_tests_attn,     dn_tests_ssm,       dn_tests_bwd_ssm,
-        dn_tests_matmul, dn_tests_compare, dn_tests_contract, dn_tests_faults,    dn_tests_fuzz,
-        dn_tests_files,  dn_tests_model,   dn_tests_train,    dn_tests_tokenizer, dn_tests_hf};
+        dn_tests_la,      dn_tests_la_bwd,    dn_tests_attn,    dn_tests_ssm,
+        dn_tests_bwd_ssm, dn_tests_matmul,    dn_tests_compare, dn_tests_contract,
+        dn_tests_faults,  dn_tests_fuzz,      dn_tests_files,   dn_tests_model,
+        dn_tests_train,   dn_tests_tokenizer, dn_tests_hf,      dn_tests_cuda};
     printf("%s\n", dn_build_info());
     const dn_isa start_isa = dn_isa_active();
     int failed = 0, passed = 0, skipped = 0;

@@ -1,0 +1,206 @@
+/*
+ * cuda_la.cu - GPU benchmark of the linear family through the public API: the Gated DeltaNet
+ * chunkwise forward (prefill) and the decode step, bf16 inputs, H = HV = 16, K = V = 128, each
+ * call captured in a CUDA graph and timed over graph replays with CUDA events (median of 50).
+ * bench/cuda_la_fla.py times flash-linear-attention on the same shapes in the same run
+ * (make bench-cuda runs both when fla is importable).
+ *
+ * Counts (stated once, printed with every line):
+ *   forward FLOPs  = B T HV (6 K V + 4 C (K + V)) with C = 64: the chunkwise algorithm's matrix
+ *                    products per chunk (Q K^T, K K^T: 2 C^2 K each; K S, Q S, K^T U: 2 C K V
+ *                    each; (I+A)^-1 R, P U: 2 C^2 V each), triangular ones counted in full, at
+ *                    fla's chunk size for both implementations, so that TFLOP/s compare as times
+ *                    do (deltanet's 32-token chunks do fewer: the count is a yardstick);
+ *   forward bytes  = B T (2 H K + 2 HV V) x 2 (q, k, v, o in bf16) + B T HV x 8 (g, beta fp32);
+ *   decode bytes   = 2 B HV K V x 4 (the fp32 state read and written) + the step's q, k, v, o, g,
+ *                    beta; decode FLOPs = B HV (8 K V) (S^T k, S^T q, decay and rank-1 update).
+ * Output: one line per case, "name key=value ...", machine-readable.
+ */
+#include "deltanet.h"
+
+#include <algorithm>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <vector>
+
+#define CK(x)                                                                                      \
+    do {                                                                                           \
+        cudaError_t e_ = (x);                                                                      \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));            \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+#define DK(x)                                                                                      \
+    do {                                                                                           \
+        dn_status s_ = (x);                                                                        \
+        if (s_ != DN_OK) {                                                                         \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, dn_last_error());                   \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+#ifdef DN_CUDA_PROF
+extern "C" void dn_cuda_prof_dump(void); /* src/cuda/la.cu's lab instrument */
+#endif
+
+static uint64_t rng_state = 0x1234567;
+static float urand(void) { /* [0, 1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) * (1.0 / 16777216.0));
+}
+
+static void *dev_bf16(size_t n, float lo, float hi) {
+    std::vector<__nv_bfloat16> h(n);
+    for (size_t i = 0; i < n; i++)
+        h[i] = __float2bfloat16(lo + (hi - lo) * urand());
+    void *d;
+    CK(cudaMalloc(&d, n * 2));
+    CK(cudaMemcpy(d, h.data(), n * 2, cudaMemcpyHostToDevice));
+    return d;
+}
+static float *dev_f32(size_t n, float lo, float hi) {
+    std::vector<float> h(n);
+    for (size_t i = 0; i < n; i++)
+        h[i] = lo + (hi - lo) * urand();
+    float *d;
+    CK(cudaMalloc(&d, n * 4));
+    CK(cudaMemcpy(d, h.data(), n * 4, cudaMemcpyHostToDevice));
+    return d;
+}
+
+/* Median time in ms of one call, captured in a graph and replayed. */
+static double time_graph(const dn_la_params *p, cudaStream_t s, int reps) {
+    DK(dn_la_forward(p)); /* warm-up outside the capture (module load, attributes) */
+    CK(cudaStreamSynchronize(s));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    DK(dn_la_forward(p));
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int i = 0; i < 5; i++)
+        CK(cudaGraphLaunch(ge, s));
+    std::vector<double> t;
+    for (int i = 0; i < reps; i++) {
+        CK(cudaEventRecord(a, s));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms);
+    }
+    std::sort(t.begin(), t.end());
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    return t[t.size() / 2];
+}
+
+int main(int argc, char **argv) {
+    if (dn_cuda_device_count() == 0) {
+        printf("cuda_la: skipped (no CUDA device)\n");
+        return 0;
+    }
+    const int64_t H = 16, K = 128, V = 128, C = 64;
+    const int only_decode = argc > 1 && strcmp(argv[1], "decode") == 0;
+    const int only_fwd = argc > 1 && strcmp(argv[1], "fwd") == 0;
+    cudaStream_t s;
+    CK(cudaStreamCreate(&s));
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device name=\"%s\" sms=%d\n", prop.name, prop.multiProcessorCount);
+
+    static const int64_t shapes[][2] = {{16, 1024}, {4, 4096}, {2, 8192}, {1, 32768}};
+    for (int i = 0; i < 4 && !only_decode; i++) {
+        const int64_t B = shapes[i][0], T = shapes[i][1], n = B * T * H;
+        void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
+        void *o;
+        CK(cudaMalloc(&o, n * V * 2));
+        float *g = dev_f32(n, -0.2f, -0.001f), *beta = dev_f32(n, 0.05f, 0.95f);
+        dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, H, H, K, V);
+        p.q = (const float *)q, p.k = (const float *)k, p.v = (const float *)v;
+        p.g = g, p.beta = beta, p.o = (float *)o;
+        p.qk_l2norm = 1;
+        p.dtype = DN_BF16;
+        p.device = 0;
+        p.stream = s;
+        p.impl = DN_IMPL_CHUNK;
+#ifdef DN_CUDA_PROF
+        {
+            dn_cuda_prof_dump();
+            DK(dn_la_forward(&p));
+            dn_cuda_prof_dump();
+        }
+#endif
+        const double ms = time_graph(&p, s, 50);
+        const double flops = (double)n * (6.0 * K * V + 4.0 * C * (K + V));
+        const double bytes = (double)B * T * (2 * H * K + 2 * H * V) * 2 + (double)n * 8;
+        printf(
+            "fwd impl=deltanet B=%lld T=%lld H=%lld K=%lld V=%lld ms=%.4f tflops=%.1f tbs=%.2f\n",
+            (long long)B, (long long)T, (long long)H, (long long)K, (long long)V, ms,
+            flops / ms * 1e-9, bytes / ms * 1e-9);
+        fflush(stdout);
+        cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta);
+    }
+    static const int64_t batches[] = {1, 64, 128};
+    for (int i = 0; i < 3 && !only_fwd; i++) {
+        const int64_t B = batches[i], n = B * H;
+        void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
+        void *o;
+        CK(cudaMalloc(&o, n * V * 2));
+        float *g = dev_f32(n, -0.2f, -0.001f), *beta = dev_f32(n, 0.05f, 0.95f);
+        float *state = dev_f32((size_t)n * K * V, -0.1f, 0.1f);
+        dn_la_params p = dn_la_params_default(DN_OP_GDN, B, 1, H, H, K, V);
+        p.q = (const float *)q, p.k = (const float *)k, p.v = (const float *)v;
+        p.g = g, p.beta = beta, p.o = (float *)o;
+        p.initial_state = state, p.final_state = state;
+        p.qk_l2norm = 1;
+        p.dtype = DN_BF16;
+        p.device = 0;
+        p.stream = s;
+        p.impl = DN_IMPL_RECURRENT;
+        const double ms = time_graph(&p, s, 200);
+        const double bytes = 2.0 * n * K * V * 4 + (double)n * (2 * K + 2 * V) * 2 + n * 8.0;
+        printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=fp32 us=%.2f tbs=%.2f "
+               "gflops=%.1f\n",
+               (long long)B, (long long)H, (long long)K, (long long)V, ms * 1e3, bytes / ms * 1e-9,
+               8.0 * n * K * V / ms * 1e-6);
+        fflush(stdout);
+        cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta),
+            cudaFree(state);
+    }
+    /* the copy ceiling: a device-to-device copy of 2 GiB, bytes read + written */
+    if (!only_fwd) {
+        const size_t n = (size_t)1 << 31;
+        void *a, *b;
+        CK(cudaMalloc(&a, n));
+        CK(cudaMalloc(&b, n));
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        std::vector<double> t;
+        for (int i = 0; i < 10; i++) {
+            CK(cudaEventRecord(e0, s));
+            CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, s));
+            CK(cudaEventRecord(e1, s));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            t.push_back(ms);
+        }
+        std::sort(t.begin(), t.end());
+        printf("ceiling copy_tbs=%.2f\n", 2.0 * n / t[5] * 1e-9);
+        cudaFree(a), cudaFree(b);
+    }
+    return 0;
+}

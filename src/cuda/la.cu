@@ -1,0 +1,790 @@
+/*
+ * cuda/la.cu - the linear-attention family (linear attention, GLA, DeltaNet, Gated DeltaNet) on
+ * NVIDIA GPUs: the fused recurrence (decode, and DN_IMPL_RECURRENT) and the chunkwise forward
+ * (prefill) on tensor cores. The math is docs/OPS.md's; the argument checks are src/la.c's, shared
+ * with the CPU, which hands valid params to dn_cuda_la_forward.
+ *
+ * Both kernels give one thread block a (sequence, value head, block of value columns): column j of
+ * the state only ever meets v_j, u_j and o_j, so column blocks are independent, and the block walks
+ * its sequence's tokens (or chunks) in order with its slice of the state on chip (registers for
+ * the recurrence, shared memory for the chunks). States are fp32, accumulation is fp32; q, k, v
+ * are read in their dtype and o is written in it.
+ */
+#include "cuda_common.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <type_traits>
+
+namespace {
+
+/* g below this is a full reset; clamping keeps gate differences finite (-inf - -inf would be NaN)
+ * and exp(-1024) is 0 in float, so the function is unchanged (src/internal.h, dn_log_decay). */
+constexpr float LOG_DECAY_MIN = -1024.0f;
+
+struct la_args {
+    const void *q, *k, *v;
+    const float *g, *beta;
+    void *o;
+    const float *h0;
+    float *ht;
+    const int64_t *cu; /* device copy of cu_seqlens, or NULL */
+    int64_t T, H, HV, K, V;
+    int64_t qb, qt, qh, kb, kt, kh, vb, vt, vh, gb, gt, gh, bb, bt, bh, ob, ot, oh;
+    float scale;
+    int l2norm, gate, delta;
+    int vec; /* q, k, v 16-byte aligned with strides of whole 16-byte vectors */
+};
+
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) {
+    return __bfloat162float(x);
+}
+template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+
+__device__ __forceinline__ void seq_range(const la_args &a, int64_t n, int64_t *b, int64_t *t0,
+                                          int64_t *t1) {
+    if (a.cu) {
+        *b = 0;
+        *t0 = a.cu[n];
+        *t1 = a.cu[n + 1];
+    } else {
+        *b = n;
+        *t0 = 0;
+        *t1 = a.T;
+    }
+}
+
+/* 16 bytes of T elements at p: one vector load when p is 16-byte aligned (vec), else element loads
+ * packed into the same register layout. */
+template <typename T> __device__ __forceinline__ uint4 load16(const T *p, bool vec) {
+    if (vec) return __ldg((const uint4 *)p);
+    using R = typename std::conditional<sizeof(T) == 4, uint32_t, uint16_t>::type;
+    union {
+        uint4 u;
+        R e[16 / sizeof(T)];
+    } w;
+    const R *pr = (const R *)p;
+#pragma unroll
+    for (int i = 0; i < (int)(16 / sizeof(T)); i++)
+        w.e[i] = pr[i];
+    return w.u;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Fused recurrence. Block: 32 state columns x all K rows, REC_WARPS warps; warp w holds rows
+ * w, w + REC_WARPS, ... of its 32 columns in registers (RPT of them). Per token: q and k (and
+ * their norms) in shared memory, the partial sums S^T k and S^T q reduced across warps through
+ * shared memory, then o = e S^T q + (k.q) u and S = e S + k u^T, as src/cpu/la.c.
+ * ------------------------------------------------------------------------------------------- */
+constexpr int REC_WARPS = 8;
+
+template <typename T, int RPT>
+__global__ void __launch_bounds__(32 * REC_WARPS) la_recurrent_kernel(la_args a) {
+    __shared__ float qs[256], ks[256], part_k[REC_WARPS][32], part_q[REC_WARPS][32], sc[3];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int64_t hv = blockIdx.y, n = blockIdx.z, h = hv / (a.HV / a.H);
+    const int64_t j = (int64_t)blockIdx.x * 32 + lane;
+    const bool col = j < a.V;
+    const int K = (int)a.K;
+    int64_t b, t0, t1;
+    seq_range(a, n, &b, &t0, &t1);
+    const int64_t soff = (n * a.HV + hv) * a.K * a.V;
+
+    float S[RPT];
+#pragma unroll
+    for (int r = 0; r < RPT; r++) {
+        const int i = w + r * REC_WARPS;
+        S[r] = (a.h0 && col && i < K) ? a.h0[soff + (int64_t)i * a.V + j] : 0.0f;
+    }
+    const T *q = (const T *)a.q, *k = (const T *)a.k, *v = (const T *)a.v;
+    T *o = (T *)a.o;
+    for (int64_t t = t0; t < t1; t++) {
+        const T *qr = q + b * a.qb + t * a.qt + h * a.qh, *kr = k + b * a.kb + t * a.kt + h * a.kh;
+        for (int i = threadIdx.x; i < K; i += blockDim.x) {
+            qs[i] = to_f(qr[i]);
+            ks[i] = to_f(kr[i]);
+        }
+        /* values every warp needs, loaded before the barrier so their latency overlaps it */
+        const float vj = col ? to_f(v[b * a.vb + t * a.vt + hv * a.vh + j]) : 0.0f;
+        const float e =
+            a.gate ? __expf(fmaxf(a.g[b * a.gb + t * a.gt + hv * a.gh], LOG_DECAY_MIN)) : 1.0f;
+        const float beta = a.delta ? a.beta[b * a.bb + t * a.bt + hv * a.bh] : 1.0f;
+        __syncthreads();
+        if (w == 0) {
+            float sq = 0, sk = 0, kq = 0;
+            for (int i = lane; i < K; i += 32) {
+                sq += qs[i] * qs[i];
+                sk += ks[i] * ks[i];
+                kq += qs[i] * ks[i];
+            }
+            sq = warp_sum(sq), sk = warp_sum(sk), kq = warp_sum(kq);
+            if (lane == 0) {
+                const float rq = a.l2norm ? a.scale * rsqrtf(sq + 1e-6f) : a.scale;
+                const float rk = a.l2norm ? rsqrtf(sk + 1e-6f) : 1.0f;
+                sc[0] = rq, sc[1] = rk, sc[2] = kq * rq * rk;
+            }
+        }
+        float ak = 0, aq = 0;
+#pragma unroll
+        for (int r = 0; r < RPT; r++) {
+            const int i = w + r * REC_WARPS;
+            if (i < K) {
+                ak += S[r] * ks[i];
+                aq += S[r] * qs[i];
+            }
+        }
+        part_k[w][lane] = ak;
+        part_q[w][lane] = aq;
+        __syncthreads();
+        ak = aq = 0;
+#pragma unroll
+        for (int x = 0; x < REC_WARPS; x++) {
+            ak += part_k[x][lane];
+            aq += part_q[x][lane];
+        }
+        const float rq = sc[0], rk = sc[1], kq = sc[2];
+        ak *= rk, aq *= rq;
+        const float u = a.delta ? beta * (vj - e * ak) : vj;
+        if (w == 0 && col) o[b * a.ob + t * a.ot + hv * a.oh + j] = from_f<T>(e * aq + kq * u);
+        const float ur = u * rk;
+#pragma unroll
+        for (int r = 0; r < RPT; r++) {
+            const int i = w + r * REC_WARPS;
+            if (i < K) S[r] = e * S[r] + ks[i] * ur;
+        }
+        __syncthreads(); /* qs, ks, part_* are rewritten by the next token */
+    }
+    if (a.ht && col) {
+#pragma unroll
+        for (int r = 0; r < RPT; r++) {
+            const int i = w + r * REC_WARPS;
+            if (i < K) a.ht[soff + (int64_t)i * a.V + j] = S[r];
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Chunkwise forward. One block of CH_THREADS threads per (sequence, value head, BV columns),
+ * walking its chunks of C tokens in order (docs/OPS.md's chunk equations):
+ *   QK = Q K^T, KK = K K^T, X = K S0, Y = Q S0                   (products of the chunk's inputs)
+ *   P  = tril(QK * Gam), A = strict_tril(diag(b) Gam * KK), O = E Y, R = diag(b) (V - E X)
+ *   Tm = (I + A)^{-1}   (16 x 16 diagonal blocks by substitution, then doubling: the inverse of
+ *                        [[L1, 0], [M, L2]] has lower-left block -L2^{-1} M L1^{-1})
+ *   U  = Tm R (delta ops; U = V otherwise),  O += P U,  S1 = e^{gamma_C} S0 + K^T diag(d) U
+ * with d_i = exp(gamma_C - gamma_i). Gate differences are taken from double cumulative sums of
+ * clamped gates, so g = -inf gives exact zeros, never -inf - -inf.
+ * The products run on tensor cores (wmma, bf16/fp16 operands, fp32 accumulation) for 16-bit
+ * inputs; for fp32 inputs they run in fp32 on the CUDA cores (a tensor-core product would round
+ * the operands to bf16 or tf32 and lose the fp32 accuracy the caller asked for). Operand tiles are
+ * padded by 16 bytes a row against shared-memory bank conflicts.
+ * ------------------------------------------------------------------------------------------- */
+constexpr int CH_THREADS = 256, CH_WARPS = CH_THREADS / 32;
+
+template <typename T> struct ch_layout {
+    int C, K, BV;
+    int ldk, ldc, ldcb, ldv, ldvb; /* row pitches in elements */
+    size_t S32, Sb, Qs, Ks, QK, KK, Tb, Pb, X, Ob, Rb, Ub, Udb, gam, e, bt, d, total;
+    __host__ __device__ ch_layout(int C_, int K_, int BV_) : C(C_), K(K_), BV(BV_) {
+        const int pt = 16 / (int)sizeof(T);
+        ldk = K + pt;
+        ldc = C + 4;
+        ldcb = C + pt;
+        ldv = BV + 4;
+        ldvb = BV + pt;
+        const bool f32 = sizeof(T) == 4;
+        size_t off = 0;
+        auto take = [&](size_t bytes) {
+            size_t at = off;
+            off += (bytes + 127) / 128 * 128;
+            return at;
+        };
+        S32 = take(sizeof(float) * K * ldv);
+        Sb = f32 ? S32 : take(sizeof(T) * K * ldvb);
+        Qs = take(sizeof(T) * C * ldk);
+        Ks = take(sizeof(T) * C * ldk);
+        QK = take(sizeof(float) * C * ldc);
+        KK = take(sizeof(float) * C * ldc);
+        Tb = f32 ? QK : take(sizeof(T) * C * ldcb);
+        Pb = take(sizeof(T) * C * ldcb);
+        X = take(sizeof(float) * C * ldv);
+        Ob = take(sizeof(float) * C * ldv);
+        Rb = take(sizeof(T) * C * ldvb);
+        Ub = take(sizeof(T) * C * ldvb);
+        Udb = take(sizeof(T) * C * ldvb);
+        gam = take(sizeof(double) * C);
+        e = take(sizeof(float) * C);
+        bt = take(sizeof(float) * C);
+        d = take(sizeof(float) * C);
+        total = off;
+    }
+};
+
+/* C[M][N] (+)= op(A)[M][Kd] op(B)[Kd][N] over shared memory, output tiles spread over the warps.
+ * A is row-major [M][Kd] (TA: stored as [Kd][M]); B is row-major [Kd][N] (TB: stored [N][Kd]).
+ * M, N, Kd are multiples of 16. */
+template <typename T, bool TA, bool TB>
+__device__ void mm(float *Cm, int ldc, const T *A, int lda, const T *Bm, int ldb, int M, int N,
+                   int Kd, bool acc) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x >> 5, tn_count = N / 16, tiles = (M / 16) * tn_count;
+    using la = typename std::conditional<TA, wmma::col_major, wmma::row_major>::type;
+    using lb = typename std::conditional<TB, wmma::col_major, wmma::row_major>::type;
+    for (int tile = warp; tile < tiles; tile += CH_WARPS) {
+        const int tm = tile / tn_count, tn = tile % tn_count;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+        float *cp = Cm + tm * 16 * ldc + tn * 16;
+        if (acc)
+            wmma::load_matrix_sync(c, cp, ldc, wmma::mem_row_major);
+        else
+            wmma::fill_fragment(c, 0.0f);
+        for (int kk = 0; kk < Kd; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, la> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, lb> fb;
+            wmma::load_matrix_sync(fa, TA ? A + kk * lda + tm * 16 : A + tm * 16 * lda + kk, lda);
+            wmma::load_matrix_sync(fb, TB ? Bm + tn * 16 * ldb + kk : Bm + kk * ldb + tn * 16, ldb);
+            wmma::mma_sync(c, fa, fb, c);
+        }
+        wmma::store_matrix_sync(cp, c, ldc, wmma::mem_row_major);
+    }
+}
+
+/* The fp32 version on the CUDA cores: each thread a 2 x 2 block of outputs (M, N even). */
+template <bool TA, bool TB>
+__device__ void mm_f32(float *Cm, int ldc, const float *A, int lda, const float *Bm, int ldb, int M,
+                       int N, int Kd, bool acc) {
+    const int nb = N / 2, blocks = (M / 2) * nb;
+    for (int x = threadIdx.x; x < blocks; x += blockDim.x) {
+        const int i = (x / nb) * 2, j = (x % nb) * 2;
+        float c00 = 0, c01 = 0, c10 = 0, c11 = 0;
+        for (int l = 0; l < Kd; l++) {
+            const float a0 = TA ? A[l * lda + i] : A[i * lda + l];
+            const float a1 = TA ? A[l * lda + i + 1] : A[(i + 1) * lda + l];
+            const float b0 = TB ? Bm[j * ldb + l] : Bm[l * ldb + j];
+            const float b1 = TB ? Bm[(j + 1) * ldb + l] : Bm[l * ldb + j + 1];
+            c00 += a0 * b0, c01 += a0 * b1, c10 += a1 * b0, c11 += a1 * b1;
+        }
+        float *c0 = Cm + i * ldc + j, *c1 = c0 + ldc;
+        if (acc) c00 += c0[0], c01 += c0[1], c10 += c1[0], c11 += c1[1];
+        c0[0] = c00, c0[1] = c01, c1[0] = c10, c1[1] = c11;
+    }
+}
+
+template <typename T, bool TA, bool TB>
+__device__ __forceinline__ void prod(float *Cm, int ldc, const T *A, int lda, const T *Bm, int ldb,
+                                     int M, int N, int Kd, bool acc) {
+    if constexpr (sizeof(T) == 4)
+        mm_f32<TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kd, acc);
+    else
+        mm<T, TA, TB>(Cm, ldc, A, lda, Bm, ldb, M, N, Kd, acc);
+}
+
+/* One doubling step of unit_lower_inverse for blocks of S rows: pairs of S-row blocks become
+ * 2S-row blocks, lower-left = -L2^{-1} (M L1^{-1}); the zero upper triangles let every sum run
+ * over all S terms, unrolled. */
+template <int S>
+__device__ __forceinline__ void inverse_doubling(float *Tm, float *A, int ld, int C) {
+    const int pairs = C / (2 * S);
+    for (int x = threadIdx.x; x < pairs * S * S; x += blockDim.x) {
+        const int p = x / (S * S), i = (x / S) % S, j = x % S, o = p * 2 * S;
+        const float *ar = A + (o + S + i) * ld + o, *tc = Tm + o * ld + o + j;
+        float acc0 = 0, acc1 = 0;
+#pragma unroll
+        for (int m = 0; m < S; m += 2) {
+            acc0 += ar[m] * tc[m * ld];
+            acc1 += ar[m + 1] * tc[(m + 1) * ld];
+        }
+        A[(o + i) * ld + o + S + j] = acc0 + acc1; /* scratch: the pair's upper-right block */
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < pairs * S * S; x += blockDim.x) {
+        const int p = x / (S * S), i = (x / S) % S, j = x % S, o = p * 2 * S;
+        const float *tr = Tm + (o + S + i) * ld + o + S, *mc = A + o * ld + o + S + j;
+        float acc0 = 0, acc1 = 0;
+#pragma unroll
+        for (int m = 0; m < S; m += 2) {
+            acc0 += tr[m] * mc[m * ld];
+            acc1 += tr[m + 1] * mc[(m + 1) * ld];
+        }
+        Tm[(o + S + i) * ld + o + j] = -(acc0 + acc1);
+    }
+    __syncthreads();
+}
+
+/* Tm = (I + A)^{-1} for A strictly lower [C][C] (pitch ld, C = 32 or 64), fp32, into Tm (pitch
+ * ld). Uses the upper-right blocks of A (zero, never read as part of A) as scratch. The 16 x 16
+ * diagonal blocks
+ * first, a half-warp each, a lane holding one column of the block's inverse in registers (forward
+ * substitution, the row of A read by broadcast); then doubling. */
+__device__ void unit_lower_inverse(float *Tm, float *A, int ld, int C) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int x = threadIdx.x; x < C * C; x += blockDim.x) {
+        const int i = x / C, j = x % C;
+        if (j > i && (i >> 4) != (j >> 4)) Tm[i * ld + j] = 0.0f;
+    }
+    const int blk = warp * 2 + (lane >> 4), j = lane & 15;
+    if (blk < C / 16) {
+        const int o = blk * 16;
+        float t[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float s = (i == j) ? 1.0f : 0.0f;
+#pragma unroll
+            for (int m = 0; m < i; m++)
+                s -= A[(o + i) * ld + o + m] * t[m];
+            t[i] = s; /* zero above the diagonal: t[m] = 0 for m < j */
+        }
+#pragma unroll
+        for (int i = 0; i < 16; i++)
+            Tm[(o + i) * ld + o + j] = t[i];
+    }
+    __syncthreads();
+    inverse_doubling<16>(Tm, A, ld, C);
+    if (C > 32) inverse_doubling<32>(Tm, A, ld, C);
+}
+
+/* Lab instrument (built with -DDN_CUDA_PROF): per-phase clock cycles of block 0's thread 0. */
+#ifdef DN_CUDA_PROF
+__device__ unsigned long long prof_cycles[16];
+#define PROF(i)                                                                                    \
+    do {                                                                                           \
+        if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {           \
+            const long long now_ = clock64();                                                      \
+            prof_cycles[i] += now_ - prof_last;                                                    \
+            prof_last = now_;                                                                      \
+        }                                                                                          \
+    } while (0)
+#else
+#define PROF(i) (void)0
+#endif
+
+template <typename T, int C, int BV>
+__global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
+#ifdef DN_CUDA_PROF
+    long long prof_last = clock64();
+#endif
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int K = (int)a.K;
+    const ch_layout<T> L(C, K, BV);
+    float *S32 = (float *)(smem + L.S32), *QK = (float *)(smem + L.QK),
+          *KK = (float *)(smem + L.KK), *X = (float *)(smem + L.X), *Ob = (float *)(smem + L.Ob);
+    T *Sb = (T *)(smem + L.Sb), *Qs = (T *)(smem + L.Qs), *Ks = (T *)(smem + L.Ks),
+      *Tb = (T *)(smem + L.Tb), *Pb = (T *)(smem + L.Pb), *Rb = (T *)(smem + L.Rb),
+      *Ub = (T *)(smem + L.Ub), *Udb = (T *)(smem + L.Udb);
+    double *gam = (double *)(smem + L.gam);
+    float *eg = (float *)(smem + L.e), *btv = (float *)(smem + L.bt), *dv = (float *)(smem + L.d);
+    const int ldk = L.ldk, ldc = L.ldc, ldcb = L.ldcb, ldv = L.ldv, ldvb = L.ldvb;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+    const int64_t v0 = (int64_t)blockIdx.x * BV, hv = blockIdx.y, n = blockIdx.z;
+    const int64_t h = hv / (a.HV / a.H);
+    int64_t b, t0, t1;
+    seq_range(a, n, &b, &t0, &t1);
+    const int64_t soff = (n * a.HV + hv) * a.K * a.V + v0;
+    const T *q = (const T *)a.q, *k = (const T *)a.k, *v = (const T *)a.v;
+    T *o = (T *)a.o;
+
+    for (int x = tid; x < K * BV; x += CH_THREADS) {
+        const int i = x / BV, j = x % BV;
+        const float s = a.h0 ? a.h0[soff + (int64_t)i * a.V + j] : 0.0f;
+        S32[i * ldv + j] = s;
+        if constexpr (sizeof(T) != 4) Sb[i * ldvb + j] = from_f<T>(s);
+    }
+
+    /* The inputs of a chunk arrive in registers one chunk ahead (16-byte loads, all in flight at
+     * once, or element loads packed alike for unaligned views), so their latency hides behind the
+     * previous chunk's work. Padding rows past the sequence's end are zeros. */
+    constexpr int EPV = 16 / (int)sizeof(T);
+    constexpr int QK_MAX = C * 256 / EPV / CH_THREADS, V_MAX = (C * 64 / EPV) / CH_THREADS;
+    const int kvec = K / EPV, bvec = BV / EPV, nqv = C * kvec, nvv = C * bvec;
+    uint4 pq[QK_MAX], pk[QK_MAX], pv[V_MAX];
+    float pg = 0.0f, pb = 0.0f;
+    auto fetch = [&](int64_t tn) {
+        const int Ln = (int)(t1 - tn < C ? t1 - tn : C);
+#pragma unroll
+        for (int r = 0; r < QK_MAX; r++) {
+            const int x = tid + r * CH_THREADS, row = x / kvec, c = (x % kvec) * EPV;
+            pq[r] = pk[r] = make_uint4(0, 0, 0, 0);
+            if (x < nqv && row < Ln) {
+                pq[r] = load16(q + b * a.qb + (tn + row) * a.qt + h * a.qh + c, a.vec);
+                pk[r] = load16(k + b * a.kb + (tn + row) * a.kt + h * a.kh + c, a.vec);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < V_MAX; r++) {
+            const int x = tid + r * CH_THREADS, row = x / bvec, c = (x % bvec) * EPV;
+            pv[r] = make_uint4(0, 0, 0, 0);
+            if (x < nvv && row < Ln)
+                pv[r] = load16(v + b * a.vb + (tn + row) * a.vt + hv * a.vh + v0 + c, a.vec);
+        }
+        if (tid < C) {
+            const int64_t t = tn + tid;
+            pg = (a.gate && tid < Ln) ? a.g[b * a.gb + t * a.gt + hv * a.gh] : 0.0f;
+            pb = tid < Ln ? (a.delta ? a.beta[b * a.bb + t * a.bt + hv * a.bh] : 1.0f) : 0.0f;
+        }
+    };
+    if (t0 < t1) fetch(t0);
+
+    for (int64_t tc = t0; tc < t1; tc += C) {
+        const int Lc = (int)(t1 - tc < C ? t1 - tc : C);
+        /* stage the prefetched chunk (raw v into Ub, raw g into dv), then ask for the next */
+#pragma unroll
+        for (int r = 0; r < QK_MAX; r++) {
+            const int x = tid + r * CH_THREADS, row = x / kvec, c = (x % kvec) * EPV;
+            if (x < nqv) {
+                *(uint4 *)(Qs + row * ldk + c) = pq[r];
+                *(uint4 *)(Ks + row * ldk + c) = pk[r];
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < V_MAX; r++) {
+            const int x = tid + r * CH_THREADS, row = x / bvec, c = (x % bvec) * EPV;
+            if (x < nvv) *(uint4 *)(Ub + row * ldvb + c) = pv[r];
+        }
+        if (tid < C) {
+            dv[tid] = fmaxf(pg, LOG_DECAY_MIN);
+            btv[tid] = pb;
+        }
+        if (tc + C < t1) fetch(tc + C);
+        __syncthreads();
+        PROF(0);
+        /* q scaled (and normalised), k normalised, in place: P threads a row, 16-byte pieces */
+        {
+            constexpr int P = CH_THREADS / C;
+            const int r = tid / P, part = tid % P;
+            float sq = 0, sk = 0;
+            for (int c = part; c < kvec; c += P) {
+                union {
+                    uint4 u;
+                    T e[EPV];
+                } xq, xk;
+                xq.u = *(const uint4 *)(Qs + r * ldk + c * EPV);
+                xk.u = *(const uint4 *)(Ks + r * ldk + c * EPV);
+#pragma unroll
+                for (int e = 0; e < EPV; e++) {
+                    const float x = to_f(xq.e[e]), y = to_f(xk.e[e]);
+                    sq += x * x;
+                    sk += y * y;
+                }
+            }
+            float rq = a.scale, rk = 1.0f;
+            if (a.l2norm) {
+#pragma unroll
+                for (int off = 1; off < P; off <<= 1) {
+                    sq += __shfl_xor_sync(0xffffffffu, sq, off);
+                    sk += __shfl_xor_sync(0xffffffffu, sk, off);
+                }
+                rq *= rsqrtf(sq + 1e-6f);
+                rk = rsqrtf(sk + 1e-6f);
+            }
+            for (int c = part; c < kvec; c += P) {
+                union {
+                    uint4 u;
+                    T e[EPV];
+                } xq, xk;
+                xq.u = *(const uint4 *)(Qs + r * ldk + c * EPV);
+                xk.u = *(const uint4 *)(Ks + r * ldk + c * EPV);
+#pragma unroll
+                for (int e = 0; e < EPV; e++) {
+                    xq.e[e] = from_f<T>(to_f(xq.e[e]) * rq);
+                    xk.e[e] = from_f<T>(to_f(xk.e[e]) * rk);
+                }
+                *(uint4 *)(Qs + r * ldk + c * EPV) = xq.u;
+                if (a.l2norm) *(uint4 *)(Ks + r * ldk + c * EPV) = xk.u;
+            }
+        }
+        /* cumulative log decay in double (warp 0); padding rows have g = 0 */
+        if (warp == 0) {
+            constexpr int E = C / 32;
+            double loc[E], run = 0;
+#pragma unroll
+            for (int x = 0; x < E; x++) {
+                run += (double)dv[lane * E + x];
+                loc[x] = run;
+            }
+            double incl = run; /* inclusive scan of the lanes' sums */
+            for (int off = 1; off < 32; off <<= 1) {
+                const double y = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += y;
+            }
+            const double excl = incl - run;
+#pragma unroll
+            for (int x = 0; x < E; x++)
+                gam[lane * E + x] = excl + loc[x];
+        }
+        __syncthreads();
+        PROF(1);
+        if (tid < C) {
+            const double gl = gam[Lc - 1];
+            eg[tid] = (float)exp(gam[tid]);
+            dv[tid] = (float)exp(gl - gam[tid]);
+        }
+        /* QK = Q K^T, Y = Q S0; delta: KK = K K^T, X = K S0 */
+        prod<T, false, true>(QK, ldc, Qs, ldk, Ks, ldk, C, C, K, false);
+        prod<T, false, false>(Ob, ldv, Qs, ldk, Sb, ldvb, C, BV, K, false);
+        if (a.delta) {
+            prod<T, false, true>(KK, ldc, Ks, ldk, Ks, ldk, C, C, K, false);
+            prod<T, false, false>(X, ldv, Ks, ldk, Sb, ldvb, C, BV, K, false);
+        }
+        __syncthreads();
+        PROF(2);
+        /* masks and gates */
+#pragma unroll 4
+        for (int x = tid; x < C * C; x += CH_THREADS) {
+            const int i = x / C, j = x % C;
+            const float gm = (a.gate && j <= i) ? expf((float)(gam[i] - gam[j])) : 1.0f;
+            Pb[i * ldcb + j] = from_f<T>(j <= i ? QK[i * ldc + j] * gm : 0.0f);
+            if (a.delta) KK[i * ldc + j] = j < i ? btv[i] * gm * KK[i * ldc + j] : 0.0f;
+        }
+#pragma unroll 4
+        for (int x = tid; x < C * BV; x += CH_THREADS) {
+            const int i = x / BV, j = x % BV;
+            const float vv = to_f(Ub[i * ldvb + j]); /* raw v, staged */
+            Ob[i * ldv + j] *= eg[i];
+            if (a.delta)
+                Rb[i * ldvb + j] = from_f<T>(btv[i] * (vv - eg[i] * X[i * ldv + j]));
+            else
+                Udb[i * ldvb + j] = from_f<T>(vv * dv[i]);
+        }
+        __syncthreads();
+        PROF(3);
+        if (a.delta) {
+            /* Tm into the QK buffer (free now), then U = Tm R */
+            unit_lower_inverse(QK, KK, ldc, C);
+            if constexpr (sizeof(T) != 4) {
+                for (int x = tid; x < C * C; x += CH_THREADS) {
+                    const int i = x / C, j = x % C;
+                    Tb[i * ldcb + j] = from_f<T>(QK[i * ldc + j]);
+                }
+                __syncthreads();
+                PROF(4);
+            }
+            prod<T, false, false>(X, ldv, Tb, ldcb, Rb, ldvb, C, BV, C, false);
+            __syncthreads();
+            PROF(5);
+            for (int x = tid; x < C * BV; x += CH_THREADS) {
+                const int i = x / BV, j = x % BV;
+                Ub[i * ldvb + j] = from_f<T>(X[i * ldv + j]);
+                Udb[i * ldvb + j] = from_f<T>(X[i * ldv + j] * dv[i]);
+            }
+        }
+        /* S0 scaled by e^{gamma_C} before the update accumulates onto it */
+        if (a.gate) {
+            const float eL = eg[Lc - 1];
+            for (int x = tid; x < K * BV; x += CH_THREADS) {
+                const int i = x / BV, j = x % BV;
+                S32[i * ldv + j] *= eL;
+            }
+        }
+        __syncthreads();
+        PROF(6);
+        /* O += P U;  S += K^T diag(d) U */
+        prod<T, false, false>(Ob, ldv, Pb, ldcb, Ub, ldvb, C, BV, C, true);
+        prod<T, true, false>(S32, ldv, Ks, ldk, Udb, ldvb, K, BV, C, true);
+        __syncthreads();
+        PROF(7);
+        for (int x = tid; x < Lc * BV; x += CH_THREADS) {
+            const int i = x / BV, j = x % BV;
+            o[b * a.ob + (tc + i) * a.ot + hv * a.oh + v0 + j] = from_f<T>(Ob[i * ldv + j]);
+        }
+        if constexpr (sizeof(T) != 4)
+            for (int x = tid; x < K * BV; x += CH_THREADS) {
+                const int i = x / BV, j = x % BV;
+                Sb[i * ldvb + j] = from_f<T>(S32[i * ldv + j]);
+            }
+        __syncthreads();
+        PROF(8);
+    }
+    if (a.ht)
+        for (int x = tid; x < K * BV; x += CH_THREADS) {
+            const int i = x / BV, j = x % BV;
+            a.ht[soff + (int64_t)i * a.V + j] = S32[i * ldv + j];
+        }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Host side
+ * ------------------------------------------------------------------------------------------- */
+la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
+    la_args a;
+    a.q = p->q, a.k = p->k, a.v = p->v, a.g = p->g, a.beta = p->beta, a.o = p->o;
+    a.h0 = p->initial_state, a.ht = p->final_state, a.cu = cu_dev;
+    a.T = p->T, a.H = p->H, a.HV = p->HV, a.K = p->K, a.V = p->V;
+    a.qb = p->q_s.b, a.qt = p->q_s.t, a.qh = p->q_s.h;
+    a.kb = p->k_s.b, a.kt = p->k_s.t, a.kh = p->k_s.h;
+    a.vb = p->v_s.b, a.vt = p->v_s.t, a.vh = p->v_s.h;
+    a.gb = p->g_s.b, a.gt = p->g_s.t, a.gh = p->g_s.h;
+    a.bb = p->beta_s.b, a.bt = p->beta_s.t, a.bh = p->beta_s.h;
+    a.ob = p->o_s.b, a.ot = p->o_s.t, a.oh = p->o_s.h;
+    a.scale = p->scale;
+    a.l2norm = p->qk_l2norm != 0;
+    a.gate = p->op == DN_OP_GLA || p->op == DN_OP_GDN;
+    a.delta = p->op == DN_OP_DELTANET || p->op == DN_OP_GDN;
+    const int64_t epv = p->dtype == DN_F32 ? 4 : 8; /* elements in 16 bytes */
+    const dn_strides st[3] = {p->q_s, p->k_s, p->v_s};
+    const void *ptr[3] = {p->q, p->k, p->v};
+    a.vec = 1;
+    for (int i = 0; i < 3; i++)
+        if (((uintptr_t)ptr[i] & 15) || st[i].b % epv || st[i].t % epv || st[i].h % epv) a.vec = 0;
+    return a;
+}
+
+template <typename T> cudaError_t launch_recurrent(const la_args &a, int64_t NS, cudaStream_t s) {
+    const dim3 grid((unsigned)((a.V + 31) / 32), (unsigned)a.HV, (unsigned)NS);
+    if (a.K <= 64)
+        la_recurrent_kernel<T, 8><<<grid, 32 * REC_WARPS, 0, s>>>(a);
+    else if (a.K <= 128)
+        la_recurrent_kernel<T, 16><<<grid, 32 * REC_WARPS, 0, s>>>(a);
+    else
+        la_recurrent_kernel<T, 32><<<grid, 32 * REC_WARPS, 0, s>>>(a);
+    return cudaGetLastError();
+}
+
+template <typename T, int C, int BV>
+cudaError_t launch_chunk_bv(const la_args &a, int64_t NS, cudaStream_t s) {
+    const ch_layout<T> L(C, (int)a.K, BV);
+    cudaError_t e = cudaFuncSetAttribute(la_chunk_kernel<T, C, BV>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L.total);
+    if (e != cudaSuccess) return e;
+    const dim3 grid((unsigned)(a.V / BV), (unsigned)a.HV, (unsigned)NS);
+    la_chunk_kernel<T, C, BV><<<grid, CH_THREADS, L.total, s>>>(a);
+    return cudaGetLastError();
+}
+
+/* 32-token chunks (on an H200, bf16, H = 16, K = V = 128: 5-10% faster than 64 at every shape of
+ * bench/cuda_la.cu, the key-side work of a chunk growing with C^2). Value columns a block: 64
+ * where the state tile fits in shared memory; fewer only when the grid would leave half the GPU
+ * idle, since every column block repeats the chunk's key-side work (measured: 4 x 4096 x 16 heads
+ * ran 1.5x faster at 64 columns and 128 blocks than at 32 columns and 256 blocks; 1 x 32768 ran
+ * 1.5x faster at 16 columns than at 64). */
+template <typename T> cudaError_t launch_chunk(const la_args &a, int64_t NS, cudaStream_t s) {
+    constexpr int C = 32;
+    int sms = 132, dev = 0;
+    (void)cudaGetDevice(&dev);
+    (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    int bv = (a.K <= 128 && a.V % 64 == 0) ? 64 : 32;
+    while (bv > 16 && NS * a.HV * (a.V / bv) < (int64_t)sms / 2)
+        bv /= 2;
+    while (a.V % bv) /* V is a multiple of 16 */
+        bv /= 2;
+    if (bv == 64) return launch_chunk_bv<T, C, 64>(a, NS, s);
+    if (bv == 32) return launch_chunk_bv<T, C, 32>(a, NS, s);
+    return launch_chunk_bv<T, C, 16>(a, NS, s);
+}
+
+/* the chunk kernel's shape limits: wmma tiles of 16 over K, value blocks of 32 */
+bool chunk_supports(const dn_la_params *p) {
+    return p->K % 16 == 0 && p->K <= 256 && p->V % 16 == 0;
+}
+
+int64_t longest_seq(const dn_la_params *p) {
+    if (!p->cu_seqlens) return p->T;
+    int64_t m = 0;
+    for (int64_t n = 0; n < p->n_seqs; n++)
+        if (p->cu_seqlens[n + 1] - p->cu_seqlens[n] > m)
+            m = p->cu_seqlens[n + 1] - p->cu_seqlens[n];
+    return m;
+}
+
+/* Restores the caller's current device when the call leaves. */
+struct device_guard {
+    int prev = -1;
+    ~device_guard() {
+        if (prev >= 0) (void)cudaSetDevice(prev);
+    }
+};
+
+} // namespace
+
+#ifdef DN_CUDA_PROF
+extern "C" void dn_cuda_prof_dump(void) {
+    unsigned long long h[16];
+    cudaDeviceSynchronize();
+    cudaMemcpyFromSymbol(h, prof_cycles, sizeof h);
+    printf("prof cycles:");
+    for (int i = 0; i < 9; i++)
+        printf(" p%d=%llu", i, h[i]);
+    printf("\n");
+    unsigned long long z[16] = {0};
+    cudaMemcpyToSymbol(prof_cycles, z, sizeof z);
+}
+#endif
+
+dn_status dn_cuda_la_forward(const dn_la_params *p) {
+    const char *name = dn_op_name(p->op);
+    dn_status st = dn_cuda_need_device(p->device, name);
+    if (st != DN_OK) return st;
+    if (p->K > 256)
+        return dn_fail(DN_ERR_UNSUPPORTED, "%s: the CUDA kernels take K up to 256 (got %lld)", name,
+                       (long long)p->K);
+    device_guard guard;
+    int cur = 0;
+    if ((st = dn_cuda_error(cudaGetDevice(&cur), name)) != DN_OK) return st;
+    if (cur != p->device) {
+        if ((st = dn_cuda_error(cudaSetDevice(p->device), name)) != DN_OK) return st;
+        guard.prev = cur;
+    }
+    cudaStream_t s = (cudaStream_t)p->stream;
+    const int64_t NS = p->cu_seqlens ? p->n_seqs : p->B;
+    const size_t state_bytes = sizeof(float) * (size_t)(NS * p->HV * p->K * p->V);
+    if (p->T == 0) { /* no tokens: the final state is the initial one (or zeros) */
+        if (!p->final_state || p->final_state == p->initial_state) return DN_OK;
+        cudaError_t e = p->initial_state ? cudaMemcpyAsync(p->final_state, p->initial_state,
+                                                           state_bytes, cudaMemcpyDefault, s)
+                                         : cudaMemsetAsync(p->final_state, 0, state_bytes, s);
+        return dn_cuda_error(e, name);
+    }
+    if (NS > 65535 || p->HV > 65535)
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "%s: the CUDA grid takes at most 65535 sequences and heads", name);
+    dn_impl impl = p->impl;
+    if (impl == DN_IMPL_AUTO)
+        impl = (longest_seq(p) < 16 || !chunk_supports(p)) ? DN_IMPL_RECURRENT : DN_IMPL_CHUNK;
+    if (impl == DN_IMPL_CHUNK && !chunk_supports(p))
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "%s: the CUDA chunkwise kernel needs K and V multiples of 16 (K=%lld "
+                       "V=%lld); DN_IMPL_RECURRENT or AUTO run any size",
+                       name, (long long)p->K, (long long)p->V);
+
+    int64_t *cu = NULL;
+    if (p->cu_seqlens) {
+        const size_t bytes = sizeof(int64_t) * (size_t)(p->n_seqs + 1);
+        if ((st = dn_cuda_error(cudaMallocAsync((void **)&cu, bytes, s), name)) != DN_OK) return st;
+        st = dn_cuda_error(cudaMemcpyAsync(cu, p->cu_seqlens, bytes, cudaMemcpyHostToDevice, s),
+                           name);
+        if (st != DN_OK) {
+            (void)cudaFreeAsync(cu, s);
+            return st;
+        }
+    }
+    const la_args a = make_args(p, cu);
+    cudaError_t e;
+    if (impl == DN_IMPL_RECURRENT)
+        e = p->dtype == DN_BF16  ? launch_recurrent<__nv_bfloat16>(a, NS, s)
+            : p->dtype == DN_F16 ? launch_recurrent<__half>(a, NS, s)
+                                 : launch_recurrent<float>(a, NS, s);
+    else
+        e = p->dtype == DN_BF16  ? launch_chunk<__nv_bfloat16>(a, NS, s)
+            : p->dtype == DN_F16 ? launch_chunk<__half>(a, NS, s)
+                                 : launch_chunk<float>(a, NS, s);
+    st = dn_cuda_error(e, name);
+    if (cu) (void)cudaFreeAsync(cu, s);
+    return st;
+}

@@ -1,0 +1,334 @@
+/*
+ * test_cuda.c - the linear family's 16-bit inputs and its GPU kernels against the double
+ * reference (DN_IMPL_REF, on the host, over the very inputs the kernel sees: 16-bit inputs are
+ * rounded first). On a machine without a CUDA device (or a build without nvcc) the GPU cases check
+ * that a device call says so (DN_ERR_DEVICE), print why they skip, and pass.
+ *
+ * Tolerances (relative RMS over all outputs, and over the final states):
+ *   fp32 inputs: 1e-4. fp32 state and accumulation everywhere; the chunkwise fp32 path runs its
+ *     products in fp32 on the CUDA cores, so only fp32 rounding over dots of <= 256 terms and a
+ *     32-deep triangular solve remains (measured errors are printed, typically 1e-6 .. 1e-5).
+ *   bf16 / fp16 inputs: 1e-2 for the chunkwise form (tensor cores) and 5e-3 for the recurrence.
+ *     The output itself is rounded to bf16 (2^-9 relative: 1.1e-3 RMS on its own); the chunkwise
+ *     products also take bf16 operands (normalised q and k, the state, U, (I+A)^-1 and the masked
+ *     scores), half a dozen such roundings adding to about 3e-3, the figure flash-linear-attention
+ *     shows against an fp32 recurrence (3.3e-3; FlashInfer 2.9e-3). The bounds keep a 3x margin
+ *     over that while any real fault (a mask, a gate, a stride, a missed chunk) is O(1).
+ */
+#include "test.h"
+
+#include "../src/half.h"
+
+static int small_grid(void) { return getenv("DN_CUDA_TEST_SMALL") != NULL; }
+
+typedef struct {
+    dn_op op;
+    int64_t B, T, H, HV, K, V;
+    int varlen;  /* cu_seqlens with empty and one-token sequences (B = 1) */
+    int strided; /* q, k, v, o as views into wider buffers */
+    int gates;   /* 0: mild, 1: strong decay, 2: g = 0, 3: some g = -inf */
+    int betas;   /* 0: uniform [0, 1], 1: near 0, 2: near 2 */
+    int l2norm;  /* in-op L2 norm (else keys drawn with norm about 1) */
+    int init;    /* an initial state */
+    int inplace; /* final_state == initial_state */
+} la_case;
+
+/* Rounds x to the dtype (what a 16-bit input holds), in place; writes the bits to h. */
+static void round_to(dn_dtype t, float *x, uint16_t *h, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        if (t == DN_BF16) {
+            h[i] = dn_f32_to_bf16(x[i]);
+            x[i] = dn_bf16_to_f32(h[i]);
+        } else if (t == DN_F16) {
+            h[i] = dn_f32_to_f16(x[i]);
+            x[i] = dn_f16_to_f32(h[i]);
+        }
+    }
+}
+static float elem(dn_dtype t, const void *p, int64_t i) {
+    if (t == DN_F32) return ((const float *)p)[i];
+    const uint16_t h = ((const uint16_t *)p)[i];
+    return t == DN_BF16 ? dn_bf16_to_f32(h) : dn_f16_to_f32(h);
+}
+
+/* One tensor [n0,n1,n2,D] in a buffer of the dtype with strides s (pad elements between rows
+ * when strided), host copy, and (for the GPU) a device copy. */
+typedef struct {
+    dn_strides s;
+    int64_t elems; /* of the whole buffer */
+    void *host;    /* dtype elements */
+} tensor;
+
+static tensor make_tensor(dn_dtype t, int64_t n0, int64_t n1, int64_t n2, int64_t D, int strided,
+                          const float *vals /* contiguous, already rounded */) {
+    tensor x;
+    const int64_t pad = strided ? 8 : 0, hs = D + pad, ts = n2 * hs + pad, bs = n1 * ts + pad;
+    x.s = (dn_strides){bs, ts, hs};
+    x.elems = n0 * bs + 1;
+    const size_t es = t == DN_F32 ? 4 : 2;
+    x.host = malloc(es * (size_t)x.elems);
+    memset(x.host, 0x7f, es * (size_t)x.elems);
+    for (int64_t a = 0; a < n0; a++)
+        for (int64_t b = 0; b < n1; b++)
+            for (int64_t c = 0; c < n2; c++)
+                for (int64_t d = 0; d < D; d++) {
+                    const int64_t i = a * bs + b * ts + c * hs + d;
+                    const float v = vals ? vals[((a * n1 + b) * n2 + c) * D + d] : NAN;
+                    if (t == DN_F32)
+                        ((float *)x.host)[i] = v;
+                    else
+                        ((uint16_t *)x.host)[i] =
+                            t == DN_BF16 ? dn_f32_to_bf16(v) : dn_f32_to_f16(v);
+                }
+    return x;
+}
+
+static size_t tbytes(dn_dtype t, const tensor *x) {
+    return (t == DN_F32 ? 4 : 2) * (size_t)x->elems;
+}
+
+/* Device copy of n bytes of host memory (NULL for NULL). */
+static void *up(const void *host, size_t n) {
+    if (!host) return NULL;
+    void *d = NULL;
+    if (dn_cuda_malloc(&d, n) != DN_OK || dn_cuda_memcpy(d, host, n) != DN_OK) {
+        fprintf(stderr, "test_cuda: device allocation failed: %s\n", dn_last_error());
+        exit(2);
+    }
+    return d;
+}
+
+static const char *gate_names[] = {"mild", "strong", "g=0", "g=-inf"};
+static const char *beta_names[] = {"beta~U(0,1)", "beta~0", "beta~2"};
+
+/* Runs one case on the device (device >= 0) or the CPU (16-bit inputs, device < 0) against the
+ * reference; returns the number of failures. */
+static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uint64_t seed) {
+    rng r = {seed};
+    const int64_t B = c->B, T = c->T, H = c->H, HV = c->HV, K = c->K, V = c->V;
+    const int gate = c->op == DN_OP_GLA || c->op == DN_OP_GDN;
+    const int delta = c->op == DN_OP_DELTANET || c->op == DN_OP_GDN;
+    int64_t cu[8], ns = B;
+    if (c->varlen) { /* lengths: 0, 1, T/2 - 1, 0, rest */
+        int64_t h = T / 2;
+        int64_t L[] = {0, 1, h - 1, 0, T - h};
+        ns = 5;
+        cu[0] = 0;
+        for (int i = 0; i < 5; i++)
+            cu[i + 1] = cu[i] + L[i];
+    }
+    const int64_t nqk = B * T * H * K, nv = B * T * HV * V, ng = B * T * HV, nst = ns * HV * K * V;
+    float *q = falloc(nqk), *k = falloc(nqk), *v = falloc(nv), *g = falloc(ng), *bt = falloc(ng);
+    float *h0 = falloc(nst), *o_ref = falloc(nv), *ht_ref = falloc(nst), *o_got = falloc(nv),
+          *ht_got = falloc(nst);
+    uint16_t *scratch = malloc(sizeof(uint16_t) * (size_t)(nqk > nv ? nqk : nv));
+    const float ks = c->l2norm ? 1.0f : sqrtf(3.0f / (float)K); /* |k| about 1 without norm */
+    fill_uniform(&r, q, nqk, -1, 1);
+    fill_uniform(&r, k, nqk, -ks, ks);
+    fill_uniform(&r, v, nv, -1, 1);
+    fill_uniform(&r, h0, nst, -0.5f, 0.5f);
+    for (int64_t i = 0; i < ng; i++) {
+        float x = rng_uniform(&r, 0, 1);
+        g[i] = c->gates == 0 ? -0.02f - 0.3f * x : c->gates == 1 ? -2.0f - 8.0f * x : 0.0f;
+        if (c->gates == 3) g[i] = x < 0.1f ? -INFINITY : -0.05f * x;
+        bt[i] = c->betas == 0 ? x : c->betas == 1 ? 1e-4f * x : 2.0f - 1e-3f * x;
+    }
+    round_to(dt, q, scratch, nqk);
+    round_to(dt, k, scratch, nqk);
+    round_to(dt, v, scratch, nv);
+    free(scratch);
+
+    /* reference over the rounded inputs */
+    dn_la_params p = dn_la_params_default(c->op, B, T, H, HV, K, V);
+    p.q = q, p.k = k, p.v = v, p.g = gate ? g : NULL, p.beta = delta ? bt : NULL;
+    p.o = o_ref;
+    p.qk_l2norm = c->l2norm;
+    p.initial_state = c->init ? h0 : NULL;
+    p.final_state = ht_ref;
+    if (c->varlen) p.cu_seqlens = cu, p.n_seqs = ns;
+    p.impl = DN_IMPL_REF;
+    int fails = 0;
+    dn_status st = dn_la_forward(&p);
+    if (st != DN_OK) {
+        printf("    FAIL reference: %s\n", dn_last_error());
+        return 1;
+    }
+
+    /* the call under test */
+    tensor tq = make_tensor(dt, B, T, H, K, c->strided, q),
+           tk = make_tensor(dt, B, T, H, K, c->strided, k),
+           tv = make_tensor(dt, B, T, HV, V, c->strided, v),
+           to = make_tensor(dt, B, T, HV, V, c->strided, NULL);
+    p.dtype = dt;
+    p.impl = impl;
+    p.q_s = tq.s, p.k_s = tk.s, p.v_s = tv.s, p.o_s = to.s;
+    float *st0 = falloc(nst);
+    memcpy(st0, h0, sizeof(float) * (size_t)nst);
+    if (device >= 0) {
+        p.device = device;
+        p.q = up(tq.host, tbytes(dt, &tq));
+        p.k = up(tk.host, tbytes(dt, &tk));
+        p.v = up(tv.host, tbytes(dt, &tv));
+        p.o = up(to.host, tbytes(dt, &to)); /* poisoned: NaN everywhere */
+        p.g = gate ? up(g, sizeof(float) * (size_t)ng) : NULL;
+        p.beta = delta ? up(bt, sizeof(float) * (size_t)ng) : NULL;
+        float *dh0 = up(st0, sizeof(float) * (size_t)nst), *dht = NULL;
+        if (c->inplace)
+            dht = dh0;
+        else
+            dht = up(st0, sizeof(float) * (size_t)nst); /* junk: must be overwritten */
+        p.initial_state = c->init ? dh0 : NULL;
+        p.final_state = dht;
+        st = dn_la_forward(&p);
+        if (st == DN_OK) st = dn_cuda_synchronize();
+        if (st == DN_OK) {
+            dn_cuda_memcpy(to.host, p.o, tbytes(dt, &to));
+            dn_cuda_memcpy(ht_got, dht, sizeof(float) * (size_t)nst);
+        }
+        dn_cuda_free((void *)p.q), dn_cuda_free((void *)p.k), dn_cuda_free((void *)p.v);
+        dn_cuda_free(p.o), dn_cuda_free((void *)p.g), dn_cuda_free((void *)p.beta);
+        dn_cuda_free(dh0);
+        if (!c->inplace) dn_cuda_free(dht);
+    } else {
+        p.q = tq.host, p.k = tk.host, p.v = tv.host, p.o = to.host;
+        p.initial_state = c->init ? st0 : NULL;
+        p.final_state = c->inplace && c->init ? st0 : ht_got;
+        st = dn_la_forward(&p);
+        if (c->inplace && c->init) memcpy(ht_got, st0, sizeof(float) * (size_t)nst);
+    }
+    char what[256];
+    snprintf(what, sizeof what, "%s %s %s B%lld T%lld H%lld HV%lld K%lld V%lld%s%s %s %s%s%s%s",
+             dn_op_name(c->op), dn_dtype_name(dt), dn_impl_name(impl), (long long)B, (long long)T,
+             (long long)H, (long long)HV, (long long)K, (long long)V, c->varlen ? " varlen" : "",
+             c->strided ? " strided" : "", gate ? gate_names[c->gates] : "",
+             delta ? beta_names[c->betas] : "", c->l2norm ? " l2norm" : "", c->init ? " h0" : "",
+             c->inplace ? " inplace" : "");
+    if (st != DN_OK) {
+        printf("    FAIL %s: %s (%s)\n", what, dn_status_str(st), dn_last_error());
+        fails++;
+    } else {
+        for (int64_t a = 0; a < B; a++)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t hh = 0; hh < HV; hh++)
+                    for (int64_t d = 0; d < V; d++)
+                        o_got[((a * T + t) * HV + hh) * V + d] =
+                            elem(dt, to.host, a * to.s.b + t * to.s.t + hh * to.s.h + d);
+        /* the output is stored in the dtype: it cannot be closer to the reference than the
+         * reference rounded to that dtype (fp16 outputs of strongly decayed heads fall below
+         * 2^-14, where fp16 is subnormal and coarse) */
+        float *rr = falloc(nv);
+        memcpy(rr, o_ref, sizeof(float) * (size_t)nv);
+        uint16_t *tmp = malloc(sizeof(uint16_t) * (size_t)nv);
+        round_to(dt, rr, tmp, nv);
+        const double floor_o = rel_rms(rr, o_ref, nv, NULL);
+        free(rr), free(tmp);
+        const double tol = (dt == DN_F32                ? 1e-4
+                            : impl == DN_IMPL_RECURRENT ? 5e-3
+                                                        : 1e-2) +
+                           2 * floor_o;
+        int64_t w = 0;
+        const double eo = rel_rms(o_got, o_ref, nv, &w);
+        const double es = rel_rms(ht_got, ht_ref, nst, NULL);
+        if (!(eo <= tol) || !(es <= tol)) {
+            printf("    FAIL %s: o %.3g, state %.3g (tol %.0e; worst o[%lld] got %.7g ref %.7g)\n",
+                   what, eo, es, tol, (long long)w, o_got[w], o_ref[w]);
+            fails++;
+        } else if (getenv("DN_TEST_VERBOSE"))
+            printf("    ok %s: o %.2e state %.2e\n", what, eo, es);
+    }
+    free(tq.host), free(tk.host), free(tv.host), free(to.host);
+    free(q), free(k), free(v), free(g), free(bt), free(h0), free(o_ref), free(ht_ref), free(o_got),
+        free(ht_got), free(st0);
+    return fails;
+}
+
+/* The grid: every op and form over odd lengths, T < chunk, varlen, grouped heads, every head dim,
+ * strided views, the gate and beta extremes. */
+static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *impls, int nimpl) {
+    static const int64_t dims[][2] = {{64, 64},  {96, 96},   {128, 128}, {192, 192}, {256, 256},
+                                      {96, 192}, {128, 256}, {256, 64},  {32, 48},   {48, 16}};
+    static const dn_op ops[] = {DN_OP_LINEAR_ATTN, DN_OP_GLA, DN_OP_DELTANET, DN_OP_GDN};
+    la_case cases[128];
+    int nc = 0;
+    const int small = small_grid();
+    for (int o = 0; o < 4; o++) {
+        /* the options, one family of variants each */
+        cases[nc++] = (la_case){ops[o], 2, 37, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0};
+        cases[nc++] = (la_case){ops[o], 1, 70, 1, 2, 64, 64, 1, 0, 0, 0, 1, 1, 0};
+        if (small) continue;
+        cases[nc++] = (la_case){ops[o], 2, 1, 2, 4, 128, 128, 0, 0, 0, 0, 1, 1, 1};
+        cases[nc++] = (la_case){ops[o], 2, 129, 2, 4, 64, 64, 0, 1, 1, 1, 1, 1, 1};
+        cases[nc++] = (la_case){ops[o], 1, 150, 1, 3, 128, 128, 1, 1, 3, 2, 1, 1, 0};
+        cases[nc++] = (la_case){ops[o], 2, 100, 2, 2, 64, 128, 0, 0, 2, 0, 0, 0, 0};
+        cases[nc++] = (la_case){ops[o], 1, 200, 1, 1, 128, 64, 0, 0, 3, 0, 1, 1, 0};
+    }
+    if (!small)
+        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+            cases[nc++] =
+                (la_case){DN_OP_GDN, 1, 77, 1, 2, dims[d][0], dims[d][1], 0, 0, 0, 0, 1, 1, 0};
+            cases[nc++] =
+                (la_case){DN_OP_GLA, 1, 65, 2, 2, dims[d][0], dims[d][1], 0, 1, 1, 0, 0, 1, 0};
+        }
+    int fails = 0, runs = 0;
+    for (int i = 0; i < nc; i++)
+        for (int d = 0; d < ndt; d++)
+            for (int m = 0; m < nimpl; m++) {
+                fails += run_case(&cases[i], dts[d], impls[m], device,
+                                  1000 + (uint64_t)(i * 7 + d * 3 + m));
+                runs++;
+            }
+    printf("     %d runs, %d failed\n", runs, fails);
+    return fails;
+}
+
+/* 16-bit inputs on the CPU (converted inside the call) against the reference. */
+static int test_la_dtype_cpu(void) {
+    const dn_dtype dts[] = {DN_BF16, DN_F16};
+    const dn_impl impls[] = {DN_IMPL_RECURRENT, DN_IMPL_CHUNK};
+    int fails = 0;
+    for (int i = 0; i < 2; i++)
+        for (int m = 0; m < 2; m++) {
+            la_case c = {i ? DN_OP_GDN : DN_OP_GLA, 2, 45, 2, 4, 32, 48, 0, 1, 0, 0, 1, 1, 0};
+            fails += run_case(&c, dts[i], impls[m], -1, 77 + (uint64_t)(i + m));
+            c.varlen = 1, c.B = 1, c.strided = 0, c.inplace = 1;
+            fails += run_case(&c, dts[i], impls[m], -1, 99 + (uint64_t)(i + m));
+        }
+    /* a bad dtype or device is an argument error, before anything runs */
+    dn_la_params p = dn_la_params_default(DN_OP_LINEAR_ATTN, 1, 1, 1, 1, 4, 4);
+    float x[4] = {0}, y[4];
+    p.q = p.k = p.v = x, p.o = y;
+    p.dtype = (dn_dtype)7;
+    if (dn_la_forward(&p) != DN_ERR_ARG) fails++, printf("    FAIL dtype 7 accepted\n");
+    p.dtype = DN_F32, p.device = -2;
+    if (dn_la_forward(&p) != DN_ERR_ARG) fails++, printf("    FAIL device -2 accepted\n");
+    return fails;
+}
+
+static int test_la_cuda(void) {
+    const int n = dn_cuda_device_count();
+    if (n == 0) {
+        /* a device call must say why it cannot run, and write nothing */
+        dn_la_params p = dn_la_params_default(DN_OP_GDN, 1, 2, 1, 1, 4, 4);
+        float x[8] = {0}, gb[2] = {-0.1f, -0.1f}, bb[2] = {0.5f, 0.5f}, o[8];
+        p.q = p.k = p.v = x, p.g = gb, p.beta = bb, p.o = o;
+        p.device = 0;
+        memset(o, 0x55, sizeof o);
+        dn_status st = dn_la_forward(&p);
+        int fails = st != DN_ERR_DEVICE;
+        for (int i = 0; i < 8; i++)
+            fails += ((unsigned char *)o)[i] != 0x55;
+        printf("     skipped: the CUDA kernels (%s)\n", dn_last_error());
+        if (fails)
+            printf("    FAIL a device call without a device returned %s\n", dn_status_str(st));
+        return fails;
+    }
+    const dn_dtype dts[] = {DN_F32, DN_BF16, DN_F16};
+    const dn_impl impls[] = {DN_IMPL_RECURRENT, DN_IMPL_CHUNK};
+    return run_grid(0, dts, small_grid() ? 2 : 3, impls, 2);
+}
+
+const test_case dn_tests_cuda[] = {
+    {"la_dtype_cpu", test_la_dtype_cpu},
+    {"la_cuda", test_la_cuda},
+    {NULL, NULL},
+};
