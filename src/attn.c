@@ -143,6 +143,19 @@ dn_status dn_attn_backward(const dn_attn_bwd_params *bp) {
     if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
     /* no token at all: nothing to write (and a batch of 2^62 empty rows is no work to spread) */
     if (p->TQ == 0 && p->TK == 0) return DN_OK;
+    /* keys but no query: no key is attended to, so dk = dv = 0, written without a walk over
+     * the (possibly 2^32) query heads that have nothing to do */
+    if (p->TQ == 0) {
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = 0; t < TK; t++)
+                for (int64_t h = 0; h < HKV; h++) {
+                    memset(bp->dk + b * bp->dk_s.b + t * bp->dk_s.t + h * bp->dk_s.h, 0,
+                           (size_t)D * sizeof(float));
+                    memset(bp->dv + b * bp->dv_s.b + t * bp->dv_s.t + h * bp->dv_s.h, 0,
+                           (size_t)D * sizeof(float));
+                }
+        return DN_OK;
+    }
     if (p->impl == DN_IMPL_REF) return dn_ref_attn_backward(bp);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);

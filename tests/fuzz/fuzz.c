@@ -2071,8 +2071,8 @@ static int replay(const uint8_t *buf, size_t n, int family) {
 /* Inputs libFuzzer found, replayed (tests/fuzz/regressions/FAMILY-ID, README there): each
  * must now pass every property. Run from the repository root, as `make test` does. */
 static int test_fuzz_regressions(void) {
-    static const char *const files[] = {"attn_bwd-93926989", "mamba2_bwd-0b6ea07d",
-                                        "rwkv4_bwd-763e6539"};
+    static const char *const files[] = {"attn_bwd-93926989", "attn_bwd-383adedd",
+                                        "mamba2_bwd-0b6ea07d", "rwkv4_bwd-763e6539"};
     int fails = 0;
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[256], fam[32];
