@@ -6,7 +6,11 @@
  * `deltanet run` holds a checkpoint. Reported: prefill tokens/s at 512 and 4096 tokens, decode
  * tokens/s against context, and decode against its bound: every weight read once per token (the
  * 2-byte matrices, the tied embedding among them through the LM head) at the streaming-read rate
- * measured in the same run. Timing follows bench/bench.h (warm-up, then the median).
+ * measured in the same run. Timing follows bench/bench.h (warm-up, then the median). The
+ * decode steps also run with the model's profiling on (dn_model_set_profiling): the mean time per
+ * step of the Gated DeltaNet mixers, the attention mixers, the MLPs and the rest (embedding, final
+ * norm, LM head), each against the read time of its own weights at the same rate, so the growth
+ * with context is seen part by part (the attention mixers also read their KV cache).
  */
 #include "bench.h"
 #include "opts.h"
@@ -20,23 +24,84 @@ typedef struct {
     dn_model_state *s;
     float *logits;
     int32_t tok;
+    int64_t steps;
 } decode_ctx;
 
 static dn_status decode_step(void *arg) {
     decode_ctx *c = arg;
+    c->steps++;
     return dn_model_step(c->m, c->s, c->logits, &c->tok, 1, 0);
 }
 
+/* Parts of a decode step: the Gated DeltaNet mixers, the attention mixers, the MLPs, the rest. */
+enum { PART_G, PART_A, PART_MLP, PART_OTHER, NPARTS };
+
+/* Bytes each part reads per decode step: its matrices in bf16, its vectors in fp32; the LM head
+ * (the tied embedding) goes to the rest. */
+static void part_bytes(const dn_model *m, double bytes[NPARTS]) {
+    const char *pat = dn_model_get_config(m)->layer_pattern;
+    const size_t plen = strlen(pat);
+    for (int p = 0; p < NPARTS; p++)
+        bytes[p] = 0;
+    for (int64_t i = 0; i < dn_model_num_tensors(m); i++) {
+        dn_param_info t;
+        dn_model_param_info(m, i, &t);
+        const double b = (double)t.numel * (t.ndim == 2 ? 2 : 4);
+        long long layer;
+        int at = 0;
+        if (sscanf(t.name, "model.layers.%lld.%n", &layer, &at) == 1 && at > 0) {
+            if (!strncmp(t.name + at, "mlp.", 4) || strstr(t.name + at, "post_attention"))
+                bytes[PART_MLP] += b;
+            else /* the mixer and its input norm */
+                bytes[pat[(size_t)layer % plen] == 'A' ? PART_A : PART_G] += b;
+        } else if (!strcmp(t.name, "model.embed_tokens.weight") ||
+                   !strcmp(t.name, "lm_head.weight"))
+            bytes[PART_OTHER] += b;
+    }
+}
+
+/* The random model: Qwen3.5-0.8B's text shape at the given width, layers and vocabulary. */
+static dn_status random_model(dn_model **m, int64_t layers, int64_t width, int64_t vocab) {
+    dn_model_config c = dn_model_config_default();
+    c.vocab_size = vocab, c.hidden_size = width, c.num_hidden_layers = layers;
+    c.intermediate_size = width * 7 / 2;
+    snprintf(c.layer_pattern, sizeof c.layer_pattern, "GGGA");
+    c.linear_num_key_heads = c.linear_num_value_heads = width / 64;
+    c.linear_key_head_dim = c.linear_value_head_dim = 128;
+    c.num_attention_heads = width / 128, c.num_key_value_heads = 2, c.head_dim = 256;
+    c.partial_rotary_factor = 0.25, c.rope_theta = 1e7;
+    c.tie_word_embeddings = 1, c.rms_norm_eps = 1e-6;
+    dn_status st = dn_model_create(m, &c, 1);
+    return st == DN_OK ? dn_model_set_weight_dtype(*m, DN_BF16) : st;
+}
+
+#define MAX_CTX 16
+
 int dn_bench_qwen_main(int argc, char **argv) {
     int64_t layers = 24, width = 1024, vocab = 248320, threads = 0, reps = 5;
+    int64_t ctxs[MAX_CTX] = {256, 512, 2048, 4096, 8192};
+    int nctx = 5;
+    const char *dir = NULL, *json = NULL;
+    dn_dtype kv_dtype = DN_F32;
+    int kv_set = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help")) {
             printf(
-                "usage: deltanet bench qwen [--layers L] [--width D] [--vocab V] [--reps N]\n"
-                "                           [--threads N]\n"
-                "A random Qwen3.5-0.8B-shaped model in bf16: prefill and decode tokens/s, decode\n"
-                "against the bound of reading every weight once per token.\n");
+                "usage: deltanet bench qwen [--model DIR] [--layers L] [--width D] [--vocab V]\n"
+                "                           [--contexts N,N,...] [--reps N] [--threads N]\n"
+                "                           [--kv-dtype f32|bf16|f16] [--json FILE]\n"
+                "Prefill and decode tokens/s of a Qwen3.5 model: a random one with the shape of\n"
+                "Qwen3.5-0.8B in bf16 (--layers, --width, --vocab change it), or the checkpoint "
+                "in\n"
+                "DIR as `deltanet run` loads it. At each context: one prefill of that many "
+                "tokens,\n"
+                "then decode steps (2 warm-up, the median of --reps), against the bound of "
+                "reading\n"
+                "every weight once per token (for a mixture of experts only the routed experts "
+                "are\n"
+                "read: the bound is then a floor), and the decode step by part (profiled).\n"
+                "The KV cache is kept in the weights' type unless --kv-dtype says otherwise.\n");
             return 0;
         }
         if (i + 1 >= argc) {
@@ -44,8 +109,16 @@ int dn_bench_qwen_main(int argc, char **argv) {
             return 2;
         }
         const char *v = argv[++i];
-        int r;
-        if (!strcmp(a, "--layers"))
+        int r = 0;
+        if (!strcmp(a, "--model"))
+            dir = v;
+        else if (!strcmp(a, "--json"))
+            json = v;
+        else if (!strcmp(a, "--kv-dtype"))
+            r = opt_dtype("bench qwen", a, v, &kv_dtype), kv_set = 1;
+        else if (!strcmp(a, "--contexts"))
+            r = (nctx = opt_i64_list("bench qwen", a, v, 1, 1 << 20, ctxs, MAX_CTX)) < 0;
+        else if (!strcmp(a, "--layers"))
             r = opt_i64("bench qwen", a, v, 1, 256, &layers);
         else if (!strcmp(a, "--width"))
             r = opt_i64("bench qwen", a, v, 128, 16384, &width);
@@ -62,61 +135,136 @@ int dn_bench_qwen_main(int argc, char **argv) {
         if (r) return 2;
     }
     if (threads > 0) dn_set_num_threads((int)threads);
-    dn_model_config c = dn_model_config_default();
-    c.vocab_size = vocab, c.hidden_size = width, c.num_hidden_layers = layers;
-    c.intermediate_size = width * 7 / 2;
-    snprintf(c.layer_pattern, sizeof c.layer_pattern, "GGGA");
-    c.linear_num_key_heads = c.linear_num_value_heads = width / 64;
-    c.linear_key_head_dim = c.linear_value_head_dim = 128;
-    c.num_attention_heads = width / 128, c.num_key_value_heads = 2, c.head_dim = 256;
-    c.partial_rotary_factor = 0.25, c.rope_theta = 1e7;
-    c.tie_word_embeddings = 1, c.rms_norm_eps = 1e-6;
     dn_model *m = NULL;
-    if (dn_model_create(&m, &c, 1) != DN_OK || dn_model_set_weight_dtype(m, DN_BF16) != DN_OK) {
+    if ((dir ? dn_model_load_hf(&m, dir) : random_model(&m, layers, width, vocab)) != DN_OK) {
         fprintf(stderr, "bench qwen: %s\n", dn_last_error());
         dn_model_free(m);
         return 1;
     }
+    if (!kv_set) kv_dtype = dn_model_weight_dtype(m);
+    const dn_model_config *c = dn_model_get_config(m);
+    layers = c->num_hidden_layers, vocab = c->vocab_size;
     size_t wbytes = 0;
     dn_model_memory(m, &wbytes, NULL);
     const double bw = bench_measure_read_bandwidth((int)threads, 0.5) * 1e9; /* bytes/s */
-    printf("%s\nthreads %d; streaming read %.1f GB/s\n", dn_build_info(), dn_get_num_threads(),
-           bw * 1e-9);
-    printf("random Qwen3.5-shaped model: width %lld, %lld layers (GGGA), vocab %lld tied, %.2f B "
-           "parameters, %.2f GB of weights (bf16 matrices)\n",
-           (long long)width, (long long)layers, (long long)vocab,
-           (double)dn_model_num_params(m) * 1e-9, (double)wbytes * 1e-9);
+    printf("%s\nthreads %d; streaming read %.1f GB/s; KV cache %s\n", dn_build_info(),
+           dn_get_num_threads(), bw * 1e-9, dn_dtype_name(kv_dtype));
+    printf("%s: width %lld, %lld layers (%s), vocab %lld%s, %.2f B parameters, %.2f GB of "
+           "weights\n",
+           dir ? dir : "random Qwen3.5-shaped model (bf16 matrices)", (long long)c->hidden_size,
+           (long long)layers, c->layer_pattern, (long long)vocab,
+           c->tie_word_embeddings ? " tied" : "", (double)dn_model_num_params(m) * 1e-9,
+           (double)wbytes * 1e-9);
     const double bound = bw / (double)wbytes;
-    int64_t maxT = 8192 + 64;
+    int64_t maxT = 0;
+    for (int i = 0; i < nctx; i++)
+        maxT = ctxs[i] > maxT ? ctxs[i] : maxT;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)maxT);
     float *logits = malloc(sizeof(float) * (size_t)vocab);
+    double *mix = malloc(sizeof(double) * (size_t)layers);
+    double *mlp = malloc(sizeof(double) * (size_t)layers);
+    FILE *jf = json ? fopen(json, "w") : NULL;
+    if (!tok || !logits || !mix || !mlp || (json && !jf)) {
+        fprintf(stderr, "bench qwen: %s\n",
+                json && !jf ? "cannot write the JSON file" : "out of memory");
+        free(tok), free(logits), free(mix), free(mlp), dn_model_free(m);
+        if (jf) fclose(jf);
+        return 1;
+    }
     for (int64_t i = 0; i < maxT; i++)
         tok[i] = (int32_t)((i * 7919 + 13) % vocab);
-    const int64_t ctxs[] = {256, 512, 2048, 4096, 8192};
+    const char *pat = c->layer_pattern;
+    const size_t plen = strlen(pat);
+    double pbytes[NPARTS];
+    part_bytes(m, pbytes);
+    double part_ms[MAX_CTX][NPARTS] = {{0}};
+    if (jf)
+        fprintf(jf,
+                "{\"bench\": \"qwen\", \"model\": \"%s\", \"threads\": %d, \"read_GBs\": %.2f, "
+                "\"weight_bytes\": %zu, \"kv_dtype\": \"%s\", \"points\": [",
+                dir ? "checkpoint" : "random", dn_get_num_threads(), bw * 1e-9, wbytes,
+                dn_dtype_name(kv_dtype));
+    { /* a warm-up of every path (prefill, decode) before the first timed call */
+        dn_model_state *w = NULL;
+        int bad = dn_model_state_create(&w, m, 1, 32) != DN_OK ||
+                  dn_model_step(m, w, logits, tok, maxT < 16 ? maxT : 16, 0) != DN_OK ||
+                  dn_model_step(m, w, logits, tok, 1, 0) != DN_OK;
+        dn_model_state_free(w);
+        if (bad) {
+            fprintf(stderr, "bench qwen: %s\n", dn_last_error());
+            free(tok), free(logits), free(mix), free(mlp), dn_model_free(m);
+            if (jf) fclose(jf);
+            return 1;
+        }
+    }
     printf("  %8s %14s %14s %14s %10s\n", "context", "prefill tok/s", "decode tok/s", "bound tok/s",
            "of bound");
     int rc = 0;
-    for (size_t i = 0; i < sizeof ctxs / sizeof ctxs[0] && rc == 0; i++) {
+    for (int i = 0; i < nctx && rc == 0; i++) {
         dn_model_state *st = NULL;
-        if (dn_model_state_create(&st, m, 1, ctxs[i] + 64) != DN_OK) {
+        if (dn_model_state_create_ex(&st, m, 1, ctxs[i] + 64, kv_dtype) != DN_OK) {
             fprintf(stderr, "bench qwen: %s\n", dn_last_error());
             rc = 1;
             break;
         }
         const double t0 = dn_now_s();
-        if (dn_model_step(m, st, logits, tok, ctxs[i], 0) != DN_OK) {
+        rc = dn_model_step(m, st, logits, tok, ctxs[i], 0) != DN_OK;
+        const double pre = dn_now_s() - t0;
+        decode_ctx dc = {m, st, logits, 17, 0};
+        /* the warm-up outside the profile: its first step may grow the KV caches */
+        for (int w = 0; w < 2 && rc == 0; w++)
+            rc = decode_step(&dc) != DN_OK;
+        dc.steps = 0;
+        double s = -1, other = 0;
+        if (rc == 0 && dn_model_set_profiling(m, 1) == DN_OK) {
+            s = bench_time(decode_step, &dc, 0, (int)reps);
+            if (s > 0 && dn_model_profile(m, mix, mlp, &other) == DN_OK) {
+                for (int64_t l = 0; l < layers; l++) {
+                    part_ms[i][pat[(size_t)l % plen] == 'A' ? PART_A : PART_G] += mix[l];
+                    part_ms[i][PART_MLP] += mlp[l];
+                }
+                part_ms[i][PART_OTHER] = other;
+                for (int p = 0; p < NPARTS; p++)
+                    part_ms[i][p] *= 1e3 / (double)dc.steps;
+            }
+            dn_model_set_profiling(m, 0);
+        }
+        dn_model_state_free(st);
+        if (s <= 0) {
             fprintf(stderr, "bench qwen: %s\n", dn_last_error());
             rc = 1;
+            break;
         }
-        const double pre = dn_now_s() - t0;
-        decode_ctx dc = {m, st, logits, 17};
-        const double s = rc ? -1 : bench_time(decode_step, &dc, 2, (int)reps);
-        if (s > 0)
-            printf("  %8lld %14.1f %14.2f %14.2f %9.0f%%\n", (long long)ctxs[i],
-                   (double)ctxs[i] / pre, 1.0 / s, bound, 100.0 / s / bound);
+        printf("  %8lld %14.1f %14.2f %14.2f %9.0f%%\n", (long long)ctxs[i], (double)ctxs[i] / pre,
+               1.0 / s, bound, 100.0 / s / bound);
         fflush(stdout);
-        dn_model_state_free(st);
+        if (jf)
+            fprintf(jf,
+                    "%s\n  {\"context\": %lld, \"prefill_s\": %.6g, \"decode_s\": %.6g, "
+                    "\"bound_tok_s\": %.6g, \"gdn_ms\": %.4f, \"attn_ms\": %.4f, \"mlp_ms\": %.4f, "
+                    "\"other_ms\": %.4f}",
+                    i ? "," : "", (long long)ctxs[i], pre, s, bound, part_ms[i][PART_G],
+                    part_ms[i][PART_A], part_ms[i][PART_MLP], part_ms[i][PART_OTHER]);
     }
+    if (jf) {
+        fprintf(jf, "\n]}\n");
+        fclose(jf);
+    }
+    if (rc == 0) {
+        static const char *names[NPARTS] = {"GDN mixers", "attn mixers", "MLPs", "embed+norm+head"};
+        printf("decode step by part (profiled, mean ms per token; bound: its weights read once)\n");
+        printf("  %-16s %8s", "part", "bound");
+        for (int i = 0; i < nctx; i++)
+            printf(" %8lld", (long long)ctxs[i]);
+        printf(" %9s\n", "last/1st");
+        for (int p = 0; p < NPARTS; p++) {
+            printf("  %-16s %8.3f", names[p], pbytes[p] / bw * 1e3);
+            for (int i = 0; i < nctx; i++)
+                printf(" %8.3f", part_ms[i][p]);
+            printf(" %8.2fx\n", part_ms[0][p] > 0 ? part_ms[nctx - 1][p] / part_ms[0][p] : 0.0);
+        }
+    }
+    free(mix), free(mlp);
     free(tok), free(logits);
     dn_model_free(m);
     return rc;

@@ -854,6 +854,7 @@ DN_API dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *toke
  * even; the model is then for forward and generation only, with half the bytes to read per
  * token), or DN_F32 (back to fp32 for training: the 16-bit values widened). */
 DN_API dn_status dn_model_set_weight_dtype(dn_model *m, dn_dtype t);
+DN_API dn_dtype dn_model_weight_dtype(const dn_model *m); /* DN_F32 for NULL */
 /* Bytes the model holds now: parameters + gradients (a loaded checkpoint with 16-bit weights: its
  * weights only, matrices at 2 bytes), and activations. */
 DN_API dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes);
@@ -875,10 +876,15 @@ DN_API dn_status dn_model_config_from_json(dn_model_config *out, const char *tex
  * all_positions, else [B,vocab] for the last position. The results equal one forward over the
  * whole sequence (up to fp32 rounding). Bad input changes nothing; a failure while the state
  * is being advanced (an allocation) leaves it unusable until dn_model_state_reset.
+ * The KV caches hold keys and values in fp32; state_create_ex takes DN_BF16 or DN_F16 instead
+ * (half the bytes a decode step reads at long context, as a bf16 checkpoint runs in transformers;
+ * keys and values rounded to nearest even on append, the attention math still fp32).
  */
 typedef struct dn_model_state dn_model_state;
 DN_API dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t B,
                                        int64_t max_len);
+DN_API dn_status dn_model_state_create_ex(dn_model_state **out, const dn_model *m, int64_t B,
+                                          int64_t max_len, dn_dtype kv_dtype);
 DN_API void dn_model_state_free(dn_model_state *s); /* NULL is a no-op */
 DN_API dn_status dn_model_state_reset(dn_model_state *s);
 DN_API int64_t dn_model_state_len(const dn_model_state *s); /* tokens fed so far */
@@ -886,6 +892,16 @@ DN_API int64_t dn_model_state_len(const dn_model_state *s); /* tokens fed so far
 DN_API dn_status dn_model_state_bytes(const dn_model_state *s, size_t *fixed, size_t *kv);
 DN_API dn_status dn_model_step(dn_model *m, dn_model_state *s, float *logits, const int32_t *tokens,
                                int64_t T, int all_positions);
+
+/* Where a forward's time goes: with profiling on, every forward (dn_model_step, dn_model_logits,
+ * the forward of dn_model_forward_backward) adds its wall time per layer, split into the mixer
+ * part (norm, mixer, residual) and the MLP part (norm, MLP or experts), and the rest (embedding,
+ * final norm, LM head of dn_model_step) into other_s. Two clock reads per part; off by default.
+ * set_profiling(m, 1) starts from zero (again on each call), 0 turns it off. profile: mixer_s and
+ * mlp_s [num_hidden_layers] (either NULL to skip); DN_ERR_ARG while profiling is off. */
+DN_API dn_status dn_model_set_profiling(dn_model *m, int on);
+DN_API dn_status dn_model_profile(const dn_model *m, double *mixer_s, double *mlp_s,
+                                  double *other_s);
 
 /* Next-token sampling: temperature 0 (or top_k 1) is greedy; else softmax(logits / temperature)
  * restricted to the top_k most likely tokens (0: all) and then to the smallest set holding top_p

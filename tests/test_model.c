@@ -475,6 +475,128 @@ static int test_model_generation(void) {
     return fails;
 }
 
+/* A 16-bit KV cache (dn_model_state_create_ex): prefill and decode logits against the fp32
+ * cache's. Keys and values rounded to bf16 carry 2^-9 relative error (fp16: 2^-12); through the
+ * scores, the softmax and a few layers the logits move by about that relative to their size
+ * (relative RMS 1.8e-3 and 2.2e-4 measured on this case), so 1e-2 (bf16) and 2e-3 (fp16) hold
+ * with margin, while a cache read in the wrong type or at the wrong rows moves them by O(1). A
+ * dtype out of range is DN_ERR_ARG with *out unchanged. */
+static int test_model_kv_dtype(void) {
+    int fails = 0;
+    dn_model_config c = tiny(2);
+    c.vocab_size = 64, c.hidden_size = 32, c.head_dim = 16;
+    dn_model *m = make_model(&c, 5);
+    if (!m) return 1;
+    const int64_t B = 2, T = 40, V = c.vocab_size;
+    rng r = {77};
+    int32_t tok[2 * 40], tgt[2 * 40], chunk[2];
+    random_tokens(&r, tok, tgt, B * T, V);
+    float *want = falloc(B * T * V), *got = falloc(B * T * V), *step = falloc(B * V);
+    dn_model_state *bad = (dn_model_state *)&r;
+    if (dn_model_state_create_ex(&bad, m, B, T, (dn_dtype)DN_DTYPE_COUNT) != DN_ERR_ARG ||
+        bad != (dn_model_state *)&r)
+        fails++;
+    const dn_dtype types[] = {DN_F32, DN_BF16, DN_F16};
+    const double tol[] = {0, 1e-2, 2e-3};
+    for (int t = 0; t < 3; t++) {
+        dn_model_state *st = NULL;
+        if (dn_model_state_create_ex(&st, m, B, T, types[t]) != DN_OK) {
+            printf("    FAIL state_create_ex(%s): %s\n", dn_dtype_name(types[t]), dn_last_error());
+            fails++;
+            continue;
+        }
+        float *out = t ? got : want;
+        /* 24 tokens of prefill, then one at a time: every position's logits */
+        int32_t pre[2 * 24];
+        for (int64_t b = 0; b < B; b++)
+            memcpy(pre + b * 24, tok + b * T, sizeof(int32_t) * 24);
+        float *pl = falloc(B * 24 * V);
+        int ok = dn_model_step(m, st, pl, pre, 24, 1) == DN_OK;
+        for (int64_t b = 0; b < B; b++)
+            memcpy(out + b * T * V, pl + b * 24 * V, sizeof(float) * (size_t)(24 * V));
+        free(pl);
+        for (int64_t i = 24; i < T && ok; i++) {
+            for (int64_t b = 0; b < B; b++)
+                chunk[b] = tok[b * T + i];
+            ok = dn_model_step(m, st, step, chunk, 1, 0) == DN_OK;
+            for (int64_t b = 0; b < B; b++)
+                memcpy(out + (b * T + i) * V, step + b * V, sizeof(float) * (size_t)V);
+        }
+        size_t kv = 0;
+        dn_model_state_bytes(st, NULL, &kv);
+        /* one attention layer, HKV 2, D 16, keys and values: T tokens of 2 sequences */
+        const size_t expect = (size_t)(2 * B * T * 2 * 16) * (types[t] == DN_F32 ? 4 : 2);
+        if (!ok || kv != expect) {
+            printf("    FAIL kv %s: %s, %zu bytes of cache (expected %zu)\n",
+                   dn_dtype_name(types[t]), ok ? "ran" : dn_last_error(), kv, expect);
+            fails++;
+        }
+        if (t) {
+            char what[64];
+            snprintf(what, sizeof what, "logits with a %s KV cache", dn_dtype_name(types[t]));
+            fails += check_close(what, got, want, B * T * V, tol[t]);
+            /* and not equal to fp32's: the cache really is 16-bit */
+            if (!memcmp(got, want, sizeof(float) * (size_t)(B * T * V))) {
+                printf("    FAIL %s: identical to the fp32 cache's logits\n", what);
+                fails++;
+            }
+        }
+        dn_model_state_free(st);
+    }
+    free(want), free(got), free(step);
+    dn_model_free(m);
+    return fails;
+}
+
+/* Profiling (dn_model_set_profiling / dn_model_profile): off by default and an error to read;
+ * on, every layer's mixer and MLP parts and the rest gain time from a step and a forward; on
+ * again restarts from zero; off releases it. */
+static int test_model_profile(void) {
+    int fails = 0;
+    dn_model_config c = tiny(4);
+    dn_model *m = make_model(&c, 9);
+    if (!m) return 1;
+    const int64_t L = c.num_hidden_layers, B = 1, T = 33;
+    double mix[8], mlp[8], other = -1;
+    if (dn_model_profile(m, mix, mlp, &other) != DN_ERR_ARG || other != -1) fails++;
+    if (dn_model_set_profiling(NULL, 1) != DN_ERR_NULL ||
+        dn_model_profile(NULL, mix, mlp, &other) != DN_ERR_NULL)
+        fails++;
+    int32_t tok[33], tgt[33];
+    rng r = {3};
+    random_tokens(&r, tok, tgt, B * T, c.vocab_size);
+    float *logits = falloc(B * T * c.vocab_size);
+    dn_model_state *st = NULL;
+    for (int round = 0; round < 2; round++) {
+        if (dn_model_set_profiling(m, 1) != DN_OK) return fails + 1;
+        if (dn_model_profile(m, mix, mlp, &other) != DN_OK) return fails + 1;
+        for (int64_t l = 0; l < L; l++)
+            if (mix[l] != 0 || mlp[l] != 0) fails++;
+        if (other != 0) fails++;
+        if (dn_model_state_create(&st, m, B, T + 1) != DN_OK ||
+            dn_model_step(m, st, logits, tok, T, 0) != DN_OK ||
+            dn_model_step(m, st, logits, tok, 1, 0) != DN_OK ||
+            dn_model_logits(m, logits, tok, B, T) != DN_OK)
+            fails++;
+        dn_model_state_free(st), st = NULL;
+        if (dn_model_profile(m, mix, NULL, NULL) != DN_OK ||
+            dn_model_profile(m, NULL, mlp, &other) != DN_OK)
+            fails++;
+        for (int64_t l = 0; l < L; l++)
+            if (!(mix[l] > 0) || !(mlp[l] > 0)) {
+                printf("    FAIL layer %lld: mixer %g s, MLP %g s\n", (long long)l, mix[l], mlp[l]);
+                fails++;
+            }
+        if (!(other > 0)) fails++;
+    }
+    if (dn_model_set_profiling(m, 0) != DN_OK ||
+        dn_model_profile(m, mix, mlp, &other) != DN_ERR_ARG)
+        fails++;
+    free(logits);
+    dn_model_free(m);
+    return fails;
+}
+
 const test_case dn_tests_model[] = {
     {"model_logits_vs_reference", test_model_logits},
     {"model_grad_vs_finite_differences", test_model_grad},
@@ -484,5 +606,7 @@ const test_case dn_tests_model[] = {
     {"model_generation_matches_forward", test_model_generation},
     {"model_init_decay", test_model_init_decay},
     {"model_arena_modes", test_model_arena_modes},
+    {"model_kv_cache_dtype", test_model_kv_dtype},
+    {"model_profile", test_model_profile},
     {NULL, NULL},
 };

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* A number at the start of s, in range; end set past it (the caller checks what follows). */
 static int read_i64(const char *s, int64_t lo, int64_t hi, int64_t *v, const char **end) {
@@ -83,4 +84,14 @@ int opt_f64_pair(const char *tool, const char *flag, const char *s, double lo, d
     }
     out[0] = a, out[1] = b;
     return 0;
+}
+
+int opt_dtype(const char *tool, const char *flag, const char *s, dn_dtype *out) {
+    for (int t = 0; t < DN_DTYPE_COUNT; t++)
+        if (!strcmp(s, dn_dtype_name((dn_dtype)t))) {
+            *out = (dn_dtype)t;
+            return 0;
+        }
+    fprintf(stderr, "%s: %s takes f32, bf16 or f16, not '%s'\n", tool, flag, s);
+    return 1;
 }

@@ -32,6 +32,8 @@ static void usage(void) {
            "  --top-p X             nucleus (default 0.8)\n"
            "  --seed N              sampling seed (default 1)\n"
            "  --max-len N           longest context (default 4096)\n"
+           "  --kv-dtype T          KV cache storage: f32, bf16, f16 (default: the weights' type,\n"
+           "                        bf16 for a bf16 checkpoint, as transformers runs it)\n"
            "  --threads N\n"
            "  --json                print one JSON record (text, token counts, tokens/s)\n");
 }
@@ -119,6 +121,8 @@ int dn_run_main(int argc, char **argv) {
     int chat = 0, json = 0;
     int64_t n_new = 128, threads = 0, max_len = 4096, n = 0;
     uint64_t seed = 1;
+    dn_dtype kv_dtype = DN_F32;
+    int kv_set = 0;
     dn_sample_params sp = dn_sample_params_default();
     sp.temperature = 0.7, sp.top_k = 20, sp.top_p = 0.8;
     for (int i = 1; i < argc; i++) {
@@ -168,7 +172,10 @@ int dn_run_main(int argc, char **argv) {
             r = opt_i64("run", a, v, 2, (int64_t)1 << 24, &max_len);
         else if (!strcmp(a, "--threads"))
             r = opt_i64("run", a, v, 1, 1024, &threads);
-        else {
+        else if (!strcmp(a, "--kv-dtype")) {
+            r = opt_dtype("run", a, v, &kv_dtype);
+            kv_set = 1;
+        } else {
             fprintf(stderr, "run: unknown option %s (see --help)\n", a);
             return 2;
         }
@@ -197,7 +204,8 @@ int dn_run_main(int argc, char **argv) {
     int rc = 0;
     int32_t *ids = NULL, *out = NULL;
     int64_t n_ids = 0, n_out = 0;
-    if (!c.logits || dn_model_state_create(&c.st, c.m, 1, max_len) != DN_OK) {
+    if (!kv_set) kv_dtype = dn_model_weight_dtype(c.m);
+    if (!c.logits || dn_model_state_create_ex(&c.st, c.m, 1, max_len, kv_dtype) != DN_OK) {
         fprintf(stderr, "run: %s\n", c.logits ? dn_last_error() : "out of memory");
         rc = 1;
         goto done;
@@ -277,16 +285,19 @@ int dn_run_main(int argc, char **argv) {
             printf("{\"model\": ");
             json_string(stdout, dir);
             printf(", \"prompt_tokens\": %lld, \"generated_tokens\": %lld, \"load_s\": %.3f, "
-                   "\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, \"text\": ",
-                   (long long)c.prefilled, (long long)n_out, load_s, pre, dec);
+                   "\"prefill_tokens_per_s\": %.2f, \"decode_tokens_per_s\": %.2f, "
+                   "\"kv_dtype\": \"%s\", \"text\": ",
+                   (long long)c.prefilled, (long long)n_out, load_s, pre, dec,
+                   dn_dtype_name(kv_dtype));
             json_string(stdout, text);
             printf("}\n");
             free(text);
         } else
             fprintf(stderr,
                     "\n[load %.1f s; prefill %lld tokens: %.1f tokens/s; decode %lld tokens: "
-                    "%.2f tokens/s]\n",
-                    load_s, (long long)c.prefilled, pre, (long long)c.decoded, dec);
+                    "%.2f tokens/s; KV cache %s]\n",
+                    load_s, (long long)c.prefilled, pre, (long long)c.decoded, dec,
+                    dn_dtype_name(kv_dtype));
     }
 done:
     free(ids), free(out), free(c.logits);

@@ -10,6 +10,7 @@
 #include "model.h"
 
 #include <string.h>
+#include <time.h>
 
 /* ---- configuration ---------------------------------------------------------------------- */
 
@@ -27,6 +28,12 @@ dn_model_config dn_model_config_default(void) {
     c.mamba_expand = 2, c.mamba_state_size = 16, c.mamba_dt_rank = 0;
     c.initializer_range = 0.02;
     return c;
+}
+
+static double clock_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 static int has_kind(const dn_model_config *c, char k) {
@@ -360,6 +367,7 @@ void dn_model_free(dn_model *m) {
     dn_free(m->params);
     dn_free(m->grads);
     dn_free(m->w16);
+    dn_free(m->prof_mixer);
     dn_free(m->tensors);
     dn_free(m->names);
     dn_free(m->layers);
@@ -439,6 +447,8 @@ dn_status dn_model_set_weight_dtype(dn_model *m, dn_dtype t) {
     m->w16 = w16, m->w16_type = t;
     return DN_OK;
 }
+
+dn_dtype dn_model_weight_dtype(const dn_model *m) { return m && m->w16 ? m->w16_type : DN_F32; }
 
 dn_status dn_model_memory(const dn_model *m, size_t *param_bytes, size_t *act_bytes) {
     if (!m) return dn_fail(DN_ERR_NULL, "model_memory: model is NULL");
@@ -765,6 +775,7 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
     const int64_t N = B * T, d = m->d, I = m->I;
     const float *W = m->params;
     const double eps = m->cfg.rms_norm_eps;
+    const double t0 = m->prof_mixer ? clock_s() : 0.0;
     dn_rmsnorm_fwd(l->a, l->rstd1, l->h_in, W + l->norm1, 1.0f, N, d, eps);
     dn_status st;
     if (dn_is_la_kind(l->kind))
@@ -781,10 +792,16 @@ static dn_status block_forward(dn_model *m, dn_layer *l, float *h_out, int64_t B
     DN_PARALLEL_FOR(N * d)
     for (int64_t i = 0; i < N * d; i++)
         l->h_mid[i] += l->h_in[i];
+    const double t1 = m->prof_mixer ? clock_s() : 0.0;
     dn_rmsnorm_fwd(l->c, l->rstd2, l->h_mid, W + l->norm2, 1.0f, N, d, eps);
     memcpy(h_out, l->h_mid, (size_t)(N * d) * sizeof(float));
-    if (l->moe) return moe_forward(m, l, h_out, N);
-    return swiglu(m, h_out, 1.0f, l->gu, l->act, l->c, l->gate_up, l->down, N, d, I);
+    st = l->moe ? moe_forward(m, l, h_out, N)
+                : swiglu(m, h_out, 1.0f, l->gu, l->act, l->c, l->gate_up, l->down, N, d, I);
+    if (m->prof_mixer) {
+        const int64_t i = l - m->layers;
+        m->prof_mixer[i] += t1 - t0, m->prof_mlp[i] += clock_s() - t1;
+    }
+    return st;
 }
 
 /* dh: in, the gradient of the block's output; out, the gradient of its input. */
@@ -851,6 +868,7 @@ static dn_status forward(dn_model *m, const int32_t *tokens, int64_t B, int64_t 
     const int64_t N = B * T, d = m->d;
     const float *E = m->params + m->embed;
     float *h = m->L > 0 ? m->layers[0].h_in : m->h_out;
+    double t0 = m->prof_mixer ? clock_s() : 0.0;
     if (m->w16) { /* 16-bit weights: rows widened */
         const uint16_t *E16 = m->w16 + m->embed;
         DN_PARALLEL_FOR(N * d)
@@ -864,14 +882,17 @@ static dn_status forward(dn_model *m, const int32_t *tokens, int64_t B, int64_t 
         for (int64_t n = 0; n < N; n++)
             memcpy(h + n * d, E + (int64_t)tokens[n] * d, (size_t)d * sizeof(float));
     }
+    if (m->prof_mixer) m->prof_other += clock_s() - t0;
     for (int64_t i = 0; i < m->L; i++) {
         float *next = i + 1 < m->L ? m->layers[i + 1].h_in : m->h_out;
         dn_status st = block_forward(m, &m->layers[i], next, B, T, state ? &state->layers[i] : NULL,
                                      rope ? rope : &m->rope);
         if (st != DN_OK) return st;
     }
+    t0 = m->prof_mixer ? clock_s() : 0.0;
     dn_rmsnorm_fwd(m->hf, m->rstdf, m->h_out, m->params + m->final_norm, 1.0f, N, d,
                    m->cfg.rms_norm_eps);
+    if (m->prof_mixer) m->prof_other += clock_s() - t0;
     return DN_OK;
 }
 
@@ -1004,7 +1025,14 @@ static void clear_fixed(dn_model_state *s) {
 
 dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t B,
                                 int64_t max_len) {
+    return dn_model_state_create_ex(out, m, B, max_len, DN_F32);
+}
+
+dn_status dn_model_state_create_ex(dn_model_state **out, const dn_model *m, int64_t B,
+                                   int64_t max_len, dn_dtype kv_dtype) {
     if (!out || !m) return dn_fail(DN_ERR_NULL, "model_state_create: NULL argument");
+    if ((unsigned)kv_dtype >= DN_DTYPE_COUNT)
+        return dn_fail(DN_ERR_ARG, "model_state_create: unknown KV cache dtype %d", (int)kv_dtype);
     if (B < 1 || B > ((int64_t)1 << 24) || max_len < 1 || max_len > ((int64_t)1 << 40))
         return dn_fail(DN_ERR_SHAPE, "model_state_create: B=%lld, max_len=%lld out of range",
                        (long long)B, (long long)max_len);
@@ -1034,7 +1062,7 @@ dn_status dn_model_state_create(dn_model_state **out, const dn_model *m, int64_t
             next += nc + ns;
         } else {
             const int64_t cap = max_len < 256 ? max_len : 256;
-            st = dn_kv_cache_create(&c->kv, B, m->ad.HKV, m->ad.D, cap, DN_F32, DN_KV_GROW);
+            st = dn_kv_cache_create(&c->kv, B, m->ad.HKV, m->ad.D, cap, kv_dtype, DN_KV_GROW);
         }
     }
     if (st != DN_OK) {
@@ -1104,7 +1132,31 @@ dn_status dn_model_step(dn_model *m, dn_model_state *s, float *logits, const int
     }
     s->len += T;
     const int64_t d = m->d, V = m->Vocab;
-    if (all_positions) return dn_model_linear(m, logits, V, m->hf, d, m->head, B * T, d, V, 0.0f);
-    /* the last position of each sequence: rows T-1, 2T-1, ... (row stride T d) */
-    return dn_model_linear(m, logits, V, m->hf + (T - 1) * d, T * d, m->head, B, d, V, 0.0f);
+    const double t0 = m->prof_mixer ? clock_s() : 0.0;
+    if (all_positions)
+        st = dn_model_linear(m, logits, V, m->hf, d, m->head, B * T, d, V, 0.0f);
+    else /* the last position of each sequence: rows T-1, 2T-1, ... (row stride T d) */
+        st = dn_model_linear(m, logits, V, m->hf + (T - 1) * d, T * d, m->head, B, d, V, 0.0f);
+    if (m->prof_mixer) m->prof_other += clock_s() - t0;
+    return st;
+}
+
+dn_status dn_model_set_profiling(dn_model *m, int on) {
+    if (!m) return dn_fail(DN_ERR_NULL, "model_set_profiling: model is NULL");
+    dn_free(m->prof_mixer);
+    m->prof_mixer = m->prof_mlp = NULL, m->prof_other = 0.0;
+    if (!on) return DN_OK;
+    m->prof_mixer = dn_calloc((size_t)(2 * m->L + 1) * sizeof(double));
+    if (!m->prof_mixer) return dn_fail(DN_ERR_ALLOC, "model_set_profiling: cannot allocate");
+    m->prof_mlp = m->prof_mixer + m->L;
+    return DN_OK;
+}
+
+dn_status dn_model_profile(const dn_model *m, double *mixer_s, double *mlp_s, double *other_s) {
+    if (!m) return dn_fail(DN_ERR_NULL, "model_profile: model is NULL");
+    if (!m->prof_mixer) return dn_fail(DN_ERR_ARG, "model_profile: profiling is off");
+    if (mixer_s) memcpy(mixer_s, m->prof_mixer, (size_t)m->L * sizeof(double));
+    if (mlp_s) memcpy(mlp_s, m->prof_mlp, (size_t)m->L * sizeof(double));
+    if (other_s) *other_s = m->prof_other;
+    return DN_OK;
 }

@@ -191,6 +191,9 @@ struct dn_model {
     int32_t *moe_idx;
     int64_t *moe_rows;
     dn_rope_table rope;
+    /* dn_model_set_profiling: wall seconds per layer, mixer part (norm, mixer, residual) and MLP
+     * part (norm, MLP or experts), and of the rest (embedding, final norm, LM head); NULL: off */
+    double *prof_mixer, *prof_mlp, prof_other;
 };
 
 /* src/model/model.c: y [N,out] = x [N,in] W^T (+ beta y) for the weight at parameter offset w,
