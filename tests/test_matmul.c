@@ -175,7 +175,7 @@ static const shape shapes[] = {
     {13, 31, 257},  {15, 33, 255},   {12, 9, 256}, {29, 65, 300},  {167, 17, 64}, {168, 8, 20},
     {169, 40, 513}, {337, 7, 11},    {3, 4097, 3}, {2, 4128, 2},   {1, 1000, 97}, {1000, 1, 37},
     {31, 23, 1},    {257, 129, 511}, {64, 64, 64}, {100, 200, 0},  {9, 3, 0},     {0, 5, 5},
-    {5, 0, 5},      {4, 300, 700},   {6, 300, 70}, {5, 1100, 900},
+    {5, 0, 5},      {4, 300, 700},   {6, 300, 70}, {5, 1100, 900}, {1, 1003, 40}, {1, 262, 1031},
 };
 #define N_SHAPES (int)(sizeof shapes / sizeof shapes[0])
 
@@ -241,6 +241,28 @@ static int test_16bit_b(void) {
     CHECK(dn_matmul_ex(DN_NO_TRANS, DN_TRANS, 2, 2, 2, 1.0f, a, 2, NULL, DN_BF16, 2, 0.0f, c, 2) ==
               DN_ERR_NULL,
           "NULL 16-bit B");
+    /* a decode step (one row, bf16 B transposed: four rows of B at a time) gives the same bits
+     * as the same row inside a two-row product (one row of B at a time): one summation order */
+    for (int isa = 0; isa < DN_ISA_COUNT; isa++) {
+        if (!test_use_isa((dn_isa)isa)) continue;
+        const int64_t N = 263, K = 1037, ld = K + 5;
+        float *x2 = falloc(2 * K), *c1 = falloc(N), *c2 = falloc(2 * N);
+        uint16_t *B = calloc((size_t)(N * ld), sizeof *B);
+        for (int64_t i = 0; i < K; i++)
+            x2[i] = x2[K + i] = rng_uniform(&r, -1, 1);
+        for (int64_t i = 0; i < N * ld; i++)
+            B[i] = dn_f32_to_bf16(rng_uniform(&r, -1, 1));
+        CHECK(dn_matmul_ex(DN_NO_TRANS, DN_TRANS, 1, N, K, 1.0f, x2, K, B, DN_BF16, ld, 0.0f, c1,
+                           N) == DN_OK &&
+                  dn_matmul_ex(DN_NO_TRANS, DN_TRANS, 2, N, K, 1.0f, x2, K, B, DN_BF16, ld, 0.0f,
+                               c2, N) == DN_OK &&
+                  !memcmp(c1, c2, sizeof(float) * (size_t)N) &&
+                  !memcmp(c1, c2 + N, sizeof(float) * (size_t)N),
+              "bf16 decode row (%s): not the bits of the two-row product",
+              dn_isa_name((dn_isa)isa));
+        free(x2), free(c1), free(c2), free(B);
+    }
+    dn_set_isa(dn_isa_best());
     return fails;
 }
 

@@ -293,7 +293,15 @@ static void few_rows(void *ctx, int64_t task, int thread, void *scratch) {
     const dn_matmul_args *a = f->a;
     const int64_t j0 = task * MM_FEW_COLS, w = min64(a->N - j0, MM_FEW_COLS), K = a->K;
     if (a->tb && a->btype == DN_BF16) { /* a decode step over bf16 weights: rows read once */
-        for (int64_t j = j0; j < j0 + w; j++)
+        int64_t j = j0;
+        if (a->M == 1) /* four rows of B at a time */
+            for (; j + 4 <= j0 + w; j += 4) {
+                float s[4];
+                dot4_f32_bf16(s, f->arows, a->B16 + j * a->ldb, a->ldb, K);
+                for (int r = 0; r < 4; r++)
+                    a->C[j + r] = few_store(a->C + j + r, s[r], a->alpha, a->beta);
+            }
+        for (; j < j0 + w; j++)
             for (int64_t i = 0; i < a->M; i++) {
                 float *c = a->C + i * a->ldc + j;
                 *c = few_store(c, dot_f32_bf16(f->arows + i * f->lda, a->B16 + j * a->ldb, K),
