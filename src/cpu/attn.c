@@ -241,12 +241,7 @@ size_t DN_ISA_FN(dn_cpu_decode_workspace)(const dn_kv_view *kv, int64_t TQ, int6
  * instantiated once per type so that 16-bit caches convert in registers, with no extra pass. */
 static inline vf ld_f32(const void *p, int64_t i) { return vload((const float *)p + i); }
 static inline float ld1_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
-static inline vf ld_bf16(const void *p, int64_t i) {
-    typedef uint16_t vh __attribute__((vector_size(DN_VW * sizeof(uint16_t))));
-    vh x;
-    memcpy(&x, (const uint16_t *)p + i, sizeof x);
-    return (vf)(__builtin_convertvector(x, vi) << 16);
-}
+static inline vf ld_bf16(const void *p, int64_t i) { return vload_bf16((const uint16_t *)p + i); }
 static inline float ld1_bf16(const void *p, int64_t i) {
     return dn_bf16_to_f32(((const uint16_t *)p)[i]);
 }

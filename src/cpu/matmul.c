@@ -294,13 +294,19 @@ static void few_rows(void *ctx, int64_t task, int thread, void *scratch) {
     const int64_t j0 = task * MM_FEW_COLS, w = min64(a->N - j0, MM_FEW_COLS), K = a->K;
     if (a->tb && a->btype == DN_BF16) { /* a decode step over bf16 weights: rows read once */
         int64_t j = j0;
-        if (a->M == 1) /* four rows of B at a time */
-            for (; j + 4 <= j0 + w; j += 4) {
+        if (a->M == 1) { /* the task's rows as four streams, a quarter of them apart */
+            const int64_t q = w / 4, gap = q * a->ldb;
+            for (int64_t t = 0; t < q; t++) {
                 float s[4];
-                dot4_f32_bf16(s, f->arows, a->B16 + j * a->ldb, a->ldb, K);
-                for (int r = 0; r < 4; r++)
-                    a->C[j + r] = few_store(a->C + j + r, s[r], a->alpha, a->beta);
+                dot4_f32_bf16(s, f->arows, a->B16 + (j0 + t) * a->ldb, gap,
+                              a->ldb * (int64_t)sizeof(uint16_t), K);
+                for (int r = 0; r < 4; r++) {
+                    float *c = a->C + j0 + t + r * q;
+                    *c = few_store(c, s[r], a->alpha, a->beta);
+                }
             }
+            j = j0 + 4 * q;
+        }
         for (; j < j0 + w; j++)
             for (int64_t i = 0; i < a->M; i++) {
                 float *c = a->C + i * a->ldc + j;

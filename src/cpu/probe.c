@@ -30,24 +30,27 @@ double DN_ISA_FN(dn_cpu_fma_peak)(long iters, double *flops) {
     return (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
 }
 
-/* Sums n floats with independent vector accumulators: a read stream and nothing else. */
+/* Sums n floats: the fastest plain read this code reaches, the ceiling decode fractions are taken
+ * against. The range is read as READ_STREAMS contiguous parts at once, 64 bytes of each per step,
+ * each prefetched 1 KB ahead: a core keeps more misses in flight over several far-apart streams
+ * than over one (on a Zen 5 guest, 51 GB/s over 2 cores against 35 GB/s for one stream). */
+#define READ_STREAMS 8
 float DN_ISA_FN(dn_cpu_read_sum)(const float *x, int64_t n) {
-    vf acc[8];
-    for (int r = 0; r < 8; r++)
+    const int64_t step = 64 / (int64_t)sizeof(float), len = n / READ_STREAMS / step * step;
+    vf acc[READ_STREAMS];
+    for (int r = 0; r < READ_STREAMS; r++)
         acc[r] = vzero();
-    int64_t i = 0;
-    for (; i + 8 * DN_VW <= n; i += 8 * DN_VW) {
-        /* software prefetch as the decode kernel does: the hardware prefetcher alone leaves a
-         * core short of outstanding misses */
-        for (int r = 0; r < 8 * DN_VW; r += 16)
-            __builtin_prefetch(x + i + 1024 + r);
-        for (int r = 0; r < 8; r++)
-            acc[r] += vload(x + i + r * DN_VW);
-    }
-    for (int r = 1; r < 8; r++)
+    for (int64_t i = 0; i < len; i += step)
+        for (int r = 0; r < READ_STREAMS; r++) {
+            const float *p = x + r * len + i;
+            __builtin_prefetch(p + 256);
+            for (int64_t v = 0; v < step; v += DN_VW)
+                acc[r] += vload(p + v);
+        }
+    for (int r = 1; r < READ_STREAMS; r++)
         acc[0] += acc[r];
     float s = vhsum(acc[0]);
-    for (; i < n; i++)
+    for (int64_t i = READ_STREAMS * len; i < n; i++)
         s += x[i];
     return s;
 }
