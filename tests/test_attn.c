@@ -212,9 +212,10 @@ static int test_extreme_logits(void) {
 
 /* Decode token by token over an fp32 cache equals prefill; fp16 / bf16 caches equal the reference
  * on rounded keys and values, and stay within their precision of the unrounded result. */
-static int decode_case(dn_dtype dt, int64_t window, int64_t TQstep, int grow, uint64_t seed) {
+static int decode_case(dn_dtype dt, int64_t window, int64_t TQstep, int grow, uint64_t seed,
+                       int64_t H, int64_t HKV, int64_t D) {
     int fails = 0;
-    const int64_t B = 2, T = 150, H = 8, HKV = 2, D = 100;
+    const int64_t B = 2, T = 150;
     aproblem a;
     aproblem_init(&a, B, T, T, H, HKV, D, window, 0, 1.0f, seed);
     const int64_t no = B * T * H * D;
@@ -259,8 +260,9 @@ static int decode_case(dn_dtype dt, int64_t window, int64_t TQstep, int grow, ui
     CHECK(dn_kv_cache_used_bytes(c) == (size_t)(2 * B * HKV * T * D * (dt == DN_F32 ? 4 : 2)),
           "used bytes %zu", dn_kv_cache_used_bytes(c));
     char what[120];
-    snprintf(what, sizeof what, "decode %s W=%lld step=%lld grow=%d", dn_dtype_name(dt),
-             (long long)window, (long long)TQstep, grow);
+    snprintf(what, sizeof what, "decode %s W=%lld step=%lld grow=%d H=%lld HKV=%lld D=%lld",
+             dn_dtype_name(dt), (long long)window, (long long)TQstep, grow, (long long)H,
+             (long long)HKV, (long long)D);
     fails += check_close(what, o_dec, o_ref, no, TOL);
     /* Each 16-bit value carries a relative rounding error of at most 2^-9 (bf16) or 2^-12 (fp16);
      * outputs are weighted means of values with weights perturbed by the rounded keys, so their
@@ -281,8 +283,16 @@ static int test_decode(void) {
     for (int isa = 0; isa <= (int)best; isa++) {
         if (!test_use_isa((dn_isa)isa)) continue;
         for (int dt = 0; dt < DN_DTYPE_COUNT; dt++) {
-            int f = decode_case((dn_dtype)dt, 0, 1, 0, 11 + dt);
-            f += decode_case((dn_dtype)dt, 33, 3, 1, 21 + dt);
+            /* query rows per KV head 4, 8 (two groups of four) and 6 (a group and two rows
+             * alone); head dims with an odd count of full vectors (the four-row loops' single
+             * last vector: 72 and 40 at AVX2's 8 lanes, 36 at the baseline's 4) and with scalar
+             * tails (100; 36 at 8 and 16 lanes); several query tokens per step: rows that see
+             * different keys in one block */
+            int f = decode_case((dn_dtype)dt, 0, 1, 0, 11 + dt, 8, 2, 100);
+            f += decode_case((dn_dtype)dt, 33, 3, 1, 21 + dt, 8, 2, 100);
+            f += decode_case((dn_dtype)dt, 0, 1, 0, 31 + dt, 16, 2, 72);
+            f += decode_case((dn_dtype)dt, 17, 2, 1, 41 + dt, 12, 2, 40);
+            f += decode_case((dn_dtype)dt, 0, 1, 1, 51 + dt, 6, 1, 36);
             if (f)
                 printf("  isa %s dtype %s\n", dn_isa_name((dn_isa)isa),
                        dn_dtype_name((dn_dtype)dt));
