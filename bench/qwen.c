@@ -7,10 +7,10 @@
  * tokens/s against context, and decode against its bound: every weight read once per token (the
  * 2-byte matrices, the tied embedding among them through the LM head) at the streaming-read rate
  * measured in the same run. Timing follows bench/bench.h (warm-up, then the median). The
- * decode steps also run with the model's profiling on (dn_model_set_profiling): the mean time per
- * step of the Gated DeltaNet mixers, the attention mixers, the MLPs and the rest (embedding, final
- * norm, LM head), each against the read time of its own weights at the same rate, so the growth
- * with context is seen part by part (the attention mixers also read their KV cache).
+ * decode steps also run with the model's profiling on (dn_model_set_profiling): the median time
+ * per step of the Gated DeltaNet mixers, the attention mixers, the MLPs and the rest (embedding,
+ * final norm, LM head), each against the read time of its own weights at the same rate, so the
+ * growth with context is seen part by part (the attention mixers also read their KV cache).
  */
 #include "bench.h"
 #include "opts.h"
@@ -18,20 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    dn_model *m;
-    dn_model_state *s;
-    float *logits;
-    int32_t tok;
-    int64_t steps;
-} decode_ctx;
-
-static dn_status decode_step(void *arg) {
-    decode_ctx *c = arg;
-    c->steps++;
-    return dn_model_step(c->m, c->s, c->logits, &c->tok, 1, 0);
-}
 
 /* Parts of a decode step: the Gated DeltaNet mixers, the attention mixers, the MLPs, the rest. */
 enum { PART_G, PART_A, PART_MLP, PART_OTHER, NPARTS };
@@ -87,21 +73,17 @@ int dn_bench_qwen_main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help")) {
-            printf(
-                "usage: deltanet bench qwen [--model DIR] [--layers L] [--width D] [--vocab V]\n"
-                "                           [--contexts N,N,...] [--reps N] [--threads N]\n"
-                "                           [--kv-dtype f32|bf16|f16] [--json FILE]\n"
-                "Prefill and decode tokens/s of a Qwen3.5 model: a random one with the shape of\n"
-                "Qwen3.5-0.8B in bf16 (--layers, --width, --vocab change it), or the checkpoint "
-                "in\n"
-                "DIR as `deltanet run` loads it. At each context: one prefill of that many "
-                "tokens,\n"
-                "then decode steps (2 warm-up, the median of --reps), against the bound of "
-                "reading\n"
-                "every weight once per token (for a mixture of experts only the routed experts "
-                "are\n"
-                "read: the bound is then a floor), and the decode step by part (profiled).\n"
-                "The KV cache is kept in the weights' type unless --kv-dtype says otherwise.\n");
+            printf("usage: deltanet bench qwen [--model DIR] [--layers L] [--width D] [--vocab V]\n"
+                   "                           [--contexts N,N,...] [--reps N] [--threads N]\n"
+                   "                           [--kv-dtype f32|bf16|f16] [--json FILE]\n"
+                   "Prefill and decode tokens/s of a Qwen3.5 model: a random one with the shape\n"
+                   "of Qwen3.5-0.8B in bf16 (--layers, --width, --vocab change it), or the\n"
+                   "checkpoint in DIR as `deltanet run` loads it. Each context is prefilled once\n"
+                   "(timed), then decoded: 2 warm-up steps, then --reps rounds of one step of\n"
+                   "every context, the median taken; against the bound of reading every weight\n"
+                   "once per token (for a mixture of experts only the routed experts are read:\n"
+                   "the bound is then a floor), and the decode step by part (profiled).\n"
+                   "The KV cache is kept in the weights' type unless --kv-dtype says otherwise.\n");
             return 0;
         }
         if (i + 1 >= argc) {
@@ -192,48 +174,67 @@ int dn_bench_qwen_main(int argc, char **argv) {
             return 1;
         }
     }
+    /* Every context's state is prefilled first (one timed call each); then the decode steps go
+     * round by round, one step of every context per round, so that a burst of interference on
+     * this shared machine lands on all contexts alike and the medians compare fairly. */
     int rc = 0;
+    dn_model_state *sts[MAX_CTX] = {0};
+    double *steps = malloc(sizeof(double) * (size_t)(nctx * (NPARTS + 1) * reps));
+    if (!steps) rc = 1, fprintf(stderr, "bench qwen: out of memory\n");
     for (int i = 0; i < nctx && rc == 0; i++) {
-        dn_model_state *st = NULL;
-        if (dn_model_state_create_ex(&st, m, 1, ctxs[i] + 64, kv_dtype) != DN_OK) {
+        if (dn_model_state_create_ex(&sts[i], m, 1, ctxs[i] + reps + 64, kv_dtype) != DN_OK) {
             fprintf(stderr, "bench qwen: %s\n", dn_last_error());
             rc = 1;
             break;
         }
         const double t0 = dn_now_s();
-        rc = dn_model_step(m, st, logits, tok, ctxs[i], 0) != DN_OK;
-        const double pre = dn_now_s() - t0;
-        const double b = bench_measure_read_bandwidth((int)threads, 0.3) * 1e9;
-        bw = b > bw ? b : bw;
-        decode_ctx dc = {m, st, logits, 17, 0};
-        /* the warm-up outside the profile: its first step may grow the KV caches */
+        rc = dn_model_step(m, sts[i], logits, tok, ctxs[i], 0) != DN_OK;
+        pre_s[i] = dn_now_s() - t0;
+        /* two warm-up steps (the first may grow the KV caches) */
+        const int32_t t1 = 17;
         for (int w = 0; w < 2 && rc == 0; w++)
-            rc = decode_step(&dc) != DN_OK;
-        dc.steps = 0;
-        double s = -1, other = 0;
-        if (rc == 0 && dn_model_set_profiling(m, 1) == DN_OK) {
-            s = bench_time(decode_step, &dc, 0, (int)reps);
-            if (s > 0 && dn_model_profile(m, mix, mlp, &other) == DN_OK) {
-                for (int64_t l = 0; l < layers; l++) {
-                    part_ms[i][pat[(size_t)l % plen] == 'A' ? PART_A : PART_G] += mix[l];
-                    part_ms[i][PART_MLP] += mlp[l];
-                }
-                part_ms[i][PART_OTHER] = other;
-                for (int p = 0; p < NPARTS; p++)
-                    part_ms[i][p] *= 1e3 / (double)dc.steps;
-            }
-            dn_model_set_profiling(m, 0);
-        }
-        dn_model_state_free(st);
-        if (s <= 0) {
-            fprintf(stderr, "bench qwen: %s\n", dn_last_error());
-            rc = 1;
-            break;
-        }
-        pre_s[i] = pre, dec_s[i] = s;
-        fprintf(stderr, "  context %lld: prefill %.1f tok/s, decode %.2f tok/s\n",
-                (long long)ctxs[i], (double)ctxs[i] / pre, 1.0 / s);
+            rc = dn_model_step(m, sts[i], logits, &t1, 1, 0) != DN_OK;
+        if (rc == 0)
+            fprintf(stderr, "  context %lld: prefill %.1f tok/s\n", (long long)ctxs[i],
+                    (double)ctxs[i] / pre_s[i]);
     }
+    for (int64_t r = 0; r < reps && rc == 0; r++) {
+        const double b = bench_measure_read_bandwidth((int)threads, 0.2) * 1e9;
+        bw = b > bw ? b : bw;
+        for (int i = 0; i < nctx && rc == 0; i++) {
+            double other = 0, part[NPARTS] = {0};
+            const int32_t t1 = 17;
+            rc = dn_model_set_profiling(m, 1) != DN_OK;
+            const double t0 = dn_now_s();
+            rc = rc || dn_model_step(m, sts[i], logits, &t1, 1, 0) != DN_OK;
+            const double sec = dn_now_s() - t0;
+            rc = rc || dn_model_profile(m, mix, mlp, &other) != DN_OK;
+            if (rc) {
+                fprintf(stderr, "bench qwen: %s\n", dn_last_error());
+                break;
+            }
+            for (int64_t l = 0; l < layers; l++) {
+                part[pat[(size_t)l % plen] == 'A' ? PART_A : PART_G] += mix[l];
+                part[PART_MLP] += mlp[l];
+            }
+            part[PART_OTHER] = other;
+            double *at = steps + (size_t)i * (NPARTS + 1) * (size_t)reps;
+            at[r] = sec;
+            for (int p = 0; p < NPARTS; p++)
+                at[(size_t)(p + 1) * (size_t)reps + (size_t)r] = part[p] * 1e3;
+        }
+    }
+    dn_model_set_profiling(m, 0);
+    for (int i = 0; i < nctx; i++) {
+        if (rc == 0) {
+            double *at = steps + (size_t)i * (NPARTS + 1) * (size_t)reps;
+            dec_s[i] = dn_median(at, (int)reps);
+            for (int p = 0; p < NPARTS; p++)
+                part_ms[i][p] = dn_median(at + (size_t)(p + 1) * (size_t)reps, (int)reps);
+        }
+        dn_model_state_free(sts[i]);
+    }
+    free(steps);
     const double bound = bw / (double)wbytes;
     if (rc == 0) {
         printf("streaming read %.1f GB/s (best of the run): bound %.2f tokens/s\n", bw * 1e-9,
@@ -260,7 +261,8 @@ int dn_bench_qwen_main(int argc, char **argv) {
     if (jf) fclose(jf);
     if (rc == 0) {
         static const char *names[NPARTS] = {"GDN mixers", "attn mixers", "MLPs", "embed+norm+head"};
-        printf("decode step by part (profiled, mean ms per token; bound: its weights read once)\n");
+        printf(
+            "decode step by part (profiled, median ms per token; bound: its weights read once)\n");
         printf("  %-16s %8s", "part", "bound");
         for (int i = 0; i < nctx; i++)
             printf(" %8lld", (long long)ctxs[i]);
