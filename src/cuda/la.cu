@@ -17,7 +17,14 @@
 #include <mma.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <type_traits>
+
+/* The split chunkwise forward for 16-bit inputs (DN_CUDA_SPLIT=0 at build time: the single
+ * chunk kernel for every dtype, as before it). */
+#ifndef DN_CUDA_SPLIT
+#define DN_CUDA_SPLIT 1
+#endif
 
 namespace {
 
@@ -620,6 +627,529 @@ __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Split chunkwise forward (16-bit inputs), the organisation of flash-linear-attention and
+ * FlashInfer: only the state recurrence is serial, and it does two products a chunk.
+ *   la_split_prep_kernel   one block per (chunk, value head), all chunks at once: the chunk's
+ *                          cumulative gates, A, Tm = (I + A)^{-1}, and into the workspace
+ *                          W = Tm diag(b e^gamma) K [C,K], U^T = (Tm diag(b) V)^T [V,C],
+ *                          Kd = diag(e^{gamma_C - gamma}) K [C,K], dec = e^{gamma_C};
+ *   la_split_state_kernel  one warp per (sequence, value head, 16 state columns), NW warps a
+ *                          block sharing the chunk's staged W and Kd: walks the chunks with the
+ *                          state transposed (S^T, [16, K] a warp) in mma accumulators and writes
+ *                          the state entering each chunk (hs, [V,K] in the dtype) and the
+ *                          corrected values v_new^T = U^T - S^T W^T in place of U^T;
+ *                          S^T = dec S^T + v_new^T Kd. The accumulators of one product are the
+ *                          A operand of the next (the m16n8k16 accumulator and A layouts agree),
+ *                          so a chunk's step never leaves registers but for W, Kd and U^T,
+ *                          which arrive by cp.async one chunk ahead;
+ *   la_split_out_kernel    one block per (chunk, value head, 64 columns), all chunks at once:
+ *                          O = diag(e^gamma) Qs S + tril(Qs K^T * Gam) v_new.
+ * Non-delta ops take the same path with W = 0 and U = V. The workspace (split_ws) holds W, Kd,
+ * U^T/v_new^T and hs in the dtype, per (chunk, value head) unit: (2 C K + C V + K V) elements.
+ * ------------------------------------------------------------------------------------------- */
+constexpr int SC = 64;  /* tokens a chunk */
+constexpr int SBO = 64; /* value columns an output block */
+
+struct split_ws {
+    void *W, *Kd, *UT, *hs; /* per unit u = chunk * HV + hv: [C,K], [C,K], [V,C], [V,K] */
+    float *dec;             /* [units] e^{gamma_C} */
+    const int64_t *cb;      /* varlen: [NS+1] first chunk of each sequence, else NULL */
+    const int *cmap;        /* varlen: [chunks] the sequence of each chunk, else NULL */
+    int64_t nt;             /* chunks a sequence without cu_seqlens */
+};
+
+/* The chunk's sequence, first token and length, from its global index. */
+__device__ __forceinline__ void split_chunk(const la_args &a, const split_ws &w, int64_t ci,
+                                            int64_t *n, int64_t *b, int64_t *tc, int *Lc) {
+    int64_t c, t0, t1;
+    if (w.cmap) {
+        *n = w.cmap[ci];
+        c = ci - w.cb[*n];
+    } else {
+        *n = ci / w.nt;
+        c = ci % w.nt;
+    }
+    seq_range(a, *n, b, &t0, &t1);
+    *tc = t0 + c * SC;
+    *Lc = (int)(t1 - *tc < SC ? t1 - *tc : SC);
+}
+
+/* rows [0, C) x cols [0, cols) of a [.., cols] token-major input into shared memory (pitch ld),
+ * rows past L zero; 16-byte pieces (element loads packed alike for unaligned views). */
+template <typename T>
+__device__ void stage_rows(T *dst, int ld, const T *src, int64_t rs, int L, int cols, bool vec) {
+    constexpr int EPV = 16 / (int)sizeof(T);
+    const int pv = cols / EPV;
+#pragma unroll 4
+    for (int x = threadIdx.x; x < SC * pv; x += blockDim.x) {
+        const int r = x / pv, c = (x % pv) * EPV;
+        uint4 u = make_uint4(0, 0, 0, 0);
+        if (r < L) u = load16(src + r * rs + c, vec);
+        *(uint4 *)(dst + r * ld + c) = u;
+    }
+}
+
+/* Each of the C rows of X (pitch ld, K columns) times mul (and by 1/|row| when l2): four threads
+ * a row (blockDim.x = 4 C). */
+template <typename T> __device__ void scale_rows(T *X, int ld, int K, float mul, bool l2) {
+    constexpr int EPV = 16 / (int)sizeof(T), P = 4;
+    const int r = threadIdx.x / P, part = threadIdx.x % P, kv = K / EPV;
+    union pk {
+        uint4 u;
+        T e[EPV];
+    };
+    float ss = 0;
+    for (int c = part; c < kv; c += P) {
+        pk x;
+        x.u = *(const uint4 *)(X + r * ld + c * EPV);
+#pragma unroll
+        for (int e = 0; e < EPV; e++)
+            ss += to_f(x.e[e]) * to_f(x.e[e]);
+    }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    if (l2) mul *= rsqrtf(ss + 1e-6f);
+    if (!l2 && mul == 1.0f) return;
+    for (int c = part; c < kv; c += P) {
+        pk x;
+        x.u = *(const uint4 *)(X + r * ld + c * EPV);
+#pragma unroll
+        for (int e = 0; e < EPV; e++)
+            x.e[e] = from_f<T>(to_f(x.e[e]) * mul);
+        *(uint4 *)(X + r * ld + c * EPV) = x.u;
+    }
+}
+
+/* gam = cumulative sum of the chunk's clamped gates in double (warp 0; gr padded with 0). */
+__device__ __forceinline__ void chunk_cumsum(double *gam, const float *gr) {
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x >= 32) return;
+    constexpr int E = SC / 32;
+    double loc[E], run = 0;
+#pragma unroll
+    for (int x = 0; x < E; x++) {
+        run += (double)gr[lane * E + x];
+        loc[x] = run;
+    }
+    double incl = run;
+    for (int off = 1; off < 32; off <<= 1) {
+        const double y = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += y;
+    }
+    const double excl = incl - run;
+#pragma unroll
+    for (int x = 0; x < E; x++)
+        gam[lane * E + x] = excl + loc[x];
+}
+
+/* rows x cols of fp32 shared memory (pitch lds) into the dtype at dst (pitch ldd), 16-byte
+ * stores (cols a multiple of 8, dst 16-byte aligned with ldd a multiple of 8). */
+template <typename T>
+__device__ void store_rows(T *dst, int64_t ldd, const float *src, int lds, int rows, int cols,
+                           float mul = 1.0f) {
+    constexpr int EPV = 8;
+    const int pv = cols / EPV;
+    for (int x = threadIdx.x; x < rows * pv; x += blockDim.x) {
+        const int r = x / pv, c = (x % pv) * EPV;
+        union {
+            uint4 u;
+            T e[EPV];
+        } y;
+#pragma unroll
+        for (int e = 0; e < EPV; e++)
+            y.e[e] = from_f<T>(src[r * lds + c + e] * mul);
+        *(uint4 *)(dst + r * ldd + c) = y.u;
+    }
+}
+
+template <typename T> struct prep_layout {
+    int ldk, ldv, ldc, ldcb, ldw, ldut;
+    size_t Ks, Vs, A, Tm, Tw, Tu, Out, gam, eg, dv, bt, gr, total;
+    __host__ __device__ prep_layout(int K, int V) {
+        ldk = K + 8, ldv = V + 8, ldc = SC + 4, ldcb = SC + 8;
+        ldw = K + 4, ldut = SC + 4; /* Out holds W [C][K], then U^T [V][C] */
+        size_t off = 0;
+        auto take = [&](size_t bytes) {
+            size_t at = off;
+            off += (bytes + 127) / 128 * 128;
+            return at;
+        };
+        const size_t ow = (size_t)SC * ldw, ou = (size_t)V * ldut;
+        Ks = take(sizeof(T) * SC * ldk);
+        Vs = take(sizeof(T) * SC * ldv);
+        A = take(sizeof(float) * SC * ldc);
+        Tm = take(sizeof(float) * SC * ldc);
+        Tw = take(sizeof(T) * SC * ldcb);
+        Tu = take(sizeof(T) * SC * ldcb);
+        Out = take(sizeof(float) * (ow > ou ? ow : ou));
+        gam = take(sizeof(double) * SC);
+        eg = take(sizeof(float) * SC);
+        dv = take(sizeof(float) * SC);
+        bt = take(sizeof(float) * SC);
+        gr = take(sizeof(float) * SC);
+        total = off;
+    }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(CH_THREADS) la_split_prep_kernel(la_args a, split_ws w) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int K = (int)a.K, V = (int)a.V, tid = threadIdx.x;
+    const prep_layout<T> L(K, V);
+    T *Ks = (T *)(smem + L.Ks), *Vs = (T *)(smem + L.Vs), *Tw = (T *)(smem + L.Tw),
+      *Tu = (T *)(smem + L.Tu);
+    float *Am = (float *)(smem + L.A), *Tm = (float *)(smem + L.Tm), *Out = (float *)(smem + L.Out);
+    double *gam = (double *)(smem + L.gam);
+    float *eg = (float *)(smem + L.eg), *dv = (float *)(smem + L.dv), *btv = (float *)(smem + L.bt),
+          *gr = (float *)(smem + L.gr);
+    const int ldk = L.ldk, ldv = L.ldv, ldc = L.ldc, ldcb = L.ldcb, ldw = L.ldw, ldut = L.ldut;
+
+    const int64_t ci = blockIdx.x, hv = blockIdx.y, h = hv / (a.HV / a.H);
+    const int64_t u = ci * a.HV + hv;
+    int64_t n, b, tc;
+    int Lc;
+    split_chunk(a, w, ci, &n, &b, &tc, &Lc);
+    const T *k = (const T *)a.k, *v = (const T *)a.v;
+    stage_rows(Ks, ldk, k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, a.vec);
+    stage_rows(Vs, ldv, v + b * a.vb + tc * a.vt + hv * a.vh, a.vt, Lc, V, a.vec);
+    if (tid < SC) {
+        const int64_t t = tc + tid;
+        const bool in = tid < Lc;
+        gr[tid] = (a.gate && in) ? fmaxf(a.g[b * a.gb + t * a.gt + hv * a.gh], LOG_DECAY_MIN) : 0.0f;
+        btv[tid] = in ? (a.delta ? a.beta[b * a.bb + t * a.bt + hv * a.bh] : 1.0f) : 0.0f;
+    }
+    __syncthreads();
+    scale_rows(Ks, ldk, K, 1.0f, a.l2norm);
+    chunk_cumsum(gam, gr);
+    __syncthreads();
+    if (tid < SC) {
+        const double gl = gam[Lc - 1];
+        eg[tid] = (float)exp(gam[tid]);
+        dv[tid] = (float)exp(gl - gam[tid]);
+        if (tid == 0) w.dec[u] = (float)exp(gl);
+    }
+    if (a.delta) prod<T, false, true>(Am, ldc, Ks, ldk, Ks, ldk, SC, SC, K, false); /* K K^T */
+    __syncthreads();
+    /* Kd rows (the state update's keys) straight from the normalised keys */
+    {
+        T *Kd = (T *)w.Kd + u * SC * K;
+        constexpr int EPV = 8;
+        const int pv = K / EPV;
+        for (int x = tid; x < SC * pv; x += CH_THREADS) {
+            const int r = x / pv, c = (x % pv) * EPV;
+            union {
+                uint4 u;
+                T e[EPV];
+            } y;
+            y.u = *(const uint4 *)(Ks + r * ldk + c);
+#pragma unroll
+            for (int e = 0; e < EPV; e++)
+                y.e[e] = from_f<T>(to_f(y.e[e]) * dv[r]);
+            *(uint4 *)(Kd + r * K + c) = y.u;
+        }
+    }
+    T *UT = (T *)w.UT + u * V * SC;
+    if (!a.delta) { /* U = V: its transpose */
+        for (int x = tid; x < V * SC; x += CH_THREADS) {
+            const int j = x / SC, i = x % SC;
+            UT[j * SC + i] = Vs[i * ldv + j];
+        }
+        return;
+    }
+    for (int x = tid; x < SC * SC; x += CH_THREADS) {
+        const int i = x / SC, j = x % SC;
+        const float gm = a.gate ? expf((float)(gam[i] - gam[min(i, j)])) : 1.0f;
+        Am[i * ldc + j] = j < i ? btv[i] * gm * Am[i * ldc + j] : 0.0f;
+    }
+    __syncthreads();
+    unit_lower_inverse(Tm, Am, ldc, SC);
+    for (int x = tid; x < SC * SC; x += CH_THREADS) {
+        const int i = x / SC, j = x % SC;
+        const float t = Tm[i * ldc + j] * btv[j];
+        Tu[i * ldcb + j] = from_f<T>(t);
+        Tw[i * ldcb + j] = from_f<T>(t * eg[j]);
+    }
+    __syncthreads();
+    prod<T, false, false>(Out, ldw, Tw, ldcb, Ks, ldk, SC, K, SC, false); /* W = Tw K */
+    __syncthreads();
+    store_rows((T *)w.W + u * SC * K, K, Out, ldw, SC, K);
+    __syncthreads();
+    prod<T, true, true>(Out, ldut, Vs, ldv, Tu, ldcb, V, SC, SC, false); /* U^T = V^T Tu^T */
+    __syncthreads();
+    store_rows(UT, SC, Out, ldut, V, SC);
+}
+
+/* m16n8k16 tensor-core product, fp32 accumulators d (+)= a b. */
+template <typename T>
+__device__ __forceinline__ void mma16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <bool TRANS> __device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+}
+
+/* two floats as a pair of the dtype in one register, x in the low half */
+template <typename T> __device__ __forceinline__ uint32_t pack2(float x, float y) {
+    union {
+        uint32_t u;
+        T e[2];
+    } p;
+    p.e[0] = from_f<T>(x);
+    p.e[1] = from_f<T>(y);
+    return p.u;
+}
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <typename T> size_t state_smem(int K, int NW) {
+    return 2 * sizeof(T) * ((size_t)2 * SC * (K + 8) + (size_t)16 * NW * (SC + 8));
+}
+
+/* Thread (lane) of a warp holds accumulator rows g = lane / 4 and g + 8 (state columns) and,
+ * per 8-wide tile j, columns 8 j + 2 t, + 1 (t = lane % 4): keys in s, tokens in vt. */
+template <typename T, int KMAX, int NW>
+__global__ void __launch_bounds__(32 * NW) la_split_state_kernel(la_args a, split_ws w) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    constexpr int NKT = KMAX / 16, BV = 16 * NW, ldu = SC + 8;
+    const int K = (int)a.K, V = (int)a.V, ldk = K + 8, kt = K / 16;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int64_t v0 = (int64_t)blockIdx.x * BV, hv = blockIdx.y, n = blockIdx.z;
+    int64_t b, t0, t1;
+    seq_range(a, n, &b, &t0, &t1);
+    const int64_t nch = (t1 - t0 + SC - 1) / SC, cb = w.cmap ? w.cb[n] : n * w.nt;
+    const int64_t vr = v0 + warp * 16 + g; /* this thread's state columns vr, vr + 8 */
+    const size_t stage = (size_t)2 * SC * ldk + (size_t)BV * ldu;
+    T *sm = (T *)smem;
+
+    float s[2 * NKT][4];
+    const int64_t soff = (n * a.HV + hv) * a.K * a.V;
+#pragma unroll
+    for (int j = 0; j < 2 * NKT; j++) {
+        const int key = 8 * j + 2 * t;
+        const bool in = a.h0 && j < 2 * kt;
+        const float *h0 = a.h0 + soff;
+        s[j][0] = in ? h0[(int64_t)key * V + vr] : 0.0f;
+        s[j][1] = in ? h0[(int64_t)(key + 1) * V + vr] : 0.0f;
+        s[j][2] = in ? h0[(int64_t)key * V + vr + 8] : 0.0f;
+        s[j][3] = in ? h0[(int64_t)(key + 1) * V + vr + 8] : 0.0f;
+    }
+
+    auto issue = [&](int64_t c) {
+        const int64_t u = (cb + c) * a.HV + hv;
+        T *Ws = sm + (c & 1) * stage, *Kds = Ws + SC * ldk, *Us = Kds + SC * ldk;
+        const T *Wg = (const T *)w.W + u * SC * K, *Kg = (const T *)w.Kd + u * SC * K;
+        const T *Ug = (const T *)w.UT + u * V * SC + v0 * SC;
+        const int pv = K / 8;
+        if (a.delta)
+            for (int x = threadIdx.x; x < SC * pv; x += 32 * NW)
+                cp_async16(Ws + (x / pv) * ldk + (x % pv) * 8, Wg + x * 8);
+        for (int x = threadIdx.x; x < SC * pv; x += 32 * NW)
+            cp_async16(Kds + (x / pv) * ldk + (x % pv) * 8, Kg + x * 8);
+        for (int x = threadIdx.x; x < BV * (SC / 8); x += 32 * NW)
+            cp_async16(Us + (x / (SC / 8)) * ldu + (x % (SC / 8)) * 8, Ug + x * 8);
+    };
+    if (nch > 0) issue(0);
+    cp_async_commit();
+    for (int64_t c = 0; c < nch; c++) {
+        if (c + 1 < nch) issue(c + 1);
+        cp_async_commit();
+        const int64_t u = (cb + c) * a.HV + hv;
+        const float dec = w.dec[u];
+        /* the state entering the chunk, for the output kernel: hs[u] is [V,K] */
+        T *hs = (T *)w.hs + u * a.V * a.K;
+#pragma unroll
+        for (int j = 0; j < 2 * NKT; j++)
+            if (j < 2 * kt) {
+                const int key = 8 * j + 2 * t;
+                *(uint32_t *)(hs + vr * K + key) = pack2<T>(s[j][0], s[j][1]);
+                *(uint32_t *)(hs + (vr + 8) * K + key) = pack2<T>(s[j][2], s[j][3]);
+            }
+        cp_async_wait<1>();
+        __syncthreads();
+        const T *Ws = sm + (c & 1) * stage, *Kds = Ws + SC * ldk, *Us = Kds + SC * ldk;
+        /* v_new^T = U^T - S^T W^T */
+        float vt[SC / 8][4];
+        const T *ur = Us + (warp * 16 + g) * ldu + 2 * t;
+#pragma unroll
+        for (int j = 0; j < SC / 8; j++) {
+            vt[j][0] = to_f(ur[8 * j]), vt[j][1] = to_f(ur[8 * j + 1]);
+            vt[j][2] = to_f(ur[8 * ldu + 8 * j]), vt[j][3] = to_f(ur[8 * ldu + 8 * j + 1]);
+        }
+        if (a.delta) {
+#pragma unroll
+            for (int kk = 0; kk < NKT; kk++)
+                if (kk < kt) {
+                    uint32_t af[4] = {pack2<T>(-s[2 * kk][0], -s[2 * kk][1]),
+                                      pack2<T>(-s[2 * kk][2], -s[2 * kk][3]),
+                                      pack2<T>(-s[2 * kk + 1][0], -s[2 * kk + 1][1]),
+                                      pack2<T>(-s[2 * kk + 1][2], -s[2 * kk + 1][3])};
+#pragma unroll
+                    for (int jp = 0; jp < SC / 16; jp++) {
+                        uint32_t bf[4];
+                        ldsm_x4<false>(bf, Ws + (16 * jp + (lane & 7) + ((lane >> 4) << 3)) * ldk +
+                                               16 * kk + ((lane >> 3) & 1) * 8);
+                        mma16816<T>(vt[2 * jp], af, bf[0], bf[1]);
+                        mma16816<T>(vt[2 * jp + 1], af, bf[2], bf[3]);
+                    }
+                }
+            T *ug = (T *)w.UT + u * a.V * SC;
+#pragma unroll
+            for (int j = 0; j < SC / 8; j++) {
+                *(uint32_t *)(ug + vr * SC + 8 * j + 2 * t) = pack2<T>(vt[j][0], vt[j][1]);
+                *(uint32_t *)(ug + (vr + 8) * SC + 8 * j + 2 * t) = pack2<T>(vt[j][2], vt[j][3]);
+            }
+        }
+        /* S^T = dec S^T + v_new^T Kd */
+#pragma unroll
+        for (int j = 0; j < 2 * NKT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[j][e] *= dec;
+#pragma unroll
+        for (int kk = 0; kk < SC / 16; kk++) {
+            const uint32_t af[4] = {pack2<T>(vt[2 * kk][0], vt[2 * kk][1]),
+                                    pack2<T>(vt[2 * kk][2], vt[2 * kk][3]),
+                                    pack2<T>(vt[2 * kk + 1][0], vt[2 * kk + 1][1]),
+                                    pack2<T>(vt[2 * kk + 1][2], vt[2 * kk + 1][3])};
+#pragma unroll
+            for (int jp = 0; jp < NKT; jp++)
+                if (jp < kt) {
+                    uint32_t bf[4];
+                    ldsm_x4<true>(bf, Kds + (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) * ldk +
+                                          16 * jp + (lane >> 4) * 8);
+                    mma16816<T>(s[2 * jp], af, bf[0], bf[1]);
+                    mma16816<T>(s[2 * jp + 1], af, bf[2], bf[3]);
+                }
+        }
+        __syncthreads(); /* this stage is refilled by the next chunk's issue */
+    }
+    cp_async_wait<0>();
+    if (a.ht) {
+        float *ht = a.ht + soff;
+#pragma unroll
+        for (int j = 0; j < 2 * NKT; j++)
+            if (j < 2 * kt) {
+                const int key = 8 * j + 2 * t;
+                ht[(int64_t)key * V + vr] = s[j][0];
+                ht[(int64_t)(key + 1) * V + vr] = s[j][1];
+                ht[(int64_t)key * V + vr + 8] = s[j][2];
+                ht[(int64_t)(key + 1) * V + vr + 8] = s[j][3];
+            }
+    }
+}
+
+template <typename T> struct out_layout {
+    int ldk, ldc, ldcb, ldu, ldo;
+    size_t Qs, Ks, QK, Pb, St, Vn, Ob, gam, eg, gr, total;
+    __host__ __device__ out_layout(int K) {
+        ldk = K + 8, ldc = SC + 4, ldcb = SC + 8, ldu = SC + 8, ldo = SBO + 4;
+        size_t off = 0;
+        auto take = [&](size_t bytes) {
+            size_t at = off;
+            off += (bytes + 127) / 128 * 128;
+            return at;
+        };
+        Qs = take(sizeof(T) * SC * ldk);
+        Ks = take(sizeof(T) * SC * ldk);
+        QK = take(sizeof(float) * SC * ldc);
+        Pb = take(sizeof(T) * SC * ldcb);
+        St = take(sizeof(T) * SBO * ldk);
+        Vn = take(sizeof(T) * SBO * ldu);
+        Ob = take(sizeof(float) * SC * ldo);
+        gam = take(sizeof(double) * SC);
+        eg = take(sizeof(float) * SC);
+        gr = take(sizeof(float) * SC);
+        total = off;
+    }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(CH_THREADS) la_split_out_kernel(la_args a, split_ws w) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int K = (int)a.K, tid = threadIdx.x;
+    const out_layout<T> L(K);
+    T *Qs = (T *)(smem + L.Qs), *Ks = (T *)(smem + L.Ks), *Pb = (T *)(smem + L.Pb),
+      *St = (T *)(smem + L.St), *Vn = (T *)(smem + L.Vn);
+    float *QK = (float *)(smem + L.QK), *Ob = (float *)(smem + L.Ob);
+    double *gam = (double *)(smem + L.gam);
+    float *eg = (float *)(smem + L.eg), *gr = (float *)(smem + L.gr);
+    const int ldk = L.ldk, ldc = L.ldc, ldcb = L.ldcb, ldu = L.ldu, ldo = L.ldo;
+
+    const int64_t ci = blockIdx.x, hv = blockIdx.y, h = hv / (a.HV / a.H);
+    const int64_t u = ci * a.HV + hv, v0 = (int64_t)blockIdx.z * SBO;
+    const int nv = (int)(a.V - v0 < SBO ? a.V - v0 : SBO);
+    int64_t n, b, tc;
+    int Lc;
+    split_chunk(a, w, ci, &n, &b, &tc, &Lc);
+    const T *q = (const T *)a.q, *k = (const T *)a.k;
+    stage_rows(Qs, ldk, q + b * a.qb + tc * a.qt + h * a.qh, a.qt, Lc, K, a.vec);
+    stage_rows(Ks, ldk, k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, a.vec);
+    {
+        const T *hs = (const T *)w.hs + u * a.V * a.K + v0 * K, *vn = (const T *)w.UT + u * a.V * SC + v0 * SC;
+        const int pk = K / 8;
+        for (int x = tid; x < nv * pk; x += CH_THREADS)
+            *(uint4 *)(St + (x / pk) * ldk + (x % pk) * 8) = *(const uint4 *)(hs + x * 8);
+        for (int x = tid; x < nv * (SC / 8); x += CH_THREADS)
+            *(uint4 *)(Vn + (x / (SC / 8)) * ldu + (x % (SC / 8)) * 8) = *(const uint4 *)(vn + x * 8);
+    }
+    if (tid < SC)
+        gr[tid] = (a.gate && tid < Lc)
+                      ? fmaxf(a.g[b * a.gb + (tc + tid) * a.gt + hv * a.gh], LOG_DECAY_MIN)
+                      : 0.0f;
+    __syncthreads();
+    scale_rows(Qs, ldk, K, a.scale, a.l2norm);
+    scale_rows(Ks, ldk, K, 1.0f, a.l2norm);
+    chunk_cumsum(gam, gr);
+    __syncthreads();
+    if (tid < SC) eg[tid] = (float)exp(gam[tid]);
+    prod<T, false, true>(QK, ldc, Qs, ldk, Ks, ldk, SC, SC, K, false);   /* Qs K^T */
+    prod<T, false, true>(Ob, ldo, Qs, ldk, St, ldk, SC, nv, K, false);   /* Qs S */
+    __syncthreads();
+    for (int x = tid; x < SC * SC; x += CH_THREADS) {
+        const int i = x / SC, j = x % SC;
+        const float gm = (a.gate && j <= i) ? expf((float)(gam[i] - gam[j])) : 1.0f;
+        Pb[i * ldcb + j] = from_f<T>(j <= i ? QK[i * ldc + j] * gm : 0.0f);
+    }
+    for (int x = tid; x < SC * nv; x += CH_THREADS) {
+        const int i = x / nv, j = x % nv;
+        Ob[i * ldo + j] *= eg[i];
+    }
+    __syncthreads();
+    prod<T, false, true>(Ob, ldo, Pb, ldcb, Vn, ldu, SC, nv, SC, true); /* += P v_new */
+    __syncthreads();
+    T *o = (T *)a.o + b * a.ob + tc * a.ot + hv * a.oh + v0;
+    for (int x = tid; x < Lc * nv; x += CH_THREADS) {
+        const int i = x / nv, j = x % nv;
+        o[i * a.ot + j] = from_f<T>(Ob[i * ldo + j]);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Host side
  * ------------------------------------------------------------------------------------------- */
 la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
@@ -687,6 +1217,107 @@ template <typename T> cudaError_t launch_chunk(const la_args &a, int64_t NS, cud
     if (bv == 64) return launch_chunk_bv<T, C, 64>(a, NS, s);
     if (bv == 32) return launch_chunk_bv<T, C, 32>(a, NS, s);
     return launch_chunk_bv<T, C, 16>(a, NS, s);
+}
+
+/* Value columns a block of the state pass: 16 a warp, 4 warps sharing the staged chunk where
+ * that still fills the GPU, fewer where there are few (sequence, head) pairs (each block then
+ * stages the chunk's W and Kd for fewer columns, but the serial chain runs on more SMs). */
+template <typename T, int KMAX>
+cudaError_t launch_split_state(const la_args &a, const split_ws &w, int64_t NS, int nw,
+                               cudaStream_t s) {
+    const size_t sm = state_smem<T>((int)a.K, nw);
+    const dim3 grid((unsigned)(a.V / (16 * nw)), (unsigned)a.HV, (unsigned)NS);
+    const void *f = nw == 4   ? (const void *)la_split_state_kernel<T, KMAX, 4>
+                    : nw == 2 ? (const void *)la_split_state_kernel<T, KMAX, 2>
+                              : (const void *)la_split_state_kernel<T, KMAX, 1>;
+    cudaError_t e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+    if (e != cudaSuccess) return e;
+    if (nw == 4)
+        la_split_state_kernel<T, KMAX, 4><<<grid, 128, sm, s>>>(a, w);
+    else if (nw == 2)
+        la_split_state_kernel<T, KMAX, 2><<<grid, 64, sm, s>>>(a, w);
+    else
+        la_split_state_kernel<T, KMAX, 1><<<grid, 32, sm, s>>>(a, w);
+    return cudaGetLastError();
+}
+
+size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+
+/* The split chunkwise forward: workspace (stream-ordered, freed before returning), then the
+ * three kernels in order on the stream. */
+template <typename T>
+cudaError_t launch_split(const la_args &a, const dn_la_params *p, int64_t NS, cudaStream_t s) {
+    int64_t nch = 0;
+    split_ws w = {};
+    if (p->cu_seqlens)
+        for (int64_t n = 0; n < NS; n++)
+            nch += (p->cu_seqlens[n + 1] - p->cu_seqlens[n] + SC - 1) / SC;
+    else
+        w.nt = (p->T + SC - 1) / SC, nch = p->B * w.nt;
+    const int64_t NU = nch * p->HV;
+    const size_t es = sizeof(T), bW = align256(es * (size_t)(NU * SC * p->K)),
+                 bU = align256(es * (size_t)(NU * SC * p->V)),
+                 bh = align256(es * (size_t)(NU * p->K * p->V)), bd = align256(4 * (size_t)NU),
+                 bcb = p->cu_seqlens ? align256(8 * (size_t)(NS + 1)) : 0,
+                 bcm = p->cu_seqlens ? align256(4 * (size_t)nch) : 0;
+    char *ws = NULL;
+    cudaError_t e = cudaMallocAsync((void **)&ws, 2 * bW + bU + bh + bd + bcb + bcm, s);
+    if (e != cudaSuccess) return e;
+    w.W = ws, w.Kd = ws + bW, w.UT = ws + 2 * bW, w.hs = ws + 2 * bW + bU;
+    w.dec = (float *)(ws + 2 * bW + bU + bh);
+    if (p->cu_seqlens) {
+        char *hb = (char *)malloc(bcb + bcm);
+        if (!hb) e = cudaErrorMemoryAllocation;
+        if (hb) {
+            int64_t *cb = (int64_t *)hb;
+            int *cm = (int *)(hb + bcb);
+            cb[0] = 0;
+            for (int64_t n = 0; n < NS; n++) {
+                const int64_t c = (p->cu_seqlens[n + 1] - p->cu_seqlens[n] + SC - 1) / SC;
+                for (int64_t i = 0; i < c; i++)
+                    cm[cb[n] + i] = (int)n;
+                cb[n + 1] = cb[n] + c;
+            }
+            char *dst = ws + 2 * bW + bU + bh + bd;
+            /* pageable source: the call returns once it is staged, so hb may go */
+            e = cudaMemcpyAsync(dst, hb, bcb + bcm, cudaMemcpyHostToDevice, s);
+            free(hb);
+            w.cb = (const int64_t *)dst, w.cmap = (const int *)(dst + bcb);
+        }
+    }
+    if (e == cudaSuccess && nch > 0) {
+        const prep_layout<T> L((int)a.K, (int)a.V);
+        e = cudaFuncSetAttribute(la_split_prep_kernel<T>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L.total);
+        if (e == cudaSuccess) {
+            la_split_prep_kernel<T><<<dim3((unsigned)nch, (unsigned)a.HV), CH_THREADS, L.total, s>>>(
+                a, w);
+            e = cudaGetLastError();
+        }
+    }
+    if (e == cudaSuccess) {
+        int sms = 132, dev = 0;
+        (void)cudaGetDevice(&dev);
+        (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        int nw = 4;
+        while (nw > 1 && (a.V % (16 * nw) || NS * a.HV * (a.V / (16 * nw)) < sms))
+            nw /= 2;
+        e = a.K <= 64    ? launch_split_state<T, 64>(a, w, NS, nw, s)
+            : a.K <= 128 ? launch_split_state<T, 128>(a, w, NS, nw, s)
+                         : launch_split_state<T, 256>(a, w, NS, nw, s);
+    }
+    if (e == cudaSuccess && nch > 0) {
+        const out_layout<T> L((int)a.K);
+        e = cudaFuncSetAttribute(la_split_out_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)L.total);
+        if (e == cudaSuccess) {
+            const dim3 grid((unsigned)nch, (unsigned)a.HV, (unsigned)((a.V + SBO - 1) / SBO));
+            la_split_out_kernel<T><<<grid, CH_THREADS, L.total, s>>>(a, w);
+            e = cudaGetLastError();
+        }
+    }
+    const cudaError_t f = cudaFreeAsync(ws, s);
+    return e != cudaSuccess ? e : f;
 }
 
 /* the chunk kernel's shape limits: wmma tiles of 16 over K, value blocks of 32 */
@@ -780,7 +1411,11 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
         e = p->dtype == DN_BF16  ? launch_recurrent<__nv_bfloat16>(a, NS, s)
             : p->dtype == DN_F16 ? launch_recurrent<__half>(a, NS, s)
                                  : launch_recurrent<float>(a, NS, s);
-    else
+    else if (p->dtype == DN_BF16 && DN_CUDA_SPLIT)
+        e = launch_split<__nv_bfloat16>(a, p, NS, s);
+    else if (p->dtype == DN_F16 && DN_CUDA_SPLIT)
+        e = launch_split<__half>(a, p, NS, s);
+    else /* fp32 inputs: the single kernel, fp32 products on the CUDA cores */
         e = p->dtype == DN_BF16  ? launch_chunk<__nv_bfloat16>(a, NS, s)
             : p->dtype == DN_F16 ? launch_chunk<__half>(a, NS, s)
                                  : launch_chunk<float>(a, NS, s);
