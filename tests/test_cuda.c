@@ -262,9 +262,9 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
         cases[nc++] = (la_case){ops[o], 2, 100, 2, 2, 64, 128, 0, 0, 2, 0, 0, 0, 0};
         cases[nc++] = (la_case){ops[o], 1, 200, 1, 1, 128, 64, 0, 0, 3, 0, 1, 1, 0};
     }
-    /* the GPU's split chunkwise path: many chunks on one (sequence, head); varlen sequences of
-     * many chunks; and enough (sequence, head) pairs on an H200 (132 SMs) for its state pass to
-     * take 2 and 4 warps a block */
+    /* the GPU's split chunkwise path (its state pass takes V / 16 warps a block, up to 8: every
+     * count is in the grid above and below): many heads; many chunks on one (sequence, head);
+     * varlen sequences of many chunks */
     cases[nc++] = (la_case){DN_OP_GDN, 1, 100, 4, 48, 64, 128, 0, 0, 0, 0, 1, 1, 0};
     if (!small) {
         cases[nc++] = (la_case){DN_OP_GDN, 1, 700, 1, 2, 128, 128, 0, 0, 0, 0, 1, 1, 0};
