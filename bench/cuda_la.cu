@@ -14,7 +14,8 @@
  *   forward bytes  = B T (2 H K + 2 HV V) x 2 (q, k, v, o in bf16) + B T HV x 8 (g, beta fp32);
  *   decode bytes   = 2 B HV K V x 4 (the fp32 state read and written) + the step's q, k, v, o, g,
  *                    beta; decode FLOPs = B HV (8 K V) (S^T k, S^T q, decay and rank-1 update).
- * Output: one line per case, "name key=value ...", machine-readable.
+ * Output: one line per case, "name key=value ...", machine-readable. Arguments: "fwd" or "decode"
+ * alone; "fwd I" the I-th forward shape alone (for a profiler).
  */
 #include "deltanet.h"
 
@@ -114,6 +115,7 @@ int main(int argc, char **argv) {
     const int64_t H = 16, K = 128, V = 128, C = 64;
     const int only_decode = argc > 1 && strcmp(argv[1], "decode") == 0;
     const int only_fwd = argc > 1 && strcmp(argv[1], "fwd") == 0;
+    const int only_shape = argc > 2 ? atoi(argv[2]) : -1; /* "fwd I": the I-th shape alone */
     cudaStream_t s;
     CK(cudaStreamCreate(&s));
     cudaDeviceProp prop;
@@ -122,6 +124,7 @@ int main(int argc, char **argv) {
 
     static const int64_t shapes[][2] = {{16, 1024}, {4, 4096}, {2, 8192}, {1, 32768}};
     for (int i = 0; i < 4 && !only_decode; i++) {
+        if (only_shape >= 0 && i != only_shape) continue;
         const int64_t B = shapes[i][0], T = shapes[i][1], n = B * T * H;
         void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
         void *o;

@@ -219,9 +219,13 @@ typedef struct dn_strides {
  *               it to the device), as does the params struct itself. workspace is not used.
  *               K <= 256. The GPU runs DN_IMPL_RECURRENT (the fused recurrence, any K and V; T = 1
  *               with initial_state == final_state is the batched decode step) and DN_IMPL_CHUNK
- *               (K and V multiples of 16; chunks of 32 tokens whatever chunk_size says, the
- *               function being the same; tensor cores for 16-bit inputs, fp32 products on the
- *               CUDA cores for fp32 inputs, which so keep fp32 accuracy). DN_IMPL_AUTO picks the
+ *               (K and V multiples of 16; whatever chunk_size says, the function being the same:
+ *               for 16-bit inputs, chunks of 64 tokens on the tensor cores, split as
+ *               flash-linear-attention does into kernels parallel over all chunks and a state
+ *               pass, with stream-ordered scratch (cudaMallocAsync and cudaFreeAsync on the
+ *               stream) of (2 K + V) * 64 + K V elements of the dtype per chunk and value head;
+ *               for fp32 inputs, chunks of 32 tokens in one kernel, fp32 products on the CUDA
+ *               cores, which so keep fp32 accuracy). DN_IMPL_AUTO picks the
  *               recurrence below 16 tokens per sequence or for other head sizes, else the
  *               chunkwise form. DN_IMPL_REF is
  *               DN_ERR_UNSUPPORTED there. The shape, stride and overlap checks are the same as on

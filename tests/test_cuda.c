@@ -262,6 +262,17 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
         cases[nc++] = (la_case){ops[o], 2, 100, 2, 2, 64, 128, 0, 0, 2, 0, 0, 0, 0};
         cases[nc++] = (la_case){ops[o], 1, 200, 1, 1, 128, 64, 0, 0, 3, 0, 1, 1, 0};
     }
+    /* the GPU's split chunkwise path (its state pass takes V / 16 warps a block, up to 8: every
+     * count is in the grid above and below): many heads; many chunks on one (sequence, head);
+     * varlen sequences of many chunks */
+    cases[nc++] = (la_case){DN_OP_GDN, 1, 100, 4, 48, 64, 128, 0, 0, 0, 0, 1, 1, 0};
+    if (!small) {
+        cases[nc++] = (la_case){DN_OP_GDN, 1, 700, 1, 2, 128, 128, 0, 0, 0, 0, 1, 1, 0};
+        cases[nc++] = (la_case){DN_OP_GDN, 1, 1000, 1, 2, 128, 128, 1, 1, 1, 2, 1, 1, 1};
+        cases[nc++] = (la_case){DN_OP_GLA, 1, 520, 2, 2, 64, 64, 1, 0, 3, 0, 1, 1, 0};
+        cases[nc++] = (la_case){DN_OP_GDN, 2, 130, 8, 40, 64, 128, 0, 0, 3, 1, 1, 1, 0};
+        cases[nc++] = (la_case){DN_OP_DELTANET, 1, 300, 1, 1, 256, 256, 0, 0, 0, 0, 1, 1, 0};
+    }
     if (!small)
         for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
             cases[nc++] =

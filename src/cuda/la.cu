@@ -4,11 +4,13 @@
  * (prefill) on tensor cores. The math is docs/OPS.md's; the argument checks are src/la.c's, shared
  * with the CPU, which hands valid params to dn_cuda_la_forward.
  *
- * Both kernels give one thread block a (sequence, value head, block of value columns): column j of
- * the state only ever meets v_j, u_j and o_j, so column blocks are independent, and the block walks
- * its sequence's tokens (or chunks) in order with its slice of the state on chip (registers for
- * the recurrence, shared memory for the chunks). States are fp32, accumulation is fp32; q, k, v
- * are read in their dtype and o is written in it.
+ * The recurrence and the single chunk kernel (fp32 inputs) give one thread block a (sequence,
+ * value head, block of value columns): column j of the state only ever meets v_j, u_j and o_j, so
+ * column blocks are independent, and the block walks its sequence's tokens (or chunks) in order
+ * with its slice of the state on chip (registers for the recurrence, shared memory for the
+ * chunks). 16-bit inputs take the split chunkwise forward (below, "Split chunkwise forward"): the
+ * chunks' key-side work and outputs in parallel over all chunks, only the state pass in order.
+ * States are fp32, accumulation is fp32; q, k, v are read in their dtype and o is written in it.
  */
 #include "cuda_common.h"
 
@@ -17,7 +19,14 @@
 #include <mma.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <type_traits>
+
+/* The split chunkwise forward for 16-bit inputs (DN_CUDA_SPLIT=0 at build time: the single
+ * chunk kernel for every dtype, as before it). */
+#ifndef DN_CUDA_SPLIT
+#define DN_CUDA_SPLIT 1
+#endif
 
 namespace {
 
@@ -36,7 +45,8 @@ struct la_args {
     int64_t qb, qt, qh, kb, kt, kh, vb, vt, vh, gb, gt, gh, bb, bt, bh, ob, ot, oh;
     float scale;
     int l2norm, gate, delta;
-    int vec; /* q, k, v 16-byte aligned with strides of whole 16-byte vectors */
+    int vec;  /* q, k, v 16-byte aligned with strides of whole 16-byte vectors */
+    int ovec; /* o likewise */
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
@@ -328,12 +338,60 @@ __device__ __forceinline__ void inverse_doubling(float *Tm, float *A, int ld, in
     __syncthreads();
 }
 
+/* m16n8k8 tf32 product (fp32 operands rounded to tf32 in registers), d (+)= a b */
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ void mma1688_tf32(float *d, const uint32_t *a, uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* One 16 x 8 tile of C = P Q over S terms (row-major fp32, pitches ld), C scaled by sgn. */
+template <int S>
+__device__ __forceinline__ void tile_tf32(float *Cm, const float *P, const float *Q, int ld,
+                                          float sgn) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    float c[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int k0 = 0; k0 < S; k0 += 8) {
+        const uint32_t af[4] = {to_tf32(P[g * ld + k0 + t]), to_tf32(P[(g + 8) * ld + k0 + t]),
+                                to_tf32(P[g * ld + k0 + t + 4]),
+                                to_tf32(P[(g + 8) * ld + k0 + t + 4])};
+        mma1688_tf32(c, af, to_tf32(Q[(k0 + t) * ld + g]), to_tf32(Q[(k0 + t + 4) * ld + g]));
+    }
+    Cm[g * ld + 2 * t] = sgn * c[0], Cm[g * ld + 2 * t + 1] = sgn * c[1];
+    Cm[(g + 8) * ld + 2 * t] = sgn * c[2], Cm[(g + 8) * ld + 2 * t + 1] = sgn * c[3];
+}
+/* inverse_doubling on the tensor cores (tf32 operands, fp32 sums): a 16 x 8 output tile a warp */
+template <int S> __device__ void inverse_doubling_tc(float *Tm, float *A, int ld, int C) {
+    const int warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    constexpr int TPP = (S / 16) * (S / 8); /* tiles a pair */
+    const int tiles = C / (2 * S) * TPP;
+    for (int x = warp; x < tiles; x += nwarps) { /* X = M L1^{-1} into A's upper-right block */
+        const int o = x / TPP * 2 * S, ti = x % TPP / (S / 8), tj = x % (S / 8);
+        tile_tf32<S>(A + (o + 16 * ti) * ld + o + S + 8 * tj, A + (o + S + 16 * ti) * ld + o,
+                     Tm + o * ld + o + 8 * tj, ld, 1.0f);
+    }
+    __syncthreads();
+    for (int x = warp; x < tiles; x += nwarps) { /* lower-left = -L2^{-1} X */
+        const int o = x / TPP * 2 * S, ti = x % TPP / (S / 8), tj = x % (S / 8);
+        tile_tf32<S>(Tm + (o + S + 16 * ti) * ld + o + 8 * tj, Tm + (o + S + 16 * ti) * ld + o + S,
+                     A + o * ld + o + S + 8 * tj, ld, -1.0f);
+    }
+    __syncthreads();
+}
+
 /* Tm = (I + A)^{-1} for A strictly lower [C][C] (pitch ld, C = 32 or 64), fp32, into Tm (pitch
  * ld). Uses the upper-right blocks of A (zero, never read as part of A) as scratch. The 16 x 16
  * diagonal blocks
  * first, a half-warp each, a lane holding one column of the block's inverse in registers (forward
  * substitution, the row of A read by broadcast); then doubling. */
-__device__ void unit_lower_inverse(float *Tm, float *A, int ld, int C) {
+template <bool TC = false> __device__ void unit_lower_inverse(float *Tm, float *A, int ld, int C) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int x = threadIdx.x; x < C * C; x += blockDim.x) {
         const int i = x / C, j = x % C;
@@ -356,8 +414,13 @@ __device__ void unit_lower_inverse(float *Tm, float *A, int ld, int C) {
             Tm[(o + i) * ld + o + j] = t[i];
     }
     __syncthreads();
-    inverse_doubling<16>(Tm, A, ld, C);
-    if (C > 32) inverse_doubling<32>(Tm, A, ld, C);
+    if constexpr (TC) {
+        inverse_doubling_tc<16>(Tm, A, ld, C);
+        if (C > 32) inverse_doubling_tc<32>(Tm, A, ld, C);
+    } else {
+        inverse_doubling<16>(Tm, A, ld, C);
+        if (C > 32) inverse_doubling<32>(Tm, A, ld, C);
+    }
 }
 
 /* Lab instrument (built with -DDN_CUDA_PROF): per-phase clock cycles of block 0's thread 0. */
@@ -620,6 +683,676 @@ __global__ void __launch_bounds__(CH_THREADS) la_chunk_kernel(la_args a) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Split chunkwise forward (16-bit inputs), the organisation of flash-linear-attention and
+ * FlashInfer: only the state recurrence is serial, and it does two products a chunk. Chunks of
+ * C = 64 tokens; every product on the tensor cores by mma.sync (m16n8k16, fp32 accumulators).
+ *   la_split_prep_kernel   one block per (chunk, value head), all chunks at once: the chunk's
+ *                          cumulative gates, A, Tm = (I + A)^{-1} (16 x 16 diagonal blocks by
+ *                          substitution, doubling steps in tf32), and into the workspace
+ *                          W = Tm diag(b e^gamma) K [C,K], U^T = (Tm diag(b) V)^T [V,C],
+ *                          Kd^T = (diag(e^{gamma_C - gamma}) K)^T [K,C], dec = e^{gamma_C};
+ *   la_split_state_kernel  one warp per (sequence, value head, 16 state columns), NW warps a
+ *                          block sharing the chunk's staged W and Kd: walks the chunks with the
+ *                          state transposed (S^T, [16, K] a warp) in mma accumulators and writes
+ *                          the state entering each chunk (hs, S^T [V,K] in the dtype) and the
+ *                          corrected values v_new^T = U^T - S^T W^T in place of U^T;
+ *                          S^T = dec S^T + v_new^T Kd. The accumulators of one product are the
+ *                          A operand of the next (the m16n8k16 accumulator and A layouts agree),
+ *                          so a chunk's step never leaves registers but for W, Kd and U^T,
+ *                          which arrive by cp.async one chunk ahead;
+ *   la_split_out_kernel    one block per (chunk, value head, 128 columns), all chunks at once:
+ *                          O = diag(e^gamma) Qs S + tril(Qs K^T * Gam) v_new.
+ * Non-delta ops take the same path with W = 0 and U = V. The workspace (split_ws, allocated by
+ * the call on its stream and freed after the three kernels) holds W, Kd^T, U^T/v_new^T and hs in
+ * the dtype, in the fragment-native layout below, per (chunk, value head) unit:
+ * (2 C K + C V + K V) elements, 80 KB at K = V = 128 in bf16 (670 MB for 32768 tokens of 16
+ * heads).
+ * ------------------------------------------------------------------------------------------- */
+constexpr int SC = 64;   /* tokens a chunk */
+constexpr int SBO = 128; /* value columns an output block */
+
+struct split_ws {
+    void *W, *Kd, *UT, *hs; /* per unit u = chunk * HV + hv: [C,K], [C,K], [V,C], [V,K] */
+    float *dec;             /* [units] e^{gamma_C} */
+    const int64_t *cb;      /* varlen: [NS+1] first chunk of each sequence, else NULL */
+    const int *cmap;        /* varlen: [chunks] the sequence of each chunk, else NULL */
+    int64_t nt;             /* chunks a sequence without cu_seqlens */
+};
+
+/* The chunk's sequence, first token and length, from its global index. */
+__device__ __forceinline__ void split_chunk(const la_args &a, const split_ws &w, int64_t ci,
+                                            int64_t *n, int64_t *b, int64_t *tc, int *Lc) {
+    int64_t c, t0, t1;
+    if (w.cmap) {
+        *n = w.cmap[ci];
+        c = ci - w.cb[*n];
+    } else {
+        *n = ci / w.nt;
+        c = ci % w.nt;
+    }
+    seq_range(a, *n, b, &t0, &t1);
+    *tc = t0 + c * SC;
+    *Lc = (int)(t1 - *tc < SC ? t1 - *tc : SC);
+}
+
+/* m16n8k16 tensor-core product, fp32 accumulators d (+)= a b. */
+template <typename T>
+__device__ __forceinline__ void mma16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <bool TRANS> __device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(p);
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+}
+
+/* two floats as a pair of the dtype in one register, x in the low half */
+template <typename T> __device__ __forceinline__ uint32_t pack2(float x, float y) {
+    union {
+        uint32_t u;
+        T e[2];
+    } p;
+    p.e[0] = from_f<T>(x);
+    p.e[1] = from_f<T>(y);
+    return p.u;
+}
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* rows [0, C) x cols [0, cols) of a [.., cols] token-major input into shared memory (pitch ld),
+ * rows past L zero: 16-byte cp.async pieces, all in flight at once (the caller commits and waits),
+ * or element loads for unaligned views. The thread's (row, piece) advances by the block size
+ * without a division a piece. */
+template <typename T>
+__device__ void stage_rows(T *dst, int ld, const T *src, int64_t rs, int L, int cols, bool vec) {
+    static_assert(sizeof(T) == 2, "16-bit inputs");
+    const int pv = cols / 8, rstep = blockDim.x / pv, cstep = blockDim.x % pv;
+    int r = threadIdx.x / pv, c = threadIdx.x % pv;
+    while (r < SC) {
+        T *d = dst + r * ld + c * 8;
+        if (r >= L)
+            *(uint4 *)d = make_uint4(0, 0, 0, 0);
+        else if (vec)
+            cp_async16(d, src + r * rs + c * 8);
+        else
+            *(uint4 *)d = load16(src + r * rs + c * 8, false);
+        r += rstep, c += cstep;
+        if (c >= pv) c -= pv, r++;
+    }
+}
+
+/* gam = cumulative sum of the chunk's clamped gates in double (warp 0; gr padded with 0). */
+__device__ __forceinline__ void chunk_cumsum(double *gam, const float *gr) {
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x >= 32) return;
+    constexpr int E = SC / 32;
+    double loc[E], run = 0;
+#pragma unroll
+    for (int x = 0; x < E; x++) {
+        run += (double)gr[lane * E + x];
+        loc[x] = run;
+    }
+    double incl = run;
+    for (int off = 1; off < 32; off <<= 1) {
+        const double y = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += y;
+    }
+    const double excl = incl - run;
+#pragma unroll
+    for (int x = 0; x < E; x++)
+        gam[lane * E + x] = excl + loc[x];
+}
+
+/* Fragments (m16n8k16, g = lane / 4, t = lane % 4): an A fragment of a row-major [16][16] tile at
+ * p (pitch ld) by ldmatrix; the B fragments of two 8-column tiles, from [n][k] storage (rows of
+ * B's columns: non-transposed) or [k][n] storage (transposed). */
+template <typename T> __device__ __forceinline__ void frag_a(uint32_t *r, const T *p, int ld) {
+    const int lane = threadIdx.x & 31;
+    ldsm_x4<false>(r, p + (lane & 15) * ld + (lane >> 4) * 8);
+}
+/* A from [k][m] storage (A transposed in memory) */
+template <typename T> __device__ __forceinline__ void frag_at(uint32_t *r, const T *p, int ld) {
+    const int lane = threadIdx.x & 31;
+    ldsm_x4<true>(r, p + ((lane & 7) + ((lane >> 4) << 3)) * ld + ((lane >> 3) & 1) * 8);
+}
+template <typename T> __device__ __forceinline__ void frag_b_nk(uint32_t *r, const T *p, int ld) {
+    const int lane = threadIdx.x & 31;
+    ldsm_x4<false>(r, p + ((lane & 7) + ((lane >> 4) << 3)) * ld + ((lane >> 3) & 1) * 8);
+}
+template <typename T> __device__ __forceinline__ void frag_b_kn(uint32_t *r, const T *p, int ld) {
+    const int lane = threadIdx.x & 31;
+    ldsm_x4<true>(r, p + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8);
+}
+/* The A fragment of k-step kk from the accumulators of 8-column tiles 2 kk and 2 kk + 1. */
+template <typename T>
+__device__ __forceinline__ void acc_to_a(uint32_t *r, const float *c0, const float *c1) {
+    r[0] = pack2<T>(c0[0], c0[1]), r[1] = pack2<T>(c0[2], c0[3]);
+    r[2] = pack2<T>(c1[0], c1[1]), r[3] = pack2<T>(c1[2], c1[3]);
+}
+
+/* Fragment-native (FN) layout of the workspace's [R, Cc] matrices (R, Cc multiples of 16): 16 x 16
+ * tiles of 512 bytes, lane l's 16 bytes at element 8 l of its tile holding (row g, cols 2t, 2t+1),
+ * (g + 8, 2t ..), (g, 2t + 8 ..), (g + 8, 2t + 8 ..): the A fragment of the tile, the accumulators
+ * of its two 8-column halves, and, when the rows are B's columns, the B fragments of its two 8-row
+ * halves ({r0, r2} and {r1, r3}). A warp writes and reads a tile as 512 contiguous bytes. */
+template <typename T>
+__device__ __forceinline__ void st_frag(T *tile, const float *c0, const float *c1) {
+    uint4 x;
+    x.x = pack2<T>(c0[0], c0[1]), x.y = pack2<T>(c0[2], c0[3]);
+    x.z = pack2<T>(c1[0], c1[1]), x.w = pack2<T>(c1[2], c1[3]);
+    *(uint4 *)(tile + (threadIdx.x & 31) * 8) = x;
+}
+template <typename T> __device__ __forceinline__ void ld_frag(uint32_t *r, const T *tile) {
+    const uint4 x = *(const uint4 *)(tile + (threadIdx.x & 31) * 8);
+    r[0] = x.x, r[1] = x.y, r[2] = x.z, r[3] = x.w;
+}
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t r) {
+    union {
+        uint32_t u;
+        T e[2];
+    } p;
+    p.u = r;
+    return make_float2(to_f(p.e[0]), to_f(p.e[1]));
+}
+/* FN of X^T [cols, C] from X [C tokens, cols] in shared memory (pitch ld), row i scaled by rs[i]
+ * (when rs): tile (column block cb, token block i) at (cb C/16 + i) 256. */
+template <typename T>
+__device__ void fn_transposed(T *dst, const T *X, int ld, int cols, const float *rs) {
+    const int items = cols / 16 * (SC / 16) * 32;
+    for (int x = threadIdx.x; x < items; x += blockDim.x) {
+        const int tile = x >> 5, l = x & 31, cb = tile / (SC / 16), i = tile % (SC / 16);
+        const int c = 16 * cb + (l >> 2), r = 16 * i + 2 * (l & 3);
+        float y[8];
+        const int rr[8] = {r, r + 1, r, r + 1, r + 8, r + 9, r + 8, r + 9};
+        const int cc[8] = {c, c, c + 8, c + 8, c, c, c + 8, c + 8};
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            y[e] = to_f(X[rr[e] * ld + cc[e]]) * (rs ? rs[rr[e]] : 1.0f);
+        uint4 o;
+        o.x = pack2<T>(y[0], y[1]), o.y = pack2<T>(y[2], y[3]);
+        o.z = pack2<T>(y[4], y[5]), o.w = pack2<T>(y[6], y[7]);
+        *(uint4 *)(dst + tile * 256 + l * 8) = o;
+    }
+}
+/* n contiguous elements (a multiple of 8) by cp.async */
+template <typename T> __device__ __forceinline__ void copy_flat_async(T *dst, const T *src, int n) {
+    for (int p = threadIdx.x; p < n / 8; p += blockDim.x)
+        cp_async16(dst + p * 8, src + p * 8);
+}
+
+/* sum of squares of row r of X (pitch ld, K columns), by one thread */
+template <typename T> __device__ float row_ss(const T *X, int ld, int K, int r) {
+    union {
+        uint4 u;
+        T e[8];
+    } x;
+    float ss = 0;
+    for (int c = 0; c < K; c += 8) {
+        x.u = *(const uint4 *)(X + r * ld + c);
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            ss += to_f(x.e[e]) * to_f(x.e[e]);
+    }
+    return ss;
+}
+
+/* warps of the prep and output kernels: warp w takes the chunk's rows 16 (w % 4) .. + 15 and
+ * half (w / 4) of the columns of the products it shares with warp w ^ 4 */
+constexpr int SW = 8;
+
+template <typename T> struct prep_layout {
+    int ldk, ldv, ldc, ldcb;
+    size_t Ks, Vs, A, Tm, Tw, Tu, gam, eg, dv, bt, gr, rk, total;
+    __host__ __device__ prep_layout(int K, int V) {
+        ldk = K + 8, ldv = V + 8, ldc = SC + 4, ldcb = SC + 8;
+        size_t off = 0;
+        auto take = [&](size_t bytes) {
+            size_t at = off;
+            off += (bytes + 127) / 128 * 128;
+            return at;
+        };
+        Ks = take(sizeof(T) * SC * ldk);
+        Vs = take(sizeof(T) * SC * ldv);
+        A = take(sizeof(float) * SC * ldc);
+        Tm = take(sizeof(float) * SC * ldc);
+        Tw = take(sizeof(T) * SC * ldcb);
+        Tu = take(sizeof(T) * SC * ldcb);
+        gam = take(sizeof(double) * SC);
+        eg = take(sizeof(float) * SC);
+        dv = take(sizeof(float) * SC);
+        bt = take(sizeof(float) * SC);
+        gr = take(sizeof(float) * SC);
+        rk = take(sizeof(float) * SC);
+        total = off;
+    }
+};
+
+/* Keys stay raw in shared memory: their norms (rk) scale the products instead, in fp32. Warp w
+ * owns rows 16 w .. 16 w + 15 of each [C, .] product, and of U^T's value rows w, w + 4, ... */
+template <typename T>
+__global__ void __launch_bounds__(32 * SW) la_split_prep_kernel(la_args a, split_ws w) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int K = (int)a.K, V = (int)a.V, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const prep_layout<T> L(K, V);
+    T *Ks = (T *)(smem + L.Ks), *Vs = (T *)(smem + L.Vs), *Tw = (T *)(smem + L.Tw),
+      *Tu = (T *)(smem + L.Tu);
+    float *Am = (float *)(smem + L.A), *Tm = (float *)(smem + L.Tm);
+    double *gam = (double *)(smem + L.gam);
+    float *eg = (float *)(smem + L.eg), *dv = (float *)(smem + L.dv), *btv = (float *)(smem + L.bt),
+          *gr = (float *)(smem + L.gr), *rk = (float *)(smem + L.rk);
+    const int ldk = L.ldk, ldv = L.ldv, ldc = L.ldc, ldcb = L.ldcb;
+
+    const int64_t ci = blockIdx.x, hv = blockIdx.y, h = hv / (a.HV / a.H);
+    const int64_t u = ci * a.HV + hv;
+    int64_t n, b, tc;
+    int Lc;
+    split_chunk(a, w, ci, &n, &b, &tc, &Lc);
+    const T *k = (const T *)a.k, *v = (const T *)a.v;
+    stage_rows(Ks, ldk, k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, a.vec);
+    stage_rows(Vs, ldv, v + b * a.vb + tc * a.vt + hv * a.vh, a.vt, Lc, V, a.vec);
+    cp_async_commit();
+    if (tid < SC) {
+        const int64_t tt = tc + tid;
+        const bool in = tid < Lc;
+        gr[tid] =
+            (a.gate && in) ? fmaxf(a.g[b * a.gb + tt * a.gt + hv * a.gh], LOG_DECAY_MIN) : 0.0f;
+        btv[tid] = in ? (a.delta ? a.beta[b * a.bb + tt * a.bt + hv * a.bh] : 1.0f) : 0.0f;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    if (tid >= 64 && tid < 128)
+        rk[tid - 64] = a.l2norm ? rsqrtf(row_ss(Ks, ldk, K, tid - 64) + 1e-6f) : 1.0f;
+    chunk_cumsum(gam, gr);
+    __syncthreads();
+    if (tid < SC) {
+        const double gl = gam[Lc - 1];
+        eg[tid] = (float)exp(gam[tid]);
+        dv[tid] = (float)exp(gl - gam[tid]) * rk[tid];
+        if (tid == 0) w.dec[u] = (float)exp(gl);
+    }
+    const int rw = warp & 3, hw = warp >> 2, r0 = rw * 16, i0 = r0 + g, i1 = i0 + 8;
+    if (a.delta) { /* A = strict_tril(diag(b) Gam * K K^T), the keys normalised */
+        float c[SC / 8][4] = {};
+        for (int kk = 0; kk < K / 16; kk++) {
+            uint32_t af[4];
+            frag_a(af, Ks + r0 * ldk + 16 * kk, ldk);
+#pragma unroll
+            for (int jp = 0; jp < SC / 16; jp++)
+                if (jp <= rw && (jp >> 1) == hw) {
+                    uint32_t bf[4];
+                    frag_b_nk(bf, Ks + 16 * jp * ldk + 16 * kk, ldk);
+                    mma16816<T>(c[2 * jp], af, bf[0], bf[1]);
+                    mma16816<T>(c[2 * jp + 1], af, bf[2], bf[3]);
+                }
+        }
+        const float s0 = btv[i0] * rk[i0], s1 = btv[i1] * rk[i1];
+#pragma unroll
+        for (int jt = 0; jt < SC / 8; jt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                if ((jt >> 2) != hw) continue;
+                const int j = 8 * jt + 2 * t + e;
+                const float gm0 = a.gate && j < i0 ? expf((float)(gam[i0] - gam[j])) : 1.0f;
+                const float gm1 = a.gate && j < i1 ? expf((float)(gam[i1] - gam[j])) : 1.0f;
+                Am[i0 * ldc + j] = j < i0 ? s0 * rk[j] * gm0 * c[jt][e] : 0.0f;
+                Am[i1 * ldc + j] = j < i1 ? s1 * rk[j] * gm1 * c[jt][2 + e] : 0.0f;
+            }
+    }
+    __syncthreads();
+    /* Kd^T (the state update's keys, FN): rows e^{gamma_C - gamma_i} k_i / |k_i| */
+    fn_transposed((T *)w.Kd + u * SC * K, Ks, ldk, K, dv);
+    T *UT = (T *)w.UT + u * V * SC;
+    if (!a.delta) { /* U = V */
+        fn_transposed(UT, Vs, ldv, V, (const float *)nullptr);
+        return;
+    }
+    unit_lower_inverse<true>(Tm, Am, ldc, SC); /* tf32 doubling: Tu, Tw are rounded to 16 bits */
+    for (int x = tid; x < SC * SC; x += blockDim.x) {
+        const int i = x / SC, j = x % SC;
+        const float tb = Tm[i * ldc + j] * btv[j];
+        Tu[i * ldcb + j] = from_f<T>(tb);
+        Tw[i * ldcb + j] = from_f<T>(tb * eg[j] * rk[j]);
+    }
+    __syncthreads();
+    /* W = Tw K (Tw lower triangular: token blocks past the warp's are zero) */
+    T *Wg = (T *)w.W + u * SC * K;
+    for (int kb = hw * 64; kb < K; kb += 128) {
+        float c[8][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < SC / 16; kk++)
+            if (kk <= rw) {
+                uint32_t af[4];
+                frag_a(af, Tw + r0 * ldcb + 16 * kk, ldcb);
+#pragma unroll
+                for (int jp = 0; jp < 4; jp++)
+                    if (kb + 16 * jp < K) {
+                        uint32_t bf[4];
+                        frag_b_kn(bf, Ks + 16 * kk * ldk + kb + 16 * jp, ldk);
+                        mma16816<T>(c[2 * jp], af, bf[0], bf[1]);
+                        mma16816<T>(c[2 * jp + 1], af, bf[2], bf[3]);
+                    }
+            }
+#pragma unroll
+        for (int jp = 0; jp < 4; jp++) /* tile (token block warp, key block) */
+            if (kb + 16 * jp < K)
+                st_frag(Wg + ((kb / 16 + jp) * (SC / 16) + rw) * 256, c[2 * jp], c[2 * jp + 1]);
+    }
+    /* U^T = V^T Tu^T, 16 value rows at a time (Tu^T upper triangular) */
+    for (int mt = warp; mt < V / 16; mt += SW) {
+        float c[SC / 8][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < SC / 16; kk++) {
+            uint32_t af[4];
+            frag_at(af, Vs + 16 * kk * ldv + 16 * mt, ldv);
+#pragma unroll
+            for (int jp = 0; jp < SC / 16; jp++)
+                if (jp >= kk) {
+                    uint32_t bf[4];
+                    frag_b_nk(bf, Tu + 16 * jp * ldcb + 16 * kk, ldcb);
+                    mma16816<T>(c[2 * jp], af, bf[0], bf[1]);
+                    mma16816<T>(c[2 * jp + 1], af, bf[2], bf[3]);
+                }
+        }
+#pragma unroll
+        for (int kk = 0; kk < SC / 16; kk++) /* tile (value block mt, token block kk) */
+            st_frag(UT + (mt * (SC / 16) + kk) * 256, c[2 * kk], c[2 * kk + 1]);
+    }
+}
+
+template <typename T> size_t state_smem(int K, int NW) {
+    return 2 * sizeof(T) * ((size_t)2 * SC * K + (size_t)16 * NW * SC);
+}
+
+/* Thread (lane) of a warp holds accumulator rows g = lane / 4 and g + 8 (state columns) and,
+ * per 8-wide tile j, columns 8 j + 2 t, + 1 (t = lane % 4): keys in s, tokens in vt. W, Kd^T,
+ * U^T and hs are FN in the workspace and in shared memory, so every fragment is one 16-byte
+ * access at a fixed offset. */
+template <typename T, int KMAX, int NW>
+__global__ void __launch_bounds__(32 * NW) la_split_state_kernel(la_args a, split_ws w) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    constexpr int NKT = KMAX / 16, BV = 16 * NW, CT = SC / 16;
+    const int K = (int)a.K, V = (int)a.V, kt = K / 16;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int64_t v0 = (int64_t)blockIdx.x * BV, hv = blockIdx.y, n = blockIdx.z;
+    int64_t b, t0, t1;
+    seq_range(a, n, &b, &t0, &t1);
+    const int64_t nch = (t1 - t0 + SC - 1) / SC, cb = w.cmap ? w.cb[n] : n * w.nt;
+    const int64_t vr = v0 + warp * 16 + g; /* this thread's state columns vr, vr + 8 */
+    const int64_t vb = v0 / 16 + warp;     /* and the warp's block of 16 */
+    const size_t stage = (size_t)2 * SC * K + (size_t)BV * SC;
+    T *sm = (T *)smem;
+
+    float s[2 * NKT][4];
+    const int64_t soff = (n * a.HV + hv) * a.K * a.V;
+#pragma unroll
+    for (int j = 0; j < 2 * NKT; j++) {
+        const int key = 8 * j + 2 * t;
+        const bool in = a.h0 && j < 2 * kt;
+        const float *h0 = a.h0 + soff;
+        s[j][0] = in ? h0[(int64_t)key * V + vr] : 0.0f;
+        s[j][1] = in ? h0[(int64_t)(key + 1) * V + vr] : 0.0f;
+        s[j][2] = in ? h0[(int64_t)key * V + vr + 8] : 0.0f;
+        s[j][3] = in ? h0[(int64_t)(key + 1) * V + vr + 8] : 0.0f;
+    }
+
+    auto issue = [&](int64_t c) {
+        const int64_t u = (cb + c) * a.HV + hv;
+        T *Ws = sm + (c & 1) * stage, *Kds = Ws + SC * K, *Us = Kds + SC * K;
+        if (a.delta) copy_flat_async(Ws, (const T *)w.W + u * SC * K, SC * K);
+        copy_flat_async(Kds, (const T *)w.Kd + u * SC * K, SC * K);
+        copy_flat_async(Us, (const T *)w.UT + u * a.V * SC + v0 * SC, BV * SC);
+    };
+    if (nch > 0) issue(0);
+    cp_async_commit();
+    for (int64_t c = 0; c < nch; c++) {
+        if (c + 1 < nch) issue(c + 1);
+        cp_async_commit();
+        const int64_t u = (cb + c) * a.HV + hv;
+        const float dec = w.dec[u];
+        /* the state entering the chunk, for the output kernel: hs[u] is S^T [V,K], FN */
+        T *hs = (T *)w.hs + u * a.V * a.K + vb * K * 16;
+#pragma unroll
+        for (int kb = 0; kb < NKT; kb++)
+            if (kb < kt) st_frag(hs + kb * 256, s[2 * kb], s[2 * kb + 1]);
+        cp_async_wait<1>();
+        __syncthreads();
+        const T *Ws = sm + (c & 1) * stage, *Kds = Ws + SC * K, *Us = Kds + SC * K + warp * 16 * SC;
+        /* v_new^T = U^T - S^T W^T */
+        float vt[2 * CT][4];
+#pragma unroll
+        for (int kk = 0; kk < CT; kk++) {
+            uint32_t r[4];
+            ld_frag(r, Us + kk * 256);
+            const float2 x0 = unpack2<T>(r[0]), x1 = unpack2<T>(r[1]), x2 = unpack2<T>(r[2]),
+                         x3 = unpack2<T>(r[3]);
+            vt[2 * kk][0] = x0.x, vt[2 * kk][1] = x0.y, vt[2 * kk][2] = x1.x, vt[2 * kk][3] = x1.y;
+            vt[2 * kk + 1][0] = x2.x, vt[2 * kk + 1][1] = x2.y;
+            vt[2 * kk + 1][2] = x3.x, vt[2 * kk + 1][3] = x3.y;
+        }
+        if (a.delta) {
+#pragma unroll
+            for (int kk = 0; kk < NKT; kk++) /* key blocks */
+                if (kk < kt) {
+                    uint32_t af[4] = {pack2<T>(-s[2 * kk][0], -s[2 * kk][1]),
+                                      pack2<T>(-s[2 * kk][2], -s[2 * kk][3]),
+                                      pack2<T>(-s[2 * kk + 1][0], -s[2 * kk + 1][1]),
+                                      pack2<T>(-s[2 * kk + 1][2], -s[2 * kk + 1][3])};
+#pragma unroll
+                    for (int jp = 0; jp < CT; jp++) { /* token blocks: W tile (jp, kk) */
+                        uint32_t bf[4];
+                        ld_frag(bf, Ws + (kk * CT + jp) * 256);
+                        mma16816<T>(vt[2 * jp], af, bf[0], bf[2]);
+                        mma16816<T>(vt[2 * jp + 1], af, bf[1], bf[3]);
+                    }
+                }
+            T *ug = (T *)w.UT + u * a.V * SC + vb * 16 * SC;
+#pragma unroll
+            for (int kk = 0; kk < CT; kk++)
+                st_frag(ug + kk * 256, vt[2 * kk], vt[2 * kk + 1]);
+        }
+        /* S^T = dec S^T + v_new^T Kd */
+#pragma unroll
+        for (int j = 0; j < 2 * NKT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[j][e] *= dec;
+#pragma unroll
+        for (int kk = 0; kk < CT; kk++) { /* token blocks */
+            uint32_t af[4];
+            acc_to_a<T>(af, vt[2 * kk], vt[2 * kk + 1]);
+#pragma unroll
+            for (int jp = 0; jp < NKT; jp++) /* key blocks: Kd^T tile (jp, kk) */
+                if (jp < kt) {
+                    uint32_t bf[4];
+                    ld_frag(bf, Kds + (jp * CT + kk) * 256);
+                    mma16816<T>(s[2 * jp], af, bf[0], bf[2]);
+                    mma16816<T>(s[2 * jp + 1], af, bf[1], bf[3]);
+                }
+        }
+        __syncthreads(); /* this stage is refilled by the next chunk's issue */
+    }
+    cp_async_wait<0>();
+    if (a.ht) {
+        float *ht = a.ht + soff;
+#pragma unroll
+        for (int j = 0; j < 2 * NKT; j++)
+            if (j < 2 * kt) {
+                const int key = 8 * j + 2 * t;
+                ht[(int64_t)key * V + vr] = s[j][0];
+                ht[(int64_t)(key + 1) * V + vr] = s[j][1];
+                ht[(int64_t)key * V + vr + 8] = s[j][2];
+                ht[(int64_t)(key + 1) * V + vr + 8] = s[j][3];
+            }
+    }
+}
+
+template <typename T> struct out_layout {
+    int ldq, ldk;
+    size_t Qs, Ks, St, Vn, gam, rq, rk, gr, total;
+    __host__ __device__ out_layout(int K) {
+        /* Qs rows are reused by their warp to stage its output rows: pitch for either */
+        ldq = (K > SBO ? K : SBO) + 8, ldk = K + 8;
+        size_t off = 0;
+        auto take = [&](size_t bytes) {
+            size_t at = off;
+            off += (bytes + 127) / 128 * 128;
+            return at;
+        };
+        Qs = take(sizeof(T) * SC * ldq);
+        Ks = take(sizeof(T) * SC * ldk);
+        St = take(sizeof(T) * SBO * K);
+        Vn = take(sizeof(T) * SBO * SC);
+        gam = take(sizeof(double) * SC);
+        rq = take(sizeof(float) * SC);
+        rk = take(sizeof(float) * SC);
+        gr = take(sizeof(float) * SC);
+        total = off;
+    }
+};
+
+/* Warp w computes output rows 16 w .. 16 w + 15 of the block's columns: Q S and Q K^T share the
+ * A fragments of Q; the masked, gated scores go from accumulators to A fragments for P v_new.
+ * q and k stay raw: 1/|k_j| scales score columns, scale/|q_i| the output rows, in fp32. */
+template <typename T>
+__global__ void __launch_bounds__(32 * SW) la_split_out_kernel(la_args a, split_ws w) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int K = (int)a.K, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const out_layout<T> L(K);
+    T *Qs = (T *)(smem + L.Qs), *Ks = (T *)(smem + L.Ks), *St = (T *)(smem + L.St),
+      *Vn = (T *)(smem + L.Vn);
+    double *gam = (double *)(smem + L.gam);
+    float *rq = (float *)(smem + L.rq), *rk = (float *)(smem + L.rk), *gr = (float *)(smem + L.gr);
+    const int ldq = L.ldq, ldk = L.ldk, kt = K / 16;
+
+    const int64_t ci = blockIdx.x, hv = blockIdx.y, h = hv / (a.HV / a.H);
+    const int64_t u = ci * a.HV + hv, v0 = (int64_t)blockIdx.z * SBO;
+    const int nv = (int)(a.V - v0 < SBO ? a.V - v0 : SBO);
+    int64_t n, b, tc;
+    int Lc;
+    split_chunk(a, w, ci, &n, &b, &tc, &Lc);
+    const T *q = (const T *)a.q, *k = (const T *)a.k;
+    stage_rows(Qs, ldq, q + b * a.qb + tc * a.qt + h * a.qh, a.qt, Lc, K, a.vec);
+    stage_rows(Ks, ldk, k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, a.vec);
+    copy_flat_async(St, (const T *)w.hs + u * a.V * a.K + v0 * K, nv * K);
+    copy_flat_async(Vn, (const T *)w.UT + u * a.V * SC + v0 * SC, nv * SC);
+    cp_async_commit();
+    if (tid < SC)
+        gr[tid] = (a.gate && tid < Lc)
+                      ? fmaxf(a.g[b * a.gb + (tc + tid) * a.gt + hv * a.gh], LOG_DECAY_MIN)
+                      : 0.0f;
+    cp_async_wait<0>();
+    __syncthreads();
+    if (tid < SC)
+        rq[tid] = a.l2norm ? a.scale * rsqrtf(row_ss(Qs, ldq, K, tid) + 1e-6f) : a.scale;
+    else if (tid < 2 * SC)
+        rk[tid - SC] = a.l2norm ? rsqrtf(row_ss(Ks, ldk, K, tid - SC) + 1e-6f) : 1.0f;
+    chunk_cumsum(gam, gr);
+    __syncthreads();
+
+    const int rw = warp & 3, hw = warp >> 2, r0 = rw * 16, i0 = r0 + g, i1 = i0 + 8;
+    constexpr int HB = SBO / 32; /* value blocks of 16 a warp */
+    const int vb0 = hw * HB;     /* its first */
+    float c[SC / 8][4] = {}, o[2 * HB][4] = {};
+    for (int kk = 0; kk < kt; kk++) {
+        uint32_t af[4];
+        frag_a(af, Qs + r0 * ldq + 16 * kk, ldq);
+#pragma unroll
+        for (int jp = 0; jp < SC / 16; jp++)
+            if (jp <= rw) {
+                uint32_t bf[4];
+                frag_b_nk(bf, Ks + 16 * jp * ldk + 16 * kk, ldk);
+                mma16816<T>(c[2 * jp], af, bf[0], bf[1]);
+                mma16816<T>(c[2 * jp + 1], af, bf[2], bf[3]);
+            }
+#pragma unroll
+        for (int jl = 0; jl < HB; jl++) /* value blocks: hs tile (vb0 + jl, kk) */
+            if (16 * (vb0 + jl) < nv) {
+                uint32_t bf[4];
+                ld_frag(bf, St + ((vb0 + jl) * kt + kk) * 256);
+                mma16816<T>(o[2 * jl], af, bf[0], bf[2]);
+                mma16816<T>(o[2 * jl + 1], af, bf[1], bf[3]);
+            }
+    }
+    const double g0 = gam[i0], g1 = gam[i1];
+    const float e0 = (float)exp(g0), e1 = (float)exp(g1);
+#pragma unroll
+    for (int j = 0; j < 2 * HB; j++)
+        o[j][0] *= e0, o[j][1] *= e0, o[j][2] *= e1, o[j][3] *= e1;
+#pragma unroll
+    for (int jt = 0; jt < SC / 8; jt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int j = 8 * jt + 2 * t + e;
+            const float gm0 = a.gate && j <= i0 ? expf((float)(g0 - gam[j])) : 1.0f;
+            const float gm1 = a.gate && j <= i1 ? expf((float)(g1 - gam[j])) : 1.0f;
+            c[jt][e] = j <= i0 ? c[jt][e] * rk[j] * gm0 : 0.0f;
+            c[jt][2 + e] = j <= i1 ? c[jt][2 + e] * rk[j] * gm1 : 0.0f;
+        }
+#pragma unroll
+    for (int kk = 0; kk < SC / 16; kk++)
+        if (kk <= rw) {
+            uint32_t af[4];
+            acc_to_a<T>(af, c[2 * kk], c[2 * kk + 1]);
+#pragma unroll
+            for (int jl = 0; jl < HB; jl++) /* value blocks: v_new^T tile (vb0 + jl, kk) */
+                if (16 * (vb0 + jl) < nv) {
+                    uint32_t bf[4];
+                    ld_frag(bf, Vn + ((vb0 + jl) * (SC / 16) + kk) * 256);
+                    mma16816<T>(o[2 * jl], af, bf[0], bf[2]);
+                    mma16816<T>(o[2 * jl + 1], af, bf[1], bf[3]);
+                }
+        }
+    /* the rows through Qs (free once every warp is past its products), then 16-byte stores
+     * along the rows */
+    const float q0 = rq[i0], q1 = rq[i1];
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < 2 * HB; j++) {
+        const int col = 8 * (2 * vb0 + j) + 2 * t;
+        if (col < nv) {
+            *(uint32_t *)(Qs + i0 * ldq + col) = pack2<T>(o[j][0] * q0, o[j][1] * q0);
+            *(uint32_t *)(Qs + i1 * ldq + col) = pack2<T>(o[j][2] * q1, o[j][3] * q1);
+        }
+    }
+    __syncthreads();
+    T *ob = (T *)a.o + b * a.ob + tc * a.ot + hv * a.oh + v0;
+    const int pv = nv / 8;
+    for (int x = tid; x < Lc * pv; x += blockDim.x) {
+        const int r = x / pv, cc = (x % pv) * 8;
+        if (a.ovec)
+            *(uint4 *)(ob + r * a.ot + cc) = *(const uint4 *)(Qs + r * ldq + cc);
+        else
+            for (int e = 0; e < 8; e++)
+                ob[r * a.ot + cc + e] = Qs[r * ldq + cc + e];
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Host side
  * ------------------------------------------------------------------------------------------- */
 la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
@@ -643,6 +1376,7 @@ la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
     a.vec = 1;
     for (int i = 0; i < 3; i++)
         if (((uintptr_t)ptr[i] & 15) || st[i].b % epv || st[i].t % epv || st[i].h % epv) a.vec = 0;
+    a.ovec = !(((uintptr_t)p->o & 15) || p->o_s.b % epv || p->o_s.t % epv || p->o_s.h % epv);
     return a;
 }
 
@@ -687,6 +1421,111 @@ template <typename T> cudaError_t launch_chunk(const la_args &a, int64_t NS, cud
     if (bv == 64) return launch_chunk_bv<T, C, 64>(a, NS, s);
     if (bv == 32) return launch_chunk_bv<T, C, 32>(a, NS, s);
     return launch_chunk_bv<T, C, 16>(a, NS, s);
+}
+
+/* Value columns a block of the state pass: 16 a warp, as many warps as divide V up to 8 (all of
+ * a head's columns for V <= 128). The pass is a chain of chunk steps whose length is set by the
+ * step's latency, not by how many SMs hold a block: more warps share (and split) the staging of
+ * the chunk's W and Kd, and fewer blocks read them. */
+template <typename T, int KMAX>
+cudaError_t launch_split_state(const la_args &a, const split_ws &w, int64_t NS, int nw,
+                               cudaStream_t s) {
+    const size_t sm = state_smem<T>((int)a.K, nw);
+    const dim3 grid((unsigned)(a.V / (16 * nw)), (unsigned)a.HV, (unsigned)NS);
+    const void *f = nw == 8   ? (const void *)la_split_state_kernel<T, KMAX, 8>
+                    : nw == 4 ? (const void *)la_split_state_kernel<T, KMAX, 4>
+                    : nw == 2 ? (const void *)la_split_state_kernel<T, KMAX, 2>
+                              : (const void *)la_split_state_kernel<T, KMAX, 1>;
+    cudaError_t e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+    if (e != cudaSuccess) return e;
+    if (nw == 8)
+        la_split_state_kernel<T, KMAX, 8><<<grid, 256, sm, s>>>(a, w);
+    else if (nw == 4)
+        la_split_state_kernel<T, KMAX, 4><<<grid, 128, sm, s>>>(a, w);
+    else if (nw == 2)
+        la_split_state_kernel<T, KMAX, 2><<<grid, 64, sm, s>>>(a, w);
+    else
+        la_split_state_kernel<T, KMAX, 1><<<grid, 32, sm, s>>>(a, w);
+    return cudaGetLastError();
+}
+
+size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+
+/* The split chunkwise forward: workspace (stream-ordered, freed before returning), then the
+ * three kernels in order on the stream. */
+template <typename T>
+cudaError_t launch_split(const la_args &a, const dn_la_params *p, int64_t NS, cudaStream_t s) {
+    int64_t nch = 0;
+    split_ws w = {};
+    if (p->cu_seqlens)
+        for (int64_t n = 0; n < NS; n++)
+            nch += (p->cu_seqlens[n + 1] - p->cu_seqlens[n] + SC - 1) / SC;
+    else
+        w.nt = (p->T + SC - 1) / SC, nch = p->B * w.nt;
+    const int64_t NU = nch * p->HV;
+    const size_t es = sizeof(T), bW = align256(es * (size_t)(NU * SC * p->K)),
+                 bU = align256(es * (size_t)(NU * SC * p->V)),
+                 bh = align256(es * (size_t)(NU * p->K * p->V)), bd = align256(4 * (size_t)NU),
+                 bcb = p->cu_seqlens ? align256(8 * (size_t)(NS + 1)) : 0,
+                 bcm = p->cu_seqlens ? align256(4 * (size_t)nch) : 0;
+    char *ws = NULL;
+    cudaError_t e = cudaMallocAsync((void **)&ws, 2 * bW + bU + bh + bd + bcb + bcm, s);
+    if (e != cudaSuccess) return e;
+    w.W = ws, w.Kd = ws + bW, w.UT = ws + 2 * bW, w.hs = ws + 2 * bW + bU;
+    w.dec = (float *)(ws + 2 * bW + bU + bh);
+    if (p->cu_seqlens) {
+        char *hb = (char *)malloc(bcb + bcm);
+        if (!hb) e = cudaErrorMemoryAllocation;
+        if (hb) {
+            int64_t *cb = (int64_t *)hb;
+            int *cm = (int *)(hb + bcb);
+            cb[0] = 0;
+            for (int64_t n = 0; n < NS; n++) {
+                const int64_t c = (p->cu_seqlens[n + 1] - p->cu_seqlens[n] + SC - 1) / SC;
+                for (int64_t i = 0; i < c; i++)
+                    cm[cb[n] + i] = (int)n;
+                cb[n + 1] = cb[n] + c;
+            }
+            char *dst = ws + 2 * bW + bU + bh + bd;
+            /* pageable source: the call returns once it is staged, so hb may go */
+            e = cudaMemcpyAsync(dst, hb, bcb + bcm, cudaMemcpyHostToDevice, s);
+            free(hb);
+            w.cb = (const int64_t *)dst, w.cmap = (const int *)(dst + bcb);
+        }
+    }
+    if (e == cudaSuccess && nch > 0) {
+        const prep_layout<T> L((int)a.K, (int)a.V);
+        e = cudaFuncSetAttribute(la_split_prep_kernel<T>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L.total);
+        if (e == cudaSuccess) {
+            la_split_prep_kernel<T>
+                <<<dim3((unsigned)nch, (unsigned)a.HV), 32 * SW, L.total, s>>>(a, w);
+            e = cudaGetLastError();
+        }
+    }
+    if (e == cudaSuccess) {
+        int sms = 132, dev = 0;
+        (void)cudaGetDevice(&dev);
+        (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        int nw = NS * a.HV >= sms ? 8 : 4;
+        while (a.V % (16 * nw))
+            nw /= 2;
+        e = a.K <= 64    ? launch_split_state<T, 64>(a, w, NS, nw, s)
+            : a.K <= 128 ? launch_split_state<T, 128>(a, w, NS, nw, s)
+                         : launch_split_state<T, 256>(a, w, NS, nw, s);
+    }
+    if (e == cudaSuccess && nch > 0) {
+        const out_layout<T> L((int)a.K);
+        e = cudaFuncSetAttribute(la_split_out_kernel<T>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L.total);
+        if (e == cudaSuccess) {
+            const dim3 grid((unsigned)nch, (unsigned)a.HV, (unsigned)((a.V + SBO - 1) / SBO));
+            la_split_out_kernel<T><<<grid, 32 * SW, L.total, s>>>(a, w);
+            e = cudaGetLastError();
+        }
+    }
+    const cudaError_t f = cudaFreeAsync(ws, s);
+    return e != cudaSuccess ? e : f;
 }
 
 /* the chunk kernel's shape limits: wmma tiles of 16 over K, value blocks of 32 */
@@ -780,7 +1619,11 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
         e = p->dtype == DN_BF16  ? launch_recurrent<__nv_bfloat16>(a, NS, s)
             : p->dtype == DN_F16 ? launch_recurrent<__half>(a, NS, s)
                                  : launch_recurrent<float>(a, NS, s);
-    else
+    else if (p->dtype == DN_BF16 && DN_CUDA_SPLIT)
+        e = launch_split<__nv_bfloat16>(a, p, NS, s);
+    else if (p->dtype == DN_F16 && DN_CUDA_SPLIT)
+        e = launch_split<__half>(a, p, NS, s);
+    else /* fp32 inputs: the single kernel, fp32 products on the CUDA cores */
         e = p->dtype == DN_BF16  ? launch_chunk<__nv_bfloat16>(a, NS, s)
             : p->dtype == DN_F16 ? launch_chunk<__half>(a, NS, s)
                                  : launch_chunk<float>(a, NS, s);
