@@ -6,8 +6,10 @@ vocabulary) is built with transformers in bf16 and saved as a checkpoint directo
 after the other on the same threads:
 
   deltanet      `deltanet bench qwen --model DIR` (the C loader and runtime, bf16 weights kept)
-  transformers  the same directory through Qwen3_5ForCausalLM in bf16 (its torch path for the
-                Gated DeltaNet layers, since flash-linear-attention runs only on GPUs)
+  transformers  the same weights through Qwen3_5ForCausalLM (its torch path for the Gated
+                DeltaNet layers, since flash-linear-attention runs only on GPUs): in bf16, as the
+                checkpoint is stored, and in fp32 (on a CPU without bf16 arithmetic torch's fp32
+                products may be the faster of the two, at twice the bytes)
 
 Both sides get the same treatment: one warm-up prefill of 16 tokens and one decode step first;
 then at each context one timed prefill of that many tokens (the same token ids), then 2 warm-up
@@ -65,7 +67,7 @@ def run_deltanet(exe, dirname, contexts, reps, threads):
     return rec
 
 
-def run_transformers(model, contexts, reps, vocab):
+def run_transformers(model, contexts, reps, vocab, label):
     def step(ids, cache):
         with torch.no_grad():
             out = model(ids, cache=cache, use_cache=True, logits_to_keep=1)
@@ -85,7 +87,7 @@ def run_transformers(model, contexts, reps, vocab):
             if i >= 2:
                 times.append(time.perf_counter() - t)
         res.append(dict(context=T, prefill_s=pre, decode_s=statistics.median(times)))
-        print(f"  transformers T={T}: prefill {T / pre:.1f} tok/s, decode "
+        print(f"  transformers {label} T={T}: prefill {T / pre:.1f} tok/s, decode "
               f"{1 / res[-1]['decode_s']:.2f} tok/s", flush=True)
     return res
 
@@ -97,6 +99,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5, help="timed decode steps (the median)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--layers", type=int, default=24, help="fewer layers for a quick check")
+    ap.add_argument("--hf-dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"],
+                    help="the types transformers runs the model in")
     ap.add_argument("--exe", default=os.path.join(ROOT, "build", "deltanet"))
     ap.add_argument("--dir", help="keep the checkpoint here (default: a temporary directory)")
     ap.add_argument("--json", help="write the records here")
@@ -116,17 +120,26 @@ def main():
           f"{transformers.__version__}, torch {torch.__version__}, {args.threads} threads",
           flush=True)
     dn = run_deltanet(args.exe, dirname, args.contexts, args.reps, args.threads)
-    hf = run_transformers(model, args.contexts, args.reps, cfg["vocab_size"])
-    print(f"\n{'context':>8} {'phase':<8} {'transformers tok/s':>19} {'deltanet tok/s':>15} "
-          f"{'deltanet / transformers':>24}")
+    hf = {}
+    for name in [n for n in ("bf16", "fp32") if n in args.hf_dtypes]:  # bf16 first: .float()
+        if name == "fp32":                                               # converts in place
+            model.float()
+        hf[name] = run_transformers(model, args.contexts, args.reps, cfg["vocab_size"], name)
+    names = list(hf)
+    head = "".join(f" {'transformers ' + n:>18}" for n in names)
+    print(f"\n{'context':>8} {'phase':<8} {'deltanet':>9}{head}   deltanet / each (tok/s ratio)")
     rows = []
-    for d, h in zip(dn["points"], hf):
+    for i, d in enumerate(dn["points"]):
         for phase in ("prefill", "decode"):
             n = d["context"] if phase == "prefill" else 1
-            a, b = n / h[f"{phase}_s"], n / d[f"{phase}_s"]
-            print(f"{d['context']:>8} {phase:<8} {a:19.2f} {b:15.2f} {b / a:23.2f}x")
-            rows.append(dict(context=d["context"], phase=phase, transformers_tok_s=a,
-                             deltanet_tok_s=b, ratio=b / a))
+            b = n / d[f"{phase}_s"]
+            a = {k: n / hf[k][i][f"{phase}_s"] for k in names}
+            cells = "".join(f" {a[k]:18.2f}" for k in names)
+            ratios = ", ".join(f"{b / a[k]:.2f}x ({k})" for k in names)
+            print(f"{d['context']:>8} {phase:<8} {b:9.2f}{cells}   {ratios}")
+            rows.append(dict(context=d["context"], phase=phase, deltanet_tok_s=b,
+                             **{f"transformers_{k}_tok_s": a[k] for k in names},
+                             **{f"ratio_{k}": b / a[k] for k in names}))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(deltanet=dn, transformers=hf, rows=rows, threads=args.threads,

@@ -84,10 +84,10 @@ def _gate(fn, g, A_log, dt_bias):
         raise ValueError(f"{fn}: use_gate_in_kernel=True needs A_log")
     if g is None:
         raise ValueError(f"{fn}: use_gate_in_kernel=True needs g (the raw gate input)")
-    x = ops.f32(g, "g")
+    x = ops.as_f32(g, "g")
     if dt_bias is not None:
-        x = x + ops.f32(dt_bias, "dt_bias")
-    return -ops.f32(A_log, "A_log").exp() * F.softplus(x)
+        x = x + ops.as_f32(dt_bias, "dt_bias")
+    return -ops.as_f32(A_log, "A_log").exp() * F.softplus(x)
 
 
 def _beta(fn, beta, use_beta_sigmoid_in_kernel, allow_neg_eigval):
@@ -97,7 +97,7 @@ def _beta(fn, beta, use_beta_sigmoid_in_kernel, allow_neg_eigval):
         raise NotImplementedError(f"{fn}: a headwise-vector beta [B,T,HV,V] is not supported by "
                                   "deltanet (beta is one scalar per token and value head)")
     if use_beta_sigmoid_in_kernel:
-        beta = ops.f32(beta, "beta").sigmoid()
+        beta = ops.as_f32(beta, "beta").sigmoid()
         if allow_neg_eigval:
             beta = beta * 2
     return beta

@@ -56,12 +56,31 @@ def f32(x, name, optional=False):
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_cpu:
-        raise ValueError(f"{name} is on {x.device}: this build of deltanet runs on CPU tensors only")
+        raise ValueError(f"{name} is on {x.device}: this op runs on CPU tensors (on the GPU deltanet "
+                         "runs the linear-attention forward and decode step: la, la_step, deltanet.fla)")
     if x.dtype is torch.float32:
         return x
     if x.dtype not in _FLOATS:
         raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {x.dtype}")
     return x.float()
+
+
+def as_f32(x, name, optional=False):
+    """A floating tensor as fp32 on its own device (gate and beta preprocessing of deltanet.fla)."""
+    if isinstance(x, Tensor) and x.is_cuda:
+        if x.dtype not in _FLOATS:
+            raise TypeError(f"{name} must be float32, bfloat16, float16 or float64, got {x.dtype}")
+        return x.float()
+    return f32(x, name, optional)
+
+
+def _no_grad_on_gpu(*tensors):
+    if torch.is_grad_enabled():
+        for t in tensors:
+            if isinstance(t, Tensor) and t.requires_grad:
+                raise NotImplementedError(
+                    "deltanet: the linear-attention backward runs on the CPU only for now; on the "
+                    "GPU call it under torch.no_grad() (inference), or train on CPU tensors")
 
 
 def _index(x, name):
@@ -207,7 +226,16 @@ def la(op, q, k, v, g=None, beta=None, *, scale=None, initial_state=None, output
     DeltaNet ('gdn') over q, k [B,T,H,K], v [B,T,HV,V], g, beta [B,T,HV] (docs/OPS.md), with
     initial_state [N,HV,K,V] and cu_seqlens [N+1] (B = 1) for variable-length batches.
 
-    Returns (o [B,T,HV,V] in q's dtype, final_state [N,HV,K,V] fp32 or None)."""
+    Returns (o [B,T,HV,V] in q's dtype, final_state [N,HV,K,V] fp32 or None).
+
+    CUDA tensors run on the GPU (forward only: no gradient), in fp32, bf16 or fp16 as they are,
+    on torch's current stream."""
+    if isinstance(q, Tensor) and q.is_cuda:
+        from . import _cuda
+        _no_grad_on_gpu(q, k, v, g, beta, initial_state)
+        o, ht = _cuda.la_forward(op, q, k, v, g, beta, scale, initial_state, output_final_state,
+                                 cu_seqlens, qk_l2norm, impl)
+        return o, (ht if output_final_state else None)
     dtype = q.dtype if isinstance(q, Tensor) else None
     q, k, v = f32(q, "q"), f32(k, "k"), f32(v, "v")
     g, beta = f32(g, "g", True), f32(beta, "beta", True)
@@ -245,6 +273,9 @@ def la_step(op, state, q, k, v, g=None, beta=None, *, scale=None, qk_l2norm=Fals
     contiguous) is updated in place. Returns o [B,HV,V] in q's dtype. Not differentiable."""
     if not isinstance(state, Tensor) or state.dtype != torch.float32 or not state.is_contiguous():
         raise TypeError("state must be a contiguous float32 torch.Tensor (it is updated in place)")
+    if isinstance(q, Tensor) and q.is_cuda:
+        from . import _cuda
+        return _cuda.la_step(op, state, q, k, v, g, beta, scale, qk_l2norm)
     dtype = q.dtype if isinstance(q, Tensor) else None
     q, k, v = f32(q, "q"), f32(k, "k"), f32(v, "v")
     g, beta = f32(g, "g", True), f32(beta, "beta", True)
