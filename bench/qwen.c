@@ -161,6 +161,7 @@ int dn_bench_qwen_main(int argc, char **argv) {
     double pbytes[NPARTS];
     part_bytes(m, pbytes);
     double part_ms[MAX_CTX][NPARTS] = {{0}}, pre_s[MAX_CTX], dec_s[MAX_CTX];
+    size_t kv_bytes[MAX_CTX] = {0}; /* the KV caches a decode step reads at each context */
     { /* a warm-up of every path (prefill, decode) before the first timed call */
         dn_model_state *w = NULL;
         int bad = dn_model_state_create(&w, m, 1, 32) != DN_OK ||
@@ -226,6 +227,7 @@ int dn_bench_qwen_main(int argc, char **argv) {
     }
     dn_model_set_profiling(m, 0);
     for (int i = 0; i < nctx; i++) {
+        if (sts[i]) dn_model_state_bytes(sts[i], NULL, &kv_bytes[i]);
         if (rc == 0) {
             double *at = steps + (size_t)i * (NPARTS + 1) * (size_t)reps;
             dec_s[i] = dn_median(at, (int)reps);
@@ -239,10 +241,13 @@ int dn_bench_qwen_main(int argc, char **argv) {
     if (rc == 0) {
         printf("streaming read %.1f GB/s (best of the run): bound %.2f tokens/s\n", bw * 1e-9,
                bound);
-        printf("  %8s %14s %14s %10s\n", "context", "prefill tok/s", "decode tok/s", "of bound");
+        printf("  %8s %14s %14s %10s %12s %14s\n", "context", "prefill tok/s", "decode tok/s",
+               "of bound", "KV cache MB", "of bound + KV");
         for (int i = 0; i < nctx; i++)
-            printf("  %8lld %14.1f %14.2f %9.0f%%\n", (long long)ctxs[i],
-                   (double)ctxs[i] / pre_s[i], 1.0 / dec_s[i], 100.0 / dec_s[i] / bound);
+            printf("  %8lld %14.1f %14.2f %9.0f%% %12.1f %13.0f%%\n", (long long)ctxs[i],
+                   (double)ctxs[i] / pre_s[i], 1.0 / dec_s[i], 100.0 / dec_s[i] / bound,
+                   (double)kv_bytes[i] * 1e-6,
+                   100.0 / dec_s[i] / (bw / ((double)wbytes + (double)kv_bytes[i])));
     }
     if (jf && rc == 0) {
         fprintf(jf,
@@ -253,9 +258,11 @@ int dn_bench_qwen_main(int argc, char **argv) {
         for (int i = 0; i < nctx; i++)
             fprintf(jf,
                     "%s\n  {\"context\": %lld, \"prefill_s\": %.6g, \"decode_s\": %.6g, "
-                    "\"gdn_ms\": %.4f, \"attn_ms\": %.4f, \"mlp_ms\": %.4f, \"other_ms\": %.4f}",
-                    i ? "," : "", (long long)ctxs[i], pre_s[i], dec_s[i], part_ms[i][PART_G],
-                    part_ms[i][PART_A], part_ms[i][PART_MLP], part_ms[i][PART_OTHER]);
+                    "\"kv_bytes\": %zu, \"gdn_ms\": %.4f, \"attn_ms\": %.4f, \"mlp_ms\": %.4f, "
+                    "\"other_ms\": %.4f}",
+                    i ? "," : "", (long long)ctxs[i], pre_s[i], dec_s[i], kv_bytes[i],
+                    part_ms[i][PART_G], part_ms[i][PART_A], part_ms[i][PART_MLP],
+                    part_ms[i][PART_OTHER]);
         fprintf(jf, "\n]}\n");
     }
     if (jf) fclose(jf);
