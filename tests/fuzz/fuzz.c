@@ -56,6 +56,7 @@ static const char *family_names[FZ_FAMILY_COUNT] = {
     [FZ_SAFETENSORS] = "safetensors",
     [FZ_CHECKPOINT] = "checkpoint",
     [FZ_TOKENIZER] = "tokenizer",
+    [FZ_HF] = "hf",
 };
 
 const char *dn_fuzz_family_name(int f) {
@@ -1976,16 +1977,19 @@ void dn_fuzz_one(const uint8_t *data, size_t size, int family) {
     c.call = "?";
     if (family < 0) family = (int)(u8(&f) % FZ_FAMILY_COUNT);
     if (family == FZ_JSON || family == FZ_SAFETENSORS || family == FZ_CHECKPOINT ||
-        family == FZ_TOKENIZER) {
+        family == FZ_TOKENIZER || family == FZ_HF) {
         /* the rest of the input is the file */
         const int js = family == FZ_JSON, ck = family == FZ_CHECKPOINT, tk = family == FZ_TOKENIZER;
+        const int hf = family == FZ_HF;
         c.call = js   ? "dn_json_parse"
                  : ck ? "dn_checkpoint_parse"
                  : tk ? "dn_tokenizer_parse"
+                 : hf ? "dn_model_load_hf"
                       : "dn_st_parse";
         const char *bad = js   ? dn_fuzz_json(f.d + f.i, f.n - f.i)
                           : ck ? dn_fuzz_checkpoint(f.d + f.i, f.n - f.i)
                           : tk ? dn_fuzz_tokenizer(f.d + f.i, f.n - f.i)
+                          : hf ? dn_fuzz_hf(f.d + f.i, f.n - f.i)
                                : dn_fuzz_safetensors(f.d + f.i, f.n - f.i);
         if (bad) fz_fail(&c, "file-parser", bad);
         return;

@@ -16,7 +16,8 @@
 enum {
     FZ_LA_FWD = 0, FZ_LA_STEP, FZ_LA_BWD, FZ_LA_TRAIN, FZ_ATTN_FWD, FZ_ATTN_BWD, FZ_KV,
     FZ_MAMBA, FZ_MAMBA_BWD, FZ_MAMBA2, FZ_MAMBA2_BWD, FZ_RWKV4, FZ_RWKV4_BWD, FZ_CONV,
-    FZ_CONV_BWD, FZ_NAMES, FZ_JSON, FZ_SAFETENSORS, FZ_CHECKPOINT, FZ_TOKENIZER, FZ_FAMILY_COUNT
+    FZ_CONV_BWD, FZ_NAMES, FZ_JSON, FZ_SAFETENSORS, FZ_CHECKPOINT, FZ_TOKENIZER, FZ_HF,
+    FZ_FAMILY_COUNT
 };
 
 /* Runs one input through the harness. family < 0: the first byte picks it. */
@@ -34,5 +35,8 @@ const char *dn_fuzz_checkpoint(const uint8_t *data, size_t size);
 /* dn_tokenizer_parse on a valid tokenizer.json mutated (or the raw input), and encode/decode of
  * the input as text */
 const char *dn_fuzz_tokenizer(const uint8_t *data, size_t size);
+/* dn_model_load_hf on the checkpoint fixtures with one file changed (or the input as config.json),
+ * and a prefill and a decode step over what loads */
+const char *dn_fuzz_hf(const uint8_t *data, size_t size);
 
 #endif

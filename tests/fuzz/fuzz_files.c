@@ -25,6 +25,8 @@
 #include "../../src/model/safetensors.h"
 #include "../../src/model/unicode.h"
 
+#include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void dn_free(void *p);
@@ -466,6 +468,271 @@ const char *dn_fuzz_tokenizer(const uint8_t *d, size_t n) {
         bad = tok_check_ids(t, text, sizeof text - 1, 0);
         dn_tokenizer_free(t);
     }
+    free(buf);
+    return bad;
+}
+
+/* ---- Hugging Face checkpoint directories (dn_model_load_hf): the committed fixtures
+ * (tests/fixtures, or $DN_FUZZ_FIXTURES) copied to a directory of this process's, then one of
+ * their files changed per input. Mode byte: bits 0-1: 0 config.json with values replaced, 1 the
+ * shard index with values replaced (qwen3_5_text, sharded), 2 the rest of the input is
+ * config.json, 3 one weight file with (offset, byte) edits and maybe a truncation (bit 3); bit 2
+ * picks the fixture (qwen3_5_text, sharded, or qwen3_next, one file with fused projections and
+ * experts). A value replacement is a pair of bytes: which "key": of the file (in order), and
+ * which value of a table of edge cases it takes. Properties: a failed load leaves the output
+ * untouched; a model that loads has a valid config, and a prefill and a decode step over it
+ * return DN_OK or a clean error, with finite logits when only the config or the index changed
+ * (the fixture's weights are finite and moderate; a weight file edited into NaN or 3e38 values
+ * is a corrupt checkpoint whose logits may well be non-finite: the loader checks shapes and
+ * bounds, not values). ---- */
+
+typedef struct {
+    char name[64];
+    uint8_t *d;
+    size_t n;
+} hf_file;
+
+#define HF_FILES 12
+static hf_file hf_base[2][HF_FILES];
+static int hf_nfiles[2];
+static char hf_dir[2][96];
+
+static uint8_t *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    const long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *d = len >= 0 ? malloc((size_t)len + 1) : NULL;
+    if (d && fread(d, 1, (size_t)len, f) != (size_t)len) free(d), d = NULL;
+    fclose(f);
+    if (d) d[len] = 0, *n = (size_t)len;
+    return d;
+}
+
+static int spill(const char *dir, const char *name, const uint8_t *d, size_t n) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    const int ok = fwrite(d, 1, n, f) == n;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static void hf_cleanup(void) {
+    char path[256];
+    for (int x = 0; x < 2; x++) {
+        for (int i = 0; i < hf_nfiles[x]; i++) {
+            snprintf(path, sizeof path, "%s/%s", hf_dir[x], hf_base[x][i].name);
+            remove(path);
+            free(hf_base[x][i].d);
+        }
+        if (hf_dir[x][0]) rmdir(hf_dir[x]);
+    }
+}
+
+static int hf_setup(void) {
+    static int done;
+    if (done) return hf_nfiles[0] > 0 && hf_nfiles[1] > 0;
+    done = 1;
+    atexit(hf_cleanup);
+    const char *root = getenv("DN_FUZZ_FIXTURES");
+    if (!root) root = "tests/fixtures";
+    static const char *const fixture[2] = {"qwen3_5_text", "qwen3_next"};
+    for (int x = 0; x < 2; x++) {
+        char src[512], name[64];
+        snprintf(hf_dir[x], sizeof hf_dir[x], "/tmp/dn_fuzz_hf_%ld_%d", (long)getpid(), x);
+        if (mkdir(hf_dir[x], 0700) && errno != EEXIST) return 0;
+        for (int i = 0; i <= 8 && hf_nfiles[x] < HF_FILES; i++) {
+            if (i == 0)
+                snprintf(name, sizeof name, "config.json");
+            else if (x == 1 && i == 1)
+                snprintf(name, sizeof name, "model.safetensors");
+            else if (x == 0)
+                snprintf(name, sizeof name, "model-%05d-of-00008.safetensors", i);
+            else
+                continue;
+            snprintf(src, sizeof src, "%s/%s/%s", root, fixture[x], name);
+            hf_file *f = &hf_base[x][hf_nfiles[x]];
+            if (!(f->d = slurp(src, &f->n))) return 0;
+            snprintf(f->name, sizeof f->name, "%s", name);
+            if (spill(hf_dir[x], name, f->d, f->n)) return 0;
+            hf_nfiles[x]++;
+        }
+        if (x == 0) {
+            snprintf(src, sizeof src, "%s/%s/model.safetensors.index.json", root, fixture[x]);
+            hf_file *f = &hf_base[x][hf_nfiles[x]];
+            if (!(f->d = slurp(src, &f->n))) return 0;
+            snprintf(f->name, sizeof f->name, "model.safetensors.index.json");
+            if (spill(hf_dir[x], f->name, f->d, f->n)) return 0;
+            hf_nfiles[x]++;
+        }
+    }
+    return 1;
+}
+
+/* The k-th `"key":` of a JSON text and the span of its value (a string, a scalar, or a
+ * bracketed array / object, strings inside skipped): 1 when found. */
+static int json_value_span(const char *t, size_t n, unsigned k, size_t *v0, size_t *v1) {
+    unsigned seen = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i] != '"') continue;
+        size_t j = i + 1;
+        while (j < n && t[j] != '"')
+            j += t[j] == '\\' ? 2 : 1;
+        if (j >= n) return 0;
+        size_t c = j + 1;
+        while (c < n && (t[c] == ' ' || t[c] == '\n'))
+            c++;
+        if (c >= n || t[c] != ':') {
+            i = j;
+            continue;
+        }
+        if (seen++ < k) {
+            i = j;
+            continue;
+        }
+        size_t a = c + 1;
+        while (a < n && (t[a] == ' ' || t[a] == '\n'))
+            a++;
+        size_t e = a;
+        if (a < n && t[a] == '"') {
+            e = a + 1;
+            while (e < n && t[e] != '"')
+                e += t[e] == '\\' ? 2 : 1;
+            e++;
+        } else if (a < n && (t[a] == '[' || t[a] == '{')) {
+            int depth = 0;
+            for (e = a; e < n; e++) {
+                if (t[e] == '"') {
+                    e++;
+                    while (e < n && t[e] != '"')
+                        e += t[e] == '\\' ? 2 : 1;
+                } else if (t[e] == '[' || t[e] == '{') {
+                    depth++;
+                } else if ((t[e] == ']' || t[e] == '}') && --depth == 0) {
+                    e++;
+                    break;
+                }
+            }
+        } else {
+            while (e < n && t[e] != ',' && t[e] != '}' && t[e] != '\n')
+                e++;
+        }
+        *v0 = a, *v1 = e < n ? e : n;
+        return 1;
+    }
+    return 0;
+}
+
+static const char *const hf_values[] = {
+    "0",
+    "1",
+    "2",
+    "3",
+    "-1",
+    "7",
+    "64",
+    "1024",
+    "2147483648",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "1e308",
+    "1e-320",
+    "-0.0",
+    "0.5",
+    "1.5",
+    "null",
+    "true",
+    "\"\"",
+    "[]",
+    "{}",
+    "[1, 1, 1]",
+    "[\"linear_attention\"]",
+    "\"full_attention\"",
+    "\"qwen3_5\"",
+    "\"qwen3_next\"",
+    "\"qwen3_5_moe_text\"",
+    "\"yarn\"",
+    "{\"rope_type\": \"default\"}",
+    "\"model-00002-of-00008.safetensors\"",
+    "\"missing.safetensors\"",
+    "\"../config.json\"",
+    "\"model.safetensors.index.json\"",
+    "1e999",
+    "[0, 0, 0, 0]",
+    "\"silu\"",
+};
+
+const char *dn_fuzz_hf(const uint8_t *d, size_t n) {
+    if (!hf_setup())
+        return "could not copy the checkpoint fixtures (run from the repository root, "
+               "or set DN_FUZZ_FIXTURES)";
+    const unsigned mode = n ? d[0] : 0, kind = mode & 3;
+    const int x = kind == 1 ? 0 : (int)((mode >> 2) & 1);
+    /* the file to change: config (0), the index (last file of fixture 0), a weight file */
+    int which = 0;
+    if (kind == 1) which = hf_nfiles[0] - 1;
+    if (kind == 3) {
+        const int shards = x == 0 ? hf_nfiles[0] - 2 : 1;
+        which = 1 + (n > 1 ? d[1] % shards : 0);
+    }
+    const hf_file *f = &hf_base[x][which];
+    size_t cap = f->n + 64 * 1024 + n, len = f->n;
+    uint8_t *buf = malloc(cap);
+    memcpy(buf, f->d, f->n);
+    if (kind == 2) { /* the input is config.json */
+        len = n > 1 ? n - 1 : 0;
+        if (len) memcpy(buf, d + 1, len);
+    } else if (kind == 3) {
+        for (size_t i = 2; i + 2 < n; i += 3) {
+            const size_t off = ((size_t)d[i] << 8 | d[i + 1]) * 13 % len;
+            buf[off] = d[i + 2];
+        }
+        if ((mode & 8) && n > 2) len = ((size_t)d[2] << 8 | d[n - 1]) * 7 % (len + 1);
+    } else {
+        for (size_t i = 1; i + 1 < n; i += 2) {
+            size_t v0, v1;
+            if (!json_value_span((const char *)buf, len, d[i], &v0, &v1)) continue;
+            const char *v = hf_values[d[i + 1] % (sizeof hf_values / sizeof hf_values[0])];
+            const size_t vl = strlen(v);
+            if (len - (v1 - v0) + vl >= cap) break;
+            memmove(buf + v0 + vl, buf + v1, len - v1);
+            memcpy(buf + v0, v, vl);
+            len = len - (v1 - v0) + vl;
+        }
+    }
+    const char *bad = NULL;
+    if (spill(hf_dir[x], f->name, buf, len)) bad = "could not write the changed file";
+    dn_model *m = NO_MODEL;
+    const dn_status s = bad ? DN_OK : dn_model_load_hf(&m, hf_dir[x]);
+    if (!bad && s != DN_OK && m != NO_MODEL) bad = "a failed load wrote the output";
+    if (!bad && s == DN_OK) {
+        const dn_model_config *c = dn_model_get_config(m);
+        if (!c || dn_model_config_check(c) != DN_OK) bad = "a loaded model's config is invalid";
+        dn_model_state *st = NULL;
+        float *logits = c ? malloc(sizeof(float) * (size_t)c->vocab_size * 3) : NULL;
+        const int32_t tok[3] = {0, 1, 2};
+        dn_status r = DN_OK;
+        if (!bad && logits && c->vocab_size >= 3 && dn_model_state_create(&st, m, 1, 8) == DN_OK) {
+            r = dn_model_step(m, st, logits, tok, 3, 0);
+            if (r == DN_OK) r = dn_model_step(m, st, logits, tok, 1, 0);
+            if (r == DN_OK && kind != 3)
+                for (int64_t i = 0; i < c->vocab_size; i++)
+                    if (!isfinite(logits[i])) {
+                        bad = "a loaded model gave non-finite logits";
+                        break;
+                    }
+            if (r != DN_OK && r != DN_ERR_ALLOC && r != DN_ERR_SHAPE && r != DN_ERR_ARG)
+                bad = "a step over a loaded model failed with an unexpected status";
+        }
+        dn_model_state_free(st);
+        free(logits);
+        dn_model_free(m);
+    }
+    if (bad && kind != 3 && getenv("DN_FUZZ_HF_DUMP")) /* triage: the changed JSON file */
+        fprintf(stderr, "%s (%s):\n%.*s\n", f->name, bad, (int)len, (const char *)buf);
+    spill(hf_dir[x], f->name, f->d, f->n); /* the base again for the next input */
     free(buf);
     return bad;
 }
