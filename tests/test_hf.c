@@ -407,6 +407,49 @@ static int test_hf_malformed(void) {
 
 /* `deltanet run` end to end on a model with a real tokenizer: the prompt's ids are those of
  * Hugging Face's tokenizers, and greedy decoding gives transformers' tokens and text. */
+/* Runs `deltanet run` with argv, standard input from the text `in` (NULL: unchanged), and returns
+ * its exit status; its standard output's last line that opens a JSON object is loaded into *rec. */
+static int run_captured(int argc, char **argv, const char *in, dn_json **rec) {
+    char out_path[256], in_path[256];
+    const char *t = getenv("TMPDIR");
+    snprintf(out_path, sizeof out_path, "%s/dn_test_run.XXXXXX", t && *t ? t : "/tmp");
+    snprintf(in_path, sizeof in_path, "%s/dn_test_in.XXXXXX", t && *t ? t : "/tmp");
+    const int fd = mkstemp(out_path), ifd = in ? mkstemp(in_path) : -1;
+    if (fd < 0 || (in && ifd < 0)) return -1;
+    if (in && write(ifd, in, strlen(in)) != (ssize_t)strlen(in)) return -1;
+    if (in) lseek(ifd, 0, SEEK_SET);
+    fflush(stdout);
+    const int saved = dup(1), saved_in = in ? dup(0) : -1;
+    dup2(fd, 1);
+    if (in) dup2(ifd, 0);
+    clearerr(stdin);
+    const int rc = dn_run_main(argc, argv);
+    fflush(stdout);
+    dup2(saved, 1), close(saved), close(fd);
+    if (in) dup2(saved_in, 0), close(saved_in), close(ifd), unlink(in_path), clearerr(stdin);
+    /* the record: the text after the last "> " prompt of a chat, or the whole output */
+    size_t n = 0;
+    FILE *f = fopen(out_path, "rb");
+    char *all = NULL;
+    if (f) {
+        fseek(f, 0, SEEK_END);
+        n = (size_t)ftell(f);
+        fseek(f, 0, SEEK_SET);
+        all = malloc(n + 1);
+        if (all && fread(all, 1, n, f) != n) n = 0;
+        fclose(f);
+    }
+    unlink(out_path);
+    *rec = NULL;
+    if (all) {
+        all[n] = 0;
+        const char *j = strrchr(all, '{') ? strstr(all, "{\"model\"") : NULL;
+        if (j) dn_json_parse(j, strlen(j), &*rec);
+        free(all);
+    }
+    return rc;
+}
+
 static int test_hf_run(void) {
     int fails = 0;
     const char *dir = FIXTURES "/qwen3_5_run";
@@ -436,24 +479,15 @@ static int test_hf_run(void) {
     free(ids);
     dn_tokenizer_free(tok);
 
-    /* the command, its standard output in a file */
-    char out_path[256], ntok[16];
-    const char *t = getenv("TMPDIR");
-    snprintf(out_path, sizeof out_path, "%s/dn_test_run.XXXXXX", t && *t ? t : "/tmp");
-    const int fd = mkstemp(out_path);
+    /* the command, its standard output captured */
+    char ntok[16];
     snprintf(ntok, sizeof ntok, "%d", 12);
     char *argv[] = {"run", (char *)dir,     "-p", (char *)prompt, "-n",
                     ntok,  "--temperature", "0",  "--json",       NULL};
-    fflush(stdout);
-    const int saved = dup(1);
-    dup2(fd, 1);
-    const int rc = dn_run_main(9, argv);
-    fflush(stdout);
-    dup2(saved, 1);
-    close(saved), close(fd);
-    CHECK(rc == 0, "deltanet run returned %d", rc);
     dn_json *rec = NULL;
-    CHECK(dn_json_load(out_path, 1 << 20, &rec) == DN_OK, "its JSON record: %s", dn_last_error());
+    const int rc = run_captured(9, argv, NULL, &rec);
+    CHECK(rc == 0, "deltanet run returned %d", rc);
+    CHECK(rec != NULL, "its JSON record: %s", dn_last_error());
     const char *got = NULL;
     int64_t made = -1, fed = -1;
     if (rec) {
@@ -467,7 +501,6 @@ static int test_hf_run(void) {
     CHECK(got && !strcmp(got, text), "text '%s', transformers '%s'", got ? got : "(none)", text);
     dn_json_free(rec);
     dn_json_free(ref);
-    unlink(out_path);
 
     char *bad[] = {"run", (char *)dir, NULL};
     CHECK(dn_run_main(2, bad) == 2, "run without -p or --chat");
@@ -476,9 +509,45 @@ static int test_hf_run(void) {
     return fails;
 }
 
+/* --chat: one user turn, greedy, gives the tokens of -p over the same turn in ChatML (the
+ * prompt's special tokens are matched in the text as the tokenizer's added tokens). */
+static int test_hf_chat(void) {
+    int fails = 0;
+    const char *dir = FIXTURES "/qwen3_5_run";
+    char *chat[] = {"run", (char *)dir, "--chat", "-n", "6", "--temperature", "0", "--json", NULL};
+    char *plain[] = {"run",
+                     (char *)dir,
+                     "-p",
+                     "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n",
+                     "-n",
+                     "6",
+                     "--temperature",
+                     "0",
+                     "--json",
+                     NULL};
+    dn_json *a = NULL, *b = NULL;
+    CHECK(run_captured(8, chat, "hello there\n\n", &a) == 0 && a, "run --chat: no record (%s)",
+          dn_last_error());
+    CHECK(run_captured(9, plain, NULL, &b) == 0 && b, "run -p: no record (%s)", dn_last_error());
+    if (a && b) {
+        const char *ta = NULL, *tb = NULL;
+        int64_t na = -1, nb = -1, pa = -1, pb = -1;
+        dn_json_get_str(a, "text", &ta, NULL, 1), dn_json_get_str(b, "text", &tb, NULL, 1);
+        dn_json_get_int(a, "generated_tokens", &na, 1),
+            dn_json_get_int(b, "generated_tokens", &nb, 1);
+        dn_json_get_int(a, "prompt_tokens", &pa, 1), dn_json_get_int(b, "prompt_tokens", &pb, 1);
+        CHECK(na > 0 && na == nb && pa == pb && ta && tb && !strcmp(ta, tb),
+              "chat: %lld tokens after %lld, '%s'; -p: %lld after %lld, '%s'", (long long)na,
+              (long long)pa, ta ? ta : "", (long long)nb, (long long)pb, tb ? tb : "");
+    }
+    dn_json_free(a), dn_json_free(b);
+    return fails;
+}
+
 const test_case dn_tests_hf[] = {
     {"hf_qwen3_5_parity", test_hf_parity},
     {"hf_qwen3_5_malformed", test_hf_malformed},
     {"hf_run", test_hf_run},
+    {"hf_run_chat", test_hf_chat},
     {NULL, NULL},
 };
