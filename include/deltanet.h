@@ -225,10 +225,9 @@ typedef struct dn_strides {
  *               pass, with stream-ordered scratch (cudaMallocAsync and cudaFreeAsync on the
  *               stream) of (2 K + V) * 64 + K V elements of the dtype per chunk and value head;
  *               for fp32 inputs, chunks of 32 tokens in one kernel, fp32 products on the CUDA
- *               cores, which so keep fp32 accuracy). DN_IMPL_AUTO picks the
- *               recurrence below 16 tokens per sequence or for other head sizes, else the
- *               chunkwise form. DN_IMPL_REF is
- *               DN_ERR_UNSUPPORTED there. The shape, stride and overlap checks are the same as on
+ *               cores, which so keep fp32 accuracy). DN_IMPL_AUTO picks the recurrence below 16
+ *               tokens per sequence or for other head sizes, else the chunkwise form. DN_IMPL_REF
+ *               is DN_ERR_UNSUPPORTED there. The shape, stride and overlap checks are the same as on
  *               the CPU; the values of g and beta are not read on the host, so out-of-contract
  *               values are not rejected on the GPU (g is clamped below at -1024 as on the CPU).
  *               Without a device: DN_ERR_DEVICE. The training forward and the backward are CPU
