@@ -227,10 +227,11 @@ typedef struct dn_strides {
  *               for fp32 inputs, chunks of 32 tokens in one kernel, fp32 products on the CUDA
  *               cores, which so keep fp32 accuracy). DN_IMPL_AUTO picks the recurrence below 16
  *               tokens per sequence or for other head sizes, else the chunkwise form. DN_IMPL_REF
- *               is DN_ERR_UNSUPPORTED there. The shape, stride and overlap checks are the same as
- * on the CPU; the values of g and beta are not read on the host, so out-of-contract values are not
- * rejected on the GPU (g is clamped below at -1024 as on the CPU). Without a device: DN_ERR_DEVICE.
- * The training forward and the backward are CPU only for now (DN_ERR_UNSUPPORTED with a device).
+ *               is DN_ERR_UNSUPPORTED there. The shape, stride and overlap checks are the
+ *               same as on the CPU; the values of g and beta are not read on the host, so
+ *               out-of-contract values are not rejected on the GPU (g is clamped below at
+ *               -1024 as on the CPU). Without a device: DN_ERR_DEVICE. The training forward
+ *               and the backward are CPU only for now (DN_ERR_UNSUPPORTED with a device).
  *   stream      the cudaStream_t to run on (NULL: the default stream). The call returns once the
  *               work is queued; synchronize the stream before reading the outputs. A call
  *               without cu_seqlens can be captured in a CUDA graph (bench/cuda_la.cu does); one
