@@ -3,6 +3,7 @@
  * mask, the schedule, the data generators, a tiny model of every mixer overfitting a tiny batch,
  * and a run resumed from its state equal to an uninterrupted one to the last bit.
  */
+#include "../tools/recall.h"
 #include "test.h"
 
 #include <unistd.h>
@@ -417,6 +418,77 @@ static int test_resume_from_file(void) {
     return fails;
 }
 
+/* runs.tsv of a recall run without its seconds column (the only field a resumed run may change). */
+static char *runs_without_seconds(const char *dir) {
+    char path[256], line[2048];
+    snprintf(path, sizeof path, "%s/runs.tsv", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *out = calloc(cap, 1);
+    while (out && fgets(line, sizeof line, f)) {
+        int field = 0;
+        for (const char *p = line; *p && len + 1 < cap; p++) {
+            if (*p == '\t') field++;
+            if (field != 4) out[len++] = *p; /* field 4: seconds, with the tab before it */
+        }
+    }
+    fclose(f);
+    return out;
+}
+
+static void rm_recall_dir(const char *dir) {
+    const char *files[] = {"runs.tsv",
+                           "recall.txt",
+                           "recall.json",
+                           "recall.svg",
+                           "train-G64.safetensors",
+                           "train-A64.safetensors"};
+    char path[256];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        remove(path);
+    }
+    rmdir(dir);
+}
+
+/* deltanet recall on a tiny setting in dir, with up to three more arguments (NULL: none). */
+static int recall_call(const char *dir, const char *steps, const char *x1, const char *x2,
+                       const char *x3) {
+    const char *argv[24] = {"recall", "--vocab",      "512", "--steps",  steps,   "--batch-tokens",
+                            "1024",   "--widths",     "64",  "--mixers", "GA",    "--eval-seqs",
+                            "8",      "--ckpt-every", "3",   "--quiet",  "--out", dir};
+    int argc = 18;
+    const char *x[] = {x1, x2, x3};
+    for (int i = 0; i < 3; i++)
+        if (x[i]) argv[argc++] = x[i];
+    return dn_recall_main(argc, (char **)argv);
+}
+
+/* deltanet recall stopped three times (inside a model, at a checkpoint step and at the start of
+ * the next model) and resumed gives the same runs.tsv, bit for bit, as one run straight through;
+ * a resume with other options, or without a run to resume, is refused. */
+static int test_recall_resume(void) {
+    int fails = 0;
+    char a[128], b[128];
+    snprintf(a, sizeof a, "/tmp/dn_test_%ld_recall_a", (long)getpid());
+    snprintf(b, sizeof b, "/tmp/dn_test_%ld_recall_b", (long)getpid());
+    CHECK(recall_call(a, "8", NULL, NULL, NULL) == 0, "recall run straight through failed");
+    CHECK(recall_call(b, "8", "--resume", NULL, NULL) != 0, "--resume without a run accepted");
+    int rc = recall_call(b, "8", "--stop-after", "5", NULL);    /* G stops at step 5 */
+    rc |= recall_call(b, "8", "--resume", "--stop-after", "6"); /* G to 8, A stops at step 3 */
+    rc |= recall_call(b, "8", "--resume", "--stop-after", "5"); /* A from 3 to the end */
+    rc |= recall_call(b, "8", "--resume", NULL, NULL);          /* nothing left to train */
+    CHECK(rc == 0, "stopped and resumed runs failed");
+    char *ra = runs_without_seconds(a), *rb = runs_without_seconds(b);
+    CHECK(ra && rb && strlen(ra) > 100 && !strcmp(ra, rb), "resumed runs differ:\n%s\n%s",
+          ra ? ra : "?", rb ? rb : "?");
+    CHECK(recall_call(b, "9", "--resume", NULL, NULL) != 0, "resume with other options accepted");
+    free(ra), free(rb);
+    rm_recall_dir(a), rm_recall_dir(b);
+    return fails;
+}
+
 /* Malformed checkpoints: every truncation (in steps), flipped header bytes, a file of another
  * model, a model-only file asked for the optimizer, a missing file: errors, nothing returned. */
 static int test_checkpoint_malformed(void) {
@@ -495,5 +567,6 @@ const test_case dn_tests_train[] = {
     {"train_checkpoint_roundtrip", test_checkpoint_roundtrip},
     {"train_resume_from_file", test_resume_from_file},
     {"train_checkpoint_malformed", test_checkpoint_malformed},
+    {"recall_resume", test_recall_resume},
     {NULL, NULL},
 };

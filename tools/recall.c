@@ -49,8 +49,9 @@ typedef struct {
     int64_t steps, batch_tokens, eval_seqs, vocab, threads;
     double lr;
     uint64_t seed;
+    int64_t ckpt_every, stop_after;
     const char *out_dir;
-    int quiet;
+    int quiet, resume;
 } recall_opts;
 
 typedef struct {
@@ -92,6 +93,11 @@ static void usage(void) {
            "  --eval-seqs N     held-out sequences per slice (default 256)\n"
            "  --vocab V         (default 8192)\n"
            "  --full            the long run: 4000 steps of 16384 tokens\n"
+           "  --resume          continue the run in --out (same options): finished models are\n"
+           "                    kept, the interrupted one goes on from its last checkpoint,\n"
+           "                    bit-identically (SIGINT / SIGTERM save one and stop)\n"
+           "  --ckpt-every N    checkpoint the model in training every N steps (default 250)\n"
+           "  --stop-after N    stop as SIGINT would after N steps of this invocation (testing)\n"
            "  --seed N --threads N --out DIR (default deltanet-recall) --quiet\n");
 }
 
@@ -104,6 +110,10 @@ static int parse(recall_opts *o, int argc, char **argv) {
         }
         if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
+            continue;
+        }
+        if (!strcmp(a, "--resume")) {
+            o->resume = 1;
             continue;
         }
         if (!strcmp(a, "--full")) {
@@ -147,6 +157,10 @@ static int parse(recall_opts *o, int argc, char **argv) {
             r = opt_i64("recall", a, v, 8, 1 << 20, &o->eval_seqs);
         else if (!strcmp(a, "--vocab"))
             r = opt_i64("recall", a, v, 512, 1 << 20, &o->vocab);
+        else if (!strcmp(a, "--ckpt-every"))
+            r = opt_i64("recall", a, v, 1, (int64_t)1 << 40, &o->ckpt_every);
+        else if (!strcmp(a, "--stop-after"))
+            r = opt_i64("recall", a, v, 1, (int64_t)1 << 40, &o->stop_after);
         else if (!strcmp(a, "--threads"))
             r = opt_i64("recall", a, v, 1, 1024, &o->threads);
         else {
@@ -174,6 +188,67 @@ static dn_model_config run_config(char mixer, int64_t width, int64_t vocab) {
     return c;
 }
 
+/* The options that decide a run's numbers: in every checkpoint and in runs.tsv, compared on
+ * --resume (a run continued with other options would not be the same run). */
+static void settings(const recall_opts *o, char *buf, size_t cap) {
+    snprintf(buf, cap, "vocab=%lld steps=%lld batch_tokens=%lld lr=%.17g seed=%llu eval_seqs=%lld",
+             (long long)o->vocab, (long long)o->steps, (long long)o->batch_tokens, o->lr,
+             (unsigned long long)o->seed, (long long)o->eval_seqs);
+}
+
+static void ckpt_path(const recall_opts *o, char mixer, int64_t width, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s/train-%c%lld.safetensors", o->out_dir, mixer, (long long)width);
+}
+
+/* The model in training with its optimizer, step and seconds so far: saved as a checkpoint whose
+ * extra JSON holds the settings, mixer, width and seconds. */
+static int save_ckpt(const recall_opts *o, char mixer, int64_t width, const dn_model *m,
+                     dn_adamw *opt, double seconds) {
+    char path[4096], set[512], extra[1024];
+    ckpt_path(o, mixer, width, path, sizeof path);
+    settings(o, set, sizeof set);
+    snprintf(extra, sizeof extra, "{\"recall\": \"%s mixer=%c width=%lld\", \"seconds\": %.17g}",
+             set, mixer, (long long)width, seconds);
+    if (dn_checkpoint_save(path, m, opt, extra) != DN_OK) {
+        fprintf(stderr, "recall: cannot save %s: %s\n", path, dn_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+/* --resume: the checkpoint of this model when there is one (0: none, 1: loaded, -1: error). */
+static int load_ckpt(const recall_opts *o, char mixer, int64_t width, const dn_adamw_config *oc,
+                     dn_model **m, dn_adamw **opt, double *seconds) {
+    char path[4096], set[512], want[1024];
+    ckpt_path(o, mixer, width, path, sizeof path);
+    if (access(path, F_OK) != 0) return 0;
+    char *extra = NULL;
+    if (dn_checkpoint_load(path, m, opt, oc, &extra) != DN_OK) {
+        fprintf(stderr, "recall: cannot resume from %s: %s\n", path, dn_last_error());
+        return -1;
+    }
+    settings(o, set, sizeof set);
+    snprintf(want, sizeof want, "{\"recall\": \"%s mixer=%c width=%lld\", \"seconds\": ", set,
+             mixer, (long long)width);
+    const size_t n = strlen(want);
+    if (!extra || strncmp(extra, want, n) != 0 || sscanf(extra + n, "%lf", seconds) != 1) {
+        fprintf(stderr,
+                "recall: %s was made with other options; resume with the same ones.\n"
+                "  checkpoint: %s\n  now:        %s...\n",
+                path, extra ? extra : "(none)", want);
+        free(extra);
+        dn_adamw_free(*opt), dn_model_free(*m);
+        *opt = NULL, *m = NULL;
+        return -1;
+    }
+    free(extra);
+    return 1;
+}
+
+static int64_t steps_this_run; /* for --stop-after */
+
+/* Trains (or continues) one model and evaluates it. 0: r is filled; 1: stopped by a signal or
+ * --stop-after with a checkpoint saved; -1: error. */
 static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run *r) {
     memset(r, 0, sizeof *r);
     r->mixer = mixer, r->width = width;
@@ -181,27 +256,39 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
     dn_model *m = NULL;
     dn_adamw *opt = NULL;
     dn_adamw_config oc = dn_adamw_config_default();
-    if (dn_model_create(&m, &c, o->seed) != DN_OK ||
-        dn_model_init_decay(m, 0.99, 0.999, o->seed) != DN_OK ||
-        dn_adamw_create(&opt, m, &oc) != DN_OK) {
+    double seconds_before = 0;
+    const int got = o->resume ? load_ckpt(o, mixer, width, &oc, &m, &opt, &seconds_before) : 0;
+    if (got < 0) return -1;
+    if (!got && (dn_model_create(&m, &c, o->seed) != DN_OK ||
+                 dn_model_init_decay(m, 0.99, 0.999, o->seed) != DN_OK ||
+                 dn_adamw_create(&opt, m, &oc) != DN_OK)) {
         fprintf(stderr, "recall: %s\n", dn_last_error());
         dn_model_free(m);
         return -1;
     }
     r->params = dn_model_num_params(m);
+    const int64_t first = dn_adamw_get_step(opt);
+    if (got && !o->quiet)
+        printf("%s width %lld: resuming at step %lld\n", mixer_name(mixer), (long long)width,
+               (long long)first);
     const int64_t maxT = eval_slices[N_EVAL - 1].T;
     const int64_t maxN = o->batch_tokens > maxT * 8 ? o->batch_tokens : maxT * 8;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)maxN),
             *tgt = malloc(sizeof(int32_t) * (size_t)maxN);
     float *logits = malloc(sizeof(float) * (size_t)(8 * maxT) * (size_t)o->vocab);
+    int ret = -1;
     if (!tok || !tgt || !logits) {
         fprintf(stderr, "recall: out of memory\n");
-        return -1;
+        goto done;
     }
     const double t0 = now_s();
     double loss = NAN;
     int64_t step;
-    for (step = 0; step < o->steps && !stop_flag; step++) {
+    for (step = first; step < o->steps; step++) {
+        if (stop_flag || (o->stop_after && steps_this_run >= o->stop_after)) {
+            ret = save_ckpt(o, mixer, width, m, opt, seconds_before + now_s() - t0) ? -1 : 1;
+            goto done;
+        }
         const slice s = train_slices[step % N_TRAIN];
         const int64_t B = o->batch_tokens / s.T;
         double l = 0;
@@ -213,19 +300,23 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
             dn_adamw_step(opt, m, dn_lr_at(step, o->steps / 10, o->steps, o->lr, 0.1), NULL) !=
                 DN_OK) {
             fprintf(stderr, "recall: step %lld: %s\n", (long long)step, dn_last_error());
-            break;
+            goto done;
         }
+        steps_this_run++;
         loss = l / (double)n;
+        if (step + 1 < o->steps && (step + 1) % o->ckpt_every == 0 &&
+            save_ckpt(o, mixer, width, m, opt, seconds_before + now_s() - t0))
+            goto done;
         if (!o->quiet && isatty(1) && (step % 10 == 0 || step + 1 == o->steps)) {
-            const double el = now_s() - t0;
+            const double el = now_s() - t0, done_here = (double)(step + 1 - first);
             printf("\r\033[K  %-15s width %-4lld step %lld/%lld  loss %.3f  %.0f tok/s  ETA %.0fs",
                    mixer_name(mixer), (long long)width, (long long)step + 1, (long long)o->steps,
-                   loss, (double)((step + 1) * o->batch_tokens) / el,
-                   el / (double)(step + 1) * (double)(o->steps - step - 1));
+                   loss, done_here * (double)o->batch_tokens / el,
+                   el / done_here * (double)(o->steps - step - 1));
             fflush(stdout);
         }
     }
-    r->steps = step, r->seconds = now_s() - t0, r->final_loss = loss;
+    r->steps = step, r->seconds = seconds_before + now_s() - t0, r->final_loss = loss;
     /* held-out sequences: another seed stream, 8 sequences per call */
     for (int e = 0; e < N_EVAL; e++) {
         const slice s = eval_slices[e];
@@ -256,10 +347,12 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
         dn_model_state_free(st);
     }
     r->state_bytes = (double)(fixed + kv);
+    ret = 0;
+done:
     free(tok), free(tgt), free(logits);
     dn_adamw_free(opt);
     dn_model_free(m);
-    return 0;
+    return ret;
 }
 
 static void print_table(FILE *f, const recall_run *runs, int n) {
@@ -281,55 +374,90 @@ static void print_table(FILE *f, const recall_run *runs, int n) {
     }
 }
 
-int dn_recall_main(int argc, char **argv) {
-    recall_opts o = {.mixers = "AGDLM",
-                     .widths = {64, 128},
-                     .n_widths = 2,
-                     .steps = 200,
-                     .batch_tokens = 8192,
-                     .eval_seqs = 256,
-                     .vocab = 8192,
-                     .lr = 3e-3,
-                     .seed = 7,
-                     .out_dir = "deltanet-recall"};
-    const int p = parse(&o, argc, argv);
-    if (p) return p > 0 ? 0 : 2;
-    if (o.threads > 0) dn_set_num_threads((int)o.threads);
-    signal(SIGINT, on_sig);
-    signal(SIGTERM, on_sig);
-    recall_run runs[MAX_RUNS];
+/* runs.tsv: the settings on the first line, then one finished model per line (exact values, so
+ * that a resumed run reports the same numbers as one run straight through). */
+static int append_run(const recall_opts *o, const recall_run *r, int first) {
+    char path[4096], set[512];
+    snprintf(path, sizeof path, "%s/runs.tsv", o->out_dir);
+    FILE *f = fopen(path, first ? "w" : "a");
+    if (!f) {
+        fprintf(stderr, "recall: cannot write %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    settings(o, set, sizeof set);
+    if (first) fprintf(f, "%s\n", set);
+    if (r) {
+        fprintf(f, "%c\t%lld\t%lld\t%lld\t%.17g\t%.17g\t%.17g", r->mixer, (long long)r->width,
+                (long long)r->params, (long long)r->steps, r->seconds, r->state_bytes,
+                r->final_loss);
+        for (int e = 0; e < N_EVAL; e++)
+            fprintf(f, "\t%.17g", r->acc[e]);
+        fprintf(f, "\n");
+    }
+    return fclose(f) ? -1 : 0;
+}
+
+/* --resume: the finished models of runs.tsv (-1 when it is missing, unreadable or was made
+ * with other settings). */
+static int load_runs(const recall_opts *o, recall_run *runs, int cap) {
+    char path[4096], set[512], line[2048];
+    snprintf(path, sizeof path, "%s/runs.tsv", o->out_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "recall: --resume: cannot read %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    settings(o, set, sizeof set);
     int n = 0;
-    if (!o.quiet)
-        printf("MQAR: vocab %lld, %lld steps of %lld tokens per model, train slices (T/pairs) "
-               "64/8 64/16 128/16 128/32 256/32 256/64\n",
-               (long long)o.vocab, (long long)o.steps, (long long)o.batch_tokens);
-    for (int w = 0; w < o.n_widths && !stop_flag; w++)
-        for (const char *mx = o.mixers; *mx && !stop_flag; mx++) {
-            if (train_one(&o, *mx, o.widths[w], &runs[n]) != 0) return 1;
-            if (!o.quiet) {
-                printf("%s", isatty(1) ? "\r\033[K" : "");
-                print_table(stdout, &runs[n], 1);
-            }
-            n++;
+    if (!fgets(line, sizeof line, f) || strcspn(line, "\n") != strlen(set) ||
+        strncmp(line, set, strlen(set)) != 0) {
+        fprintf(stderr, "recall: %s was made with other options; resume with the same ones.\n",
+                path);
+        fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof line, f)) {
+        recall_run *r = &runs[n];
+        long long w, p, st;
+        int used = 0;
+        memset(r, 0, sizeof *r);
+        if (n >= cap || sscanf(line, " %c %lld %lld %lld %lf %lf %lf%n", &r->mixer, &w, &p, &st,
+                               &r->seconds, &r->state_bytes, &r->final_loss, &used) != 7) {
+            fprintf(stderr, "recall: %s: malformed line %d\n", path, n + 2);
+            fclose(f);
+            return -1;
         }
-    mkdir(o.out_dir, 0777);
+        const char *q = line + used;
+        for (int e = 0; e < N_EVAL; e++) {
+            int k = 0;
+            if (sscanf(q, " %lf%n", &r->acc[e], &k) != 1) {
+                fprintf(stderr, "recall: %s: malformed line %d\n", path, n + 2);
+                fclose(f);
+                return -1;
+            }
+            q += k;
+        }
+        r->width = w, r->params = p, r->steps = st;
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
+static void write_outputs(const recall_opts *o, const recall_run *runs, int n) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/recall.txt", o.out_dir);
+    snprintf(path, sizeof path, "%s/recall.txt", o->out_dir);
     FILE *f = fopen(path, "w");
     if (f) {
         print_table(f, runs, n);
         fclose(f);
     }
-    if (!o.quiet) {
-        printf("\n");
-        print_table(stdout, runs, n);
-    }
-    snprintf(path, sizeof path, "%s/recall.json", o.out_dir);
+    snprintf(path, sizeof path, "%s/recall.json", o->out_dir);
     if ((f = fopen(path, "w"))) {
         fprintf(f,
                 "{\"vocab\": %lld, \"steps\": %lld, \"batch_tokens\": %lld, \"lr\": %g, "
                 "\"runs\": [\n",
-                (long long)o.vocab, (long long)o.steps, (long long)o.batch_tokens, o.lr);
+                (long long)o->vocab, (long long)o->steps, (long long)o->batch_tokens, o->lr);
         for (int i = 0; i < n; i++) {
             const recall_run *r = &runs[i];
             fprintf(f,
@@ -365,8 +493,83 @@ int dn_recall_main(int argc, char **argv) {
                     "2 layers, heads of 64; vocab 8192",
                     ser,
                     n};
-    snprintf(path, sizeof path, "%s/recall.svg", o.out_dir);
+    snprintf(path, sizeof path, "%s/recall.svg", o->out_dir);
     svg_chart_write(path, &ch);
-    if (!o.quiet) printf("wrote %s/recall.txt, recall.json, recall.svg\n", o.out_dir);
+}
+
+int dn_recall_main(int argc, char **argv) {
+    recall_opts o = {.mixers = "AGDLM",
+                     .widths = {64, 128},
+                     .n_widths = 2,
+                     .steps = 200,
+                     .batch_tokens = 8192,
+                     .eval_seqs = 256,
+                     .vocab = 8192,
+                     .lr = 3e-3,
+                     .seed = 7,
+                     .ckpt_every = 250,
+                     .out_dir = "deltanet-recall"};
+    const int p = parse(&o, argc, argv);
+    if (p) return p > 0 ? 0 : 2;
+    if (o.threads > 0) dn_set_num_threads((int)o.threads);
+    stop_flag = 0, steps_this_run = 0;
+    signal(SIGINT, on_sig);
+    signal(SIGTERM, on_sig);
+    if (mkdir(o.out_dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "recall: cannot create %s: %s\n", o.out_dir, strerror(errno));
+        return 1;
+    }
+    static recall_run runs[MAX_RUNS];
+    int n = 0;
+    if (o.resume) {
+        if ((n = load_runs(&o, runs, MAX_RUNS)) < 0) return 1;
+    } else if (append_run(&o, NULL, 1)) {
+        return 1;
+    }
+    if (!o.quiet) {
+        printf("MQAR: vocab %lld, %lld steps of %lld tokens per model, train slices (T/pairs) "
+               "64/8 64/16 128/16 128/32 256/32 256/64\n",
+               (long long)o.vocab, (long long)o.steps, (long long)o.batch_tokens);
+        for (int i = 0; i < n; i++)
+            print_table(stdout, &runs[i], 1);
+    }
+    int stopped = 0;
+    for (int w = 0; w < o.n_widths && !stopped; w++)
+        for (const char *mx = o.mixers; *mx && !stopped; mx++) {
+            int have = 0;
+            for (int i = 0; i < n; i++)
+                have |= runs[i].mixer == *mx && runs[i].width == o.widths[w];
+            if (have) continue;
+            if (n >= MAX_RUNS) break;
+            const int t = train_one(&o, *mx, o.widths[w], &runs[n]);
+            if (t < 0) return 1;
+            if (t > 0) {
+                stopped = 1;
+                break;
+            }
+            if (append_run(&o, &runs[n], 0)) return 1;
+            char path[4096];
+            ckpt_path(&o, *mx, o.widths[w], path, sizeof path);
+            remove(path);
+            if (!o.quiet) {
+                printf("%s", isatty(1) ? "\r\033[K" : "");
+                print_table(stdout, &runs[n], 1);
+            }
+            n++;
+            write_outputs(&o, runs, n);
+        }
+    write_outputs(&o, runs, n);
+    if (stopped) {
+        if (!o.quiet)
+            printf("\nstopped: the model in training is checkpointed in %s; continue with the "
+                   "same options and --resume\n",
+                   o.out_dir);
+        return 0;
+    }
+    if (!o.quiet) {
+        printf("\n");
+        print_table(stdout, runs, n);
+        printf("wrote %s/recall.txt, recall.json, recall.svg, runs.tsv\n", o.out_dir);
+    }
     return 0;
 }
