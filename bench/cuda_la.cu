@@ -12,10 +12,11 @@
  *                    fla's chunk size for both implementations, so that TFLOP/s compare as times
  *                    do (deltanet's 32-token chunks do fewer: the count is a yardstick);
  *   forward bytes  = B T (2 H K + 2 HV V) x 2 (q, k, v, o in bf16) + B T HV x 8 (g, beta fp32);
- *   decode bytes   = 2 B HV K V x 4 (the fp32 state read and written) + the step's q, k, v, o, g,
- *                    beta; decode FLOPs = B HV (8 K V) (S^T k, S^T q, decay and rank-1 update).
+ *   decode bytes   = 2 B HV K V x 4 (the fp32 state read and written; x 2 for a bf16 state) + the
+ *                    step's q, k, v, o, g, beta; decode FLOPs = B HV (8 K V) (S^T k, S^T q, decay
+ *                    and rank-1 update).
  * Output: one line per case, "name key=value ...", machine-readable. Arguments: "fwd" or "decode"
- * alone; "fwd I" the I-th forward shape alone (for a profiler).
+ * alone; "fwd I" / "decode I" the I-th case alone (for a profiler).
  */
 #include "deltanet.h"
 
@@ -115,7 +116,7 @@ int main(int argc, char **argv) {
     const int64_t H = 16, K = 128, V = 128, C = 64;
     const int only_decode = argc > 1 && strcmp(argv[1], "decode") == 0;
     const int only_fwd = argc > 1 && strcmp(argv[1], "fwd") == 0;
-    const int only_shape = argc > 2 ? atoi(argv[2]) : -1; /* "fwd I": the I-th shape alone */
+    const int only_shape = argc > 2 ? atoi(argv[2]) : -1; /* "fwd I": the I-th case alone */
     cudaStream_t s;
     CK(cudaStreamCreate(&s));
     cudaDeviceProp prop;
@@ -156,28 +157,33 @@ int main(int argc, char **argv) {
         cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta);
     }
     static const int64_t batches[] = {1, 64, 128};
-    for (int i = 0; i < 3 && !only_fwd; i++) {
-        const int64_t B = batches[i], n = B * H;
+    for (int i = 0; i < 6 && !only_fwd; i++) {
+        if (only_shape >= 0 && i != only_shape) continue;
+        const int sbf16 = i >= 3; /* the state in bf16: half the bytes */
+        const int64_t B = batches[i % 3], n = B * H;
         void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
         void *o;
         CK(cudaMalloc(&o, n * V * 2));
         float *g = dev_f32(n, -0.2f, -0.001f), *beta = dev_f32(n, 0.05f, 0.95f);
-        float *state = dev_f32((size_t)n * K * V, -0.1f, 0.1f);
+        void *state = sbf16 ? dev_bf16((size_t)n * K * V, -0.1f, 0.1f)
+                            : (void *)dev_f32((size_t)n * K * V, -0.1f, 0.1f);
         dn_la_params p = dn_la_params_default(DN_OP_GDN, B, 1, H, H, K, V);
         p.q = (const float *)q, p.k = (const float *)k, p.v = (const float *)v;
         p.g = g, p.beta = beta, p.o = (float *)o;
-        p.initial_state = state, p.final_state = state;
+        p.initial_state = (const float *)state, p.final_state = (float *)state;
+        p.state_dtype = sbf16 ? DN_BF16 : DN_F32;
         p.qk_l2norm = 1;
         p.dtype = DN_BF16;
         p.device = 0;
         p.stream = s;
         p.impl = DN_IMPL_RECURRENT;
         const double ms = time_graph(&p, s, 200);
-        const double bytes = 2.0 * n * K * V * 4 + (double)n * (2 * K + 2 * V) * 2 + n * 8.0;
-        printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=fp32 us=%.2f tbs=%.2f "
+        const double bytes =
+            2.0 * n * K * V * (sbf16 ? 2 : 4) + (double)n * (2 * K + 2 * V) * 2 + n * 8.0;
+        printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=%s us=%.2f tbs=%.2f "
                "gflops=%.1f\n",
-               (long long)B, (long long)H, (long long)K, (long long)V, ms * 1e3, bytes / ms * 1e-9,
-               8.0 * n * K * V / ms * 1e-6);
+               (long long)B, (long long)H, (long long)K, (long long)V, sbf16 ? "bf16" : "fp32",
+               ms * 1e3, bytes / ms * 1e-9, 8.0 * n * K * V / ms * 1e-6);
         fflush(stdout);
         cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta),
             cudaFree(state);

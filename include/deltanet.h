@@ -206,12 +206,18 @@ typedef struct dn_strides {
  *   n_threads   0: dn_get_num_threads().
  *   dtype       element type of q, k, v and o: DN_F32 (default), DN_BF16 or DN_F16. 16-bit tensors
  *               are passed through the same (float *) fields, cast, holding uint16_t bit patterns;
- *               strides stay in elements. g, beta and the states are fp32 whatever the dtype (the
- *               gates' cumulative sums and the state need fp32; they are a small part of the
- *               traffic). o is written in the dtype, as flash-linear-attention and FlashInfer do
- *               (rounded to nearest even from the fp32 accumulators). On the CPU the 16-bit
- *               inputs are converted to fp32 copies inside the call (extra memory: B T (2 H K +
- *               2 HV V) floats) and the fp32 kernels run; on the GPU the kernels read them as is.
+ *               strides stay in elements. g and beta are fp32 whatever the dtype (the gates'
+ *               cumulative sums need fp32, and they are a small part of the traffic); the states
+ *               too unless state_dtype says otherwise. o is written in the dtype, as
+ * flash-linear-attention and FlashInfer do (rounded to nearest even from the fp32 accumulators). On
+ * the CPU the 16-bit inputs are converted to fp32 copies inside the call (extra memory: B T (2 H K
+ * + 2 HV V) floats) and the fp32 kernels run; on the GPU the kernels read them as is. state_dtype
+ * element type of initial_state and final_state: DN_F32 (default) or DN_BF16 (passed through the
+ * same (float *) fields, cast, as for dtype). A bf16 state halves what a decode step moves (it
+ * reads and writes the whole state); the state is widened to fp32 when read, carried in fp32
+ * through the call's tokens and rounded to nearest even once, when final_state is written. The
+ * forward only (the training forward and the backward take DN_F32 states); on the CPU, and for the
+ *               chunkwise form on the GPU, through fp32 copies made inside the call.
  *   device      DN_DEVICE_CPU (default): every pointer is host memory. A CUDA device ordinal
  *               (0, 1, ...): the call runs on that GPU, and q, k, v, g, beta, o, initial_state and
  *               final_state are device pointers (readable by that device); cu_seqlens stays a
@@ -272,9 +278,10 @@ typedef struct dn_la_params {
         *workspace; /* optional scratch of at least dn_la_workspace_size() bytes, 64-byte aligned */
     size_t workspace_bytes;
 
-    dn_dtype dtype; /* DN_F32 (default), DN_BF16, DN_F16: q, k, v and o (see the options) */
-    int device;     /* DN_DEVICE_CPU (default) or a CUDA device ordinal */
-    void *stream;   /* cudaStream_t for a device call; NULL: the default stream */
+    dn_dtype dtype;       /* DN_F32 (default), DN_BF16, DN_F16: q, k, v and o (see the options) */
+    int device;           /* DN_DEVICE_CPU (default) or a CUDA device ordinal */
+    void *stream;         /* cudaStream_t for a device call; NULL: the default stream */
+    dn_dtype state_dtype; /* DN_F32 (default) or DN_BF16: initial_state and final_state */
 } dn_la_params;
 
 /* Params for contiguous tensors of the given shape with the defaults above; pointers NULL. */

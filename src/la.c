@@ -30,6 +30,7 @@ dn_la_params dn_la_params_default(dn_op op, int64_t B, int64_t T, int64_t H, int
     p.impl = DN_IMPL_AUTO;
     p.dtype = DN_F32;
     p.device = DN_DEVICE_CPU;
+    p.state_dtype = DN_F32;
     return p;
 }
 
@@ -56,6 +57,9 @@ static dn_status check_shape(const dn_la_params *p, const char *name) {
         return dn_fail(DN_ERR_ARG, "%s: n_threads %d is negative", name, p->n_threads);
     if ((unsigned)p->dtype >= DN_DTYPE_COUNT)
         return dn_fail(DN_ERR_ARG, "%s: dtype %d is unknown", name, (int)p->dtype);
+    if (p->state_dtype != DN_F32 && p->state_dtype != DN_BF16)
+        return dn_fail(DN_ERR_ARG, "%s: state_dtype %d is neither DN_F32 nor DN_BF16", name,
+                       (int)p->state_dtype);
     if (p->device < DN_DEVICE_CPU)
         return dn_fail(DN_ERR_ARG, "%s: device %d is neither DN_DEVICE_CPU (-1) nor a CUDA ordinal",
                        name, p->device);
@@ -171,8 +175,10 @@ static dn_status check_fwd(const dn_la_params *p, const void *saved, size_t save
     a[n++] = (dn_arg){
         "saved", saved, dn_contiguous(1, 1, 1), (int64_t)(saved_bytes / sizeof(float)), 1, 1, 1, 1,
         1,       0};
-    /* 16-bit dtypes: q, k, v (the table's first three) and o hold 2-byte elements */
-    const unsigned half = p->dtype != DN_F32 ? 7u | 1u << io : 0u;
+    /* 16-bit dtypes: q, k, v (the table's first three) and o hold 2-byte elements; a bf16
+     * state: initial_state (fwd_args' sixth) and final_state */
+    const unsigned half = (p->dtype != DN_F32 ? 7u | 1u << io : 0u) |
+                          (p->state_dtype != DN_F32 ? 1u << 5 | 1u << (io + 1) : 0u);
     if ((st = dn_check_args_mixed(name, a, n, half)) != DN_OK) return st;
     /* device memory is not read on the host (see the header: the GPU kernels clamp g) */
     return p->device == DN_DEVICE_CPU ? check_values(p, name) : DN_OK;
@@ -276,6 +282,28 @@ static dn_status forward_widened(const dn_la_params *p) {
     return st;
 }
 
+/* A bf16 state on the CPU: the call over fp32 copies of the states (checked params). */
+static dn_status forward_state_widened(const dn_la_params *p) {
+    const int64_t n = state_floats(p);
+    float *buf = dn_alloc(sizeof(float) * (size_t)(2 * n));
+    if (!buf)
+        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate fp32 copies of the bf16 states",
+                       dn_op_name(p->op));
+    const uint16_t *h0 = (const uint16_t *)(const void *)p->initial_state;
+    uint16_t *ht = (uint16_t *)(void *)p->final_state;
+    dn_la_params w = *p;
+    w.state_dtype = DN_F32;
+    w.initial_state = h0 ? buf : NULL;
+    w.final_state = ht ? buf + n : NULL;
+    for (int64_t i = 0; h0 && i < n; i++)
+        buf[i] = dn_bf16_to_f32(h0[i]);
+    dn_status st = dn_la_forward(&w);
+    for (int64_t i = 0; st == DN_OK && ht && i < n; i++)
+        ht[i] = dn_f32_to_bf16(buf[n + i]);
+    dn_free(buf);
+    return st;
+}
+
 dn_status dn_la_forward(const dn_la_params *p) {
     dn_status st = dn_la_check(p);
     if (st != DN_OK) return st;
@@ -286,6 +314,7 @@ dn_status dn_la_forward(const dn_la_params *p) {
                            dn_op_name(p->op), p->device);
         return dn_cuda_la_forward(p); /* T = 0 and AUTO are resolved there */
     }
+    if (p->state_dtype != DN_F32) return forward_state_widened(p);
     if (p->dtype != DN_F32 && p->T > 0) return forward_widened(p);
     if (p->T == 0) {
         dn_pass_state(p->final_state, p->initial_state, state_floats(p));
@@ -416,8 +445,9 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
     const dn_la_params *p = &bp->fwd;
     dn_status st = bwd_check(bp);
     if (st != DN_OK) return st;
-    if (p->device != DN_DEVICE_CPU || p->dtype != DN_F32)
-        return dn_fail(DN_ERR_UNSUPPORTED, "%s backward: fp32 on the CPU only in this version",
+    if (p->device != DN_DEVICE_CPU || p->dtype != DN_F32 || p->state_dtype != DN_F32)
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "%s backward: fp32 (inputs and states) on the CPU only in this version",
                        dn_op_name(p->op));
     if (p->T == 0) {
         dn_pass_state(bp->dinitial_state, bp->dfinal_state, state_floats(p));
@@ -471,9 +501,11 @@ dn_status dn_la_forward_train(const dn_la_params *p_in, void *saved, size_t save
     dn_status st = check_fwd(p, saved, saved_bytes);
     if (st != DN_OK) return st;
     const char *op = dn_op_name(p->op);
-    if (p->device != DN_DEVICE_CPU || p->dtype != DN_F32)
+    if (p->device != DN_DEVICE_CPU || p->dtype != DN_F32 || p->state_dtype != DN_F32)
         return dn_fail(DN_ERR_UNSUPPORTED,
-                       "%s training forward: fp32 on the CPU only in this version", op);
+                       "%s training forward: fp32 (inputs and states) on the CPU only in this "
+                       "version",
+                       op);
     if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_CHUNK)
         return dn_fail(DN_ERR_UNSUPPORTED,
                        "%s training forward: chunkwise only (impl auto or chunk)", op);

@@ -31,6 +31,7 @@ typedef struct {
     int l2norm;  /* in-op L2 norm (else keys drawn with norm about 1) */
     int init;    /* an initial state */
     int inplace; /* final_state == initial_state */
+    int sbf16;   /* the states in bf16 (state_dtype) */
 } la_case;
 
 /* Rounds x to the dtype (what a 16-bit input holds), in place; writes the bits to h. */
@@ -137,6 +138,18 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
     round_to(dt, k, scratch, nqk);
     round_to(dt, v, scratch, nv);
     free(scratch);
+    /* the states as the call holds them: h0 rounded to bf16 for a bf16 state */
+    const size_t ses = c->sbf16 ? 2 : 4, sbytes = ses * (size_t)nst;
+    void *st0 = malloc(sbytes);
+    for (int64_t i = 0; i < nst; i++) {
+        if (c->sbf16) {
+            ((uint16_t *)st0)[i] = dn_f32_to_bf16(h0[i]);
+            h0[i] = dn_bf16_to_f32(((uint16_t *)st0)[i]);
+        } else {
+            ((float *)st0)[i] = h0[i];
+        }
+    }
+    void *ht_buf = malloc(sbytes); /* the final state as the call writes it */
 
     /* reference over the rounded inputs */
     dn_la_params p = dn_la_params_default(c->op, B, T, H, HV, K, V);
@@ -162,8 +175,7 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
     p.dtype = dt;
     p.impl = impl;
     p.q_s = tq.s, p.k_s = tk.s, p.v_s = tv.s, p.o_s = to.s;
-    float *st0 = falloc(nst);
-    memcpy(st0, h0, sizeof(float) * (size_t)nst);
+    p.state_dtype = c->sbf16 ? DN_BF16 : DN_F32;
     if (device >= 0) {
         p.device = device;
         p.q = up(tq.host, tbytes(dt, &tq));
@@ -172,18 +184,18 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
         p.o = up(to.host, tbytes(dt, &to)); /* poisoned: NaN everywhere */
         p.g = gate ? up(g, sizeof(float) * (size_t)ng) : NULL;
         p.beta = delta ? up(bt, sizeof(float) * (size_t)ng) : NULL;
-        float *dh0 = up(st0, sizeof(float) * (size_t)nst), *dht = NULL;
+        float *dh0 = up(st0, sbytes), *dht = NULL;
         if (c->inplace)
             dht = dh0;
         else
-            dht = up(st0, sizeof(float) * (size_t)nst); /* junk: must be overwritten */
+            dht = up(st0, sbytes); /* junk: must be overwritten */
         p.initial_state = c->init ? dh0 : NULL;
         p.final_state = dht;
         st = dn_la_forward(&p);
         if (st == DN_OK) st = dn_cuda_synchronize();
         if (st == DN_OK) {
             dn_cuda_memcpy(to.host, p.o, tbytes(dt, &to));
-            dn_cuda_memcpy(ht_got, dht, sizeof(float) * (size_t)nst);
+            dn_cuda_memcpy(ht_buf, dht, sbytes);
         }
         dn_cuda_free((void *)p.q), dn_cuda_free((void *)p.k), dn_cuda_free((void *)p.v);
         dn_cuda_free(p.o), dn_cuda_free((void *)p.g), dn_cuda_free((void *)p.beta);
@@ -192,17 +204,19 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
     } else {
         p.q = tq.host, p.k = tk.host, p.v = tv.host, p.o = to.host;
         p.initial_state = c->init ? st0 : NULL;
-        p.final_state = c->inplace && c->init ? st0 : ht_got;
+        p.final_state = c->inplace && c->init ? st0 : ht_buf;
         st = dn_la_forward(&p);
-        if (c->inplace && c->init) memcpy(ht_got, st0, sizeof(float) * (size_t)nst);
+        if (c->inplace && c->init) memcpy(ht_buf, st0, sbytes);
     }
+    for (int64_t i = 0; i < nst; i++)
+        ht_got[i] = c->sbf16 ? dn_bf16_to_f32(((uint16_t *)ht_buf)[i]) : ((float *)ht_buf)[i];
     char what[256];
-    snprintf(what, sizeof what, "%s %s %s B%lld T%lld H%lld HV%lld K%lld V%lld%s%s %s %s%s%s%s",
+    snprintf(what, sizeof what, "%s %s %s B%lld T%lld H%lld HV%lld K%lld V%lld%s%s %s %s%s%s%s%s",
              dn_op_name(c->op), dn_dtype_name(dt), dn_impl_name(impl), (long long)B, (long long)T,
              (long long)H, (long long)HV, (long long)K, (long long)V, c->varlen ? " varlen" : "",
              c->strided ? " strided" : "", gate ? gate_names[c->gates] : "",
              delta ? beta_names[c->betas] : "", c->l2norm ? " l2norm" : "", c->init ? " h0" : "",
-             c->inplace ? " inplace" : "");
+             c->inplace ? " inplace" : "", c->sbf16 ? " bf16-state" : "");
     if (st != DN_OK) {
         printf("    FAIL %s: %s (%s)\n", what, dn_status_str(st), dn_last_error());
         fails++;
@@ -222,23 +236,32 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
         round_to(dt, rr, tmp, nv);
         const double floor_o = rel_rms(rr, o_ref, nv, NULL);
         free(rr), free(tmp);
-        const double tol = (dt == DN_F32                ? 1e-4
-                            : impl == DN_IMPL_RECURRENT ? 5e-3
-                                                        : 1e-2) +
-                           2 * floor_o;
+        /* likewise a bf16 final state (2^-9 relative, 1.1e-3 RMS) */
+        double floor_s = 0;
+        if (c->sbf16) {
+            float *sr = falloc(nst);
+            uint16_t *stmp = malloc(sizeof(uint16_t) * (size_t)nst);
+            memcpy(sr, ht_ref, sizeof(float) * (size_t)nst);
+            round_to(DN_BF16, sr, stmp, nst);
+            floor_s = rel_rms(sr, ht_ref, nst, NULL);
+            free(sr), free(stmp);
+        }
+        const double base = dt == DN_F32 ? 1e-4 : impl == DN_IMPL_RECURRENT ? 5e-3 : 1e-2;
+        const double tol = base + 2 * floor_o, tol_s = base + 2 * floor_s;
         int64_t w = 0;
         const double eo = rel_rms(o_got, o_ref, nv, &w);
         const double es = rel_rms(ht_got, ht_ref, nst, NULL);
-        if (!(eo <= tol) || !(es <= tol)) {
-            printf("    FAIL %s: o %.3g, state %.3g (tol %.0e; worst o[%lld] got %.7g ref %.7g)\n",
-                   what, eo, es, tol, (long long)w, o_got[w], o_ref[w]);
+        if (!(eo <= tol) || !(es <= tol_s)) {
+            printf("    FAIL %s: o %.3g, state %.3g (tol %.0e / %.0e; worst o[%lld] got %.7g ref "
+                   "%.7g)\n",
+                   what, eo, es, tol, tol_s, (long long)w, o_got[w], o_ref[w]);
             fails++;
         } else if (getenv("DN_TEST_VERBOSE"))
             printf("    ok %s: o %.2e state %.2e\n", what, eo, es);
     }
     free(tq.host), free(tk.host), free(tv.host), free(to.host);
     free(q), free(k), free(v), free(g), free(bt), free(h0), free(o_ref), free(ht_ref), free(o_got),
-        free(ht_got), free(st0);
+        free(ht_got), free(st0), free(ht_buf);
     return fails;
 }
 
@@ -248,38 +271,64 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
     static const int64_t dims[][2] = {{64, 64},  {96, 96},   {128, 128}, {192, 192}, {256, 256},
                                       {96, 192}, {128, 256}, {256, 64},  {32, 48},   {48, 16}};
     static const dn_op ops[] = {DN_OP_LINEAR_ATTN, DN_OP_GLA, DN_OP_DELTANET, DN_OP_GDN};
-    la_case cases[128];
+    la_case cases[160];
     int nc = 0;
     const int small = small_grid();
     for (int o = 0; o < 4; o++) {
         /* the options, one family of variants each */
-        cases[nc++] = (la_case){ops[o], 2, 37, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0};
-        cases[nc++] = (la_case){ops[o], 1, 70, 1, 2, 64, 64, 1, 0, 0, 0, 1, 1, 0};
+        cases[nc++] = (la_case){ops[o], 2, 37, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0, 0};
+        cases[nc++] = (la_case){ops[o], 1, 70, 1, 2, 64, 64, 1, 0, 0, 0, 1, 1, 0, 0};
         if (small) continue;
-        cases[nc++] = (la_case){ops[o], 2, 1, 2, 4, 128, 128, 0, 0, 0, 0, 1, 1, 1};
-        cases[nc++] = (la_case){ops[o], 2, 129, 2, 4, 64, 64, 0, 1, 1, 1, 1, 1, 1};
-        cases[nc++] = (la_case){ops[o], 1, 150, 1, 3, 128, 128, 1, 1, 3, 2, 1, 1, 0};
-        cases[nc++] = (la_case){ops[o], 2, 100, 2, 2, 64, 128, 0, 0, 2, 0, 0, 0, 0};
-        cases[nc++] = (la_case){ops[o], 1, 200, 1, 1, 128, 64, 0, 0, 3, 0, 1, 1, 0};
+        cases[nc++] = (la_case){ops[o], 2, 1, 2, 4, 128, 128, 0, 0, 0, 0, 1, 1, 1, 0};
+        cases[nc++] = (la_case){ops[o], 2, 129, 2, 4, 64, 64, 0, 1, 1, 1, 1, 1, 1, 0};
+        cases[nc++] = (la_case){ops[o], 1, 150, 1, 3, 128, 128, 1, 1, 3, 2, 1, 1, 0, 0};
+        cases[nc++] = (la_case){ops[o], 2, 100, 2, 2, 64, 128, 0, 0, 2, 0, 0, 0, 0, 0};
+        cases[nc++] = (la_case){ops[o], 1, 200, 1, 1, 128, 64, 0, 0, 3, 0, 1, 1, 0, 0};
     }
     /* the GPU's split chunkwise path (its state pass takes V / 16 warps a block, up to 8: every
      * count is in the grid above and below): many heads; many chunks on one (sequence, head);
      * varlen sequences of many chunks */
-    cases[nc++] = (la_case){DN_OP_GDN, 1, 100, 4, 48, 64, 128, 0, 0, 0, 0, 1, 1, 0};
+    cases[nc++] = (la_case){DN_OP_GDN, 1, 100, 4, 48, 64, 128, 0, 0, 0, 0, 1, 1, 0, 0};
     if (!small) {
-        cases[nc++] = (la_case){DN_OP_GDN, 1, 700, 1, 2, 128, 128, 0, 0, 0, 0, 1, 1, 0};
-        cases[nc++] = (la_case){DN_OP_GDN, 1, 1000, 1, 2, 128, 128, 1, 1, 1, 2, 1, 1, 1};
-        cases[nc++] = (la_case){DN_OP_GLA, 1, 520, 2, 2, 64, 64, 1, 0, 3, 0, 1, 1, 0};
-        cases[nc++] = (la_case){DN_OP_GDN, 2, 130, 8, 40, 64, 128, 0, 0, 3, 1, 1, 1, 0};
-        cases[nc++] = (la_case){DN_OP_DELTANET, 1, 300, 1, 1, 256, 256, 0, 0, 0, 0, 1, 1, 0};
+        cases[nc++] = (la_case){DN_OP_GDN, 1, 700, 1, 2, 128, 128, 0, 0, 0, 0, 1, 1, 0, 0};
+        cases[nc++] = (la_case){DN_OP_GDN, 1, 1000, 1, 2, 128, 128, 1, 1, 1, 2, 1, 1, 1, 0};
+        cases[nc++] = (la_case){DN_OP_GLA, 1, 520, 2, 2, 64, 64, 1, 0, 3, 0, 1, 1, 0, 0};
+        cases[nc++] = (la_case){DN_OP_GDN, 2, 130, 8, 40, 64, 128, 0, 0, 3, 1, 1, 1, 0, 0};
+        cases[nc++] = (la_case){DN_OP_DELTANET, 1, 300, 1, 1, 256, 256, 0, 0, 0, 0, 1, 1, 0, 0};
     }
     if (!small)
         for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
             cases[nc++] =
-                (la_case){DN_OP_GDN, 1, 77, 1, 2, dims[d][0], dims[d][1], 0, 0, 0, 0, 1, 1, 0};
+                (la_case){DN_OP_GDN, 1, 77, 1, 2, dims[d][0], dims[d][1], 0, 0, 0, 0, 1, 1, 0, 0};
             cases[nc++] =
-                (la_case){DN_OP_GLA, 1, 65, 2, 2, dims[d][0], dims[d][1], 0, 1, 1, 0, 0, 1, 0};
+                (la_case){DN_OP_GLA, 1, 65, 2, 2, dims[d][0], dims[d][1], 0, 1, 1, 0, 0, 1, 0, 0};
         }
+    /* decode steps (T = 1, in place) and a few tokens, every head dim, fp32 and bf16 states;
+     * bf16 states under the chunkwise form too */
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+        for (int sb = 0; sb < (small ? 1 : 2); sb++) {
+            if (small && d % 3) continue;
+            cases[nc++] = (la_case){DN_OP_GDN,  3,          1, 2, 4, dims[d][0], dims[d][1], 0, 0,
+                                    (int)d % 4, (int)d % 3, 1, 1, 1, sb};
+            if (!small)
+                cases[nc++] = (la_case){d % 2 ? DN_OP_DELTANET : DN_OP_GLA,
+                                        2,
+                                        5,
+                                        1,
+                                        2,
+                                        dims[d][0],
+                                        dims[d][1],
+                                        0,
+                                        0,
+                                        1,
+                                        0,
+                                        1,
+                                        1,
+                                        0,
+                                        sb};
+        }
+    cases[nc++] = (la_case){DN_OP_GDN, 1, 90, 1, 2, 128, 128, 1, 0, 0, 0, 1, 1, 1, 1};
+    cases[nc++] = (la_case){DN_OP_GDN, 2, 70, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0, 1};
     int fails = 0, runs = 0;
     for (int i = 0; i < nc; i++)
         for (int d = 0; d < ndt; d++)
@@ -288,6 +337,15 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
                                   1000 + (uint64_t)(i * 7 + d * 3 + m));
                 runs++;
             }
+    /* value dims the 16-byte decode layout does not take (V % 4 in fp32 states, V % 8 in bf16):
+     * the recurrence's other kernel */
+    static const int64_t odd_v[] = {6, 20};
+    for (int i = 0; i < 2; i++)
+        for (int sb = 0; sb < 2; sb++) {
+            la_case c = {DN_OP_GDN, 3, 1 + 3 * sb, 1, 2, 32, odd_v[i], 0, 0, 0, 0, 1, 1, 1, sb};
+            fails += run_case(&c, dts[0], DN_IMPL_RECURRENT, device, 4000 + (uint64_t)(i + sb));
+            runs++;
+        }
     printf("     %d runs, %d failed\n", runs, fails);
     return fails;
 }
@@ -299,10 +357,14 @@ static int test_la_dtype_cpu(void) {
     int fails = 0;
     for (int i = 0; i < 2; i++)
         for (int m = 0; m < 2; m++) {
-            la_case c = {i ? DN_OP_GDN : DN_OP_GLA, 2, 45, 2, 4, 32, 48, 0, 1, 0, 0, 1, 1, 0};
+            la_case c = {i ? DN_OP_GDN : DN_OP_GLA, 2, 45, 2, 4, 32, 48, 0, 1, 0, 0, 1, 1, 0, 0};
             fails += run_case(&c, dts[i], impls[m], -1, 77 + (uint64_t)(i + m));
             c.varlen = 1, c.B = 1, c.strided = 0, c.inplace = 1;
             fails += run_case(&c, dts[i], impls[m], -1, 99 + (uint64_t)(i + m));
+            c.sbf16 = 1; /* a bf16 state: through fp32 copies on the CPU */
+            fails += run_case(&c, dts[i], impls[m], -1, 111 + (uint64_t)(i + m));
+            c.varlen = 0, c.B = 2, c.inplace = 0;
+            fails += run_case(&c, DN_F32, impls[m], -1, 123 + (uint64_t)(i + m));
         }
     /* a bad dtype or device is an argument error, before anything runs */
     dn_la_params p = dn_la_params_default(DN_OP_LINEAR_ATTN, 1, 1, 1, 1, 4, 4);
@@ -312,6 +374,16 @@ static int test_la_dtype_cpu(void) {
     if (dn_la_forward(&p) != DN_ERR_ARG) fails++, printf("    FAIL dtype 7 accepted\n");
     p.dtype = DN_F32, p.device = -2;
     if (dn_la_forward(&p) != DN_ERR_ARG) fails++, printf("    FAIL device -2 accepted\n");
+    p.device = DN_DEVICE_CPU, p.state_dtype = DN_F16;
+    if (dn_la_forward(&p) != DN_ERR_ARG) fails++, printf("    FAIL state_dtype fp16 accepted\n");
+    /* a bf16 state is for the forward: the training forward and the backward refuse it */
+    p.state_dtype = DN_BF16;
+    size_t sb = 0;
+    dn_la_saved_size(&p, &sb);
+    void *saved = malloc(sb + 64);
+    if (dn_la_forward_train(&p, saved, sb) != DN_ERR_UNSUPPORTED)
+        fails++, printf("    FAIL training forward with a bf16 state accepted\n");
+    free(saved);
     return fails;
 }
 

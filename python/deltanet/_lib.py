@@ -61,7 +61,8 @@ LaParams = _struct("LaParams", [("op", c_int)] + [(n, c_int64) for n in "B T H H
                                      ("qk_l2norm", c_int), ("chunk_size", c_int), ("impl", c_int),
                                      ("n_threads", c_int), ("workspace", c_void_p),
                                      ("workspace_bytes", c_size_t), ("dtype", c_int),
-                                     ("device", c_int), ("stream", c_void_p)])
+                                     ("device", c_int), ("stream", c_void_p),
+                                     ("state_dtype", c_int)])
 LaBwdParams = _struct("LaBwdParams", [("fwd", LaParams)] + _tensor("dout")
                       + [("dfinal_state", c_void_p)] + _tensor("dq") + _tensor("dk") + _tensor("dv")
                       + _tensor("dg") + _tensor("dbeta")

@@ -106,7 +106,7 @@ __device__ __forceinline__ float warp_sum(float x) {
  * ------------------------------------------------------------------------------------------- */
 constexpr int REC_WARPS = 8;
 
-template <typename T, int RPT>
+template <typename T, typename SE, int RPT>
 __global__ void __launch_bounds__(32 * REC_WARPS) la_recurrent_kernel(la_args a) {
     __shared__ float qs[256], ks[256], part_k[REC_WARPS][32], part_q[REC_WARPS][32], sc[3];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -122,7 +122,8 @@ __global__ void __launch_bounds__(32 * REC_WARPS) la_recurrent_kernel(la_args a)
 #pragma unroll
     for (int r = 0; r < RPT; r++) {
         const int i = w + r * REC_WARPS;
-        S[r] = (a.h0 && col && i < K) ? a.h0[soff + (int64_t)i * a.V + j] : 0.0f;
+        S[r] =
+            (a.h0 && col && i < K) ? to_f(((const SE *)a.h0)[soff + (int64_t)i * a.V + j]) : 0.0f;
     }
     const T *q = (const T *)a.q, *k = (const T *)a.k, *v = (const T *)a.v;
     T *o = (T *)a.o;
@@ -186,7 +187,183 @@ __global__ void __launch_bounds__(32 * REC_WARPS) la_recurrent_kernel(la_args a)
 #pragma unroll
         for (int r = 0; r < RPT; r++) {
             const int i = w + r * REC_WARPS;
-            if (i < K) a.ht[soff + (int64_t)i * a.V + j] = S[r];
+            if (i < K) ((SE *)a.ht)[soff + (int64_t)i * a.V + j] = from_f<SE>(S[r]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Decode recurrence (the batched decode step, and short sequences): the fused recurrence laid
+ * out for the state's bytes. A decode step does 8 K V FLOPs on K V state elements read and
+ * written once, so it runs at the memory system's speed or not at all; what that takes is wide,
+ * contiguous accesses and many of them in flight. Each thread holds 16 bytes of a state row (CPT
+ * columns: 4 in fp32, 8 in bf16) in RPT rows, read with one 16-byte load per row, all issued
+ * before the first token is touched. A block of 256 threads is NCG column groups x NRG = 256 /
+ * NCG row groups: BVC = NCG CPT columns of all K rows; where BVC covers V, consecutive lanes
+ * read a whole row (512 bytes of an fp32 row of 128) and the block a head's state in one piece.
+ * Per token: q and k into shared memory (double-buffered by the token's parity, as is every
+ * shared array, so three barriers a token suffice), the norms and k.q reduced by every warp for
+ * itself, the partial sums S^T k and S^T q reduced over a warp's row groups by shuffles and over
+ * the warps through shared memory (one sum a thread), then o = e S^T q + (k.q) u and
+ * S = e S + k u^T as in la_recurrent_kernel. Needs
+ * V % CPT == 0 and 16-byte aligned states (the launcher checks).
+ * ------------------------------------------------------------------------------------------- */
+/* 256 threads: measured on an H200 (K = V = 128, B = 64 and 128), blocks of 128 threads were
+ * 4-7% slower in fp32 and the same in bf16, blocks of 64 threads 15% slower */
+constexpr int DEC_THREADS = 256, DEC_WARPS = DEC_THREADS / 32;
+template <typename SE> __host__ __device__ constexpr int dec_cpt() { return 16 / (int)sizeof(SE); }
+
+/* 16 bytes of state (CPT elements) at p, widened; and back, rounded */
+__device__ __forceinline__ void st_load(const float *p, float *x) {
+    const float4 v = *(const float4 *)p;
+    x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+}
+__device__ __forceinline__ void st_load(const __nv_bfloat16 *p, float *x) {
+    const uint4 v = *(const uint4 *)p;
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        x[2 * i] = __uint_as_float(w[i] << 16);
+        x[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void st_store(float *p, const float *x) {
+    *(float4 *)p = make_float4(x[0], x[1], x[2], x[3]);
+}
+__device__ __forceinline__ void st_store(__nv_bfloat16 *p, const float *x) {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+        w[i] = *(const uint32_t *)&h;
+    }
+    *(uint4 *)p = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+template <typename T, typename SE, int NCG, int RPT>
+__global__ void __launch_bounds__(DEC_THREADS, 512 / DEC_THREADS) la_decode_kernel(la_args a) {
+    constexpr int CPT = dec_cpt<SE>(), BVC = NCG * CPT, NRG = DEC_THREADS / NCG;
+    __shared__ float qs[2][256], ks[2][256], part[2][DEC_WARPS][2][BVC];
+    __shared__ __align__(16) float red[2][2][BVC];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int cg = threadIdx.x % NCG, rg = threadIdx.x / NCG; /* column group, row group */
+    const int64_t hv = blockIdx.y, n = blockIdx.z, h = hv / (a.HV / a.H);
+    const int64_t j0 = (int64_t)blockIdx.x * BVC + cg * CPT;
+    const bool col = j0 < a.V; /* V % CPT == 0: a group is all in or all out */
+    const int K = (int)a.K;
+    int64_t b, t0, t1;
+    seq_range(a, n, &b, &t0, &t1);
+    const int64_t soff = (n * a.HV + hv) * a.K * a.V + j0;
+
+    float S[RPT][CPT];
+#pragma unroll
+    for (int r = 0; r < RPT; r++) {
+        const int i = rg + r * NRG;
+        if (a.h0 && col && i < K)
+            st_load((const SE *)a.h0 + soff + (int64_t)i * a.V, S[r]);
+        else
+#pragma unroll
+            for (int c = 0; c < CPT; c++)
+                S[r][c] = 0.0f;
+    }
+    const T *q = (const T *)a.q, *k = (const T *)a.k, *v = (const T *)a.v;
+    T *o = (T *)a.o;
+    for (int64_t t = t0; t < t1; t++) {
+        const int par = (int)((t - t0) & 1);
+        const T *qr = q + b * a.qb + t * a.qt + h * a.qh, *kr = k + b * a.kb + t * a.kt + h * a.kh;
+        for (int i = threadIdx.x; i < K; i += DEC_THREADS) {
+            qs[par][i] = to_f(qr[i]);
+            ks[par][i] = to_f(kr[i]);
+        }
+        float vj[CPT];
+        const T *vr = v + b * a.vb + t * a.vt + hv * a.vh + j0;
+#pragma unroll
+        for (int c = 0; c < CPT; c++)
+            vj[c] = col ? to_f(vr[c]) : 0.0f;
+        const float e =
+            a.gate ? __expf(fmaxf(a.g[b * a.gb + t * a.gt + hv * a.gh], LOG_DECAY_MIN)) : 1.0f;
+        const float beta = a.delta ? a.beta[b * a.bb + t * a.bt + hv * a.bh] : 1.0f;
+        __syncthreads();
+        /* norms and k.q: every warp its own copy (K / 32 products a lane, no barrier) */
+        float sq = 0, sk = 0, kq = 0;
+        for (int i = lane; i < K; i += 32) {
+            const float x = qs[par][i], y = ks[par][i];
+            sq += x * x, sk += y * y, kq += x * y;
+        }
+        sq = warp_sum(sq), sk = warp_sum(sk), kq = warp_sum(kq);
+        const float rq = a.l2norm ? a.scale * rsqrtf(sq + 1e-6f) : a.scale;
+        const float rk = a.l2norm ? rsqrtf(sk + 1e-6f) : 1.0f;
+        kq *= rq * rk;
+        float ak[CPT], aq[CPT];
+#pragma unroll
+        for (int c = 0; c < CPT; c++)
+            ak[c] = aq[c] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < RPT; r++) {
+            const int i = rg + r * NRG;
+            const float kk = i < K ? ks[par][i] : 0.0f, qq = i < K ? qs[par][i] : 0.0f;
+#pragma unroll
+            for (int c = 0; c < CPT; c++) {
+                ak[c] += S[r][c] * kk;
+                aq[c] += S[r][c] * qq;
+            }
+        }
+        /* a warp's lanes of one column group differ by multiples of NCG */
+#pragma unroll
+        for (int off = NCG; off < 32; off <<= 1)
+#pragma unroll
+            for (int c = 0; c < CPT; c++) {
+                ak[c] += __shfl_xor_sync(0xffffffffu, ak[c], off);
+                aq[c] += __shfl_xor_sync(0xffffffffu, aq[c], off);
+            }
+        if (lane < NCG)
+#pragma unroll
+            for (int c = 0; c < CPT; c++) {
+                part[par][w][0][cg * CPT + c] = ak[c];
+                part[par][w][1][cg * CPT + c] = aq[c];
+            }
+        __syncthreads();
+        /* the 2 BVC sums over the warps, one a thread, then each thread reads its columns' */
+        for (int x = threadIdx.x; x < 2 * BVC; x += DEC_THREADS) {
+            float acc = 0;
+#pragma unroll
+            for (int y = 0; y < DEC_WARPS; y++)
+                acc += part[par][y][x / BVC][x % BVC];
+            red[par][x / BVC][x % BVC] = acc;
+        }
+        __syncthreads();
+        float u[CPT];
+#pragma unroll
+        for (int c4 = 0; c4 < CPT; c4 += 4) {
+            const float4 k4 = *(const float4 *)&red[par][0][cg * CPT + c4],
+                         q4 = *(const float4 *)&red[par][1][cg * CPT + c4];
+            const float sk4[4] = {k4.x, k4.y, k4.z, k4.w}, sq4[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+            for (int c = c4; c < c4 + 4; c++) {
+                u[c] = a.delta ? beta * (vj[c] - e * sk4[c - c4] * rk) : vj[c];
+                aq[c] = e * sq4[c - c4] * rq + kq * u[c]; /* the output */
+            }
+        }
+        if (rg == 0 && col) {
+            T *orow = o + b * a.ob + t * a.ot + hv * a.oh + j0;
+#pragma unroll
+            for (int c = 0; c < CPT; c++)
+                orow[c] = from_f<T>(aq[c]);
+        }
+#pragma unroll
+        for (int r = 0; r < RPT; r++) {
+            const int i = rg + r * NRG;
+            const float kr_ = i < K ? ks[par][i] * rk : 0.0f;
+#pragma unroll
+            for (int c = 0; c < CPT; c++)
+                S[r][c] = e * S[r][c] + kr_ * u[c];
+        }
+    }
+    if (a.ht && col) {
+#pragma unroll
+        for (int r = 0; r < RPT; r++) {
+            const int i = rg + r * NRG;
+            if (i < K) st_store((SE *)a.ht + soff + (int64_t)i * a.V, S[r]);
         }
     }
 }
@@ -1380,16 +1557,69 @@ la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
     return a;
 }
 
-template <typename T> cudaError_t launch_recurrent(const la_args &a, int64_t NS, cudaStream_t s) {
-    const dim3 grid((unsigned)((a.V + 31) / 32), (unsigned)a.HV, (unsigned)NS);
-    if (a.K <= 64)
-        la_recurrent_kernel<T, 8><<<grid, 32 * REC_WARPS, 0, s>>>(a);
-    else if (a.K <= 128)
-        la_recurrent_kernel<T, 16><<<grid, 32 * REC_WARPS, 0, s>>>(a);
-    else
-        la_recurrent_kernel<T, 32><<<grid, 32 * REC_WARPS, 0, s>>>(a);
+template <typename T, typename SE, int NCG>
+cudaError_t launch_decode(const la_args &a, int64_t NS, cudaStream_t s) {
+    constexpr int NRG = DEC_THREADS / NCG, BVC = NCG * dec_cpt<SE>();
+    const dim3 grid((unsigned)((a.V + BVC - 1) / BVC), (unsigned)a.HV, (unsigned)NS);
+    const int64_t rows = (a.K + NRG - 1) / NRG; /* at most 64 / CPT (the caller) */
+    if (rows <= 4)
+        la_decode_kernel<T, SE, NCG, 4><<<grid, DEC_THREADS, 0, s>>>(a);
+    else if (rows <= 8 || dec_cpt<SE>() == 8)
+        la_decode_kernel<T, SE, NCG, 8><<<grid, DEC_THREADS, 0, s>>>(a);
+    else if constexpr (dec_cpt<SE>() == 4)
+        la_decode_kernel<T, SE, NCG, 16><<<grid, DEC_THREADS, 0, s>>>(a);
     return cudaGetLastError();
 }
+
+/* The recurrence: the decode layout where it applies, else one thread a column. Column groups
+ * a block: enough to cover a row (contiguous reads), few enough that a thread holds at most 64
+ * state elements (two blocks an SM at 128 registers), at least 8; halved while the grid would
+ * leave SMs idle. */
+template <typename T, typename SE>
+cudaError_t launch_recurrent(const la_args &a, int64_t NS, cudaStream_t s) {
+    constexpr int CPT = dec_cpt<SE>();
+    const bool aligned = !((uintptr_t)a.h0 & 15) && !((uintptr_t)a.ht & 15);
+    if (a.V % CPT == 0 && aligned && a.K <= (DEC_THREADS / 8) * (64 / CPT)) {
+        int sms = 132, dev = 0;
+        (void)cudaGetDevice(&dev);
+        (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        int ncg = 8;
+        while (ncg < 32 && ncg * CPT < a.V && ncg * 2 <= DEC_THREADS * 64 / (a.K * CPT))
+            ncg *= 2;
+        while (ncg > 8 && NS * a.HV * ((a.V + ncg * CPT - 1) / (ncg * CPT)) < sms)
+            ncg /= 2;
+        return ncg == 32   ? launch_decode<T, SE, 32>(a, NS, s)
+               : ncg == 16 ? launch_decode<T, SE, 16>(a, NS, s)
+                           : launch_decode<T, SE, 8>(a, NS, s);
+    }
+    const dim3 grid((unsigned)((a.V + 31) / 32), (unsigned)a.HV, (unsigned)NS);
+    if (a.K <= 64)
+        la_recurrent_kernel<T, SE, 8><<<grid, 32 * REC_WARPS, 0, s>>>(a);
+    else if (a.K <= 128)
+        la_recurrent_kernel<T, SE, 16><<<grid, 32 * REC_WARPS, 0, s>>>(a);
+    else
+        la_recurrent_kernel<T, SE, 32><<<grid, 32 * REC_WARPS, 0, s>>>(a);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_recurrent(const la_args &a, int64_t NS, int sbf16, cudaStream_t s) {
+    return sbf16 ? launch_recurrent<T, __nv_bfloat16>(a, NS, s)
+                 : launch_recurrent<T, float>(a, NS, s);
+}
+
+/* bf16 states to fp32 and back, for the chunkwise kernels (which keep fp32 states) */
+__global__ void state_widen_kernel(float *dst, const __nv_bfloat16 *src, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+__global__ void state_narrow_kernel(__nv_bfloat16 *dst, const float *src, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+unsigned conv_blocks(int64_t n) { return (unsigned)(n / 256 + 1 < 4096 ? n / 256 + 1 : 4096); }
 
 template <typename T, int C, int BV>
 cudaError_t launch_chunk_bv(const la_args &a, int64_t NS, cudaStream_t s) {
@@ -1582,7 +1812,9 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
     }
     cudaStream_t s = (cudaStream_t)p->stream;
     const int64_t NS = p->cu_seqlens ? p->n_seqs : p->B;
-    const size_t state_bytes = sizeof(float) * (size_t)(NS * p->HV * p->K * p->V);
+    const int sbf16 = p->state_dtype == DN_BF16;
+    const int64_t state_elems = NS * p->HV * p->K * p->V;
+    const size_t state_bytes = (sbf16 ? 2 : 4) * (size_t)state_elems;
     if (p->T == 0) { /* no tokens: the final state is the initial one (or zeros) */
         if (!p->final_state || p->final_state == p->initial_state) return DN_OK;
         cudaError_t e = p->initial_state ? cudaMemcpyAsync(p->final_state, p->initial_state,
@@ -1613,20 +1845,39 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
             return st;
         }
     }
-    const la_args a = make_args(p, cu);
-    cudaError_t e;
-    if (impl == DN_IMPL_RECURRENT)
-        e = p->dtype == DN_BF16  ? launch_recurrent<__nv_bfloat16>(a, NS, s)
-            : p->dtype == DN_F16 ? launch_recurrent<__half>(a, NS, s)
-                                 : launch_recurrent<float>(a, NS, s);
-    else if (p->dtype == DN_BF16 && DN_CUDA_SPLIT)
-        e = launch_split<__nv_bfloat16>(a, p, NS, s);
-    else if (p->dtype == DN_F16 && DN_CUDA_SPLIT)
-        e = launch_split<__half>(a, p, NS, s);
-    else /* fp32 inputs: the single kernel, fp32 products on the CUDA cores */
-        e = p->dtype == DN_BF16  ? launch_chunk<__nv_bfloat16>(a, NS, s)
-            : p->dtype == DN_F16 ? launch_chunk<__half>(a, NS, s)
-                                 : launch_chunk<float>(a, NS, s);
+    la_args a = make_args(p, cu);
+    cudaError_t e = cudaSuccess;
+    float *wide = NULL; /* a bf16 state under the chunkwise kernels: fp32 copies, h0 then ht */
+    if (impl != DN_IMPL_RECURRENT && sbf16 && (p->initial_state || p->final_state)) {
+        e = cudaMallocAsync((void **)&wide, 2 * sizeof(float) * (size_t)state_elems, s);
+        if (e == cudaSuccess && p->initial_state) {
+            state_widen_kernel<<<conv_blocks(state_elems), 256, 0, s>>>(
+                wide, (const __nv_bfloat16 *)(const void *)p->initial_state, state_elems);
+            e = cudaGetLastError();
+        }
+        a.h0 = p->initial_state ? wide : NULL;
+        a.ht = p->final_state ? wide + state_elems : NULL;
+    }
+    if (e == cudaSuccess) {
+        if (impl == DN_IMPL_RECURRENT)
+            e = p->dtype == DN_BF16  ? launch_recurrent<__nv_bfloat16>(a, NS, sbf16, s)
+                : p->dtype == DN_F16 ? launch_recurrent<__half>(a, NS, sbf16, s)
+                                     : launch_recurrent<float>(a, NS, sbf16, s);
+        else if (p->dtype == DN_BF16 && DN_CUDA_SPLIT)
+            e = launch_split<__nv_bfloat16>(a, p, NS, s);
+        else if (p->dtype == DN_F16 && DN_CUDA_SPLIT)
+            e = launch_split<__half>(a, p, NS, s);
+        else /* fp32 inputs: the single kernel, fp32 products on the CUDA cores */
+            e = p->dtype == DN_BF16  ? launch_chunk<__nv_bfloat16>(a, NS, s)
+                : p->dtype == DN_F16 ? launch_chunk<__half>(a, NS, s)
+                                     : launch_chunk<float>(a, NS, s);
+    }
+    if (e == cudaSuccess && wide && p->final_state) {
+        state_narrow_kernel<<<conv_blocks(state_elems), 256, 0, s>>>(
+            (__nv_bfloat16 *)(void *)p->final_state, wide + state_elems, state_elems);
+        e = cudaGetLastError();
+    }
+    if (wide) (void)cudaFreeAsync(wide, s);
     st = dn_cuda_error(e, name);
     if (cu) (void)cudaFreeAsync(cu, s);
     return st;
