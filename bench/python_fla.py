@@ -210,7 +210,7 @@ def bench_overhead(args):
     buf = _lib.LA_PACK.pack(3, B, 1, H, H, K, K, *A.view(x["q"]), *A.view(x["k"]), *A.view(x["v"]),
                             *A.view(x["g"]), *A.view(x["beta"]), *A.view(o), h0.data_ptr(),
                             ht.data_ptr(), 0, 0, K ** -0.5, 1, 64, _lib.IMPLS["recurrent"], 0, 0, 0,
-                            0, -1, 0, 0)  # dtype, device, stream, state dtype: the defaults
+                            0, -1, 0, 0, *[0] * 10)  # dtype .. raw gates: the defaults
     call = _lib.dn_la_forward_packed
 
     def loop_c():

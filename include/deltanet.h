@@ -218,9 +218,21 @@ typedef struct dn_strides {
  * through the call's tokens and rounded to nearest even once, when final_state is written. The
  * forward only (the training forward and the backward take DN_F32 states); on the CPU, and for the
  *               chunkwise form on the GPU, through fp32 copies made inside the call.
+ *   gate_a, A_log, dt_bias
+ *               the gated ops' log decay computed inside the call from the raw projection, as
+ *               Qwen3.5, Qwen3-Next and Mamba-2 compute it: g = -exp(A_log[h]) softplus(gate_a +
+ *               dt_bias[h]), gate_a [B,T,HV] (strides gate_a_s), A_log and dt_bias [HV]
+ *               (contiguous); all three or none, and g NULL when they are given. fp32, softplus(x)
+ *               = x above 20, else log1p(exp(x)).
+ *   gate_b      the delta ops' beta computed inside the call: beta = sigmoid(gate_b), gate_b
+ *               [B,T,HV] (strides gate_b_s); beta NULL when it is given. The raw gates are for the
+ *               forward (the training forward and the backward take g and beta); the GPU
+ *               recurrence computes them in the kernel, the chunkwise forms and the CPU in a pass
+ *               over B T HV values before the op.
  *   device      DN_DEVICE_CPU (default): every pointer is host memory. A CUDA device ordinal
- *               (0, 1, ...): the call runs on that GPU, and q, k, v, g, beta, o, initial_state and
- *               final_state are device pointers (readable by that device); cu_seqlens stays a
+ *               (0, 1, ...): the call runs on that GPU, and q, k, v, g, beta, o, initial_state,
+ *               final_state and the raw gates are device pointers (readable by that device);
+ *               cu_seqlens stays a
  *               host array (it is checked and its sequences scheduled on the host; the call copies
  *               it to the device), as does the params struct itself. workspace is not used.
  *               K <= 256. The GPU runs DN_IMPL_RECURRENT (the fused recurrence, any K and V; T = 1
@@ -282,6 +294,14 @@ typedef struct dn_la_params {
     int device;           /* DN_DEVICE_CPU (default) or a CUDA device ordinal */
     void *stream;         /* cudaStream_t for a device call; NULL: the default stream */
     dn_dtype state_dtype; /* DN_F32 (default) or DN_BF16: initial_state and final_state */
+
+    /* the gates from raw projections, computed inside the call (see the options); NULL: not */
+    const float *gate_a; /* [B,T,HV]: g = -exp(A_log) softplus(gate_a + dt_bias) */
+    dn_strides gate_a_s;
+    const float *gate_b; /* [B,T,HV]: beta = sigmoid(gate_b) */
+    dn_strides gate_b_s;
+    const float *A_log;   /* [HV] */
+    const float *dt_bias; /* [HV] */
 } dn_la_params;
 
 /* Params for contiguous tensors of the given shape with the defaults above; pointers NULL. */

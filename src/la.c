@@ -98,14 +98,24 @@ static dn_status check_shape(const dn_la_params *p, const char *name) {
 /* g exactly for the gated ops, beta exactly for the delta-rule ops (not part of the shape: the
  * size queries take params without tensors). */
 static dn_status check_op_inputs(const dn_la_params *p, const char *name) {
-    if (dn_op_has_gate(p->op) && !p->g)
-        return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required", name);
-    if (!dn_op_has_gate(p->op) && p->g)
-        return dn_fail(DN_ERR_ARG, "%s has no gate but g was given (use gla or gdn)", name);
-    if (dn_op_has_delta(p->op) && !p->beta)
-        return dn_fail(DN_ERR_NULL, "%s: beta [B,T,HV] is required", name);
-    if (!dn_op_has_delta(p->op) && p->beta)
-        return dn_fail(DN_ERR_ARG, "%s has no delta rule but beta was given (use deltanet or gdn)",
+    const int raw = p->gate_a || p->A_log || p->dt_bias;
+    if (raw && !(p->gate_a && p->A_log && p->dt_bias))
+        return dn_fail(DN_ERR_NULL, "%s: gate_a, A_log and dt_bias go together (one is NULL)",
+                       name);
+    if (dn_op_has_gate(p->op) && !p->g && !raw)
+        return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] (or gate_a, A_log, dt_bias) is required", name);
+    if (dn_op_has_gate(p->op) && p->g && raw)
+        return dn_fail(DN_ERR_ARG, "%s: g and the raw gate (gate_a) were both given", name);
+    if (!dn_op_has_gate(p->op) && (p->g || raw))
+        return dn_fail(DN_ERR_ARG, "%s has no gate but g or gate_a was given (use gla or gdn)",
+                       name);
+    if (dn_op_has_delta(p->op) && !p->beta && !p->gate_b)
+        return dn_fail(DN_ERR_NULL, "%s: beta [B,T,HV] (or gate_b) is required", name);
+    if (dn_op_has_delta(p->op) && p->beta && p->gate_b)
+        return dn_fail(DN_ERR_ARG, "%s: beta and gate_b were both given", name);
+    if (!dn_op_has_delta(p->op) && (p->beta || p->gate_b))
+        return dn_fail(DN_ERR_ARG,
+                       "%s has no delta rule but beta or gate_b was given (use deltanet or gdn)",
                        name);
     return DN_OK;
 }
@@ -123,6 +133,10 @@ static int fwd_args(const dn_la_params *p, dn_arg *a) {
     a[n++] = dn_arg_flat("initial_state", p->initial_state, NS, HV, K, V, 0, 1, 1);
     a[n++] = dn_arg_flat("cu_seqlens", p->cu_seqlens, p->cu_seqlens ? p->n_seqs + 1 : 0, 1, 1, 2, 0,
                          1, 0);
+    a[n++] = (dn_arg){"gate_a", p->gate_a, p->gate_a_s, B, T, HV, 1, 0, 1, 0};
+    a[n++] = (dn_arg){"gate_b", p->gate_b, p->gate_b_s, B, T, HV, 1, 0, 1, 0};
+    a[n++] = dn_arg_flat("A_log", p->A_log, 1, 1, 1, HV, 0, 1, 0);
+    a[n++] = dn_arg_flat("dt_bias", p->dt_bias, 1, 1, 1, HV, 0, 1, 0);
     return n;
 }
 
@@ -282,6 +296,38 @@ static dn_status forward_widened(const dn_la_params *p) {
     return st;
 }
 
+/* Raw gates on the CPU: g and beta computed into a buffer, then the call with them (checked
+ * params). */
+static dn_status forward_raw_gates(const dn_la_params *p) {
+    const int64_t B = p->B, T = p->T, HV = p->HV, n = B * T * HV;
+    float *buf = dn_alloc(sizeof(float) * (size_t)(2 * n));
+    if (!buf)
+        return dn_fail(DN_ERR_ALLOC, "%s: cannot allocate the gates computed from gate_a / gate_b",
+                       dn_op_name(p->op));
+    dn_la_params w = *p;
+    float *g = buf, *beta = buf + n;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < HV; h++) {
+                const int64_t i = (b * T + t) * HV + h;
+                if (p->gate_a) {
+                    const float x =
+                        p->gate_a[b * p->gate_a_s.b + t * p->gate_a_s.t + h * p->gate_a_s.h] +
+                        p->dt_bias[h];
+                    g[i] = -expf(p->A_log[h]) * (x > 20.0f ? x : log1pf(expf(x)));
+                }
+                if (p->gate_b)
+                    beta[i] = 1.0f / (1.0f + expf(-p->gate_b[b * p->gate_b_s.b + t * p->gate_b_s.t +
+                                                             h * p->gate_b_s.h]));
+            }
+    if (p->gate_a) w.g = g, w.g_s = dn_contiguous(T, HV, 1);
+    if (p->gate_b) w.beta = beta, w.beta_s = dn_contiguous(T, HV, 1);
+    w.gate_a = w.gate_b = w.A_log = w.dt_bias = NULL;
+    dn_status st = dn_la_forward(&w);
+    dn_free(buf);
+    return st;
+}
+
 /* A bf16 state on the CPU: the call over fp32 copies of the states (checked params). */
 static dn_status forward_state_widened(const dn_la_params *p) {
     const int64_t n = state_floats(p);
@@ -314,6 +360,7 @@ dn_status dn_la_forward(const dn_la_params *p) {
                            dn_op_name(p->op), p->device);
         return dn_cuda_la_forward(p); /* T = 0 and AUTO are resolved there */
     }
+    if (p->gate_a || p->gate_b) return forward_raw_gates(p);
     if (p->state_dtype != DN_F32) return forward_state_widened(p);
     if (p->dtype != DN_F32 && p->T > 0) return forward_widened(p);
     if (p->T == 0) {
@@ -414,6 +461,11 @@ static dn_status bwd_check(const dn_la_bwd_params *bp) {
     dn_status st = check_shape(p, op);
     if (st == DN_OK) st = check_op_inputs(p, op);
     if (st != DN_OK) return st;
+    if (p->gate_a || p->gate_b)
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "%s backward: the raw gates (gate_a, gate_b) are for the forward; pass g "
+                       "and beta",
+                       op);
     if (dn_op_has_gate(p->op) != (bp->dg != NULL))
         return dn_fail(DN_ERR_ARG, "%s: dg must be given exactly for gated ops", op);
     if (dn_op_has_delta(p->op) != (bp->dbeta != NULL))
@@ -505,6 +557,11 @@ dn_status dn_la_forward_train(const dn_la_params *p_in, void *saved, size_t save
         return dn_fail(DN_ERR_UNSUPPORTED,
                        "%s training forward: fp32 (inputs and states) on the CPU only in this "
                        "version",
+                       op);
+    if (p->gate_a || p->gate_b)
+        return dn_fail(DN_ERR_UNSUPPORTED,
+                       "%s training forward: the raw gates (gate_a, gate_b) are for the forward; "
+                       "pass g and beta",
                        op);
     if (p->impl != DN_IMPL_AUTO && p->impl != DN_IMPL_CHUNK)
         return dn_fail(DN_ERR_UNSUPPORTED,

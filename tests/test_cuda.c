@@ -26,7 +26,8 @@ typedef struct {
     int64_t B, T, H, HV, K, V;
     int varlen;  /* cu_seqlens with empty and one-token sequences (B = 1) */
     int strided; /* q, k, v, o as views into wider buffers */
-    int gates;   /* 0: mild, 1: strong decay, 2: g = 0, 3: some g = -inf */
+    int gates;   /* 0: mild, 1: strong decay, 2: g = 0, 3: some g = -inf, 4: the raw gates
+                  * (gate_a, A_log, dt_bias; gate_b for beta) computed inside the call */
     int betas;   /* 0: uniform [0, 1], 1: near 0, 2: near 2 */
     int l2norm;  /* in-op L2 norm (else keys drawn with norm about 1) */
     int init;    /* an initial state */
@@ -99,7 +100,7 @@ static void *up(const void *host, size_t n) {
     return d;
 }
 
-static const char *gate_names[] = {"mild", "strong", "g=0", "g=-inf"};
+static const char *gate_names[] = {"mild", "strong", "g=0", "g=-inf", "raw-gates"};
 static const char *beta_names[] = {"beta~U(0,1)", "beta~0", "beta~2"};
 
 /* Runs one case on the device (device >= 0) or the CPU (16-bit inputs, device < 0) against the
@@ -133,6 +134,21 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
         g[i] = c->gates == 0 ? -0.02f - 0.3f * x : c->gates == 1 ? -2.0f - 8.0f * x : 0.0f;
         if (c->gates == 3) g[i] = x < 0.1f ? -INFINITY : -0.05f * x;
         bt[i] = c->betas == 0 ? x : c->betas == 1 ? 1e-4f * x : 2.0f - 1e-3f * x;
+    }
+    /* raw gates: g and beta as the call computes them (the reference takes these) */
+    float *ga = falloc(ng), *gbr = falloc(ng), A_log[64], dt_bias[64];
+    const int raw = c->gates == 4;
+    for (int64_t h = 0; raw && h < HV; h++) {
+        A_log[h] = rng_uniform(&r, -2, 1);
+        dt_bias[h] = rng_uniform(&r, -4, -1);
+    }
+    for (int64_t i = 0; raw && i < ng; i++) {
+        ga[i] = rng_uniform(&r, -8, 2); /* mostly moderate decays; 1 in 20 past softplus's 20 */
+        if (rng_uniform(&r, 0, 1) < 0.05f) ga[i] = rng_uniform(&r, 24, 26);
+        gbr[i] = rng_uniform(&r, -6, 6);
+        const float x = ga[i] + dt_bias[i % HV];
+        g[i] = -expf(A_log[i % HV]) * (x > 20.0f ? x : log1pf(expf(x)));
+        bt[i] = 1.0f / (1.0f + expf(-gbr[i]));
     }
     round_to(dt, q, scratch, nqk);
     round_to(dt, k, scratch, nqk);
@@ -176,14 +192,20 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
     p.impl = impl;
     p.q_s = tq.s, p.k_s = tk.s, p.v_s = tv.s, p.o_s = to.s;
     p.state_dtype = c->sbf16 ? DN_BF16 : DN_F32;
+    const int raw_g = raw && gate, raw_b = raw && delta;
+    p.gate_a_s = p.gate_b_s = (dn_strides){T * HV, HV, 1};
     if (device >= 0) {
         p.device = device;
         p.q = up(tq.host, tbytes(dt, &tq));
         p.k = up(tk.host, tbytes(dt, &tk));
         p.v = up(tv.host, tbytes(dt, &tv));
         p.o = up(to.host, tbytes(dt, &to)); /* poisoned: NaN everywhere */
-        p.g = gate ? up(g, sizeof(float) * (size_t)ng) : NULL;
-        p.beta = delta ? up(bt, sizeof(float) * (size_t)ng) : NULL;
+        p.g = gate && !raw_g ? up(g, sizeof(float) * (size_t)ng) : NULL;
+        p.beta = delta && !raw_b ? up(bt, sizeof(float) * (size_t)ng) : NULL;
+        p.gate_a = raw_g ? up(ga, sizeof(float) * (size_t)ng) : NULL;
+        p.A_log = raw_g ? up(A_log, sizeof(float) * (size_t)HV) : NULL;
+        p.dt_bias = raw_g ? up(dt_bias, sizeof(float) * (size_t)HV) : NULL;
+        p.gate_b = raw_b ? up(gbr, sizeof(float) * (size_t)ng) : NULL;
         float *dh0 = up(st0, sbytes), *dht = NULL;
         if (c->inplace)
             dht = dh0;
@@ -199,10 +221,14 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
         }
         dn_cuda_free((void *)p.q), dn_cuda_free((void *)p.k), dn_cuda_free((void *)p.v);
         dn_cuda_free(p.o), dn_cuda_free((void *)p.g), dn_cuda_free((void *)p.beta);
+        dn_cuda_free((void *)p.gate_a), dn_cuda_free((void *)p.A_log);
+        dn_cuda_free((void *)p.dt_bias), dn_cuda_free((void *)p.gate_b);
         dn_cuda_free(dh0);
         if (!c->inplace) dn_cuda_free(dht);
     } else {
         p.q = tq.host, p.k = tk.host, p.v = tv.host, p.o = to.host;
+        if (raw_g) p.g = NULL, p.gate_a = ga, p.A_log = A_log, p.dt_bias = dt_bias;
+        if (raw_b) p.beta = NULL, p.gate_b = gbr;
         p.initial_state = c->init ? st0 : NULL;
         p.final_state = c->inplace && c->init ? st0 : ht_buf;
         st = dn_la_forward(&p);
@@ -261,7 +287,7 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
     }
     free(tq.host), free(tk.host), free(tv.host), free(to.host);
     free(q), free(k), free(v), free(g), free(bt), free(h0), free(o_ref), free(ht_ref), free(o_got),
-        free(ht_got), free(st0), free(ht_buf);
+        free(ht_got), free(st0), free(ht_buf), free(ga), free(gbr);
     return fails;
 }
 
@@ -327,6 +353,11 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
                                         0,
                                         sb};
         }
+    /* the raw gates (g and beta computed inside the call), decode and chunkwise */
+    cases[nc++] = (la_case){DN_OP_GDN, 3, 1, 2, 4, 128, 128, 0, 0, 4, 0, 1, 1, 1, 0};
+    cases[nc++] = (la_case){DN_OP_GDN, 1, 90, 1, 2, 64, 64, 1, 0, 4, 0, 1, 1, 0, 1};
+    cases[nc++] = (la_case){DN_OP_GLA, 2, 65, 2, 2, 64, 128, 0, 1, 4, 0, 0, 1, 0, 0};
+    cases[nc++] = (la_case){DN_OP_DELTANET, 2, 33, 1, 1, 64, 64, 0, 0, 4, 0, 1, 1, 0, 0};
     cases[nc++] = (la_case){DN_OP_GDN, 1, 90, 1, 2, 128, 128, 1, 0, 0, 0, 1, 1, 1, 1};
     cases[nc++] = (la_case){DN_OP_GDN, 2, 70, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0, 1};
     int fails = 0, runs = 0;
@@ -361,6 +392,9 @@ static int test_la_dtype_cpu(void) {
             fails += run_case(&c, dts[i], impls[m], -1, 77 + (uint64_t)(i + m));
             c.varlen = 1, c.B = 1, c.strided = 0, c.inplace = 1;
             fails += run_case(&c, dts[i], impls[m], -1, 99 + (uint64_t)(i + m));
+            c.gates = 4; /* the raw gates */
+            fails += run_case(&c, dts[i], impls[m], -1, 105 + (uint64_t)(i + m));
+            c.gates = 0;
             c.sbf16 = 1; /* a bf16 state: through fp32 copies on the CPU */
             fails += run_case(&c, dts[i], impls[m], -1, 111 + (uint64_t)(i + m));
             c.varlen = 0, c.B = 2, c.inplace = 0;
@@ -384,6 +418,28 @@ static int test_la_dtype_cpu(void) {
     if (dn_la_forward_train(&p, saved, sb) != DN_ERR_UNSUPPORTED)
         fails++, printf("    FAIL training forward with a bf16 state accepted\n");
     free(saved);
+    /* the raw gates: all three of gate_a, A_log, dt_bias or none, never beside g (or gate_b
+     * beside beta), only for ops with a gate (a delta rule); forward only */
+    {
+        dn_la_params r = dn_la_params_default(DN_OP_GDN, 1, 1, 1, 1, 4, 4);
+        float ga[1] = {0.5f}, al[1] = {0}, dt[1] = {0}, gg[1] = {-0.1f}, bb[1] = {0.5f};
+        r.q = r.k = r.v = x, r.o = y, r.beta = bb;
+        r.gate_a = ga, r.A_log = al;
+        CHECK(dn_la_forward(&r) == DN_ERR_NULL, "gate_a without dt_bias accepted");
+        r.dt_bias = dt, r.g = gg;
+        CHECK(dn_la_forward(&r) == DN_ERR_ARG, "gate_a beside g accepted");
+        r.g = NULL, r.gate_b = bb;
+        CHECK(dn_la_forward(&r) == DN_ERR_ARG, "gate_b beside beta accepted");
+        r.beta = NULL;
+        CHECK(dn_la_forward(&r) == DN_OK, "raw gates refused: %s", dn_last_error());
+        r.op = DN_OP_DELTANET;
+        CHECK(dn_la_forward(&r) == DN_ERR_ARG, "gate_a for deltanet accepted");
+        r.op = DN_OP_GDN;
+        float dq[4], dk[4], dv[4], dg[1], db[1];
+        dn_la_bwd_params bp = dn_la_bwd_params_default(&r);
+        bp.dout = x, bp.dq = dq, bp.dk = dk, bp.dv = dv, bp.dg = dg, bp.dbeta = db;
+        CHECK(dn_la_backward(&bp) == DN_ERR_UNSUPPORTED, "backward with raw gates accepted");
+    }
     return fails;
 }
 

@@ -307,6 +307,13 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
         if (step + 1 < o->steps && (step + 1) % o->ckpt_every == 0 &&
             save_ckpt(o, mixer, width, m, opt, seconds_before + now_s() - t0))
             goto done;
+        if (!o->quiet && !isatty(1) && (step + 1) % 100 == 0) { /* a log: a line a 100 steps */
+            const double el = now_s() - t0, done_here = (double)(step + 1 - first);
+            printf("  %s width %lld step %lld/%lld loss %.4f %.0f tok/s\n", mixer_name(mixer),
+                   (long long)width, (long long)step + 1, (long long)o->steps, loss,
+                   done_here * (double)o->batch_tokens / el);
+            fflush(stdout);
+        }
         if (!o->quiet && isatty(1) && (step % 10 == 0 || step + 1 == o->steps)) {
             const double el = now_s() - t0, done_here = (double)(step + 1 - first);
             printf("\r\033[K  %-15s width %-4lld step %lld/%lld  loss %.3f  %.0f tok/s  ETA %.0fs",

@@ -197,8 +197,9 @@ def la_forward(xp, op, q, k, v, g=None, beta=None, scale=None, initial_state=Non
         xp.ptr(cu) if cu is not None else 0, NS if cu is not None else 0,
         default_scale(K) if scale is None else scale, 1 if qk_l2norm else 0,
         _int(chunk_size, "chunk_size"), impl_code(impl), _int(n_threads, "n_threads"), 0, 0,
-        0, -1, 0, 0)  # workspace, its bytes; dtype DN_F32, device DN_DEVICE_CPU, stream, state
-        # dtype DN_F32
+        0, -1, 0, 0, *[0] * 10)  # workspace, its bytes; dtype DN_F32, device DN_DEVICE_CPU,
+        # stream, state dtype DN_F32; no raw gates (gate_a and gate_b with their strides, A_log,
+        # dt_bias)
     status = _lib.dn_la_forward_packed(buf)
     if status:
         _lib.raise_status(status, "dn_la_forward")

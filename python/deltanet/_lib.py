@@ -62,7 +62,9 @@ LaParams = _struct("LaParams", [("op", c_int)] + [(n, c_int64) for n in "B T H H
                                      ("n_threads", c_int), ("workspace", c_void_p),
                                      ("workspace_bytes", c_size_t), ("dtype", c_int),
                                      ("device", c_int), ("stream", c_void_p),
-                                     ("state_dtype", c_int)])
+                                     ("state_dtype", c_int)]
+                   + _tensor("gate_a") + _tensor("gate_b")
+                   + [("A_log", c_void_p), ("dt_bias", c_void_p)])
 LaBwdParams = _struct("LaBwdParams", [("fwd", LaParams)] + _tensor("dout")
                       + [("dfinal_state", c_void_p)] + _tensor("dq") + _tensor("dk") + _tensor("dv")
                       + _tensor("dg") + _tensor("dbeta")

@@ -47,6 +47,9 @@ struct la_args {
     int l2norm, gate, delta;
     int vec;  /* q, k, v 16-byte aligned with strides of whole 16-byte vectors */
     int ovec; /* o likewise */
+    /* raw gates (the recurrence computes g and beta from them; NULL: g and beta are given) */
+    const float *ga, *gbr, *A_log, *dt_bias;
+    int64_t gab, gat, gah, gbb, gbt, gbh;
 };
 
 template <typename T> __device__ __forceinline__ float to_f(T x);
@@ -92,6 +95,27 @@ template <typename T> __device__ __forceinline__ uint4 load16(const T *p, bool v
     return w.u;
 }
 
+/* The decay factor e = exp(g) and beta of token t of value head hv: from g and beta, or from
+ * the raw gates (g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b); accurate expf and
+ * log1pf, as on the CPU: two values a token). */
+__device__ __forceinline__ void token_gates(const la_args &a, int64_t b, int64_t t, int64_t hv,
+                                            float *e, float *beta) {
+    float g = 0.0f;
+    if (a.gate && a.ga) {
+        const float x = a.ga[b * a.gab + t * a.gat + hv * a.gah] + a.dt_bias[hv];
+        g = -expf(a.A_log[hv]) * (x > 20.0f ? x : log1pf(expf(x)));
+    } else if (a.gate) {
+        g = a.g[b * a.gb + t * a.gt + hv * a.gh];
+    }
+    *e = a.gate ? __expf(fmaxf(g, LOG_DECAY_MIN)) : 1.0f;
+    if (!a.delta)
+        *beta = 1.0f;
+    else if (a.gbr)
+        *beta = 1.0f / (1.0f + expf(-a.gbr[b * a.gbb + t * a.gbt + hv * a.gbh]));
+    else
+        *beta = a.beta[b * a.bb + t * a.bt + hv * a.bh];
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1)
         x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -135,9 +159,8 @@ __global__ void __launch_bounds__(32 * REC_WARPS) la_recurrent_kernel(la_args a)
         }
         /* values every warp needs, loaded before the barrier so their latency overlaps it */
         const float vj = col ? to_f(v[b * a.vb + t * a.vt + hv * a.vh + j]) : 0.0f;
-        const float e =
-            a.gate ? __expf(fmaxf(a.g[b * a.gb + t * a.gt + hv * a.gh], LOG_DECAY_MIN)) : 1.0f;
-        const float beta = a.delta ? a.beta[b * a.bb + t * a.bt + hv * a.bh] : 1.0f;
+        float e, beta;
+        token_gates(a, b, t, hv, &e, &beta);
         __syncthreads();
         if (w == 0) {
             float sq = 0, sk = 0, kq = 0;
@@ -280,9 +303,8 @@ __global__ void __launch_bounds__(DEC_THREADS, 512 / DEC_THREADS) la_decode_kern
 #pragma unroll
         for (int c = 0; c < CPT; c++)
             vj[c] = col ? to_f(vr[c]) : 0.0f;
-        const float e =
-            a.gate ? __expf(fmaxf(a.g[b * a.gb + t * a.gt + hv * a.gh], LOG_DECAY_MIN)) : 1.0f;
-        const float beta = a.delta ? a.beta[b * a.bb + t * a.bt + hv * a.bh] : 1.0f;
+        float e, beta;
+        token_gates(a, b, t, hv, &e, &beta);
         __syncthreads();
         /* norms and k.q: every warp its own copy (K / 32 products a lane, no barrier) */
         float sq = 0, sk = 0, kq = 0;
@@ -1554,6 +1576,9 @@ la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
     for (int i = 0; i < 3; i++)
         if (((uintptr_t)ptr[i] & 15) || st[i].b % epv || st[i].t % epv || st[i].h % epv) a.vec = 0;
     a.ovec = !(((uintptr_t)p->o & 15) || p->o_s.b % epv || p->o_s.t % epv || p->o_s.h % epv);
+    a.ga = p->gate_a, a.gbr = p->gate_b, a.A_log = p->A_log, a.dt_bias = p->dt_bias;
+    a.gab = p->gate_a_s.b, a.gat = p->gate_a_s.t, a.gah = p->gate_a_s.h;
+    a.gbb = p->gate_b_s.b, a.gbt = p->gate_b_s.t, a.gbh = p->gate_b_s.h;
     return a;
 }
 
@@ -1606,6 +1631,19 @@ template <typename T>
 cudaError_t launch_recurrent(const la_args &a, int64_t NS, int sbf16, cudaStream_t s) {
     return sbf16 ? launch_recurrent<T, __nv_bfloat16>(a, NS, s)
                  : launch_recurrent<T, float>(a, NS, s);
+}
+
+/* The raw gates to g and beta [B,T,HV] (contiguous), for the chunkwise kernels */
+__global__ void raw_gates_kernel(la_args a, float *g, float *beta, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t hv = i % a.HV, t = i / a.HV % a.T, b = i / a.HV / a.T;
+        if (a.ga) {
+            const float x = a.ga[b * a.gab + t * a.gat + hv * a.gah] + a.dt_bias[hv];
+            g[i] = -expf(a.A_log[hv]) * (x > 20.0f ? x : log1pf(expf(x)));
+        }
+        if (a.gbr) beta[i] = 1.0f / (1.0f + expf(-a.gbr[b * a.gbb + t * a.gbt + hv * a.gbh]));
+    }
 }
 
 /* bf16 states to fp32 and back, for the chunkwise kernels (which keep fp32 states) */
@@ -1858,6 +1896,18 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
         a.h0 = p->initial_state ? wide : NULL;
         a.ht = p->final_state ? wide + state_elems : NULL;
     }
+    float *gates = NULL; /* raw gates under the chunkwise kernels: g and beta computed first */
+    if (e == cudaSuccess && impl != DN_IMPL_RECURRENT && (a.ga || a.gbr)) {
+        const int64_t n = p->B * p->T * p->HV;
+        e = cudaMallocAsync((void **)&gates, 2 * sizeof(float) * (size_t)n, s);
+        if (e == cudaSuccess) {
+            raw_gates_kernel<<<conv_blocks(n), 256, 0, s>>>(a, gates, gates + n, n);
+            e = cudaGetLastError();
+        }
+        if (a.ga) a.g = gates, a.gb = p->T * p->HV, a.gt = p->HV, a.gh = 1;
+        if (a.gbr) a.beta = gates + n, a.bb = p->T * p->HV, a.bt = p->HV, a.bh = 1;
+        a.ga = a.gbr = NULL;
+    }
     if (e == cudaSuccess) {
         if (impl == DN_IMPL_RECURRENT)
             e = p->dtype == DN_BF16  ? launch_recurrent<__nv_bfloat16>(a, NS, sbf16, s)
@@ -1878,6 +1928,7 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
         e = cudaGetLastError();
     }
     if (wide) (void)cudaFreeAsync(wide, s);
+    if (gates) (void)cudaFreeAsync(gates, s);
     st = dn_cuda_error(e, name);
     if (cu) (void)cudaFreeAsync(cu, s);
     return st;
