@@ -157,10 +157,11 @@ int main(int argc, char **argv) {
         cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta);
     }
     static const int64_t batches[] = {1, 64, 128};
-    for (int i = 0; i < 6 && !only_fwd; i++) {
+    for (int i = 0; i < 8 && !only_fwd; i++) {
         if (only_shape >= 0 && i != only_shape) continue;
-        const int sbf16 = i >= 3; /* the state in bf16: half the bytes */
-        const int64_t B = batches[i % 3], n = B * H;
+        const int sbf16 = i >= 3 && i < 6; /* the state in bf16: half the bytes */
+        const int raw = i >= 6;            /* fp32 state, g and beta from the raw gates */
+        const int64_t B = i >= 6 ? batches[i - 5] : batches[i % 3], n = B * H;
         void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
         void *o;
         CK(cudaMalloc(&o, n * V * 2));
@@ -172,6 +173,13 @@ int main(int argc, char **argv) {
         p.g = g, p.beta = beta, p.o = (float *)o;
         p.initial_state = (const float *)state, p.final_state = (float *)state;
         p.state_dtype = sbf16 ? DN_BF16 : DN_F32;
+        float *ga = dev_f32(n, -8.0f, 2.0f), *gbr = dev_f32(n, -4.0f, 4.0f),
+              *A_log = dev_f32(H, -2.0f, 1.0f), *dt_bias = dev_f32(H, -4.0f, -1.0f);
+        if (raw) {
+            p.g = p.beta = NULL;
+            p.gate_a = ga, p.gate_b = gbr, p.A_log = A_log, p.dt_bias = dt_bias;
+            p.gate_a_s = p.gate_b_s = (dn_strides){H, H, 1};
+        }
         p.qk_l2norm = 1;
         p.dtype = DN_BF16;
         p.device = 0;
@@ -180,13 +188,13 @@ int main(int argc, char **argv) {
         const double ms = time_graph(&p, s, 200);
         const double bytes =
             2.0 * n * K * V * (sbf16 ? 2 : 4) + (double)n * (2 * K + 2 * V) * 2 + n * 8.0;
-        printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=%s us=%.2f tbs=%.2f "
+        printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=%s%s us=%.2f tbs=%.2f "
                "gflops=%.1f\n",
                (long long)B, (long long)H, (long long)K, (long long)V, sbf16 ? "bf16" : "fp32",
-               ms * 1e3, bytes / ms * 1e-9, 8.0 * n * K * V / ms * 1e-6);
+               raw ? " gates=raw" : "", ms * 1e3, bytes / ms * 1e-9, 8.0 * n * K * V / ms * 1e-6);
         fflush(stdout);
         cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta),
-            cudaFree(state);
+            cudaFree(state), cudaFree(ga), cudaFree(gbr), cudaFree(A_log), cudaFree(dt_bias);
     }
     /* the copy ceiling: a device-to-device copy of 2 GiB, bytes read + written */
     if (!only_fwd) {
