@@ -16,7 +16,8 @@
  *                    step's q, k, v, o, g, beta; decode FLOPs = B HV (8 K V) (S^T k, S^T q, decay
  *                    and rank-1 update).
  * Output: one line per case, "name key=value ...", machine-readable. Arguments: "fwd" or "decode"
- * alone; "fwd I" / "decode I" the I-th case alone (for a profiler).
+ * alone; "fwd I" / "decode I" the I-th case alone (for a profiler); "dims": head dims 64, 128 and
+ * 256 (K = V), the forward at 4 x 4096 and decode at B = 64.
  */
 #include "deltanet.h"
 
@@ -108,94 +109,108 @@ static double time_graph(const dn_la_params *p, cudaStream_t s, int reps) {
     return t[t.size() / 2];
 }
 
+static const int64_t H = 16, C = 64;
+
+/* The chunkwise forward of B x T tokens, bf16, heads of K x V. */
+static void run_fwd(int64_t B, int64_t T, int64_t K, int64_t V, cudaStream_t s) {
+    const int64_t n = B * T * H;
+    void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
+    void *o;
+    CK(cudaMalloc(&o, n * V * 2));
+    float *g = dev_f32(n, -0.2f, -0.001f), *beta = dev_f32(n, 0.05f, 0.95f);
+    dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, H, H, K, V);
+    p.q = (const float *)q, p.k = (const float *)k, p.v = (const float *)v;
+    p.g = g, p.beta = beta, p.o = (float *)o;
+    p.qk_l2norm = 1;
+    p.dtype = DN_BF16;
+    p.device = 0;
+    p.stream = s;
+    p.impl = DN_IMPL_CHUNK;
+#ifdef DN_CUDA_PROF
+    {
+        dn_cuda_prof_dump();
+        DK(dn_la_forward(&p));
+        dn_cuda_prof_dump();
+    }
+#endif
+    const double ms = time_graph(&p, s, 50);
+    const double flops = (double)n * (6.0 * K * V + 4.0 * C * (K + V));
+    const double bytes = (double)B * T * (2 * H * K + 2 * H * V) * 2 + (double)n * 8;
+    printf("fwd impl=deltanet B=%lld T=%lld H=%lld K=%lld V=%lld ms=%.4f tflops=%.1f tbs=%.2f\n",
+           (long long)B, (long long)T, (long long)H, (long long)K, (long long)V, ms,
+           flops / ms * 1e-9, bytes / ms * 1e-9);
+    fflush(stdout);
+    cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta);
+}
+
+/* One decode step of B sequences in place, bf16 q/k/v/o, the state in fp32 or bf16 (sbf16), g
+ * and beta given or computed in the kernel from the raw gates (raw). */
+static void run_decode(int64_t B, int64_t K, int64_t V, int sbf16, int raw, cudaStream_t s) {
+    const int64_t n = B * H;
+    void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
+    void *o;
+    CK(cudaMalloc(&o, n * V * 2));
+    float *g = dev_f32(n, -0.2f, -0.001f), *beta = dev_f32(n, 0.05f, 0.95f);
+    void *state = sbf16 ? dev_bf16((size_t)n * K * V, -0.1f, 0.1f)
+                        : (void *)dev_f32((size_t)n * K * V, -0.1f, 0.1f);
+    float *ga = dev_f32(n, -8.0f, 2.0f), *gbr = dev_f32(n, -4.0f, 4.0f),
+          *A_log = dev_f32(H, -2.0f, 1.0f), *dt_bias = dev_f32(H, -4.0f, -1.0f);
+    dn_la_params p = dn_la_params_default(DN_OP_GDN, B, 1, H, H, K, V);
+    p.q = (const float *)q, p.k = (const float *)k, p.v = (const float *)v;
+    p.g = g, p.beta = beta, p.o = (float *)o;
+    p.initial_state = (const float *)state, p.final_state = (float *)state;
+    p.state_dtype = sbf16 ? DN_BF16 : DN_F32;
+    if (raw) {
+        p.g = p.beta = NULL;
+        p.gate_a = ga, p.gate_b = gbr, p.A_log = A_log, p.dt_bias = dt_bias;
+        p.gate_a_s = p.gate_b_s = (dn_strides){H, H, 1};
+    }
+    p.qk_l2norm = 1;
+    p.dtype = DN_BF16;
+    p.device = 0;
+    p.stream = s;
+    p.impl = DN_IMPL_RECURRENT;
+    const double ms = time_graph(&p, s, 200);
+    const double bytes =
+        2.0 * n * K * V * (sbf16 ? 2 : 4) + (double)n * (2 * K + 2 * V) * 2 + n * 8.0;
+    printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=%s%s us=%.2f tbs=%.2f "
+           "gflops=%.1f\n",
+           (long long)B, (long long)H, (long long)K, (long long)V, sbf16 ? "bf16" : "fp32",
+           raw ? " gates=raw" : "", ms * 1e3, bytes / ms * 1e-9, 8.0 * n * K * V / ms * 1e-6);
+    fflush(stdout);
+    cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta),
+        cudaFree(state), cudaFree(ga), cudaFree(gbr), cudaFree(A_log), cudaFree(dt_bias);
+}
+
 int main(int argc, char **argv) {
     if (dn_cuda_device_count() == 0) {
         printf("cuda_la: skipped (no CUDA device)\n");
         return 0;
     }
-    const int64_t H = 16, K = 128, V = 128, C = 64;
-    const int only_decode = argc > 1 && strcmp(argv[1], "decode") == 0;
-    const int only_fwd = argc > 1 && strcmp(argv[1], "fwd") == 0;
+    const char *mode = argc > 1 ? argv[1] : "all";
+    const int only_decode = !strcmp(mode, "decode"), only_fwd = !strcmp(mode, "fwd");
+    const int dims = !strcmp(mode, "dims");
     const int only_shape = argc > 2 ? atoi(argv[2]) : -1; /* "fwd I": the I-th case alone */
     cudaStream_t s;
     CK(cudaStreamCreate(&s));
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("device name=\"%s\" sms=%d\n", prop.name, prop.multiProcessorCount);
-
+    if (dims) { /* head dims 64, 128, 256: the forward at 4 x 4096 and decode at B = 64 */
+        for (int64_t d = 64; d <= 256; d *= 2)
+            run_fwd(4, 4096, d, d, s);
+        for (int64_t d = 64; d <= 256; d *= 2)
+            run_decode(64, d, d, 0, 0, s);
+        return 0;
+    }
     static const int64_t shapes[][2] = {{16, 1024}, {4, 4096}, {2, 8192}, {1, 32768}};
-    for (int i = 0; i < 4 && !only_decode; i++) {
-        if (only_shape >= 0 && i != only_shape) continue;
-        const int64_t B = shapes[i][0], T = shapes[i][1], n = B * T * H;
-        void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
-        void *o;
-        CK(cudaMalloc(&o, n * V * 2));
-        float *g = dev_f32(n, -0.2f, -0.001f), *beta = dev_f32(n, 0.05f, 0.95f);
-        dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, H, H, K, V);
-        p.q = (const float *)q, p.k = (const float *)k, p.v = (const float *)v;
-        p.g = g, p.beta = beta, p.o = (float *)o;
-        p.qk_l2norm = 1;
-        p.dtype = DN_BF16;
-        p.device = 0;
-        p.stream = s;
-        p.impl = DN_IMPL_CHUNK;
-#ifdef DN_CUDA_PROF
-        {
-            dn_cuda_prof_dump();
-            DK(dn_la_forward(&p));
-            dn_cuda_prof_dump();
-        }
-#endif
-        const double ms = time_graph(&p, s, 50);
-        const double flops = (double)n * (6.0 * K * V + 4.0 * C * (K + V));
-        const double bytes = (double)B * T * (2 * H * K + 2 * H * V) * 2 + (double)n * 8;
-        printf(
-            "fwd impl=deltanet B=%lld T=%lld H=%lld K=%lld V=%lld ms=%.4f tflops=%.1f tbs=%.2f\n",
-            (long long)B, (long long)T, (long long)H, (long long)K, (long long)V, ms,
-            flops / ms * 1e-9, bytes / ms * 1e-9);
-        fflush(stdout);
-        cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta);
-    }
-    static const int64_t batches[] = {1, 64, 128};
-    for (int i = 0; i < 8 && !only_fwd; i++) {
-        if (only_shape >= 0 && i != only_shape) continue;
-        const int sbf16 = i >= 3 && i < 6; /* the state in bf16: half the bytes */
-        const int raw = i >= 6;            /* fp32 state, g and beta from the raw gates */
-        const int64_t B = i >= 6 ? batches[i - 5] : batches[i % 3], n = B * H;
-        void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
-        void *o;
-        CK(cudaMalloc(&o, n * V * 2));
-        float *g = dev_f32(n, -0.2f, -0.001f), *beta = dev_f32(n, 0.05f, 0.95f);
-        void *state = sbf16 ? dev_bf16((size_t)n * K * V, -0.1f, 0.1f)
-                            : (void *)dev_f32((size_t)n * K * V, -0.1f, 0.1f);
-        dn_la_params p = dn_la_params_default(DN_OP_GDN, B, 1, H, H, K, V);
-        p.q = (const float *)q, p.k = (const float *)k, p.v = (const float *)v;
-        p.g = g, p.beta = beta, p.o = (float *)o;
-        p.initial_state = (const float *)state, p.final_state = (float *)state;
-        p.state_dtype = sbf16 ? DN_BF16 : DN_F32;
-        float *ga = dev_f32(n, -8.0f, 2.0f), *gbr = dev_f32(n, -4.0f, 4.0f),
-              *A_log = dev_f32(H, -2.0f, 1.0f), *dt_bias = dev_f32(H, -4.0f, -1.0f);
-        if (raw) {
-            p.g = p.beta = NULL;
-            p.gate_a = ga, p.gate_b = gbr, p.A_log = A_log, p.dt_bias = dt_bias;
-            p.gate_a_s = p.gate_b_s = (dn_strides){H, H, 1};
-        }
-        p.qk_l2norm = 1;
-        p.dtype = DN_BF16;
-        p.device = 0;
-        p.stream = s;
-        p.impl = DN_IMPL_RECURRENT;
-        const double ms = time_graph(&p, s, 200);
-        const double bytes =
-            2.0 * n * K * V * (sbf16 ? 2 : 4) + (double)n * (2 * K + 2 * V) * 2 + n * 8.0;
-        printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=%s%s us=%.2f tbs=%.2f "
-               "gflops=%.1f\n",
-               (long long)B, (long long)H, (long long)K, (long long)V, sbf16 ? "bf16" : "fp32",
-               raw ? " gates=raw" : "", ms * 1e3, bytes / ms * 1e-9, 8.0 * n * K * V / ms * 1e-6);
-        fflush(stdout);
-        cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta),
-            cudaFree(state), cudaFree(ga), cudaFree(gbr), cudaFree(A_log), cudaFree(dt_bias);
-    }
+    for (int i = 0; i < 4 && !only_decode; i++)
+        if (only_shape < 0 || i == only_shape) run_fwd(shapes[i][0], shapes[i][1], 128, 128, s);
+    /* decode: fp32 states at B = 1, 64, 128; bf16 states at the same; raw gates at 64, 128 */
+    static const int64_t batches[] = {1, 64, 128, 1, 64, 128, 64, 128};
+    for (int i = 0; i < 8 && !only_fwd; i++)
+        if (only_shape < 0 || i == only_shape)
+            run_decode(batches[i], 128, 128, i >= 3 && i < 6, i >= 6, s);
     /* the copy ceiling: a device-to-device copy of 2 GiB, bytes read + written */
     if (!only_fwd) {
         const size_t n = (size_t)1 << 31;

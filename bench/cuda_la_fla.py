@@ -13,7 +13,7 @@ except Exception as e:  # noqa: BLE001
     print(f"fla: skipped ({e})")
     sys.exit(0)
 
-H, K, V, C = 16, 128, 128, 64
+H, C = 16, 64
 
 
 def time_graph(fn, reps):
@@ -42,38 +42,52 @@ def time_graph(fn, reps):
 
 
 def main():
-    dev = "cuda"
     print(f"fla version={getattr(fla, '__version__', '?')} torch={torch.__version__}")
-    only_decode = len(sys.argv) > 1 and sys.argv[1] == "decode"
-    shapes = [] if only_decode else [(16, 1024), (4, 4096), (2, 8192), (1, 32768)]
-    for B, T in shapes:
-        q = torch.empty(B, T, H, K, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
-        k = torch.empty(B, T, H, K, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
-        v = torch.empty(B, T, H, V, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
-        g = torch.empty(B, T, H, device=dev, dtype=torch.float32).uniform_(-0.2, -0.001)
-        beta = torch.empty(B, T, H, device=dev, dtype=torch.float32).uniform_(0.05, 0.95)
-        fn = lambda: chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)  # noqa: E731
-        ms = time_graph(fn, 50)
-        n = B * T * H
-        flops = n * (6.0 * K * V + 4.0 * C * (K + V))
-        byts = B * T * (2 * H * K + 2 * H * V) * 2 + n * 8
-        print(f"fwd impl=fla B={B} T={T} H={H} K={K} V={V} ms={ms:.4f} tflops={flops / ms * 1e-9:.1f} "
-              f"tbs={byts / ms * 1e-9:.2f}", flush=True)
+    mode = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if mode == "dims":  # head dims 64, 128, 256: as bench/cuda_la.cu's "dims"
+        for d in (64, 128, 256):
+            run_fwd(4, 4096, d, d)
+        for d in (64, 128, 256):
+            run_decode(64, d, d)
+        return
+    for B, T in [] if mode == "decode" else [(16, 1024), (4, 4096), (2, 8192), (1, 32768)]:
+        run_fwd(B, T, 128, 128)
     for B in (1, 64, 128):
-        q = torch.empty(B, 1, H, K, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
-        k = torch.empty(B, 1, H, K, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
-        v = torch.empty(B, 1, H, V, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
-        g = torch.empty(B, 1, H, device=dev, dtype=torch.float32).uniform_(-0.2, -0.001)
-        beta = torch.empty(B, 1, H, device=dev, dtype=torch.float32).uniform_(0.05, 0.95)
-        h0 = torch.empty(B, H, K, V, device=dev, dtype=torch.float32).uniform_(-0.1, 0.1)
-        fn = lambda: fused_recurrent_gated_delta_rule(  # noqa: E731
-            q, k, v, g=g, beta=beta, initial_state=h0, output_final_state=True,
-            use_qk_l2norm_in_kernel=True)
-        ms = time_graph(fn, 200)
-        n = B * H
-        byts = 2.0 * n * K * V * 4 + n * (2 * K + 2 * V) * 2 + n * 8
-        print(f"decode impl=fla B={B} H={H} K={K} V={V} state=fp32 us={ms * 1e3:.2f} "
-              f"tbs={byts / ms * 1e-9:.2f} gflops={8.0 * n * K * V / ms * 1e-6:.1f}", flush=True)
+        run_decode(B, 128, 128)
+
+
+def run_fwd(B, T, K, V):
+    dev = "cuda"
+    q = torch.empty(B, T, H, K, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+    k = torch.empty(B, T, H, K, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+    v = torch.empty(B, T, H, V, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+    g = torch.empty(B, T, H, device=dev, dtype=torch.float32).uniform_(-0.2, -0.001)
+    beta = torch.empty(B, T, H, device=dev, dtype=torch.float32).uniform_(0.05, 0.95)
+    fn = lambda: chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)  # noqa: E731
+    ms = time_graph(fn, 50)
+    n = B * T * H
+    flops = n * (6.0 * K * V + 4.0 * C * (K + V))
+    byts = B * T * (2 * H * K + 2 * H * V) * 2 + n * 8
+    print(f"fwd impl=fla B={B} T={T} H={H} K={K} V={V} ms={ms:.4f} tflops={flops / ms * 1e-9:.1f} "
+          f"tbs={byts / ms * 1e-9:.2f}", flush=True)
+
+
+def run_decode(B, K, V):
+    dev = "cuda"
+    q = torch.empty(B, 1, H, K, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+    k = torch.empty(B, 1, H, K, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+    v = torch.empty(B, 1, H, V, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+    g = torch.empty(B, 1, H, device=dev, dtype=torch.float32).uniform_(-0.2, -0.001)
+    beta = torch.empty(B, 1, H, device=dev, dtype=torch.float32).uniform_(0.05, 0.95)
+    h0 = torch.empty(B, H, K, V, device=dev, dtype=torch.float32).uniform_(-0.1, 0.1)
+    fn = lambda: fused_recurrent_gated_delta_rule(  # noqa: E731
+        q, k, v, g=g, beta=beta, initial_state=h0, output_final_state=True,
+        use_qk_l2norm_in_kernel=True)
+    ms = time_graph(fn, 200)
+    n = B * H
+    byts = 2.0 * n * K * V * 4 + n * (2 * K + 2 * V) * 2 + n * 8
+    print(f"decode impl=fla B={B} H={H} K={K} V={V} state=fp32 us={ms * 1e3:.2f} "
+          f"tbs={byts / ms * 1e-9:.2f} gflops={8.0 * n * K * V / ms * 1e-6:.1f}", flush=True)
 
 
 if __name__ == "__main__":
