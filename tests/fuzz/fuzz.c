@@ -174,7 +174,7 @@ static void fill_canary(fbuf *b) {
 }
 
 /* Value kinds of an input tensor. */
-enum { V_ANY = 0, V_KEY, V_GATE, V_BETA, V_NEG, V_DT, V_POS, V_STATE_RWKV, V_BIGKEY };
+enum { V_ANY = 0, V_KEY, V_GATE, V_BETA, V_NEG, V_DT, V_POS, V_STATE_RWKV, V_BIGKEY, V_RAWGATE };
 
 static float value(ctx *c, int kind, int64_t i) {
     rng *r = &c->r;
@@ -210,6 +210,14 @@ static float value(ctx *c, int kind, int64_t i) {
     case V_BIGKEY:
         if (c->vmode == 1) return rng_uniform(r, -500, 500);
         return x;
+    case V_RAWGATE: /* gate_a, A_log, dt_bias, gate_b: softplus's 0 and linear ends, exp(80) */
+        if (c->vmode == 1) {
+            uint64_t m = rng_next(r) & 7;
+            if (m == 0) return -1e4f;
+            if (m == 1) return 30.f;
+            if (m == 2) return 80.f;
+        }
+        return rng_uniform(r, -6, 6);
     case V_STATE_RWKV: { /* rows num, den, m of one [3,C] block: i is the flat index */
         return x;        /* fixed up by the caller */
     }
@@ -836,6 +844,28 @@ static void fam_la_fwd(ctx *c) {
     lc.p = la_build(c, 1);
     if (c->ic < 0 || (c->nb == 0)) return;
     dn_la_params *p = &lc.p;
+    /* the forward's own options: bf16 states (rounded: no reference comparison), an unknown
+     * state dtype, the gates from raw projections (computed alike for the reference) */
+    unsigned xm = pick(c->f, 16);
+    if (xm == 0) p->state_dtype = DN_BF16, c->ic = 0;
+    if (xm == 1) p->state_dtype = (dn_dtype)(3 + pick(c->f, 4)), c->ic = 0;
+    if ((xm == 2 || xm == 3) && p->g) {
+        view va = pick_view(c, p->B, p->T, p->HV, 1, 1);
+        if (!big_view(&va)) {
+            p->g = NULL;
+            p->gate_a = in_view(c, &va, V_RAWGATE, NULL), p->gate_a_s = va.s;
+            if (pick(c->f, 16)) p->A_log = flat(c, p->HV, V_RAWGATE, 0, 0, NULL);
+            if (pick(c->f, 16)) p->dt_bias = flat(c, p->HV, V_RAWGATE, 0, 0, NULL);
+            if (!p->A_log || !p->dt_bias) c->ic = 0; /* must be refused */
+        }
+    }
+    if ((xm == 3 || xm == 4) && p->beta) {
+        view vb = pick_view(c, p->B, p->T, p->HV, 1, 1);
+        if (!big_view(&vb)) {
+            p->beta = NULL;
+            p->gate_b = in_view(c, &vb, V_RAWGATE, NULL), p->gate_b_s = vb.s;
+        }
+    }
     /* the queries: check, workspace size; both write only *bytes */
     dn_status cs = dn_la_check(p);
     size_t ws = 12345;
