@@ -103,20 +103,19 @@ static dn_status check_op_inputs(const dn_la_params *p, const char *name) {
         return dn_fail(DN_ERR_NULL, "%s: gate_a, A_log and dt_bias go together (one is NULL)",
                        name);
     if (dn_op_has_gate(p->op) && !p->g && !raw)
-        return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] (or gate_a, A_log, dt_bias) is required", name);
+        return dn_fail(DN_ERR_NULL, "%s: g [B,T,HV] is required (or gate_a, A_log, dt_bias)", name);
     if (dn_op_has_gate(p->op) && p->g && raw)
         return dn_fail(DN_ERR_ARG, "%s: g and the raw gate (gate_a) were both given", name);
     if (!dn_op_has_gate(p->op) && (p->g || raw))
-        return dn_fail(DN_ERR_ARG, "%s has no gate but g or gate_a was given (use gla or gdn)",
-                       name);
+        return dn_fail(DN_ERR_ARG, "%s has no gate but %s was given (use gla or gdn)", name,
+                       p->g ? "g" : "gate_a");
     if (dn_op_has_delta(p->op) && !p->beta && !p->gate_b)
-        return dn_fail(DN_ERR_NULL, "%s: beta [B,T,HV] (or gate_b) is required", name);
+        return dn_fail(DN_ERR_NULL, "%s: beta [B,T,HV] is required (or gate_b)", name);
     if (dn_op_has_delta(p->op) && p->beta && p->gate_b)
         return dn_fail(DN_ERR_ARG, "%s: beta and gate_b were both given", name);
     if (!dn_op_has_delta(p->op) && (p->beta || p->gate_b))
-        return dn_fail(DN_ERR_ARG,
-                       "%s has no delta rule but beta or gate_b was given (use deltanet or gdn)",
-                       name);
+        return dn_fail(DN_ERR_ARG, "%s has no delta rule but %s was given (use deltanet or gdn)",
+                       name, p->beta ? "beta" : "gate_b");
     return DN_OK;
 }
 
