@@ -209,14 +209,16 @@ typedef struct dn_strides {
  *               strides stay in elements. g and beta are fp32 whatever the dtype (the gates'
  *               cumulative sums need fp32, and they are a small part of the traffic); the states
  *               too unless state_dtype says otherwise. o is written in the dtype, as
- * flash-linear-attention and FlashInfer do (rounded to nearest even from the fp32 accumulators). On
- * the CPU the 16-bit inputs are converted to fp32 copies inside the call (extra memory: B T (2 H K
- * + 2 HV V) floats) and the fp32 kernels run; on the GPU the kernels read them as is. state_dtype
- * element type of initial_state and final_state: DN_F32 (default) or DN_BF16 (passed through the
- * same (float *) fields, cast, as for dtype). A bf16 state halves what a decode step moves (it
- * reads and writes the whole state); the state is widened to fp32 when read, carried in fp32
- * through the call's tokens and rounded to nearest even once, when final_state is written. The
- * forward only (the training forward and the backward take DN_F32 states); on the CPU, and for the
+ *               flash-linear-attention and FlashInfer do (rounded to nearest even from the fp32
+ *               accumulators). On the CPU the 16-bit inputs are converted to fp32 copies inside
+ *               the call (extra memory: B T (2 H K + 2 HV V) floats) and the fp32 kernels run; on
+ *               the GPU the kernels read them as is.
+ *   state_dtype element type of initial_state and final_state: DN_F32 (default) or DN_BF16
+ *               (passed through the same (float *) fields, cast, as for dtype). A bf16 state
+ *               halves what a decode step moves (it reads and writes the whole state); the state
+ *               is widened to fp32 when read, carried in fp32 through the call's tokens and
+ *               rounded to nearest even once, when final_state is written. The forward only (the
+ *               training forward and the backward take DN_F32 states); on the CPU, and for the
  *               chunkwise form on the GPU, through fp32 copies made inside the call.
  *   gate_a, A_log, dt_bias
  *               the gated ops' log decay computed inside the call from the raw projection, as
@@ -232,9 +234,9 @@ typedef struct dn_strides {
  *   device      DN_DEVICE_CPU (default): every pointer is host memory. A CUDA device ordinal
  *               (0, 1, ...): the call runs on that GPU, and q, k, v, g, beta, o, initial_state,
  *               final_state and the raw gates are device pointers (readable by that device);
- *               cu_seqlens stays a
- *               host array (it is checked and its sequences scheduled on the host; the call copies
- *               it to the device), as does the params struct itself. workspace is not used.
+ *               cu_seqlens stays a host array (it is checked and its sequences scheduled on the
+ *               host; the call copies it to the device), as does the params struct itself.
+ *               workspace is not used.
  *               K <= 256. The GPU runs DN_IMPL_RECURRENT (the fused recurrence, any K and V; T = 1
  *               with initial_state == final_state is the batched decode step) and DN_IMPL_CHUNK
  *               (K and V multiples of 16; whatever chunk_size says, the function being the same:

@@ -228,8 +228,8 @@ __global__ void __launch_bounds__(32 * REC_WARPS) la_recurrent_kernel(la_args a)
  * shared array, so three barriers a token suffice), the norms and k.q reduced by every warp for
  * itself, the partial sums S^T k and S^T q reduced over a warp's row groups by shuffles and over
  * the warps through shared memory (one sum a thread), then o = e S^T q + (k.q) u and
- * S = e S + k u^T as in la_recurrent_kernel. Needs
- * V % CPT == 0 and 16-byte aligned states (the launcher checks).
+ * S = e S + k u^T as in la_recurrent_kernel. Needs V % CPT == 0 and 16-byte aligned states (the
+ * launcher checks).
  * ------------------------------------------------------------------------------------------- */
 /* 256 threads: measured on an H200 (K = V = 128, B = 64 and 128), blocks of 128 threads were
  * 4-7% slower in fp32 and the same in bf16, blocks of 64 threads 15% slower */
