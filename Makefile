@@ -133,7 +133,7 @@ LIB_SRC    := src/core.c src/check.c src/mem.c src/la.c src/attn.c src/mamba.c s
               src/cpu/dispatch.c src/cpu/parallel.c
 KERNEL_SRC := src/cpu/la.c src/cpu/la_bwd.c src/cpu/attn.c src/cpu/attn_bwd.c src/cpu/probe.c src/cpu/mamba.c src/cpu/rwkv4.c \
               src/cpu/conv.c src/cpu/matmul.c
-CUDA_SRC   := src/cuda/device.cu src/cuda/la.cu
+CUDA_SRC   := src/cuda/device.cu src/cuda/la.cu src/cuda/la_bwd.cu
 LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o) \
               $(foreach isa,$(ISAS),$(KERNEL_SRC:%.c=$(BUILD)/%_$(isa).o)) \
               $(if $(HAVE_NVCC),$(CUDA_SRC:%.cu=$(BUILD)/%.o),$(BUILD)/src/cuda_none.o)
@@ -166,7 +166,7 @@ $(BUILD)/src/%.o: src/%.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/src/cuda/%.o: src/cuda/%.cu src/cuda/cuda_common.h include/deltanet.h $(STAMP)
+$(BUILD)/src/cuda/%.o: src/cuda/%.cu src/cuda/cuda_common.h src/cuda/la_common.cuh include/deltanet.h $(STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 

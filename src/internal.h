@@ -147,6 +147,7 @@ dn_status dn_ref_la_forward(const dn_la_params *p);
 
 /* CUDA paths (src/cuda/; stubs in src/cuda_none.c without nvcc). Params passed dn_la_check. */
 dn_status dn_cuda_la_forward(const dn_la_params *p);
+dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp);
 dn_status dn_ref_la_backward(const dn_la_bwd_params *p);
 
 /* References (plain C, double): src/ref/ */

@@ -445,8 +445,9 @@ dn_status dn_la_backward_workspace_size(const dn_la_bwd_params *bp, size_t *byte
     dn_status st = shape_only(&bp->fwd);
     if (st != DN_OK) return st;
     const dn_la_params r = train_resolved(&bp->fwd);
-    *bytes =
-        r.impl == DN_IMPL_REF ? 0 : dn_cpu()->la_bwd_workspace(&r, dn_threads_for(r.n_threads));
+    *bytes = r.impl == DN_IMPL_REF || r.device != DN_DEVICE_CPU
+                 ? 0
+                 : dn_cpu()->la_bwd_workspace(&r, dn_threads_for(r.n_threads));
     return DN_OK;
 }
 
@@ -474,6 +475,7 @@ static dn_status bwd_check(const dn_la_bwd_params *bp) {
     const int64_t NS = dn_la_nseq(p);
     dn_arg a[DN_MAX_ARGS];
     int n = fwd_args(p, a);
+    const int io = n;
     a[n++] = (dn_arg){"dout", bp->dout, bp->dout_s, B, T, HV, V, 0, 0, 0};
     a[n++] = (dn_arg){"dfinal_state", bp->dfinal_state, cs, NS, HV, K, V, 0, 1, 0};
     const int64_t nsaved = (int64_t)(bp->saved_bytes / sizeof(float));
@@ -484,8 +486,43 @@ static dn_status bwd_check(const dn_la_bwd_params *bp) {
     a[n++] = (dn_arg){"dg", bp->dg, bp->dg_s, B, T, HV, 1, 1, 1, 0};
     a[n++] = (dn_arg){"dbeta", bp->dbeta, bp->dbeta_s, B, T, HV, 1, 1, 1, 0};
     a[n++] = (dn_arg){"dinitial_state", bp->dinitial_state, cs, NS, HV, K, V, 1, 1, 0};
-    if ((st = dn_check_args(op, a, n)) != DN_OK) return st;
-    return check_values(p, op);
+    /* 16-bit dtypes: q, k, v, dout and dq, dk, dv hold 2-byte elements */
+    const unsigned half = p->dtype != DN_F32 ? 7u | 1u << io | 7u << (io + 3) : 0u;
+    if ((st = dn_check_args_mixed(op, a, n, half)) != DN_OK) return st;
+    /* device memory is not read on the host */
+    return p->device == DN_DEVICE_CPU ? check_values(p, op) : DN_OK;
+}
+
+/* 16-bit inputs on the CPU: the fp32 backward over converted copies of q, k, v and dout, the
+ * gradients of q, k and v rounded back to the dtype (checked params). */
+static dn_status backward_widened(const dn_la_bwd_params *bp) {
+    const dn_la_params *p = &bp->fwd;
+    const int64_t B = p->B, T = p->T, H = p->H, HV = p->HV, K = p->K, V = p->V;
+    const size_t nqk = (size_t)(B * T * H * K), nv = (size_t)(B * T * HV * V);
+    float *buf = dn_alloc(sizeof(float) * (4 * nqk + 3 * nv));
+    if (!buf)
+        return dn_fail(DN_ERR_ALLOC, "%s backward: cannot allocate fp32 copies of the %s tensors",
+                       dn_op_name(p->op), dn_dtype_name(p->dtype));
+    float *q = buf, *k = q + nqk, *dq = k + nqk, *dk = dq + nqk, *v = dk + nqk, *dout = v + nv,
+          *dv = dout + nv;
+    widen(q, p->q, p->q_s, p->dtype, B, T, H, K);
+    widen(k, p->k, p->k_s, p->dtype, B, T, H, K);
+    widen(v, p->v, p->v_s, p->dtype, B, T, HV, V);
+    widen(dout, bp->dout, bp->dout_s, p->dtype, B, T, HV, V);
+    dn_la_bwd_params w = *bp;
+    w.fwd.q = q, w.fwd.k = k, w.fwd.v = v, w.fwd.o = NULL;
+    w.fwd.q_s = w.fwd.k_s = w.dq_s = w.dk_s = dn_contiguous(T, H, K);
+    w.fwd.v_s = w.dout_s = w.dv_s = dn_contiguous(T, HV, V);
+    w.fwd.dtype = DN_F32;
+    w.dout = dout, w.dq = dq, w.dk = dk, w.dv = dv;
+    dn_status st = dn_la_backward(&w);
+    if (st == DN_OK) {
+        narrow(bp->dq, bp->dq_s, dq, p->dtype, B, T, H, K);
+        narrow(bp->dk, bp->dk_s, dk, p->dtype, B, T, H, K);
+        narrow(bp->dv, bp->dv_s, dv, p->dtype, B, T, HV, V);
+    }
+    dn_free(buf);
+    return st;
 }
 
 dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
@@ -496,15 +533,37 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
     const dn_la_params *p = &bp->fwd;
     dn_status st = bwd_check(bp);
     if (st != DN_OK) return st;
-    if (p->device != DN_DEVICE_CPU || p->dtype != DN_F32 || p->state_dtype != DN_F32)
+    const char *op = dn_op_name(p->op);
+    if (p->state_dtype != DN_F32)
+        return dn_fail(DN_ERR_UNSUPPORTED, "%s backward: fp32 states only (state_dtype)", op);
+    if (p->impl == DN_IMPL_RECURRENT)
         return dn_fail(DN_ERR_UNSUPPORTED,
-                       "%s backward: fp32 (inputs and states) on the CPU only in this version",
-                       dn_op_name(p->op));
+                       "%s backward: the fast backward is chunkwise; use "
+                       "DN_IMPL_AUTO or DN_IMPL_CHUNK (or DN_IMPL_REF)",
+                       op);
+    if (p->device != DN_DEVICE_CPU) {
+        if (p->impl == DN_IMPL_REF)
+            return dn_fail(DN_ERR_UNSUPPORTED,
+                           "%s backward: the double reference runs on the CPU only (device %d "
+                           "asked)",
+                           op, p->device);
+        if (bp->saved)
+            return dn_fail(DN_ERR_UNSUPPORTED,
+                           "%s backward: saved is the CPU training forward's buffer; the GPU "
+                           "backward recomputes what it needs",
+                           op);
+        return dn_cuda_la_backward(bp); /* T = 0 is handled there (device memory) */
+    }
+    if (p->dtype != DN_F32) {
+        if (bp->saved)
+            return dn_fail(DN_ERR_UNSUPPORTED,
+                           "%s backward: saved (a training forward's buffer) is fp32 only", op);
+        if (p->T > 0) return backward_widened(bp);
+    }
     if (p->T == 0) {
         dn_pass_state(bp->dinitial_state, bp->dfinal_state, state_floats(p));
         return DN_OK;
     }
-    const char *op = dn_op_name(p->op);
     if (bp->saved) {
         if (p->impl == DN_IMPL_REF)
             return dn_fail(DN_ERR_ARG, "%s backward: saved is for the fast backward", op);
@@ -515,11 +574,6 @@ dn_status dn_la_backward(const dn_la_bwd_params *bp_in) {
                            bp->saved_bytes, need_saved);
     }
     if (p->impl == DN_IMPL_REF) return dn_ref_la_backward(bp);
-    if (p->impl == DN_IMPL_RECURRENT)
-        return dn_fail(DN_ERR_UNSUPPORTED,
-                       "%s backward: the fast backward is chunkwise; use "
-                       "DN_IMPL_AUTO or DN_IMPL_CHUNK (or DN_IMPL_REF)",
-                       op);
     const dn_cpu_kernels *kern = dn_cpu();
     const int nt = dn_threads_for(p->n_threads);
     const size_t need = kern->la_bwd_workspace(p, nt);

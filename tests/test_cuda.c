@@ -381,6 +381,239 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
     return fails;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The backward: every gradient (dq, dk, dv, dg, dbeta, dinitial_state) against the double
+ * reference backward over the same rounded inputs and the same rounded dout and dfinal_state.
+ * The GPU backward computes in fp32 whatever the dtype (fp32 copies of the inputs, fp32
+ * products on the CUDA cores), so the bound is fp32's: 1e-4 relative RMS (measured errors,
+ * printed under DN_TEST_VERBOSE, are 1e-7 .. 1e-5), plus, for dq, dk and dv written in a 16-bit
+ * dtype, twice the error of the reference itself rounded to that dtype (1.1e-3 RMS in bf16). On
+ * the CPU (device < 0) the 16-bit path converts and runs the fp32 backward: the same bound.
+ * ------------------------------------------------------------------------------------------- */
+static int check_grad(const char *what, const char *name, const float *got, const float *ref,
+                      int64_t n, dn_dtype rounded) {
+    double floor = 0;
+    if (rounded != DN_F32) {
+        float *rr = falloc(n);
+        uint16_t *tmp = malloc(sizeof(uint16_t) * (size_t)(n > 0 ? n : 1));
+        memcpy(rr, ref, sizeof(float) * (size_t)n);
+        round_to(rounded, rr, tmp, n);
+        floor = rel_rms(rr, ref, n, NULL);
+        free(rr), free(tmp);
+    }
+    const double tol = 1e-4 + 2 * floor;
+    int64_t w = 0;
+    const double e = rel_rms(got, ref, n, &w);
+    if (!(e <= tol)) {
+        printf("    FAIL %s: %s %.3g (tol %.1e; worst [%lld] got %.7g ref %.7g)\n", what, name, e,
+               tol, (long long)w, got[w], ref[w]);
+        return 1;
+    }
+    if (getenv("DN_TEST_VERBOSE")) printf("    ok %s: %s %.2e\n", what, name, e);
+    return 0;
+}
+
+/* a strided tensor of the dtype back to contiguous fp32 */
+static void gather(float *dst, dn_dtype t, const tensor *x, int64_t n0, int64_t n1, int64_t n2,
+                   int64_t D) {
+    for (int64_t a = 0; a < n0; a++)
+        for (int64_t b = 0; b < n1; b++)
+            for (int64_t c = 0; c < n2; c++)
+                for (int64_t d = 0; d < D; d++)
+                    dst[((a * n1 + b) * n2 + c) * D + d] =
+                        elem(t, x->host, a * x->s.b + b * x->s.t + c * x->s.h + d);
+}
+
+static int run_bwd_case(const la_case *c, dn_dtype dt, int device, uint64_t seed) {
+    rng r = {seed};
+    const int64_t B = c->B, T = c->T, H = c->H, HV = c->HV, K = c->K, V = c->V;
+    const int gate = c->op == DN_OP_GLA || c->op == DN_OP_GDN;
+    const int delta = c->op == DN_OP_DELTANET || c->op == DN_OP_GDN;
+    int64_t cu[8], ns = B;
+    if (c->varlen) { /* lengths: 0, 1, T/2 - 1, 0, rest */
+        int64_t h = T / 2;
+        int64_t L[] = {0, 1, h - 1, 0, T - h};
+        ns = 5;
+        cu[0] = 0;
+        for (int i = 0; i < 5; i++)
+            cu[i + 1] = cu[i] + L[i];
+    }
+    const int64_t nqk = B * T * H * K, nv = B * T * HV * V, ng = B * T * HV, nst = ns * HV * K * V;
+    float *q = falloc(nqk), *k = falloc(nqk), *v = falloc(nv), *g = falloc(ng), *bt = falloc(ng);
+    float *h0 = falloc(nst), *dht = falloc(nst), *dout = falloc(nv);
+    float *rq = falloc(nqk), *rk = falloc(nqk), *rv = falloc(nv), *rg = falloc(ng),
+          *rb = falloc(ng), *rh0 = falloc(nst);
+    float *gq = falloc(nqk), *gk = falloc(nqk), *gv = falloc(nv), *gg = falloc(ng),
+          *gb = falloc(ng), *gh0 = falloc(nst);
+    uint16_t *scratch = malloc(sizeof(uint16_t) * (size_t)(nqk > nv ? nqk : nv) + 2);
+    const float ks = c->l2norm ? 1.0f : sqrtf(3.0f / (float)K);
+    fill_uniform(&r, q, nqk, -1, 1);
+    fill_uniform(&r, k, nqk, -ks, ks);
+    fill_uniform(&r, v, nv, -1, 1);
+    fill_uniform(&r, h0, nst, -0.5f, 0.5f);
+    fill_uniform(&r, dht, nst, -0.5f, 0.5f);
+    fill_uniform(&r, dout, nv, -1, 1);
+    for (int64_t i = 0; i < ng; i++) {
+        float x = rng_uniform(&r, 0, 1);
+        g[i] = c->gates == 0 ? -0.02f - 0.3f * x : c->gates == 1 ? -2.0f - 8.0f * x : 0.0f;
+        if (c->gates == 3) g[i] = x < 0.1f ? -INFINITY : -0.05f * x;
+        bt[i] = c->betas == 0 ? x : c->betas == 1 ? 1e-4f * x : 2.0f - 1e-3f * x;
+    }
+    round_to(dt, q, scratch, nqk);
+    round_to(dt, k, scratch, nqk);
+    round_to(dt, v, scratch, nv);
+    round_to(dt, dout, scratch, nv);
+    free(scratch);
+
+    dn_la_params p = dn_la_params_default(c->op, B, T, H, HV, K, V);
+    p.q = q, p.k = k, p.v = v, p.g = gate ? g : NULL, p.beta = delta ? bt : NULL;
+    p.qk_l2norm = c->l2norm;
+    p.initial_state = c->init ? h0 : NULL;
+    if (c->varlen) p.cu_seqlens = cu, p.n_seqs = ns;
+    p.impl = DN_IMPL_REF;
+    dn_la_bwd_params bp = dn_la_bwd_params_default(&p);
+    bp.dout = dout, bp.dfinal_state = c->init ? dht : NULL;
+    bp.dq = rq, bp.dk = rk, bp.dv = rv, bp.dg = gate ? rg : NULL, bp.dbeta = delta ? rb : NULL;
+    bp.dinitial_state = rh0;
+    int fails = 0;
+    if (dn_la_backward(&bp) != DN_OK) {
+        printf("    FAIL reference backward: %s\n", dn_last_error());
+        return 1;
+    }
+
+    /* the call under test: q, k, v, dout and dq, dk, dv in the dtype (strided when asked) */
+    tensor tq = make_tensor(dt, B, T, H, K, c->strided, q),
+           tk = make_tensor(dt, B, T, H, K, c->strided, k),
+           tv = make_tensor(dt, B, T, HV, V, c->strided, v),
+           tdo = make_tensor(dt, B, T, HV, V, c->strided, dout),
+           tdq = make_tensor(dt, B, T, H, K, c->strided, NULL),
+           tdk = make_tensor(dt, B, T, H, K, c->strided, NULL),
+           tdv = make_tensor(dt, B, T, HV, V, c->strided, NULL);
+    bp.fwd.dtype = dt;
+    bp.fwd.impl = DN_IMPL_CHUNK;
+    bp.fwd.q_s = tq.s, bp.fwd.k_s = tk.s, bp.fwd.v_s = tv.s, bp.dout_s = tdo.s;
+    bp.dq_s = tdq.s, bp.dk_s = tdk.s, bp.dv_s = tdv.s;
+    memset(gg, 0x7f, sizeof(float) * (size_t)ng), memset(gb, 0x7f, sizeof(float) * (size_t)ng);
+    memset(gh0, 0x7f, sizeof(float) * (size_t)nst);
+    dn_status st;
+    if (device >= 0) {
+        bp.fwd.device = device;
+        bp.fwd.q = up(tq.host, tbytes(dt, &tq));
+        bp.fwd.k = up(tk.host, tbytes(dt, &tk));
+        bp.fwd.v = up(tv.host, tbytes(dt, &tv));
+        bp.fwd.g = gate ? up(g, sizeof(float) * (size_t)ng) : NULL;
+        bp.fwd.beta = delta ? up(bt, sizeof(float) * (size_t)ng) : NULL;
+        bp.fwd.initial_state = c->init ? up(h0, sizeof(float) * (size_t)nst) : NULL;
+        bp.dout = up(tdo.host, tbytes(dt, &tdo));
+        bp.dfinal_state = c->init ? up(dht, sizeof(float) * (size_t)nst) : NULL;
+        bp.dq = up(tdq.host, tbytes(dt, &tdq)); /* poisoned */
+        bp.dk = up(tdk.host, tbytes(dt, &tdk));
+        bp.dv = up(tdv.host, tbytes(dt, &tdv));
+        bp.dg = gate ? up(gg, sizeof(float) * (size_t)ng) : NULL;
+        bp.dbeta = delta ? up(gb, sizeof(float) * (size_t)ng) : NULL;
+        bp.dinitial_state = up(gh0, sizeof(float) * (size_t)nst);
+        st = dn_la_backward(&bp);
+        if (st == DN_OK) st = dn_cuda_synchronize();
+        if (st == DN_OK) {
+            dn_cuda_memcpy(tdq.host, bp.dq, tbytes(dt, &tdq));
+            dn_cuda_memcpy(tdk.host, bp.dk, tbytes(dt, &tdk));
+            dn_cuda_memcpy(tdv.host, bp.dv, tbytes(dt, &tdv));
+            if (gate) dn_cuda_memcpy(gg, bp.dg, sizeof(float) * (size_t)ng);
+            if (delta) dn_cuda_memcpy(gb, bp.dbeta, sizeof(float) * (size_t)ng);
+            dn_cuda_memcpy(gh0, bp.dinitial_state, sizeof(float) * (size_t)nst);
+        }
+        dn_cuda_free((void *)bp.fwd.q), dn_cuda_free((void *)bp.fwd.k);
+        dn_cuda_free((void *)bp.fwd.v), dn_cuda_free((void *)bp.fwd.g);
+        dn_cuda_free((void *)bp.fwd.beta), dn_cuda_free((void *)bp.fwd.initial_state);
+        dn_cuda_free((void *)bp.dout), dn_cuda_free((void *)bp.dfinal_state);
+        dn_cuda_free(bp.dq), dn_cuda_free(bp.dk), dn_cuda_free(bp.dv), dn_cuda_free(bp.dg);
+        dn_cuda_free(bp.dbeta), dn_cuda_free(bp.dinitial_state);
+    } else {
+        bp.fwd.q = tq.host, bp.fwd.k = tk.host, bp.fwd.v = tv.host, bp.dout = tdo.host;
+        bp.dq = tdq.host, bp.dk = tdk.host, bp.dv = tdv.host;
+        bp.dg = gate ? gg : NULL, bp.dbeta = delta ? gb : NULL, bp.dinitial_state = gh0;
+        st = dn_la_backward(&bp);
+    }
+    char what[256];
+    snprintf(what, sizeof what, "backward %s %s B%lld T%lld H%lld HV%lld K%lld V%lld%s%s %s %s%s%s",
+             dn_op_name(c->op), dn_dtype_name(dt), (long long)B, (long long)T, (long long)H,
+             (long long)HV, (long long)K, (long long)V, c->varlen ? " varlen" : "",
+             c->strided ? " strided" : "", gate ? gate_names[c->gates] : "",
+             delta ? beta_names[c->betas] : "", c->l2norm ? " l2norm" : "",
+             c->init ? " h0 dht" : "");
+    if (st != DN_OK) {
+        printf("    FAIL %s: %s (%s)\n", what, dn_status_str(st), dn_last_error());
+        fails++;
+    } else {
+        float *x = falloc(nqk > nv ? nqk : nv);
+        gather(x, dt, &tdq, B, T, H, K);
+        fails += check_grad(what, "dq", x, rq, nqk, dt);
+        gather(x, dt, &tdk, B, T, H, K);
+        fails += check_grad(what, "dk", x, rk, nqk, dt);
+        gather(x, dt, &tdv, B, T, HV, V);
+        fails += check_grad(what, "dv", x, rv, nv, dt);
+        free(x);
+        if (gate) fails += check_grad(what, "dg", gg, rg, ng, DN_F32);
+        if (delta) fails += check_grad(what, "dbeta", gb, rb, ng, DN_F32);
+        fails += check_grad(what, "dh0", gh0, rh0, nst, DN_F32);
+    }
+    free(tq.host), free(tk.host), free(tv.host), free(tdo.host), free(tdq.host), free(tdk.host),
+        free(tdv.host);
+    free(q), free(k), free(v), free(g), free(bt), free(h0), free(dht), free(dout);
+    free(rq), free(rk), free(rv), free(rg), free(rb), free(rh0);
+    free(gq), free(gk), free(gv), free(gg), free(gb), free(gh0);
+    return fails;
+}
+
+/* The backward's grid: every op over odd lengths, T < chunk and T = 1, varlen with empty and
+ * one-token sequences, grouped heads, strided views, every head dim, the gate and beta extremes,
+ * with and without states and the in-op norm. */
+static int run_bwd_grid(int device, const dn_dtype *dts, int ndt) {
+    static const int64_t dims[][2] = {{64, 64},  {96, 96},   {128, 128}, {192, 192}, {256, 256},
+                                      {96, 192}, {128, 256}, {256, 64},  {32, 48},   {48, 16}};
+    static const dn_op ops[] = {DN_OP_LINEAR_ATTN, DN_OP_GLA, DN_OP_DELTANET, DN_OP_GDN};
+    la_case cases[64];
+    int nc = 0;
+    const int small = small_grid();
+    for (int o = 0; o < 4; o++) {
+        cases[nc++] = (la_case){ops[o], 2, 37, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0, 0};
+        cases[nc++] = (la_case){ops[o], 1, 70, 1, 2, 64, 64, 1, 0, 0, 0, 1, 1, 0, 0};
+        if (small) continue;
+        cases[nc++] = (la_case){ops[o], 2, 1, 2, 4, 128, 128, 0, 0, 0, 0, 1, 1, 0, 0};
+        cases[nc++] = (la_case){ops[o], 2, 129, 2, 4, 64, 64, 0, 1, 1, 1, 1, 1, 0, 0};
+        cases[nc++] = (la_case){ops[o], 1, 150, 1, 3, 128, 128, 1, 1, 3, 2, 1, 1, 0, 0};
+        cases[nc++] = (la_case){ops[o], 2, 100, 2, 2, 64, 128, 0, 0, 2, 0, 0, 0, 0, 0};
+    }
+    if (!small)
+        for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+            cases[nc++] = (la_case){d % 2 ? DN_OP_GDN : DN_OP_DELTANET,
+                                    1,
+                                    77,
+                                    1,
+                                    2,
+                                    dims[d][0],
+                                    dims[d][1],
+                                    0,
+                                    (int)d % 3 == 0,
+                                    (int)d % 4,
+                                    (int)d % 3,
+                                    (int)d % 5 != 4,
+                                    1,
+                                    0,
+                                    0};
+    /* many chunks on one (sequence, head), and many heads */
+    cases[nc++] = (la_case){DN_OP_GDN, 1, 300, 1, 2, 128, 128, 0, 0, 0, 0, 1, 1, 0, 0};
+    if (!small) cases[nc++] = (la_case){DN_OP_GDN, 1, 100, 4, 48, 64, 128, 0, 0, 0, 0, 1, 1, 0, 0};
+    int fails = 0, runs = 0;
+    for (int i = 0; i < nc; i++)
+        for (int d = 0; d < ndt; d++) {
+            fails += run_bwd_case(&cases[i], dts[d], device, 7000 + (uint64_t)(i * 5 + d));
+            runs++;
+        }
+    printf("     backward: %d runs, %d failed\n", runs, fails);
+    return fails;
+}
+
 /* 16-bit inputs on the CPU (converted inside the call) against the reference. */
 static int test_la_dtype_cpu(void) {
     const dn_dtype dts[] = {DN_BF16, DN_F16};
@@ -400,6 +633,15 @@ static int test_la_dtype_cpu(void) {
             c.varlen = 0, c.B = 2, c.inplace = 0;
             fails += run_case(&c, DN_F32, impls[m], -1, 123 + (uint64_t)(i + m));
         }
+    /* the backward of 16-bit inputs on the CPU (converted), fp32 too */
+    {
+        la_case c = {DN_OP_GDN, 2, 45, 2, 4, 32, 48, 0, 1, 0, 0, 1, 1, 1, 0};
+        fails += run_bwd_case(&c, DN_BF16, -1, 131);
+        c.varlen = 1, c.B = 1, c.strided = 0, c.op = DN_OP_GLA;
+        fails += run_bwd_case(&c, DN_F16, -1, 132);
+        c.op = DN_OP_DELTANET;
+        fails += run_bwd_case(&c, DN_F32, -1, 133);
+    }
     /* a bad dtype or device is an argument error, before anything runs */
     dn_la_params p = dn_la_params_default(DN_OP_LINEAR_ATTN, 1, 1, 1, 1, 4, 4);
     float x[4] = {0}, y[4];
@@ -463,7 +705,8 @@ static int test_la_cuda(void) {
     }
     const dn_dtype dts[] = {DN_F32, DN_BF16, DN_F16};
     const dn_impl impls[] = {DN_IMPL_RECURRENT, DN_IMPL_CHUNK};
-    return run_grid(0, dts, small_grid() ? 2 : 3, impls, 2);
+    const int fails = run_grid(0, dts, small_grid() ? 2 : 3, impls, 2);
+    return fails + run_bwd_grid(0, dts, small_grid() ? 2 : 3);
 }
 
 const test_case dn_tests_cuda[] = {

@@ -12,6 +12,7 @@
 extern "C" {
 dn_status dn_fail(dn_status st, const char *fmt, ...);
 dn_status dn_cuda_la_forward(const dn_la_params *p);
+dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp);
 }
 
 /* DN_OK for cudaSuccess, else DN_ERR_DEVICE naming the call and the runtime's error. */
