@@ -15,9 +15,13 @@
  *   decode bytes   = 2 B HV K V x 4 (the fp32 state read and written; x 2 for a bf16 state) + the
  *                    step's q, k, v, o, g, beta; decode FLOPs = B HV (8 K V) (S^T k, S^T q, decay
  *                    and rank-1 update).
+   training FLOPs = 3 x the forward's count (forward, and a backward of twice its products):
+ *                    a yardstick again; times are what compare.
  * Output: one line per case, "name key=value ...", machine-readable. Arguments: "fwd" or "decode"
  * alone; "fwd I" / "decode I" the I-th case alone (for a profiler); "dims": head dims 64, 128 and
- * 256 (K = V), the forward at 4 x 4096 and decode at B = 64.
+ * 256 (K = V), the forward at 4 x 4096 and decode at B = 64; "train" (or "train I"): forward +
+ * backward at the forward's shapes, timed eagerly (median of 20 after 3 warm-ups), with the
+ * backward alone.
  */
 #include "deltanet.h"
 
@@ -143,6 +147,72 @@ static void run_fwd(int64_t B, int64_t T, int64_t K, int64_t V, cudaStream_t s) 
     cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta);
 }
 
+/* Median time in ms of fn() on stream s, eager (no graph: the backward allocates its scratch on
+ * the stream), after three warm-up calls; fla's fwd + bwd anchors are eager too. */
+template <typename F> static double time_eager(F fn, cudaStream_t s, int reps) {
+    for (int i = 0; i < 3; i++)
+        fn();
+    CK(cudaStreamSynchronize(s));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    std::vector<double> t;
+    for (int i = 0; i < reps; i++) {
+        CK(cudaEventRecord(a, s));
+        fn();
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms);
+    }
+    std::sort(t.begin(), t.end());
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    return t[t.size() / 2];
+}
+
+/* Training: the chunkwise forward then the backward (every gradient: q, k, v, g, beta), bf16
+ * inputs and gradients; the backward alone too. */
+static void run_train(int64_t B, int64_t T, int64_t K, int64_t V, cudaStream_t s) {
+    const int64_t n = B * T * H;
+    void *q = dev_bf16(n * K, -1, 1), *k = dev_bf16(n * K, -1, 1), *v = dev_bf16(n * V, -1, 1);
+    void *dout = dev_bf16(n * V, -1, 1), *o, *dq, *dk, *dv;
+    CK(cudaMalloc(&o, n * V * 2));
+    CK(cudaMalloc(&dq, n * K * 2));
+    CK(cudaMalloc(&dk, n * K * 2));
+    CK(cudaMalloc(&dv, n * V * 2));
+    float *g = dev_f32(n, -0.2f, -0.001f), *beta = dev_f32(n, 0.05f, 0.95f), *dg, *db;
+    CK(cudaMalloc(&dg, n * 4));
+    CK(cudaMalloc(&db, n * 4));
+    dn_la_params p = dn_la_params_default(DN_OP_GDN, B, T, H, H, K, V);
+    p.q = (const float *)q, p.k = (const float *)k, p.v = (const float *)v;
+    p.g = g, p.beta = beta, p.o = (float *)o;
+    p.qk_l2norm = 1;
+    p.dtype = DN_BF16;
+    p.device = 0;
+    p.stream = s;
+    p.impl = DN_IMPL_CHUNK;
+    dn_la_bwd_params bp = dn_la_bwd_params_default(&p);
+    bp.dout = (const float *)dout, bp.dq = (float *)dq, bp.dk = (float *)dk, bp.dv = (float *)dv;
+    bp.dg = dg, bp.dbeta = db;
+    const double ms = time_eager(
+        [&] {
+            DK(dn_la_forward(&p));
+            DK(dn_la_backward(&bp));
+        },
+        s, 20);
+    const double ms_b = time_eager([&] { DK(dn_la_backward(&bp)); }, s, 20);
+    const double flops = 3.0 * (double)n * (6.0 * K * V + 4.0 * C * (K + V));
+    printf("train impl=deltanet B=%lld T=%lld H=%lld K=%lld V=%lld ms=%.4f bwd_ms=%.4f "
+           "tflops=%.1f\n",
+           (long long)B, (long long)T, (long long)H, (long long)K, (long long)V, ms, ms_b,
+           flops / ms * 1e-9);
+    fflush(stdout);
+    cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(dout), cudaFree(o), cudaFree(dq), cudaFree(dk),
+        cudaFree(dv), cudaFree(g), cudaFree(beta), cudaFree(dg), cudaFree(db);
+}
+
 /* One decode step of B sequences in place, bf16 q/k/v/o, the state in fp32 or bf16 (sbf16), g
  * and beta given or computed in the kernel from the raw gates (raw). */
 static void run_decode(int64_t B, int64_t K, int64_t V, int sbf16, int raw, cudaStream_t s) {
@@ -189,7 +259,7 @@ int main(int argc, char **argv) {
     }
     const char *mode = argc > 1 ? argv[1] : "all";
     const int only_decode = !strcmp(mode, "decode"), only_fwd = !strcmp(mode, "fwd");
-    const int dims = !strcmp(mode, "dims");
+    const int dims = !strcmp(mode, "dims"), train = !strcmp(mode, "train");
     const int only_shape = argc > 2 ? atoi(argv[2]) : -1; /* "fwd I": the I-th case alone */
     cudaStream_t s;
     CK(cudaStreamCreate(&s));
@@ -204,6 +274,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     static const int64_t shapes[][2] = {{16, 1024}, {4, 4096}, {2, 8192}, {1, 32768}};
+    if (train) { /* forward + backward at the forward's shapes */
+        for (int i = 0; i < 4; i++)
+            if (only_shape < 0 || i == only_shape)
+                run_train(shapes[i][0], shapes[i][1], 128, 128, s);
+        return 0;
+    }
     for (int i = 0; i < 4 && !only_decode; i++)
         if (only_shape < 0 || i == only_shape) run_fwd(shapes[i][0], shapes[i][1], 128, 128, s);
     /* decode: fp32 states at B = 1, 64, 128; bf16 states at the same; raw gates at 64, 128 */

@@ -44,6 +44,10 @@ def time_graph(fn, reps):
 def main():
     print(f"fla version={getattr(fla, '__version__', '?')} torch={torch.__version__}")
     mode = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if mode == "train":  # forward + backward, eager: as bench/cuda_la.cu's "train"
+        for B, T in [(16, 1024), (4, 4096), (2, 8192), (1, 32768)]:
+            run_train(B, T, 128, 128)
+        return
     if mode == "dims":  # head dims 64, 128, 256: as bench/cuda_la.cu's "dims"
         for d in (64, 128, 256):
             run_fwd(4, 4096, d, d)
@@ -70,6 +74,47 @@ def run_fwd(B, T, K, V):
     byts = B * T * (2 * H * K + 2 * H * V) * 2 + n * 8
     print(f"fwd impl=fla B={B} T={T} H={H} K={K} V={V} ms={ms:.4f} tflops={flops / ms * 1e-9:.1f} "
           f"tbs={byts / ms * 1e-9:.2f}", flush=True)
+
+
+def time_eager(fn, reps):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def run_train(B, T, K, V):
+    # fla 0.6.0 refuses its gated backward on Hopper under Triton 3.4 .. 3.7.0 (fla issue #640:
+    # that Triton miscompiles chunk_bwd_dqkwg). This bench times it anyway, by lifting the guard:
+    # the time is what is compared here, not fla's gradients.
+    import fla.ops.common.chunk_o as chunk_o
+    chunk_o.TRITON_ABOVE_3_7_1 = True
+    dev = "cuda"
+    mk = lambda *s, lo=-1.0, hi=1.0, dt=torch.bfloat16: torch.empty(  # noqa: E731
+        *s, device=dev, dtype=dt).uniform_(lo, hi).requires_grad_()
+    q, k, v = mk(B, T, H, K), mk(B, T, H, K), mk(B, T, H, V)
+    g = mk(B, T, H, lo=-0.2, hi=-0.001, dt=torch.float32)
+    beta = mk(B, T, H, lo=0.05, hi=0.95, dt=torch.float32)
+    do = torch.empty(B, T, H, V, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+
+    def fn():
+        o, _ = chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)
+        o.backward(do)
+
+    ms = time_eager(fn, 20)
+    n = B * T * H
+    flops = 3.0 * n * (6.0 * K * V + 4.0 * C * (K + V))
+    print(f"train impl=fla B={B} T={T} H={H} K={K} V={V} ms={ms:.4f} "
+          f"tflops={flops / ms * 1e-9:.1f}", flush=True)
 
 
 def run_decode(B, K, V):
