@@ -68,24 +68,48 @@ __device__ __forceinline__ void bwd_chunk(const la_args &a, const bwd_ws &w, int
     *Lc = (int)(t1 - *tc < BC ? t1 - *tc : BC);
 }
 
-/* C (+)= A B over shared memory, fp32: C[i][j] for i < M, j < N (both even), sum over l < L of
- * A(i, l) = A[i ar + l ac] times B(l, j) = B[l br + j bc]; a 2 x 2 block of C a thread. The
- * strides express transposes. A thread owns the same blocks in every call of the same shape, so
- * accumulating calls in a row need no barrier between them. */
+/* C (+)= A B over shared memory, fp32: C[i][j] for i < M, j < N (multiples of 4), sum over
+ * l < L of A(i, l) = A[i ar + l ac] times B(l, j) = B[l br + j bc] (the strides express
+ * transposes). A thread computes R rows x R columns of C: 4 x 4 (8 shared loads for 16 FMAs)
+ * when there are blocks enough for every thread, else 2 x 2; its columns are N / R apart, so
+ * the threads of a warp read consecutive columns of B (no bank conflicts for either layout of B,
+ * the pitches being odd) and mostly one row of A (a broadcast). The same shape always maps an
+ * element to the same thread: accumulating calls of one shape in a row need no barrier. */
+template <int R>
+__device__ __forceinline__ void gmm_tile(float *Cm, int ldc, const float *A, int ar, int ac,
+                                         const float *Bm, int br, int bc, int i, int j, int cs,
+                                         int L, bool acc) {
+    float c[R][R] = {};
+    const float *a = A + i * ar, *b = Bm + j * bc;
+    for (int l = 0; l < L; l++) {
+        float x[R], y[R];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            x[r] = a[r * ar + l * ac], y[r] = b[l * br + r * cs * bc];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int e = 0; e < R; e++)
+                c[r][e] += x[r] * y[e];
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int e = 0; e < R; e++) {
+            float *o = Cm + (i + r) * ldc + j + e * cs;
+            *o = acc ? *o + c[r][e] : c[r][e];
+        }
+}
 __device__ void gmm(float *Cm, int ldc, const float *A, int ar, int ac, const float *Bm, int br,
                     int bc, int M, int N, int L, bool acc) {
-    const int nb = N / 2, blocks = (M / 2) * nb;
-    for (int x = threadIdx.x; x < blocks; x += blockDim.x) {
-        const int i = (x / nb) * 2, j = (x % nb) * 2;
-        float c00 = 0, c01 = 0, c10 = 0, c11 = 0;
-        const float *a0 = A + i * ar, *a1 = a0 + ar, *b0 = Bm + j * bc, *b1 = b0 + bc;
-        for (int l = 0; l < L; l++) {
-            const float x0 = a0[l * ac], x1 = a1[l * ac], y0 = b0[l * br], y1 = b1[l * br];
-            c00 += x0 * y0, c01 += x0 * y1, c10 += x1 * y0, c11 += x1 * y1;
-        }
-        float *r0 = Cm + i * ldc + j, *r1 = r0 + ldc;
-        if (acc) c00 += r0[0], c01 += r0[1], c10 += r1[0], c11 += r1[1];
-        r0[0] = c00, r0[1] = c01, r1[0] = c10, r1[1] = c11;
+    if ((M / 4) * (N / 4) >= (int)blockDim.x) {
+        const int nb = N / 4, blocks = (M / 4) * nb;
+        for (int x = threadIdx.x; x < blocks; x += blockDim.x)
+            gmm_tile<4>(Cm, ldc, A, ar, ac, Bm, br, bc, (x / nb) * 4, x % nb, nb, L, acc);
+    } else {
+        const int nb = N / 2, blocks = (M / 2) * nb;
+        for (int x = threadIdx.x; x < blocks; x += blockDim.x)
+            gmm_tile<2>(Cm, ldc, A, ar, ac, Bm, br, bc, (x / nb) * 2, x % nb, nb, L, acc);
     }
 }
 
@@ -692,10 +716,10 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     int sms = 132, dev = 0;
     (void)cudaGetDevice(&dev);
     (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    /* 32 columns a sweep block, or 16 when that leaves SMs idle; the grad kernel's column
-     * blocks fit its shared memory (its four C x K arrays grow with K) */
+    /* 32 columns a sweep block, or 16 when that leaves SMs idle; the grad kernel walks V in
+     * blocks of 16 columns (two blocks an SM fit in shared memory at K = 128) */
     w.bv = NS * p->HV * ((p->V + 31) / 32) >= sms ? 32 : 16;
-    w.bv3 = p->K > 128 ? 16 : 32;
+    w.bv3 = 16;
     w.nvt = (int)((p->V + w.bv - 1) / w.bv);
     w.NU = nch * p->HV;
     w.NTOK = p->B * p->T;
