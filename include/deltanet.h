@@ -250,8 +250,10 @@ typedef struct dn_strides {
  *               is DN_ERR_UNSUPPORTED there. The shape, stride and overlap checks are the
  *               same as on the CPU; the values of g and beta are not read on the host, so
  *               out-of-contract values are not rejected on the GPU (g is clamped below at
- *               -1024 as on the CPU). Without a device: DN_ERR_DEVICE. The training forward
- *               and the backward are CPU only for now (DN_ERR_UNSUPPORTED with a device).
+ *               -1024 as on the CPU). Without a device: DN_ERR_DEVICE. The backward runs on
+ *               the GPU too (see dn_la_backward); the training forward is CPU only
+ *               (DN_ERR_UNSUPPORTED with a device): on a GPU, dn_la_forward then
+ *               dn_la_backward, which recomputes what it needs.
  *   stream      the cudaStream_t to run on (NULL: the default stream). The call returns once the
  *               work is queued; synchronize the stream before reading the outputs. A call
  *               without cu_seqlens can be captured in a CUDA graph (bench/cuda_la.cu does); one
@@ -351,6 +353,13 @@ DN_API dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, co
  * not available for the backward): the fast chunkwise backward recomputes the states at chunk
  * boundaries (or reads them from a training forward's buffer) and keeps O(T V + (T/C) K V)
  * floats per thread, never O(T K V). Gradients of the backward itself are not provided.
+ * fwd.dtype: dout, dq, dk and dv are in it, like q, k, v (the CPU converts 16-bit tensors to fp32
+ * copies inside the call); g, beta, their gradients and the states' are fp32 (fwd.state_dtype
+ * DN_F32). With fwd.device a GPU, every tensor is a device pointer and K and V are multiples of
+ * 16, K <= 256: chunks of 32 tokens, fp32 arithmetic on the CUDA cores whatever the dtype,
+ * stream-ordered scratch of about (2 K V / 32 + 3 V + 2 K) floats per token and value head (the
+ * states entering and leaving every chunk, U, R, dY, the key-side gradients per value head);
+ * workspace and saved are not taken (saved: DN_ERR_UNSUPPORTED).
  */
 typedef struct dn_la_bwd_params {
     dn_la_params fwd;

@@ -30,15 +30,23 @@
 
 namespace {
 
+/* The raw gates of token t of value head hv, the formulas stated once: g = -exp(A_log)
+ * softplus(a + dt_bias), beta = sigmoid(b) (accurate expf and log1pf, as on the CPU). */
+__device__ __forceinline__ float raw_g(const la_args &a, int64_t b, int64_t t, int64_t hv) {
+    const float x = a.ga[b * a.gab + t * a.gat + hv * a.gah] + a.dt_bias[hv];
+    return -expf(a.A_log[hv]) * (x > 20.0f ? x : log1pf(expf(x)));
+}
+__device__ __forceinline__ float raw_beta(const la_args &a, int64_t b, int64_t t, int64_t hv) {
+    return 1.0f / (1.0f + expf(-a.gbr[b * a.gbb + t * a.gbt + hv * a.gbh]));
+}
+
 /* The decay factor e = exp(g) and beta of token t of value head hv: from g and beta, or from
- * the raw gates (g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b); accurate expf and
- * log1pf, as on the CPU: two values a token). */
+ * the raw gates (two values a token). */
 __device__ __forceinline__ void token_gates(const la_args &a, int64_t b, int64_t t, int64_t hv,
                                             float *e, float *beta) {
     float g = 0.0f;
     if (a.gate && a.ga) {
-        const float x = a.ga[b * a.gab + t * a.gat + hv * a.gah] + a.dt_bias[hv];
-        g = -expf(a.A_log[hv]) * (x > 20.0f ? x : log1pf(expf(x)));
+        g = raw_g(a, b, t, hv);
     } else if (a.gate) {
         g = a.g[b * a.gb + t * a.gt + hv * a.gh];
     }
@@ -46,7 +54,7 @@ __device__ __forceinline__ void token_gates(const la_args &a, int64_t b, int64_t
     if (!a.delta)
         *beta = 1.0f;
     else if (a.gbr)
-        *beta = 1.0f / (1.0f + expf(-a.gbr[b * a.gbb + t * a.gbt + hv * a.gbh]));
+        *beta = raw_beta(a, b, t, hv);
     else
         *beta = a.beta[b * a.bb + t * a.bt + hv * a.bh];
 }
@@ -1539,11 +1547,8 @@ __global__ void raw_gates_kernel(la_args a, float *g, float *beta, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t hv = i % a.HV, t = i / a.HV % a.T, b = i / a.HV / a.T;
-        if (a.ga) {
-            const float x = a.ga[b * a.gab + t * a.gat + hv * a.gah] + a.dt_bias[hv];
-            g[i] = -expf(a.A_log[hv]) * (x > 20.0f ? x : log1pf(expf(x)));
-        }
-        if (a.gbr) beta[i] = 1.0f / (1.0f + expf(-a.gbr[b * a.gbb + t * a.gbt + hv * a.gbh]));
+        if (a.ga) g[i] = raw_g(a, b, t, hv);
+        if (a.gbr) beta[i] = raw_beta(a, b, t, hv);
     }
 }
 
@@ -1558,7 +1563,6 @@ __global__ void state_narrow_kernel(__nv_bfloat16 *dst, const float *src, int64_
          i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = __float2bfloat16_rn(src[i]);
 }
-
 
 template <typename T, int C, int BV>
 cudaError_t launch_chunk_bv(const la_args &a, int64_t NS, cudaStream_t s) {
@@ -1617,8 +1621,6 @@ cudaError_t launch_split_state(const la_args &a, const split_ws &w, int64_t NS, 
         la_split_state_kernel<T, KMAX, 1><<<grid, 32, sm, s>>>(a, w);
     return cudaGetLastError();
 }
-
-
 
 /* The split chunkwise forward: workspace (stream-ordered, freed before returning), then the
  * three kernels in order on the stream. */

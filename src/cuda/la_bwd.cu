@@ -49,12 +49,12 @@ struct bwd_ws {
     const int *cmap;      /* varlen: [chunks] the sequence of each chunk, else NULL */
     int64_t nt;           /* chunks a sequence without cu_seqlens */
     int64_t NU, NTOK;     /* units (chunks x HV), tokens (B T) */
-    int nvt, bv, bv3;     /* column blocks of the sweeps (bv wide), block width of the grad kernel */
+    int nvt, bv, bv3; /* column blocks of the sweeps (bv wide), block width of the grad kernel */
 };
 
 /* The chunk's sequence, first token and length, from its global index. */
-__device__ __forceinline__ void bwd_chunk(const la_args &a, const bwd_ws &w, int64_t ci,
-                                          int64_t *n, int64_t *b, int64_t *tc, int *Lc) {
+__device__ __forceinline__ void bwd_chunk(const la_args &a, const bwd_ws &w, int64_t ci, int64_t *n,
+                                          int64_t *b, int64_t *tc, int *Lc) {
     int64_t c, t0, t1;
     if (w.cmap) {
         *n = w.cmap[ci];
@@ -227,8 +227,7 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(BT) la_bwd_fwd_kernel(la_args a, bwd_ws w) {
+template <typename T> __global__ void __launch_bounds__(BT) la_bwd_fwd_kernel(la_args a, bwd_ws w) {
     extern __shared__ __align__(16) float sm[];
     const int K = (int)a.K, V = (int)a.V, BV = w.bv, ldk = K + 1, ldv = BV + 1, ldc = BC + 1;
     const int tid = threadIdx.x;
@@ -294,10 +293,9 @@ __global__ void __launch_bounds__(BT) la_bwd_fwd_kernel(la_args a, bwd_ws w) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(BT) la_bwd_dh_kernel(la_args a, bwd_ws w, const T *dout,
-                                                       int64_t dob, int64_t dot, int64_t doh,
-                                                       T *dv, int64_t dvb, int64_t dvt,
-                                                       int64_t dvh, const float *dht, float *dh0) {
+__global__ void __launch_bounds__(BT)
+    la_bwd_dh_kernel(la_args a, bwd_ws w, const T *dout, int64_t dob, int64_t dot, int64_t doh,
+                     T *dv, int64_t dvb, int64_t dvt, int64_t dvh, const float *dht, float *dh0) {
     extern __shared__ __align__(16) float sm[];
     const int K = (int)a.K, V = (int)a.V, BV = w.bv, ldk = K + 1, ldv = BV + 1, ldc = BC + 1;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -337,8 +335,8 @@ __global__ void __launch_bounds__(BT) la_bwd_dh_kernel(la_args a, bwd_ws w, cons
             Ut[(x / BV) * ldv + x % BV] = 0.0f;
         if (a.delta) {
             load_f(Rt, ldv, w.Rb + trow, trs, Lc, nv, BV);
-            load_rows(Vr, ldv, (const T *)a.v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt, Lc,
-                      nv, BV);
+            load_rows(Vr, ldv, (const T *)a.v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt, Lc, nv,
+                      BV);
             load_f(Tm, ldc, w.mats + (u * 3 + 2) * BC * BC, BC, BC, BC, BC);
         }
         load_f(Mm, ldc, w.mats + u * 3 * BC * BC, BC, BC, BC, BC);
@@ -476,7 +474,7 @@ __global__ void __launch_bounds__(BT)
         load_f(S0t, ldv, w.ck + u * a.K * a.V + v0, a.V, K, nv, BV);
         load_f(dS1t, ldv, w.dsk + u * a.K * a.V + v0, a.V, K, nv, BV);
         __syncthreads();
-        gmm(Wm, ldc, dO, ldv, 1, Ut, 1, ldv, BC, BC, BV, true); /* dO U^T */
+        gmm(Wm, ldc, dO, ldv, 1, Ut, 1, ldv, BC, BC, BV, true);              /* dO U^T */
         if (a.delta) gmm(Zm, ldc, dY, ldv, 1, Ut, 1, ldv, BC, BC, BV, true); /* dY U^T */
         __syncthreads();
         for (int x = tid; x < BC * BV; x += BT) {
@@ -486,8 +484,8 @@ __global__ void __launch_bounds__(BT)
             dY[i * ldv + j] *= -eg[i] * btv[i];
         }
         __syncthreads();
-        gmm(dQa, ldk, dO, ldv, 1, S0t, 1, ldv, BC, K, BV, true);  /* E dO S0^T */
-        gmm(dKa, ldk, Ut, ldv, 1, dS1t, 1, ldv, BC, K, BV, true); /* diag(d) U dS1^T */
+        gmm(dQa, ldk, dO, ldv, 1, S0t, 1, ldv, BC, K, BV, true);              /* E dO S0^T */
+        gmm(dKa, ldk, Ut, ldv, 1, dS1t, 1, ldv, BC, K, BV, true);             /* diag(d) U dS1^T */
         if (a.delta) gmm(dKa, ldk, dY, ldv, 1, S0t, 1, ldv, BC, K, BV, true); /* - E dR S0^T */
     }
     __syncthreads();
@@ -542,8 +540,8 @@ __global__ void __launch_bounds__(BT)
             GKm[i * ldc + j] = Zm[i * ldc + j] + Zm[j * ldc + i];
         }
     __syncthreads();
-    gmm(dQa, ldk, Wm, ldc, 1, Kn, ldk, 1, BC, K, BC, true); /* + W K */
-    gmm(dKa, ldk, Wm, 1, ldc, Qn, ldk, 1, BC, K, BC, true); /* + W^T Qs */
+    gmm(dQa, ldk, Wm, ldc, 1, Kn, ldk, 1, BC, K, BC, true);               /* + W K */
+    gmm(dKa, ldk, Wm, 1, ldc, Qn, ldk, 1, BC, K, BC, true);               /* + W^T Qs */
     if (a.delta) gmm(dKa, ldk, GKm, ldc, 1, Kn, ldk, 1, BC, K, BC, true); /* + (Z + Z^T) K */
     if (tid == 0 && a.gate) {
         /* dg_l = sum of dgamma from l to the chunk's end, restarted where exp(g_l) is 0 in
@@ -641,8 +639,8 @@ size_t grad_smem(int K, int BV) {
 }
 
 template <typename T>
-cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bwd_ws w,
-                    int64_t nch, cudaStream_t s) {
+cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bwd_ws w, int64_t nch,
+                    cudaStream_t s) {
     const int K = (int)a.K;
     const size_t sm0 = mats_smem(K), sm1 = fwd_smem(K, w.bv), sm2 = dh_smem(K, w.bv),
                  sm3 = grad_smem(K, w.bv3);
@@ -658,8 +656,8 @@ cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bw
     if (e != cudaSuccess) return e;
     const dn_strides os = bp->dout_s, vs = bp->dv_s, gs = bp->dg_s, bs = bp->dbeta_s;
     const dn_strides qs = bp->dq_s, ks = bp->dk_s;
-    const dim3 units((unsigned)nch, (unsigned)a.HV), seqs((unsigned)w.nvt, (unsigned)a.HV,
-                                                          (unsigned)NS);
+    const dim3 units((unsigned)nch, (unsigned)a.HV),
+        seqs((unsigned)w.nvt, (unsigned)a.HV, (unsigned)NS);
     if (nch > 0) la_bwd_mats_kernel<T><<<units, BT, sm0, s>>>(a, w);
     if (nch > 0) la_bwd_fwd_kernel<T><<<seqs, BT, sm1, s>>>(a, w);
     la_bwd_dh_kernel<T><<<seqs, BT, sm2, s>>>(a, w, (const T *)bp->dout, os.b, os.t, os.h,
@@ -694,11 +692,11 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     if (p->T == 0) { /* no tokens: the initial state's gradient is the final state's */
         if (!bp->dinitial_state) return DN_OK;
         const size_t bytes = sizeof(float) * (size_t)(NS * p->HV * p->K * p->V);
-        return dn_cuda_error(bp->dfinal_state ? cudaMemcpyAsync(bp->dinitial_state,
-                                                                bp->dfinal_state, bytes,
-                                                                cudaMemcpyDefault, s)
-                                              : cudaMemsetAsync(bp->dinitial_state, 0, bytes, s),
-                             name);
+        return dn_cuda_error(
+            bp->dfinal_state
+                ? cudaMemcpyAsync(bp->dinitial_state, bp->dfinal_state, bytes, cudaMemcpyDefault, s)
+                : cudaMemsetAsync(bp->dinitial_state, 0, bytes, s),
+            name);
     }
     if (NS > 65535 || p->HV > 65535)
         return dn_fail(DN_ERR_UNSUPPORTED,
@@ -716,9 +714,11 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     int sms = 132, dev = 0;
     (void)cudaGetDevice(&dev);
     (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    /* 32 columns a sweep block, or 16 when that leaves SMs idle; the grad kernel walks V in
-     * blocks of 16 columns (two blocks an SM fit in shared memory at K = 128) */
-    w.bv = NS * p->HV * ((p->V + 31) / 32) >= sms ? 32 : 16;
+    /* 32 columns a sweep block, or 16 or 8 while fewer would leave SMs idle (the sweeps are
+     * latency-bound: more blocks, more warps to hide it); the grad kernel walks V in blocks of
+     * 16 columns (two blocks an SM fit in shared memory at K = 128) */
+    const int64_t heads = NS * p->HV;
+    w.bv = heads * ((p->V + 31) / 32) >= sms ? 32 : heads * ((p->V + 15) / 16) >= sms ? 16 : 8;
     w.bv3 = 16;
     w.nvt = (int)((p->V + w.bv - 1) / w.bv);
     w.NU = nch * p->HV;
@@ -747,8 +747,8 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     cudaError_t e = cudaMallocAsync((void **)&ws, total, s);
     if (e == cudaSuccess) {
         char *at = ws;
-        void **slots[] = {(void **)&w.mats, (void **)&w.gam, (void **)&w.ck,  (void **)&w.dsk,
-                          (void **)&w.Ub,   (void **)&w.Rb,  (void **)&w.dYb, (void **)&w.part,
+        void **slots[] = {(void **)&w.mats,  (void **)&w.gam, (void **)&w.ck,  (void **)&w.dsk,
+                          (void **)&w.Ub,    (void **)&w.Rb,  (void **)&w.dYb, (void **)&w.part,
                           (void **)&w.partL, (void **)&w.dQs, (void **)&w.dKs};
         for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
             *slots[i] = sizes[i] ? at : NULL;
