@@ -4,13 +4,16 @@ point as the CPU (dn_la_forward with the device and stream fields of dn_la_param
 What the C library runs on a GPU (include/deltanet.h, dn_la_params): the recurrence (any head
 size; T = 1 with the state updated in place is the batched decode step) and the chunkwise
 forward, with q, k, v and o in fp32, bf16 or fp16 read and written as they are (no conversion),
-g, beta and the states in fp32. The backward is CPU-only for now: a CUDA input that needs a
-gradient is refused here with that reason, never silently copied to the CPU.
+g, beta and the states in fp32; and the backward (dn_la_backward with the same fields), every
+gradient on the GPU in the inputs' types (LaCuda, the autograd.Function ops.la uses for CUDA
+tensors that need a gradient).
 
 Every tensor is passed by pointer with its strides (elements), on torch's current stream of the
 tensors' device; the call is queued on that stream like any torch kernel. cu_seqlens is read on
 the host (the C library schedules the sequences there), so a CUDA cu_seqlens is copied once.
 """
+from ctypes import byref
+
 import torch
 
 from . import _lib
@@ -50,10 +53,9 @@ def _set(p, field, x):
     st.b, st.t, st.h = s[0], s[1] if x.dim() > 1 else 0, s[2] if x.dim() > 2 else 0
 
 
-def la_forward(op, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
-               qk_l2norm, impl, final_state=None):
-    """o [B,T,HV,V] in q's dtype on q's device, and the final state [N,HV,K,V] fp32 (or None).
-    final_state: write the final state there (it may be initial_state itself: in place)."""
+def _params(op, q, k, v, g, beta, scale, initial_state, cu_seqlens, qk_l2norm, impl):
+    """dn_la_params for a GPU call (o and final_state unset), the checked tensors it points to
+    (kept alive by the caller), and (B, T, H, HV, K, V, NS)."""
     device = q.device
     for name, x in (("k", k), ("v", v)):
         _dev(x, name, device)
@@ -83,18 +85,13 @@ def la_forward(op, q, k, v, g, beta, scale, initial_state, output_final_state, c
     h0 = _f32(initial_state, "initial_state", (NS, HV, K, V), device, contiguous=True)
     opi = la_op(op)
     p = _lib.dn_la_params_default(opi, B, T, H, HV, K, V)
-    o = torch.empty((B, T, HV, V), dtype=q.dtype, device=device)
-    for name, x in (("q", q), ("k", k), ("v", v), ("o", o)):
+    for name, x in (("q", q), ("k", k), ("v", v)):
         _set(p, name, x)
     if g is not None:
         _set(p, "g", g)
     if beta is not None:
         _set(p, "beta", beta)
-    ht = final_state
-    if ht is None and output_final_state:
-        ht = torch.empty((NS, HV, K, V), dtype=torch.float32, device=device)
     p.initial_state = h0.data_ptr() if h0 is not None else None
-    p.final_state = ht.data_ptr() if ht is not None else None
     if cu is not None:
         p.cu_seqlens, p.n_seqs = cu.data_ptr(), NS
     s = _scale(scale)
@@ -104,8 +101,78 @@ def la_forward(op, q, k, v, g, beta, scale, initial_state, output_final_state, c
     p.dtype = _DTYPES[q.dtype]
     p.device = device.index if device.index is not None else torch.cuda.current_device()
     p.stream = torch.cuda.current_stream(device).cuda_stream
+    return p, (q, k, v, g, beta, h0, cu), (B, T, H, HV, K, V, NS)
+
+
+def la_forward(op, q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+               qk_l2norm, impl, final_state=None):
+    """o [B,T,HV,V] in q's dtype on q's device, and the final state [N,HV,K,V] fp32 (or None).
+    final_state: write the final state there (it may be initial_state itself: in place)."""
+    p, keep, (B, T, H, HV, K, V, NS) = _params(op, q, k, v, g, beta, scale, initial_state,
+                                               cu_seqlens, qk_l2norm, impl)
+    o = torch.empty((B, T, HV, V), dtype=keep[0].dtype, device=q.device)
+    _set(p, "o", o)
+    ht = final_state
+    if ht is None and output_final_state:
+        ht = torch.empty((NS, HV, K, V), dtype=torch.float32, device=q.device)
+    p.final_state = ht.data_ptr() if ht is not None else None
     _lib.check(_lib.dn_la_forward(p), "dn_la_forward")
     return o, ht
+
+
+def la_backward(op, q, k, v, g, beta, do, dht, scale, initial_state, cu_seqlens, qk_l2norm):
+    """(dq, dk, dv, dg, dbeta, dinitial_state) on the GPU: dq, dk, dv in q's dtype, the others
+    fp32, None where the call has no such input (the chunkwise backward, dn_la_backward)."""
+    p, keep, (B, T, H, HV, K, V, NS) = _params(op, q, k, v, g, beta, scale, initial_state,
+                                               cu_seqlens, qk_l2norm, "auto")
+    q, g, beta, h0 = keep[0], keep[3], keep[4], keep[5]
+    do = _rows(_dev(do, "do", q.device).to(q.dtype))
+    if tuple(do.shape) != (B, T, HV, V):
+        raise ValueError(f"do must have shape {[B, T, HV, V]}, got {list(do.shape)}")
+    dht = _f32(dht, "dfinal_state", (NS, HV, K, V), q.device, contiguous=True)
+    bp = _lib.dn_la_bwd_params_default(byref(p))
+    _set(bp, "dout", do)
+    bp.dfinal_state = dht.data_ptr() if dht is not None else None
+    e = lambda *shape, dt=q.dtype: torch.empty(shape, dtype=dt, device=q.device)  # noqa: E731
+    dq, dk, dv = e(B, T, H, K), e(B, T, H, K), e(B, T, HV, V)
+    dg = e(B, T, HV, dt=torch.float32) if g is not None else None
+    db = e(B, T, HV, dt=torch.float32) if beta is not None else None
+    dh0 = e(NS, HV, K, V, dt=torch.float32) if h0 is not None else None
+    for name, x in (("dq", dq), ("dk", dk), ("dv", dv), ("dg", dg), ("dbeta", db)):
+        if x is not None:
+            _set(bp, name, x)
+    bp.dinitial_state = dh0.data_ptr() if dh0 is not None else None
+    _lib.check(_lib.dn_la_backward(byref(bp)), "dn_la_backward")
+    return dq, dk, dv, dg, db, dh0
+
+
+class LaCuda(torch.autograd.Function):
+    """ops.la on CUDA tensors that need a gradient: the GPU forward, then the GPU backward (which
+    recomputes the chunk states rather than keep them)."""
+
+    @staticmethod
+    def forward(ctx, op, q, k, v, g, beta, h0, scale, output_final_state, cu_seqlens, qk_l2norm,
+                impl):
+        o, ht = la_forward(op, q, k, v, g, beta, scale, h0, output_final_state, cu_seqlens,
+                           qk_l2norm, impl)
+        ctx.save_for_backward(q, k, v, g, beta, h0)
+        ctx.opts = (op, scale, cu_seqlens, qk_l2norm)
+        ctx.ofs = bool(output_final_state)
+        if ht is None:
+            return o, o.new_empty((0,), dtype=torch.float32)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, beta, h0 = ctx.saved_tensors
+        op, scale, cu, qk_l2norm = ctx.opts
+        if do is None:
+            do = torch.zeros_like(v, dtype=q.dtype)
+        grads = la_backward(op, q, k, v, g, beta, do, dht if ctx.ofs else None, scale, h0, cu,
+                            qk_l2norm)
+        need = ctx.needs_input_grad
+        dq, dk, dv, dg, db, dh0 = (x if need[i + 1] else None for i, x in enumerate(grads))
+        return None, dq, dk, dv, dg, db, dh0, None, None, None, None, None
 
 
 def la_step(op, state, q, k, v, g, beta, scale, qk_l2norm):

@@ -74,13 +74,10 @@ def as_f32(x, name, optional=False):
     return f32(x, name, optional)
 
 
-def _no_grad_on_gpu(*tensors):
-    if torch.is_grad_enabled():
-        for t in tensors:
-            if isinstance(t, Tensor) and t.requires_grad:
-                raise NotImplementedError(
-                    "deltanet: the linear-attention backward runs on the CPU only for now; on the "
-                    "GPU call it under torch.no_grad() (inference), or train on CPU tensors")
+def _grad_wanted(*tensors):
+    """Whether autograd will differentiate a call over these tensors."""
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad
+                                           for t in tensors)
 
 
 def _index(x, name):
@@ -228,13 +225,16 @@ def la(op, q, k, v, g=None, beta=None, *, scale=None, initial_state=None, output
 
     Returns (o [B,T,HV,V] in q's dtype, final_state [N,HV,K,V] fp32 or None).
 
-    CUDA tensors run on the GPU (forward only: no gradient), in fp32, bf16 or fp16 as they are,
-    on torch's current stream."""
+    CUDA tensors run on the GPU, forward and backward, in fp32, bf16 or fp16 as they are, on
+    torch's current stream."""
     if isinstance(q, Tensor) and q.is_cuda:
         from . import _cuda
-        _no_grad_on_gpu(q, k, v, g, beta, initial_state)
-        o, ht = _cuda.la_forward(op, q, k, v, g, beta, scale, initial_state, output_final_state,
-                                 cu_seqlens, qk_l2norm, impl)
+        if _grad_wanted(q, k, v, g, beta, initial_state):
+            o, ht = _cuda.LaCuda.apply(op, q, k, v, g, beta, initial_state, scale,
+                                       output_final_state, cu_seqlens, qk_l2norm, impl)
+        else:
+            o, ht = _cuda.la_forward(op, q, k, v, g, beta, scale, initial_state,
+                                     output_final_state, cu_seqlens, qk_l2norm, impl)
         return o, (ht if output_final_state else None)
     dtype = q.dtype if isinstance(q, Tensor) else None
     q, k, v = f32(q, "q"), f32(k, "k"), f32(v, "v")

@@ -1,6 +1,6 @@
 """CUDA tensors (python/deltanet/_cuda.py): the linear-attention forward and decode step on the GPU
 against the same calls on the CPU, through the fla-named functions and the op layer; the refusals
-(a gradient on the GPU, mixed devices, the CPU-only ops). Skipped, saying so, without a GPU or with
+(mixed devices, mixed dtypes, the CPU-only ops); gradients on the GPU against the CPU's. Skipped, saying so, without a GPU or with
 a library built without CUDA.
 
 Tolerances: fp32 inputs run fp32 kernels on both sides (the GPU's chunkwise fp32 form keeps fp32
@@ -116,14 +116,37 @@ def test_la_step_in_place(dtype):
 def test_refusals():
     x = _inputs(1, 8, 1, 1, 16, 16, torch.float32)
     d = {k: v.cuda() for k, v in x.items()}
-    q = d["q"].clone().requires_grad_()
-    with pytest.raises(NotImplementedError, match="backward runs on the CPU"):
-        fla.chunk_gated_delta_rule(q, d["k"], d["v"], d["g"], d["beta"])
-    with torch.no_grad():  # the same call without a gradient runs
-        fla.chunk_gated_delta_rule(q, d["k"], d["v"], d["g"], d["beta"])
     with pytest.raises(ValueError, match="same device"):
         fla.chunk_gated_delta_rule(d["q"], x["k"], d["v"], d["g"], d["beta"])
     with pytest.raises(TypeError, match="one dtype"):
         fla.chunk_gated_delta_rule(d["q"], d["k"].half(), d["v"], d["g"], d["beta"])
     with pytest.raises(ValueError, match="CPU tensors"):
         ops.attn(d["q"], d["k"], d["v"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op", ["gdn", "deltanet", "gla", "linear_attn"])
+def test_gradients(dtype, op):
+    """Every gradient of the GPU backward (dn_la_backward on the device) against the CPU's for
+    the same rounded inputs and the same loss; bf16 gradients are rounded to bf16 on the GPU
+    (dq, dk, dv) and its products are fp32 like the CPU's, so 2e-2 is the output's rounding
+    with margin, and fp32 holds 1e-4."""
+    x = _inputs(2, 70, 2, 4, 64, 32, dtype, seed=11)
+    x["beta"] = x["beta"] if op in ("gdn", "deltanet") else None
+    x["g"] = x["g"] if op in ("gdn", "gla") else None
+    gen = torch.Generator().manual_seed(5)
+    wo = torch.randn(2, 70, 4, 32, generator=gen)
+    wh = torch.randn(2, 4, 64, 32, generator=gen)
+
+    def run(dev):
+        t = {k: (v.to(dev).requires_grad_() if v is not None else None) for k, v in x.items()}
+        o, ht = ops.la(op, t["q"], t["k"], t["v"], t["g"], t["beta"], initial_state=t["h0"],
+                       output_final_state=True, qk_l2norm=True)
+        loss = (o.float() * wo.to(dev)).sum() + (ht * wh.to(dev)).sum()
+        loss.backward()
+        return {k: v.grad.float().cpu() for k, v in t.items() if v is not None}
+
+    cpu, gpu = run("cpu"), run("cuda")
+    for name in cpu:
+        close(gpu[name], cpu[name], TOL[dtype] if name in ("q", "k", "v") else 1e-4,
+              f"d{name}")
