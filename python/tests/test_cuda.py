@@ -139,7 +139,8 @@ def test_gradients(dtype, op):
     wh = torch.randn(2, 4, 64, 32, generator=gen)
 
     def run(dev):
-        t = {k: (v.to(dev).requires_grad_() if v is not None else None) for k, v in x.items()}
+        t = {k: (v.detach().to(dev).requires_grad_() if v is not None else None)
+             for k, v in x.items()}
         o, ht = ops.la(op, t["q"], t["k"], t["v"], t["g"], t["beta"], initial_state=t["h0"],
                        output_final_state=True, qk_l2norm=True)
         loss = (o.float() * wo.to(dev)).sum() + (ht * wh.to(dev)).sum()
