@@ -342,7 +342,7 @@ __global__ void __launch_bounds__(DEC_THREADS, 512 / DEC_THREADS) la_decode_kern
  * the operands to bf16 or tf32 and lose the fp32 accuracy the caller asked for). Operand tiles are
  * padded by 16 bytes a row against shared-memory bank conflicts.
  * ------------------------------------------------------------------------------------------- */
-constexpr int CH_THREADS = 256;
+constexpr int CH_THREADS = 256, CH_WARPS = CH_THREADS / 32;
 
 template <typename T> struct ch_layout {
     int C, K, BV;
@@ -382,6 +382,35 @@ template <typename T> struct ch_layout {
         total = off;
     }
 };
+
+/* C[M][N] (+)= op(A)[M][Kd] op(B)[Kd][N] over shared memory, output tiles spread over the warps.
+ * A is row-major [M][Kd] (TA: stored as [Kd][M]); B is row-major [Kd][N] (TB: stored [N][Kd]).
+ * M, N, Kd are multiples of 16. */
+template <typename T, bool TA, bool TB>
+__device__ void mm(float *Cm, int ldc, const T *A, int lda, const T *Bm, int ldb, int M, int N,
+                   int Kd, bool acc) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x >> 5, tn_count = N / 16, tiles = (M / 16) * tn_count;
+    using la = typename std::conditional<TA, wmma::col_major, wmma::row_major>::type;
+    using lb = typename std::conditional<TB, wmma::col_major, wmma::row_major>::type;
+    for (int tile = warp; tile < tiles; tile += CH_WARPS) {
+        const int tm = tile / tn_count, tn = tile % tn_count;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+        float *cp = Cm + tm * 16 * ldc + tn * 16;
+        if (acc)
+            wmma::load_matrix_sync(c, cp, ldc, wmma::mem_row_major);
+        else
+            wmma::fill_fragment(c, 0.0f);
+        for (int kk = 0; kk < Kd; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, la> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, lb> fb;
+            wmma::load_matrix_sync(fa, TA ? A + kk * lda + tm * 16 : A + tm * 16 * lda + kk, lda);
+            wmma::load_matrix_sync(fb, TB ? Bm + tn * 16 * ldb + kk : Bm + kk * ldb + tn * 16, ldb);
+            wmma::mma_sync(c, fa, fb, c);
+        }
+        wmma::store_matrix_sync(cp, c, ldc, wmma::mem_row_major);
+    }
+}
 
 /* The fp32 version on the CUDA cores: each thread a 2 x 2 block of outputs (M, N even). */
 template <bool TA, bool TB>

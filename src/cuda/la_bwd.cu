@@ -156,46 +156,23 @@ __device__ void chunk_gates(const la_args &a, const bwd_ws &w, int64_t u, int64_
     btv[i] = i < Lc ? (a.delta ? a.beta[b * a.bb + (tc + i) * a.bt + hv * a.bh] : 1.0f) : 0.0f;
 }
 
-/* Shared-memory carving: consecutive arrays, each starting on 32 bytes (the tensor-core loads
- * alignment). With a null base it only counts (the host's size query runs the same code). */
+/* Shared-memory carving: consecutive float arrays, each rounded up to 16 bytes. */
 struct carve {
     float *base;
     size_t off = 0;
     __host__ __device__ explicit carve(float *b) : base(b) {}
     __host__ __device__ float *take(size_t n) {
         float *p = base ? base + off : nullptr;
-        off += (n + 7) / 8 * 8;
+        off += (n + 3) / 4 * 4;
         return p;
     }
-    template <typename X> __host__ __device__ X *take_t(size_t n) {
-        return (X *)take((n * sizeof(X) + 3) / 4);
-    }
-    __host__ __device__ size_t bytes() const { return sizeof(float) * off; }
 };
-
-/* dst (T, pitch ldd) = f(r) src (fp32, pitch lds) over R x Cc: the 16-bit operand copies of the
- * tensor-core products, row r scaled by f(r) */
-template <typename T, typename F>
-__device__ void to_t(T *dst, int ldd, const float *src, int lds, int R, int Cc, F f) {
-    for (int x = threadIdx.x; x < R * Cc; x += blockDim.x) {
-        const int r = x / Cc, c = x % Cc;
-        dst[r * ldd + c] = from_f<T>(f(r) * src[r * lds + c]);
-    }
-}
-__device__ __forceinline__ float one(int) { return 1.0f; }
-
-/* Pitches: fp32 arrays pad rows by 1 for the CUDA-core products (odd pitches spread a column over
- * the banks) or by 4 where tensor cores read them (wmma wants multiples of 4 floats); the 16-bit
- * copies by 8 elements. */
-template <typename T> __host__ __device__ constexpr bool tc() { return sizeof(T) == 2; }
-template <typename T> __host__ __device__ int pitch(int n) { return n + (tc<T>() ? 4 : 1); }
-__host__ __device__ inline int pitch16(int n) { return n + 8; }
 
 /* ------------------------------------------------------------------------------------------- */
 
 template <typename T>
 __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
-    extern __shared__ __align__(128) float sm[];
+    extern __shared__ __align__(16) float sm[];
     const int K = (int)a.K, ldk = K + 1, ldc = BC + 1, tid = threadIdx.x;
     carve cv(sm);
     double *gam = (double *)cv.take(2 * BC);
@@ -250,34 +227,14 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     }
 }
 
-/* Shared-memory layout of the forward sweep (host and device compute it alike). */
-template <typename T> struct fwd_lay {
-    float *S, *Kn, *Vt, *X, *Ut, *Tm, *eg, *dd, *btv;
-    T *S16, *Kn16, *Y16, *Tm16; /* 16-bit operand copies (tensor cores only) */
-    int ldk, ldv, ldc;
-    size_t bytes;
-    __host__ __device__ fwd_lay(float *base, int K, int BV) {
-        carve c(base);
-        ldk = pitch<T>(K), ldv = pitch<T>(BV), ldc = pitch<T>(BC);
-        S = c.take(K * ldv), Kn = c.take(BC * ldk), Vt = c.take(BC * ldv);
-        X = c.take(BC * ldv), Ut = c.take(BC * ldv), Tm = c.take(BC * ldc);
-        eg = c.take(BC), dd = c.take(BC), btv = c.take(BC);
-        const bool t = tc<T>();
-        S16 = c.take_t<T>(t ? K * pitch16(BV) : 0), Kn16 = c.take_t<T>(t ? BC * pitch16(K) : 0);
-        Y16 = c.take_t<T>(t ? BC * pitch16(BV) : 0), Tm16 = c.take_t<T>(t ? BC * pitch16(BC) : 0);
-        bytes = c.bytes();
-    }
-};
-
 template <typename T> __global__ void __launch_bounds__(BT) la_bwd_fwd_kernel(la_args a, bwd_ws w) {
-    extern __shared__ __align__(128) float sm[];
-    constexpr bool TC = tc<T>();
-    const int K = (int)a.K, V = (int)a.V, BV = w.bv, tid = threadIdx.x;
-    const fwd_lay<T> L(sm, K, BV);
-    float *S = L.S, *Kn = L.Kn, *Vt = L.Vt, *X = L.X, *Ut = L.Ut, *Tm = L.Tm, *eg = L.eg,
-          *dd = L.dd, *btv = L.btv;
-    const int ldk = L.ldk, ldv = L.ldv, ldc = L.ldc, l16k = pitch16(K), l16v = pitch16(BV),
-              l16c = pitch16(BC);
+    extern __shared__ __align__(16) float sm[];
+    const int K = (int)a.K, V = (int)a.V, BV = w.bv, ldk = K + 1, ldv = BV + 1, ldc = BC + 1;
+    const int tid = threadIdx.x;
+    carve cv(sm);
+    float *S = cv.take(K * ldv), *Kn = cv.take(BC * ldk), *Vt = cv.take(BC * ldv),
+          *X = cv.take(BC * ldv), *Ut = cv.take(BC * ldv), *Tm = cv.take(BC * ldc),
+          *eg = cv.take(BC), *dd = cv.take(BC), *btv = cv.take(BC);
     const int64_t v0 = (int64_t)blockIdx.x * BV, hv = blockIdx.y, n = blockIdx.z;
     const int64_t h = hv / (a.HV / a.H);
     const int nv = (int)(V - v0 < BV ? V - v0 : BV);
@@ -289,53 +246,35 @@ template <typename T> __global__ void __launch_bounds__(BT) la_bwd_fwd_kernel(la
         const int i = x / BV, j = x % BV;
         S[i * ldv + j] = (a.h0 && j < nv) ? a.h0[soff + (int64_t)i * V + j] : 0.0f;
     }
-    if constexpr (TC) {
-        __syncthreads();
-        to_t(L.S16, l16v, S, ldv, K, BV, one);
-    }
     for (int64_t c = 0; c < nch; c++) {
-        const int64_t u = (cb + c) * a.HV + hv, tc_ = t0 + c * BC, tok0 = b * a.T + tc_;
-        const int Lc = (int)(t1 - tc_ < BC ? t1 - tc_ : BC);
+        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
+        const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
         __syncthreads();
         float *ckg = w.ck + u * a.K * a.V + v0;
         for (int x = tid; x < K * nv; x += BT) {
             const int i = x / nv, j = x % nv;
             ckg[(int64_t)i * V + j] = S[i * ldv + j];
         }
-        load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc_ * a.kt + h * a.kh, a.kt, Lc, K, K);
-        load_rows(Vt, ldv, (const T *)a.v + b * a.vb + tc_ * a.vt + hv * a.vh + v0, a.vt, Lc, nv,
+        load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, K);
+        load_rows(Vt, ldv, (const T *)a.v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt, Lc, nv,
                   BV);
-        chunk_gates(a, w, u, b, tc_, hv, Lc, eg, dd, btv);
+        chunk_gates(a, w, u, b, tc, hv, Lc, eg, dd, btv);
         if (a.delta) load_f(Tm, ldc, w.mats + (u * 3 + 2) * BC * BC, BC, BC, BC, BC);
         __syncthreads();
         norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
-        if constexpr (TC) {
-            __syncthreads();
-            to_t(L.Kn16, l16k, Kn, ldk, BC, K, one);
-            if (a.delta) to_t(L.Tm16, l16c, Tm, ldc, BC, BC, one);
-        }
         __syncthreads();
         const float *U = Vt;
         if (a.delta) {
-            if constexpr (TC) /* K S0 */
-                mm<T, false, false>(X, ldv, L.Kn16, l16k, L.S16, l16v, BC, BV, K, false);
-            else
-                gmm(X, ldv, Kn, ldk, 1, S, ldv, 1, BC, BV, K, false);
+            gmm(X, ldv, Kn, ldk, 1, S, ldv, 1, BC, BV, K, false); /* K S0 */
             __syncthreads();
             for (int x = tid; x < BC * BV; x += BT) { /* R = V - E K S0, then b R */
                 const int i = x / BV, j = x % BV;
                 const float r = Vt[i * ldv + j] - eg[i] * X[i * ldv + j];
                 if (i < Lc && j < nv) w.Rb[((tok0 + i) * a.HV + hv) * a.V + v0 + j] = r;
-                if constexpr (TC)
-                    L.Y16[i * l16v + j] = from_f<T>(btv[i] * r);
-                else
-                    X[i * ldv + j] = btv[i] * r;
+                X[i * ldv + j] = btv[i] * r;
             }
             __syncthreads();
-            if constexpr (TC) /* U = Tm b R */
-                mm<T, false, false>(Ut, ldv, L.Tm16, l16c, L.Y16, l16v, BC, BV, BC, false);
-            else
-                gmm(Ut, ldv, Tm, ldc, 1, X, ldv, 1, BC, BV, BC, false);
+            gmm(Ut, ldv, Tm, ldc, 1, X, ldv, 1, BC, BV, BC, false); /* U = Tm b R */
             __syncthreads();
             U = Ut;
         }
@@ -343,63 +282,30 @@ template <typename T> __global__ void __launch_bounds__(BT) la_bwd_fwd_kernel(la
         for (int x = tid; x < BC * BV; x += BT) {
             const int i = x / BV, j = x % BV;
             if (i < Lc && j < nv) w.Ub[((tok0 + i) * a.HV + hv) * a.V + v0 + j] = U[i * ldv + j];
-            if constexpr (TC)
-                L.Y16[i * l16v + j] = from_f<T>(dd[i] * U[i * ldv + j]);
-            else
-                X[i * ldv + j] = dd[i] * U[i * ldv + j];
+            X[i * ldv + j] = dd[i] * U[i * ldv + j];
         }
         if (a.gate)
             for (int x = tid; x < K * BV; x += BT)
                 S[(x / BV) * ldv + x % BV] *= eL;
         __syncthreads();
-        /* S1 = e^gL S0 + K^T diag(d) U */
-        if constexpr (TC) {
-            mm<T, true, false>(S, ldv, L.Kn16, l16k, L.Y16, l16v, K, BV, BC, true);
-            __syncthreads();
-            to_t(L.S16, l16v, S, ldv, K, BV, one);
-        } else {
-            gmm(S, ldv, Kn, 1, ldk, X, ldv, 1, K, BV, BC, true);
-        }
+        gmm(S, ldv, Kn, 1, ldk, X, ldv, 1, K, BV, BC, true); /* S1 = e^gL S0 + K^T diag(d) U */
     }
 }
-
-template <typename T> struct dh_lay {
-    float *dS, *S0, *Qn, *Kn, *Mm, *Tm, *dO, *Ut, *Rt, *Vr, *KdS, *dU, *dY, *eg, *dd, *btv, *red;
-    T *dS16, *Qn16, *Kn16, *M16, *Tm16, *dO16, *dU16;
-    int ldk, ldv, ldc;
-    size_t bytes;
-    __host__ __device__ dh_lay(float *base, int K, int BV) {
-        carve c(base);
-        ldk = pitch<T>(K), ldv = pitch<T>(BV), ldc = pitch<T>(BC);
-        dS = c.take(K * ldv), S0 = c.take(K * ldv), Qn = c.take(BC * ldk), Kn = c.take(BC * ldk);
-        Mm = c.take(BC * ldc), Tm = c.take(BC * ldc);
-        dO = c.take(BC * ldv), Ut = c.take(BC * ldv), Rt = c.take(BC * ldv);
-        Vr = c.take(BC * ldv), KdS = c.take(BC * ldv), dU = c.take(BC * ldv);
-        dY = c.take(BC * ldv);
-        eg = c.take(BC), dd = c.take(BC), btv = c.take(BC), red = c.take(2 * BT / 32);
-        const bool t = tc<T>();
-        dS16 = c.take_t<T>(t ? K * pitch16(BV) : 0);
-        Qn16 = c.take_t<T>(t ? BC * pitch16(K) : 0), Kn16 = c.take_t<T>(t ? BC * pitch16(K) : 0);
-        M16 = c.take_t<T>(t ? BC * pitch16(BC) : 0), Tm16 = c.take_t<T>(t ? BC * pitch16(BC) : 0);
-        dO16 = c.take_t<T>(t ? BC * pitch16(BV) : 0), dU16 = c.take_t<T>(t ? BC * pitch16(BV) : 0);
-        bytes = c.bytes();
-    }
-};
 
 template <typename T>
 __global__ void __launch_bounds__(BT)
     la_bwd_dh_kernel(la_args a, bwd_ws w, const T *dout, int64_t dob, int64_t dot, int64_t doh,
                      T *dv, int64_t dvb, int64_t dvt, int64_t dvh, const float *dht, float *dh0) {
-    extern __shared__ __align__(128) float sm[];
-    constexpr bool TC = tc<T>();
-    const int K = (int)a.K, V = (int)a.V, BV = w.bv;
+    extern __shared__ __align__(16) float sm[];
+    const int K = (int)a.K, V = (int)a.V, BV = w.bv, ldk = K + 1, ldv = BV + 1, ldc = BC + 1;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const dh_lay<T> L(sm, K, BV);
-    float *dS = L.dS, *S0 = L.S0, *Qn = L.Qn, *Kn = L.Kn, *Mm = L.Mm, *Tm = L.Tm, *dO = L.dO,
-          *Ut = L.Ut, *Rt = L.Rt, *Vr = L.Vr, *KdS = L.KdS, *dU = L.dU, *dY = L.dY, *eg = L.eg,
-          *dd = L.dd, *btv = L.btv, *red = L.red;
-    const int ldk = L.ldk, ldv = L.ldv, ldc = L.ldc, l16k = pitch16(K), l16v = pitch16(BV),
-              l16c = pitch16(BC);
+    carve cv(sm);
+    float *dS = cv.take(K * ldv), *S0 = cv.take(K * ldv), *Qn = cv.take(BC * ldk),
+          *Kn = cv.take(BC * ldk), *Mm = cv.take(BC * ldc), *Tm = cv.take(BC * ldc),
+          *dO = cv.take(BC * ldv), *Ut = cv.take(BC * ldv), *Rt = cv.take(BC * ldv),
+          *Vr = cv.take(BC * ldv), *KdS = cv.take(BC * ldv), *dU = cv.take(BC * ldv),
+          *dY = cv.take(BC * ldv), *eg = cv.take(BC), *dd = cv.take(BC), *btv = cv.take(BC),
+          *red = cv.take(2 * BT / 32);
     const int64_t vt = blockIdx.x, v0 = vt * BV, hv = blockIdx.y, n = blockIdx.z;
     const int64_t h = hv / (a.HV / a.H);
     const int nv = (int)(V - v0 < BV ? V - v0 : BV);
@@ -411,67 +317,46 @@ __global__ void __launch_bounds__(BT)
         const int i = x / BV, j = x % BV;
         dS[i * ldv + j] = (dht && j < nv) ? dht[soff + (int64_t)i * V + j] : 0.0f;
     }
-    if constexpr (TC) {
-        __syncthreads();
-        to_t(L.dS16, l16v, dS, ldv, K, BV, one);
-    }
     for (int64_t c = nch - 1; c >= 0; c--) {
-        const int64_t u = (cb + c) * a.HV + hv, tc_ = t0 + c * BC, tok0 = b * a.T + tc_;
-        const int Lc = (int)(t1 - tc_ < BC ? t1 - tc_ : BC);
+        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
+        const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
         __syncthreads();
         float *dskg = w.dsk + u * a.K * a.V + v0;
         for (int x = tid; x < K * nv; x += BT) {
             const int i = x / nv, j = x % nv;
             dskg[(int64_t)i * V + j] = dS[i * ldv + j];
         }
-        load_rows(Qn, ldk, (const T *)a.q + b * a.qb + tc_ * a.qt + h * a.qh, a.qt, Lc, K, K);
-        load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc_ * a.kt + h * a.kh, a.kt, Lc, K, K);
-        load_rows(dO, ldv, dout + b * dob + tc_ * dot + hv * doh + v0, dot, Lc, nv, BV);
+        load_rows(Qn, ldk, (const T *)a.q + b * a.qb + tc * a.qt + h * a.qh, a.qt, Lc, K, K);
+        load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, K);
+        load_rows(dO, ldv, dout + b * dob + tc * dot + hv * doh + v0, dot, Lc, nv, BV);
         const int64_t trow = (tok0 * a.HV + hv) * a.V + v0, trs = a.HV * a.V;
         load_f(Ut, ldv, w.Ub + trow, trs, Lc, nv, BV);
         for (int x = Lc * BV + tid; x < BC * BV; x += BT) /* rows past the chunk's end */
             Ut[(x / BV) * ldv + x % BV] = 0.0f;
         if (a.delta) {
             load_f(Rt, ldv, w.Rb + trow, trs, Lc, nv, BV);
-            load_rows(Vr, ldv, (const T *)a.v + b * a.vb + tc_ * a.vt + hv * a.vh + v0, a.vt, Lc,
-                      nv, BV);
+            load_rows(Vr, ldv, (const T *)a.v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt, Lc, nv,
+                      BV);
             load_f(Tm, ldc, w.mats + (u * 3 + 2) * BC * BC, BC, BC, BC, BC);
         }
         load_f(Mm, ldc, w.mats + u * 3 * BC * BC, BC, BC, BC, BC);
         if (a.gate) load_f(S0, ldv, w.ck + u * a.K * a.V + v0, a.V, K, nv, BV);
-        chunk_gates(a, w, u, b, tc_, hv, Lc, eg, dd, btv);
+        chunk_gates(a, w, u, b, tc, hv, Lc, eg, dd, btv);
         __syncthreads();
         norm_rows(Qn, ldk, K, a.scale, a.l2norm);
         norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
-        if constexpr (TC) {
-            __syncthreads();
-            to_t(L.Qn16, l16k, Qn, ldk, BC, K, one);
-            to_t(L.Kn16, l16k, Kn, ldk, BC, K, one);
-            to_t(L.M16, l16c, Mm, ldc, BC, BC, one);
-            to_t(L.dO16, l16v, dO, ldv, BC, BV, one);
-            if (a.delta) to_t(L.Tm16, l16c, Tm, ldc, BC, BC, one);
-        }
         __syncthreads();
-        if constexpr (TC) {
-            mm<T, false, false>(KdS, ldv, L.Kn16, l16k, L.dS16, l16v, BC, BV, K, false);
-            mm<T, true, false>(dU, ldv, L.M16, l16c, L.dO16, l16v, BC, BV, BC, false);
-        } else {
-            gmm(KdS, ldv, Kn, ldk, 1, dS, ldv, 1, BC, BV, K, false); /* K dS1 */
-            gmm(dU, ldv, Mm, 1, ldc, dO, ldv, 1, BC, BV, BC, false); /* M^T dO */
-        }
+        gmm(KdS, ldv, Kn, ldk, 1, dS, ldv, 1, BC, BV, K, false); /* K dS1 */
+        gmm(dU, ldv, Mm, 1, ldc, dO, ldv, 1, BC, BV, BC, false); /* M^T dO */
         __syncthreads();
         for (int x = tid; x < BC * BV; x += BT) {
             const int i = x / BV, j = x % BV;
             dU[i * ldv + j] += dd[i] * KdS[i * ldv + j];
-            if constexpr (TC) L.dU16[i * l16v + j] = from_f<T>(dU[i * ldv + j]);
         }
         __syncthreads();
         const float *dYp = dU;
-        if (a.delta) { /* Tm^T dU */
-            if constexpr (TC)
-                mm<T, true, false>(dY, ldv, L.Tm16, l16c, L.dU16, l16v, BC, BV, BC, false);
-            else
-                gmm(dY, ldv, Tm, 1, ldc, dU, ldv, 1, BC, BV, BC, false);
+        if (a.delta) {
+            gmm(dY, ldv, Tm, 1, ldc, dU, ldv, 1, BC, BV, BC, false); /* Tm^T dU */
             __syncthreads();
             dYp = dY;
         }
@@ -515,7 +400,7 @@ __global__ void __launch_bounds__(BT)
         for (int x = tid; x < Lc * nv; x += BT) {
             const int i = x / nv, j = x % nv;
             const float dy = dYp[i * ldv + j];
-            dv[b * dvb + (tc_ + i) * dvt + hv * dvh + v0 + j] =
+            dv[b * dvb + (tc + i) * dvt + hv * dvh + v0 + j] =
                 from_f<T>(a.delta ? btv[i] * dy : dy);
             if (a.delta) w.dYb[trow + i * trs + j] = dy;
         }
@@ -527,24 +412,12 @@ __global__ void __launch_bounds__(BT)
                 dS[(x / BV) * ldv + x % BV] *= eL;
         for (int x = tid; x < BC * BV; x += BT) {
             const int i = x / BV, j = x % BV;
-            if constexpr (TC) {
-                L.dO16[i * l16v + j] = from_f<T>(eg[i] * dO[i * ldv + j]);
-                if (a.delta) L.dU16[i * l16v + j] = from_f<T>(-eg[i] * btv[i] * dY[i * ldv + j]);
-            } else {
-                dO[i * ldv + j] *= eg[i];
-                if (a.delta) dU[i * ldv + j] = -eg[i] * btv[i] * dY[i * ldv + j];
-            }
+            dO[i * ldv + j] *= eg[i];
+            if (a.delta) dU[i * ldv + j] = -eg[i] * btv[i] * dY[i * ldv + j];
         }
         __syncthreads();
-        if constexpr (TC) {
-            mm<T, true, false>(dS, ldv, L.Qn16, l16k, L.dO16, l16v, K, BV, BC, true);
-            if (a.delta) mm<T, true, false>(dS, ldv, L.Kn16, l16k, L.dU16, l16v, K, BV, BC, true);
-            __syncthreads();
-            to_t(L.dS16, l16v, dS, ldv, K, BV, one);
-        } else {
-            gmm(dS, ldv, Qn, 1, ldk, dO, ldv, 1, K, BV, BC, true);
-            if (a.delta) gmm(dS, ldv, Kn, 1, ldk, dU, ldv, 1, K, BV, BC, true);
-        }
+        gmm(dS, ldv, Qn, 1, ldk, dO, ldv, 1, K, BV, BC, true);
+        if (a.delta) gmm(dS, ldv, Kn, 1, ldk, dU, ldv, 1, K, BV, BC, true);
     }
     __syncthreads();
     if (dh0)
@@ -554,84 +427,44 @@ __global__ void __launch_bounds__(BT)
         }
 }
 
-/* The grad kernel's layout. With tensor cores the fp32 copies of the q and k rows are not kept
- * (the rows are loaded and normalised in the dQa / dKa arrays, then copied to 16 bits). */
-template <typename T> struct grad_lay {
-    double *gam;
-    float *Qn, *Kn, *dQa, *dKa, *Wm, *Zm, *Mm, *GKm, *dO, *Ut, *dY, *S0t, *dS1t, *eg, *dd, *btv,
-        *dgam, *dbv;
-    T *Qn16, *Kn16, *dO16, *U16, *dY16, *S016, *dS116, *W16, *Z16;
-    int ldk, ldv, ldc;
-    size_t bytes;
-    __host__ __device__ grad_lay(float *base, int K, int BV) {
-        carve c(base);
-        const bool t = tc<T>();
-        ldk = pitch<T>(K), ldv = pitch<T>(BV), ldc = pitch<T>(BC);
-        gam = (double *)c.take(2 * BC);
-        Qn = t ? nullptr : c.take(BC * ldk), Kn = t ? nullptr : c.take(BC * ldk);
-        dQa = c.take(BC * ldk), dKa = c.take(BC * ldk);
-        Wm = c.take(BC * ldc), Zm = c.take(BC * ldc), Mm = c.take(BC * ldc), GKm = c.take(BC * ldc);
-        dO = c.take(BC * ldv), Ut = c.take(BC * ldv), dY = c.take(BC * ldv);
-        S0t = c.take(K * ldv), dS1t = c.take(K * ldv);
-        eg = c.take(BC), dd = c.take(BC), btv = c.take(BC), dgam = c.take(BC), dbv = c.take(BC);
-        Qn16 = c.take_t<T>(t ? BC * pitch16(K) : 0), Kn16 = c.take_t<T>(t ? BC * pitch16(K) : 0);
-        dO16 = c.take_t<T>(t ? BC * pitch16(BV) : 0), U16 = c.take_t<T>(t ? BC * pitch16(BV) : 0);
-        dY16 = c.take_t<T>(t ? BC * pitch16(BV) : 0);
-        S016 = c.take_t<T>(t ? K * pitch16(BV) : 0), dS116 = c.take_t<T>(t ? K * pitch16(BV) : 0);
-        W16 = c.take_t<T>(t ? BC * pitch16(BC) : 0), Z16 = c.take_t<T>(t ? BC * pitch16(BC) : 0);
-        bytes = c.bytes();
-    }
-};
-
 template <typename T>
 __global__ void __launch_bounds__(BT)
     la_bwd_grad_kernel(la_args a, bwd_ws w, const T *dout, int64_t dob, int64_t dot, int64_t doh,
                        float *dg, int64_t dgb, int64_t dgt, int64_t dgh, float *dbeta, int64_t dbb,
                        int64_t dbt, int64_t dbh) {
-    extern __shared__ __align__(128) float sm[];
-    constexpr bool TC = tc<T>();
-    const int K = (int)a.K, V = (int)a.V, BV = w.bv3;
+    extern __shared__ __align__(16) float sm[];
+    const int K = (int)a.K, V = (int)a.V, BV = w.bv3, ldk = K + 1, ldv = BV + 1, ldc = BC + 1;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const grad_lay<T> L(sm, K, BV);
-    double *gam = L.gam;
-    float *dQa = L.dQa, *dKa = L.dKa, *Wm = L.Wm, *Zm = L.Zm, *Mm = L.Mm, *GKm = L.GKm, *dO = L.dO,
-          *Ut = L.Ut, *dY = L.dY, *S0t = L.S0t, *dS1t = L.dS1t, *eg = L.eg, *dd = L.dd,
-          *btv = L.btv, *dgam = L.dgam, *dbv = L.dbv;
-    /* fp32 rows of q and k: their own arrays, or (tensor cores) dQa and dKa until copied */
-    float *Qn = TC ? dQa : L.Qn, *Kn = TC ? dKa : L.Kn;
-    const int ldk = L.ldk, ldv = L.ldv, ldc = L.ldc, l16k = pitch16(K), l16v = pitch16(BV),
-              l16c = pitch16(BC);
+    carve cv(sm);
+    double *gam = (double *)cv.take(2 * BC);
+    float *Qn = cv.take(BC * ldk), *Kn = cv.take(BC * ldk), *dQa = cv.take(BC * ldk),
+          *dKa = cv.take(BC * ldk), *Wm = cv.take(BC * ldc), *Zm = cv.take(BC * ldc),
+          *Mm = cv.take(BC * ldc), *GKm = cv.take(BC * ldc), *dO = cv.take(BC * ldv),
+          *Ut = cv.take(BC * ldv), *dY = cv.take(BC * ldv), *S0t = cv.take(K * ldv),
+          *dS1t = cv.take(K * ldv), *eg = cv.take(BC), *dd = cv.take(BC), *btv = cv.take(BC),
+          *dgam = cv.take(BC), *dbv = cv.take(BC);
     const int64_t ci = blockIdx.x, hv = blockIdx.y, h = hv / (a.HV / a.H), u = ci * a.HV + hv;
-    int64_t n, b, tc_;
+    int64_t n, b, tc;
     int Lc;
-    bwd_chunk(a, w, ci, &n, &b, &tc_, &Lc);
-    const int64_t tok0 = b * a.T + tc_, trs = a.HV * a.V;
-    load_rows(Qn, ldk, (const T *)a.q + b * a.qb + tc_ * a.qt + h * a.qh, a.qt, Lc, K, K);
-    load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc_ * a.kt + h * a.kh, a.kt, Lc, K, K);
+    bwd_chunk(a, w, ci, &n, &b, &tc, &Lc);
+    const int64_t tok0 = b * a.T + tc, trs = a.HV * a.V;
+    load_rows(Qn, ldk, (const T *)a.q + b * a.qb + tc * a.qt + h * a.qh, a.qt, Lc, K, K);
+    load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, K);
     load_f(Mm, ldc, w.mats + u * 3 * BC * BC, BC, BC, BC, BC);
     if (a.delta) load_f(GKm, ldc, w.mats + (u * 3 + 1) * BC * BC, BC, BC, BC, BC);
-    chunk_gates(a, w, u, b, tc_, hv, Lc, eg, dd, btv);
+    chunk_gates(a, w, u, b, tc, hv, Lc, eg, dd, btv);
     if (tid < BC) gam[tid] = w.gam[u * BC + tid];
+    for (int x = tid; x < BC * ldk; x += BT)
+        dQa[x] = dKa[x] = 0.0f;
     for (int x = tid; x < BC * ldc; x += BT)
         Wm[x] = Zm[x] = 0.0f;
-    if constexpr (!TC)
-        for (int x = tid; x < BC * ldk; x += BT)
-            dQa[x] = dKa[x] = 0.0f;
     __syncthreads();
     norm_rows(Qn, ldk, K, a.scale, a.l2norm);
     norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
-    if constexpr (TC) {
-        __syncthreads();
-        to_t(L.Qn16, l16k, Qn, ldk, BC, K, one);
-        to_t(L.Kn16, l16k, Kn, ldk, BC, K, one);
-        __syncthreads();
-        for (int x = tid; x < BC * ldk; x += BT)
-            dQa[x] = dKa[x] = 0.0f;
-    }
     for (int v0 = 0; v0 < V; v0 += BV) {
         const int nv = V - v0 < BV ? V - v0 : BV;
         __syncthreads();
-        load_rows(dO, ldv, dout + b * dob + tc_ * dot + hv * doh + v0, dot, Lc, nv, BV);
+        load_rows(dO, ldv, dout + b * dob + tc * dot + hv * doh + v0, dot, Lc, nv, BV);
         load_f(Ut, ldv, w.Ub + (tok0 * a.HV + hv) * a.V + v0, trs, Lc, nv, BV);
         if (a.delta) load_f(dY, ldv, w.dYb + (tok0 * a.HV + hv) * a.V + v0, trs, Lc, nv, BV);
         for (int x = Lc * BV + tid; x < BC * BV; x += BT) {
@@ -641,39 +474,19 @@ __global__ void __launch_bounds__(BT)
         load_f(S0t, ldv, w.ck + u * a.K * a.V + v0, a.V, K, nv, BV);
         load_f(dS1t, ldv, w.dsk + u * a.K * a.V + v0, a.V, K, nv, BV);
         __syncthreads();
-        if constexpr (TC) {
-            to_t(L.dO16, l16v, dO, ldv, BC, BV, one);
-            to_t(L.U16, l16v, Ut, ldv, BC, BV, one);
-            if (a.delta) to_t(L.dY16, l16v, dY, ldv, BC, BV, one);
-            to_t(L.S016, l16v, S0t, ldv, K, BV, one);
-            to_t(L.dS116, l16v, dS1t, ldv, K, BV, one);
-            __syncthreads();
-            mm<T, false, true>(Wm, ldc, L.dO16, l16v, L.U16, l16v, BC, BC, BV, true);
-            if (a.delta) mm<T, false, true>(Zm, ldc, L.dY16, l16v, L.U16, l16v, BC, BC, BV, true);
-            __syncthreads();
-            to_t(L.dO16, l16v, dO, ldv, BC, BV, [&](int r) { return eg[r]; });
-            to_t(L.U16, l16v, Ut, ldv, BC, BV, [&](int r) { return dd[r]; });
-            if (a.delta)
-                to_t(L.dY16, l16v, dY, ldv, BC, BV, [&](int r) { return -eg[r] * btv[r]; });
-            __syncthreads();
-            mm<T, false, true>(dQa, ldk, L.dO16, l16v, L.S016, l16v, BC, K, BV, true);
-            mm<T, false, true>(dKa, ldk, L.U16, l16v, L.dS116, l16v, BC, K, BV, true);
-            if (a.delta) mm<T, false, true>(dKa, ldk, L.dY16, l16v, L.S016, l16v, BC, K, BV, true);
-        } else {
-            gmm(Wm, ldc, dO, ldv, 1, Ut, 1, ldv, BC, BC, BV, true);              /* dO U^T */
-            if (a.delta) gmm(Zm, ldc, dY, ldv, 1, Ut, 1, ldv, BC, BC, BV, true); /* dY U^T */
-            __syncthreads();
-            for (int x = tid; x < BC * BV; x += BT) {
-                const int i = x / BV, j = x % BV;
-                dO[i * ldv + j] *= eg[i];
-                Ut[i * ldv + j] *= dd[i];
-                dY[i * ldv + j] *= -eg[i] * btv[i];
-            }
-            __syncthreads();
-            gmm(dQa, ldk, dO, ldv, 1, S0t, 1, ldv, BC, K, BV, true);  /* E dO S0^T */
-            gmm(dKa, ldk, Ut, ldv, 1, dS1t, 1, ldv, BC, K, BV, true); /* diag(d) U dS1^T */
-            if (a.delta) gmm(dKa, ldk, dY, ldv, 1, S0t, 1, ldv, BC, K, BV, true); /* -E dR S0^T */
+        gmm(Wm, ldc, dO, ldv, 1, Ut, 1, ldv, BC, BC, BV, true);              /* dO U^T */
+        if (a.delta) gmm(Zm, ldc, dY, ldv, 1, Ut, 1, ldv, BC, BC, BV, true); /* dY U^T */
+        __syncthreads();
+        for (int x = tid; x < BC * BV; x += BT) {
+            const int i = x / BV, j = x % BV;
+            dO[i * ldv + j] *= eg[i];
+            Ut[i * ldv + j] *= dd[i];
+            dY[i * ldv + j] *= -eg[i] * btv[i];
         }
+        __syncthreads();
+        gmm(dQa, ldk, dO, ldv, 1, S0t, 1, ldv, BC, K, BV, true);              /* E dO S0^T */
+        gmm(dKa, ldk, Ut, ldv, 1, dS1t, 1, ldv, BC, K, BV, true);             /* diag(d) U dS1^T */
+        if (a.delta) gmm(dKa, ldk, dY, ldv, 1, S0t, 1, ldv, BC, K, BV, true); /* - E dR S0^T */
     }
     __syncthreads();
     /* per token: the column-block sums of the sweep, and (gate) qs_i . (E dO S0^T)_i */
@@ -690,7 +503,7 @@ __global__ void __launch_bounds__(BT)
         for (int i = warp; i < Lc; i += BT / 32) {
             float s = 0;
             for (int c = lane; c < K; c += 32)
-                s += (TC ? to_f(L.Qn16[i * l16k + c]) : Qn[i * ldk + c]) * dQa[i * ldk + c];
+                s += Qn[i * ldk + c] * dQa[i * ldk + c];
             s = warp_sum(s);
             if (lane == 0) dgam[i] += s;
         }
@@ -727,18 +540,9 @@ __global__ void __launch_bounds__(BT)
             GKm[i * ldc + j] = Zm[i * ldc + j] + Zm[j * ldc + i];
         }
     __syncthreads();
-    if constexpr (TC) {
-        to_t(L.W16, l16c, Wm, ldc, BC, BC, one);
-        if (a.delta) to_t(L.Z16, l16c, GKm, ldc, BC, BC, one);
-        __syncthreads();
-        mm<T, false, false>(dQa, ldk, L.W16, l16c, L.Kn16, l16k, BC, K, BC, true); /* + W K */
-        mm<T, true, false>(dKa, ldk, L.W16, l16c, L.Qn16, l16k, BC, K, BC, true);  /* + W^T Qs */
-        if (a.delta) mm<T, false, false>(dKa, ldk, L.Z16, l16c, L.Kn16, l16k, BC, K, BC, true);
-    } else {
-        gmm(dQa, ldk, Wm, ldc, 1, Kn, ldk, 1, BC, K, BC, true);               /* + W K */
-        gmm(dKa, ldk, Wm, 1, ldc, Qn, ldk, 1, BC, K, BC, true);               /* + W^T Qs */
-        if (a.delta) gmm(dKa, ldk, GKm, ldc, 1, Kn, ldk, 1, BC, K, BC, true); /* + (Z + Z^T) K */
-    }
+    gmm(dQa, ldk, Wm, ldc, 1, Kn, ldk, 1, BC, K, BC, true);               /* + W K */
+    gmm(dKa, ldk, Wm, 1, ldc, Qn, ldk, 1, BC, K, BC, true);               /* + W^T Qs */
+    if (a.delta) gmm(dKa, ldk, GKm, ldc, 1, Kn, ldk, 1, BC, K, BC, true); /* + (Z + Z^T) K */
     if (tid == 0 && a.gate) {
         /* dg_l = sum of dgamma from l to the chunk's end, restarted where exp(g_l) is 0 in
          * float (a reset: the gate's gradient is exactly 0 there, as on the CPU) */
@@ -749,11 +553,11 @@ __global__ void __launch_bounds__(BT)
         float acc = 0;
         for (int l = Lc - 1; l >= 0; l--) {
             acc += dgam[l];
-            if (a.g[b * a.gb + (tc_ + l) * a.gt + hv * a.gh] < -104.0f) acc = 0;
-            dg[b * dgb + (tc_ + l) * dgt + hv * dgh] = acc;
+            if (a.g[b * a.gb + (tc + l) * a.gt + hv * a.gh] < -104.0f) acc = 0;
+            dg[b * dgb + (tc + l) * dgt + hv * dgh] = acc;
         }
     }
-    if (a.delta && tid < Lc) dbeta[b * dbb + (tc_ + tid) * dbt + hv * dbh] = dbv[tid];
+    if (a.delta && tid < Lc) dbeta[b * dbb + (tc + tid) * dbt + hv * dbh] = dbv[tid];
     __syncthreads();
     for (int x = tid; x < Lc * K; x += BT) {
         const int i = x / K, c = x % K;
@@ -815,13 +619,31 @@ size_t mats_smem(int K) {
     c.take(2 * BC), c.take(2 * BC * (K + 1)), c.take(3 * BC * (BC + 1)), c.take(2 * BC);
     return sizeof(float) * c.off;
 }
+size_t fwd_smem(int K, int BV) {
+    carve c(nullptr);
+    c.take(K * (BV + 1)), c.take(BC * (K + 1)), c.take(3 * BC * (BV + 1)), c.take(BC * (BC + 1));
+    c.take(3 * BC);
+    return sizeof(float) * c.off;
+}
+size_t dh_smem(int K, int BV) {
+    carve c(nullptr);
+    c.take(2 * K * (BV + 1)), c.take(2 * BC * (K + 1)), c.take(2 * BC * (BC + 1));
+    c.take(7 * BC * (BV + 1)), c.take(3 * BC), c.take(2 * BT / 32);
+    return sizeof(float) * c.off;
+}
+size_t grad_smem(int K, int BV) {
+    carve c(nullptr);
+    c.take(2 * BC), c.take(4 * BC * (K + 1)), c.take(4 * BC * (BC + 1)), c.take(3 * BC * (BV + 1));
+    c.take(2 * K * (BV + 1)), c.take(5 * BC);
+    return sizeof(float) * c.off;
+}
+
 template <typename T>
 cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bwd_ws w, int64_t nch,
                     cudaStream_t s) {
     const int K = (int)a.K;
-    const size_t sm0 = mats_smem(K), sm1 = fwd_lay<T>(nullptr, K, w.bv).bytes,
-                 sm2 = dh_lay<T>(nullptr, K, w.bv).bytes,
-                 sm3 = grad_lay<T>(nullptr, K, w.bv3).bytes;
+    const size_t sm0 = mats_smem(K), sm1 = fwd_smem(K, w.bv), sm2 = dh_smem(K, w.bv),
+                 sm3 = grad_smem(K, w.bv3);
     cudaError_t e = cudaSuccess;
 #define DN_SMEM(kern, bytes)                                                                       \
     if (e == cudaSuccess)                                                                          \
@@ -897,8 +719,6 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
      * 16 columns (two blocks an SM fit in shared memory at K = 128) */
     const int64_t heads = NS * p->HV;
     w.bv = heads * ((p->V + 31) / 32) >= sms ? 32 : heads * ((p->V + 15) / 16) >= sms ? 16 : 8;
-    if (p->dtype != DN_F32 && (w.bv < 16 || p->K > 128)) /* the tensor cores' tiles of 16; */
-        w.bv = 16;                                       /* shared memory at K = 256 */
     w.bv3 = 16;
     w.nvt = (int)((p->V + w.bv - 1) / w.bv);
     w.NU = nch * p->HV;

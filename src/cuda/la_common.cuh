@@ -11,7 +11,6 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 #include <stdint.h>
 #include <type_traits>
 
@@ -80,35 +79,6 @@ template <typename T> __device__ __forceinline__ uint4 load16(const T *p, bool v
     for (int i = 0; i < (int)(16 / sizeof(T)); i++)
         w.e[i] = pr[i];
     return w.u;
-}
-
-/* C[M][N] (+)= op(A)[M][Kd] op(B)[Kd][N] over shared memory, output tiles spread over the warps.
- * A is row-major [M][Kd] (TA: stored as [Kd][M]); B is row-major [Kd][N] (TB: stored [N][Kd]).
- * M, N, Kd are multiples of 16. */
-template <typename T, bool TA, bool TB>
-__device__ void mm(float *Cm, int ldc, const T *A, int lda, const T *Bm, int ldb, int M, int N,
-                   int Kd, bool acc) {
-    using namespace nvcuda;
-    const int warp = threadIdx.x >> 5, tn_count = N / 16, tiles = (M / 16) * tn_count;
-    using la = typename std::conditional<TA, wmma::col_major, wmma::row_major>::type;
-    using lb = typename std::conditional<TB, wmma::col_major, wmma::row_major>::type;
-    for (int tile = warp; tile < tiles; tile += (int)(blockDim.x >> 5)) {
-        const int tm = tile / tn_count, tn = tile % tn_count;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
-        float *cp = Cm + tm * 16 * ldc + tn * 16;
-        if (acc)
-            wmma::load_matrix_sync(c, cp, ldc, wmma::mem_row_major);
-        else
-            wmma::fill_fragment(c, 0.0f);
-        for (int kk = 0; kk < Kd; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, la> fa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, lb> fb;
-            wmma::load_matrix_sync(fa, TA ? A + kk * lda + tm * 16 : A + tm * 16 * lda + kk, lda);
-            wmma::load_matrix_sync(fb, TB ? Bm + tn * 16 * ldb + kk : Bm + kk * ldb + tn * 16, ldb);
-            wmma::mma_sync(c, fa, fb, c);
-        }
-        wmma::store_matrix_sync(cp, c, ldc, wmma::mem_row_major);
-    }
 }
 
 __device__ __forceinline__ float warp_sum(float x) {
