@@ -80,6 +80,27 @@ static float *dev_f32(size_t n, float lo, float hi) {
     return d;
 }
 
+/* Median over reps of the time in ms of launch() on stream s, by CUDA events around each. */
+template <typename F> static double median_ms(F launch, cudaStream_t s, int reps) {
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    std::vector<double> t;
+    for (int i = 0; i < reps; i++) {
+        CK(cudaEventRecord(a, s));
+        launch();
+        CK(cudaEventRecord(b, s));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms);
+    }
+    std::sort(t.begin(), t.end());
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    return t[t.size() / 2];
+}
+
 /* Median time in ms of one call, captured in a graph and replayed. */
 static double time_graph(const dn_la_params *p, cudaStream_t s, int reps) {
     DK(dn_la_forward(p)); /* warm-up outside the capture (module load, attributes) */
@@ -90,27 +111,21 @@ static double time_graph(const dn_la_params *p, cudaStream_t s, int reps) {
     DK(dn_la_forward(p));
     CK(cudaStreamEndCapture(s, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
     for (int i = 0; i < 5; i++)
         CK(cudaGraphLaunch(ge, s));
-    std::vector<double> t;
-    for (int i = 0; i < reps; i++) {
-        CK(cudaEventRecord(a, s));
-        CK(cudaGraphLaunch(ge, s));
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    std::sort(t.begin(), t.end());
+    const double ms = median_ms([&] { CK(cudaGraphLaunch(ge, s)); }, s, reps);
     CK(cudaGraphExecDestroy(ge));
     CK(cudaGraphDestroy(g));
-    CK(cudaEventDestroy(a));
-    CK(cudaEventDestroy(b));
-    return t[t.size() / 2];
+    return ms;
+}
+
+/* Median time in ms of fn() on stream s, eager (no graph: the backward allocates its scratch on
+ * the stream), after three warm-up calls; fla's fwd + bwd anchors are eager too. */
+template <typename F> static double time_eager(F fn, cudaStream_t s, int reps) {
+    for (int i = 0; i < 3; i++)
+        fn();
+    CK(cudaStreamSynchronize(s));
+    return median_ms(fn, s, reps);
 }
 
 static const int64_t H = 16, C = 64;
@@ -145,31 +160,6 @@ static void run_fwd(int64_t B, int64_t T, int64_t K, int64_t V, cudaStream_t s) 
            flops / ms * 1e-9, bytes / ms * 1e-9);
     fflush(stdout);
     cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta);
-}
-
-/* Median time in ms of fn() on stream s, eager (no graph: the backward allocates its scratch on
- * the stream), after three warm-up calls; fla's fwd + bwd anchors are eager too. */
-template <typename F> static double time_eager(F fn, cudaStream_t s, int reps) {
-    for (int i = 0; i < 3; i++)
-        fn();
-    CK(cudaStreamSynchronize(s));
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    std::vector<double> t;
-    for (int i = 0; i < reps; i++) {
-        CK(cudaEventRecord(a, s));
-        fn();
-        CK(cudaEventRecord(b, s));
-        CK(cudaEventSynchronize(b));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
-    }
-    std::sort(t.begin(), t.end());
-    CK(cudaEventDestroy(a));
-    CK(cudaEventDestroy(b));
-    return t[t.size() / 2];
 }
 
 /* Training: the chunkwise forward then the backward (every gradient: q, k, v, g, beta), bf16

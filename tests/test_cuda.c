@@ -100,6 +100,27 @@ static void *up(const void *host, size_t n) {
     return d;
 }
 
+/* cu_seqlens of a varlen case (lengths 0, 1, T/2 - 1, 0, the rest: B = 1), or none; returns
+ * the number of sequences. */
+static int64_t varlen_seqs(const la_case *c, int64_t *cu) {
+    if (!c->varlen) return c->B;
+    const int64_t h = c->T / 2, L[] = {0, 1, h - 1, 0, c->T - h};
+    cu[0] = 0;
+    for (int i = 0; i < 5; i++)
+        cu[i + 1] = cu[i] + L[i];
+    return 5;
+}
+
+/* g and beta [ng] as the case's gate and beta regimes ask */
+static void fill_gates(rng *r, const la_case *c, float *g, float *bt, int64_t ng) {
+    for (int64_t i = 0; i < ng; i++) {
+        float x = rng_uniform(r, 0, 1);
+        g[i] = c->gates == 0 ? -0.02f - 0.3f * x : c->gates == 1 ? -2.0f - 8.0f * x : 0.0f;
+        if (c->gates == 3) g[i] = x < 0.1f ? -INFINITY : -0.05f * x;
+        bt[i] = c->betas == 0 ? x : c->betas == 1 ? 1e-4f * x : 2.0f - 1e-3f * x;
+    }
+}
+
 static const char *gate_names[] = {"mild", "strong", "g=0", "g=-inf", "raw-gates"};
 static const char *beta_names[] = {"beta~U(0,1)", "beta~0", "beta~2"};
 
@@ -110,15 +131,8 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
     const int64_t B = c->B, T = c->T, H = c->H, HV = c->HV, K = c->K, V = c->V;
     const int gate = c->op == DN_OP_GLA || c->op == DN_OP_GDN;
     const int delta = c->op == DN_OP_DELTANET || c->op == DN_OP_GDN;
-    int64_t cu[8], ns = B;
-    if (c->varlen) { /* lengths: 0, 1, T/2 - 1, 0, rest */
-        int64_t h = T / 2;
-        int64_t L[] = {0, 1, h - 1, 0, T - h};
-        ns = 5;
-        cu[0] = 0;
-        for (int i = 0; i < 5; i++)
-            cu[i + 1] = cu[i] + L[i];
-    }
+    int64_t cu[8];
+    const int64_t ns = varlen_seqs(c, cu);
     const int64_t nqk = B * T * H * K, nv = B * T * HV * V, ng = B * T * HV, nst = ns * HV * K * V;
     float *q = falloc(nqk), *k = falloc(nqk), *v = falloc(nv), *g = falloc(ng), *bt = falloc(ng);
     float *h0 = falloc(nst), *o_ref = falloc(nv), *ht_ref = falloc(nst), *o_got = falloc(nv),
@@ -129,12 +143,7 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
     fill_uniform(&r, k, nqk, -ks, ks);
     fill_uniform(&r, v, nv, -1, 1);
     fill_uniform(&r, h0, nst, -0.5f, 0.5f);
-    for (int64_t i = 0; i < ng; i++) {
-        float x = rng_uniform(&r, 0, 1);
-        g[i] = c->gates == 0 ? -0.02f - 0.3f * x : c->gates == 1 ? -2.0f - 8.0f * x : 0.0f;
-        if (c->gates == 3) g[i] = x < 0.1f ? -INFINITY : -0.05f * x;
-        bt[i] = c->betas == 0 ? x : c->betas == 1 ? 1e-4f * x : 2.0f - 1e-3f * x;
-    }
+    fill_gates(&r, c, g, bt, ng);
     /* raw gates: g and beta as the call computes them (the reference takes these) */
     float *ga = falloc(ng), *gbr = falloc(ng), A_log[64], dt_bias[64];
     const int raw = c->gates == 4;
@@ -291,17 +300,17 @@ static int run_case(const la_case *c, dn_dtype dt, dn_impl impl, int device, uin
     return fails;
 }
 
-/* The grid: every op and form over odd lengths, T < chunk, varlen, grouped heads, every head dim,
- * strided views, the gate and beta extremes. */
-static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *impls, int nimpl) {
-    static const int64_t dims[][2] = {{64, 64},  {96, 96},   {128, 128}, {192, 192}, {256, 256},
-                                      {96, 192}, {128, 256}, {256, 64},  {32, 48},   {48, 16}};
+/* Head dims (K, V) of the grids: the published fast kernels' 128, the models' 64 to 256, and
+ * unequal and small pairs. */
+static const int64_t dims[][2] = {{64, 64},  {96, 96},   {128, 128}, {192, 192}, {256, 256},
+                                  {96, 192}, {128, 256}, {256, 64},  {32, 48},   {48, 16}};
+
+/* Every op with one family of option variants each (the forward's and the backward's grids
+ * start from these); returns the count. */
+static int option_cases(la_case *cases, int small) {
     static const dn_op ops[] = {DN_OP_LINEAR_ATTN, DN_OP_GLA, DN_OP_DELTANET, DN_OP_GDN};
-    la_case cases[160];
     int nc = 0;
-    const int small = small_grid();
     for (int o = 0; o < 4; o++) {
-        /* the options, one family of variants each */
         cases[nc++] = (la_case){ops[o], 2, 37, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0, 0};
         cases[nc++] = (la_case){ops[o], 1, 70, 1, 2, 64, 64, 1, 0, 0, 0, 1, 1, 0, 0};
         if (small) continue;
@@ -311,6 +320,15 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
         cases[nc++] = (la_case){ops[o], 2, 100, 2, 2, 64, 128, 0, 0, 2, 0, 0, 0, 0, 0};
         cases[nc++] = (la_case){ops[o], 1, 200, 1, 1, 128, 64, 0, 0, 3, 0, 1, 1, 0, 0};
     }
+    return nc;
+}
+
+/* The grid: every op and form over odd lengths, T < chunk, varlen, grouped heads, every head dim,
+ * strided views, the gate and beta extremes. */
+static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *impls, int nimpl) {
+    la_case cases[160];
+    const int small = small_grid();
+    int nc = option_cases(cases, small);
     /* the GPU's split chunkwise path (its state pass takes V / 16 warps a block, up to 8: every
      * count is in the grid above and below): many heads; many chunks on one (sequence, head);
      * varlen sequences of many chunks */
@@ -429,15 +447,8 @@ static int run_bwd_case(const la_case *c, dn_dtype dt, int device, uint64_t seed
     const int64_t B = c->B, T = c->T, H = c->H, HV = c->HV, K = c->K, V = c->V;
     const int gate = c->op == DN_OP_GLA || c->op == DN_OP_GDN;
     const int delta = c->op == DN_OP_DELTANET || c->op == DN_OP_GDN;
-    int64_t cu[8], ns = B;
-    if (c->varlen) { /* lengths: 0, 1, T/2 - 1, 0, rest */
-        int64_t h = T / 2;
-        int64_t L[] = {0, 1, h - 1, 0, T - h};
-        ns = 5;
-        cu[0] = 0;
-        for (int i = 0; i < 5; i++)
-            cu[i + 1] = cu[i] + L[i];
-    }
+    int64_t cu[8];
+    const int64_t ns = varlen_seqs(c, cu);
     const int64_t nqk = B * T * H * K, nv = B * T * HV * V, ng = B * T * HV, nst = ns * HV * K * V;
     float *q = falloc(nqk), *k = falloc(nqk), *v = falloc(nv), *g = falloc(ng), *bt = falloc(ng);
     float *h0 = falloc(nst), *dht = falloc(nst), *dout = falloc(nv);
@@ -453,12 +464,7 @@ static int run_bwd_case(const la_case *c, dn_dtype dt, int device, uint64_t seed
     fill_uniform(&r, h0, nst, -0.5f, 0.5f);
     fill_uniform(&r, dht, nst, -0.5f, 0.5f);
     fill_uniform(&r, dout, nv, -1, 1);
-    for (int64_t i = 0; i < ng; i++) {
-        float x = rng_uniform(&r, 0, 1);
-        g[i] = c->gates == 0 ? -0.02f - 0.3f * x : c->gates == 1 ? -2.0f - 8.0f * x : 0.0f;
-        if (c->gates == 3) g[i] = x < 0.1f ? -INFINITY : -0.05f * x;
-        bt[i] = c->betas == 0 ? x : c->betas == 1 ? 1e-4f * x : 2.0f - 1e-3f * x;
-    }
+    fill_gates(&r, c, g, bt, ng);
     round_to(dt, q, scratch, nqk);
     round_to(dt, k, scratch, nqk);
     round_to(dt, v, scratch, nv);
@@ -569,21 +575,9 @@ static int run_bwd_case(const la_case *c, dn_dtype dt, int device, uint64_t seed
  * one-token sequences, grouped heads, strided views, every head dim, the gate and beta extremes,
  * with and without states and the in-op norm. */
 static int run_bwd_grid(int device, const dn_dtype *dts, int ndt) {
-    static const int64_t dims[][2] = {{64, 64},  {96, 96},   {128, 128}, {192, 192}, {256, 256},
-                                      {96, 192}, {128, 256}, {256, 64},  {32, 48},   {48, 16}};
-    static const dn_op ops[] = {DN_OP_LINEAR_ATTN, DN_OP_GLA, DN_OP_DELTANET, DN_OP_GDN};
     la_case cases[64];
-    int nc = 0;
     const int small = small_grid();
-    for (int o = 0; o < 4; o++) {
-        cases[nc++] = (la_case){ops[o], 2, 37, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0, 0};
-        cases[nc++] = (la_case){ops[o], 1, 70, 1, 2, 64, 64, 1, 0, 0, 0, 1, 1, 0, 0};
-        if (small) continue;
-        cases[nc++] = (la_case){ops[o], 2, 1, 2, 4, 128, 128, 0, 0, 0, 0, 1, 1, 0, 0};
-        cases[nc++] = (la_case){ops[o], 2, 129, 2, 4, 64, 64, 0, 1, 1, 1, 1, 1, 0, 0};
-        cases[nc++] = (la_case){ops[o], 1, 150, 1, 3, 128, 128, 1, 1, 3, 2, 1, 1, 0, 0};
-        cases[nc++] = (la_case){ops[o], 2, 100, 2, 2, 64, 128, 0, 0, 2, 0, 0, 0, 0, 0};
-    }
+    int nc = option_cases(cases, small); /* in place is the forward's alone: read as plain here */
     if (!small)
         for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
             cases[nc++] = (la_case){d % 2 ? DN_OP_GDN : DN_OP_DELTANET,

@@ -858,17 +858,7 @@ struct split_ws {
 /* The chunk's sequence, first token and length, from its global index. */
 __device__ __forceinline__ void split_chunk(const la_args &a, const split_ws &w, int64_t ci,
                                             int64_t *n, int64_t *b, int64_t *tc, int *Lc) {
-    int64_t c, t0, t1;
-    if (w.cmap) {
-        *n = w.cmap[ci];
-        c = ci - w.cb[*n];
-    } else {
-        *n = ci / w.nt;
-        c = ci % w.nt;
-    }
-    seq_range(a, *n, b, &t0, &t1);
-    *tc = t0 + c * SC;
-    *Lc = (int)(t1 - *tc < SC ? t1 - *tc : SC);
+    chunk_at(a, w.cb, w.cmap, w.nt, SC, ci, n, b, tc, Lc);
 }
 
 /* m16n8k16 tensor-core product, fp32 accumulators d (+)= a b. */
@@ -1648,15 +1638,7 @@ cudaError_t launch_split(const la_args &a, const dn_la_params *p, int64_t NS, cu
         char *hb = (char *)malloc(bcb + bcm);
         if (!hb) e = cudaErrorMemoryAllocation;
         if (hb) {
-            int64_t *cb = (int64_t *)hb;
-            int *cm = (int *)(hb + bcb);
-            cb[0] = 0;
-            for (int64_t n = 0; n < NS; n++) {
-                const int64_t c = (p->cu_seqlens[n + 1] - p->cu_seqlens[n] + SC - 1) / SC;
-                for (int64_t i = 0; i < c; i++)
-                    cm[cb[n] + i] = (int)n;
-                cb[n + 1] = cb[n] + c;
-            }
+            fill_chunk_map(p, NS, SC, (int64_t *)hb, (int *)(hb + bcb));
             char *dst = ws + 2 * bW + bU + bh + bd;
             /* pageable source: the call returns once it is staged, so hb may go */
             e = cudaMemcpyAsync(dst, hb, bcb + bcm, cudaMemcpyHostToDevice, s);

@@ -55,17 +55,7 @@ struct bwd_ws {
 /* The chunk's sequence, first token and length, from its global index. */
 __device__ __forceinline__ void bwd_chunk(const la_args &a, const bwd_ws &w, int64_t ci, int64_t *n,
                                           int64_t *b, int64_t *tc, int *Lc) {
-    int64_t c, t0, t1;
-    if (w.cmap) {
-        *n = w.cmap[ci];
-        c = ci - w.cb[*n];
-    } else {
-        *n = ci / w.nt;
-        c = ci % w.nt;
-    }
-    seq_range(a, *n, b, &t0, &t1);
-    *tc = t0 + c * BC;
-    *Lc = (int)(t1 - *tc < BC ? t1 - *tc : BC);
+    chunk_at(a, w.cb, w.cmap, w.nt, BC, ci, n, b, tc, Lc);
 }
 
 /* C (+)= A B over shared memory, fp32: C[i][j] for i < M, j < N (multiples of 4), sum over
@@ -127,6 +117,21 @@ __device__ void load_f(float *dst, int ld, const float *src, int64_t rs, int R, 
     for (int x = threadIdx.x; x < R * Dp; x += blockDim.x) {
         const int r = x / Dp, c = x % Dp;
         dst[r * ld + c] = c < D ? src[r * rs + c] : 0.0f;
+    }
+}
+
+/* A block's K x BV tile of a [K][V] state (columns v0 ..; nv of them real) into shared memory
+ * (pitch ld; zeros past nv, or everywhere when src is NULL), and its nv columns back out. */
+__device__ void tile_in(float *dst, int ld, const float *src, int64_t V, int K, int BV, int nv) {
+    for (int x = threadIdx.x; x < K * BV; x += blockDim.x) {
+        const int i = x / BV, j = x % BV;
+        dst[i * ld + j] = (src && j < nv) ? src[(int64_t)i * V + j] : 0.0f;
+    }
+}
+__device__ void tile_out(float *dst, int64_t V, const float *src, int ld, int K, int nv) {
+    for (int x = threadIdx.x; x < K * nv; x += blockDim.x) {
+        const int i = x / nv, j = x % nv;
+        dst[(int64_t)i * V + j] = src[i * ld + j];
     }
 }
 
@@ -242,19 +247,12 @@ template <typename T> __global__ void __launch_bounds__(BT) la_bwd_fwd_kernel(la
     seq_range(a, n, &b, &t0, &t1);
     const int64_t nch = (t1 - t0 + BC - 1) / BC, cb = w.cmap ? w.cb[n] : n * w.nt;
     const int64_t soff = (n * a.HV + hv) * a.K * a.V + v0;
-    for (int x = tid; x < K * BV; x += BT) {
-        const int i = x / BV, j = x % BV;
-        S[i * ldv + j] = (a.h0 && j < nv) ? a.h0[soff + (int64_t)i * V + j] : 0.0f;
-    }
+    tile_in(S, ldv, a.h0 ? a.h0 + soff : nullptr, V, K, BV, nv);
     for (int64_t c = 0; c < nch; c++) {
         const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
         const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
         __syncthreads();
-        float *ckg = w.ck + u * a.K * a.V + v0;
-        for (int x = tid; x < K * nv; x += BT) {
-            const int i = x / nv, j = x % nv;
-            ckg[(int64_t)i * V + j] = S[i * ldv + j];
-        }
+        tile_out(w.ck + u * a.K * a.V + v0, V, S, ldv, K, nv);
         load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, K);
         load_rows(Vt, ldv, (const T *)a.v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt, Lc, nv,
                   BV);
@@ -313,19 +311,12 @@ __global__ void __launch_bounds__(BT)
     seq_range(a, n, &b, &t0, &t1);
     const int64_t nch = (t1 - t0 + BC - 1) / BC, cb = w.cmap ? w.cb[n] : n * w.nt;
     const int64_t soff = (n * a.HV + hv) * a.K * a.V + v0;
-    for (int x = tid; x < K * BV; x += BT) {
-        const int i = x / BV, j = x % BV;
-        dS[i * ldv + j] = (dht && j < nv) ? dht[soff + (int64_t)i * V + j] : 0.0f;
-    }
+    tile_in(dS, ldv, dht ? dht + soff : nullptr, V, K, BV, nv);
     for (int64_t c = nch - 1; c >= 0; c--) {
         const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
         const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
         __syncthreads();
-        float *dskg = w.dsk + u * a.K * a.V + v0;
-        for (int x = tid; x < K * nv; x += BT) {
-            const int i = x / nv, j = x % nv;
-            dskg[(int64_t)i * V + j] = dS[i * ldv + j];
-        }
+        tile_out(w.dsk + u * a.K * a.V + v0, V, dS, ldv, K, nv);
         load_rows(Qn, ldk, (const T *)a.q + b * a.qb + tc * a.qt + h * a.qh, a.qt, Lc, K, K);
         load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, K);
         load_rows(dO, ldv, dout + b * dob + tc * dot + hv * doh + v0, dot, Lc, nv, BV);
@@ -420,11 +411,7 @@ __global__ void __launch_bounds__(BT)
         if (a.delta) gmm(dS, ldv, Kn, 1, ldk, dU, ldv, 1, K, BV, BC, true);
     }
     __syncthreads();
-    if (dh0)
-        for (int x = tid; x < K * nv; x += BT) {
-            const int i = x / nv, j = x % nv;
-            dh0[soff + (int64_t)i * V + j] = dS[i * ldv + j];
-        }
+    if (dh0) tile_out(dh0 + soff, V, dS, ldv, K, nv);
 }
 
 template <typename T>
@@ -758,15 +745,7 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
             char *hb = (char *)malloc(sizes[11] + sizes[12]);
             if (!hb) e = cudaErrorMemoryAllocation;
             if (hb) {
-                int64_t *cb = (int64_t *)hb;
-                int *cm = (int *)(hb + sizes[11]);
-                cb[0] = 0;
-                for (int64_t n = 0; n < NS; n++) {
-                    const int64_t c = (p->cu_seqlens[n + 1] - p->cu_seqlens[n] + BC - 1) / BC;
-                    for (int64_t i = 0; i < c; i++)
-                        cm[cb[n] + i] = (int)n;
-                    cb[n + 1] = cb[n] + c;
-                }
+                fill_chunk_map(p, NS, BC, (int64_t *)hb, (int *)(hb + sizes[11]));
                 /* pageable source: the call returns once it is staged, so hb may go */
                 e = cudaMemcpyAsync(at, hb, sizes[11] + sizes[12], cudaMemcpyHostToDevice, s);
                 free(hb);

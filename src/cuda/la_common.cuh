@@ -81,6 +81,36 @@ template <typename T> __device__ __forceinline__ uint4 load16(const T *p, bool v
     return w.u;
 }
 
+/* Chunks of C tokens numbered across the sequences (the chunk-parallel kernels' grid): with
+ * cu_seqlens, cb [NS+1] holds the first chunk of each sequence and cmap [chunks] the sequence of
+ * each chunk; without, every sequence has nt chunks (cb and cmap NULL). The chunk's sequence n,
+ * batch row b, first token tc and length Lc from its global index ci. */
+__device__ __forceinline__ void chunk_at(const la_args &a, const int64_t *cb, const int *cmap,
+                                         int64_t nt, int C, int64_t ci, int64_t *n, int64_t *b,
+                                         int64_t *tc, int *Lc) {
+    int64_t c, t0, t1;
+    if (cmap) {
+        *n = cmap[ci];
+        c = ci - cb[*n];
+    } else {
+        *n = ci / nt;
+        c = ci % nt;
+    }
+    seq_range(a, *n, b, &t0, &t1);
+    *tc = t0 + c * C;
+    *Lc = (int)(t1 - *tc < C ? t1 - *tc : C);
+}
+/* Host side: cb and cmap for the varlen sequences of p (cb[NS] = the chunk count). */
+inline void fill_chunk_map(const dn_la_params *p, int64_t NS, int C, int64_t *cb, int *cmap) {
+    cb[0] = 0;
+    for (int64_t n = 0; n < NS; n++) {
+        const int64_t c = (p->cu_seqlens[n + 1] - p->cu_seqlens[n] + C - 1) / C;
+        for (int64_t i = 0; i < c; i++)
+            cmap[cb[n] + i] = (int)n;
+        cb[n + 1] = cb[n] + c;
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
     for (int o = 16; o > 0; o >>= 1)
         x += __shfl_xor_sync(0xffffffffu, x, o);
