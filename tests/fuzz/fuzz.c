@@ -838,6 +838,16 @@ static void la_workspace(ctx *c, dn_la_params *p, int bwd_ws, dn_la_bwd_params *
         p->workspace = al, p->workspace_bytes = bytes;
 }
 
+/* q, k, v (o; and the backward's dout, dq, dk, dv) as 16-bit elements now and then: the float
+ * buffers then hold 2-byte bit patterns (any, NaN and infinity included) and the calls read half
+ * their bytes; or an unknown dtype, which must be refused. Rounded results: no comparison. */
+static void la_pick_dtype(ctx *c, dn_la_params *p) {
+    const unsigned dm = pick(c->f, 16);
+    if (dm == 0) p->dtype = DN_BF16, c->ic = 0;
+    if (dm == 1) p->dtype = DN_F16, c->ic = 0;
+    if (dm == 2) p->dtype = (dn_dtype)(3 + pick(c->f, 4)), c->ic = 0;
+}
+
 static void fam_la_fwd(ctx *c) {
     la_case lc;
     memset(&lc, 0, sizeof lc);
@@ -849,6 +859,7 @@ static void fam_la_fwd(ctx *c) {
     unsigned xm = pick(c->f, 16);
     if (xm == 0) p->state_dtype = DN_BF16, c->ic = 0;
     if (xm == 1) p->state_dtype = (dn_dtype)(3 + pick(c->f, 4)), c->ic = 0;
+    la_pick_dtype(c, p);
     if ((xm == 2 || xm == 3) && p->g) {
         view va = pick_view(c, p->B, p->T, p->HV, 1, 1);
         if (!big_view(&va)) {
@@ -980,6 +991,7 @@ static void fam_la_bwd(ctx *c) {
     if (want_g) bp->dg = out_view(c, &vdg, NULL), bp->dg_s = vdg.s;
     if (want_b) bp->dbeta = out_view(c, &vdb, NULL), bp->dbeta_s = vdb.s;
     if (pick(c->f, 3) == 0) bp->dinitial_state = flat(c, ns, V_ANY, 1, 0, NULL);
+    la_pick_dtype(c, &bp->fwd);
     unsigned nm = pick(c->f, 32);
     if (nm == 0) bp->dout = NULL, c->ic = 0;
     if (nm == 1) bp->dv = NULL, c->ic = 0;
