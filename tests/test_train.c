@@ -467,7 +467,8 @@ static int recall_call(const char *dir, const char *steps, const char *x1, const
 
 /* deltanet recall stopped three times (inside a model, at a checkpoint step and at the start of
  * the next model) and resumed gives the same runs.tsv, bit for bit, as one run straight through;
- * a resume with other options, or without a run to resume, is refused. */
+ * a resume with other options (steps, the gates' decay range), or without a run to resume, is
+ * refused. */
 static int test_recall_resume(void) {
     int fails = 0;
     char a[128], b[128];
@@ -484,6 +485,8 @@ static int test_recall_resume(void) {
     CHECK(ra && rb && strlen(ra) > 100 && !strcmp(ra, rb), "resumed runs differ:\n%s\n%s",
           ra ? ra : "?", rb ? rb : "?");
     CHECK(recall_call(b, "9", "--resume", NULL, NULL) != 0, "resume with other options accepted");
+    CHECK(recall_call(b, "8", "--resume", "--decay-init", "0.9,0.95") != 0,
+          "resume with another gate initialisation accepted");
     free(ra), free(rb);
     rm_recall_dir(a), rm_recall_dir(b);
     return fails;

@@ -47,7 +47,7 @@ typedef struct {
     int64_t widths[2];
     int n_widths;
     int64_t steps, batch_tokens, eval_seqs, vocab, threads;
-    double lr;
+    double lr, decay_lo, decay_hi; /* peak learning rate; the gated heads' initial decay range */
     uint64_t seed;
     int64_t ckpt_every, stop_after;
     const char *out_dir;
@@ -90,6 +90,8 @@ static void usage(void) {
            "                    minutes on 2 cores; MQAR needs thousands: see --full)\n"
            "  --batch-tokens N  tokens per step (default 8192)\n"
            "  --lr X            peak learning rate (default 3e-3)\n"
+           "  --decay-init LO,HI  initial decay per token of the gated heads (G, M) in [LO, HI]\n"
+           "                    (default 0.99,0.999)\n"
            "  --eval-seqs N     held-out sequences per slice (default 256)\n"
            "  --vocab V         (default 8192)\n"
            "  --full            the long run: 4000 steps of 16384 tokens\n"
@@ -146,7 +148,11 @@ static int parse(recall_opts *o, int argc, char **argv) {
             o->out_dir = v;
         else if (!strcmp(a, "--lr"))
             r = opt_f64("recall", a, v, 1e-9, 1, &o->lr);
-        else if (!strcmp(a, "--seed")) {
+        else if (!strcmp(a, "--decay-init")) {
+            double d[2];
+            r = opt_f64_pair("recall", a, v, 1e-9, 0.999999, d);
+            if (!r) o->decay_lo = d[0], o->decay_hi = d[1];
+        } else if (!strcmp(a, "--seed")) {
             r = opt_i64("recall", a, v, 0, INT64_MAX, &n);
             if (!r) o->seed = (uint64_t)n;
         } else if (!strcmp(a, "--steps"))
@@ -173,8 +179,9 @@ static int parse(recall_opts *o, int argc, char **argv) {
 }
 
 /* The model of one run: 2 layers of the mixer, heads of 64, MLP 2x wide. The gated mixers'
- * heads start with a decay per token in [0.99, 0.999] (dn_model_init_decay): with the default
- * Mamba-2 init a head may start at 0.2 and forget a key before its query arrives. */
+ * heads start with a decay per token in [decay_lo, decay_hi] (dn_model_init_decay; default
+ * [0.99, 0.999]): with the default Mamba-2 init a head may start at 0.2 and forget a key before
+ * its query arrives. */
 static dn_model_config run_config(char mixer, int64_t width, int64_t vocab) {
     dn_model_config c = dn_model_config_default();
     c.vocab_size = vocab, c.hidden_size = width, c.num_hidden_layers = 2;
@@ -191,9 +198,13 @@ static dn_model_config run_config(char mixer, int64_t width, int64_t vocab) {
 /* The options that decide a run's numbers: in every checkpoint and in runs.tsv, compared on
  * --resume (a run continued with other options would not be the same run). */
 static void settings(const recall_opts *o, char *buf, size_t cap) {
-    snprintf(buf, cap, "vocab=%lld steps=%lld batch_tokens=%lld lr=%.17g seed=%llu eval_seqs=%lld",
-             (long long)o->vocab, (long long)o->steps, (long long)o->batch_tokens, o->lr,
-             (unsigned long long)o->seed, (long long)o->eval_seqs);
+    int w = snprintf(buf, cap,
+                     "vocab=%lld steps=%lld batch_tokens=%lld lr=%.17g seed=%llu eval_seqs=%lld",
+                     (long long)o->vocab, (long long)o->steps, (long long)o->batch_tokens, o->lr,
+                     (unsigned long long)o->seed, (long long)o->eval_seqs);
+    /* a decay range other than the default only (runs from before the option still resume) */
+    if ((o->decay_lo != 0.99 || o->decay_hi != 0.999) && w > 0 && (size_t)w < cap)
+        snprintf(buf + w, cap - (size_t)w, " decay=%.17g,%.17g", o->decay_lo, o->decay_hi);
 }
 
 static void ckpt_path(const recall_opts *o, char mixer, int64_t width, char *buf, size_t cap) {
@@ -260,7 +271,7 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
     const int got = o->resume ? load_ckpt(o, mixer, width, &oc, &m, &opt, &seconds_before) : 0;
     if (got < 0) return -1;
     if (!got && (dn_model_create(&m, &c, o->seed) != DN_OK ||
-                 dn_model_init_decay(m, 0.99, 0.999, o->seed) != DN_OK ||
+                 dn_model_init_decay(m, o->decay_lo, o->decay_hi, o->seed) != DN_OK ||
                  dn_adamw_create(&opt, m, &oc) != DN_OK)) {
         fprintf(stderr, "recall: %s\n", dn_last_error());
         dn_model_free(m);
@@ -463,8 +474,9 @@ static void write_outputs(const recall_opts *o, const recall_run *runs, int n) {
     if ((f = fopen(path, "w"))) {
         fprintf(f,
                 "{\"vocab\": %lld, \"steps\": %lld, \"batch_tokens\": %lld, \"lr\": %g, "
-                "\"runs\": [\n",
-                (long long)o->vocab, (long long)o->steps, (long long)o->batch_tokens, o->lr);
+                "\"decay_init\": [%g, %g], \"runs\": [\n",
+                (long long)o->vocab, (long long)o->steps, (long long)o->batch_tokens, o->lr,
+                o->decay_lo, o->decay_hi);
         for (int i = 0; i < n; i++) {
             const recall_run *r = &runs[i];
             fprintf(f,
@@ -513,6 +525,8 @@ int dn_recall_main(int argc, char **argv) {
                      .eval_seqs = 256,
                      .vocab = 8192,
                      .lr = 3e-3,
+                     .decay_lo = 0.99,
+                     .decay_hi = 0.999,
                      .seed = 7,
                      .ckpt_every = 250,
                      .out_dir = "deltanet-recall"};
