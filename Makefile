@@ -166,7 +166,7 @@ $(BUILD)/src/%.o: src/%.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/src/cuda/%.o: src/cuda/%.cu src/cuda/cuda_common.h src/cuda/la_common.cuh include/deltanet.h $(STAMP)
+$(BUILD)/src/cuda/%.o: src/cuda/%.cu src/cuda/cuda_common.h src/cuda/la_common.cuh src/cuda/mma.cuh include/deltanet.h $(STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
@@ -273,7 +273,7 @@ compile_commands.json: Makefile
 	  echo ']'; } > $@
 	@echo "wrote $@"
 
-FORMAT_SRC := $(wildcard include/*.h src/*.c src/*.h src/*/*.c src/*/*.h src/cuda/*.cu bench/*.cu tools/*.c tools/*.h bench/*.c bench/*.h tests/*.c tests/*.h tests/*/*.c)
+FORMAT_SRC := $(wildcard include/*.h src/*.c src/*.h src/*/*.c src/*/*.h src/cuda/*.cu src/cuda/*.cuh bench/*.cu tools/*.c tools/*.h bench/*.c bench/*.h tests/*.c tests/*.h tests/*/*.c)
 format:
 	clang-format -i $(FORMAT_SRC)
 format-check:

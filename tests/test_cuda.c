@@ -402,14 +402,19 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
 /* ---------------------------------------------------------------------------------------------
  * The backward: every gradient (dq, dk, dv, dg, dbeta, dinitial_state) against the double
  * reference backward over the same rounded inputs and the same rounded dout and dfinal_state.
- * The GPU backward computes in fp32 whatever the dtype (fp32 copies of the inputs, fp32
+ * For fp32 and fp16 inputs the GPU backward computes in fp32 (fp32 copies of the inputs, fp32
  * products on the CUDA cores), so the bound is fp32's: 1e-4 relative RMS (measured errors,
  * printed under DN_TEST_VERBOSE, are 1e-7 .. 1e-5), plus, for dq, dk and dv written in a 16-bit
  * dtype, twice the error of the reference itself rounded to that dtype (1.1e-3 RMS in bf16). On
  * the CPU (device < 0) the 16-bit path converts and runs the fp32 backward: the same bound.
+ * bf16 inputs on the GPU take the tensor-core state sweeps: their products have bf16 operands
+ * (the normalised keys, e^gamma-scaled queries, M, (I+A)^-1, dO, and the state and its gradient
+ * rounded where they enter a product), a handful of 2^-9 roundings like the chunkwise forward's,
+ * so the forward's bound applies: 1e-2 (flash-linear-attention's gradients are 1.5e-3 .. 3.3e-3
+ * from an fp32 reference; a real fault is O(1)).
  * ------------------------------------------------------------------------------------------- */
 static int check_grad(const char *what, const char *name, const float *got, const float *ref,
-                      int64_t n, dn_dtype rounded) {
+                      int64_t n, dn_dtype rounded, double base) {
     double floor = 0;
     if (rounded != DN_F32) {
         float *rr = falloc(n);
@@ -419,7 +424,7 @@ static int check_grad(const char *what, const char *name, const float *got, cons
         floor = rel_rms(rr, ref, n, NULL);
         free(rr), free(tmp);
     }
-    const double tol = 1e-4 + 2 * floor;
+    const double tol = base + 2 * floor;
     int64_t w = 0;
     const double e = rel_rms(got, ref, n, &w);
     if (!(e <= tol)) {
@@ -551,17 +556,18 @@ static int run_bwd_case(const la_case *c, dn_dtype dt, int device, uint64_t seed
         printf("    FAIL %s: %s (%s)\n", what, dn_status_str(st), dn_last_error());
         fails++;
     } else {
+        const double base = device >= 0 && dt == DN_BF16 ? 1e-2 : 1e-4;
         float *x = falloc(nqk > nv ? nqk : nv);
         gather(x, dt, &tdq, B, T, H, K);
-        fails += check_grad(what, "dq", x, rq, nqk, dt);
+        fails += check_grad(what, "dq", x, rq, nqk, dt, base);
         gather(x, dt, &tdk, B, T, H, K);
-        fails += check_grad(what, "dk", x, rk, nqk, dt);
+        fails += check_grad(what, "dk", x, rk, nqk, dt, base);
         gather(x, dt, &tdv, B, T, HV, V);
-        fails += check_grad(what, "dv", x, rv, nv, dt);
+        fails += check_grad(what, "dv", x, rv, nv, dt, base);
         free(x);
-        if (gate) fails += check_grad(what, "dg", gg, rg, ng, DN_F32);
-        if (delta) fails += check_grad(what, "dbeta", gb, rb, ng, DN_F32);
-        fails += check_grad(what, "dh0", gh0, rh0, nst, DN_F32);
+        if (gate) fails += check_grad(what, "dg", gg, rg, ng, DN_F32, base);
+        if (delta) fails += check_grad(what, "dbeta", gb, rb, ng, DN_F32, base);
+        fails += check_grad(what, "dh0", gh0, rh0, nst, DN_F32, base);
     }
     free(tq.host), free(tk.host), free(tv.host), free(tdo.host), free(tdq.host), free(tdk.host),
         free(tdv.host);

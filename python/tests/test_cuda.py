@@ -128,9 +128,10 @@ def test_refusals():
 @pytest.mark.parametrize("op", ["gdn", "deltanet", "gla", "linear_attn"])
 def test_gradients(dtype, op):
     """Every gradient of the GPU backward (dn_la_backward on the device) against the CPU's for
-    the same rounded inputs and the same loss; bf16 gradients are rounded to bf16 on the GPU
-    (dq, dk, dv) and its products are fp32 like the CPU's, so 2e-2 is the output's rounding
-    with margin, and fp32 holds 1e-4."""
+    the same rounded inputs and the same loss. fp32 holds 1e-4 (fp32 products, like the CPU's).
+    bf16 inputs take the tensor-core sweeps (bf16 operands, fp32 accumulation: errors about
+    2.5e-3, tests/test_cuda.c) and dq, dk, dv are rounded to bf16, so every bf16 gradient is
+    held to 2e-2."""
     x = _inputs(2, 70, 2, 4, 64, 32, dtype, seed=11)
     x["beta"] = x["beta"] if op in ("gdn", "deltanet") else None
     x["g"] = x["g"] if op in ("gdn", "gla") else None
@@ -149,5 +150,6 @@ def test_gradients(dtype, op):
 
     cpu, gpu = run("cpu"), run("cuda")
     for name in cpu:
-        close(gpu[name], cpu[name], TOL[dtype] if name in ("q", "k", "v") else 1e-4,
+        close(gpu[name], cpu[name],
+              TOL[dtype] if name in ("q", "k", "v") or dtype == torch.bfloat16 else 1e-4,
               f"d{name}")

@@ -21,14 +21,21 @@
  *                        the normalised, scaled q and k rows of this value head;
  *   la_bwd_qk_kernel     (token, key head): sums the value heads of a key head and takes the rows
  *                        back through the in-op L2 normalisation (in double, as on the CPU).
- * Every product runs in fp32 on the CUDA cores over fp32 copies of the inputs, whatever their
- * dtype: this first GPU backward is exact to fp32 rounding (the tests hold it to 1e-4 of the
- * double reference), and slower than a tensor-core one would be (docs/PERF.md).
+ * Two precisions. fp32 and fp16 inputs: every product in fp32 on the CUDA cores over fp32 copies
+ * of the inputs, exact to fp32 rounding (the tests hold it to 1e-4 of the double reference).
+ * bf16 inputs: the two sweeps are la_bwd_fwd_tc_kernel and la_bwd_dh_tc_kernel, which hold the
+ * state (its gradient) transposed in tensor-core accumulators and take their chunk operands from
+ * a bf16 pack the mats kernel writes; the grad kernel's products over V run on the tensor cores
+ * too (grad_vloop_tc). Operands that are not inputs (the state, U, dU, dY, Tm) enter as bf16
+ * hi + lo pairs, so the rounding does not compound chunk by chunk: about 2.5e-3 of the double
+ * reference, flash-linear-attention's level (tests/test_cuda.c). docs/PERF.md has the speeds.
  * Scratch (stream-ordered, freed at the end of the call), per (chunk, value head) unit: S0 and
- * dS1 (2 K V floats), M, GK, Tm (3 C^2 floats) and gamma; per token and value head: U, R, dY
- * (3 V floats) and the key-side gradients before the head sum (2 K floats).
+ * dS1 (2 K V floats), M, GK, Tm (3 C^2 floats), gamma and, for bf16, the pack (3 C K + 3 C^2
+ * bf16); per token and value head: U, R, dY (3 V floats) and the key-side gradients before the
+ * head sum (2 K floats).
  */
 #include "la_common.cuh"
+#include "mma.cuh"
 
 #include <stdlib.h>
 
@@ -36,6 +43,17 @@ namespace {
 
 constexpr int BC = 32;  /* tokens a chunk */
 constexpr int BT = 256; /* threads a block */
+
+/* The tensor-core sweeps' operands of a chunk (bf16, written by the mats kernel): row-major
+ * [BC][K] normalised keys Kn, Qe = diag(e^gamma) Qs and Kb = -diag(e^gamma b) Kn, then [BC][BC]
+ * M, Tm and Tm's rounding error (Tm - bf16(Tm), so that Tm enters products with 16 bits of
+ * mantissa). Offsets in elements for a head dim K. */
+__host__ __device__ constexpr int64_t pk_qe(int64_t K) { return BC * K; }
+__host__ __device__ constexpr int64_t pk_kb(int64_t K) { return 2 * BC * K; }
+__host__ __device__ constexpr int64_t pk_m(int64_t K) { return 3 * BC * K; }
+__host__ __device__ constexpr int64_t pk_t(int64_t K) { return 3 * BC * K + BC * BC; }
+__host__ __device__ constexpr int64_t pk_tl(int64_t K) { return 3 * BC * K + 2 * BC * BC; }
+__host__ __device__ constexpr int64_t pk_size(int64_t K) { return 3 * BC * K + 3 * BC * BC; }
 
 struct bwd_ws {
     float *mats;          /* [NU][3][BC][BC]: M, GK, Tm */
@@ -45,11 +63,13 @@ struct bwd_ws {
     float *part;          /* [nvt][NTOK][HV][2]: column-block sums for dbeta and dgamma */
     float *partL;         /* [nvt][NU]: column-block sums for the chunk's last gamma */
     float *dQs, *dKs;     /* [NTOK][HV][K]: gradients of the normalised, scaled rows */
-    const int64_t *cb;    /* varlen: [NS+1] first chunk of each sequence, else NULL */
-    const int *cmap;      /* varlen: [chunks] the sequence of each chunk, else NULL */
-    int64_t nt;           /* chunks a sequence without cu_seqlens */
-    int64_t NU, NTOK;     /* units (chunks x HV), tokens (B T) */
-    int nvt, bv, bv3; /* column blocks of the sweeps (bv wide), block width of the grad kernel */
+    __nv_bfloat16
+        *pack; /* tensor-core sweeps: [NU][pk_size(K)] bf16 operands of each chunk, or NULL */
+    const int64_t *cb; /* varlen: [NS+1] first chunk of each sequence, else NULL */
+    const int *cmap;   /* varlen: [chunks] the sequence of each chunk, else NULL */
+    int64_t nt;        /* chunks a sequence without cu_seqlens */
+    int64_t NU, NTOK;  /* units (chunks x HV), tokens (B T) */
+    int nvt, bv, bv3;  /* column blocks of the sweeps (bv wide), block width of the grad kernel */
 };
 
 /* The chunk's sequence, first token and length, from its global index. */
@@ -105,18 +125,41 @@ __device__ void gmm(float *Cm, int ldc, const float *A, int ar, int ac, const fl
 
 /* rows [0, BC) x cols [0, Dp) of a strided input (src at row 0, col 0; row stride rs) into fp32
  * shared memory (pitch ld): rows < L and cols < D read, the rest zero */
+/* (Loads go out 8 at a time into registers before any store: the compiler cannot move a global
+ * load past a shared store through generic pointers, so a load-store loop would pay one memory
+ * latency an element.) */
 template <typename T>
 __device__ void load_rows(float *dst, int ld, const T *src, int64_t rs, int L, int D, int Dp) {
-    for (int x = threadIdx.x; x < BC * Dp; x += blockDim.x) {
-        const int r = x / Dp, c = x % Dp;
-        dst[r * ld + c] = (r < L && c < D) ? to_f(src[r * rs + c]) : 0.0f;
+    const int n = BC * Dp, step = blockDim.x;
+    for (int x0 = threadIdx.x; x0 < n; x0 += 8 * step) {
+        float v[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const int x = x0 + e * step, r = x / Dp, c = x % Dp;
+            v[e] = (x < n && r < L && c < D) ? to_f(src[r * rs + c]) : 0.0f;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const int x = x0 + e * step;
+            if (x < n) dst[(x / Dp) * ld + x % Dp] = v[e];
+        }
     }
 }
 /* the same from an fp32 scratch array [rows][ld_src] */
 __device__ void load_f(float *dst, int ld, const float *src, int64_t rs, int R, int D, int Dp) {
-    for (int x = threadIdx.x; x < R * Dp; x += blockDim.x) {
-        const int r = x / Dp, c = x % Dp;
-        dst[r * ld + c] = c < D ? src[r * rs + c] : 0.0f;
+    const int n = R * Dp, step = blockDim.x;
+    for (int x0 = threadIdx.x; x0 < n; x0 += 8 * step) {
+        float v[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const int x = x0 + e * step, r = x / Dp, c = x % Dp;
+            v[e] = (x < n && c < D) ? src[r * rs + c] : 0.0f;
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const int x = x0 + e * step;
+            if (x < n) dst[(x / Dp) * ld + x % Dp] = v[e];
+        }
     }
 }
 
@@ -175,6 +218,64 @@ struct carve {
 
 /* ------------------------------------------------------------------------------------------- */
 
+/* An fp32 value enters a bf16 product as hi + lo (hi = bf16(x), lo = bf16(x - hi)): two
+ * products, 16 bits of mantissa instead of 8. The sweeps split every operand that is not an
+ * input (the state, its gradient, U, dU, dY, Tm), so their error does not grow chunk by chunk. */
+__device__ __forceinline__ void split2(uint32_t &hi, uint32_t &lo, float x, float y) {
+    const __nv_bfloat16 hx = __float2bfloat16_rn(x), hy = __float2bfloat16_rn(y);
+    hi = (uint32_t)__bfloat16_as_ushort(hx) | ((uint32_t)__bfloat16_as_ushort(hy) << 16);
+    lo = pack2<__nv_bfloat16>(x - __bfloat162float(hx), y - __bfloat162float(hy));
+}
+/* the A fragments (hi, lo) of k-step kk from the accumulators of 8-column tiles c0, c1 */
+__device__ __forceinline__ void acc_to_a2(uint32_t *hi, uint32_t *lo, const float *c0,
+                                          const float *c1) {
+    split2(hi[0], lo[0], c0[0], c0[1]), split2(hi[1], lo[1], c0[2], c0[3]);
+    split2(hi[2], lo[2], c1[0], c1[1]), split2(hi[3], lo[3], c1[2], c1[3]);
+}
+
+/* The A fragment (hi, lo) of the 16 x 16 block at (r0, k0) of the fp32 matrix
+ * a(r, c) = X[r ri + c cj] cs[c] (cs NULL: 1), read from shared memory element by element. */
+__device__ __forceinline__ void frag_f32(uint32_t *hi, uint32_t *lo, const float *X, int ri, int cj,
+                                         const float *cs, int r0, int k0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    auto e = [&](int r, int c) { return X[r * ri + c * cj] * (cs ? cs[c] : 1.0f); };
+    const int ra = r0 + g, rb = ra + 8, ca = k0 + 2 * t, cb = ca + 8;
+    split2(hi[0], lo[0], e(ra, ca), e(ra, ca + 1));
+    split2(hi[1], lo[1], e(rb, ca), e(rb, ca + 1));
+    split2(hi[2], lo[2], e(ra, cb), e(ra, cb + 1));
+    split2(hi[3], lo[3], e(rb, cb), e(rb, cb + 1));
+}
+
+/* The B fragment (hi, lo) of the 16 (k) x 8 (n) block at (k0, n0) of b(k, n) = X[n ld + k] (fp32
+ * rows of B's columns in shared memory). */
+__device__ __forceinline__ void frag_b_f32(uint32_t *hi, uint32_t *lo, const float *X, int ld,
+                                           int k0, int n0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float *r = X + (n0 + g) * ld + k0 + 2 * t;
+    split2(hi[0], lo[0], r[0], r[1]);
+    split2(hi[1], lo[1], r[8], r[9]);
+}
+
+/* C [BC, BC] = X Y^T over K for fp32 row-major X, Y [BC][ld] in shared memory, on tensor cores
+ * with hi + lo operands (the lo x lo term dropped: about 16 bits of mantissa); warp w writes rows
+ * 16 (w % 2) .., columns 8 (w / 2) .. (8 warps). */
+__device__ void mm_nt_tc(float *C, int ldc, const float *X, const float *Y, int ld, int K) {
+    using bf = __nv_bfloat16;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = 16 * (warp & 1), n0 = 8 * (warp >> 1);
+    float c[4] = {};
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        uint32_t ah[4], al[4], bh[2], bl[2];
+        frag_f32(ah, al, X, ld, 1, nullptr, r0, k0);
+        frag_b_f32(bh, bl, Y, ld, k0, n0);
+        mma16816<bf>(c, ah, bh[0], bh[1]);
+        mma16816<bf>(c, al, bh[0], bh[1]);
+        mma16816<bf>(c, ah, bl[0], bl[1]);
+    }
+    C[(r0 + g) * ldc + n0 + 2 * t] = c[0], C[(r0 + g) * ldc + n0 + 2 * t + 1] = c[1];
+    C[(r0 + g + 8) * ldc + n0 + 2 * t] = c[2], C[(r0 + g + 8) * ldc + n0 + 2 * t + 1] = c[3];
+}
+
 template <typename T>
 __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     extern __shared__ __align__(16) float sm[];
@@ -204,14 +305,20 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
             gam[i] = run += (double)gr[i];
     }
     __syncthreads();
-    gmm(QK, ldc, Qn, ldk, 1, Kn, 1, ldk, BC, BC, K, false);
-    if (a.delta) gmm(A, ldc, Kn, ldk, 1, Kn, 1, ldk, BC, BC, K, false);
+    if (w.pack) { /* bf16: tensor cores (the pack's consumers round to bf16 anyway) */
+        mm_nt_tc(QK, ldc, Qn, Kn, ldk, K);
+        if (a.delta) mm_nt_tc(A, ldc, Kn, Kn, ldk, K);
+    } else {
+        gmm(QK, ldc, Qn, ldk, 1, Kn, 1, ldk, BC, BC, K, false);
+        if (a.delta) gmm(A, ldc, Kn, ldk, 1, Kn, 1, ldk, BC, BC, K, false);
+    }
     __syncthreads();
     float *Mg = w.mats + u * 3 * BC * BC, *GKg = Mg + BC * BC, *Tg = GKg + BC * BC;
     for (int x = tid; x < BC * BC; x += BT) {
         const int i = x / BC, j = x % BC;
         const float gm = (a.gate && j <= i) ? expf((float)(gam[i] - gam[j])) : 1.0f;
         Mg[x] = j <= i ? QK[i * ldc + j] * gm : 0.0f;
+        if (w.pack) w.pack[u * pk_size(K) + pk_m(K) + x] = __float2bfloat16_rn(Mg[x]);
         if (a.delta) {
             const float gk = j < i ? A[i * ldc + j] * gm : 0.0f;
             GKg[x] = gk;
@@ -229,6 +336,23 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
             Tm[i * ldc + j] = i < j ? 0.0f : s;
             Tg[i * BC + j] = Tm[i * ldc + j];
         }
+    }
+    if (!w.pack) return;
+    if (tid < BC) gr[tid] = (float)exp(gam[tid]); /* e^gamma (gr is free) */
+    __syncthreads();
+    __nv_bfloat16 *pk = w.pack + u * pk_size(K);
+    for (int x = tid; x < BC * K; x += BT) {
+        const int i = x / K, c = x % K;
+        const float eg = gr[i], kn = Kn[i * ldk + c];
+        pk[x] = __float2bfloat16_rn(kn);
+        pk[pk_qe(K) + x] = __float2bfloat16_rn(eg * Qn[i * ldk + c]);
+        pk[pk_kb(K) + x] = __float2bfloat16_rn(-eg * btv[i] * kn);
+    }
+    for (int x = tid; x < BC * BC; x += BT) {
+        const float tv = a.delta ? Tm[(x / BC) * ldc + x % BC] : 0.0f;
+        const __nv_bfloat16 hi = __float2bfloat16_rn(tv);
+        pk[pk_t(K) + x] = hi;
+        pk[pk_tl(K) + x] = __float2bfloat16_rn(tv - __bfloat162float(hi));
     }
 }
 
@@ -298,12 +422,11 @@ __global__ void __launch_bounds__(BT)
     const int K = (int)a.K, V = (int)a.V, BV = w.bv, ldk = K + 1, ldv = BV + 1, ldc = BC + 1;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     carve cv(sm);
-    float *dS = cv.take(K * ldv), *S0 = cv.take(K * ldv), *Qn = cv.take(BC * ldk),
-          *Kn = cv.take(BC * ldk), *Mm = cv.take(BC * ldc), *Tm = cv.take(BC * ldc),
-          *dO = cv.take(BC * ldv), *Ut = cv.take(BC * ldv), *Rt = cv.take(BC * ldv),
-          *Vr = cv.take(BC * ldv), *KdS = cv.take(BC * ldv), *dU = cv.take(BC * ldv),
-          *dY = cv.take(BC * ldv), *eg = cv.take(BC), *dd = cv.take(BC), *btv = cv.take(BC),
-          *red = cv.take(2 * BT / 32);
+    float *dS = cv.take(K * ldv), *Qn = cv.take(BC * ldk), *Kn = cv.take(BC * ldk),
+          *Mm = cv.take(BC * ldc), *Tm = cv.take(BC * ldc), *dO = cv.take(BC * ldv),
+          *Ut = cv.take(BC * ldv), *Rt = cv.take(BC * ldv), *Vr = cv.take(BC * ldv),
+          *KdS = cv.take(BC * ldv), *dU = cv.take(BC * ldv), *dY = cv.take(BC * ldv),
+          *eg = cv.take(BC), *dd = cv.take(BC), *btv = cv.take(BC), *red = cv.take(2 * BT / 32);
     const int64_t vt = blockIdx.x, v0 = vt * BV, hv = blockIdx.y, n = blockIdx.z;
     const int64_t h = hv / (a.HV / a.H);
     const int nv = (int)(V - v0 < BV ? V - v0 : BV);
@@ -331,7 +454,6 @@ __global__ void __launch_bounds__(BT)
             load_f(Tm, ldc, w.mats + (u * 3 + 2) * BC * BC, BC, BC, BC, BC);
         }
         load_f(Mm, ldc, w.mats + u * 3 * BC * BC, BC, BC, BC, BC);
-        if (a.gate) load_f(S0, ldv, w.ck + u * a.K * a.V + v0, a.V, K, nv, BV);
         chunk_gates(a, w, u, b, tc, hv, Lc, eg, dd, btv);
         __syncthreads();
         norm_rows(Qn, ldk, K, a.scale, a.l2norm);
@@ -352,7 +474,8 @@ __global__ void __launch_bounds__(BT)
             dYp = dY;
         }
         /* sums over this block's columns: dbeta (dY . R), dgamma (dR . (R - V) - d U . K dS1)
-         * per token; the chunk's last gamma (d U . K dS1, and e^gL dS1 . S0) */
+         * per token; the chunk's last gamma (d U . K dS1; its e^gL dS1 . S0 term is the grad
+         * kernel's) */
         float accL = 0;
         for (int i = warp; i < Lc; i += BT / 32) {
             float sdb = 0, sdg = 0, sl = 0;
@@ -372,20 +495,14 @@ __global__ void __launch_bounds__(BT)
             }
             accL += dd[i] * sl;
         }
-        if (a.gate) {
-            float ss = 0;
-            for (int x = tid; x < K * nv; x += BT) {
-                const int i = x / nv, j = x % nv;
-                ss += dS[i * ldv + j] * S0[i * ldv + j];
-            }
-            ss = warp_sum(ss);
-            if (lane == 0) red[warp] = ss, red[BT / 32 + warp] = accL;
+        if (a.gate) { /* accL is the same in every lane (a sum of warp sums) */
+            if (lane == 0) red[warp] = accL;
             __syncthreads();
             if (tid == 0) {
-                float s1 = 0, s2 = 0;
+                float s2 = 0;
                 for (int x = 0; x < BT / 32; x++)
-                    s1 += red[x], s2 += red[BT / 32 + x];
-                w.partL[vt * w.NU + u] = s2 + eg[Lc - 1] * s1;
+                    s2 += red[x];
+                w.partL[vt * w.NU + u] = s2;
             }
         }
         for (int x = tid; x < Lc * nv; x += BT) {
@@ -414,8 +531,677 @@ __global__ void __launch_bounds__(BT)
     if (dh0) tile_out(dh0 + soff, V, dS, ldv, K, nv);
 }
 
+/* ---- the tensor-core sweeps (bf16 inputs) ----------------------------------------------------
+ * The same two sweeps with the state (or its gradient) held transposed in mma accumulators, as
+ * the forward's state pass holds S^T: warp w of a block owns value columns v0 + 16 w .. + 15 as
+ * the rows of S^T [V, K]; a thread holds rows g, g + 8 and, per 8-wide key tile j, keys
+ * 8 j + 2 t, + 1 (g = lane / 4, t = lane % 4). Per-token products come out as [16 value rows, BC
+ * tokens] accumulators in the same pattern. Operands are bf16 (the chunk's pack from the mats
+ * kernel, dO, and the accumulators rounded where they enter a product), accumulation fp32; the
+ * next chunk's operands are staged by cp.async while this one computes. What the parallel kernels
+ * read (S0, dS1 per chunk; U, R, dY per token) stays fp32. */
+
+/* rows [0, R) x cols [0, cols) of a row-major source (row stride rs elements) into shared memory
+ * (pitch ld), rows >= L zero: 16-byte cp.async pieces when vec, else element copies */
+template <typename E>
+__device__ void stage_async(E *dst, int ld, const E *src, int64_t rs, int R, int L, int cols,
+                            bool vec) {
+    constexpr int PE = 16 / (int)sizeof(E);
+    const int pr = cols / PE;
+    for (int x = threadIdx.x; x < R * pr; x += blockDim.x) {
+        const int r = x / pr, c = (x % pr) * PE;
+        E *d = dst + r * ld + c;
+        if (r >= L)
+            *(uint4 *)d = make_uint4(0, 0, 0, 0);
+        else if (vec)
+            cp_async16(d, src + r * rs + c);
+        else
+#pragma unroll
+            for (int e = 0; e < PE; e++)
+                d[e] = src[r * rs + c + e];
+    }
+}
+
+/* shared-memory layout of one stage of a tensor-core sweep (elements; 16-byte aligned pieces) */
+struct tc_stage {
+    int ldk, ldc, ldo, ldf;
+    int Kn, Qe, Kb, Mt, Tt, Tl, dO, Vr; /* bf16 offsets */
+    int Rt, Ut, eg, dd, bt;             /* float offsets, from the float base */
+    int bytes_b, bytes;                 /* bf16 part, whole stage */
+    __host__ __device__ tc_stage(int K, int BV, bool dh) {
+        ldk = K + 8, ldc = BC + 8, ldo = BV + 8, ldf = BV + 4;
+        int o = 0;
+        Kn = o, o += BC * ldk;
+        Qe = o, o += dh ? BC * ldk : 0;
+        Kb = o, o += dh ? BC * ldk : 0;
+        Mt = o, o += dh ? BC * ldc : 0;
+        Tt = o, o += BC * ldc;
+        Tl = o, o += BC * ldc;
+        dO = o, o += dh ? BC * ldo : 0;
+        Vr = o, o += BC * ldo;
+        bytes_b = (2 * o + 15) / 16 * 16;
+        int f = 0;
+        Rt = f, f += dh ? BC * ldf : 0;
+        Ut = f, f += dh ? BC * ldf : 0;
+        eg = f, f += BC;
+        dd = f, f += BC;
+        bt = f, f += BC;
+        bytes = bytes_b + 4 * f;
+    }
+};
+
+/* A chunk's gates for a stage, fetched into registers (threads < BC) early and put into shared
+ * memory after the chunk in flight is done: e^gamma, e^{gamma_L - gamma}, beta (0 past the end). */
+struct gate_pf {
+    double gi = 0, gl = 0;
+    float bt = 0;
+};
+__device__ __forceinline__ gate_pf gates_fetch(const la_args &a, const bwd_ws &w, int64_t u,
+                                               int64_t b, int64_t tc, int64_t hv, int Lc) {
+    gate_pf p;
+    const int i = threadIdx.x;
+    if (i < BC) {
+        p.gi = w.gam[u * BC + i], p.gl = w.gam[u * BC + Lc - 1];
+        p.bt = i < Lc ? (a.delta ? a.beta[b * a.bb + (tc + i) * a.bt + hv * a.bh] : 1.0f) : 0.0f;
+    }
+    return p;
+}
+__device__ __forceinline__ void gates_put(const gate_pf &p, float *f, const tc_stage &L) {
+    const int i = threadIdx.x;
+    if (i < BC) {
+        f[L.eg + i] = (float)exp(p.gi);
+        f[L.dd + i] = (float)exp(p.gl - p.gi);
+        f[L.bt + i] = p.bt;
+    }
+}
+
+template <int NKT>
+__device__ __forceinline__ void state_in(float (*s)[4], const float *src, int64_t V, int64_t vr,
+                                         int kt) {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int j = 0; j < 2 * NKT; j++) {
+        const int key = 8 * j + 2 * t;
+        const bool in = src && j < 2 * kt;
+        s[j][0] = in ? src[key * V + vr] : 0.0f;
+        s[j][1] = in ? src[(key + 1) * V + vr] : 0.0f;
+        s[j][2] = in ? src[key * V + vr + 8] : 0.0f;
+        s[j][3] = in ? src[(key + 1) * V + vr + 8] : 0.0f;
+    }
+}
+template <int NKT>
+__device__ __forceinline__ void state_out(float *dst, const float (*s)[4], int64_t V, int64_t vr,
+                                          int kt) {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int j = 0; j < 2 * NKT; j++)
+        if (j < 2 * kt) {
+            const int key = 8 * j + 2 * t;
+            dst[key * V + vr] = s[j][0];
+            dst[(key + 1) * V + vr] = s[j][1];
+            dst[key * V + vr + 8] = s[j][2];
+            dst[(key + 1) * V + vr + 8] = s[j][3];
+        }
+}
+
+/* X^T [16 value rows, BC] = S^T Kn^T over the keys (Kn row-major [BC][ld]), S split */
+template <int NKT>
+__device__ __forceinline__ void state_keys(float (*x)[4], const float (*s)[4],
+                                           const __nv_bfloat16 *Kn, int ld, int kt) {
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++)
+        x[j][0] = x[j][1] = x[j][2] = x[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < NKT; kk++)
+        if (kk < kt) {
+            uint32_t ah[4], al[4];
+            acc_to_a2(ah, al, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int jp = 0; jp < BC / 16; jp++) {
+                uint32_t bf[4];
+                frag_b_nk(bf, Kn + 16 * jp * ld + 16 * kk, ld);
+                mma16816<__nv_bfloat16>(x[2 * jp], ah, bf[0], bf[1]);
+                mma16816<__nv_bfloat16>(x[2 * jp + 1], ah, bf[2], bf[3]);
+                mma16816<__nv_bfloat16>(x[2 * jp], al, bf[0], bf[1]);
+                mma16816<__nv_bfloat16>(x[2 * jp + 1], al, bf[2], bf[3]);
+            }
+        }
+}
+
+/* S^T [16, K] += A [16, BC] B, A as fragments per token block (hi, and lo unless NULL), B
+ * row-major [BC][ld] over keys */
+template <int NKT>
+__device__ __forceinline__ void state_add(float (*s)[4], const uint32_t (*ah)[4],
+                                          const uint32_t (*al)[4], const __nv_bfloat16 *B, int ld,
+                                          int kt) {
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++)
+#pragma unroll
+        for (int jp = 0; jp < NKT; jp++)
+            if (jp < kt) {
+                uint32_t bf[4];
+                frag_b_kn(bf, B + 16 * kk * ld + 16 * jp, ld);
+                mma16816<__nv_bfloat16>(s[2 * jp], ah[kk], bf[0], bf[1]);
+                mma16816<__nv_bfloat16>(s[2 * jp + 1], ah[kk], bf[2], bf[3]);
+                if (al) {
+                    mma16816<__nv_bfloat16>(s[2 * jp], al[kk], bf[0], bf[1]);
+                    mma16816<__nv_bfloat16>(s[2 * jp + 1], al[kk], bf[2], bf[3]);
+                }
+            }
+}
+
+/* Y [16, BC] = A [16, BC] (B + Bl) (B row-major [k][n], or [n][k] when trans_b; pitch ld), A as
+ * hi and lo (NULL: exact) fragments; the lo x Bl term is dropped */
+__device__ __forceinline__ void tok_mm(float (*y)[4], const uint32_t (*ah)[4],
+                                       const uint32_t (*al)[4], const __nv_bfloat16 *B,
+                                       const __nv_bfloat16 *Bl, int ld, bool trans_b) {
+#pragma unroll
+    for (int j = 0; j < BC / 8; j++)
+        y[j][0] = y[j][1] = y[j][2] = y[j][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++)
+#pragma unroll
+        for (int jp = 0; jp < BC / 16; jp++) {
+            const int off = trans_b ? 16 * jp * ld + 16 * kk : 16 * kk * ld + 16 * jp;
+            uint32_t bf[4];
+            if (trans_b) /* B(k, n) = Bs[n][k] */
+                frag_b_nk(bf, B + off, ld);
+            else
+                frag_b_kn(bf, B + off, ld);
+            mma16816<__nv_bfloat16>(y[2 * jp], ah[kk], bf[0], bf[1]);
+            mma16816<__nv_bfloat16>(y[2 * jp + 1], ah[kk], bf[2], bf[3]);
+            if (al) {
+                mma16816<__nv_bfloat16>(y[2 * jp], al[kk], bf[0], bf[1]);
+                mma16816<__nv_bfloat16>(y[2 * jp + 1], al[kk], bf[2], bf[3]);
+            }
+            if (Bl) {
+                if (trans_b)
+                    frag_b_nk(bf, Bl + off, ld);
+                else
+                    frag_b_kn(bf, Bl + off, ld);
+                mma16816<__nv_bfloat16>(y[2 * jp], ah[kk], bf[0], bf[1]);
+                mma16816<__nv_bfloat16>(y[2 * jp + 1], ah[kk], bf[2], bf[3]);
+            }
+        }
+}
+
+/* the accumulators of [16, BC] as hi and lo A fragments over the tokens, column i scaled by
+ * sc[i] (when sc) */
+__device__ __forceinline__ void tok_frags(uint32_t (*ah)[4], uint32_t (*al)[4], const float (*x)[4],
+                                          const float *sc) {
+    const int t = threadIdx.x & 3;
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+        float c[2][4];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int i = 16 * kk + 8 * h + 2 * t;
+            const float s0 = sc ? sc[i] : 1.0f, s1 = sc ? sc[i + 1] : 1.0f;
+            c[h][0] = x[2 * kk + h][0] * s0, c[h][1] = x[2 * kk + h][1] * s1;
+            c[h][2] = x[2 * kk + h][2] * s0, c[h][3] = x[2 * kk + h][3] * s1;
+        }
+        acc_to_a2(ah[kk], al[kk], c[0], c[1]);
+    }
+}
+
+template <int KMAX, int NW>
+__global__ void __launch_bounds__(32 * NW) la_bwd_fwd_tc_kernel(la_args a, bwd_ws w) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    using bf = __nv_bfloat16;
+    constexpr int NKT = KMAX / 16, BV = 16 * NW;
+    const int K = (int)a.K, kt = K / 16, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const tc_stage L(K, BV, false);
+    const int64_t v0 = (int64_t)blockIdx.x * BV, hv = blockIdx.y, n = blockIdx.z;
+    const int64_t V = a.V, vr = v0 + 16 * warp + g;
+    int64_t b, t0, t1;
+    seq_range(a, n, &b, &t0, &t1);
+    const int64_t nch = (t1 - t0 + BC - 1) / BC, cb = w.cmap ? w.cb[n] : n * w.nt;
+    float s[2 * NKT][4];
+    state_in<NKT>(s, a.h0 ? a.h0 + (n * a.HV + hv) * a.K * V : nullptr, V, vr, kt);
+
+    auto stage = [&](int64_t c, int st) {
+        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC;
+        const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
+        bf *sb = (bf *)(smem + st * L.bytes);
+        const bf *pk = w.pack + u * pk_size(K);
+        stage_async(sb + L.Kn, L.ldk, pk, K, BC, BC, K, true);
+        if (a.delta) {
+            stage_async(sb + L.Tt, L.ldc, pk + pk_t(K), BC, BC, BC, BC, true);
+            stage_async(sb + L.Tl, L.ldc, pk + pk_tl(K), BC, BC, BC, BC, true);
+        }
+        stage_async(sb + L.Vr, L.ldo, (const bf *)a.v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt,
+                    BC, Lc, BV, a.vec);
+        return gates_fetch(a, w, u, b, tc, hv, Lc);
+    };
+    if (nch > 0) gates_put(stage(0, 0), (float *)(smem + L.bytes_b), L);
+    cp_async_commit();
+    for (int64_t c = 0; c < nch; c++) {
+        const int st = (int)(c & 1);
+        gate_pf pf;
+        if (c + 1 < nch) pf = stage(c + 1, st ^ 1);
+        cp_async_commit();
+        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
+        const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
+        state_out<NKT>(w.ck + u * a.K * V, s, V, vr, kt);
+        cp_async_wait<1>();
+        __syncthreads();
+        const bf *sb = (const bf *)(smem + st * L.bytes);
+        const float *sf = (const float *)(smem + st * L.bytes + L.bytes_b);
+        const float *eg = sf + L.eg, *dd = sf + L.dd, *btv = sf + L.bt;
+        const bf *Vs = sb + L.Vr;
+        const int64_t trs = a.HV * V;
+        float *Rg = w.Rb ? w.Rb + tok0 * trs + hv * V : nullptr;
+        float *Ug = w.Ub + tok0 * trs + hv * V;
+        float x[BC / 8][4];
+        if (a.delta) { /* R = V - E K S0 (stored), then U^T = (b R)^T Tm^T */
+            state_keys<NKT>(x, s, sb + L.Kn, L.ldk, kt);
+#pragma unroll
+            for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = 8 * j + 2 * t + (e & 1), vl = 16 * warp + g + 8 * (e >> 1);
+                    const float r = to_f(Vs[i * L.ldo + vl]) - eg[i] * x[j][e];
+                    if (i < Lc) Rg[i * trs + vl + v0] = r;
+                    x[j][e] = r;
+                }
+            uint32_t ah[BC / 16][4], al[BC / 16][4];
+            tok_frags(ah, al, x, btv);
+            tok_mm(x, ah, al, sb + L.Tt, sb + L.Tl, L.ldc, true);
+        } else {
+#pragma unroll
+            for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int i = 8 * j + 2 * t + (e & 1), vl = 16 * warp + g + 8 * (e >> 1);
+                    x[j][e] = to_f(Vs[i * L.ldo + vl]);
+                }
+        }
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = 8 * j + 2 * t + (e & 1), vl = 16 * warp + g + 8 * (e >> 1);
+                if (i < Lc) Ug[i * trs + vl + v0] = x[j][e];
+            }
+        /* S1^T = e^gL S0^T + (U^T diag(d)) Kn */
+        if (a.gate) {
+            const float eL = eg[Lc - 1];
+#pragma unroll
+            for (int j = 0; j < 2 * NKT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    s[j][e] *= eL;
+        }
+        uint32_t ah[BC / 16][4], al[BC / 16][4];
+        tok_frags(ah, al, x, dd);
+        state_add<NKT>(s, ah, al, sb + L.Kn, L.ldk, kt);
+        if (c + 1 < nch) gates_put(pf, (float *)(smem + (st ^ 1) * L.bytes + L.bytes_b), L);
+        __syncthreads(); /* this stage is refilled next */
+    }
+    cp_async_wait<0>();
+}
+
+template <int KMAX, int NW>
+__global__ void __launch_bounds__(32 * NW)
+    la_bwd_dh_tc_kernel(la_args a, bwd_ws w, const __nv_bfloat16 *dout, int64_t dob, int64_t dot,
+                        int64_t doh, __nv_bfloat16 *dv, int64_t dvb, int64_t dvt, int64_t dvh,
+                        const float *dht, float *dh0, int dvec) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    using bf = __nv_bfloat16;
+    constexpr int NKT = KMAX / 16, BV = 16 * NW;
+    const int K = (int)a.K, kt = K / 16, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3, tid = threadIdx.x;
+    const tc_stage L(K, BV, true);
+    float *red = (float *)(smem + 2 * L.bytes); /* [2][NW][BC][3] per-token column sums */
+    const int64_t vt = blockIdx.x, v0 = vt * BV, hv = blockIdx.y, n = blockIdx.z;
+    const int64_t V = a.V, vr = v0 + 16 * warp + g;
+    int64_t b, t0, t1;
+    seq_range(a, n, &b, &t0, &t1);
+    const int64_t nch = (t1 - t0 + BC - 1) / BC, cb = w.cmap ? w.cb[n] : n * w.nt;
+    const int64_t soff = (n * a.HV + hv) * a.K * V, trs = a.HV * V;
+    float ds[2 * NKT][4];
+    state_in<NKT>(ds, dht ? dht + soff : nullptr, V, vr, kt);
+
+    auto stage = [&](int64_t c, int st) {
+        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
+        const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
+        bf *sb = (bf *)(smem + st * L.bytes);
+        float *sf = (float *)(smem + st * L.bytes + L.bytes_b);
+        const bf *pk = w.pack + u * pk_size(K);
+        stage_async(sb + L.Kn, L.ldk, pk, K, BC, BC, K, true);
+        stage_async(sb + L.Qe, L.ldk, pk + pk_qe(K), K, BC, BC, K, true);
+        stage_async(sb + L.Mt, L.ldc, pk + pk_m(K), BC, BC, BC, BC, true);
+        if (a.delta) {
+            stage_async(sb + L.Kb, L.ldk, pk + pk_kb(K), K, BC, BC, K, true);
+            stage_async(sb + L.Tt, L.ldc, pk + pk_t(K), BC, BC, BC, BC, true);
+            stage_async(sb + L.Tl, L.ldc, pk + pk_tl(K), BC, BC, BC, BC, true);
+            stage_async(sf + L.Rt, L.ldf, w.Rb + tok0 * trs + hv * V + v0, trs, BC, Lc, BV, true);
+            if (a.gate)
+                stage_async(sb + L.Vr, L.ldo,
+                            (const bf *)a.v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt, BC, Lc,
+                            BV, a.vec);
+        }
+        stage_async(sb + L.dO, L.ldo, dout + b * dob + tc * dot + hv * doh + v0, dot, BC, Lc, BV,
+                    dvec);
+        stage_async(sf + L.Ut, L.ldf, w.Ub + tok0 * trs + hv * V + v0, trs, BC, Lc, BV, true);
+        return gates_fetch(a, w, u, b, tc, hv, Lc);
+    };
+    /* the column sums of chunk c (stage st) across warps, to part / partL */
+    auto flush = [&](int64_t c, int st) {
+        if (tid >= 32) return;
+        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
+        const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
+        const float *rd = red + st * NW * BC * 3;
+        float sdb = 0, sdg = 0, sl = 0;
+        for (int x = 0; x < NW; x++) {
+            sdb += rd[(x * BC + tid) * 3], sdg += rd[(x * BC + tid) * 3 + 1];
+            sl += rd[(x * BC + tid) * 3 + 2];
+        }
+        const float dl = tid < Lc ? sl : 0.0f; /* d_i U . K dS1 */
+        if (tid < Lc) {
+            float *pt = w.part + ((vt * w.NTOK + tok0 + tid) * a.HV + hv) * 2;
+            pt[0] = sdb;
+            pt[1] = a.gate ? sdg - dl : 0.0f;
+        }
+        const float accL = warp_sum(dl);
+        if (a.gate && tid == 0) w.partL[vt * w.NU + u] = accL;
+    };
+    if (nch > 0) gates_put(stage(nch - 1, 0), (float *)(smem + L.bytes_b), L);
+    cp_async_commit();
+    for (int64_t it = 0; it < nch; it++) {
+        const int64_t c = nch - 1 - it;
+        const int st = (int)(it & 1);
+        gate_pf pf;
+        if (c > 0) pf = stage(c - 1, st ^ 1);
+        cp_async_commit();
+        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
+        const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
+        state_out<NKT>(w.dsk + u * a.K * V, ds, V, vr, kt);
+        cp_async_wait<1>();
+        __syncthreads();
+        if (it > 0) flush(c + 1, st ^ 1);
+        const bf *sb = (const bf *)(smem + st * L.bytes);
+        const float *sf = (const float *)(smem + st * L.bytes + L.bytes_b);
+        const float *eg = sf + L.eg, *dd = sf + L.dd, *btv = sf + L.bt;
+        /* K dS1, then dU^T = dO^T M + (K dS1)^T diag(d) */
+        float kds[BC / 8][4], du[BC / 8][4];
+        state_keys<NKT>(kds, ds, sb + L.Kn, L.ldk, kt);
+        uint32_t ao[BC / 16][4]; /* dO^T: A fragments over the tokens */
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++)
+            frag_at(ao[kk], sb + L.dO + 16 * kk * L.ldo + 16 * warp, L.ldo);
+        tok_mm(du, ao, nullptr, sb + L.Mt, nullptr, L.ldc, false);
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                du[j][e] += dd[8 * j + 2 * t + (e & 1)] * kds[j][e];
+        float dy[BC / 8][4];
+        if (a.delta) { /* dY^T = dU^T Tm */
+            uint32_t ah[BC / 16][4], al[BC / 16][4];
+            tok_frags(ah, al, du, nullptr);
+            tok_mm(dy, ah, al, sb + L.Tt, sb + L.Tl, L.ldc, false);
+        } else {
+#pragma unroll
+            for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    dy[j][e] = du[j][e];
+        }
+        /* per token over this warp's 16 columns: dY . R, b dY . (R - V), U . K dS1; dv, dY */
+        const float *Rs = sf + L.Rt, *Us = sf + L.Ut;
+        const bf *Vs = sb + L.Vr;
+        float *rd = red + st * NW * BC * 3 + warp * BC * 3;
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+#pragma unroll
+            for (int e0 = 0; e0 < 2; e0++) {
+                const int i = 8 * j + 2 * t + e0;
+                float sdb = 0, sdg = 0, sl = 0;
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int e = e0 + 2 * hh, vl = 16 * warp + g + 8 * hh;
+                    const float y = dy[j][e];
+                    if (a.delta) {
+                        const float r = Rs[i * L.ldf + vl];
+                        sdb += y * r;
+                        if (a.gate) sdg += btv[i] * y * (r - to_f(Vs[i * L.ldo + vl]));
+                    }
+                    sl += Us[i * L.ldf + vl] * kds[j][e];
+                    if (i < Lc) {
+                        dv[b * dvb + (tc + i) * dvt + hv * dvh + v0 + vl] =
+                            __float2bfloat16_rn(a.delta ? btv[i] * y : y);
+                        if (a.delta) w.dYb[(tok0 + i) * trs + hv * V + v0 + vl] = y;
+                    }
+                }
+#pragma unroll
+                for (int o = 4; o < 32; o <<= 1) {
+                    sdb += __shfl_xor_sync(0xffffffffu, sdb, o);
+                    sdg += __shfl_xor_sync(0xffffffffu, sdg, o);
+                    sl += __shfl_xor_sync(0xffffffffu, sl, o);
+                }
+                if (g == 0) rd[i * 3] = sdb, rd[i * 3 + 1] = sdg, rd[i * 3 + 2] = dd[i] * sl;
+            }
+        /* dS0^T = e^gL dS1^T + dO^T Qe + dY^T Kb */
+        if (a.gate) {
+            const float eL = eg[Lc - 1];
+#pragma unroll
+            for (int j = 0; j < 2 * NKT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    ds[j][e] *= eL;
+        }
+        state_add<NKT>(ds, ao, nullptr, sb + L.Qe, L.ldk, kt);
+        if (a.delta) {
+            uint32_t ah[BC / 16][4], al[BC / 16][4];
+            tok_frags(ah, al, dy, nullptr);
+            state_add<NKT>(ds, ah, al, sb + L.Kb, L.ldk, kt);
+        }
+        if (c > 0) gates_put(pf, (float *)(smem + (st ^ 1) * L.bytes + L.bytes_b), L);
+        __syncthreads(); /* this stage is refilled next */
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    if (nch > 0) flush(0, (int)((nch - 1) & 1));
+    if (dh0) state_out<NKT>(dh0 + soff, ds, V, vr, kt);
+}
+
+/* The grad kernel's products over V on tensor cores (bf16 inputs): W = dO U^T, Z = dY U^T,
+ * dQa = E dO S0^T and dKa = diag(d) U dS1^T - diag(e^gamma b) dY S0^T, V in steps of GV columns
+ * staged as bf16 (the row scales applied while staging, dQa's after), fp32 accumulation. Warp w
+ * takes rows 16 (w % 2) .. + 15; of W (w / 2 = 0, 1) or Z (2, 3) the columns 16 (w / 2 % 2) ..,
+ * and the key blocks w / 2, + 4, ... of dQa and dKa. Results overwrite dQa, dKa, Wm, Zm (fp32);
+ * sS gets this thread's part of dS1 . S0. */
+constexpr int GV = 16, GLB = GV + 8; /* columns a step; bf16 pitch of the staged tiles */
+__host__ __device__ constexpr int grad_vloop_floats(int K, int BV) {
+    return (8 * BC + 2 * K) * GLB / 2 > (3 * BC + 2 * K) * (BV + 1) ? (8 * BC + 2 * K) * GLB / 2
+                                                                    : (3 * BC + 2 * K) * (BV + 1);
+}
+
+__device__ void grad_vloop_tc(const la_args &a, const bwd_ws &w, const __nv_bfloat16 *dO_g,
+                              int64_t dot, int64_t u, int64_t tok0, int64_t hv, int Lc,
+                              const float *eg, const float *dd, const float *btv, float *dQa,
+                              float *dKa, int ldk, float *Wm, float *Zm, int ldc, __nv_bfloat16 *st,
+                              float &sS) {
+    using bf = __nv_bfloat16;
+    const int K = (int)a.K, V = (int)a.V, nkb = K / 16, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = 16 * (warp & 1), hw = warp >> 1;
+    bf *Ob = st, *Ur = Ob + BC * GLB, *Ud = Ur + BC * GLB, *Yr = Ud + BC * GLB, *Ys = Yr + BC * GLB,
+       *Udl = Ys + BC * GLB, *Yrl = Udl + BC * GLB, *Ysl = Yrl + BC * GLB, *S0b = Ysl + BC * GLB,
+       *dSb = S0b + K * GLB;
+    /* x as bf16 hi + lo */
+    auto put2 = [](bf *hi, bf *lo, float x) {
+        const bf h = __float2bfloat16_rn(x);
+        *hi = h, *lo = __float2bfloat16_rn(x - __bfloat162float(h));
+    };
+    const int64_t trs = a.HV * a.V, row0 = (tok0 * a.HV + hv) * a.V;
+    const float *S0g = w.ck + u * a.K * a.V, *dSg = w.dsk + u * a.K * a.V;
+    float q[4][2][4] = {}, kd[4][2][4] = {}, wz[2][4] = {};
+    for (int v0 = 0; v0 < V; v0 += GV) {
+        __syncthreads(); /* the previous step's tiles are consumed */
+        /* the step's loads into registers before their stores (BC GV = 2 BT elements; K GV <= 16
+         * BT, four a thread at a time) */
+        float o[2], uu[2], y[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int x = tid + e * BT, i = x / GV, c = x % GV;
+            const bool in = i < Lc;
+            o[e] = in ? to_f(dO_g[i * dot + v0 + c]) : 0.0f;
+            uu[e] = in ? w.Ub[row0 + i * trs + v0 + c] : 0.0f;
+            y[e] = in && a.delta ? w.dYb[row0 + i * trs + v0 + c] : 0.0f;
+        }
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int x = tid + e * BT, i = x / GV, c = x % GV;
+            Ob[i * GLB + c] = __float2bfloat16_rn(o[e]);
+            Ur[i * GLB + c] = __float2bfloat16_rn(uu[e]);
+            put2(Ud + i * GLB + c, Udl + i * GLB + c, dd[i] * uu[e]);
+            put2(Yr + i * GLB + c, Yrl + i * GLB + c, y[e]);
+            put2(Ys + i * GLB + c, Ysl + i * GLB + c, -eg[i] * btv[i] * y[e]);
+        }
+        for (int e0 = 0; e0 < 16 && e0 * BT < K * GV; e0 += 4) {
+            float s0[4], d1[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int x = tid + (e0 + e) * BT, kq = x / GV, c = x % GV;
+                s0[e] = kq < K ? S0g[(int64_t)kq * V + v0 + c] : 0.0f;
+                d1[e] = kq < K ? dSg[(int64_t)kq * V + v0 + c] : 0.0f;
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int x = tid + (e0 + e) * BT, kq = x / GV, c = x % GV;
+                if (kq < K) {
+                    sS += s0[e] * d1[e];
+                    S0b[kq * GLB + c] = __float2bfloat16_rn(s0[e]);
+                    dSb[kq * GLB + c] = __float2bfloat16_rn(d1[e]);
+                }
+            }
+        }
+        __syncthreads();
+        uint32_t aO[4], aU[4], aUl[4], aY[4] = {}, aYl[4] = {}, aYr[4] = {}, aYrl[4] = {};
+        frag_a(aO, Ob + r0 * GLB, GLB);
+        frag_a(aU, Ud + r0 * GLB, GLB);
+        frag_a(aUl, Udl + r0 * GLB, GLB);
+        if (a.delta) {
+            frag_a(aY, Ys + r0 * GLB, GLB);
+            frag_a(aYl, Ysl + r0 * GLB, GLB);
+            frag_a(aYr, Yr + r0 * GLB, GLB);
+            frag_a(aYrl, Yrl + r0 * GLB, GLB);
+        }
+        if (hw < 2 || a.delta) { /* W (warps 0-3) or Z (4-7): B(v, j) = U[j][v] */
+            uint32_t bu[4];
+            frag_b_nk(bu, Ur + 16 * (hw & 1) * GLB, GLB);
+            mma16816<bf>(wz[0], hw < 2 ? aO : aYr, bu[0], bu[1]);
+            mma16816<bf>(wz[1], hw < 2 ? aO : aYr, bu[2], bu[3]);
+            if (hw >= 2) {
+                mma16816<bf>(wz[0], aYrl, bu[0], bu[1]);
+                mma16816<bf>(wz[1], aYrl, bu[2], bu[3]);
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            const int kb = hw + 4 * m;
+            if (kb >= nkb) continue;
+            uint32_t bs[4], bd[4];
+            frag_b_nk(bs, S0b + 16 * kb * GLB, GLB);
+            frag_b_nk(bd, dSb + 16 * kb * GLB, GLB);
+            mma16816<bf>(q[m][0], aO, bs[0], bs[1]);
+            mma16816<bf>(q[m][1], aO, bs[2], bs[3]);
+            mma16816<bf>(kd[m][0], aU, bd[0], bd[1]);
+            mma16816<bf>(kd[m][1], aU, bd[2], bd[3]);
+            mma16816<bf>(kd[m][0], aUl, bd[0], bd[1]);
+            mma16816<bf>(kd[m][1], aUl, bd[2], bd[3]);
+            if (a.delta) {
+                mma16816<bf>(kd[m][0], aY, bs[0], bs[1]);
+                mma16816<bf>(kd[m][1], aY, bs[2], bs[3]);
+                mma16816<bf>(kd[m][0], aYl, bs[0], bs[1]);
+                mma16816<bf>(kd[m][1], aYl, bs[2], bs[3]);
+            }
+        }
+    }
+    const int i0 = r0 + g, i1 = i0 + 8;
+    const float e0 = eg[i0], e1 = eg[i1];
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+        const int kb = hw + 4 * m;
+        if (kb >= nkb) continue;
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            const int c = 16 * kb + 8 * hh + 2 * t;
+            dQa[i0 * ldk + c] = e0 * q[m][hh][0], dQa[i0 * ldk + c + 1] = e0 * q[m][hh][1];
+            dQa[i1 * ldk + c] = e1 * q[m][hh][2], dQa[i1 * ldk + c + 1] = e1 * q[m][hh][3];
+            dKa[i0 * ldk + c] = kd[m][hh][0], dKa[i0 * ldk + c + 1] = kd[m][hh][1];
+            dKa[i1 * ldk + c] = kd[m][hh][2], dKa[i1 * ldk + c + 1] = kd[m][hh][3];
+        }
+    }
+    if (hw < 2 || a.delta) {
+        float *Mo = hw < 2 ? Wm : Zm;
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            const int c = 16 * (hw & 1) + 8 * hh + 2 * t;
+            Mo[i0 * ldc + c] = wz[hh][0], Mo[i0 * ldc + c + 1] = wz[hh][1];
+            Mo[i1 * ldc + c] = wz[hh][2], Mo[i1 * ldc + c + 1] = wz[hh][3];
+        }
+    }
+}
+
+/* The grad kernel's C x C-by-K products on tensor cores (bf16 inputs): dQa += W Kn, dKa += W^T Qs
+ * + (Z + Z^T) Kn, with B the raw q and k rows (exact bf16, staged at Qr, Kr, pitch ldr) and their
+ * row factors (rq: the scale and 1/|q|, rk: 1/|k|) folded into the fp32 A operands, which enter
+ * as hi + lo. Warps as in grad_vloop_tc. */
+__device__ void grad_tail_tc(bool delta, int K, const __nv_bfloat16 *Qr, const __nv_bfloat16 *Kr,
+                             int ldr, const float *rq, const float *rk, const float *Wm,
+                             const float *Zs, int ldc, float *dQa, float *dKa, int ldk) {
+    using bf = __nv_bfloat16;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int r0 = 16 * (warp & 1), hw = warp >> 1, nkb = K / 16;
+    float cq[4][2][4] = {}, ck[4][2][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+        uint32_t h1[4], l1[4], h2[4], l2[4], h3[4] = {}, l3[4] = {};
+        frag_f32(h1, l1, Wm, ldc, 1, rk, r0, 16 * kk); /* W(i, j) rk_j */
+        frag_f32(h2, l2, Wm, 1, ldc, rq, r0, 16 * kk); /* W(i, j) rq_i, rows j */
+        if (delta) frag_f32(h3, l3, Zs, ldc, 1, rk, r0, 16 * kk);
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            const int kb = hw + 4 * m;
+            if (kb >= nkb) continue;
+            uint32_t bk[4], bq[4];
+            frag_b_kn(bk, Kr + 16 * kk * ldr + 16 * kb, ldr);
+            frag_b_kn(bq, Qr + 16 * kk * ldr + 16 * kb, ldr);
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                mma16816<bf>(cq[m][hh], h1, bk[2 * hh], bk[2 * hh + 1]);
+                mma16816<bf>(cq[m][hh], l1, bk[2 * hh], bk[2 * hh + 1]);
+                mma16816<bf>(ck[m][hh], h2, bq[2 * hh], bq[2 * hh + 1]);
+                mma16816<bf>(ck[m][hh], l2, bq[2 * hh], bq[2 * hh + 1]);
+                if (delta) {
+                    mma16816<bf>(ck[m][hh], h3, bk[2 * hh], bk[2 * hh + 1]);
+                    mma16816<bf>(ck[m][hh], l3, bk[2 * hh], bk[2 * hh + 1]);
+                }
+            }
+        }
+    }
+    const int i0 = r0 + g, i1 = i0 + 8;
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+        const int kb = hw + 4 * m;
+        if (kb >= nkb) continue;
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            const int c = 16 * kb + 8 * hh + 2 * t;
+            dQa[i0 * ldk + c] += cq[m][hh][0], dQa[i0 * ldk + c + 1] += cq[m][hh][1];
+            dQa[i1 * ldk + c] += cq[m][hh][2], dQa[i1 * ldk + c + 1] += cq[m][hh][3];
+            dKa[i0 * ldk + c] += ck[m][hh][0], dKa[i0 * ldk + c + 1] += ck[m][hh][1];
+            dKa[i1 * ldk + c] += ck[m][hh][2], dKa[i1 * ldk + c + 1] += ck[m][hh][3];
+        }
+    }
+}
+
 template <typename T>
-__global__ void __launch_bounds__(BT)
+__global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 registers */
     la_bwd_grad_kernel(la_args a, bwd_ws w, const T *dout, int64_t dob, int64_t dot, int64_t doh,
                        float *dg, int64_t dgb, int64_t dgt, int64_t dgh, float *dbeta, int64_t dbb,
                        int64_t dbt, int64_t dbh) {
@@ -426,10 +1212,13 @@ __global__ void __launch_bounds__(BT)
     double *gam = (double *)cv.take(2 * BC);
     float *Qn = cv.take(BC * ldk), *Kn = cv.take(BC * ldk), *dQa = cv.take(BC * ldk),
           *dKa = cv.take(BC * ldk), *Wm = cv.take(BC * ldc), *Zm = cv.take(BC * ldc),
-          *Mm = cv.take(BC * ldc), *GKm = cv.take(BC * ldc), *dO = cv.take(BC * ldv),
-          *Ut = cv.take(BC * ldv), *dY = cv.take(BC * ldv), *S0t = cv.take(K * ldv),
-          *dS1t = cv.take(K * ldv), *eg = cv.take(BC), *dd = cv.take(BC), *btv = cv.take(BC),
-          *dgam = cv.take(BC), *dbv = cv.take(BC);
+          *Mm = cv.take(BC * ldc), *GKm = cv.take(BC * ldc),
+          *vreg = cv.take(grad_vloop_floats(K, BV)), *eg = cv.take(BC), *dd = cv.take(BC),
+          *btv = cv.take(BC), *dgam = cv.take(BC + BT / 32), *dbv = cv.take(3 * BC),
+          *rst = cv.take(BC);
+    /* the V loop's tiles: fp32 (CUDA-core products) or bf16 (tensor cores) */
+    float *dO = vreg, *Ut = dO + BC * ldv, *dY = Ut + BC * ldv, *S0t = dY + BC * ldv,
+          *dS1t = S0t + K * ldv;
     const int64_t ci = blockIdx.x, hv = blockIdx.y, h = hv / (a.HV / a.H), u = ci * a.HV + hv;
     int64_t n, b, tc;
     int Lc;
@@ -441,6 +1230,9 @@ __global__ void __launch_bounds__(BT)
     if (a.delta) load_f(GKm, ldc, w.mats + (u * 3 + 1) * BC * BC, BC, BC, BC, BC);
     chunk_gates(a, w, u, b, tc, hv, Lc, eg, dd, btv);
     if (tid < BC) gam[tid] = w.gam[u * BC + tid];
+    /* whether exp(g) is 0 in float at each token (a reset of dg's running sum below) */
+    if (tid < BC)
+        rst[tid] = a.gate && tid < Lc && a.g[b * a.gb + (tc + tid) * a.gt + hv * a.gh] < -104.0f;
     for (int x = tid; x < BC * ldk; x += BT)
         dQa[x] = dKa[x] = 0.0f;
     for (int x = tid; x < BC * ldc; x += BT)
@@ -448,7 +1240,15 @@ __global__ void __launch_bounds__(BT)
     __syncthreads();
     norm_rows(Qn, ldk, K, a.scale, a.l2norm);
     norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
-    for (int v0 = 0; v0 < V; v0 += BV) {
+    float sS = 0; /* this thread's part of dS1 . S0 (the chunk's last gamma) */
+    bool tc_done = false;
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        if (w.pack) {
+            grad_vloop_tc(a, w, dout + b * dob + tc * dot + hv * doh, dot, u, tok0, hv, Lc, eg, dd,
+                          btv, dQa, dKa, ldk, Wm, Zm, ldc, (__nv_bfloat16 *)vreg, sS);
+            tc_done = true;
+        }
+    for (int v0 = 0; v0 < V && !tc_done; v0 += BV) {
         const int nv = V - v0 < BV ? V - v0 : BV;
         __syncthreads();
         load_rows(dO, ldv, dout + b * dob + tc * dot + hv * doh + v0, dot, Lc, nv, BV);
@@ -471,12 +1271,55 @@ __global__ void __launch_bounds__(BT)
             dY[i * ldv + j] *= -eg[i] * btv[i];
         }
         __syncthreads();
+        if (a.gate)
+            for (int x = tid; x < K * nv; x += BT)
+                sS += S0t[(x / nv) * ldv + x % nv] * dS1t[(x / nv) * ldv + x % nv];
         gmm(dQa, ldk, dO, ldv, 1, S0t, 1, ldv, BC, K, BV, true);              /* E dO S0^T */
         gmm(dKa, ldk, Ut, ldv, 1, dS1t, 1, ldv, BC, K, BV, true);             /* diag(d) U dS1^T */
         if (a.delta) gmm(dKa, ldk, dY, ldv, 1, S0t, 1, ldv, BC, K, BV, true); /* - E dR S0^T */
     }
     __syncthreads();
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        if (tc_done) { /* the raw q, k rows (bf16) and their factors, for grad_tail_tc */
+            const int ldr = K + 8;
+            __nv_bfloat16 *Qr = (__nv_bfloat16 *)vreg, *Kr = Qr + BC * ldr;
+            float *rq = dbv + BC, *rk = rq + BC;
+            const __nv_bfloat16 *q = (const __nv_bfloat16 *)a.q + b * a.qb + tc * a.qt + h * a.qh,
+                                *k = (const __nv_bfloat16 *)a.k + b * a.kb + tc * a.kt + h * a.kh;
+            const int pr = K / 8; /* 16-byte pieces a row: BC K / 8 <= 4 BT of them */
+            uint4 vq[4], vk[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
+                const bool in = i < Lc && x < BC * pr;
+                vq[e] = in ? load16(q + i * a.qt + c, a.vec) : make_uint4(0, 0, 0, 0);
+                vk[e] = in ? load16(k + i * a.kt + c, a.vec) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
+                if (x < BC * pr) {
+                    *(uint4 *)(Qr + i * ldr + c) = vq[e];
+                    *(uint4 *)(Kr + i * ldr + c) = vk[e];
+                }
+            }
+            __syncthreads();
+            for (int i = warp; i < BC; i += BT / 32) {
+                float sq = 0, sk = 0;
+                for (int c = lane; c < K; c += 32) {
+                    const float xq = to_f(Qr[i * ldr + c]), xk = to_f(Kr[i * ldr + c]);
+                    sq += xq * xq, sk += xk * xk;
+                }
+                sq = warp_sum(sq), sk = warp_sum(sk);
+                if (lane == 0) {
+                    rq[i] = a.l2norm ? a.scale / sqrtf(sq + 1e-6f) : a.scale;
+                    rk[i] = a.l2norm ? 1.0f / sqrtf(sk + 1e-6f) : 1.0f;
+                }
+            }
+        }
     /* per token: the column-block sums of the sweep, and (gate) qs_i . (E dO S0^T)_i */
+    sS = warp_sum(sS);
+    if (lane == 0) dgam[BC + warp] = sS;
     if (tid < BC) {
         float pb = 0, pd = 0;
         for (int v = 0; tid < Lc && v < w.nvt; v++) {
@@ -527,20 +1370,32 @@ __global__ void __launch_bounds__(BT)
             GKm[i * ldc + j] = Zm[i * ldc + j] + Zm[j * ldc + i];
         }
     __syncthreads();
-    gmm(dQa, ldk, Wm, ldc, 1, Kn, ldk, 1, BC, K, BC, true);               /* + W K */
-    gmm(dKa, ldk, Wm, 1, ldc, Qn, ldk, 1, BC, K, BC, true);               /* + W^T Qs */
-    if (a.delta) gmm(dKa, ldk, GKm, ldc, 1, Kn, ldk, 1, BC, K, BC, true); /* + (Z + Z^T) K */
+    if (tc_done) {
+        if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+            const int ldr = K + 8;
+            __nv_bfloat16 *Qr = (__nv_bfloat16 *)vreg, *Kr = Qr + BC * ldr;
+            float *rq = dbv + BC, *rk = rq + BC;
+            grad_tail_tc(a.delta, K, Qr, Kr, ldr, rq, rk, Wm, GKm, ldc, dQa, dKa, ldk);
+        }
+    } else {
+        gmm(dQa, ldk, Wm, ldc, 1, Kn, ldk, 1, BC, K, BC, true);               /* + W K */
+        gmm(dKa, ldk, Wm, 1, ldc, Qn, ldk, 1, BC, K, BC, true);               /* + W^T Qs */
+        if (a.delta) gmm(dKa, ldk, GKm, ldc, 1, Kn, ldk, 1, BC, K, BC, true); /* + (Z + Z^T) K */
+    }
     if (tid == 0 && a.gate) {
         /* dg_l = sum of dgamma from l to the chunk's end, restarted where exp(g_l) is 0 in
          * float (a reset: the gate's gradient is exactly 0 there, as on the CPU) */
-        float dgl = 0;
+        float dgl = 0, ss = 0;
         for (int v = 0; v < w.nvt; v++)
             dgl += w.partL[v * w.NU + u];
+        for (int x = 0; x < BT / 32; x++)
+            ss += dgam[BC + x];
+        dgl += eg[Lc - 1] * ss;
         dgam[Lc - 1] += dgl;
         float acc = 0;
         for (int l = Lc - 1; l >= 0; l--) {
             acc += dgam[l];
-            if (a.g[b * a.gb + (tc + l) * a.gt + hv * a.gh] < -104.0f) acc = 0;
+            if (rst[l] != 0.0f) acc = 0;
             dg[b * dgb + (tc + l) * dgt + hv * dgh] = acc;
         }
     }
@@ -614,21 +1469,62 @@ size_t fwd_smem(int K, int BV) {
 }
 size_t dh_smem(int K, int BV) {
     carve c(nullptr);
-    c.take(2 * K * (BV + 1)), c.take(2 * BC * (K + 1)), c.take(2 * BC * (BC + 1));
+    c.take(K * (BV + 1)), c.take(2 * BC * (K + 1)), c.take(2 * BC * (BC + 1));
     c.take(7 * BC * (BV + 1)), c.take(3 * BC), c.take(2 * BT / 32);
     return sizeof(float) * c.off;
 }
 size_t grad_smem(int K, int BV) {
     carve c(nullptr);
-    c.take(2 * BC), c.take(4 * BC * (K + 1)), c.take(4 * BC * (BC + 1)), c.take(3 * BC * (BV + 1));
-    c.take(2 * K * (BV + 1)), c.take(5 * BC);
+    c.take(2 * BC), c.take(4 * BC * (K + 1)), c.take(4 * BC * (BC + 1));
+    c.take(grad_vloop_floats(K, BV)), c.take(3 * BC), c.take(BC + BT / 32), c.take(4 * BC);
     return sizeof(float) * c.off;
+}
+
+/* the tensor-core sweeps for a head dim up to KMAX, NW warps (16 value columns each) a block */
+template <int KMAX, int NW>
+cudaError_t launch_tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64_t NS,
+                             const bwd_ws &w, bool fwd, int dvec, cudaStream_t s) {
+    const int K = (int)a.K;
+    const dim3 grid((unsigned)(a.V / (16 * NW)), (unsigned)a.HV, (unsigned)NS);
+    if (fwd) {
+        const size_t sm = 2 * (size_t)tc_stage(K, 16 * NW, false).bytes;
+        cudaError_t e = cudaFuncSetAttribute(la_bwd_fwd_tc_kernel<KMAX, NW>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+        if (e != cudaSuccess) return e;
+        la_bwd_fwd_tc_kernel<KMAX, NW><<<grid, 32 * NW, sm, s>>>(a, w);
+        return cudaGetLastError();
+    }
+    const size_t sm =
+        2 * (size_t)tc_stage(K, 16 * NW, true).bytes + sizeof(float) * 2 * NW * BC * 3;
+    cudaError_t e = cudaFuncSetAttribute(la_bwd_dh_tc_kernel<KMAX, NW>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+    if (e != cudaSuccess) return e;
+    const dn_strides os = bp->dout_s, vs = bp->dv_s;
+    la_bwd_dh_tc_kernel<KMAX, NW><<<grid, 32 * NW, sm, s>>>(
+        a, w, (const __nv_bfloat16 *)bp->dout, os.b, os.t, os.h, (__nv_bfloat16 *)bp->dv, vs.b,
+        vs.t, vs.h, bp->dfinal_state, bp->dinitial_state, dvec);
+    return cudaGetLastError();
+}
+template <int KMAX>
+cudaError_t tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, const bwd_ws &w,
+                      bool fwd, int dvec, cudaStream_t s) {
+    const int nw = w.bv / 16;
+    return nw == 4   ? launch_tc_sweeps<KMAX, 4>(a, bp, NS, w, fwd, dvec, s)
+           : nw == 2 ? launch_tc_sweeps<KMAX, 2>(a, bp, NS, w, fwd, dvec, s)
+                     : launch_tc_sweeps<KMAX, 1>(a, bp, NS, w, fwd, dvec, s);
+}
+cudaError_t run_tc_sweep(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, const bwd_ws &w,
+                         bool fwd, int dvec, cudaStream_t s) {
+    return a.K <= 64    ? tc_sweeps<64>(a, bp, NS, w, fwd, dvec, s)
+           : a.K <= 128 ? tc_sweeps<128>(a, bp, NS, w, fwd, dvec, s)
+                        : tc_sweeps<256>(a, bp, NS, w, fwd, dvec, s);
 }
 
 template <typename T>
 cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bwd_ws w, int64_t nch,
-                    cudaStream_t s) {
+                    int dvec, cudaStream_t s) {
     const int K = (int)a.K;
+    const bool tc = w.pack != nullptr;
     const size_t sm0 = mats_smem(K), sm1 = fwd_smem(K, w.bv), sm2 = dh_smem(K, w.bv),
                  sm3 = grad_smem(K, w.bv3);
     cudaError_t e = cudaSuccess;
@@ -636,8 +1532,8 @@ cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bw
     if (e == cudaSuccess)                                                                          \
     e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(bytes))
     DN_SMEM(la_bwd_mats_kernel<T>, sm0);
-    DN_SMEM(la_bwd_fwd_kernel<T>, sm1);
-    DN_SMEM(la_bwd_dh_kernel<T>, sm2);
+    if (!tc) DN_SMEM(la_bwd_fwd_kernel<T>, sm1);
+    if (!tc) DN_SMEM(la_bwd_dh_kernel<T>, sm2);
     DN_SMEM(la_bwd_grad_kernel<T>, sm3);
 #undef DN_SMEM
     if (e != cudaSuccess) return e;
@@ -646,10 +1542,15 @@ cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bw
     const dim3 units((unsigned)nch, (unsigned)a.HV),
         seqs((unsigned)w.nvt, (unsigned)a.HV, (unsigned)NS);
     if (nch > 0) la_bwd_mats_kernel<T><<<units, BT, sm0, s>>>(a, w);
-    if (nch > 0) la_bwd_fwd_kernel<T><<<seqs, BT, sm1, s>>>(a, w);
-    la_bwd_dh_kernel<T><<<seqs, BT, sm2, s>>>(a, w, (const T *)bp->dout, os.b, os.t, os.h,
-                                              (T *)bp->dv, vs.b, vs.t, vs.h, bp->dfinal_state,
-                                              bp->dinitial_state);
+    if (tc) {
+        if (nch > 0 && (e = run_tc_sweep(a, bp, NS, w, true, dvec, s)) != cudaSuccess) return e;
+        if ((e = run_tc_sweep(a, bp, NS, w, false, dvec, s)) != cudaSuccess) return e;
+    } else {
+        if (nch > 0) la_bwd_fwd_kernel<T><<<seqs, BT, sm1, s>>>(a, w);
+        la_bwd_dh_kernel<T><<<seqs, BT, sm2, s>>>(a, w, (const T *)bp->dout, os.b, os.t, os.h,
+                                                  (T *)bp->dv, vs.b, vs.t, vs.h, bp->dfinal_state,
+                                                  bp->dinitial_state);
+    }
     if (nch > 0)
         la_bwd_grad_kernel<T><<<units, BT, sm3, s>>>(a, w, (const T *)bp->dout, os.b, os.t, os.h,
                                                      bp->dg, gs.b, gs.t, gs.h, bp->dbeta, bs.b,
@@ -705,7 +1606,17 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
      * latency-bound: more blocks, more warps to hide it); the grad kernel walks V in blocks of
      * 16 columns (two blocks an SM fit in shared memory at K = 128) */
     const int64_t heads = NS * p->HV;
-    w.bv = heads * ((p->V + 31) / 32) >= sms ? 32 : heads * ((p->V + 15) / 16) >= sms ? 16 : 8;
+    /* bf16: the tensor-core sweeps, 16 value columns a warp, 4 warps a block, or 2 or 1 while
+     * fewer blocks than SMs would run */
+    const bool tc = p->dtype == DN_BF16;
+    if (tc) {
+        int nw = 4;
+        while (nw > 1 && (p->V % (16 * nw) || heads * (p->V / (16 * nw)) < sms))
+            nw /= 2;
+        w.bv = 16 * nw;
+    } else {
+        w.bv = heads * ((p->V + 31) / 32) >= sms ? 32 : heads * ((p->V + 15) / 16) >= sms ? 16 : 8;
+    }
     w.bv3 = 16;
     w.nvt = (int)((p->V + w.bv - 1) / w.bv);
     w.NU = nch * p->HV;
@@ -724,6 +1635,7 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
         align256(4 * (size_t)(w.nvt * NU)),                 /* partL */
         align256(4 * (size_t)(NTOK * HV * K)),              /* dQs */
         align256(4 * (size_t)(NTOK * HV * K)),              /* dKs */
+        tc ? align256(2 * (size_t)(NU * pk_size(K))) : 0,   /* pack */
         p->cu_seqlens ? align256(8 * (size_t)(NS + 1)) : 0, /* cb */
         p->cu_seqlens ? align256(4 * (size_t)nch) : 0,      /* cmap */
     };
@@ -736,28 +1648,32 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
         char *at = ws;
         void **slots[] = {(void **)&w.mats,  (void **)&w.gam, (void **)&w.ck,  (void **)&w.dsk,
                           (void **)&w.Ub,    (void **)&w.Rb,  (void **)&w.dYb, (void **)&w.part,
-                          (void **)&w.partL, (void **)&w.dQs, (void **)&w.dKs};
+                          (void **)&w.partL, (void **)&w.dQs, (void **)&w.dKs, (void **)&w.pack};
         for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
             *slots[i] = sizes[i] ? at : NULL;
             at += sizes[i];
         }
         if (p->cu_seqlens) {
-            char *hb = (char *)malloc(sizes[11] + sizes[12]);
+            char *hb = (char *)malloc(sizes[12] + sizes[13]);
             if (!hb) e = cudaErrorMemoryAllocation;
             if (hb) {
-                fill_chunk_map(p, NS, BC, (int64_t *)hb, (int *)(hb + sizes[11]));
+                fill_chunk_map(p, NS, BC, (int64_t *)hb, (int *)(hb + sizes[12]));
                 /* pageable source: the call returns once it is staged, so hb may go */
-                e = cudaMemcpyAsync(at, hb, sizes[11] + sizes[12], cudaMemcpyHostToDevice, s);
+                e = cudaMemcpyAsync(at, hb, sizes[12] + sizes[13], cudaMemcpyHostToDevice, s);
                 free(hb);
-                w.cb = (const int64_t *)at, w.cmap = (const int *)(at + sizes[11]);
+                w.cb = (const int64_t *)at, w.cmap = (const int *)(at + sizes[12]);
             }
         }
     }
     if (e == cudaSuccess) {
         const la_args a = make_args(p, cu);
-        e = p->dtype == DN_BF16  ? run_bwd<__nv_bfloat16>(a, bp, NS, w, nch, s)
-            : p->dtype == DN_F16 ? run_bwd<__half>(a, bp, NS, w, nch, s)
-                                 : run_bwd<float>(a, bp, NS, w, nch, s);
+        /* dout in whole 16-byte pieces: the tensor-core sweep stages it by cp.async */
+        const dn_strides os = bp->dout_s;
+        const int dvec =
+            (uintptr_t)bp->dout % 16 == 0 && os.b % 8 == 0 && os.t % 8 == 0 && os.h % 8 == 0;
+        e = p->dtype == DN_BF16  ? run_bwd<__nv_bfloat16>(a, bp, NS, w, nch, dvec, s)
+            : p->dtype == DN_F16 ? run_bwd<__half>(a, bp, NS, w, nch, dvec, s)
+                                 : run_bwd<float>(a, bp, NS, w, nch, dvec, s);
     }
     if (ws) (void)cudaFreeAsync(ws, s);
     st = dn_cuda_error(e, name);

@@ -117,7 +117,6 @@ __device__ __forceinline__ float warp_sum(float x) {
     return x;
 }
 
-
 inline la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
     la_args a;
     a.q = p->q, a.k = p->k, a.v = p->v, a.g = p->g, a.beta = p->beta, a.o = p->o;
@@ -146,7 +145,9 @@ inline la_args make_args(const dn_la_params *p, const int64_t *cu_dev) {
     return a;
 }
 
-inline unsigned conv_blocks(int64_t n) { return (unsigned)(n / 256 + 1 < 4096 ? n / 256 + 1 : 4096); }
+inline unsigned conv_blocks(int64_t n) {
+    return (unsigned)(n / 256 + 1 < 4096 ? n / 256 + 1 : 4096);
+}
 inline size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 
 /* Restores the caller's current device when the call leaves. */
