@@ -356,10 +356,12 @@ DN_API dn_status dn_la_step(dn_op op, float *o, float *state, const float *q, co
  * fwd.dtype: dout, dq, dk and dv are in it, like q, k, v (the CPU converts 16-bit tensors to fp32
  * copies inside the call); g, beta, their gradients and the states' are fp32 (fwd.state_dtype
  * DN_F32). With fwd.device a GPU, every tensor is a device pointer and K and V are multiples of
- * 16, K <= 256: chunks of 32 tokens, fp32 arithmetic on the CUDA cores whatever the dtype,
+ * 16, K <= 256: chunks of 32 tokens; fp32 and fp16 inputs in fp32 arithmetic on the CUDA cores
+ * (1e-4 of the double reference), bf16 inputs on the tensor cores (bf16 operands, the computed
+ * ones as hi + lo pairs, fp32 accumulation: about 2.5e-3, flash-linear-attention's level);
  * stream-ordered scratch of about (2 K V / 32 + 3 V + 2 K) floats per token and value head (the
- * states entering and leaving every chunk, U, R, dY, the key-side gradients per value head);
- * workspace and saved are not taken (saved: DN_ERR_UNSUPPORTED).
+ * states entering and leaving every chunk, U, R, dY, the key-side gradients per value head), for
+ * bf16 plus (3 K + 96) bf16; workspace and saved are not taken (saved: DN_ERR_UNSUPPORTED).
  */
 typedef struct dn_la_bwd_params {
     dn_la_params fwd;
