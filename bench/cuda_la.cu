@@ -15,8 +15,11 @@
  *   decode bytes   = 2 B HV K V x 4 (the fp32 state read and written; x 2 for a bf16 state) + the
  *                    step's q, k, v, o, g, beta; decode FLOPs = B HV (8 K V) (S^T k, S^T q, decay
  *                    and rank-1 update).
-   training FLOPs = 3 x the forward's count (forward, and a backward of twice its products):
+ *   training FLOPs = 3 x the forward's count (forward, and a backward of twice its products):
  *                    a yardstick again; times are what compare.
+ * Decode lines give us (one call a graph replay: the replay's own start, about 2.5 us on an
+ * H200, included) and us_step (a graph of 32 calls in a row, per call: the GPU time of one step
+ * when steps follow each other, as in a model's layers); tbs and gflops are from us_step.
  * Output: one line per case, "name key=value ...", machine-readable. Arguments: "fwd" or "decode"
  * alone; "fwd I" / "decode I" the I-th case alone (for a profiler); "dims": head dims 64, 128 and
  * 256 (K = V), the forward at 4 x 4096 and decode at B = 64; "train" (or "train I"): forward +
@@ -101,14 +104,15 @@ template <typename F> static double median_ms(F launch, cudaStream_t s, int reps
     return t[t.size() / 2];
 }
 
-/* Median time in ms of one call, captured in a graph and replayed. */
-static double time_graph(const dn_la_params *p, cudaStream_t s, int reps) {
+/* Median time in ms of `calls` calls in a row, captured in one graph and replayed. */
+static double time_graph(const dn_la_params *p, cudaStream_t s, int reps, int calls = 1) {
     DK(dn_la_forward(p)); /* warm-up outside the capture (module load, attributes) */
     CK(cudaStreamSynchronize(s));
     cudaGraph_t g;
     cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    DK(dn_la_forward(p));
+    for (int i = 0; i < calls; i++)
+        DK(dn_la_forward(p));
     CK(cudaStreamEndCapture(s, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
     for (int i = 0; i < 5; i++)
@@ -230,13 +234,14 @@ static void run_decode(int64_t B, int64_t K, int64_t V, int sbf16, int raw, cuda
     p.device = 0;
     p.stream = s;
     p.impl = DN_IMPL_RECURRENT;
-    const double ms = time_graph(&p, s, 200);
+    const double ms = time_graph(&p, s, 200), ms_step = time_graph(&p, s, 50, 32) / 32;
     const double bytes =
         2.0 * n * K * V * (sbf16 ? 2 : 4) + (double)n * (2 * K + 2 * V) * 2 + n * 8.0;
-    printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=%s%s us=%.2f tbs=%.2f "
-           "gflops=%.1f\n",
+    printf("decode impl=deltanet B=%lld H=%lld K=%lld V=%lld state=%s%s us=%.2f us_step=%.2f "
+           "tbs=%.2f gflops=%.1f\n",
            (long long)B, (long long)H, (long long)K, (long long)V, sbf16 ? "bf16" : "fp32",
-           raw ? " gates=raw" : "", ms * 1e3, bytes / ms * 1e-9, 8.0 * n * K * V / ms * 1e-6);
+           raw ? " gates=raw" : "", ms * 1e3, ms_step * 1e3, bytes / ms_step * 1e-9,
+           8.0 * n * K * V / ms_step * 1e-6);
     fflush(stdout);
     cudaFree(q), cudaFree(k), cudaFree(v), cudaFree(o), cudaFree(g), cudaFree(beta),
         cudaFree(state), cudaFree(ga), cudaFree(gbr), cudaFree(A_log), cudaFree(dt_bias);

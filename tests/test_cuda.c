@@ -326,7 +326,7 @@ static int option_cases(la_case *cases, int small) {
 /* The grid: every op and form over odd lengths, T < chunk, varlen, grouped heads, every head dim,
  * strided views, the gate and beta extremes. */
 static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *impls, int nimpl) {
-    la_case cases[160];
+    la_case cases[256];
     const int small = small_grid();
     int nc = option_cases(cases, small);
     /* the GPU's split chunkwise path (its state pass takes V / 16 warps a block, up to 8: every
@@ -371,6 +371,16 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
                                         0,
                                         sb};
         }
+    /* the bulk-copy decode (sm_90+; it takes batches of at least one (sequence, value head) an
+     * SM): fp32 and bf16 states, strided inputs, a few tokens, no initial state, V not a multiple
+     * of a warp's columns, varlen with empty sequences and g = -inf, K = 256; and a bf16 state of
+     * 128 KB, too large for it (the register form) */
+    cases[nc++] = (la_case){DN_OP_GDN, 40, 1, 2, 8, 128, 128, 0, 1, 0, 0, 1, 1, 1, 0};
+    cases[nc++] = (la_case){DN_OP_GDN, 40, 1, 2, 8, 128, 128, 0, 0, 1, 2, 1, 1, 1, 1};
+    cases[nc++] = (la_case){DN_OP_DELTANET, 24, 3, 4, 16, 64, 96, 0, 0, 0, 0, 1, 0, 0, 0};
+    cases[nc++] = (la_case){DN_OP_GDN, 1, 9, 4, 64, 128, 128, 1, 0, 3, 1, 1, 1, 0, 0};
+    cases[nc++] = (la_case){DN_OP_GLA, 20, 1, 2, 8, 256, 64, 0, 0, 1, 0, 1, 1, 1, 0};
+    cases[nc++] = (la_case){DN_OP_GDN, 20, 1, 2, 8, 256, 256, 0, 0, 0, 0, 1, 1, 1, 1};
     /* the raw gates (g and beta computed inside the call), decode and chunkwise */
     cases[nc++] = (la_case){DN_OP_GDN, 3, 1, 2, 4, 128, 128, 0, 0, 4, 0, 1, 1, 1, 0};
     cases[nc++] = (la_case){DN_OP_GDN, 1, 90, 1, 2, 64, 64, 1, 0, 4, 0, 1, 1, 0, 1};
