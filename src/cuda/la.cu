@@ -342,10 +342,10 @@ __global__ void __launch_bounds__(DEC_THREADS, 512 / DEC_THREADS) la_decode_kern
  * into shared memory, double-buffered by parity). A lane reads its elements twice, for the
  * products and for the update, and only ever its own, so tokens need no barrier for the state;
  * the last token's update goes from registers to the final state in global memory.
- * Measured on an H200 (K = V = 128, H = 16, B = 64 and 128; bench/cuda_la.cu decode): 8-10%
- * faster than the register form in fp32, 20-30% in bf16. Persistent variants (one block an SM
+ * Measured on an H200 (K = V = 128, H = 16, B = 64 and 128; bench/cuda_la.cu decode): 5-9%
+ * faster than the register form in fp32, 24-37% in bf16. Persistent variants (one block an SM
  * walking many heads through a 3-6 stage ring of tiles, loads and stores by a producer warp,
- * the next head's inputs prefetched) were 25-35% slower: four to eight warps an SM left the
+ * the next head's inputs prefetched) were 35-40% slower: four to eight warps an SM left the
  * per-head arithmetic on the critical path. So were tiles of half a head (row-piece copies).
  * ------------------------------------------------------------------------------------------- */
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
