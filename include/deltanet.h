@@ -807,7 +807,11 @@ DN_API dn_status dn_matmul_set_backend(const char *name);
  *   'A'  softmax attention, shaped as Qwen3.5's gated attention: q, k, v projections, per-head
  *        q/k RMSNorm (attn_qk_norm), RoPE on the first rotary_dim dimensions of each head
  *        (rotate-half pairing), grouped-query heads, output gate sigmoid(gate) from the q
- *        projection (attn_output_gate), output projection.
+ *        projection (attn_output_gate), output projection. attn_conv_kernel_dim = W > 0 (not
+ *        in Qwen3.5: an experiment's option, 0 by default) adds a causal depthwise convolution
+ *        of width W, without bias or activation, over the q, k and v projections before the
+ *        norms, as the linear family has (so a head sees the W - 1 previous tokens' keys and
+ *        values at its position); its decode state is the last W - 1 inputs.
  * Norm weights of the blocks, the final norm and the q/k norms are zero-centred (the scale is
  * 1 + w, Qwen3.5's convention), so they start at 0; the gated output norm's weight is plain.
  * Names of the fields follow Hugging Face's config.json keys where one exists.
@@ -822,6 +826,7 @@ typedef struct dn_model_config {
     int64_t num_attention_heads, num_key_value_heads, head_dim;
     double rope_theta, partial_rotary_factor; /* rotary_dim = head_dim * factor (even) */
     int attn_qk_norm, attn_output_gate;
+    int64_t attn_conv_kernel_dim; /* 0: none; else 2, 3 or 4 (see 'A' above) */
     /* Gated DeltaNet ('G') */
     int64_t linear_num_key_heads, linear_num_value_heads, linear_key_head_dim,
         linear_value_head_dim, linear_conv_kernel_dim;

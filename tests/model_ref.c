@@ -152,6 +152,28 @@ static void attn_mixer(const ref_model *r, long long li, double *out, const doub
     for (int64_t n = 0; n < N; n++) /* per head [q | gate] when gated */
         for (int64_t h = 0; h < H; h++)
             memcpy(q + (n * H + h) * D, qp + n * Pq + h * D * (gate ? 2 : 1), sizeof(double) * D);
+    if (c->attn_conv_kernel_dim) { /* causal depthwise conv over q, k, v channels, no bias */
+        const int64_t Wd = c->attn_conv_kernel_dim;
+        const double *cw = W(r, "model.layers.%lld.self_attn.conv1d.weight", li);
+        const int64_t widths[3] = {H * D, HKV * D, HKV * D};
+        double *xs[3] = {q, k, v};
+        for (int part = 0, ch0 = 0; part < 3; ch0 += (int)widths[part], part++) {
+            const int64_t Cp = widths[part];
+            double *x = xs[part], *y = dalloc(N * Cp);
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t ch = 0; ch < Cp; ch++) {
+                        double acc = 0;
+                        for (int64_t j = 0; j < Wd; j++) {
+                            const int64_t ts = t - Wd + 1 + j;
+                            if (ts >= 0) acc += cw[(ch0 + ch) * Wd + j] * x[(b * T + ts) * Cp + ch];
+                        }
+                        y[(b * T + t) * Cp + ch] = acc;
+                    }
+            memcpy(x, y, sizeof(double) * (size_t)(N * Cp));
+            free(y);
+        }
+    }
     if (c->attn_qk_norm) {
         rmsnorm(q, q, W(r, "model.layers.%lld.self_attn.q_norm.weight", li), 1.0, N * H, D,
                 c->rms_norm_eps);

@@ -34,6 +34,13 @@ static dn_model_config tiny(int which) {
     case 8: /* Mamba-1 (state 4, dt rank 3), and beside attention */
         strcpy(c.layer_pattern, "SA"), c.mamba_state_size = 4, c.mamba_dt_rank = 3;
         break;
+    case 9: /* attention with the short convolution over q, k, v (gated, q/k norms) */
+        strcpy(c.layer_pattern, "A"), c.attn_conv_kernel_dim = 3;
+        break;
+    case 10: /* the same without norms or gate, width 4, one key/value head, beside G */
+        strcpy(c.layer_pattern, "GA"), c.attn_conv_kernel_dim = 4, c.num_key_value_heads = 1;
+        c.attn_output_gate = 0, c.attn_qk_norm = 0;
+        break;
     default: /* 3: one key head shared by every value head, conv width 2, no rotary dims */
         strcpy(c.layer_pattern, "AG"), c.linear_num_key_heads = 1, c.linear_conv_kernel_dim = 2;
         c.partial_rotary_factor = 0.0, c.num_key_value_heads = 1;
@@ -41,7 +48,7 @@ static dn_model_config tiny(int which) {
     }
     return c;
 }
-#define N_TINY 9
+#define N_TINY 11
 
 /* A model whose zero-initialised norms and fixed gate parameters are moved off their initial
  * values, so that their gradients are tested at a generic point. */
@@ -233,6 +240,9 @@ static int test_model_config_errors(void) {
     EXPECT_REJECT("heads not grouped", c.num_attention_heads = 3);
     EXPECT_REJECT("value heads not grouped", c.linear_num_value_heads = 3);
     EXPECT_REJECT("conv width 5", c.linear_conv_kernel_dim = 5);
+    EXPECT_REJECT("attention conv width 1", c.attn_conv_kernel_dim = 1);
+    EXPECT_REJECT("attention conv width 5", c.attn_conv_kernel_dim = 5);
+    EXPECT_REJECT("attention conv width -2", c.attn_conv_kernel_dim = -2);
     EXPECT_REJECT("eps NaN", c.rms_norm_eps = NAN);
     EXPECT_REJECT("rotary factor 2", c.partial_rotary_factor = 2);
     EXPECT_REJECT("head_dim 512", c.head_dim = 512);
@@ -453,8 +463,8 @@ static int test_model_generation(void) {
         size_t fixed = 0, kv = 0;
         dn_model_state_bytes(st, &fixed, &kv);
         const int n_attn = (int)(strchr(c.layer_pattern, 'A') != NULL);
-        if ((kv > 0) != n_attn || (fixed > 0) != (strpbrk(c.layer_pattern, "GDLMRS") != NULL))
-            fails++;
+        const int n_fixed = strpbrk(c.layer_pattern, "GDLMRS") != NULL || c.attn_conv_kernel_dim;
+        if ((kv > 0) != n_attn || (fixed > 0) != n_fixed) fails++;
         /* past max_len, a bad token: rejected, the state unchanged (the next step still right) */
         if (dn_model_step(m, st, step, tok, 64 - T + 1, 0) != DN_ERR_SHAPE) fails++;
         dn_model_state_reset(st);

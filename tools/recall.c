@@ -48,6 +48,7 @@ typedef struct {
     int n_widths;
     int64_t steps, batch_tokens, eval_seqs, vocab, threads;
     double lr, decay_lo, decay_hi; /* peak learning rate; the gated heads' initial decay range */
+    int64_t attn_conv;             /* attention models' q/k/v convolution width (0: none) */
     uint64_t seed;
     int64_t ckpt_every, stop_after;
     const char *out_dir;
@@ -92,6 +93,9 @@ static void usage(void) {
            "  --lr X            peak learning rate (default 3e-3)\n"
            "  --decay-init LO,HI  initial decay per token of the gated heads (G, M) in [LO, HI]\n"
            "                    (default 0.99,0.999)\n"
+           "  --attn-conv W     attention models (A) with a causal depthwise convolution of\n"
+           "                    width W (2-4) over q, k and v, as the recurrent mixers have\n"
+           "                    (default 0: none, Qwen3.5's attention)\n"
            "  --eval-seqs N     held-out sequences per slice (default 256)\n"
            "  --vocab V         (default 8192)\n"
            "  --full            the long run: 4000 steps of 16384 tokens\n"
@@ -159,7 +163,13 @@ static int parse(recall_opts *o, int argc, char **argv) {
             r = opt_i64("recall", a, v, 1, (int64_t)1 << 40, &o->steps);
         else if (!strcmp(a, "--batch-tokens"))
             r = opt_i64("recall", a, v, 512, (int64_t)1 << 24, &o->batch_tokens);
-        else if (!strcmp(a, "--eval-seqs"))
+        else if (!strcmp(a, "--attn-conv")) {
+            r = opt_i64("recall", a, v, 0, 4, &o->attn_conv);
+            if (!r && o->attn_conv == 1) {
+                fprintf(stderr, "recall: --attn-conv is 0 (none) or a width of 2 to 4\n");
+                r = -1;
+            }
+        } else if (!strcmp(a, "--eval-seqs"))
             r = opt_i64("recall", a, v, 8, 1 << 20, &o->eval_seqs);
         else if (!strcmp(a, "--vocab"))
             r = opt_i64("recall", a, v, 512, 1 << 20, &o->vocab);
@@ -182,7 +192,7 @@ static int parse(recall_opts *o, int argc, char **argv) {
  * heads start with a decay per token in [decay_lo, decay_hi] (dn_model_init_decay; default
  * [0.99, 0.999]): with the default Mamba-2 init a head may start at 0.2 and forget a key before
  * its query arrives. */
-static dn_model_config run_config(char mixer, int64_t width, int64_t vocab) {
+static dn_model_config run_config(char mixer, int64_t width, int64_t vocab, int64_t attn_conv) {
     dn_model_config c = dn_model_config_default();
     c.vocab_size = vocab, c.hidden_size = width, c.num_hidden_layers = 2;
     c.intermediate_size = 2 * width;
@@ -192,6 +202,7 @@ static dn_model_config run_config(char mixer, int64_t width, int64_t vocab) {
     c.linear_num_key_heads = c.linear_num_value_heads = heads;
     c.linear_key_head_dim = c.linear_value_head_dim = 64;
     c.tie_word_embeddings = 1;
+    c.attn_conv_kernel_dim = attn_conv;
     return c;
 }
 
@@ -204,7 +215,9 @@ static void settings(const recall_opts *o, char *buf, size_t cap) {
                      (unsigned long long)o->seed, (long long)o->eval_seqs);
     /* a decay range other than the default only (runs from before the option still resume) */
     if ((o->decay_lo != 0.99 || o->decay_hi != 0.999) && w > 0 && (size_t)w < cap)
-        snprintf(buf + w, cap - (size_t)w, " decay=%.17g,%.17g", o->decay_lo, o->decay_hi);
+        w += snprintf(buf + w, cap - (size_t)w, " decay=%.17g,%.17g", o->decay_lo, o->decay_hi);
+    if (o->attn_conv && w > 0 && (size_t)w < cap)
+        snprintf(buf + w, cap - (size_t)w, " attn_conv=%lld", (long long)o->attn_conv);
 }
 
 static void ckpt_path(const recall_opts *o, char mixer, int64_t width, char *buf, size_t cap) {
@@ -263,7 +276,7 @@ static int64_t steps_this_run; /* for --stop-after */
 static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run *r) {
     memset(r, 0, sizeof *r);
     r->mixer = mixer, r->width = width;
-    dn_model_config c = run_config(mixer, width, o->vocab);
+    dn_model_config c = run_config(mixer, width, o->vocab, o->attn_conv);
     dn_model *m = NULL;
     dn_adamw *opt = NULL;
     dn_adamw_config oc = dn_adamw_config_default();
@@ -474,9 +487,9 @@ static void write_outputs(const recall_opts *o, const recall_run *runs, int n) {
     if ((f = fopen(path, "w"))) {
         fprintf(f,
                 "{\"vocab\": %lld, \"steps\": %lld, \"batch_tokens\": %lld, \"lr\": %g, "
-                "\"decay_init\": [%g, %g], \"runs\": [\n",
+                "\"decay_init\": [%g, %g], \"attn_conv\": %lld, \"runs\": [\n",
                 (long long)o->vocab, (long long)o->steps, (long long)o->batch_tokens, o->lr,
-                o->decay_lo, o->decay_hi);
+                o->decay_lo, o->decay_hi, (long long)o->attn_conv);
         for (int i = 0; i < n; i++) {
             const recall_run *r = &runs[i];
             fprintf(f,

@@ -65,6 +65,8 @@ static void usage(void) {
         "  --layers N --width D --mlp I      (default 4, 128, 352)\n"
         "  --heads H --head-dim K            heads of both mixers (default 2, 64)\n"
         "  --kv-heads N                      attention key/value heads (default = heads)\n"
+        "  --attn-conv W                     attention with a causal depthwise convolution of\n"
+        "                                    width W (2-4) over q, k, v (default 0: none)\n"
         "  --value-heads N                   Gated DeltaNet value heads (default = heads)\n"
         "  --batch B --seq T --accum N       sequences per micro-batch, length, micro-batches\n"
         "                                    per step (default 16, 128, 1)\n"
@@ -168,6 +170,7 @@ int train_parse(train_options *o, int argc, char **argv) {
         I64("--heads", 1, 1024, heads)
         I64("--head-dim", 2, 256, head_dim)
         I64("--kv-heads", 1, 1024, kv)
+        I64("--attn-conv", 0, 4, o->model.attn_conv_kernel_dim)
         I64("--value-heads", 1, 1024, vh)
         I64("--batch", 1, 1 << 20, o->B)
         I64("--seq", 1, 1 << 24, o->T)

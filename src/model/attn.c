@@ -3,6 +3,8 @@
  * forward and backward, on the public ops (dn_matmul, dn_attn_*).
  *
  *   [q (per head: q_h | gate_h when gated) | k | v] = a_in W_proj^T   one product for q, k, v
+ *   q, k, v = causal depthwise conv(q, k, v)       when attn_conv_kernel_dim = W > 0: width W,
+ *          no bias, no activation, channels q (head-major), k, v   dn_conv_forward
  *   q, k = RoPE(RMSNorm_head(q), RMSNorm_head(k))   zero-centred weights (1 + w), when qk_norm;
  *          RoPE on the first rd dims of each head, pairs (i, i + rd/2), positions 0..T-1
  *   o = causal softmax attention (q, k, v), H query heads over HKV key/value heads, 1/sqrt(D)
@@ -19,6 +21,25 @@ void dn_attn_layer_dims_init(dn_attn_layer_dims *d, const dn_model_config *c) {
     d->gate = c->attn_output_gate != 0, d->qk_norm = c->attn_qk_norm != 0;
     d->Pq = d->H * d->D * (d->gate ? 2 : 1);
     d->P = d->Pq + 2 * d->HKV * d->D;
+    d->W = c->attn_conv_kernel_dim, d->C = (d->H + 2 * d->HKV) * d->D;
+}
+
+/* The convolution of part i (0: q, 1: k, 2: v) of the channels: its input, output, weights and
+ * decode state (state: the layer's [B,C,W-1] cache split the same way, or NULL). */
+static dn_conv_params conv_part(const dn_model *m, const dn_layer *l, const dn_attn_layer_acts *s,
+                                int i, int64_t B, int64_t T, float *state) {
+    const dn_attn_layer_dims *ad = &m->ad;
+    const int64_t HD = ad->H * ad->D, KD = ad->HKV * ad->D;
+    const int64_t c0 = i == 0 ? 0 : i == 1 ? HD : HD + KD, D = i == 0 ? HD : KD;
+    dn_conv_params p = dn_conv_params_default(B, T, D, ad->W);
+    if (i == 2) /* v straight from the projection */
+        p.x = s->proj + ad->Pq + KD, p.x_s = (dn_strides){T * ad->P, ad->P, 0};
+    else
+        p.x = i == 0 ? s->qraw : s->kraw, p.x_s = (dn_strides){T * D, D, 0};
+    p.y = i == 0 ? s->qc : i == 1 ? s->kc : s->vc, p.y_s = (dn_strides){T * D, D, 0};
+    p.weight = m->params + l->attn.conv + c0 * ad->W;
+    if (state) p.initial_state = p.final_state = state + B * c0 * (ad->W - 1);
+    return p;
 }
 
 static dn_attn_params op_params(const dn_model *m, const dn_attn_layer_acts *s, int64_t B,
@@ -26,7 +47,10 @@ static dn_attn_params op_params(const dn_model *m, const dn_attn_layer_acts *s, 
     const dn_attn_layer_dims *ad = &m->ad;
     dn_attn_params p = dn_attn_params_default(B, T, ad->H, ad->HKV, ad->D);
     p.q = s->qn, p.k = s->kn;
-    p.v = s->proj + ad->Pq + ad->HKV * ad->D, p.v_s = (dn_strides){T * ad->P, ad->P, ad->D};
+    if (ad->W)
+        p.v = s->vc, p.v_s = (dn_strides){T * ad->HKV * ad->D, ad->HKV * ad->D, ad->D};
+    else
+        p.v = s->proj + ad->Pq + ad->HKV * ad->D, p.v_s = (dn_strides){T * ad->P, ad->P, ad->D};
     p.o = s->o, p.lse = s->lse;
     return p;
 }
@@ -52,14 +76,18 @@ dn_status dn_attn_layer_forward(const dn_model *m, const dn_layer *l, const dn_a
             memcpy(s->qraw + (n * H + h) * D, row + q_col(ad, h), (size_t)D * sizeof(float));
         memcpy(s->kraw + n * HKV * D, row + ad->Pq, (size_t)(HKV * D) * sizeof(float));
     }
+    for (int i = 0; i < 3 && ad->W; i++) {
+        const dn_conv_params cp = conv_part(m, l, s, i, B, T, cache ? cache->conv : NULL);
+        if ((st = dn_conv_forward(&cp)) != DN_OK) return st;
+    }
     if (ad->qk_norm) {
-        dn_rmsnorm_fwd(s->qn, s->rq, s->qraw, W + l->attn.q_norm, 1.0f, N * H, D,
+        dn_rmsnorm_fwd(s->qn, s->rq, s->qc, W + l->attn.q_norm, 1.0f, N * H, D,
                        m->cfg.rms_norm_eps);
-        dn_rmsnorm_fwd(s->kn, s->rk, s->kraw, W + l->attn.k_norm, 1.0f, N * HKV, D,
+        dn_rmsnorm_fwd(s->kn, s->rk, s->kc, W + l->attn.k_norm, 1.0f, N * HKV, D,
                        m->cfg.rms_norm_eps);
     } else {
-        memcpy(s->qn, s->qraw, (size_t)(N * H * D) * sizeof(float));
-        memcpy(s->kn, s->kraw, (size_t)(N * HKV * D) * sizeof(float));
+        memcpy(s->qn, s->qc, (size_t)(N * H * D) * sizeof(float));
+        memcpy(s->kn, s->kc, (size_t)(N * HKV * D) * sizeof(float));
     }
     dn_rope_apply(s->qn, H * D, rope, N, H, D, 0);
     dn_rope_apply(s->kn, HKV * D, rope, N, HKV, D, 0);
@@ -118,7 +146,10 @@ dn_status dn_attn_layer_backward(dn_model *m, const dn_layer *l, const dn_attn_l
     dn_attn_bwd_params bp = dn_attn_bwd_params_default(&p);
     bp.dout = dog;
     bp.dq = dq, bp.dk = dk;
-    bp.dv = dproj + ad->Pq + HKV * D, bp.dv_s = p.v_s;
+    if (ad->W) /* dv of the convolution's output, then through it below */
+        bp.dv = m->don, bp.dv_s = p.v_s;
+    else
+        bp.dv = dproj + ad->Pq + HKV * D, bp.dv_s = p.v_s;
     if ((st = dn_attn_backward(&bp)) != DN_OK) return st;
 
     /* RoPE is a rotation: its backward rotates back; then the norms (or the copies) */
@@ -127,11 +158,26 @@ dn_status dn_attn_layer_backward(dn_model *m, const dn_layer *l, const dn_attn_l
     float *dqr = dq, *dkr = dk;
     if (ad->qk_norm) {
         dqr = m->dx, dkr = m->dx + N * H * D; /* dx is free until the block's end */
-        if ((st = dn_rmsnorm_bwd(dqr, G + l->attn.q_norm, dq, s->qraw, s->rq, W + l->attn.q_norm,
+        if ((st = dn_rmsnorm_bwd(dqr, G + l->attn.q_norm, dq, s->qc, s->rq, W + l->attn.q_norm,
                                  1.0f, N * H, D)) != DN_OK ||
-            (st = dn_rmsnorm_bwd(dkr, G + l->attn.k_norm, dk, s->kraw, s->rk, W + l->attn.k_norm,
+            (st = dn_rmsnorm_bwd(dkr, G + l->attn.k_norm, dk, s->kc, s->rk, W + l->attn.k_norm,
                                  1.0f, N * HKV, D)) != DN_OK)
             return st;
+    }
+    if (ad->W) { /* back through the convolution: q and k into the buffers dqr, dkr are not */
+        float *const dy[3] = {dqr, dkr, m->don};
+        float *const dxq = dqr == dq ? m->dx : dq, *const dxk = dqr == dq ? m->dx + N * H * D : dk;
+        float *const dxs[3] = {dxq, dxk, dproj + ad->Pq + HKV * D};
+        for (int i = 0; i < 3; i++) {
+            dn_conv_params cp = conv_part(m, l, s, i, B, T, NULL);
+            cp.y = NULL; /* not read by the backward */
+            dn_conv_bwd_params cb = dn_conv_bwd_params_default(&cp);
+            cb.dy = dy[i], cb.dy_s = cp.y_s;
+            cb.dx = dxs[i], cb.dx_s = cp.x_s;
+            cb.dweight = G + (cp.weight - W);
+            if ((st = dn_conv_backward(&cb)) != DN_OK) return st;
+        }
+        dqr = dxq, dkr = dxk;
     }
     DN_PARALLEL_FOR(N * P)
     for (int64_t n = 0; n < N; n++) {

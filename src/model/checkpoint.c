@@ -45,6 +45,7 @@ static const cfg_field cfg_fields[] = {
     FD(partial_rotary_factor),
     FB(attn_qk_norm),
     FB(attn_output_gate),
+    FI(attn_conv_kernel_dim),
     FI(linear_num_key_heads),
     FI(linear_num_value_heads),
     FI(linear_key_head_dim),

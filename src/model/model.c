@@ -71,6 +71,7 @@ dn_status dn_model_config_check(const dn_model_config *c) {
         RANGE(head_dim, 2, 256);
         RANGE(rope_theta, 1.0, 1e12);
         RANGE(partial_rotary_factor, 0.0, 1.0);
+        if (c->attn_conv_kernel_dim != 0) RANGE(attn_conv_kernel_dim, 2, 4);
         if (c->num_attention_heads % c->num_key_value_heads)
             return dn_fail(DN_ERR_SHAPE,
                            "model config: num_attention_heads (%lld) is not a multiple of "
@@ -222,6 +223,9 @@ static void register_params(reg *r) {
             l->attn.proj = add(r, P("self_attn.q_proj.weight"), 2, ad->Pq, d, 0, INIT_NORMAL, 1);
             add(r, P("self_attn.k_proj.weight"), 2, ad->HKV * ad->D, d, 0, INIT_NORMAL, 1);
             add(r, P("self_attn.v_proj.weight"), 2, ad->HKV * ad->D, d, 0, INIT_NORMAL, 1);
+            if (ad->W)
+                l->attn.conv =
+                    add(r, P("self_attn.conv1d.weight"), 3, ad->C, 1, ad->W, INIT_CONV, 1);
             if (ad->qk_norm) {
                 l->attn.q_norm = add(r, P("self_attn.q_norm.weight"), 1, ad->D, 0, 0, INIT_ZERO, 0);
                 l->attn.k_norm = add(r, P("self_attn.k_norm.weight"), 1, ad->D, 0, 0, INIT_ZERO, 0);
@@ -281,8 +285,9 @@ static void init_params(dn_model *m, const init_kind *init, uint64_t seed) {
             case INIT_NORMAL: v = m->cfg.initializer_range * dn_rng_normal(&r); break;
             case INIT_ZERO: v = 0; break;
             case INIT_ONE: v = 1; break;
-            case INIT_CONV: {
-                const double b = 1.0 / sqrt((double)m->cfg.linear_conv_kernel_dim);
+            case INIT_CONV: { /* a weight's width is its last dim; a bias's, the config's */
+                const int64_t w = ti->ndim == 3 ? ti->shape[2] : m->cfg.linear_conv_kernel_dim;
+                const double b = 1.0 / sqrt((double)w);
                 v = (2.0 * dn_rng_uniform(&r) - 1.0) * b;
                 break;
             }
@@ -590,6 +595,9 @@ static void lay_out(dn_model *m, bump *b, int64_t B, int64_t T, int train) {
             s->proj = TAKE(b, N * ad->P);
             s->qraw = TAKE(b, N * ad->H * ad->D);
             s->kraw = TAKE(b, N * ad->HKV * ad->D);
+            s->qc = ad->W ? TAKE(b, N * ad->H * ad->D) : s->qraw;
+            s->kc = ad->W ? TAKE(b, N * ad->HKV * ad->D) : s->kraw;
+            s->vc = ad->W ? TAKE(b, N * ad->HKV * ad->D) : NULL;
             s->qn = TAKE(b, N * ad->H * ad->D);
             s->kn = TAKE(b, N * ad->HKV * ad->D);
             s->rq = TAKE(b, N * ad->H);
@@ -1000,7 +1008,9 @@ dn_status dn_model_logits(dn_model *m, float *logits, const int32_t *tokens, int
  * linear family and Mamba-2 of one config hold the same sizes (Mamba-2's H P + 2 G N channels
  * and H N P state are the linear family's 2 H K + HV V and HV K V). */
 static void fixed_sizes(const dn_model *m, char kind, int64_t B, int64_t *conv, int64_t *S) {
-    if (kind == 'R') {
+    if (kind == 'A') { /* the optional convolution's inputs (the KV cache is apart) */
+        *conv = m->ad.W ? B * m->ad.C * (m->ad.W - 1) : 0, *S = 0;
+    } else if (kind == 'R') {
         *conv = B * m->d, *S = B * 3 * m->d;
     } else if (kind == 'S') {
         dn_mamba_layer_dims g;
@@ -1039,7 +1049,6 @@ dn_status dn_model_state_create_ex(dn_model_state **out, const dn_model *m, int6
     int64_t total = 0; /* floats of every layer's fixed states (each well below 2^40) */
     for (int64_t i = 0; i < m->L; i++) {
         int64_t nc, ns;
-        if (m->layers[i].kind == 'A') continue;
         fixed_sizes(m, m->layers[i].kind, B, &nc, &ns);
         total += nc + ns;
     }
@@ -1055,12 +1064,11 @@ dn_status dn_model_state_create_ex(dn_model_state **out, const dn_model *m, int6
     float *next = s->fixed;
     for (int64_t i = 0; i < m->L && st == DN_OK; i++) {
         dn_layer_cache *c = &s->layers[i];
-        if (m->layers[i].kind != 'A') {
-            int64_t nc, ns;
-            fixed_sizes(m, m->layers[i].kind, B, &nc, &ns);
-            c->conv = next, c->S = next + nc;
-            next += nc + ns;
-        } else {
+        int64_t nc, ns;
+        fixed_sizes(m, m->layers[i].kind, B, &nc, &ns);
+        c->conv = nc ? next : NULL, c->S = ns ? next + nc : NULL;
+        next += nc + ns;
+        if (m->layers[i].kind == 'A') {
             const int64_t cap = max_len < 256 ? max_len : 256;
             st = dn_kv_cache_create(&c->kv, B, m->ad.HKV, m->ad.D, cap, kv_dtype, DN_KV_GROW);
         }

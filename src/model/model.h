@@ -90,24 +90,26 @@ typedef struct {
 typedef struct {
     int64_t H, HKV, D, rd; /* heads, key/value heads, head dim, rotary dims */
     int64_t Pq, P;         /* q(+gate) width, projection width */
+    int64_t W, C;          /* the optional convolution: width (0: none), channels (q, k, v) */
     int gate, qk_norm;
 } dn_attn_layer_dims;
 typedef struct {
-    int64_t proj, q_norm, k_norm, out; /* proj [P,d] = q_proj, k_proj, v_proj */
+    int64_t proj, conv, q_norm, k_norm, out; /* proj [P,d] = q_proj, k_proj, v_proj */
 } dn_attn_layer_w;
 typedef struct {
-    float *proj;        /* [N,P] */
-    float *qraw, *kraw; /* [N,H*D], [N,HKV*D] contiguous copies of the projections */
-    float *qn, *kn;     /* after q/k norm and RoPE (the op's q and k) */
-    float *rq, *rk;     /* [N*H], [N*HKV] norm rstd */
-    float *o, *lse;     /* [N,H*D], [B,H,T] */
-    float *og;          /* [N,H*D] gated output (input of o_proj); == o without a gate */
+    float *proj;         /* [N,P] */
+    float *qraw, *kraw;  /* [N,H*D], [N,HKV*D] contiguous copies of the projections */
+    float *qc, *kc, *vc; /* after the convolution (qc, kc == qraw, kraw and vc NULL without) */
+    float *qn, *kn;      /* after q/k norm and RoPE (the op's q and k) */
+    float *rq, *rk;      /* [N*H], [N*HKV] norm rstd */
+    float *o, *lse;      /* [N,H*D], [B,H,T] */
+    float *og;           /* [N,H*D] gated output (input of o_proj); == o without a gate */
 } dn_attn_layer_acts;
 
 /* The inference state of one block: what generation carries from token to token. */
 typedef struct {
-    float *conv;     /* linear family and Mamba-2: [B,C,W-1] the convolution's last inputs;
-                        RWKV-4: [B,d] the last input (token shift) */
+    float *conv;     /* linear family, Mamba-2 and attention with a convolution: [B,C,W-1]
+                        the convolution's last inputs; RWKV-4: [B,d] the last input */
     float *S;        /* linear family: [B,HV,K,V] the state; Mamba-2: [B,H,N,P]; RWKV-4:
                         [B,3,d] (num, den, running max) */
     dn_kv_cache *kv; /* attention: keys and values so far */
