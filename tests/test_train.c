@@ -437,6 +437,47 @@ static char *runs_without_seconds(const char *dir) {
     return out;
 }
 
+/* The models of a recall run in runs.tsv whose accuracy per slice is the mean of its four
+ * quarters' (each quarter holds a quarter of the queries), all in [0, 1]; -1 on a malformed line. */
+static int quarters_consistent(const char *dir) {
+    char path[256], line[4096];
+    snprintf(path, sizeof path, "%s/runs.tsv", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int good = 0, n_eval = 8;
+    if (!fgets(line, sizeof line, f)) good = -1; /* the settings line */
+    while (good >= 0 && fgets(line, sizeof line, f)) {
+        double v[64];
+        int n = 0;
+        char *p = line, *end;
+        for (int field = 0; *p && *p != '\n'; field++) {
+            if (field == 0) { /* the mixer letter */
+                p = strchr(p, '\t');
+                if (!p) break;
+                p++;
+                continue;
+            }
+            const double x = strtod(p, &end);
+            if (end == p || n == 64) break;
+            v[n++] = x, p = *end == '\t' ? end + 1 : end;
+        }
+        if (n != 6 + 5 * n_eval) { /* width, params, steps, seconds, state, loss; acc; quarters */
+            good = -1;
+            break;
+        }
+        int ok = 1;
+        for (int e = 0; e < n_eval; e++) {
+            const double *q = v + 6 + n_eval + 4 * e, acc = v[6 + e];
+            ok &= fabs((q[0] + q[1] + q[2] + q[3]) / 4 - acc) < 1e-12;
+            for (int h = 0; h < 4; h++)
+                ok &= q[h] >= 0 && q[h] <= 1;
+        }
+        good += ok;
+    }
+    fclose(f);
+    return good;
+}
+
 static void rm_recall_dir(const char *dir) {
     const char *files[] = {"runs.tsv",
                            "recall.txt",
@@ -484,6 +525,7 @@ static int test_recall_resume(void) {
     char *ra = runs_without_seconds(a), *rb = runs_without_seconds(b);
     CHECK(ra && rb && strlen(ra) > 100 && !strcmp(ra, rb), "resumed runs differ:\n%s\n%s",
           ra ? ra : "?", rb ? rb : "?");
+    CHECK(quarters_consistent(a) == 2, "runs.tsv: quarter accuracies missing or inconsistent");
     CHECK(recall_call(b, "9", "--resume", NULL, NULL) != 0, "resume with other options accepted");
     CHECK(recall_call(b, "8", "--resume", "--decay-init", "0.9,0.95") != 0,
           "resume with another gate initialisation accepted");

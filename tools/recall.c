@@ -59,6 +59,9 @@ typedef struct {
     char mixer;
     int64_t width, params, steps;
     double acc[N_EVAL], seconds, state_bytes, final_loss;
+    /* accuracy on the pairs of each quarter of the context's pair list, oldest first (every
+     * slice has a multiple of 4 pairs, so each quarter holds a quarter of the queries) */
+    double acc_q[N_EVAL][4];
 } recall_run;
 
 static volatile sig_atomic_t stop_flag;
@@ -300,8 +303,9 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)maxN),
             *tgt = malloc(sizeof(int32_t) * (size_t)maxN);
     float *logits = malloc(sizeof(float) * (size_t)(8 * maxT) * (size_t)o->vocab);
+    int32_t *pair_of = malloc(sizeof(int32_t) * (size_t)o->vocab); /* key token -> pair index */
     int ret = -1;
-    if (!tok || !tgt || !logits) {
+    if (!tok || !tgt || !logits || !pair_of) {
         fprintf(stderr, "recall: out of memory\n");
         goto done;
     }
@@ -351,21 +355,30 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
     /* held-out sequences: another seed stream, 8 sequences per call */
     for (int e = 0; e < N_EVAL; e++) {
         const slice s = eval_slices[e];
-        int64_t right = 0, total = 0;
+        int64_t right = 0, total = 0, right_q[4] = {0}, total_q[4] = {0};
         for (int64_t done = 0; done < o->eval_seqs; done += 8) {
             const int64_t B = 8;
             dn_mqar_batch(tok, tgt, B, s.T, o->vocab, s.pairs, o->seed ^ 0xE7A1u, (uint64_t)done);
             if (dn_model_logits(m, logits, tok, B, s.T) != DN_OK) break;
-            for (int64_t i = 0; i < B * s.T; i++) {
-                if (tgt[i] < 0) continue;
-                const float *z = logits + i * o->vocab;
-                int64_t best = 0;
-                for (int64_t j = 1; j < o->vocab; j++)
-                    if (z[j] > z[best]) best = j;
-                right += best == tgt[i], total++;
+            for (int64_t b = 0; b < B; b++) {
+                /* the pairs come first, key then value, oldest first (dn_mqar_batch) */
+                for (int64_t p = 0; p < s.pairs; p++)
+                    pair_of[tok[b * s.T + 2 * p]] = (int32_t)p;
+                for (int64_t i = b * s.T; i < (b + 1) * s.T; i++) {
+                    if (tgt[i] < 0) continue;
+                    const float *z = logits + i * o->vocab;
+                    int64_t best = 0;
+                    for (int64_t j = 1; j < o->vocab; j++)
+                        if (z[j] > z[best]) best = j;
+                    const int q = (int)(4 * pair_of[tok[i]] / s.pairs);
+                    right += best == tgt[i], total++;
+                    right_q[q] += best == tgt[i], total_q[q]++;
+                }
             }
         }
         r->acc[e] = total ? (double)right / (double)total : 0;
+        for (int q = 0; q < 4; q++)
+            r->acc_q[e][q] = total_q[q] ? (double)right_q[q] / (double)total_q[q] : 0;
     }
     dn_model_state *st = NULL;
     size_t fixed = 0, kv = 0;
@@ -380,7 +393,7 @@ static int train_one(const recall_opts *o, char mixer, int64_t width, recall_run
     r->state_bytes = (double)(fixed + kv);
     ret = 0;
 done:
-    free(tok), free(tgt), free(logits);
+    free(tok), free(tgt), free(logits), free(pair_of);
     dn_adamw_free(opt);
     dn_model_free(m);
     return ret;
@@ -405,6 +418,25 @@ static void print_table(FILE *f, const recall_run *runs, int n) {
     }
 }
 
+/* Accuracy by where the queried pair sits in the context: a line per run and slice, the four
+ * quarters of the pair list, oldest first (a state that overwrites old pairs loses the first
+ * quarters; one that decays them loses them too; uniform interference spreads its losses). */
+static void print_quarters(FILE *f, const recall_run *runs, int n) {
+    fprintf(f, "accuracy by the pair's place in the context (quarters of the pairs, oldest first)\n");
+    fprintf(f, "%-15s %5s %9s %8s %8s %8s %8s\n", "mixer", "width", "slice", "Q1", "Q2", "Q3",
+            "Q4");
+    for (int i = 0; i < n; i++)
+        for (int e = 0; e < N_EVAL; e++) {
+            char h[24];
+            snprintf(h, sizeof h, "T%lld/%lld", (long long)eval_slices[e].T,
+                     (long long)eval_slices[e].pairs);
+            fprintf(f, "%-15s %5lld %9s", mixer_name(runs[i].mixer), (long long)runs[i].width, h);
+            for (int q = 0; q < 4; q++)
+                fprintf(f, " %7.1f%%", 100 * runs[i].acc_q[e][q]);
+            fprintf(f, "\n");
+        }
+}
+
 /* runs.tsv: the settings on the first line, then one finished model per line (exact values, so
  * that a resumed run reports the same numbers as one run straight through). */
 static int append_run(const recall_opts *o, const recall_run *r, int first) {
@@ -423,6 +455,9 @@ static int append_run(const recall_opts *o, const recall_run *r, int first) {
                 r->final_loss);
         for (int e = 0; e < N_EVAL; e++)
             fprintf(f, "\t%.17g", r->acc[e]);
+        for (int e = 0; e < N_EVAL; e++)
+            for (int q = 0; q < 4; q++)
+                fprintf(f, "\t%.17g", r->acc_q[e][q]);
         fprintf(f, "\n");
     }
     return fclose(f) ? -1 : 0;
@@ -468,6 +503,13 @@ static int load_runs(const recall_opts *o, recall_run *runs, int cap) {
             }
             q += k;
         }
+        /* the quarters (runs.tsv files from before them lack them: NaN) */
+        for (int e = 0; e < N_EVAL; e++)
+            for (int h = 0; h < 4; h++) {
+                int k = 0;
+                if (sscanf(q, " %lf%n", &r->acc_q[e][h], &k) != 1) r->acc_q[e][h] = NAN;
+                q += k;
+            }
         r->width = w, r->params = p, r->steps = st;
         n++;
     }
@@ -481,6 +523,8 @@ static void write_outputs(const recall_opts *o, const recall_run *runs, int n) {
     FILE *f = fopen(path, "w");
     if (f) {
         print_table(f, runs, n);
+        fprintf(f, "\n");
+        print_quarters(f, runs, n);
         fclose(f);
     }
     snprintf(path, sizeof path, "%s/recall.json", o->out_dir);
@@ -501,6 +545,17 @@ static void write_outputs(const recall_opts *o, const recall_run *runs, int n) {
             for (int e = 0; e < N_EVAL; e++)
                 fprintf(f, "%s\"T%lld_pairs%lld\": %.4f", e ? ", " : "",
                         (long long)eval_slices[e].T, (long long)eval_slices[e].pairs, r->acc[e]);
+            fprintf(f, "}, \"accuracy_by_quarter\": {");
+            for (int e = 0; e < N_EVAL; e++) {
+                fprintf(f, "%s\"T%lld_pairs%lld\": [", e ? ", " : "", (long long)eval_slices[e].T,
+                        (long long)eval_slices[e].pairs);
+                for (int q = 0; q < 4; q++) /* NaN (a runs.tsv from before them): null */
+                    if (isnan(r->acc_q[e][q]))
+                        fprintf(f, "%snull", q ? ", " : "");
+                    else
+                        fprintf(f, "%s%.4f", q ? ", " : "", r->acc_q[e][q]);
+                fprintf(f, "]");
+            }
             fprintf(f, "}}%s\n", i + 1 < n ? "," : "");
         }
         fprintf(f, "]}\n");
@@ -603,6 +658,8 @@ int dn_recall_main(int argc, char **argv) {
     if (!o.quiet) {
         printf("\n");
         print_table(stdout, runs, n);
+        printf("\n");
+        print_quarters(stdout, runs, n);
         printf("wrote %s/recall.txt, recall.json, recall.svg, runs.tsv\n", o.out_dir);
     }
     return 0;
