@@ -438,7 +438,8 @@ static char *runs_without_seconds(const char *dir) {
 }
 
 /* The models of a recall run in runs.tsv whose accuracy per slice is the mean of its four
- * quarters' (each quarter holds a quarter of the queries), all in [0, 1]; -1 on a malformed line. */
+ * quarters' (each quarter holds a quarter of the queries), all in [0, 1]; -1 on a malformed line.
+ */
 static int quarters_consistent(const char *dir) {
     char path[256], line[4096];
     snprintf(path, sizeof path, "%s/runs.tsv", dir);

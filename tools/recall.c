@@ -422,7 +422,8 @@ static void print_table(FILE *f, const recall_run *runs, int n) {
  * quarters of the pair list, oldest first (a state that overwrites old pairs loses the first
  * quarters; one that decays them loses them too; uniform interference spreads its losses). */
 static void print_quarters(FILE *f, const recall_run *runs, int n) {
-    fprintf(f, "accuracy by the pair's place in the context (quarters of the pairs, oldest first)\n");
+    fprintf(f,
+            "accuracy by the pair's place in the context (quarters of the pairs, oldest first)\n");
     fprintf(f, "%-15s %5s %9s %8s %8s %8s %8s\n", "mixer", "width", "slice", "Q1", "Q2", "Q3",
             "Q4");
     for (int i = 0; i < n; i++)
