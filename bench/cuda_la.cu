@@ -268,14 +268,15 @@ int main(int argc, char **argv) {
             run_decode(64, d, d, 0, 0, s);
         return 0;
     }
-    static const int64_t shapes[][2] = {{16, 1024}, {4, 4096}, {2, 8192}, {1, 32768}};
+    /* the issue's four shapes (16k tokens each), then a batch of 64 prompts of 256 */
+    static const int64_t shapes[][2] = {{16, 1024}, {4, 4096}, {2, 8192}, {1, 32768}, {64, 256}};
     if (train) { /* forward + backward at the forward's shapes */
         for (int i = 0; i < 4; i++)
             if (only_shape < 0 || i == only_shape)
                 run_train(shapes[i][0], shapes[i][1], 128, 128, s);
         return 0;
     }
-    for (int i = 0; i < 4 && !only_decode; i++)
+    for (int i = 0; i < 5 && !only_decode; i++)
         if (only_shape < 0 || i == only_shape) run_fwd(shapes[i][0], shapes[i][1], 128, 128, s);
     /* decode: fp32 states at B = 1, 64, 128; bf16 states at the same; raw gates at 64, 128 */
     static const int64_t batches[] = {1, 64, 128, 1, 64, 128, 64, 128};

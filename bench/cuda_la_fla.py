@@ -56,7 +56,8 @@ def main():
         for d in (64, 128, 256):
             run_decode(64, d, d)
         return
-    for B, T in [] if mode == "decode" else [(16, 1024), (4, 4096), (2, 8192), (1, 32768)]:
+    shapes = [(16, 1024), (4, 4096), (2, 8192), (1, 32768), (64, 256)]
+    for B, T in [] if mode == "decode" else shapes:
         run_fwd(B, T, 128, 128)
     for B in (1, 64, 128):
         run_decode(B, 128, 128)

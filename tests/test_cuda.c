@@ -389,12 +389,21 @@ static int run_grid(int device, const dn_dtype *dts, int ndt, const dn_impl *imp
     cases[nc++] = (la_case){DN_OP_GDN, 1, 90, 1, 2, 128, 128, 1, 0, 0, 0, 1, 1, 1, 1};
     cases[nc++] = (la_case){DN_OP_GDN, 2, 70, 2, 2, 64, 64, 0, 0, 0, 0, 1, 1, 0, 1};
     int fails = 0, runs = 0;
+    /* 16-bit chunkwise runs on the GPU: the fused forward (K <= 128) and the split one, each */
+    static const char *const fwd[] = {"fused", "split"};
     for (int i = 0; i < nc; i++)
         for (int d = 0; d < ndt; d++)
             for (int m = 0; m < nimpl; m++) {
-                fails += run_case(&cases[i], dts[d], impls[m], device,
-                                  1000 + (uint64_t)(i * 7 + d * 3 + m));
-                runs++;
+                const int both = device >= 0 && dts[d] != DN_F32 && impls[m] == DN_IMPL_CHUNK &&
+                                 cases[i].K <= 128;
+                for (int f = 0; f < (both ? 2 : 1); f++) {
+                    if (both) setenv("DN_CUDA_FWD", fwd[f], 1);
+                    if (both && f == 0 && getenv("DN_TEST_VERBOSE")) printf("    (fused)\n");
+                    fails += run_case(&cases[i], dts[d], impls[m], device,
+                                      1000 + (uint64_t)(i * 7 + d * 3 + m));
+                    runs++;
+                }
+                unsetenv("DN_CUDA_FWD");
             }
     /* value dims the 16-byte decode layout does not take (V % 4 in fp32 states, V % 8 in bf16):
      * the recurrence's other kernel */

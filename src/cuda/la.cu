@@ -8,9 +8,12 @@
  * value head, block of value columns): column j of the state only ever meets v_j, u_j and o_j, so
  * column blocks are independent, and the block walks its sequence's tokens (or chunks) in order
  * with its slice of the state on chip (registers for the recurrence, shared memory for the
- * chunks). 16-bit inputs take the split chunkwise forward (below, "Split chunkwise forward"): the
- * chunks' key-side work and outputs in parallel over all chunks, only the state pass in order.
- * States are fp32, accumulation is fp32; q, k, v are read in their dtype and o is written in it.
+ * chunks). 16-bit inputs take one of two chunkwise forwards on the tensor cores: where the
+ * sequences' heads fill the SMs, the fused one (below, "Fused chunkwise forward": a block walks a
+ * sequence's chunks doing every product itself, no workspace); otherwise the split one ("Split
+ * chunkwise forward": the chunks' key-side work and outputs in parallel over all chunks, only the
+ * state pass in order). States are fp32, accumulation is fp32; q, k, v are read in their dtype
+ * and o is written in it.
  */
 #include "la_common.cuh"
 #include "mma.cuh"
@@ -22,6 +25,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <type_traits>
 
 /* The split chunkwise forward for 16-bit inputs (DN_CUDA_SPLIT=0 at build time: the single
@@ -1065,7 +1069,8 @@ __device__ void stage_rows(T *dst, int ld, const T *src, int64_t rs, int L, int 
     }
 }
 
-/* gam = cumulative sum of the chunk's clamped gates in double (warp 0; gr padded with 0). */
+/* gam = cumulative sum of the chunk's gates in double, each clamped at LOG_DECAY_MIN (warp 0; gr
+ * padded with 0). */
 __device__ __forceinline__ void chunk_cumsum(double *gam, const float *gr) {
     const int lane = threadIdx.x & 31;
     if (threadIdx.x >= 32) return;
@@ -1073,7 +1078,7 @@ __device__ __forceinline__ void chunk_cumsum(double *gam, const float *gr) {
     double loc[E], run = 0;
 #pragma unroll
     for (int x = 0; x < E; x++) {
-        run += (double)gr[lane * E + x];
+        run += (double)fmaxf(gr[lane * E + x], LOG_DECAY_MIN);
         loc[x] = run;
     }
     double incl = run;
@@ -1563,6 +1568,373 @@ __global__ void __launch_bounds__(32 * SW) la_split_out_kernel(la_args a, split_
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Fused chunkwise forward (16-bit inputs, K <= 128): one block per (sequence, value head, BV
+ * value columns) walks its sequence's chunks of SC = 64 tokens in order with its slice of the
+ * state transposed (S^T, [BV, K]) in mma.sync accumulators, as the split state pass holds it,
+ * and does every product of a chunk itself, so nothing goes through a workspace (FlashInfer's
+ * Hopper organisation, on mma.sync). Per chunk, with raw rows q_i, k_j, their norms rq_i (times
+ * the scale) and rk_j, the cumulative gates gamma and Gam_ij = e^{gamma_i - gamma_j}:
+ *   all warps   P = tril(diag(rq) Q K^T diag(rk) * Gam) and, for the delta rule,
+ *               A = strict_tril(diag(b rk) K K^T diag(rk) * Gam), Tb = (I + A)^{-1} diag(b);
+ *   state warps (16 value columns each, all keys, S^T the A operand of three products)
+ *               O^T  = S^T Q^T diag(e^gamma rq)          (the old state's part)
+ *               U^T  = V^T - S^T K^T diag(e^gamma rk)    (what the state predicts, removed)
+ *               N^T  = U^T Tb^T                           (corrected values; V^T without delta)
+ *               O^T += N^T P^T
+ *               S^T  = e^{gamma_C} S^T + N^T diag(e^{gamma_C - gamma} rk) K
+ * The chunk's q, k and v slice arrive by cp.async one chunk ahead (two stages); O^T goes through
+ * shared memory to 16-byte row stores. FW = 8 warps a block for the chunk-side products; the
+ * first NW of them hold the state (BV = 16 NW columns, NW = 1, 2, 4 or 8).
+ * ------------------------------------------------------------------------------------------- */
+constexpr int FW = 8;
+
+template <typename T> struct fused_layout {
+    int ldk, ldv, ldc, ldcb;
+    size_t stage, Qs, Ks, Vs, gr, bt, A, Tm, Tb, P, gam, rq, rk, fo, fk, fs, total;
+    __host__ __device__ fused_layout(int K, int BV) {
+        ldk = K + 8, ldv = BV + 8, ldc = SC + 4, ldcb = SC + 8;
+        size_t off = 0;
+        auto take = [&](size_t bytes) {
+            size_t at = off;
+            off += (bytes + 127) / 128 * 128;
+            return at;
+        };
+        Qs = take(sizeof(T) * SC * ldk); /* stage 0; stage 1 at + stage */
+        Ks = take(sizeof(T) * SC * ldk);
+        Vs = take(sizeof(T) * SC * ldv);
+        gr = take(sizeof(float) * SC);
+        bt = take(sizeof(float) * SC);
+        stage = off;
+        off += stage;
+        A = take(sizeof(float) * SC * ldc); /* also O's staging: [SC][BV + 8] of T */
+        Tm = take(sizeof(float) * SC * ldc);
+        Tb = take(sizeof(T) * SC * ldcb);
+        P = take(sizeof(T) * SC * ldcb);
+        gam = take(sizeof(double) * SC);
+        rq = take(sizeof(float) * SC);
+        rk = take(sizeof(float) * SC);
+        fo = take(sizeof(float) * SC);
+        fk = take(sizeof(float) * SC);
+        fs = take(sizeof(float) * SC);
+        total = off;
+    }
+};
+
+/* d += X L^T: X [16, SC] in a warp's accumulators (x), L [SC][SC] lower triangular in shared
+ * memory (pitch ld); the fused kernel's products with (I + A)^{-1} diag(b) and with P */
+template <typename T>
+__device__ __forceinline__ void acc_times_lower_t(float (*d)[4], float (*x)[4], const T *Lm,
+                                                  int ld) {
+#pragma unroll
+    for (int kk = 0; kk < SC / 16; kk++) {
+        uint32_t af[4];
+        acc_to_a<T>(af, x[2 * kk], x[2 * kk + 1]);
+#pragma unroll
+        for (int jp = kk; jp < SC / 16; jp++) {
+            uint32_t bf[4];
+            frag_b_nk(bf, Lm + 16 * jp * ld + 16 * kk, ld);
+            mma16816<T>(d[2 * jp], af, bf[0], bf[1]);
+            mma16816<T>(d[2 * jp + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+template <typename T, int KMAX>
+__global__ void __launch_bounds__(32 * FW, 1) la_fused_kernel(la_args a, int NW) {
+    extern __shared__ __align__(128) unsigned char smem[];
+#ifdef DN_CUDA_PROF
+    long long prof_last = clock64();
+#endif
+    constexpr int NKT = KMAX / 16, CT = SC / 16;
+    const int BV = 16 * NW;
+    const int K = (int)a.K, V = (int)a.V, kt = K / 16, tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const fused_layout<T> L(K, BV);
+    const int ldk = L.ldk, ldv = L.ldv, ldc = L.ldc, ldcb = L.ldcb;
+    float *Am = (float *)(smem + L.A), *Tm = (float *)(smem + L.Tm);
+    T *Tb = (T *)(smem + L.Tb), *Pm = (T *)(smem + L.P), *Os = (T *)(smem + L.A);
+    double *gam = (double *)(smem + L.gam);
+    float *rq = (float *)(smem + L.rq), *rk = (float *)(smem + L.rk);
+    float *fo = (float *)(smem + L.fo), *fk = (float *)(smem + L.fk), *fs = (float *)(smem + L.fs);
+
+    const int64_t v0 = (int64_t)blockIdx.x * BV, hv = blockIdx.y, n = blockIdx.z;
+    const int64_t h = hv / (a.HV / a.H);
+    int64_t b, t0, t1;
+    seq_range(a, n, &b, &t0, &t1);
+    const int64_t nch = (t1 - t0 + SC - 1) / SC;
+    const bool owner = warp < NW;                        /* holds 16 columns of the state */
+    const int64_t vr = v0 + (owner ? warp : 0) * 16 + g; /* this thread's columns vr, vr + 8 */
+    const T *q = (const T *)a.q, *k = (const T *)a.k, *v = (const T *)a.v;
+
+    float s[2 * NKT][4];
+    const int64_t soff = (n * a.HV + hv) * a.K * a.V;
+#pragma unroll
+    for (int j = 0; j < 2 * NKT; j++) {
+        const int key = 8 * j + 2 * t;
+        const bool in = owner && a.h0 && j < 2 * kt;
+        const float *h0 = a.h0 + soff;
+        s[j][0] = in ? h0[(int64_t)key * V + vr] : 0.0f;
+        s[j][1] = in ? h0[(int64_t)(key + 1) * V + vr] : 0.0f;
+        s[j][2] = in ? h0[(int64_t)key * V + vr + 8] : 0.0f;
+        s[j][3] = in ? h0[(int64_t)(key + 1) * V + vr + 8] : 0.0f;
+    }
+    bool zero_state = !a.h0; /* the products with S^T skip until it holds something */
+
+    auto issue = [&](int64_t c) {
+        unsigned char *st = smem + (c & 1) * L.stage;
+        const int64_t tc = t0 + c * SC;
+        const int Lc = (int)(t1 - tc < SC ? t1 - tc : SC);
+        stage_rows((T *)(st + L.Qs), ldk, q + b * a.qb + tc * a.qt + h * a.qh, a.qt, Lc, K, a.vec);
+        stage_rows((T *)(st + L.Ks), ldk, k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, a.vec);
+        stage_rows((T *)(st + L.Vs), ldv, v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt, Lc, BV,
+                   a.vec);
+        if (tid < SC) { /* gates by cp.async too (chunk_cumsum clamps them) */
+            const bool in = tid < Lc;
+            const int64_t tt = tc + tid;
+            float *grs = (float *)(st + L.gr) + tid, *bts = (float *)(st + L.bt) + tid;
+            if (a.gate && in)
+                cp_async4(grs, a.g + b * a.gb + tt * a.gt + hv * a.gh);
+            else
+                *grs = 0.0f;
+            if (a.delta && in)
+                cp_async4(bts, a.beta + b * a.bb + tt * a.bt + hv * a.bh);
+            else
+                *bts = in ? 1.0f : 0.0f;
+        }
+    };
+    if (nch > 0) issue(0);
+    cp_async_commit();
+    for (int64_t c = 0; c < nch; c++) {
+        if (c + 1 < nch) issue(c + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        PROF(0);
+        const unsigned char *st = smem + (c & 1) * L.stage;
+        const T *Qs = (const T *)(st + L.Qs), *Ks = (const T *)(st + L.Ks),
+                *Vs = (const T *)(st + L.Vs);
+        const float *gr = (const float *)(st + L.gr), *btv = (const float *)(st + L.bt);
+        const int64_t tc = t0 + c * SC;
+        const int Lc = (int)(t1 - tc < SC ? t1 - tc : SC);
+
+        if (a.l2norm) { /* the rows' norms: two threads a row of q (rows 0..63) or k */
+            const int r = tid >> 1, hf = tid & 1;
+            const T *X = r < SC ? Qs + r * ldk : Ks + (r - SC) * ldk;
+            union {
+                uint4 u;
+                T e[8];
+            } x;
+            float ss = 0;
+            for (int c8 = hf * 8; c8 < K; c8 += 16) {
+                x.u = *(const uint4 *)(X + c8);
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    ss += to_f(x.e[e]) * to_f(x.e[e]);
+            }
+            ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+            if (!hf) {
+                if (r < SC)
+                    rq[r] = a.scale * rsqrtf(ss + 1e-6f);
+                else
+                    rk[r - SC] = rsqrtf(ss + 1e-6f);
+            }
+        } else if (tid < SC) {
+            rq[tid] = a.scale, rk[tid] = 1.0f;
+        }
+        chunk_cumsum(gam, gr);
+        __syncthreads();
+        PROF(1);
+        if (tid < SC) {                    /* the tokens' factors of the state products */
+            const double gl = gam[SC - 1]; /* padded gates are 0: gamma_{Lc - 1} */
+            const float e = (float)exp(gam[tid]);
+            fo[tid] = e * rq[tid], fk[tid] = e * rk[tid];
+            fs[tid] = (float)exp(gl - gam[tid]) * rk[tid];
+        }
+
+        /* P and A: warp w rows 16 (w % 4) .., columns 32 (w / 4) .. + 31 */
+        {
+            const int rw = warp & 3, hw = warp >> 2, r0 = rw * 16, i0 = r0 + g, i1 = i0 + 8;
+            float cq[4][4] = {}, ck[4][4] = {};
+#pragma unroll
+            for (int kk = 0; kk < NKT; kk++) {
+                if (kk >= kt) break;
+                uint32_t aq[4], ak[4];
+                frag_a(aq, Qs + r0 * ldk + 16 * kk, ldk);
+                if (a.delta) frag_a(ak, Ks + r0 * ldk + 16 * kk, ldk);
+#pragma unroll
+                for (int jl = 0; jl < 2; jl++) {
+                    const int jp = 2 * hw + jl;
+                    if (jp > rw) continue;
+                    uint32_t bf[4];
+                    frag_b_nk(bf, Ks + 16 * jp * ldk + 16 * kk, ldk);
+                    mma16816<T>(cq[2 * jl], aq, bf[0], bf[1]);
+                    mma16816<T>(cq[2 * jl + 1], aq, bf[2], bf[3]);
+                    if (a.delta) {
+                        mma16816<T>(ck[2 * jl], ak, bf[0], bf[1]);
+                        mma16816<T>(ck[2 * jl + 1], ak, bf[2], bf[3]);
+                    }
+                }
+            }
+            const double g0 = gam[i0], g1 = gam[i1];
+            const float q0 = rq[i0], q1 = rq[i1], s0 = btv[i0] * rk[i0], s1 = btv[i1] * rk[i1];
+#pragma unroll
+            for (int jt = 0; jt < 4; jt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int j = 32 * hw + 8 * jt + 2 * t + e;
+                    /* e^{gamma_i - gamma_j} <= 1 for j <= i: the fast exponential's few ulps */
+                    const float gm0 = a.gate && j <= i0 ? __expf((float)(g0 - gam[j])) : 1.0f;
+                    const float gm1 = a.gate && j <= i1 ? __expf((float)(g1 - gam[j])) : 1.0f;
+                    const float kj = rk[j];
+                    Pm[i0 * ldcb + j] = from_f<T>(j <= i0 ? cq[jt][e] * q0 * kj * gm0 : 0.0f);
+                    Pm[i1 * ldcb + j] = from_f<T>(j <= i1 ? cq[jt][2 + e] * q1 * kj * gm1 : 0.0f);
+                    if (a.delta) {
+                        Am[i0 * ldc + j] = j < i0 ? s0 * kj * gm0 * ck[jt][e] : 0.0f;
+                        Am[i1 * ldc + j] = j < i1 ? s1 * kj * gm1 * ck[jt][2 + e] : 0.0f;
+                    }
+                }
+        }
+        __syncthreads();
+        PROF(2);
+        if (a.delta) { /* Tb = (I + A)^{-1} diag(b) */
+            unit_lower_inverse<true>(Tm, Am, ldc, SC);
+            for (int x = tid; x < SC * SC; x += blockDim.x) {
+                const int i = x / SC, j = x % SC;
+                Tb[i * ldcb + j] = from_f<T>(j <= i ? Tm[i * ldc + j] * btv[j] : 0.0f);
+            }
+            __syncthreads();
+        }
+        PROF(3);
+
+        if (owner) {
+            const int vl = warp * 16 + g; /* local value columns vl, vl + 8 */
+            float o[2 * CT][4] = {}, u[2 * CT][4] = {};
+            if (!zero_state) {
+#pragma unroll
+                for (int kk = 0; kk < NKT; kk++) /* key blocks */
+                    if (kk < kt) {
+                        uint32_t af[4];
+                        acc_to_a<T>(af, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+                        for (int jp = 0; jp < CT; jp++) { /* token blocks */
+                            uint32_t bf[4];
+                            frag_b_nk(bf, Qs + 16 * jp * ldk + 16 * kk, ldk);
+                            mma16816<T>(o[2 * jp], af, bf[0], bf[1]);
+                            mma16816<T>(o[2 * jp + 1], af, bf[2], bf[3]);
+                            if (a.delta) {
+                                frag_b_nk(bf, Ks + 16 * jp * ldk + 16 * kk, ldk);
+                                mma16816<T>(u[2 * jp], af, bf[0], bf[1]);
+                                mma16816<T>(u[2 * jp + 1], af, bf[2], bf[3]);
+                            }
+                        }
+                    }
+            }
+            /* O^T columns (tokens) scaled by e^gamma rq; U^T = V^T - SK^T diag(e^gamma rk), V^T
+             * by ldmatrix.trans (the A fragment of a 16 x 16 tile of V^T is the accumulator
+             * layout of its two 8-column halves) */
+#pragma unroll
+            for (int kk = 0; kk < CT; kk++) {
+                uint32_t vf[4];
+                frag_at(vf, Vs + 16 * kk * ldv + 16 * warp, ldv);
+                const float2 x0 = unpack2<T>(vf[0]), x1 = unpack2<T>(vf[1]), x2 = unpack2<T>(vf[2]),
+                             x3 = unpack2<T>(vf[3]);
+                const float vx[2][4] = {{x0.x, x0.y, x1.x, x1.y}, {x2.x, x2.y, x3.x, x3.y}};
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++) {
+                    const int jt = 2 * kk + hh, j = 8 * jt + 2 * t;
+                    const float o0 = fo[j], o1 = fo[j + 1], k0 = fk[j], k1 = fk[j + 1];
+                    o[jt][0] *= o0, o[jt][1] *= o1, o[jt][2] *= o0, o[jt][3] *= o1;
+                    u[jt][0] = vx[hh][0] - k0 * u[jt][0], u[jt][1] = vx[hh][1] - k1 * u[jt][1];
+                    u[jt][2] = vx[hh][2] - k0 * u[jt][2], u[jt][3] = vx[hh][3] - k1 * u[jt][3];
+                }
+            }
+            float nv[2 * CT][4];
+            if (a.delta) { /* N^T = U^T Tb^T (Tb lower triangular) */
+#pragma unroll
+                for (int j = 0; j < 2 * CT; j++)
+                    nv[j][0] = nv[j][1] = nv[j][2] = nv[j][3] = 0.0f;
+                acc_times_lower_t<T>(nv, u, Tb, ldcb);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 2 * CT; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        nv[j][e] = u[j][e];
+            }
+            /* O^T += N^T P^T (P lower triangular) */
+            acc_times_lower_t<T>(o, nv, Pm, ldcb);
+            /* S^T = e^{gamma_C} S^T + N^T diag(e^{gamma_C - gamma} rk) K */
+            const float dec = (float)exp(gam[SC - 1]); /* padded gates are 0: gamma_{Lc-1} */
+#pragma unroll
+            for (int j = 0; j < 2 * NKT; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    s[j][e] *= dec;
+#pragma unroll
+            for (int jt = 0; jt < 2 * CT; jt++) {
+                const int j = 8 * jt + 2 * t;
+                const float f0 = fs[j], f1 = fs[j + 1];
+                nv[jt][0] *= f0, nv[jt][1] *= f1, nv[jt][2] *= f0, nv[jt][3] *= f1;
+            }
+#pragma unroll
+            for (int kk = 0; kk < CT; kk++) { /* token blocks */
+                uint32_t af[4];
+                acc_to_a<T>(af, nv[2 * kk], nv[2 * kk + 1]);
+#pragma unroll
+                for (int jp = 0; jp < NKT; jp++) /* key blocks */
+                    if (jp < kt) {
+                        uint32_t bf[4];
+                        frag_b_kn(bf, Ks + 16 * kk * ldk + 16 * jp, ldk);
+                        mma16816<T>(s[2 * jp], af, bf[0], bf[1]);
+                        mma16816<T>(s[2 * jp + 1], af, bf[2], bf[3]);
+                    }
+            }
+            /* O^T to the staging rows (A is free: the inverse is done) */
+            const int ldo = BV + 8;
+#pragma unroll
+            for (int jt = 0; jt < 2 * CT; jt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int j = 8 * jt + 2 * t + e;
+                    Os[j * ldo + vl] = from_f<T>(o[jt][e]);
+                    Os[j * ldo + vl + 8] = from_f<T>(o[jt][2 + e]);
+                }
+        }
+        PROF(4);
+        zero_state = false;
+        __syncthreads();
+        PROF(5);
+        {
+            const int ldo = BV + 8, pv = BV / 8;
+            T *ob = (T *)a.o + b * a.ob + tc * a.ot + hv * a.oh + v0;
+            for (int x = tid; x < Lc * pv; x += blockDim.x) {
+                const int r = x / pv, cc = (x % pv) * 8;
+                if (a.ovec)
+                    *(uint4 *)(ob + r * a.ot + cc) = *(const uint4 *)(Os + r * ldo + cc);
+                else
+                    for (int e = 0; e < 8; e++)
+                        ob[r * a.ot + cc + e] = Os[r * ldo + cc + e];
+            }
+        }
+        PROF(6);
+        /* the next chunk's first barrier orders these reads of Os before A is written again */
+    }
+    cp_async_wait<0>();
+    if (a.ht && owner) {
+        float *ht = a.ht + soff;
+#pragma unroll
+        for (int j = 0; j < 2 * NKT; j++)
+            if (j < 2 * kt) {
+                const int key = 8 * j + 2 * t;
+                ht[(int64_t)key * V + vr] = s[j][0];
+                ht[(int64_t)(key + 1) * V + vr] = s[j][1];
+                ht[(int64_t)key * V + vr + 8] = s[j][2];
+                ht[(int64_t)(key + 1) * V + vr + 8] = s[j][3];
+            }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Host side
  * ------------------------------------------------------------------------------------------- */
 template <typename T, typename SE, int NCG>
@@ -1805,6 +2177,58 @@ cudaError_t launch_split(const la_args &a, const dn_la_params *p, int64_t NS, cu
     return e != cudaSuccess ? e : f;
 }
 
+/* The fused forward's state warps a block: the most (up to 8) whose columns divide V, halved while
+ * the blocks do not fill the SMs (each block repeats the chunk-side products; DN_CUDA_FUSED_NW
+ * sets it, for measurements). */
+int fused_warps(const la_args &a, int64_t NS, int sms) {
+    int nw = 8;
+    while (nw > 1 && a.V % (16 * nw))
+        nw /= 2;
+    const char *env = getenv("DN_CUDA_FUSED_NW");
+    if (env && (atoi(env) == 1 || atoi(env) == 2 || atoi(env) == 4 || atoi(env) == 8) &&
+        a.V % (16 * atoi(env)) == 0)
+        return atoi(env);
+    while (nw > 1 && NS * a.HV * (a.V / (16 * nw)) < (int64_t)sms)
+        nw /= 2;
+    return nw;
+}
+
+template <typename T, int KMAX>
+cudaError_t launch_fused_k(const la_args &a, int64_t NS, int nw, cudaStream_t s) {
+    const fused_layout<T> L((int)a.K, 16 * nw);
+    auto f = la_fused_kernel<T, KMAX>;
+    cudaError_t e =
+        cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L.total);
+    if (e != cudaSuccess) return e;
+    f<<<dim3((unsigned)(a.V / (16 * nw)), (unsigned)a.HV, (unsigned)NS), 32 * FW, L.total, s>>>(a,
+                                                                                                nw);
+    return cudaGetLastError();
+}
+
+template <typename T> cudaError_t launch_fused(const la_args &a, int64_t NS, cudaStream_t s) {
+    int sms = 132, dev = 0;
+    (void)cudaGetDevice(&dev);
+    (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const int nw = fused_warps(a, NS, sms);
+    return a.K <= 64 ? launch_fused_k<T, 64>(a, NS, nw, s) : launch_fused_k<T, 128>(a, NS, nw, s);
+}
+
+/* Which chunkwise forward takes 16-bit inputs: the fused kernel where K <= 128 and the
+ * sequences' heads give every SM a block (its chunks are a chain, a block an SM), the split one
+ * otherwise (measured on an H200, docs/PERF.md: fused 0.43 ms against split 0.57 at 16 x 1024,
+ * H = 16; split 0.60 against fused 0.78 at 4 x 4096); DN_CUDA_FWD=split or fused picks one where
+ * both apply (for tests and measurements). */
+bool use_fused(const dn_la_params *p, int64_t NS) {
+    if (p->K > 128) return false;
+    const char *env = getenv("DN_CUDA_FWD");
+    if (env && !strcmp(env, "split")) return false;
+    if (env && !strcmp(env, "fused")) return true;
+    int sms = 132, dev = 0;
+    (void)cudaGetDevice(&dev);
+    (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    return NS * p->HV >= sms;
+}
+
 /* the chunk kernel's shape limits: wmma tiles of 16 over K, value blocks of 32 */
 bool chunk_supports(const dn_la_params *p) {
     return p->K % 16 == 0 && p->K <= 256 && p->V % 16 == 0;
@@ -1900,9 +2324,11 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
                 : p->dtype == DN_F16 ? launch_recurrent<__half>(a, NS, sbf16, s)
                                      : launch_recurrent<float>(a, NS, sbf16, s);
         else if (p->dtype == DN_BF16 && DN_CUDA_SPLIT)
-            e = launch_split<__nv_bfloat16>(a, p, NS, s);
+            e = use_fused(p, NS) ? launch_fused<__nv_bfloat16>(a, NS, s)
+                                 : launch_split<__nv_bfloat16>(a, p, NS, s);
         else if (p->dtype == DN_F16 && DN_CUDA_SPLIT)
-            e = launch_split<__half>(a, p, NS, s);
+            e = use_fused(p, NS) ? launch_fused<__half>(a, NS, s)
+                                 : launch_split<__half>(a, p, NS, s);
         else /* fp32 inputs: the single kernel, fp32 products on the CUDA cores */
             e = p->dtype == DN_BF16  ? launch_chunk<__nv_bfloat16>(a, NS, s)
                 : p->dtype == DN_F16 ? launch_chunk<__half>(a, NS, s)
