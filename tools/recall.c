@@ -532,9 +532,9 @@ static void write_outputs(const recall_opts *o, const recall_run *runs, int n) {
     if ((f = fopen(path, "w"))) {
         fprintf(f,
                 "{\"vocab\": %lld, \"steps\": %lld, \"batch_tokens\": %lld, \"lr\": %g, "
-                "\"decay_init\": [%g, %g], \"attn_conv\": %lld, \"runs\": [\n",
+                "\"decay_init\": [%g, %g], \"attn_conv\": %lld, \"isa\": \"%s\", \"runs\": [\n",
                 (long long)o->vocab, (long long)o->steps, (long long)o->batch_tokens, o->lr,
-                o->decay_lo, o->decay_hi, (long long)o->attn_conv);
+                o->decay_lo, o->decay_hi, (long long)o->attn_conv, dn_isa_name(dn_isa_active()));
         for (int i = 0; i < n; i++) {
             const recall_run *r = &runs[i];
             fprintf(f,
