@@ -9,7 +9,9 @@ command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openblas; }; then
     need="$need libopenblas-dev"
 fi
-[ -d /usr/share/games/fortunes ] || need="$need fortunes"
+# the full package (about 2 MB of text), not only fortunes-min's three files (98 KB), which share
+# the directory: science is one of the full package's files
+[ -f /usr/share/games/fortunes/science ] || need="$need fortunes"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$need"
