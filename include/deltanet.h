@@ -166,6 +166,11 @@ DN_API void dn_cuda_free(void *ptr);                       /* NULL is a no-op */
  * synchronously on the default stream. */
 DN_API dn_status dn_cuda_memcpy(void *dst, const void *src, size_t bytes);
 DN_API dn_status dn_cuda_synchronize(void); /* waits for all work on the current device */
+/* The GPU kernels take their scratch (workspaces of the chunkwise forward and the backward, up to
+ * gigabytes at long contexts) stream-ordered from a memory pool of the library's own per device,
+ * which keeps the memory between calls so that the next call need not map it again. This hands
+ * back to the driver whatever of it no call in flight holds. */
+DN_API dn_status dn_cuda_release_scratch(void);
 
 /* ---------------------------------------------------------------------------------------------
  * Linear-attention family: linear attention, GLA (scalar gate), DeltaNet, Gated DeltaNet
@@ -242,8 +247,9 @@ typedef struct dn_strides {
  *               (K and V multiples of 16; whatever chunk_size says, the function being the same:
  *               for 16-bit inputs, chunks of 64 tokens on the tensor cores, split as
  *               flash-linear-attention does into kernels parallel over all chunks and a state
- *               pass, with stream-ordered scratch (cudaMallocAsync and cudaFreeAsync on the
- *               stream) of (2 K + V) * 64 + K V elements of the dtype per chunk and value head;
+ *               pass, with stream-ordered scratch (from the library's memory pool, see
+ *               dn_cuda_release_scratch) of (2 K + V) * 64 + K V elements of the dtype per
+ *               chunk and value head;
  *               for fp32 inputs, chunks of 32 tokens in one kernel, fp32 products on the CUDA
  *               cores, which so keep fp32 accuracy). DN_IMPL_AUTO picks the recurrence below 16
  *               tokens per sequence or for other head sizes, else the chunkwise form. DN_IMPL_REF
@@ -258,7 +264,7 @@ typedef struct dn_strides {
  *               work is queued; synchronize the stream before reading the outputs. A call
  *               without cu_seqlens can be captured in a CUDA graph (bench/cuda_la.cu does); one
  *               with cu_seqlens copies it from host memory and allocates stream-ordered device
- *               memory for it (cudaMallocAsync), which a capture may refuse.
+ *               memory for it (the library's pool), which a capture may refuse.
  * Outputs must not overlap any other argument, except initial_state == final_state (in place).
  */
 typedef struct dn_la_params {

@@ -24,6 +24,7 @@ dn_status dn_cuda_memcpy(void *dst, const void *src, size_t bytes) {
     return no_cuda("dn_cuda_memcpy");
 }
 dn_status dn_cuda_synchronize(void) { return no_cuda("dn_cuda_synchronize"); }
+dn_status dn_cuda_release_scratch(void) { return no_cuda("dn_cuda_release_scratch"); }
 dn_status dn_cuda_la_forward(const dn_la_params *p) { return no_cuda(dn_op_name(p->op)); }
 dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     return no_cuda(dn_op_name(bp->fwd.op));

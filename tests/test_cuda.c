@@ -721,13 +721,18 @@ static int test_la_cuda(void) {
         for (int i = 0; i < 8; i++)
             fails += ((unsigned char *)o)[i] != 0x55;
         printf("     skipped: the CUDA kernels (%s)\n", dn_last_error());
+        if (dn_cuda_release_scratch() != DN_ERR_DEVICE)
+            fails++, printf("    FAIL dn_cuda_release_scratch without a device succeeded\n");
         if (fails)
             printf("    FAIL a device call without a device returned %s\n", dn_status_str(st));
         return fails;
     }
     const dn_dtype dts[] = {DN_F32, DN_BF16, DN_F16};
     const dn_impl impls[] = {DN_IMPL_RECURRENT, DN_IMPL_CHUNK};
-    const int fails = run_grid(0, dts, small_grid() ? 2 : 3, impls, 2);
+    int fails = run_grid(0, dts, small_grid() ? 2 : 3, impls, 2);
+    /* the scratch pool handed back between the grids: the backward's calls map it again */
+    if (dn_cuda_release_scratch() != DN_OK)
+        fails++, printf("    FAIL dn_cuda_release_scratch: %s\n", dn_last_error());
     return fails + run_bwd_grid(0, dts, small_grid() ? 2 : 3);
 }
 

@@ -17,6 +17,9 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp);
 
 /* DN_OK for cudaSuccess, else DN_ERR_DEVICE naming the call and the runtime's error. */
 dn_status dn_cuda_error(cudaError_t e, const char *what);
+/* Stream-ordered scratch on the current device from the library's pool, which keeps its memory
+ * between calls (src/cuda/device.cu); freed with cudaFreeAsync on a stream. */
+cudaError_t dn_cuda_scratch(void **ptr, size_t bytes, cudaStream_t s);
 /* DN_OK when CUDA device `device` exists, else DN_ERR_DEVICE saying why not. */
 dn_status dn_cuda_need_device(int device, const char *what);
 

@@ -2126,7 +2126,7 @@ cudaError_t launch_split(const la_args &a, const dn_la_params *p, int64_t NS, cu
                  bcb = p->cu_seqlens ? align256(8 * (size_t)(NS + 1)) : 0,
                  bcm = p->cu_seqlens ? align256(4 * (size_t)nch) : 0;
     char *ws = NULL;
-    cudaError_t e = cudaMallocAsync((void **)&ws, 2 * bW + bU + bh + bd + bcb + bcm, s);
+    cudaError_t e = dn_cuda_scratch((void **)&ws, 2 * bW + bU + bh + bd + bcb + bcm, s);
     if (e != cudaSuccess) return e;
     w.W = ws, w.Kd = ws + bW, w.UT = ws + 2 * bW, w.hs = ws + 2 * bW + bU;
     w.dec = (float *)(ws + 2 * bW + bU + bh);
@@ -2297,7 +2297,7 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
     cudaError_t e = cudaSuccess;
     float *wide = NULL; /* a bf16 state under the chunkwise kernels: fp32 copies, h0 then ht */
     if (impl != DN_IMPL_RECURRENT && sbf16 && (p->initial_state || p->final_state)) {
-        e = cudaMallocAsync((void **)&wide, 2 * sizeof(float) * (size_t)state_elems, s);
+        e = dn_cuda_scratch((void **)&wide, 2 * sizeof(float) * (size_t)state_elems, s);
         if (e == cudaSuccess && p->initial_state) {
             state_widen_kernel<<<conv_blocks(state_elems), 256, 0, s>>>(
                 wide, (const __nv_bfloat16 *)(const void *)p->initial_state, state_elems);
@@ -2309,7 +2309,7 @@ dn_status dn_cuda_la_forward(const dn_la_params *p) {
     float *gates = NULL; /* raw gates under the chunkwise kernels: g and beta computed first */
     if (e == cudaSuccess && impl != DN_IMPL_RECURRENT && (a.ga || a.gbr)) {
         const int64_t n = p->B * p->T * p->HV;
-        e = cudaMallocAsync((void **)&gates, 2 * sizeof(float) * (size_t)n, s);
+        e = dn_cuda_scratch((void **)&gates, 2 * sizeof(float) * (size_t)n, s);
         if (e == cudaSuccess) {
             raw_gates_kernel<<<conv_blocks(n), 256, 0, s>>>(a, gates, gates + n, n);
             e = cudaGetLastError();

@@ -23,14 +23,15 @@
  *                        back through the in-op L2 normalisation (in double, as on the CPU).
  * Two precisions. fp32 and fp16 inputs: every product in fp32 on the CUDA cores over fp32 copies
  * of the inputs, exact to fp32 rounding (the tests hold it to 1e-4 of the double reference).
- * bf16 inputs: the two sweeps are la_bwd_fwd_tc_kernel and la_bwd_dh_tc_kernel, which hold the
- * state (its gradient) transposed in tensor-core accumulators and take their chunk operands from
- * a bf16 pack the mats kernel writes; the grad kernel's products over V run on the tensor cores
- * too (grad_vloop_tc). Operands that are not inputs (the state, U, dU, dY, Tm) enter as bf16
- * hi + lo pairs, so the rounding does not compound chunk by chunk: about 2.5e-3 of the double
- * reference, flash-linear-attention's level (tests/test_cuda.c). docs/PERF.md has the speeds.
- * Scratch (stream-ordered, freed at the end of the call), per (chunk, value head) unit: S0 and
- * dS1 (2 K V floats), M, GK, Tm (3 C^2 floats), gamma and, for bf16, the pack (3 C K + 3 C^2
+ * bf16 inputs: the two sweeps run side by side in one grid (la_bwd_sweeps_tc_kernel: neither
+ * reads the other's output, the dh sweep's sums that need U and R moving to the grad kernel),
+ * hold the state (its gradient) transposed in tensor-core accumulators and take their chunk
+ * operands from a bf16 pack the mats kernel writes; the grad kernel's products over V run on the
+ * tensor cores too (grad_vloop_tc). Operands that are not inputs (the state, U, dU, dY, Tm) enter
+ * as bf16 hi + lo pairs, so the rounding does not compound chunk by chunk: about 2.5e-3 of the
+ * double reference, flash-linear-attention's level (tests/test_cuda.c). docs/PERF.md has the
+ * speeds. Scratch (stream-ordered, freed at the end of the call), per (chunk, value head) unit: S0
+ * and dS1 (2 K V floats), M, GK, Tm (3 C^2 floats), gamma and, for bf16, the pack (3 C K + 3 C^2
  * bf16); per token and value head: U, R, dY (3 V floats) and the key-side gradients before the
  * head sum (2 K floats).
  */
@@ -566,7 +567,7 @@ __device__ void stage_async(E *dst, int ld, const E *src, int64_t rs, int R, int
 struct tc_stage {
     int ldk, ldc, ldo, ldf;
     int Kn, Qe, Kb, Mt, Tt, Tl, dO, Vr; /* bf16 offsets */
-    int Rt, Ut, eg, dd, bt;             /* float offsets, from the float base */
+    int eg, dd, bt;                     /* float offsets, from the float base */
     int bytes_b, bytes;                 /* bf16 part, whole stage */
     __host__ __device__ tc_stage(int K, int BV, bool dh) {
         ldk = K + 8, ldc = BC + 8, ldo = BV + 8, ldf = BV + 4;
@@ -578,11 +579,9 @@ struct tc_stage {
         Tt = o, o += BC * ldc;
         Tl = o, o += BC * ldc;
         dO = o, o += dh ? BC * ldo : 0;
-        Vr = o, o += BC * ldo;
+        Vr = o, o += dh ? 0 : BC * ldo;
         bytes_b = (2 * o + 15) / 16 * 16;
         int f = 0;
-        Rt = f, f += dh ? BC * ldf : 0;
-        Ut = f, f += dh ? BC * ldf : 0;
         eg = f, f += BC;
         dd = f, f += BC;
         bt = f, f += BC;
@@ -744,15 +743,15 @@ __device__ __forceinline__ void tok_frags(uint32_t (*ah)[4], uint32_t (*al)[4], 
     }
 }
 
+/* The forward sweep of sequence n, value head hv, columns v0 .. v0 + 16 NW - 1. */
 template <int KMAX, int NW>
-__global__ void __launch_bounds__(32 * NW) la_bwd_fwd_tc_kernel(la_args a, bwd_ws w) {
-    extern __shared__ __align__(128) unsigned char smem[];
+__device__ __forceinline__ void bwd_fwd_sweep_tc(const la_args &a, const bwd_ws &w, int64_t n,
+                                                 int64_t hv, int64_t v0, unsigned char *smem) {
     using bf = __nv_bfloat16;
     constexpr int NKT = KMAX / 16, BV = 16 * NW;
     const int K = (int)a.K, kt = K / 16, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const tc_stage L(K, BV, false);
-    const int64_t v0 = (int64_t)blockIdx.x * BV, hv = blockIdx.y, n = blockIdx.z;
     const int64_t V = a.V, vr = v0 + 16 * warp + g;
     int64_t b, t0, t1;
     seq_range(a, n, &b, &t0, &t1);
@@ -842,19 +841,34 @@ __global__ void __launch_bounds__(32 * NW) la_bwd_fwd_tc_kernel(la_args a, bwd_w
     cp_async_wait<0>();
 }
 
+/* what the dh sweep writes besides its workspace, and dO */
+struct dh_io {
+    const __nv_bfloat16 *dout;
+    int64_t dob, dot, doh;
+    __nv_bfloat16 *dv;
+    int64_t dvb, dvt, dvh;
+    const float *dht;
+    float *dh0;
+    int dvec;
+};
+
+/* The backward sweep (dS, last chunk to first) of sequence n, value head hv, columns v0 .. */
 template <int KMAX, int NW>
-__global__ void __launch_bounds__(32 * NW)
-    la_bwd_dh_tc_kernel(la_args a, bwd_ws w, const __nv_bfloat16 *dout, int64_t dob, int64_t dot,
-                        int64_t doh, __nv_bfloat16 *dv, int64_t dvb, int64_t dvt, int64_t dvh,
-                        const float *dht, float *dh0, int dvec) {
-    extern __shared__ __align__(128) unsigned char smem[];
+__device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &w, const dh_io &io,
+                                                int64_t n, int64_t hv, int64_t v0,
+                                                unsigned char *smem) {
     using bf = __nv_bfloat16;
     constexpr int NKT = KMAX / 16, BV = 16 * NW;
     const int K = (int)a.K, kt = K / 16, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, t = lane & 3, tid = threadIdx.x;
+    const int g = lane >> 2, t = lane & 3;
     const tc_stage L(K, BV, true);
-    float *red = (float *)(smem + 2 * L.bytes); /* [2][NW][BC][3] per-token column sums */
-    const int64_t vt = blockIdx.x, v0 = vt * BV, hv = blockIdx.y, n = blockIdx.z;
+    const __nv_bfloat16 *dout = io.dout;
+    const int64_t dob = io.dob, dot = io.dot, doh = io.doh, dvb = io.dvb, dvt = io.dvt,
+                  dvh = io.dvh;
+    __nv_bfloat16 *dv = io.dv;
+    const float *dht = io.dht;
+    float *dh0 = io.dh0;
+    const int dvec = io.dvec;
     const int64_t V = a.V, vr = v0 + 16 * warp + g;
     int64_t b, t0, t1;
     seq_range(a, n, &b, &t0, &t1);
@@ -864,10 +878,9 @@ __global__ void __launch_bounds__(32 * NW)
     state_in<NKT>(ds, dht ? dht + soff : nullptr, V, vr, kt);
 
     auto stage = [&](int64_t c, int st) {
-        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
+        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC;
         const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
         bf *sb = (bf *)(smem + st * L.bytes);
-        float *sf = (float *)(smem + st * L.bytes + L.bytes_b);
         const bf *pk = w.pack + u * pk_size(K);
         stage_async(sb + L.Kn, L.ldk, pk, K, BC, BC, K, true);
         stage_async(sb + L.Qe, L.ldk, pk + pk_qe(K), K, BC, BC, K, true);
@@ -876,36 +889,10 @@ __global__ void __launch_bounds__(32 * NW)
             stage_async(sb + L.Kb, L.ldk, pk + pk_kb(K), K, BC, BC, K, true);
             stage_async(sb + L.Tt, L.ldc, pk + pk_t(K), BC, BC, BC, BC, true);
             stage_async(sb + L.Tl, L.ldc, pk + pk_tl(K), BC, BC, BC, BC, true);
-            stage_async(sf + L.Rt, L.ldf, w.Rb + tok0 * trs + hv * V + v0, trs, BC, Lc, BV, true);
-            if (a.gate)
-                stage_async(sb + L.Vr, L.ldo,
-                            (const bf *)a.v + b * a.vb + tc * a.vt + hv * a.vh + v0, a.vt, BC, Lc,
-                            BV, a.vec);
         }
         stage_async(sb + L.dO, L.ldo, dout + b * dob + tc * dot + hv * doh + v0, dot, BC, Lc, BV,
                     dvec);
-        stage_async(sf + L.Ut, L.ldf, w.Ub + tok0 * trs + hv * V + v0, trs, BC, Lc, BV, true);
         return gates_fetch(a, w, u, b, tc, hv, Lc);
-    };
-    /* the column sums of chunk c (stage st) across warps, to part / partL */
-    auto flush = [&](int64_t c, int st) {
-        if (tid >= 32) return;
-        const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
-        const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
-        const float *rd = red + st * NW * BC * 3;
-        float sdb = 0, sdg = 0, sl = 0;
-        for (int x = 0; x < NW; x++) {
-            sdb += rd[(x * BC + tid) * 3], sdg += rd[(x * BC + tid) * 3 + 1];
-            sl += rd[(x * BC + tid) * 3 + 2];
-        }
-        const float dl = tid < Lc ? sl : 0.0f; /* d_i U . K dS1 */
-        if (tid < Lc) {
-            float *pt = w.part + ((vt * w.NTOK + tok0 + tid) * a.HV + hv) * 2;
-            pt[0] = sdb;
-            pt[1] = a.gate ? sdg - dl : 0.0f;
-        }
-        const float accL = warp_sum(dl);
-        if (a.gate && tid == 0) w.partL[vt * w.NU + u] = accL;
     };
     if (nch > 0) gates_put(stage(nch - 1, 0), (float *)(smem + L.bytes_b), L);
     cp_async_commit();
@@ -920,7 +907,6 @@ __global__ void __launch_bounds__(32 * NW)
         state_out<NKT>(w.dsk + u * a.K * V, ds, V, vr, kt);
         cp_async_wait<1>();
         __syncthreads();
-        if (it > 0) flush(c + 1, st ^ 1);
         const bf *sb = (const bf *)(smem + st * L.bytes);
         const float *sf = (const float *)(smem + st * L.bytes + L.bytes_b);
         const float *eg = sf + L.eg, *dd = sf + L.dd, *btv = sf + L.bt;
@@ -949,39 +935,20 @@ __global__ void __launch_bounds__(32 * NW)
                 for (int e = 0; e < 4; e++)
                     dy[j][e] = du[j][e];
         }
-        /* per token over this warp's 16 columns: dY . R, b dY . (R - V), U . K dS1; dv, dY */
-        const float *Rs = sf + L.Rt, *Us = sf + L.Ut;
-        const bf *Vs = sb + L.Vr;
-        float *rd = red + st * NW * BC * 3 + warp * BC * 3;
+        /* dv = b dY (dY alone without the delta rule) and dY for the grad kernel, which also
+         * takes the per-token sums over V that need U and R (the forward sweep runs beside this
+         * one) */
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
-            for (int e0 = 0; e0 < 2; e0++) {
-                const int i = 8 * j + 2 * t + e0;
-                float sdb = 0, sdg = 0, sl = 0;
-#pragma unroll
-                for (int hh = 0; hh < 2; hh++) {
-                    const int e = e0 + 2 * hh, vl = 16 * warp + g + 8 * hh;
-                    const float y = dy[j][e];
-                    if (a.delta) {
-                        const float r = Rs[i * L.ldf + vl];
-                        sdb += y * r;
-                        if (a.gate) sdg += btv[i] * y * (r - to_f(Vs[i * L.ldo + vl]));
-                    }
-                    sl += Us[i * L.ldf + vl] * kds[j][e];
-                    if (i < Lc) {
-                        dv[b * dvb + (tc + i) * dvt + hv * dvh + v0 + vl] =
-                            __float2bfloat16_rn(a.delta ? btv[i] * y : y);
-                        if (a.delta) w.dYb[(tok0 + i) * trs + hv * V + v0 + vl] = y;
-                    }
+            for (int e = 0; e < 4; e++) {
+                const int i = 8 * j + 2 * t + (e & 1), vl = 16 * warp + g + 8 * (e >> 1);
+                const float y = dy[j][e];
+                if (i < Lc) {
+                    dv[b * dvb + (tc + i) * dvt + hv * dvh + v0 + vl] =
+                        __float2bfloat16_rn(a.delta ? btv[i] * y : y);
+                    if (a.delta) w.dYb[(tok0 + i) * trs + hv * V + v0 + vl] = y;
                 }
-#pragma unroll
-                for (int o = 4; o < 32; o <<= 1) {
-                    sdb += __shfl_xor_sync(0xffffffffu, sdb, o);
-                    sdg += __shfl_xor_sync(0xffffffffu, sdg, o);
-                    sl += __shfl_xor_sync(0xffffffffu, sl, o);
-                }
-                if (g == 0) rd[i * 3] = sdb, rd[i * 3 + 1] = sdg, rd[i * 3 + 2] = dd[i] * sl;
             }
         /* dS0^T = e^gL dS1^T + dO^T Qe + dY^T Kb */
         if (a.gate) {
@@ -1002,9 +969,21 @@ __global__ void __launch_bounds__(32 * NW)
         __syncthreads(); /* this stage is refilled next */
     }
     cp_async_wait<0>();
-    __syncthreads();
-    if (nch > 0) flush(0, (int)((nch - 1) & 1));
     if (dh0) state_out<NKT>(dh0 + soff, ds, V, vr, kt);
+}
+
+/* Both sweeps in one grid, side by side (neither reads what the other writes): blocks
+ * x < nv (value-column blocks) run the forward sweep, the others the dh sweep; y is the value
+ * head, z the sequence. The dh sweep, the longer, takes the first blocks. */
+template <int KMAX, int NW>
+__global__ void __launch_bounds__(32 * NW)
+    la_bwd_sweeps_tc_kernel(la_args a, bwd_ws w, dh_io io, int nv) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int x = (int)blockIdx.x;
+    if (x < nv)
+        bwd_dh_sweep_tc<KMAX, NW>(a, w, io, blockIdx.z, blockIdx.y, (int64_t)x * 16 * NW, smem);
+    else if (w.NU > 0) /* (no chunks: nothing to sweep forward) */
+        bwd_fwd_sweep_tc<KMAX, NW>(a, w, blockIdx.z, blockIdx.y, (int64_t)(x - nv) * 16 * NW, smem);
 }
 
 /* The grad kernel's products over V on tensor cores (bf16 inputs): W = dO U^T, Z = dY U^T,
@@ -1020,10 +999,10 @@ __host__ __device__ constexpr int grad_vloop_floats(int K, int BV) {
 }
 
 __device__ void grad_vloop_tc(const la_args &a, const bwd_ws &w, const __nv_bfloat16 *dO_g,
-                              int64_t dot, int64_t u, int64_t tok0, int64_t hv, int Lc,
-                              const float *eg, const float *dd, const float *btv, float *dQa,
-                              float *dKa, int ldk, float *Wm, float *Zm, int ldc, __nv_bfloat16 *st,
-                              float &sS) {
+                              int64_t dot, const __nv_bfloat16 *V_g, int64_t u, int64_t tok0,
+                              int64_t hv, int Lc, const float *eg, const float *dd,
+                              const float *btv, float *dQa, float *dKa, int ldk, float *Wm,
+                              float *Zm, int ldc, __nv_bfloat16 *st, float &sS, float *sy) {
     using bf = __nv_bfloat16;
     const int K = (int)a.K, V = (int)a.V, nkb = K / 16, tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -1039,11 +1018,13 @@ __device__ void grad_vloop_tc(const la_args &a, const bwd_ws &w, const __nv_bflo
     const int64_t trs = a.HV * a.V, row0 = (tok0 * a.HV + hv) * a.V;
     const float *S0g = w.ck + u * a.K * a.V, *dSg = w.dsk + u * a.K * a.V;
     float q[4][2][4] = {}, kd[4][2][4] = {}, wz[2][4] = {};
+    float sdb[2] = {},
+          sdg[2] = {}; /* this thread's parts of dY . R and dY . (R - V), rows x / GV */
     for (int v0 = 0; v0 < V; v0 += GV) {
         __syncthreads(); /* the previous step's tiles are consumed */
         /* the step's loads into registers before their stores (BC GV = 2 BT elements; K GV <= 16
          * BT, four a thread at a time) */
-        float o[2], uu[2], y[2];
+        float o[2], uu[2], y[2], r[2], vv[2];
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             const int x = tid + e * BT, i = x / GV, c = x % GV;
@@ -1051,7 +1032,12 @@ __device__ void grad_vloop_tc(const la_args &a, const bwd_ws &w, const __nv_bflo
             o[e] = in ? to_f(dO_g[i * dot + v0 + c]) : 0.0f;
             uu[e] = in ? w.Ub[row0 + i * trs + v0 + c] : 0.0f;
             y[e] = in && a.delta ? w.dYb[row0 + i * trs + v0 + c] : 0.0f;
+            r[e] = in && a.delta ? w.Rb[row0 + i * trs + v0 + c] : 0.0f;
+            vv[e] = in && a.delta && a.gate ? to_f(V_g[i * a.vt + v0 + c]) : 0.0f;
         }
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+            sdb[e] += y[e] * r[e], sdg[e] += y[e] * (r[e] - vv[e]);
 #pragma unroll
         for (int e = 0; e < 2; e++) {
             const int x = tid + e * BT, i = x / GV, c = x % GV;
@@ -1120,6 +1106,17 @@ __device__ void grad_vloop_tc(const la_args &a, const bwd_ws &w, const __nv_bflo
                 mma16816<bf>(kd[m][1], aYl, bs[2], bs[3]);
             }
         }
+    }
+    /* the rows' sums over V: 16 threads a row (x = tid + e BT, row x / GV) */
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+#pragma unroll
+        for (int sh = 1; sh < GV; sh <<= 1) {
+            sdb[e] += __shfl_xor_sync(0xffffffffu, sdb[e], sh);
+            sdg[e] += __shfl_xor_sync(0xffffffffu, sdg[e], sh);
+        }
+        const int i = (tid + e * BT) / GV;
+        if (tid % GV == 0) sy[i] = sdb[e], sy[BC + i] = btv[i] * sdg[e];
     }
     const int i0 = r0 + g, i1 = i0 + 8;
     const float e0 = eg[i0], e1 = eg[i1];
@@ -1215,7 +1212,7 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
           *Mm = cv.take(BC * ldc), *GKm = cv.take(BC * ldc),
           *vreg = cv.take(grad_vloop_floats(K, BV)), *eg = cv.take(BC), *dd = cv.take(BC),
           *btv = cv.take(BC), *dgam = cv.take(BC + BT / 32), *dbv = cv.take(3 * BC),
-          *rst = cv.take(BC);
+          *rst = cv.take(BC), *sy = cv.take(2 * BC);
     /* the V loop's tiles: fp32 (CUDA-core products) or bf16 (tensor cores) */
     float *dO = vreg, *Ut = dO + BC * ldv, *dY = Ut + BC * ldv, *S0t = dY + BC * ldv,
           *dS1t = S0t + K * ldv;
@@ -1244,8 +1241,10 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
     bool tc_done = false;
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
         if (w.pack) {
-            grad_vloop_tc(a, w, dout + b * dob + tc * dot + hv * doh, dot, u, tok0, hv, Lc, eg, dd,
-                          btv, dQa, dKa, ldk, Wm, Zm, ldc, (__nv_bfloat16 *)vreg, sS);
+            grad_vloop_tc(a, w, dout + b * dob + tc * dot + hv * doh, dot,
+                          (const __nv_bfloat16 *)a.v + b * a.vb + tc * a.vt + hv * a.vh, u, tok0,
+                          hv, Lc, eg, dd, btv, dQa, dKa, ldk, Wm, Zm, ldc, (__nv_bfloat16 *)vreg,
+                          sS, sy);
             tc_done = true;
         }
     for (int v0 = 0; v0 < V && !tc_done; v0 += BV) {
@@ -1317,16 +1316,37 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
                 }
             }
         }
-    /* per token: the column-block sums of the sweep, and (gate) qs_i . (E dO S0^T)_i */
+    /* per token: the sums over V (of the dh sweep's column blocks, or of the V loop here: see
+     * below), and (gate) qs_i . (E dO S0^T)_i */
     sS = warp_sum(sS);
     if (lane == 0) dgam[BC + warp] = sS;
-    if (tid < BC) {
+    if (tid < BC && !tc_done) {
         float pb = 0, pd = 0;
         for (int v = 0; tid < Lc && v < w.nvt; v++) {
             const float *pt = w.part + ((v * w.NTOK + tok0 + tid) * a.HV + hv) * 2;
             pb += pt[0], pd += pt[1];
         }
         dbv[tid] = pb, dgam[tid] = pd;
+    }
+    /* The tensor-core sweeps run side by side, so the dh sweep cannot see U and R; its sums
+     * that need them come from here. With T_i = Kn_i . dKa_i over the keys (dKa = diag(d) U
+     * dS1^T - diag(e^gamma b) dY S0^T so far) and K S0 = E^-1 (V - R): T_i = sl_i + sdg_i, where
+     * sl_i = d_i U_i . (K dS1)_i and sdg_i = b_i dY_i . (R_i - V_i). dbeta gets dY . R, dgamma_i
+     * sdg_i - sl_i, the chunk's last gamma the sum of sl_i. */
+    if (tc_done) {
+        __syncthreads();
+        for (int i = warp; i < BC; i += BT / 32) {
+            float s = 0;
+            for (int c = lane; c < K; c += 32)
+                s += Kn[i * ldk + c] * dKa[i * ldk + c];
+            s = warp_sum(s);
+            if (lane == 0) {
+                const float sl = i < Lc && a.gate ? s - sy[BC + i] : 0.0f;
+                dbv[i] = i < Lc && a.delta ? sy[i] : 0.0f;
+                dgam[i] = a.gate && i < Lc ? sy[BC + i] - sl : 0.0f;
+                sy[i] = sl; /* (read below by thread 0) */
+            }
+        }
     }
     __syncthreads();
     if (a.gate)
@@ -1386,8 +1406,12 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
         /* dg_l = sum of dgamma from l to the chunk's end, restarted where exp(g_l) is 0 in
          * float (a reset: the gate's gradient is exactly 0 there, as on the CPU) */
         float dgl = 0, ss = 0;
-        for (int v = 0; v < w.nvt; v++)
-            dgl += w.partL[v * w.NU + u];
+        if (tc_done)
+            for (int i = 0; i < Lc; i++)
+                dgl += sy[i];
+        else
+            for (int v = 0; v < w.nvt; v++)
+                dgl += w.partL[v * w.NU + u];
         for (int x = 0; x < BT / 32; x++)
             ss += dgam[BC + x];
         dgl += eg[Lc - 1] * ss;
@@ -1477,47 +1501,49 @@ size_t grad_smem(int K, int BV) {
     carve c(nullptr);
     c.take(2 * BC), c.take(4 * BC * (K + 1)), c.take(4 * BC * (BC + 1));
     c.take(grad_vloop_floats(K, BV)), c.take(3 * BC), c.take(BC + BT / 32), c.take(4 * BC);
+    c.take(2 * BC);
     return sizeof(float) * c.off;
 }
 
 /* the tensor-core sweeps for a head dim up to KMAX, NW warps (16 value columns each) a block */
 template <int KMAX, int NW>
 cudaError_t launch_tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64_t NS,
-                             const bwd_ws &w, bool fwd, int dvec, cudaStream_t s) {
-    const int K = (int)a.K;
-    const dim3 grid((unsigned)(a.V / (16 * NW)), (unsigned)a.HV, (unsigned)NS);
-    if (fwd) {
-        const size_t sm = 2 * (size_t)tc_stage(K, 16 * NW, false).bytes;
-        cudaError_t e = cudaFuncSetAttribute(la_bwd_fwd_tc_kernel<KMAX, NW>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
-        if (e != cudaSuccess) return e;
-        la_bwd_fwd_tc_kernel<KMAX, NW><<<grid, 32 * NW, sm, s>>>(a, w);
-        return cudaGetLastError();
-    }
-    const size_t sm =
-        2 * (size_t)tc_stage(K, 16 * NW, true).bytes + sizeof(float) * 2 * NW * BC * 3;
-    cudaError_t e = cudaFuncSetAttribute(la_bwd_dh_tc_kernel<KMAX, NW>,
+                             const bwd_ws &w, int dvec, cudaStream_t s) {
+    const int K = (int)a.K, nv = (int)(a.V / (16 * NW));
+    const size_t smf = 2 * (size_t)tc_stage(K, 16 * NW, false).bytes,
+                 smd = 2 * (size_t)tc_stage(K, 16 * NW, true).bytes, sm = smf > smd ? smf : smd;
+    cudaError_t e = cudaFuncSetAttribute(la_bwd_sweeps_tc_kernel<KMAX, NW>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
     if (e != cudaSuccess) return e;
     const dn_strides os = bp->dout_s, vs = bp->dv_s;
-    la_bwd_dh_tc_kernel<KMAX, NW><<<grid, 32 * NW, sm, s>>>(
-        a, w, (const __nv_bfloat16 *)bp->dout, os.b, os.t, os.h, (__nv_bfloat16 *)bp->dv, vs.b,
-        vs.t, vs.h, bp->dfinal_state, bp->dinitial_state, dvec);
+    const dh_io io = {(const __nv_bfloat16 *)bp->dout,
+                      os.b,
+                      os.t,
+                      os.h,
+                      (__nv_bfloat16 *)bp->dv,
+                      vs.b,
+                      vs.t,
+                      vs.h,
+                      bp->dfinal_state,
+                      bp->dinitial_state,
+                      dvec};
+    const dim3 grid((unsigned)(2 * nv), (unsigned)a.HV, (unsigned)NS);
+    la_bwd_sweeps_tc_kernel<KMAX, NW><<<grid, 32 * NW, sm, s>>>(a, w, io, nv);
     return cudaGetLastError();
 }
 template <int KMAX>
 cudaError_t tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, const bwd_ws &w,
-                      bool fwd, int dvec, cudaStream_t s) {
+                      int dvec, cudaStream_t s) {
     const int nw = w.bv / 16;
-    return nw == 4   ? launch_tc_sweeps<KMAX, 4>(a, bp, NS, w, fwd, dvec, s)
-           : nw == 2 ? launch_tc_sweeps<KMAX, 2>(a, bp, NS, w, fwd, dvec, s)
-                     : launch_tc_sweeps<KMAX, 1>(a, bp, NS, w, fwd, dvec, s);
+    return nw == 4   ? launch_tc_sweeps<KMAX, 4>(a, bp, NS, w, dvec, s)
+           : nw == 2 ? launch_tc_sweeps<KMAX, 2>(a, bp, NS, w, dvec, s)
+                     : launch_tc_sweeps<KMAX, 1>(a, bp, NS, w, dvec, s);
 }
-cudaError_t run_tc_sweep(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, const bwd_ws &w,
-                         bool fwd, int dvec, cudaStream_t s) {
-    return a.K <= 64    ? tc_sweeps<64>(a, bp, NS, w, fwd, dvec, s)
-           : a.K <= 128 ? tc_sweeps<128>(a, bp, NS, w, fwd, dvec, s)
-                        : tc_sweeps<256>(a, bp, NS, w, fwd, dvec, s);
+cudaError_t run_tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, const bwd_ws &w,
+                          int dvec, cudaStream_t s) {
+    return a.K <= 64    ? tc_sweeps<64>(a, bp, NS, w, dvec, s)
+           : a.K <= 128 ? tc_sweeps<128>(a, bp, NS, w, dvec, s)
+                        : tc_sweeps<256>(a, bp, NS, w, dvec, s);
 }
 
 template <typename T>
@@ -1543,8 +1569,7 @@ cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bw
         seqs((unsigned)w.nvt, (unsigned)a.HV, (unsigned)NS);
     if (nch > 0) la_bwd_mats_kernel<T><<<units, BT, sm0, s>>>(a, w);
     if (tc) {
-        if (nch > 0 && (e = run_tc_sweep(a, bp, NS, w, true, dvec, s)) != cudaSuccess) return e;
-        if ((e = run_tc_sweep(a, bp, NS, w, false, dvec, s)) != cudaSuccess) return e;
+        if ((e = run_tc_sweeps(a, bp, NS, w, dvec, s)) != cudaSuccess) return e;
     } else {
         if (nch > 0) la_bwd_fwd_kernel<T><<<seqs, BT, sm1, s>>>(a, w);
         la_bwd_dh_kernel<T><<<seqs, BT, sm2, s>>>(a, w, (const T *)bp->dout, os.b, os.t, os.h,
@@ -1624,26 +1649,26 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     const int64_t K = p->K, V = p->V, HV = p->HV, NU = w.NU, NTOK = w.NTOK;
     const int delta = p->op == DN_OP_DELTANET || p->op == DN_OP_GDN;
     const size_t sizes[] = {
-        align256(4 * (size_t)(NU * 3 * BC * BC)),           /* mats */
-        align256(8 * (size_t)(NU * BC)),                    /* gam */
-        align256(4 * (size_t)(NU * K * V)),                 /* ck */
-        align256(4 * (size_t)(NU * K * V)),                 /* dsk */
-        align256(4 * (size_t)(NTOK * HV * V)),              /* Ub */
-        delta ? align256(4 * (size_t)(NTOK * HV * V)) : 0,  /* Rb */
-        delta ? align256(4 * (size_t)(NTOK * HV * V)) : 0,  /* dYb */
-        align256(4 * (size_t)(w.nvt * NTOK * HV * 2)),      /* part */
-        align256(4 * (size_t)(w.nvt * NU)),                 /* partL */
-        align256(4 * (size_t)(NTOK * HV * K)),              /* dQs */
-        align256(4 * (size_t)(NTOK * HV * K)),              /* dKs */
-        tc ? align256(2 * (size_t)(NU * pk_size(K))) : 0,   /* pack */
-        p->cu_seqlens ? align256(8 * (size_t)(NS + 1)) : 0, /* cb */
-        p->cu_seqlens ? align256(4 * (size_t)nch) : 0,      /* cmap */
+        align256(4 * (size_t)(NU * 3 * BC * BC)),               /* mats */
+        align256(8 * (size_t)(NU * BC)),                        /* gam */
+        align256(4 * (size_t)(NU * K * V)),                     /* ck */
+        align256(4 * (size_t)(NU * K * V)),                     /* dsk */
+        align256(4 * (size_t)(NTOK * HV * V)),                  /* Ub */
+        delta ? align256(4 * (size_t)(NTOK * HV * V)) : 0,      /* Rb */
+        delta ? align256(4 * (size_t)(NTOK * HV * V)) : 0,      /* dYb */
+        tc ? 0 : align256(4 * (size_t)(w.nvt * NTOK * HV * 2)), /* part */
+        tc ? 0 : align256(4 * (size_t)(w.nvt * NU)),            /* partL */
+        align256(4 * (size_t)(NTOK * HV * K)),                  /* dQs */
+        align256(4 * (size_t)(NTOK * HV * K)),                  /* dKs */
+        tc ? align256(2 * (size_t)(NU * pk_size(K))) : 0,       /* pack */
+        p->cu_seqlens ? align256(8 * (size_t)(NS + 1)) : 0,     /* cb */
+        p->cu_seqlens ? align256(4 * (size_t)nch) : 0,          /* cmap */
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         total += sizes[i];
     char *ws = NULL;
-    cudaError_t e = cudaMallocAsync((void **)&ws, total, s);
+    cudaError_t e = dn_cuda_scratch((void **)&ws, total, s);
     if (e == cudaSuccess) {
         char *at = ws;
         void **slots[] = {(void **)&w.mats,  (void **)&w.gam, (void **)&w.ck,  (void **)&w.dsk,

@@ -177,7 +177,7 @@ inline dn_status upload_cu(const dn_la_params *p, cudaStream_t s, int64_t **cu, 
     *cu = NULL;
     if (!p->cu_seqlens) return DN_OK;
     const size_t bytes = sizeof(int64_t) * (size_t)(p->n_seqs + 1);
-    dn_status st = dn_cuda_error(cudaMallocAsync((void **)cu, bytes, s), name);
+    dn_status st = dn_cuda_error(dn_cuda_scratch((void **)cu, bytes, s), name);
     if (st != DN_OK) return st;
     st = dn_cuda_error(cudaMemcpyAsync(*cu, p->cu_seqlens, bytes, cudaMemcpyHostToDevice, s), name);
     if (st != DN_OK) {
