@@ -38,6 +38,7 @@
 #include "la_common.cuh"
 #include "mma.cuh"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 namespace {
@@ -71,6 +72,7 @@ struct bwd_ws {
     int64_t nt;        /* chunks a sequence without cu_seqlens */
     int64_t NU, NTOK;  /* units (chunks x HV), tokens (B T) */
     int nvt, bv, bv3;  /* column blocks of the sweeps (bv wide), block width of the grad kernel */
+    int ks; /* tensor-core sweeps of 64 columns a block: 1 keys unsplit, else over 2 warps */
 };
 
 /* The chunk's sequence, first token and length, from its global index. */
@@ -743,21 +745,55 @@ __device__ __forceinline__ void tok_frags(uint32_t (*ah)[4], uint32_t (*al)[4], 
     }
 }
 
+/* Key split: a sweep block has NW x KS warps; warp w owns value columns 16 (w % NW) .. + 15
+ * and key tiles kb .. kb + NKL - 1 (kb = (w / NW) NKL, NKL = KMAX / 16 / KS) of the state, so
+ * that more warps share a sequence's chain of chunks. A product over all keys (S^T Kn^T) is
+ * summed over the KS warps of a column block through shared memory (red: [KS][NW][BC / 8][32]
+ * float4, conflict-free); the products over tokens that follow are repeated in each of them. */
+template <int KS> __host__ __device__ constexpr int red_bytes(int NW) {
+    return KS > 1 ? KS * NW * (BC / 8) * 32 * 16 : 0;
+}
+template <int NW, int KS>
+__device__ __forceinline__ void key_sum(float (*x)[4], float *red, int vw, int kw) {
+    if constexpr (KS > 1) {
+        const int lane = threadIdx.x & 31;
+        float4 *r4 = (float4 *)red;
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++)
+            r4[((kw * NW + vw) * (BC / 8) + j) * 32 + lane] =
+                make_float4(x[j][0], x[j][1], x[j][2], x[j][3]);
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < BC / 8; j++) {
+            float4 sum = make_float4(0, 0, 0, 0);
+#pragma unroll
+            for (int q = 0; q < KS; q++) {
+                const float4 y = r4[((q * NW + vw) * (BC / 8) + j) * 32 + lane];
+                sum.x += y.x, sum.y += y.y, sum.z += y.z, sum.w += y.w;
+            }
+            x[j][0] = sum.x, x[j][1] = sum.y, x[j][2] = sum.z, x[j][3] = sum.w;
+        }
+    }
+}
+
 /* The forward sweep of sequence n, value head hv, columns v0 .. v0 + 16 NW - 1. */
-template <int KMAX, int NW>
+template <int KMAX, int NW, int KS>
 __device__ __forceinline__ void bwd_fwd_sweep_tc(const la_args &a, const bwd_ws &w, int64_t n,
                                                  int64_t hv, int64_t v0, unsigned char *smem) {
     using bf = __nv_bfloat16;
-    constexpr int NKT = KMAX / 16, BV = 16 * NW;
-    const int K = (int)a.K, kt = K / 16, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    constexpr int NKL = KMAX / 16 / KS, BV = 16 * NW;
+    const int K = (int)a.K, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int vw = warp % NW, kw = warp / NW, kb = kw * NKL;
+    const int kt = K / 16 - kb < 0 ? 0 : K / 16 - kb < NKL ? K / 16 - kb : NKL; /* tiles here */
     const int g = lane >> 2, t = lane & 3;
     const tc_stage L(K, BV, false);
-    const int64_t V = a.V, vr = v0 + 16 * warp + g;
+    float *red = (float *)(smem + 2 * L.bytes);
+    const int64_t V = a.V, vr = v0 + 16 * vw + g, ko = 16 * (int64_t)kb * V;
     int64_t b, t0, t1;
     seq_range(a, n, &b, &t0, &t1);
     const int64_t nch = (t1 - t0 + BC - 1) / BC, cb = w.cmap ? w.cb[n] : n * w.nt;
-    float s[2 * NKT][4];
-    state_in<NKT>(s, a.h0 ? a.h0 + (n * a.HV + hv) * a.K * V : nullptr, V, vr, kt);
+    float s[2 * NKL][4];
+    state_in<NKL>(s, a.h0 ? a.h0 + (n * a.HV + hv) * a.K * V + ko : nullptr, V, vr, kt);
 
     auto stage = [&](int64_t c, int st) {
         const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC;
@@ -782,7 +818,7 @@ __device__ __forceinline__ void bwd_fwd_sweep_tc(const la_args &a, const bwd_ws 
         cp_async_commit();
         const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
         const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
-        state_out<NKT>(w.ck + u * a.K * V, s, V, vr, kt);
+        state_out<NKL>(w.ck + u * a.K * V + ko, s, V, vr, kt);
         cp_async_wait<1>();
         __syncthreads();
         const bf *sb = (const bf *)(smem + st * L.bytes);
@@ -794,14 +830,15 @@ __device__ __forceinline__ void bwd_fwd_sweep_tc(const la_args &a, const bwd_ws 
         float *Ug = w.Ub + tok0 * trs + hv * V;
         float x[BC / 8][4];
         if (a.delta) { /* R = V - E K S0 (stored), then U^T = (b R)^T Tm^T */
-            state_keys<NKT>(x, s, sb + L.Kn, L.ldk, kt);
+            state_keys<NKL>(x, s, sb + L.Kn + 16 * kb, L.ldk, kt);
+            key_sum<NW, KS>(x, red, vw, kw);
 #pragma unroll
             for (int j = 0; j < BC / 8; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int i = 8 * j + 2 * t + (e & 1), vl = 16 * warp + g + 8 * (e >> 1);
+                    const int i = 8 * j + 2 * t + (e & 1), vl = 16 * vw + g + 8 * (e >> 1);
                     const float r = to_f(Vs[i * L.ldo + vl]) - eg[i] * x[j][e];
-                    if (i < Lc) Rg[i * trs + vl + v0] = r;
+                    if (i < Lc && kw == 0) Rg[i * trs + vl + v0] = r;
                     x[j][e] = r;
                 }
             uint32_t ah[BC / 16][4], al[BC / 16][4];
@@ -812,7 +849,7 @@ __device__ __forceinline__ void bwd_fwd_sweep_tc(const la_args &a, const bwd_ws 
             for (int j = 0; j < BC / 8; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int i = 8 * j + 2 * t + (e & 1), vl = 16 * warp + g + 8 * (e >> 1);
+                    const int i = 8 * j + 2 * t + (e & 1), vl = 16 * vw + g + 8 * (e >> 1);
                     x[j][e] = to_f(Vs[i * L.ldo + vl]);
                 }
         }
@@ -820,21 +857,21 @@ __device__ __forceinline__ void bwd_fwd_sweep_tc(const la_args &a, const bwd_ws 
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int i = 8 * j + 2 * t + (e & 1), vl = 16 * warp + g + 8 * (e >> 1);
-                if (i < Lc) Ug[i * trs + vl + v0] = x[j][e];
+                const int i = 8 * j + 2 * t + (e & 1), vl = 16 * vw + g + 8 * (e >> 1);
+                if (i < Lc && kw == 0) Ug[i * trs + vl + v0] = x[j][e];
             }
         /* S1^T = e^gL S0^T + (U^T diag(d)) Kn */
         if (a.gate) {
             const float eL = eg[Lc - 1];
 #pragma unroll
-            for (int j = 0; j < 2 * NKT; j++)
+            for (int j = 0; j < 2 * NKL; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++)
                     s[j][e] *= eL;
         }
         uint32_t ah[BC / 16][4], al[BC / 16][4];
         tok_frags(ah, al, x, dd);
-        state_add<NKT>(s, ah, al, sb + L.Kn, L.ldk, kt);
+        state_add<NKL>(s, ah, al, sb + L.Kn + 16 * kb, L.ldk, kt);
         if (c + 1 < nch) gates_put(pf, (float *)(smem + (st ^ 1) * L.bytes + L.bytes_b), L);
         __syncthreads(); /* this stage is refilled next */
     }
@@ -853,15 +890,18 @@ struct dh_io {
 };
 
 /* The backward sweep (dS, last chunk to first) of sequence n, value head hv, columns v0 .. */
-template <int KMAX, int NW>
+template <int KMAX, int NW, int KS>
 __device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &w, const dh_io &io,
                                                 int64_t n, int64_t hv, int64_t v0,
                                                 unsigned char *smem) {
     using bf = __nv_bfloat16;
-    constexpr int NKT = KMAX / 16, BV = 16 * NW;
-    const int K = (int)a.K, kt = K / 16, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    constexpr int NKL = KMAX / 16 / KS, BV = 16 * NW;
+    const int K = (int)a.K, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int vw = warp % NW, kw = warp / NW, kb = kw * NKL;
+    const int kt = K / 16 - kb < 0 ? 0 : K / 16 - kb < NKL ? K / 16 - kb : NKL; /* tiles here */
     const int g = lane >> 2, t = lane & 3;
     const tc_stage L(K, BV, true);
+    float *red = (float *)(smem + 2 * L.bytes);
     const __nv_bfloat16 *dout = io.dout;
     const int64_t dob = io.dob, dot = io.dot, doh = io.doh, dvb = io.dvb, dvt = io.dvt,
                   dvh = io.dvh;
@@ -869,13 +909,13 @@ __device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &
     const float *dht = io.dht;
     float *dh0 = io.dh0;
     const int dvec = io.dvec;
-    const int64_t V = a.V, vr = v0 + 16 * warp + g;
+    const int64_t V = a.V, vr = v0 + 16 * vw + g, ko = 16 * (int64_t)kb * V;
     int64_t b, t0, t1;
     seq_range(a, n, &b, &t0, &t1);
     const int64_t nch = (t1 - t0 + BC - 1) / BC, cb = w.cmap ? w.cb[n] : n * w.nt;
-    const int64_t soff = (n * a.HV + hv) * a.K * V, trs = a.HV * V;
-    float ds[2 * NKT][4];
-    state_in<NKT>(ds, dht ? dht + soff : nullptr, V, vr, kt);
+    const int64_t soff = (n * a.HV + hv) * a.K * V + ko, trs = a.HV * V;
+    float ds[2 * NKL][4];
+    state_in<NKL>(ds, dht ? dht + soff : nullptr, V, vr, kt);
 
     auto stage = [&](int64_t c, int st) {
         const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC;
@@ -904,7 +944,7 @@ __device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &
         cp_async_commit();
         const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
         const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
-        state_out<NKT>(w.dsk + u * a.K * V, ds, V, vr, kt);
+        state_out<NKL>(w.dsk + u * a.K * V + ko, ds, V, vr, kt);
         cp_async_wait<1>();
         __syncthreads();
         const bf *sb = (const bf *)(smem + st * L.bytes);
@@ -912,11 +952,12 @@ __device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &
         const float *eg = sf + L.eg, *dd = sf + L.dd, *btv = sf + L.bt;
         /* K dS1, then dU^T = dO^T M + (K dS1)^T diag(d) */
         float kds[BC / 8][4], du[BC / 8][4];
-        state_keys<NKT>(kds, ds, sb + L.Kn, L.ldk, kt);
+        state_keys<NKL>(kds, ds, sb + L.Kn + 16 * kb, L.ldk, kt);
+        key_sum<NW, KS>(kds, red, vw, kw);
         uint32_t ao[BC / 16][4]; /* dO^T: A fragments over the tokens */
 #pragma unroll
         for (int kk = 0; kk < BC / 16; kk++)
-            frag_at(ao[kk], sb + L.dO + 16 * kk * L.ldo + 16 * warp, L.ldo);
+            frag_at(ao[kk], sb + L.dO + 16 * kk * L.ldo + 16 * vw, L.ldo);
         tok_mm(du, ao, nullptr, sb + L.Mt, nullptr, L.ldc, false);
 #pragma unroll
         for (int j = 0; j < BC / 8; j++)
@@ -942,9 +983,9 @@ __device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &
         for (int j = 0; j < BC / 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int i = 8 * j + 2 * t + (e & 1), vl = 16 * warp + g + 8 * (e >> 1);
+                const int i = 8 * j + 2 * t + (e & 1), vl = 16 * vw + g + 8 * (e >> 1);
                 const float y = dy[j][e];
-                if (i < Lc) {
+                if (i < Lc && kw == 0) {
                     dv[b * dvb + (tc + i) * dvt + hv * dvh + v0 + vl] =
                         __float2bfloat16_rn(a.delta ? btv[i] * y : y);
                     if (a.delta) w.dYb[(tok0 + i) * trs + hv * V + v0 + vl] = y;
@@ -954,36 +995,37 @@ __device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &
         if (a.gate) {
             const float eL = eg[Lc - 1];
 #pragma unroll
-            for (int j = 0; j < 2 * NKT; j++)
+            for (int j = 0; j < 2 * NKL; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++)
                     ds[j][e] *= eL;
         }
-        state_add<NKT>(ds, ao, nullptr, sb + L.Qe, L.ldk, kt);
+        state_add<NKL>(ds, ao, nullptr, sb + L.Qe + 16 * kb, L.ldk, kt);
         if (a.delta) {
             uint32_t ah[BC / 16][4], al[BC / 16][4];
             tok_frags(ah, al, dy, nullptr);
-            state_add<NKT>(ds, ah, al, sb + L.Kb, L.ldk, kt);
+            state_add<NKL>(ds, ah, al, sb + L.Kb + 16 * kb, L.ldk, kt);
         }
         if (c > 0) gates_put(pf, (float *)(smem + (st ^ 1) * L.bytes + L.bytes_b), L);
         __syncthreads(); /* this stage is refilled next */
     }
     cp_async_wait<0>();
-    if (dh0) state_out<NKT>(dh0 + soff, ds, V, vr, kt);
+    if (dh0) state_out<NKL>(dh0 + soff, ds, V, vr, kt);
 }
 
 /* Both sweeps in one grid, side by side (neither reads what the other writes): blocks
  * x < nv (value-column blocks) run the forward sweep, the others the dh sweep; y is the value
  * head, z the sequence. The dh sweep, the longer, takes the first blocks. */
-template <int KMAX, int NW>
-__global__ void __launch_bounds__(32 * NW)
+template <int KMAX, int NW, int KS>
+__global__ void __launch_bounds__(32 * NW * KS)
     la_bwd_sweeps_tc_kernel(la_args a, bwd_ws w, dh_io io, int nv) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int x = (int)blockIdx.x;
     if (x < nv)
-        bwd_dh_sweep_tc<KMAX, NW>(a, w, io, blockIdx.z, blockIdx.y, (int64_t)x * 16 * NW, smem);
+        bwd_dh_sweep_tc<KMAX, NW, KS>(a, w, io, blockIdx.z, blockIdx.y, (int64_t)x * 16 * NW, smem);
     else if (w.NU > 0) /* (no chunks: nothing to sweep forward) */
-        bwd_fwd_sweep_tc<KMAX, NW>(a, w, blockIdx.z, blockIdx.y, (int64_t)(x - nv) * 16 * NW, smem);
+        bwd_fwd_sweep_tc<KMAX, NW, KS>(a, w, blockIdx.z, blockIdx.y, (int64_t)(x - nv) * 16 * NW,
+                                       smem);
 }
 
 /* The grad kernel's products over V on tensor cores (bf16 inputs): W = dO U^T, Z = dY U^T,
@@ -1506,13 +1548,14 @@ size_t grad_smem(int K, int BV) {
 }
 
 /* the tensor-core sweeps for a head dim up to KMAX, NW warps (16 value columns each) a block */
-template <int KMAX, int NW>
+template <int KMAX, int NW, int KS>
 cudaError_t launch_tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64_t NS,
                              const bwd_ws &w, int dvec, cudaStream_t s) {
     const int K = (int)a.K, nv = (int)(a.V / (16 * NW));
     const size_t smf = 2 * (size_t)tc_stage(K, 16 * NW, false).bytes,
-                 smd = 2 * (size_t)tc_stage(K, 16 * NW, true).bytes, sm = smf > smd ? smf : smd;
-    cudaError_t e = cudaFuncSetAttribute(la_bwd_sweeps_tc_kernel<KMAX, NW>,
+                 smd = 2 * (size_t)tc_stage(K, 16 * NW, true).bytes,
+                 sm = (smf > smd ? smf : smd) + red_bytes<KS>(NW);
+    cudaError_t e = cudaFuncSetAttribute(la_bwd_sweeps_tc_kernel<KMAX, NW, KS>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
     if (e != cudaSuccess) return e;
     const dn_strides os = bp->dout_s, vs = bp->dv_s;
@@ -1528,16 +1571,17 @@ cudaError_t launch_tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64
                       bp->dinitial_state,
                       dvec};
     const dim3 grid((unsigned)(2 * nv), (unsigned)a.HV, (unsigned)NS);
-    la_bwd_sweeps_tc_kernel<KMAX, NW><<<grid, 32 * NW, sm, s>>>(a, w, io, nv);
+    la_bwd_sweeps_tc_kernel<KMAX, NW, KS><<<grid, 32 * NW * KS, sm, s>>>(a, w, io, nv);
     return cudaGetLastError();
 }
 template <int KMAX>
 cudaError_t tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, const bwd_ws &w,
                       int dvec, cudaStream_t s) {
     const int nw = w.bv / 16;
-    return nw == 4   ? launch_tc_sweeps<KMAX, 4>(a, bp, NS, w, dvec, s)
-           : nw == 2 ? launch_tc_sweeps<KMAX, 2>(a, bp, NS, w, dvec, s)
-                     : launch_tc_sweeps<KMAX, 1>(a, bp, NS, w, dvec, s);
+    return nw == 4 && w.ks == 1 ? launch_tc_sweeps<KMAX, 4, 1>(a, bp, NS, w, dvec, s)
+           : nw == 4            ? launch_tc_sweeps<KMAX, 4, 2>(a, bp, NS, w, dvec, s)
+           : nw == 2            ? launch_tc_sweeps<KMAX, 2, 4>(a, bp, NS, w, dvec, s)
+                                : launch_tc_sweeps<KMAX, 1, 4>(a, bp, NS, w, dvec, s);
 }
 cudaError_t run_tc_sweeps(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, const bwd_ws &w,
                           int dvec, cudaStream_t s) {
@@ -1631,13 +1675,23 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
      * latency-bound: more blocks, more warps to hide it); the grad kernel walks V in blocks of
      * 16 columns (two blocks an SM fit in shared memory at K = 128) */
     const int64_t heads = NS * p->HV;
-    /* bf16: the tensor-core sweeps, 16 value columns a warp, 4 warps a block, or 2 or 1 while
-     * fewer blocks than SMs would run */
+    /* bf16: the tensor-core sweeps, both in one grid, a block over 64, 32 or 16 value columns,
+     * the widest that still gives every SM a block, its keys split over 2, 4 or 4 warps to
+     * shorten each warp's chain of chunks (8 warps of one key tile each measured slower at
+     * 1 x 32768: 8.96 ms against 5.49 for the sweeps); not split where the blocks make four
+     * waves or more (16 x 1024 tokens: splitting only repeats the per-token products there) */
     const bool tc = p->dtype == DN_BF16;
     if (tc) {
         int nw = 4;
-        while (nw > 1 && (p->V % (16 * nw) || heads * (p->V / (16 * nw)) < sms))
+        while (nw > 1 && (p->V % (16 * nw) || 2 * heads * (p->V / (16 * nw)) < sms))
             nw /= 2;
+        w.ks = nw == 4 && 2 * heads * (p->V / 64) >= 4 * sms ? 1 : 2;
+        /* DN_CUDA_BWD_SWEEP=64x1, 64x2, 32 or 16 picks one (the tests run each) */
+        const char *env = getenv("DN_CUDA_BWD_SWEEP");
+        int cols = 0, split = 2;
+        if (env && sscanf(env, "%dx%d", &cols, &split) >= 1 &&
+            (cols == 16 || cols == 32 || cols == 64) && p->V % cols == 0)
+            nw = cols / 16, w.ks = cols == 64 && split == 1 ? 1 : 2;
         w.bv = 16 * nw;
     } else {
         w.bv = heads * ((p->V + 31) / 32) >= sms ? 32 : heads * ((p->V + 15) / 16) >= sms ? 16 : 8;
