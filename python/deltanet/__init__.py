@@ -16,6 +16,8 @@ from ._arrays import NUMPY as _NUMPY
 from ._lib import AllocationError, ArgumentError, DeltanetError, ShapeError, UnsupportedError
 from ._lib import dn_build_info as _build_info
 from ._lib import dn_get_num_threads as _get_threads
+from ._lib import check as _check
+from ._lib import dn_cuda_release_scratch as _release_scratch
 from ._lib import dn_set_num_threads as _set_threads
 
 __version__ = "0.1.0"
@@ -62,8 +64,16 @@ def get_num_threads():
     return _get_threads()
 
 
+def cuda_release_scratch():
+    """Hands back to the driver the GPU memory that the C kernels keep in their scratch pool
+    between calls (their workspaces: gigabytes after a long-context backward; the pool is the
+    library's own, outside torch's allocator and its statistics). Raises DeltanetError without a
+    CUDA build or device."""
+    _check(_release_scratch(), "cuda_release_scratch")
+
+
 __all__ = ["la_forward", "la_backward", "la_forward_train", "la_step", "attn_forward", "attn_backward",
            "mamba_forward", "mamba_backward", "mamba2_forward", "mamba2_backward", "rwkv4_forward",
            "rwkv4_backward", "conv_forward", "conv_backward", "build_info", "set_num_threads",
-           "get_num_threads", "DeltanetError", "ShapeError", "ArgumentError", "UnsupportedError",
+           "get_num_threads", "cuda_release_scratch", "DeltanetError", "ShapeError", "ArgumentError", "UnsupportedError",
            "AllocationError"]

@@ -136,6 +136,7 @@ dn_isa_name = _fn("dn_isa_name", c_char_p, [c_int])
 dn_isa_active = _fn("dn_isa_active", c_int, [])
 dn_isa_from_name = _fn("dn_isa_from_name", c_int, [c_char_p, POINTER(c_int)])
 dn_set_isa = _fn("dn_set_isa", c_int, [c_int])
+dn_cuda_release_scratch = _fn("dn_cuda_release_scratch", c_int, [])
 
 dn_la_params_default = _fn("dn_la_params_default", LaParams, [c_int] + [c_int64] * 6)
 dn_la_forward = _fn("dn_la_forward", c_int, [POINTER(LaParams)])

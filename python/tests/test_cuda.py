@@ -113,6 +113,15 @@ def test_la_step_in_place(dtype):
         close(s_gpu.cpu(), s_cpu, TOL[dtype], f"step {step} state")
 
 
+def test_release_scratch_then_run():
+    """The scratch pool handed back between two calls: the second maps it again, same result."""
+    x = {k: v.cuda() for k, v in _inputs(1, 200, 1, 2, 64, 64, torch.bfloat16).items()}
+    o1 = fla.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"])[0]
+    deltanet.cuda_release_scratch()
+    o2 = fla.chunk_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"])[0]
+    assert torch.equal(o1, o2)
+
+
 def test_refusals():
     x = _inputs(1, 8, 1, 1, 16, 16, torch.float32)
     d = {k: v.cuda() for k, v in x.items()}

@@ -138,3 +138,13 @@ def test_alloc_failure_is_memory_error():
     qt = torch.ones(K).expand(1, 1 << 38, 1, K)
     with pytest.raises(MemoryError):
         ops.la("gla", qt, qt, qt, torch.zeros(1).expand(1, 1 << 38, 1))
+
+
+def test_cuda_release_scratch():
+    """Without a CUDA build or device it is an error naming itself; with one it succeeds (and
+    tests/test_cuda.py runs the GPU after it)."""
+    try:
+        deltanet.cuda_release_scratch()
+    except deltanet.DeltanetError as e:
+        assert "cuda_release_scratch" in str(e)
+        assert not torch.cuda.is_available() or "no CUDA kernels" in str(e)
