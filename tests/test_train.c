@@ -535,6 +535,73 @@ static int test_recall_resume(void) {
     return fails;
 }
 
+/* The numbers after the mixer letter on the line of `mixer` in dir/name (a runs.tsv or a
+ * merged.tsv): their count, or -1 without such a line. */
+static int tsv_row(const char *dir, const char *name, char mixer, double *v, int cap) {
+    char path[256], line[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    int n = -1;
+    if (fgets(line, sizeof line, f)) /* the settings line */
+        while (n < 0 && fgets(line, sizeof line, f)) {
+            if (line[0] != mixer || line[1] != '\t') continue;
+            char *p = line + 2, *end;
+            for (n = 0; n < cap; n++) {
+                v[n] = strtod(p, &end);
+                if (end == p) break;
+                p = end;
+            }
+        }
+    fclose(f);
+    return n;
+}
+
+/* deltanet recall --merge: two runs that differ in the seed give per slice the mean, lowest and
+ * highest of their accuracies; the same seed twice, or runs of other options, are refused. */
+static int test_recall_merge(void) {
+    int fails = 0;
+    char a[128], b[128], c[128], m[128];
+    snprintf(a, sizeof a, "/tmp/dn_test_%ld_merge_a", (long)getpid());
+    snprintf(b, sizeof b, "/tmp/dn_test_%ld_merge_b", (long)getpid());
+    snprintf(c, sizeof c, "/tmp/dn_test_%ld_merge_c", (long)getpid());
+    snprintf(m, sizeof m, "/tmp/dn_test_%ld_merge_m", (long)getpid());
+    int rc = recall_call(a, "6", NULL, NULL, NULL);
+    rc |= recall_call(b, "6", "--seed", "8", NULL);
+    rc |= recall_call(c, "7", "--seed", "9", NULL);
+    CHECK(rc == 0, "recall runs to merge failed");
+    const char *ok[] = {"recall", "--merge", a, b, "--out", m, "--quiet"};
+    CHECK(dn_recall_main(7, (char **)ok) == 0, "merge of two seeds failed");
+    for (int k = 0; k < 2; k++) {
+        const char mixer = "GA"[k];
+        double ra[64], rb[64], rm[64];
+        const int na = tsv_row(a, "runs.tsv", mixer, ra, 64),
+                  nb = tsv_row(b, "runs.tsv", mixer, rb, 64),
+                  nm = tsv_row(m, "merged.tsv", mixer, rm, 64);
+        CHECK(na == 6 + 5 * 8 && nb == na && nm == 3 + 3 * 8, "%c: rows of %d, %d, %d numbers",
+              mixer, na, nb, nm);
+        if (na != 6 + 5 * 8 || nb != na || nm != 3 + 3 * 8) continue;
+        CHECK(rm[2] == 2, "%c: %g seeds merged", mixer, rm[2]);
+        for (int e = 0; e < 8; e++) { /* runs.tsv: 6 numbers, then the accuracies */
+            const double x = ra[6 + e], y = rb[6 + e], *t = rm + 3 + 3 * e;
+            CHECK(fabs(t[0] - (x + y) / 2) < 1e-15 && t[1] == fmin(x, y) && t[2] == fmax(x, y),
+                  "%c slice %d: merged %g %g %g from %g and %g", mixer, e, t[0], t[1], t[2], x, y);
+        }
+    }
+    const char *twice[] = {"recall", "--merge", a, a};
+    CHECK(dn_recall_main(4, (char **)twice) != 0, "the same seed merged twice");
+    const char *other[] = {"recall", "--merge", a, c};
+    CHECK(dn_recall_main(4, (char **)other) != 0, "runs of other steps merged");
+    const char *none[] = {"recall", "--merge"};
+    CHECK(dn_recall_main(2, (char **)none) != 0, "merge of nothing accepted");
+    rm_recall_dir(a), rm_recall_dir(b), rm_recall_dir(c);
+    char path[256];
+    snprintf(path, sizeof path, "%s/merged.txt", m), remove(path);
+    snprintf(path, sizeof path, "%s/merged.tsv", m), remove(path);
+    rmdir(m);
+    return fails;
+}
+
 /* Malformed checkpoints: every truncation (in steps), flipped header bytes, a file of another
  * model, a model-only file asked for the optimizer, a missing file: errors, nothing returned. */
 static int test_checkpoint_malformed(void) {
@@ -614,5 +681,6 @@ const test_case dn_tests_train[] = {
     {"train_resume_from_file", test_resume_from_file},
     {"train_checkpoint_malformed", test_checkpoint_malformed},
     {"recall_resume", test_recall_resume},
+    {"recall_merge", test_recall_merge},
     {NULL, NULL},
 };

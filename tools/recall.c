@@ -107,7 +107,11 @@ static void usage(void) {
            "                    bit-identically (SIGINT / SIGTERM save one and stop)\n"
            "  --ckpt-every N    checkpoint the model in training every N steps (default 250)\n"
            "  --stop-after N    stop as SIGINT would after N steps of this invocation (testing)\n"
-           "  --seed N --threads N --out DIR (default deltanet-recall) --quiet\n");
+           "  --seed N --threads N --out DIR (default deltanet-recall) --quiet\n"
+           "deltanet recall --merge DIR... [--out DIR] [--quiet]\n"
+           "  the runs of several directories made with the same options but the seed: per\n"
+           "  mixer and width, the mean, lowest and highest accuracy per slice over the seeds\n"
+           "  (--out: merged.txt and merged.tsv there)\n");
 }
 
 static int parse(recall_opts *o, int argc, char **argv) {
@@ -464,25 +468,24 @@ static int append_run(const recall_opts *o, const recall_run *r, int first) {
     return fclose(f) ? -1 : 0;
 }
 
-/* --resume: the finished models of runs.tsv (-1 when it is missing, unreadable or was made
- * with other settings). */
-static int load_runs(const recall_opts *o, recall_run *runs, int cap) {
-    char path[4096], set[512], line[2048];
-    snprintf(path, sizeof path, "%s/runs.tsv", o->out_dir);
+/* The finished models of dir/runs.tsv and its settings line (without the newline, in set):
+ * their number, or -1 when the file is missing, unreadable or malformed. */
+static int read_runs(const char *dir, char *set, size_t set_cap, recall_run *runs, int cap) {
+    char path[4096], line[2048];
+    snprintf(path, sizeof path, "%s/runs.tsv", dir);
     FILE *f = fopen(path, "r");
     if (!f) {
-        fprintf(stderr, "recall: --resume: cannot read %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "recall: cannot read %s: %s\n", path, strerror(errno));
         return -1;
     }
-    settings(o, set, sizeof set);
     int n = 0;
-    if (!fgets(line, sizeof line, f) || strcspn(line, "\n") != strlen(set) ||
-        strncmp(line, set, strlen(set)) != 0) {
-        fprintf(stderr, "recall: %s was made with other options; resume with the same ones.\n",
-                path);
+    if (!fgets(line, sizeof line, f)) {
+        fprintf(stderr, "recall: %s is empty\n", path);
         fclose(f);
         return -1;
     }
+    line[strcspn(line, "\n")] = 0;
+    snprintf(set, set_cap, "%s", line);
     while (fgets(line, sizeof line, f)) {
         recall_run *r = &runs[n];
         long long w, p, st;
@@ -515,6 +518,23 @@ static int load_runs(const recall_opts *o, recall_run *runs, int cap) {
         n++;
     }
     fclose(f);
+    return n;
+}
+
+/* --resume: the finished models of runs.tsv (-1 when it is missing, unreadable or was made
+ * with other settings). */
+static int load_runs(const recall_opts *o, recall_run *runs, int cap) {
+    char set[512], had[2048];
+    const int n = read_runs(o->out_dir, had, sizeof had, runs, cap);
+    if (n < 0) return -1;
+    settings(o, set, sizeof set);
+    if (strcmp(had, set) != 0) {
+        fprintf(stderr,
+                "recall: %s/runs.tsv was made with other options; resume with the same "
+                "ones.\n",
+                o->out_dir);
+        return -1;
+    }
     return n;
 }
 
@@ -585,7 +605,184 @@ static void write_outputs(const recall_opts *o, const recall_run *runs, int n) {
     svg_chart_write(path, &ch);
 }
 
+/* --merge: several runs of the same options but the seed (one directory a seed), per mixer and
+ * width: the mean, lowest and highest accuracy per slice over the seeds, and the quarters'
+ * means. MQAR's sudden transition makes single runs move by tens of points with the seed (and
+ * with the machine's rounding), so a ranking where the state fills needs this. */
+#define MAX_MERGE 32
+typedef struct {
+    char mixer;
+    int64_t width, params;
+    int n;
+    double state_bytes, mean[N_EVAL], lo[N_EVAL], hi[N_EVAL], q[N_EVAL][4];
+} merged_run;
+
+/* settings without their seed (into base) and the seed; -1 when there is none */
+static int split_seed(const char *set, char *base, size_t cap, unsigned long long *seed) {
+    const char *at = strstr(set, " seed=");
+    if (!at || sscanf(at + 6, "%llu", seed) != 1) return -1;
+    const char *rest = strchr(at + 1, ' ');
+    snprintf(base, cap, "%.*s%s", (int)(at - set), set, rest ? rest : "");
+    return 0;
+}
+
+static void print_merged(FILE *f, const merged_run *g, int ng, const char *seeds) {
+    fprintf(f, "mean accuracy over seeds %s (lowest-highest below)\n", seeds);
+    fprintf(f, "%-15s %5s %5s %10s", "mixer", "width", "seeds", "state@512");
+    for (int e = 0; e < N_EVAL; e++) {
+        char h[24];
+        snprintf(h, sizeof h, "T%lld/%lld", (long long)eval_slices[e].T,
+                 (long long)eval_slices[e].pairs);
+        fprintf(f, " %11s", h);
+    }
+    fprintf(f, "\n");
+    for (int i = 0; i < ng; i++) {
+        fprintf(f, "%-15s %5lld %5d %9.0fK", mixer_name(g[i].mixer), (long long)g[i].width, g[i].n,
+                g[i].state_bytes / 1024);
+        for (int e = 0; e < N_EVAL; e++)
+            fprintf(f, " %10.1f%%", 100 * g[i].mean[e]);
+        fprintf(f, "\n%-15s %5s %5s %10s", "", "", "", "");
+        for (int e = 0; e < N_EVAL; e++)
+            fprintf(f, " %5.1f-%5.1f", 100 * g[i].lo[e], 100 * g[i].hi[e]);
+        fprintf(f, "\n");
+    }
+    fprintf(f, "\nmean accuracy by the pair's place in the context (quarters, oldest first)\n");
+    fprintf(f, "%-15s %5s %9s %8s %8s %8s %8s\n", "mixer", "width", "slice", "Q1", "Q2", "Q3",
+            "Q4");
+    for (int i = 0; i < ng; i++)
+        for (int e = 0; e < N_EVAL; e++) {
+            char h[24];
+            snprintf(h, sizeof h, "T%lld/%lld", (long long)eval_slices[e].T,
+                     (long long)eval_slices[e].pairs);
+            fprintf(f, "%-15s %5lld %9s", mixer_name(g[i].mixer), (long long)g[i].width, h);
+            for (int q = 0; q < 4; q++)
+                fprintf(f, " %7.1f%%", 100 * g[i].q[e][q]);
+            fprintf(f, "\n");
+        }
+}
+
+static int merge_main(int argc, char **argv) {
+    const char *dirs[MAX_MERGE], *out = NULL;
+    int nd = 0, quiet = 0;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--out") && i + 1 < argc) {
+            out = argv[++i];
+        } else if (!strcmp(argv[i], "--quiet")) {
+            quiet = 1;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "recall --merge: unknown option %s (see --help)\n", argv[i]);
+            return 2;
+        } else if (nd == MAX_MERGE) {
+            fprintf(stderr, "recall --merge: at most %d directories\n", MAX_MERGE);
+            return 2;
+        } else {
+            dirs[nd++] = argv[i];
+        }
+    }
+    if (nd < 1) {
+        fprintf(stderr, "recall --merge: name the directories of the runs to merge\n");
+        return 2;
+    }
+    static recall_run runs[MAX_RUNS];
+    static merged_run g[MAX_RUNS];
+    unsigned long long seeds[MAX_MERGE];
+    char base0[2048] = "", seedlist[MAX_MERGE * 24] = "";
+    int ng = 0;
+    size_t sl = 0;
+    for (int d = 0; d < nd; d++) {
+        char set[2048], base[2048];
+        const int n = read_runs(dirs[d], set, sizeof set, runs, MAX_RUNS);
+        if (n < 0) return 1;
+        if (split_seed(set, base, sizeof base, &seeds[d]) != 0) {
+            fprintf(stderr, "recall --merge: %s/runs.tsv has no seed in its settings\n", dirs[d]);
+            return 1;
+        }
+        if (d == 0) snprintf(base0, sizeof base0, "%s", base);
+        if (strcmp(base, base0) != 0) {
+            fprintf(stderr,
+                    "recall --merge: %s was made with other options than %s (only the seed may "
+                    "differ):\n  %s\n  %s\n",
+                    dirs[d], dirs[0], base, base0);
+            return 1;
+        }
+        for (int e = 0; e < d; e++)
+            if (seeds[e] == seeds[d]) {
+                fprintf(stderr, "recall --merge: %s and %s both hold seed %llu\n", dirs[e], dirs[d],
+                        seeds[d]);
+                return 1;
+            }
+        sl +=
+            (size_t)snprintf(seedlist + sl, sizeof seedlist - sl, "%s%llu", d ? "," : "", seeds[d]);
+        for (int i = 0; i < n; i++) {
+            const recall_run *r = &runs[i];
+            int k = 0;
+            while (k < ng && (g[k].mixer != r->mixer || g[k].width != r->width))
+                k++;
+            if (k == ng) {
+                if (ng == MAX_RUNS) {
+                    fprintf(stderr, "recall --merge: more than %d models\n", MAX_RUNS);
+                    return 1;
+                }
+                memset(&g[ng], 0, sizeof g[ng]);
+                g[ng].mixer = r->mixer, g[ng].width = r->width, g[ng].params = r->params;
+                g[ng].state_bytes = r->state_bytes;
+                for (int e = 0; e < N_EVAL; e++)
+                    g[ng].lo[e] = INFINITY, g[ng].hi[e] = -INFINITY;
+                ng++;
+            }
+            merged_run *m = &g[k];
+            m->n++;
+            for (int e = 0; e < N_EVAL; e++) {
+                m->mean[e] += r->acc[e];
+                m->lo[e] = fmin(m->lo[e], r->acc[e]), m->hi[e] = fmax(m->hi[e], r->acc[e]);
+                for (int q = 0; q < 4; q++)
+                    m->q[e][q] += r->acc_q[e][q]; /* NaN where a run lacks them */
+            }
+        }
+    }
+    for (int k = 0; k < ng; k++)
+        for (int e = 0; e < N_EVAL; e++) {
+            g[k].mean[e] /= g[k].n;
+            for (int q = 0; q < 4; q++)
+                g[k].q[e][q] /= g[k].n;
+        }
+    if (!quiet) print_merged(stdout, g, ng, seedlist);
+    if (!out) return 0;
+    if (mkdir(out, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "recall --merge: cannot create %s: %s\n", out, strerror(errno));
+        return 1;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/merged.txt", out);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "recall --merge: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    print_merged(f, g, ng, seedlist);
+    int bad = fclose(f) != 0;
+    /* merged.tsv: the settings and seeds, then per mixer and width its seeds and, per slice,
+     * the mean, lowest and highest accuracy (exact values) */
+    snprintf(path, sizeof path, "%s/merged.tsv", out);
+    if (!(f = fopen(path, "w"))) {
+        fprintf(stderr, "recall --merge: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    fprintf(f, "%s seeds=%s\n", base0, seedlist);
+    for (int k = 0; k < ng; k++) {
+        fprintf(f, "%c\t%lld\t%lld\t%d", g[k].mixer, (long long)g[k].width, (long long)g[k].params,
+                g[k].n);
+        for (int e = 0; e < N_EVAL; e++)
+            fprintf(f, "\t%.17g\t%.17g\t%.17g", g[k].mean[e], g[k].lo[e], g[k].hi[e]);
+        fprintf(f, "\n");
+    }
+    bad |= fclose(f) != 0;
+    if (bad) fprintf(stderr, "recall --merge: cannot write to %s\n", out);
+    return bad;
+}
+
 int dn_recall_main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--merge")) return merge_main(argc, argv);
     recall_opts o = {.mixers = "AGDLM",
                      .widths = {64, 128},
                      .n_widths = 2,
