@@ -567,12 +567,12 @@ __device__ void stage_async(E *dst, int ld, const E *src, int64_t rs, int R, int
 
 /* shared-memory layout of one stage of a tensor-core sweep (elements; 16-byte aligned pieces) */
 struct tc_stage {
-    int ldk, ldc, ldo, ldf;
+    int ldk, ldc, ldo;
     int Kn, Qe, Kb, Mt, Tt, Tl, dO, Vr; /* bf16 offsets */
     int eg, dd, bt;                     /* float offsets, from the float base */
     int bytes_b, bytes;                 /* bf16 part, whole stage */
     __host__ __device__ tc_stage(int K, int BV, bool dh) {
-        ldk = K + 8, ldc = BC + 8, ldo = BV + 8, ldf = BV + 4;
+        ldk = K + 8, ldc = BC + 8, ldo = BV + 8;
         int o = 0;
         Kn = o, o += BC * ldk;
         Qe = o, o += dh ? BC * ldk : 0;
@@ -1013,9 +1013,9 @@ __device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &
     if (dh0) state_out<NKL>(dh0 + soff, ds, V, vr, kt);
 }
 
-/* Both sweeps in one grid, side by side (neither reads what the other writes): blocks
- * x < nv (value-column blocks) run the forward sweep, the others the dh sweep; y is the value
- * head, z the sequence. The dh sweep, the longer, takes the first blocks. */
+/* Both sweeps in one grid, side by side (neither reads what the other writes): blocks x < nv
+ * (nv value-column blocks) run the dh sweep, the longer of the two, so that it starts first;
+ * the others the forward sweep. y is the value head, z the sequence. */
 template <int KMAX, int NW, int KS>
 __global__ void __launch_bounds__(32 * NW * KS)
     la_bwd_sweeps_tc_kernel(la_args a, bwd_ws w, dh_io io, int nv) {
