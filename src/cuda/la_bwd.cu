@@ -31,7 +31,8 @@
  * as bf16 hi + lo pairs, so the rounding does not compound chunk by chunk: about 2.5e-3 of the
  * double reference, flash-linear-attention's level (tests/test_cuda.c). docs/PERF.md has the
  * speeds. Scratch (stream-ordered, freed at the end of the call), per (chunk, value head) unit: S0
- * and dS1 (2 K V floats), M, GK, Tm (3 C^2 floats), gamma and, for bf16, the pack (3 C K + 3 C^2
+ * and dS1 (2 K V floats, or bf16 on the tensor-core path, whose products round them to bf16
+ * anyway), M, GK, Tm (3 C^2 floats), gamma and, for bf16, the pack (3 C K + 3 C^2
  * bf16); per token and value head: U, R, dY (3 V floats) and the key-side gradients before the
  * head sum (2 K floats).
  */
@@ -61,6 +62,7 @@ struct bwd_ws {
     float *mats;          /* [NU][3][BC][BC]: M, GK, Tm */
     double *gam;          /* [NU][BC] cumulative clamped gates */
     float *ck, *dsk;      /* [NU][K][V]: the state entering each chunk, and dS leaving it */
+    __nv_bfloat16 *ckh, *dskh; /* the same in bf16 (tensor-core path; ck, dsk unused there) */
     float *Ub, *Rb, *dYb; /* [NTOK][HV][V] */
     float *part;          /* [nvt][NTOK][HV][2]: column-block sums for dbeta and dgamma */
     float *partL;         /* [nvt][NU]: column-block sums for the chunk's last gamma */
@@ -630,18 +632,18 @@ __device__ __forceinline__ void state_in(float (*s)[4], const float *src, int64_
         s[j][3] = in ? src[(key + 1) * V + vr + 8] : 0.0f;
     }
 }
-template <int NKT>
-__device__ __forceinline__ void state_out(float *dst, const float (*s)[4], int64_t V, int64_t vr,
+template <int NKT, typename D>
+__device__ __forceinline__ void state_out(D *dst, const float (*s)[4], int64_t V, int64_t vr,
                                           int kt) {
     const int t = threadIdx.x & 3;
 #pragma unroll
     for (int j = 0; j < 2 * NKT; j++)
         if (j < 2 * kt) {
             const int key = 8 * j + 2 * t;
-            dst[key * V + vr] = s[j][0];
-            dst[(key + 1) * V + vr] = s[j][1];
-            dst[key * V + vr + 8] = s[j][2];
-            dst[(key + 1) * V + vr + 8] = s[j][3];
+            dst[key * V + vr] = from_f<D>(s[j][0]);
+            dst[(key + 1) * V + vr] = from_f<D>(s[j][1]);
+            dst[key * V + vr + 8] = from_f<D>(s[j][2]);
+            dst[(key + 1) * V + vr + 8] = from_f<D>(s[j][3]);
         }
 }
 
@@ -818,7 +820,7 @@ __device__ __forceinline__ void bwd_fwd_sweep_tc(const la_args &a, const bwd_ws 
         cp_async_commit();
         const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
         const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
-        state_out<NKL>(w.ck + u * a.K * V + ko, s, V, vr, kt);
+        state_out<NKL>(w.ckh + u * a.K * V + ko, s, V, vr, kt);
         cp_async_wait<1>();
         __syncthreads();
         const bf *sb = (const bf *)(smem + st * L.bytes);
@@ -944,7 +946,7 @@ __device__ __forceinline__ void bwd_dh_sweep_tc(const la_args &a, const bwd_ws &
         cp_async_commit();
         const int64_t u = (cb + c) * a.HV + hv, tc = t0 + c * BC, tok0 = b * a.T + tc;
         const int Lc = (int)(t1 - tc < BC ? t1 - tc : BC);
-        state_out<NKL>(w.dsk + u * a.K * V + ko, ds, V, vr, kt);
+        state_out<NKL>(w.dskh + u * a.K * V + ko, ds, V, vr, kt);
         cp_async_wait<1>();
         __syncthreads();
         const bf *sb = (const bf *)(smem + st * L.bytes);
@@ -1058,14 +1060,22 @@ __device__ void grad_vloop_tc(const la_args &a, const bwd_ws &w, const __nv_bflo
         *hi = h, *lo = __float2bfloat16_rn(x - __bfloat162float(h));
     };
     const int64_t trs = a.HV * a.V, row0 = (tok0 * a.HV + hv) * a.V;
-    const float *S0g = w.ck + u * a.K * a.V, *dSg = w.dsk + u * a.K * a.V;
+    const bf *S0g = w.ckh + u * a.K * a.V, *dSg = w.dskh + u * a.K * a.V;
     float q[4][2][4] = {}, kd[4][2][4] = {}, wz[2][4] = {};
     float sdb[2] = {},
           sdg[2] = {}; /* this thread's parts of dY . R and dY . (R - V), rows x / GV */
     for (int v0 = 0; v0 < V; v0 += GV) {
         __syncthreads(); /* the previous step's tiles are consumed */
-        /* the step's loads into registers before their stores (BC GV = 2 BT elements; K GV <= 16
-         * BT, four a thread at a time) */
+        /* the states' K x GV tiles (bf16, two 16-byte pieces a row) go out first, by cp.async
+         * straight into their operand tiles, and land while the per-token operands below are
+         * loaded and converted */
+        for (int x = tid; x < 2 * K; x += BT) {
+            const int kq = x >> 1, c = 8 * (x & 1);
+            cp_async16(S0b + kq * GLB + c, S0g + (int64_t)kq * V + v0 + c);
+            cp_async16(dSb + kq * GLB + c, dSg + (int64_t)kq * V + v0 + c);
+        }
+        cp_async_commit();
+        /* the per-token loads into registers before their stores (BC GV = 2 BT elements) */
         float o[2], uu[2], y[2], r[2], vv[2];
 #pragma unroll
         for (int e = 0; e < 2; e++) {
@@ -1089,25 +1099,16 @@ __device__ void grad_vloop_tc(const la_args &a, const bwd_ws &w, const __nv_bflo
             put2(Yr + i * GLB + c, Yrl + i * GLB + c, y[e]);
             put2(Ys + i * GLB + c, Ysl + i * GLB + c, -eg[i] * btv[i] * y[e]);
         }
-        for (int e0 = 0; e0 < 16 && e0 * BT < K * GV; e0 += 4) {
-            float s0[4], d1[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int x = tid + (e0 + e) * BT, kq = x / GV, c = x % GV;
-                s0[e] = kq < K ? S0g[(int64_t)kq * V + v0 + c] : 0.0f;
-                d1[e] = kq < K ? dSg[(int64_t)kq * V + v0 + c] : 0.0f;
-            }
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int x = tid + (e0 + e) * BT, kq = x / GV, c = x % GV;
-                if (kq < K) {
-                    sS += s0[e] * d1[e];
-                    S0b[kq * GLB + c] = __float2bfloat16_rn(s0[e]);
-                    dSb[kq * GLB + c] = __float2bfloat16_rn(d1[e]);
-                }
-            }
-        }
+        cp_async_wait<0>();
         __syncthreads();
+        if (a.gate) /* dS1 . S0 over the pieces this thread brought in */
+            for (int x = tid; x < 2 * K; x += BT) {
+                const int kq = x >> 1, c = 8 * (x & 1);
+                const bf *ps = S0b + kq * GLB + c, *pd = dSb + kq * GLB + c;
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    sS += __bfloat162float(ps[e]) * __bfloat162float(pd[e]);
+            }
         uint32_t aO[4], aU[4], aUl[4], aY[4] = {}, aYl[4] = {}, aYr[4] = {}, aYrl[4] = {};
         frag_a(aO, Ob + r0 * GLB, GLB);
         frag_a(aU, Ud + r0 * GLB, GLB);
@@ -1119,10 +1120,13 @@ __device__ void grad_vloop_tc(const la_args &a, const bwd_ws &w, const __nv_bflo
             frag_a(aYrl, Yrl + r0 * GLB, GLB);
         }
         if (hw < 2 || a.delta) { /* W (warps 0-3) or Z (4-7): B(v, j) = U[j][v] */
-            uint32_t bu[4];
+            uint32_t bu[4], aw[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) /* (elementwise: a pointer select would go to memory) */
+                aw[e] = hw < 2 ? aO[e] : aYr[e];
             frag_b_nk(bu, Ur + 16 * (hw & 1) * GLB, GLB);
-            mma16816<bf>(wz[0], hw < 2 ? aO : aYr, bu[0], bu[1]);
-            mma16816<bf>(wz[1], hw < 2 ? aO : aYr, bu[2], bu[3]);
+            mma16816<bf>(wz[0], aw, bu[0], bu[1]);
+            mma16816<bf>(wz[1], aw, bu[2], bu[3]);
             if (hw >= 2) {
                 mma16816<bf>(wz[0], aYrl, bu[0], bu[1]);
                 mma16816<bf>(wz[1], aYrl, bu[2], bu[3]);
@@ -1199,10 +1203,10 @@ __device__ void grad_tail_tc(bool delta, int K, const __nv_bfloat16 *Qr, const _
     float cq[4][2][4] = {}, ck[4][2][4] = {};
 #pragma unroll
     for (int kk = 0; kk < BC / 16; kk++) {
-        uint32_t h1[4], l1[4], h2[4], l2[4], h3[4] = {}, l3[4] = {};
+        uint32_t h1[4], l1[4], h2[4], l2[4], h3[4], l3[4];
         frag_f32(h1, l1, Wm, ldc, 1, rk, r0, 16 * kk); /* W(i, j) rk_j */
         frag_f32(h2, l2, Wm, 1, ldc, rq, r0, 16 * kk); /* W(i, j) rq_i, rows j */
-        if (delta) frag_f32(h3, l3, Zs, ldc, 1, rk, r0, 16 * kk);
+        frag_f32(h3, l3, Zs, ldc, 1, rk, r0, 16 * kk); /* (zeros without the delta rule) */
 #pragma unroll
         for (int m = 0; m < 4; m++) {
             const int kb = hw + 4 * m;
@@ -1705,8 +1709,10 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     const size_t sizes[] = {
         align256(4 * (size_t)(NU * 3 * BC * BC)),               /* mats */
         align256(8 * (size_t)(NU * BC)),                        /* gam */
-        align256(4 * (size_t)(NU * K * V)),                     /* ck */
-        align256(4 * (size_t)(NU * K * V)),                     /* dsk */
+        tc ? 0 : align256(4 * (size_t)(NU * K * V)),            /* ck */
+        tc ? 0 : align256(4 * (size_t)(NU * K * V)),            /* dsk */
+        tc ? align256(2 * (size_t)(NU * K * V)) : 0,            /* ckh */
+        tc ? align256(2 * (size_t)(NU * K * V)) : 0,            /* dskh */
         align256(4 * (size_t)(NTOK * HV * V)),                  /* Ub */
         delta ? align256(4 * (size_t)(NTOK * HV * V)) : 0,      /* Rb */
         delta ? align256(4 * (size_t)(NTOK * HV * V)) : 0,      /* dYb */
@@ -1725,22 +1731,24 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     cudaError_t e = dn_cuda_scratch((void **)&ws, total, s);
     if (e == cudaSuccess) {
         char *at = ws;
-        void **slots[] = {(void **)&w.mats,  (void **)&w.gam, (void **)&w.ck,  (void **)&w.dsk,
-                          (void **)&w.Ub,    (void **)&w.Rb,  (void **)&w.dYb, (void **)&w.part,
-                          (void **)&w.partL, (void **)&w.dQs, (void **)&w.dKs, (void **)&w.pack};
-        for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+        void **slots[] = {(void **)&w.mats,  (void **)&w.gam,  (void **)&w.ck,  (void **)&w.dsk,
+                          (void **)&w.ckh,   (void **)&w.dskh, (void **)&w.Ub,  (void **)&w.Rb,
+                          (void **)&w.dYb,   (void **)&w.part, (void **)&w.partL,
+                          (void **)&w.dQs,   (void **)&w.dKs,  (void **)&w.pack};
+        const size_t ns = sizeof slots / sizeof slots[0]; /* then cb, cmap */
+        for (size_t i = 0; i < ns; i++) {
             *slots[i] = sizes[i] ? at : NULL;
             at += sizes[i];
         }
         if (p->cu_seqlens) {
-            char *hb = (char *)malloc(sizes[12] + sizes[13]);
+            char *hb = (char *)malloc(sizes[ns] + sizes[ns + 1]);
             if (!hb) e = cudaErrorMemoryAllocation;
             if (hb) {
-                fill_chunk_map(p, NS, BC, (int64_t *)hb, (int *)(hb + sizes[12]));
+                fill_chunk_map(p, NS, BC, (int64_t *)hb, (int *)(hb + sizes[ns]));
                 /* pageable source: the call returns once it is staged, so hb may go */
-                e = cudaMemcpyAsync(at, hb, sizes[12] + sizes[13], cudaMemcpyHostToDevice, s);
+                e = cudaMemcpyAsync(at, hb, sizes[ns] + sizes[ns + 1], cudaMemcpyHostToDevice, s);
                 free(hb);
-                w.cb = (const int64_t *)at, w.cmap = (const int *)(at + sizes[12]);
+                w.cb = (const int64_t *)at, w.cmap = (const int *)(at + sizes[ns]);
             }
         }
     }
