@@ -19,8 +19,10 @@
  *                        (dO U^T, dY U^T, E dO S0^T, diag(d) U dS1^T, E dR S0^T), the masked
  *                        C x C terms, dbeta, dg (reverse cumulative sums), and the gradients of
  *                        the normalised, scaled q and k rows of this value head;
- *   la_bwd_qk_kernel     (token, key head): sums the value heads of a key head and takes the rows
- *                        back through the in-op L2 normalisation (in double, as on the CPU).
+ *   la_bwd_qk_kernel     (token, key head), grouped value heads only: sums the value heads of a
+ *                        key head and takes the rows back through the in-op L2 normalisation (in
+ *                        double, as on the CPU); with one value head a key head the grad kernel
+ *                        does that itself and writes dq, dk.
  * Two precisions. fp32 and fp16 inputs: every product in fp32 on the CUDA cores over fp32 copies
  * of the inputs, exact to fp32 rounding (the tests hold it to 1e-4 of the double reference).
  * bf16 inputs: the two sweeps run side by side in one grid (la_bwd_sweeps_tc_kernel: neither
@@ -34,7 +36,7 @@
  * and dS1 (2 K V floats, or bf16 on the tensor-core path, whose products round them to bf16
  * anyway), M, GK, Tm (3 C^2 floats), gamma and, for bf16, the pack (3 C K + 3 C^2
  * bf16); per token and value head: U, R, dY (3 V floats) and the key-side gradients before the
- * head sum (2 K floats).
+ * head sum (2 K floats, grouped heads only).
  */
 #include "la_common.cuh"
 #include "mma.cuh"
@@ -322,8 +324,9 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     for (int x = tid; x < BC * BC; x += BT) {
         const int i = x / BC, j = x % BC;
         const float gm = (a.gate && j <= i) ? expf((float)(gam[i] - gam[j])) : 1.0f;
-        Mg[x] = j <= i ? QK[i * ldc + j] * gm : 0.0f;
-        if (w.pack) w.pack[u * pk_size(K) + pk_m(K) + x] = __float2bfloat16_rn(Mg[x]);
+        const float mv = j <= i ? QK[i * ldc + j] * gm : 0.0f;
+        Mg[x] = mv;
+        if (w.pack) w.pack[u * pk_size(K) + pk_m(K) + x] = __float2bfloat16_rn(mv);
         if (a.delta) {
             const float gk = j < i ? A[i * ldc + j] * gm : 0.0f;
             GKg[x] = gk;
@@ -332,15 +335,36 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     }
     if (tid < BC) w.gam[u * BC + tid] = gam[tid];
     __syncthreads();
-    if (a.delta && tid < BC) { /* column j of (I + A)^{-1} by forward substitution */
-        const int j = tid;
-        for (int i = 0; i < BC; i++) {
-            float s = i == j ? 1.0f : 0.0f;
-            for (int m = j; m < i; m++)
-                s -= A[i * ldc + m] * Tm[m * ldc + j];
-            Tm[i * ldc + j] = i < j ? 0.0f : s;
-            Tg[i * BC + j] = Tm[i * ldc + j];
+    if (a.delta) {
+        /* (I + A)^{-1} in 16 x 16 blocks: each diagonal block by forward substitution, a lane a
+         * column (a chain of 120 steps where the whole matrix's would be 496: every other warp
+         * waits on it), then T21 = -T22 (A21 T11) by all threads (BT = 16 x 16) */
+        if (tid < BC) {
+            const int j = tid, o = j & 16;
+            for (int i = o; i < o + 16; i++) {
+                float s = i == j ? 1.0f : 0.0f;
+                for (int m = j; m < i; m++)
+                    s -= A[i * ldc + m] * Tm[m * ldc + j];
+                Tm[i * ldc + j] = i < j ? 0.0f : s;
+            }
+            if (o)
+                for (int i = 0; i < 16; i++)
+                    Tm[i * ldc + j] = 0.0f;
         }
+        __syncthreads();
+        const int i = tid >> 4, j = tid & 15;
+        float s = 0; /* (A21 T11)(i, j) into QK, free now */
+        for (int m = j; m < 16; m++)
+            s += A[(16 + i) * ldc + m] * Tm[m * ldc + j];
+        QK[i * ldc + j] = s;
+        __syncthreads();
+        s = 0;
+        for (int m = 0; m <= i; m++)
+            s -= Tm[(16 + i) * ldc + 16 + m] * QK[m * ldc + j];
+        Tm[(16 + i) * ldc + j] = s;
+        __syncthreads();
+        for (int x = tid; x < BC * BC; x += BT)
+            Tg[x] = Tm[(x / BC) * ldc + x % BC];
     }
     if (!w.pack) return;
     if (tid < BC) gr[tid] = (float)exp(gam[tid]); /* e^gamma (gr is free) */
@@ -1243,11 +1267,31 @@ __device__ void grad_tail_tc(bool delta, int K, const __nv_bfloat16 *Qr, const _
     }
 }
 
+/* dx = s (r dy - r^3 (x . dy) x), r = 1 / sqrt(|x|^2 + 1e-6) (l2), or s dy: one row by a warp,
+ * the sums in double as on the CPU (where dy is nearly parallel to x the terms cancel) */
+template <typename T>
+__device__ void row_back(T *dx, const T *x, const float *dy, int K, float s, bool l2) {
+    const int lane = threadIdx.x & 31;
+    double ss = 0, xd = 0;
+    if (l2)
+        for (int c = lane; c < K; c += 32) {
+            const double xv = to_f(x[c]);
+            ss += xv * xv, xd += xv * dy[c];
+        }
+    for (int o = 16; o > 0; o >>= 1) {
+        ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        xd += __shfl_xor_sync(0xffffffffu, xd, o);
+    }
+    const double r = 1.0 / sqrt(ss + 1e-6), cc = r * r * r * xd;
+    for (int c = lane; c < K; c += 32)
+        dx[c] = from_f<T>(l2 ? (float)(s * (r * dy[c] - cc * to_f(x[c]))) : s * dy[c]);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 registers */
     la_bwd_grad_kernel(la_args a, bwd_ws w, const T *dout, int64_t dob, int64_t dot, int64_t doh,
                        float *dg, int64_t dgb, int64_t dgt, int64_t dgh, float *dbeta, int64_t dbb,
-                       int64_t dbt, int64_t dbh) {
+                       int64_t dbt, int64_t dbh, T *dq, dn_strides qs, T *dk, dn_strides ks) {
     extern __shared__ __align__(16) float sm[];
     const int K = (int)a.K, V = (int)a.V, BV = w.bv3, ldk = K + 1, ldv = BV + 1, ldc = BC + 1;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -1471,32 +1515,24 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
     }
     if (a.delta && tid < Lc) dbeta[b * dbb + (tc + tid) * dbt + hv * dbh] = dbv[tid];
     __syncthreads();
+    if (!w.dQs) { /* one value head a key head: the rows go back through the norm here */
+        for (int i = warp; i < Lc; i += BT / 32) {
+            const int64_t t = tc + i;
+            row_back(dq + b * qs.b + t * qs.t + h * qs.h,
+                     (const T *)a.q + b * a.qb + t * a.qt + h * a.qh, dQa + i * ldk, K, a.scale,
+                     a.l2norm);
+            row_back(dk + b * ks.b + t * ks.t + h * ks.h,
+                     (const T *)a.k + b * a.kb + t * a.kt + h * a.kh, dKa + i * ldk, K, 1.0f,
+                     a.l2norm);
+        }
+        return;
+    }
     for (int x = tid; x < Lc * K; x += BT) {
         const int i = x / K, c = x % K;
         const int64_t at = ((tok0 + i) * a.HV + hv) * a.K + c;
         w.dQs[at] = dQa[i * ldk + c];
         w.dKs[at] = dKa[i * ldk + c];
     }
-}
-
-/* dx = s (r dy - r^3 (x . dy) x), r = 1 / sqrt(|x|^2 + 1e-6) (l2), or s dy: one row by a warp,
- * the sums in double as on the CPU (where dy is nearly parallel to x the terms cancel) */
-template <typename T>
-__device__ void row_back(T *dx, const T *x, const float *dy, int K, float s, bool l2) {
-    const int lane = threadIdx.x & 31;
-    double ss = 0, xd = 0;
-    if (l2)
-        for (int c = lane; c < K; c += 32) {
-            const double xv = to_f(x[c]);
-            ss += xv * xv, xd += xv * dy[c];
-        }
-    for (int o = 16; o > 0; o >>= 1) {
-        ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        xd += __shfl_xor_sync(0xffffffffu, xd, o);
-    }
-    const double r = 1.0 / sqrt(ss + 1e-6), cc = r * r * r * xd;
-    for (int c = lane; c < K; c += 32)
-        dx[c] = from_f<T>(l2 ? (float)(s * (r * dy[c] - cc * to_f(x[c]))) : s * dy[c]);
 }
 
 template <typename T>
@@ -1627,8 +1663,8 @@ cudaError_t run_bwd(const la_args &a, const dn_la_bwd_params *bp, int64_t NS, bw
     if (nch > 0)
         la_bwd_grad_kernel<T><<<units, BT, sm3, s>>>(a, w, (const T *)bp->dout, os.b, os.t, os.h,
                                                      bp->dg, gs.b, gs.t, gs.h, bp->dbeta, bs.b,
-                                                     bs.t, bs.h);
-    const int64_t warps = w.NTOK * a.H;
+                                                     bs.t, bs.h, (T *)bp->dq, qs, (T *)bp->dk, ks);
+    const int64_t warps = w.dQs ? w.NTOK * a.H : 0; /* (else done by the grad kernel) */
     if (warps > 0)
         la_bwd_qk_kernel<T><<<(unsigned)((warps + BT / 32 - 1) / (BT / 32)), BT, 0, s>>>(
             a, w, (T *)bp->dq, qs.b, qs.t, qs.h, (T *)bp->dk, ks.b, ks.t, ks.h);
@@ -1718,8 +1754,8 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
         delta ? align256(4 * (size_t)(NTOK * HV * V)) : 0,      /* dYb */
         tc ? 0 : align256(4 * (size_t)(w.nvt * NTOK * HV * 2)), /* part */
         tc ? 0 : align256(4 * (size_t)(w.nvt * NU)),            /* partL */
-        align256(4 * (size_t)(NTOK * HV * K)),                  /* dQs */
-        align256(4 * (size_t)(NTOK * HV * K)),                  /* dKs */
+        HV > p->H ? align256(4 * (size_t)(NTOK * HV * K)) : 0,  /* dQs */
+        HV > p->H ? align256(4 * (size_t)(NTOK * HV * K)) : 0,  /* dKs */
         tc ? align256(2 * (size_t)(NU * pk_size(K))) : 0,       /* pack */
         p->cu_seqlens ? align256(8 * (size_t)(NS + 1)) : 0,     /* cb */
         p->cu_seqlens ? align256(4 * (size_t)nch) : 0,          /* cmap */
