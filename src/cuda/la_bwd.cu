@@ -333,13 +333,17 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
             A[i * ldc + j] = btv[i] * gk;
         }
     }
-    if (tid < BC) w.gam[u * BC + tid] = gam[tid];
+    if (tid < BC) {
+        w.gam[u * BC + tid] = gam[tid];
+        gr[tid] = (float)exp(gam[tid]); /* e^gamma (gr is free) */
+    }
     __syncthreads();
-    if (a.delta) {
-        /* (I + A)^{-1} in 16 x 16 blocks: each diagonal block by forward substitution, a lane a
-         * column (a chain of 120 steps where the whole matrix's would be 496: every other warp
-         * waits on it), then T21 = -T22 (A21 T11) by all threads (BT = 16 x 16) */
-        if (tid < BC) {
+    /* (I + A)^{-1} in 16 x 16 blocks: each diagonal block by forward substitution, a lane a
+     * column (a chain of 120 steps where the whole matrix's would be 496), while the other
+     * warps write the pack's key rows; then T21 = -T22 (A21 T11) by all threads (BT = 16 x 16) */
+    __nv_bfloat16 *pk = w.pack ? w.pack + u * pk_size(K) : nullptr;
+    if (tid < BC) {
+        if (a.delta) {
             const int j = tid, o = j & 16;
             for (int i = o; i < o + 16; i++) {
                 float s = i == j ? 1.0f : 0.0f;
@@ -351,6 +355,16 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
                 for (int i = 0; i < 16; i++)
                     Tm[i * ldc + j] = 0.0f;
         }
+    } else if (pk) {
+        for (int x = tid - BC; x < BC * K; x += BT - BC) {
+            const int i = x / K, c = x % K;
+            const float eg = gr[i], kn = Kn[i * ldk + c];
+            pk[x] = __float2bfloat16_rn(kn);
+            pk[pk_qe(K) + x] = __float2bfloat16_rn(eg * Qn[i * ldk + c]);
+            pk[pk_kb(K) + x] = __float2bfloat16_rn(-eg * btv[i] * kn);
+        }
+    }
+    if (a.delta) {
         __syncthreads();
         const int i = tid >> 4, j = tid & 15;
         float s = 0; /* (A21 T11)(i, j) into QK, free now */
@@ -366,17 +380,7 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
         for (int x = tid; x < BC * BC; x += BT)
             Tg[x] = Tm[(x / BC) * ldc + x % BC];
     }
-    if (!w.pack) return;
-    if (tid < BC) gr[tid] = (float)exp(gam[tid]); /* e^gamma (gr is free) */
-    __syncthreads();
-    __nv_bfloat16 *pk = w.pack + u * pk_size(K);
-    for (int x = tid; x < BC * K; x += BT) {
-        const int i = x / K, c = x % K;
-        const float eg = gr[i], kn = Kn[i * ldk + c];
-        pk[x] = __float2bfloat16_rn(kn);
-        pk[pk_qe(K) + x] = __float2bfloat16_rn(eg * Qn[i * ldk + c]);
-        pk[pk_kb(K) + x] = __float2bfloat16_rn(-eg * btv[i] * kn);
-    }
+    if (!pk) return;
     for (int x = tid; x < BC * BC; x += BT) {
         const float tv = a.delta ? Tm[(x / BC) * ldc + x % BC] : 0.0f;
         const __nv_bfloat16 hi = __float2bfloat16_rn(tv);
@@ -1311,8 +1315,37 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
     int Lc;
     bwd_chunk(a, w, ci, &n, &b, &tc, &Lc);
     const int64_t tok0 = b * a.T + tc, trs = a.HV * a.V;
-    load_rows(Qn, ldk, (const T *)a.q + b * a.qb + tc * a.qt + h * a.qh, a.qt, Lc, K, K);
-    load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, K);
+    const T *qg = (const T *)a.q + b * a.qb + tc * a.qt + h * a.qh,
+            *kg = (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh;
+    /* bf16 (tensor cores): the raw q and k rows, exact, stay bf16 in Qn's and Kn's space (Qr,
+     * Kr, pitch ldr) with their factors rq (the scale and 1 / |q|) and rk (1 / |k|) beside;
+     * else Qn, Kn hold the normalised, scaled rows in fp32 */
+    const bool tcp = std::is_same<T, __nv_bfloat16>::value && w.pack;
+    const int ldr = K + 8;
+    __nv_bfloat16 *Qr = (__nv_bfloat16 *)Qn, *Kr = (__nv_bfloat16 *)Kn;
+    float *rq = dbv + BC, *rk = rq + BC;
+    if (tcp) {
+        const int pr = K / 8; /* 16-byte pieces a row: BC K / 8 <= 4 BT of them */
+        uint4 vq[4], vk[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
+            const bool in = i < Lc && x < BC * pr;
+            vq[e] = in ? load16(qg + i * a.qt + c, a.vec) : make_uint4(0, 0, 0, 0);
+            vk[e] = in ? load16(kg + i * a.kt + c, a.vec) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
+            if (x < BC * pr) {
+                *(uint4 *)(Qr + i * ldr + c) = vq[e];
+                *(uint4 *)(Kr + i * ldr + c) = vk[e];
+            }
+        }
+    } else {
+        load_rows(Qn, ldk, qg, a.qt, Lc, K, K);
+        load_rows(Kn, ldk, kg, a.kt, Lc, K, K);
+    }
     load_f(Mm, ldc, w.mats + u * 3 * BC * BC, BC, BC, BC, BC);
     if (a.delta) load_f(GKm, ldc, w.mats + (u * 3 + 1) * BC * BC, BC, BC, BC, BC);
     chunk_gates(a, w, u, b, tc, hv, Lc, eg, dd, btv);
@@ -1325,19 +1358,31 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
     for (int x = tid; x < BC * ldc; x += BT)
         Wm[x] = Zm[x] = 0.0f;
     __syncthreads();
-    norm_rows(Qn, ldk, K, a.scale, a.l2norm);
-    norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
+    if (tcp)
+        for (int i = warp; i < BC; i += BT / 32) {
+            float sq = 0, sk = 0;
+            for (int c = lane; c < K; c += 32) {
+                const float xq = to_f(Qr[i * ldr + c]), xk = to_f(Kr[i * ldr + c]);
+                sq += xq * xq, sk += xk * xk;
+            }
+            sq = warp_sum(sq), sk = warp_sum(sk);
+            if (lane == 0) {
+                rq[i] = a.l2norm ? a.scale / sqrtf(sq + 1e-6f) : a.scale;
+                rk[i] = a.l2norm ? 1.0f / sqrtf(sk + 1e-6f) : 1.0f;
+            }
+        }
+    else {
+        norm_rows(Qn, ldk, K, a.scale, a.l2norm);
+        norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
+    }
     float sS = 0; /* this thread's part of dS1 . S0 (the chunk's last gamma) */
-    bool tc_done = false;
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
-        if (w.pack) {
+        if (tcp)
             grad_vloop_tc(a, w, dout + b * dob + tc * dot + hv * doh, dot,
                           (const __nv_bfloat16 *)a.v + b * a.vb + tc * a.vt + hv * a.vh, u, tok0,
                           hv, Lc, eg, dd, btv, dQa, dKa, ldk, Wm, Zm, ldc, (__nv_bfloat16 *)vreg,
                           sS, sy);
-            tc_done = true;
-        }
-    for (int v0 = 0; v0 < V && !tc_done; v0 += BV) {
+    for (int v0 = 0; v0 < V && !tcp; v0 += BV) {
         const int nv = V - v0 < BV ? V - v0 : BV;
         __syncthreads();
         load_rows(dO, ldv, dout + b * dob + tc * dot + hv * doh + v0, dot, Lc, nv, BV);
@@ -1368,49 +1413,11 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
         if (a.delta) gmm(dKa, ldk, dY, ldv, 1, S0t, 1, ldv, BC, K, BV, true); /* - E dR S0^T */
     }
     __syncthreads();
-    if constexpr (std::is_same<T, __nv_bfloat16>::value)
-        if (tc_done) { /* the raw q, k rows (bf16) and their factors, for grad_tail_tc */
-            const int ldr = K + 8;
-            __nv_bfloat16 *Qr = (__nv_bfloat16 *)vreg, *Kr = Qr + BC * ldr;
-            float *rq = dbv + BC, *rk = rq + BC;
-            const __nv_bfloat16 *q = (const __nv_bfloat16 *)a.q + b * a.qb + tc * a.qt + h * a.qh,
-                                *k = (const __nv_bfloat16 *)a.k + b * a.kb + tc * a.kt + h * a.kh;
-            const int pr = K / 8; /* 16-byte pieces a row: BC K / 8 <= 4 BT of them */
-            uint4 vq[4], vk[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
-                const bool in = i < Lc && x < BC * pr;
-                vq[e] = in ? load16(q + i * a.qt + c, a.vec) : make_uint4(0, 0, 0, 0);
-                vk[e] = in ? load16(k + i * a.kt + c, a.vec) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
-                if (x < BC * pr) {
-                    *(uint4 *)(Qr + i * ldr + c) = vq[e];
-                    *(uint4 *)(Kr + i * ldr + c) = vk[e];
-                }
-            }
-            __syncthreads();
-            for (int i = warp; i < BC; i += BT / 32) {
-                float sq = 0, sk = 0;
-                for (int c = lane; c < K; c += 32) {
-                    const float xq = to_f(Qr[i * ldr + c]), xk = to_f(Kr[i * ldr + c]);
-                    sq += xq * xq, sk += xk * xk;
-                }
-                sq = warp_sum(sq), sk = warp_sum(sk);
-                if (lane == 0) {
-                    rq[i] = a.l2norm ? a.scale / sqrtf(sq + 1e-6f) : a.scale;
-                    rk[i] = a.l2norm ? 1.0f / sqrtf(sk + 1e-6f) : 1.0f;
-                }
-            }
-        }
     /* per token: the sums over V (of the dh sweep's column blocks, or of the V loop here: see
      * below), and (gate) qs_i . (E dO S0^T)_i */
     sS = warp_sum(sS);
     if (lane == 0) dgam[BC + warp] = sS;
-    if (tid < BC && !tc_done) {
+    if (tid < BC && !tcp) {
         float pb = 0, pd = 0;
         for (int v = 0; tid < Lc && v < w.nvt; v++) {
             const float *pt = w.part + ((v * w.NTOK + tok0 + tid) * a.HV + hv) * 2;
@@ -1423,13 +1430,13 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
      * dS1^T - diag(e^gamma b) dY S0^T so far) and K S0 = E^-1 (V - R): T_i = sl_i + sdg_i, where
      * sl_i = d_i U_i . (K dS1)_i and sdg_i = b_i dY_i . (R_i - V_i). dbeta gets dY . R, dgamma_i
      * sdg_i - sl_i, the chunk's last gamma the sum of sl_i. */
-    if (tc_done) {
+    if (tcp) {
         __syncthreads();
         for (int i = warp; i < BC; i += BT / 32) {
             float s = 0;
             for (int c = lane; c < K; c += 32)
-                s += Kn[i * ldk + c] * dKa[i * ldk + c];
-            s = warp_sum(s);
+                s += to_f(Kr[i * ldr + c]) * dKa[i * ldk + c];
+            s = rk[i] * warp_sum(s);
             if (lane == 0) {
                 const float sl = i < Lc && a.gate ? s - sy[BC + i] : 0.0f;
                 dbv[i] = i < Lc && a.delta ? sy[i] : 0.0f;
@@ -1442,8 +1449,12 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
     if (a.gate)
         for (int i = warp; i < Lc; i += BT / 32) {
             float s = 0;
-            for (int c = lane; c < K; c += 32)
-                s += Qn[i * ldk + c] * dQa[i * ldk + c];
+            if (tcp)
+                for (int c = lane; c < K; c += 32)
+                    s += rq[i] * to_f(Qr[i * ldr + c]) * dQa[i * ldk + c];
+            else
+                for (int c = lane; c < K; c += 32)
+                    s += Qn[i * ldk + c] * dQa[i * ldk + c];
             s = warp_sum(s);
             if (lane == 0) dgam[i] += s;
         }
@@ -1480,13 +1491,8 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
             GKm[i * ldc + j] = Zm[i * ldc + j] + Zm[j * ldc + i];
         }
     __syncthreads();
-    if (tc_done) {
-        if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-            const int ldr = K + 8;
-            __nv_bfloat16 *Qr = (__nv_bfloat16 *)vreg, *Kr = Qr + BC * ldr;
-            float *rq = dbv + BC, *rk = rq + BC;
-            grad_tail_tc(a.delta, K, Qr, Kr, ldr, rq, rk, Wm, GKm, ldc, dQa, dKa, ldk);
-        }
+    if (tcp) {
+        grad_tail_tc(a.delta, K, Qr, Kr, ldr, rq, rk, Wm, GKm, ldc, dQa, dKa, ldk);
     } else {
         gmm(dQa, ldk, Wm, ldc, 1, Kn, ldk, 1, BC, K, BC, true);               /* + W K */
         gmm(dKa, ldk, Wm, 1, ldc, Qn, ldk, 1, BC, K, BC, true);               /* + W^T Qs */
@@ -1496,7 +1502,7 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
         /* dg_l = sum of dgamma from l to the chunk's end, restarted where exp(g_l) is 0 in
          * float (a reset: the gate's gradient is exactly 0 there, as on the CPU) */
         float dgl = 0, ss = 0;
-        if (tc_done)
+        if (tcp)
             for (int i = 0; i < Lc; i++)
                 dgl += sy[i];
         else
@@ -1518,12 +1524,12 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
     if (!w.dQs) { /* one value head a key head: the rows go back through the norm here */
         for (int i = warp; i < Lc; i += BT / 32) {
             const int64_t t = tc + i;
-            row_back(dq + b * qs.b + t * qs.t + h * qs.h,
-                     (const T *)a.q + b * a.qb + t * a.qt + h * a.qh, dQa + i * ldk, K, a.scale,
+            const T *xq = qg + i * a.qt, *xk = kg + i * a.kt;
+            if constexpr (std::is_same<T, __nv_bfloat16>::value)
+                if (tcp) xq = Qr + i * ldr, xk = Kr + i * ldr;
+            row_back(dq + b * qs.b + t * qs.t + h * qs.h, xq, dQa + i * ldk, K, a.scale,
                      a.l2norm);
-            row_back(dk + b * ks.b + t * ks.t + h * ks.h,
-                     (const T *)a.k + b * a.kb + t * a.kt + h * a.kh, dKa + i * ldk, K, 1.0f,
-                     a.l2norm);
+            row_back(dk + b * ks.b + t * ks.t + h * ks.h, xk, dKa + i * ldk, K, 1.0f, a.l2norm);
         }
         return;
     }
