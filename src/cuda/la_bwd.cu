@@ -253,34 +253,45 @@ __device__ __forceinline__ void frag_f32(uint32_t *hi, uint32_t *lo, const float
     split2(hi[3], lo[3], e(rb, cb), e(rb, cb + 1));
 }
 
-/* The B fragment (hi, lo) of the 16 (k) x 8 (n) block at (k0, n0) of b(k, n) = X[n ld + k] (fp32
- * rows of B's columns in shared memory). */
-__device__ __forceinline__ void frag_b_f32(uint32_t *hi, uint32_t *lo, const float *X, int ld,
-                                           int k0, int n0) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const float *r = X + (n0 + g) * ld + k0 + 2 * t;
-    split2(hi[0], lo[0], r[0], r[1]);
-    split2(hi[1], lo[1], r[8], r[9]);
-}
-
-/* C [BC, BC] = X Y^T over K for fp32 row-major X, Y [BC][ld] in shared memory, on tensor cores
- * with hi + lo operands (the lo x lo term dropped: about 16 bits of mantissa); warp w writes rows
- * 16 (w % 2) .., columns 8 (w / 2) .. (8 warps). */
-__device__ void mm_nt_tc(float *C, int ldc, const float *X, const float *Y, int ld, int K) {
-    using bf = __nv_bfloat16;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int r0 = 16 * (warp & 1), n0 = 8 * (warp >> 1);
-    float c[4] = {};
-    for (int k0 = 0; k0 < K; k0 += 16) {
-        uint32_t ah[4], al[4], bh[2], bl[2];
-        frag_f32(ah, al, X, ld, 1, nullptr, r0, k0);
-        frag_b_f32(bh, bl, Y, ld, k0, n0);
-        mma16816<bf>(c, ah, bh[0], bh[1]);
-        mma16816<bf>(c, al, bh[0], bh[1]);
-        mma16816<bf>(c, ah, bl[0], bl[1]);
+/* The raw bf16 q and k rows of a chunk (rows past Lc zero) into shared memory [BC][ldr] by
+ * 16-byte pieces (K / 8 a row: at most 4 a thread) */
+__device__ void load_raw_rows(__nv_bfloat16 *Qr, __nv_bfloat16 *Kr, int ldr,
+                              const __nv_bfloat16 *qg, int64_t qt, const __nv_bfloat16 *kg,
+                              int64_t kt, int Lc, int K, bool vec) {
+    const int tid = threadIdx.x, pr = K / 8;
+    uint4 vq[4], vk[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
+        const bool in = i < Lc && x < BC * pr;
+        vq[e] = in ? load16(qg + i * qt + c, vec) : make_uint4(0, 0, 0, 0);
+        vk[e] = in ? load16(kg + i * kt + c, vec) : make_uint4(0, 0, 0, 0);
     }
-    C[(r0 + g) * ldc + n0 + 2 * t] = c[0], C[(r0 + g) * ldc + n0 + 2 * t + 1] = c[1];
-    C[(r0 + g + 8) * ldc + n0 + 2 * t] = c[2], C[(r0 + g + 8) * ldc + n0 + 2 * t + 1] = c[3];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
+        if (x < BC * pr) {
+            *(uint4 *)(Qr + i * ldr + c) = vq[e];
+            *(uint4 *)(Kr + i * ldr + c) = vk[e];
+        }
+    }
+}
+/* the rows' factors: rq = s / |q| (or s), rk = 1 / |k| (or 1), as norm_rows computes them */
+__device__ void raw_row_factors(float *rq, float *rk, const __nv_bfloat16 *Qr,
+                                const __nv_bfloat16 *Kr, int ldr, int K, float s, bool l2) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int i = warp; i < BC; i += BT / 32) {
+        float sq = 0, sk = 0;
+        for (int c = lane; c < K; c += 32) {
+            const float xq = to_f(Qr[i * ldr + c]), xk = to_f(Kr[i * ldr + c]);
+            sq += xq * xq, sk += xk * xk;
+        }
+        sq = warp_sum(sq), sk = warp_sum(sk);
+        if (lane == 0) {
+            rq[i] = l2 ? s / sqrtf(sq + 1e-6f) : s;
+            rk[i] = l2 ? 1.0f / sqrtf(sk + 1e-6f) : 1.0f;
+        }
+    }
 }
 
 template <typename T>
@@ -290,13 +301,26 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     carve cv(sm);
     double *gam = (double *)cv.take(2 * BC);
     float *Qn = cv.take(BC * ldk), *Kn = cv.take(BC * ldk), *QK = cv.take(BC * ldc),
-          *A = cv.take(BC * ldc), *Tm = cv.take(BC * ldc), *gr = cv.take(BC), *btv = cv.take(BC);
+          *A = cv.take(BC * ldc), *Tm = cv.take(BC * ldc), *gr = cv.take(BC), *btv = cv.take(BC),
+          *rq = cv.take(BC), *rk = cv.take(BC);
     const int64_t ci = blockIdx.x, hv = blockIdx.y, h = hv / (a.HV / a.H), u = ci * a.HV + hv;
     int64_t n, b, tc;
     int Lc;
     bwd_chunk(a, w, ci, &n, &b, &tc, &Lc);
-    load_rows(Qn, ldk, (const T *)a.q + b * a.qb + tc * a.qt + h * a.qh, a.qt, Lc, K, K);
-    load_rows(Kn, ldk, (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh, a.kt, Lc, K, K);
+    const T *qg = (const T *)a.q + b * a.qb + tc * a.qt + h * a.qh,
+            *kg = (const T *)a.k + b * a.kb + tc * a.kt + h * a.kh;
+    /* bf16 (the pack: tensor cores): the raw rows, exact, in Qn's and Kn's space (Qr, Kr), and
+     * their norm factors rq, rk; else the normalised, scaled rows in fp32 */
+    const bool tcp = std::is_same<T, __nv_bfloat16>::value && w.pack;
+    const int ldr = K + 8;
+    __nv_bfloat16 *Qr = (__nv_bfloat16 *)Qn, *Kr = (__nv_bfloat16 *)Kn;
+    if (tcp) {
+        if constexpr (std::is_same<T, __nv_bfloat16>::value)
+            load_raw_rows(Qr, Kr, ldr, qg, a.qt, kg, a.kt, Lc, K, a.vec);
+    } else {
+        load_rows(Qn, ldk, qg, a.qt, Lc, K, K);
+        load_rows(Kn, ldk, kg, a.kt, Lc, K, K);
+    }
     if (tid < BC) {
         const int64_t t = tc + tid;
         gr[tid] = (a.gate && tid < Lc) ? fmaxf(a.g[b * a.gb + t * a.gt + hv * a.gh], LOG_DECAY_MIN)
@@ -304,17 +328,46 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
         btv[tid] = tid < Lc ? (a.delta ? a.beta[b * a.bb + t * a.bt + hv * a.bh] : 1.0f) : 0.0f;
     }
     __syncthreads();
-    norm_rows(Qn, ldk, K, a.scale, a.l2norm);
-    norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
+    if (tcp) {
+        raw_row_factors(rq, rk, Qr, Kr, ldr, K, a.scale, a.l2norm);
+    } else {
+        norm_rows(Qn, ldk, K, a.scale, a.l2norm);
+        norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
+    }
     if (tid == 0) {
         double run = 0;
         for (int i = 0; i < BC; i++)
             gam[i] = run += (double)gr[i];
     }
     __syncthreads();
-    if (w.pack) { /* bf16: tensor cores (the pack's consumers round to bf16 anyway) */
-        mm_nt_tc(QK, ldc, Qn, Kn, ldk, K);
-        if (a.delta) mm_nt_tc(A, ldc, Kn, Kn, ldk, K);
+    if (tcp) {
+        /* the raw products on tensor cores (exact bf16 products, fp32 sums), then the factors:
+         * warp w takes the 16 x 16 tile (w % 2, w / 2 % 2) of Q K^T (w < 4) or of K K^T */
+        using bf = __nv_bfloat16;
+        const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+        const int r0 = 16 * (warp & 1), n0 = 16 * ((warp >> 1) & 1);
+        const bool kk = warp >= 4;
+        if (!kk || a.delta) {
+            float c[2][4] = {};
+            const bf *X = kk ? Kr : Qr;
+            for (int k0 = 0; k0 < K; k0 += 16) {
+                uint32_t af[4], bk[4];
+                frag_a(af, X + r0 * ldr + k0, ldr);
+                frag_b_nk(bk, Kr + n0 * ldr + k0, ldr);
+                mma16816<bf>(c[0], af, bk[0], bk[1]);
+                mma16816<bf>(c[1], af, bk[2], bk[3]);
+            }
+            float *C = kk ? A : QK;
+            const float *rr = kk ? rk : rq;
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                const int i0 = r0 + g, i1 = i0 + 8, j = n0 + 8 * hh + 2 * t;
+                C[i0 * ldc + j] = c[hh][0] * rr[i0] * rk[j];
+                C[i0 * ldc + j + 1] = c[hh][1] * rr[i0] * rk[j + 1];
+                C[i1 * ldc + j] = c[hh][2] * rr[i1] * rk[j];
+                C[i1 * ldc + j + 1] = c[hh][3] * rr[i1] * rk[j + 1];
+            }
+        }
     } else {
         gmm(QK, ldc, Qn, ldk, 1, Kn, 1, ldk, BC, BC, K, false);
         if (a.delta) gmm(A, ldc, Kn, ldk, 1, Kn, 1, ldk, BC, BC, K, false);
@@ -358,9 +411,9 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     } else if (pk) {
         for (int x = tid - BC; x < BC * K; x += BT - BC) {
             const int i = x / K, c = x % K;
-            const float eg = gr[i], kn = Kn[i * ldk + c];
+            const float eg = gr[i], kn = to_f(Kr[i * ldr + c]) * rk[i];
             pk[x] = __float2bfloat16_rn(kn);
-            pk[pk_qe(K) + x] = __float2bfloat16_rn(eg * Qn[i * ldk + c]);
+            pk[pk_qe(K) + x] = __float2bfloat16_rn(eg * (to_f(Qr[i * ldr + c]) * rq[i]));
             pk[pk_kb(K) + x] = __float2bfloat16_rn(-eg * btv[i] * kn);
         }
     }
@@ -1325,23 +1378,8 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
     __nv_bfloat16 *Qr = (__nv_bfloat16 *)Qn, *Kr = (__nv_bfloat16 *)Kn;
     float *rq = dbv + BC, *rk = rq + BC;
     if (tcp) {
-        const int pr = K / 8; /* 16-byte pieces a row: BC K / 8 <= 4 BT of them */
-        uint4 vq[4], vk[4];
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
-            const bool in = i < Lc && x < BC * pr;
-            vq[e] = in ? load16(qg + i * a.qt + c, a.vec) : make_uint4(0, 0, 0, 0);
-            vk[e] = in ? load16(kg + i * a.kt + c, a.vec) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int x = tid + e * BT, i = x / pr, c = (x % pr) * 8;
-            if (x < BC * pr) {
-                *(uint4 *)(Qr + i * ldr + c) = vq[e];
-                *(uint4 *)(Kr + i * ldr + c) = vk[e];
-            }
-        }
+        if constexpr (std::is_same<T, __nv_bfloat16>::value)
+            load_raw_rows(Qr, Kr, ldr, qg, a.qt, kg, a.kt, Lc, K, a.vec);
     } else {
         load_rows(Qn, ldk, qg, a.qt, Lc, K, K);
         load_rows(Kn, ldk, kg, a.kt, Lc, K, K);
@@ -1359,18 +1397,7 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
         Wm[x] = Zm[x] = 0.0f;
     __syncthreads();
     if (tcp)
-        for (int i = warp; i < BC; i += BT / 32) {
-            float sq = 0, sk = 0;
-            for (int c = lane; c < K; c += 32) {
-                const float xq = to_f(Qr[i * ldr + c]), xk = to_f(Kr[i * ldr + c]);
-                sq += xq * xq, sk += xk * xk;
-            }
-            sq = warp_sum(sq), sk = warp_sum(sk);
-            if (lane == 0) {
-                rq[i] = a.l2norm ? a.scale / sqrtf(sq + 1e-6f) : a.scale;
-                rk[i] = a.l2norm ? 1.0f / sqrtf(sk + 1e-6f) : 1.0f;
-            }
-        }
+        raw_row_factors(rq, rk, Qr, Kr, ldr, K, a.scale, a.l2norm);
     else {
         norm_rows(Qn, ldk, K, a.scale, a.l2norm);
         norm_rows(Kn, ldk, K, 1.0f, a.l2norm);
@@ -1570,7 +1597,7 @@ __global__ void __launch_bounds__(BT)
 
 size_t mats_smem(int K) {
     carve c(nullptr);
-    c.take(2 * BC), c.take(2 * BC * (K + 1)), c.take(3 * BC * (BC + 1)), c.take(2 * BC);
+    c.take(2 * BC), c.take(2 * BC * (K + 1)), c.take(3 * BC * (BC + 1)), c.take(4 * BC);
     return sizeof(float) * c.off;
 }
 size_t fwd_smem(int K, int BV) {
