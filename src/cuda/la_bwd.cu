@@ -6,7 +6,8 @@
  *
  *   la_bwd_mats_kernel   (chunk, value head), all chunks at once: the cumulative gates gamma,
  *                        M = tril(Qs K^T * Gam), GK = strict_tril(Gam * K K^T) and
- *                        Tm = (I + diag(b) GK)^{-1} (forward substitution);
+ *                        Tm = (I + diag(b) GK)^{-1} (in 16 x 16 blocks: the diagonal ones by
+ *                        forward substitution, then T21 = -T22 A21 T11);
  *   la_bwd_fwd_kernel    (sequence, value head, BV value columns), chunks in order: the state
  *                        entering every chunk (S0), and per token R = V - E K S0 and the corrected
  *                        values U = Tm diag(b) R (U = V without the delta rule);
@@ -18,7 +19,8 @@
  *   la_bwd_grad_kernel   (chunk, value head), all chunks at once: the products over V
  *                        (dO U^T, dY U^T, E dO S0^T, diag(d) U dS1^T, E dR S0^T), the masked
  *                        C x C terms, dbeta, dg (reverse cumulative sums), and the gradients of
- *                        the normalised, scaled q and k rows of this value head;
+ *                        the normalised, scaled q and k rows of this value head (taken on to
+ *                        dq, dk here when it is its key head's only one);
  *   la_bwd_qk_kernel     (token, key head), grouped value heads only: sums the value heads of a
  *                        key head and takes the rows back through the in-op L2 normalisation (in
  *                        double, as on the CPU); with one value head a key head the grad kernel
@@ -61,14 +63,14 @@ __host__ __device__ constexpr int64_t pk_tl(int64_t K) { return 3 * BC * K + 2 *
 __host__ __device__ constexpr int64_t pk_size(int64_t K) { return 3 * BC * K + 3 * BC * BC; }
 
 struct bwd_ws {
-    float *mats;          /* [NU][3][BC][BC]: M, GK, Tm */
-    double *gam;          /* [NU][BC] cumulative clamped gates */
-    float *ck, *dsk;      /* [NU][K][V]: the state entering each chunk, and dS leaving it */
+    float *mats;               /* [NU][3][BC][BC]: M, GK, Tm */
+    double *gam;               /* [NU][BC] cumulative clamped gates */
+    float *ck, *dsk;           /* [NU][K][V]: the state entering each chunk, and dS leaving it */
     __nv_bfloat16 *ckh, *dskh; /* the same in bf16 (tensor-core path; ck, dsk unused there) */
-    float *Ub, *Rb, *dYb; /* [NTOK][HV][V] */
-    float *part;          /* [nvt][NTOK][HV][2]: column-block sums for dbeta and dgamma */
-    float *partL;         /* [nvt][NU]: column-block sums for the chunk's last gamma */
-    float *dQs, *dKs;     /* [NTOK][HV][K]: gradients of the normalised, scaled rows */
+    float *Ub, *Rb, *dYb;      /* [NTOK][HV][V] */
+    float *part;               /* [nvt][NTOK][HV][2]: column-block sums for dbeta and dgamma */
+    float *partL;              /* [nvt][NU]: column-block sums for the chunk's last gamma */
+    float *dQs, *dKs;          /* [NTOK][HV][K]: gradients of the normalised, scaled rows */
     __nv_bfloat16
         *pack; /* tensor-core sweeps: [NU][pk_size(K)] bf16 operands of each chunk, or NULL */
     const int64_t *cb; /* varlen: [NS+1] first chunk of each sequence, else NULL */
@@ -294,6 +296,22 @@ __device__ void raw_row_factors(float *rq, float *rk, const __nv_bfloat16 *Qr,
     }
 }
 
+/* A chunk's q and k rows into Qn's and Kn's space: raw bf16 (load_raw_rows, pitch K + 8) on the
+ * tensor-core path, else fp32 (pitch ldk) for norm_rows */
+template <typename T>
+__device__ void chunk_rows(const la_args &a, bool tcp, float *Qn, float *Kn, int ldk, const T *qg,
+                           const T *kg, int Lc) {
+    const int K = (int)a.K;
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        if (tcp) {
+            load_raw_rows((__nv_bfloat16 *)Qn, (__nv_bfloat16 *)Kn, K + 8, qg, a.qt, kg, a.kt, Lc,
+                          K, a.vec);
+            return;
+        }
+    load_rows(Qn, ldk, qg, a.qt, Lc, K, K);
+    load_rows(Kn, ldk, kg, a.kt, Lc, K, K);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     extern __shared__ __align__(16) float sm[];
@@ -314,13 +332,7 @@ __global__ void __launch_bounds__(BT) la_bwd_mats_kernel(la_args a, bwd_ws w) {
     const bool tcp = std::is_same<T, __nv_bfloat16>::value && w.pack;
     const int ldr = K + 8;
     __nv_bfloat16 *Qr = (__nv_bfloat16 *)Qn, *Kr = (__nv_bfloat16 *)Kn;
-    if (tcp) {
-        if constexpr (std::is_same<T, __nv_bfloat16>::value)
-            load_raw_rows(Qr, Kr, ldr, qg, a.qt, kg, a.kt, Lc, K, a.vec);
-    } else {
-        load_rows(Qn, ldk, qg, a.qt, Lc, K, K);
-        load_rows(Kn, ldk, kg, a.kt, Lc, K, K);
-    }
+    chunk_rows(a, tcp, Qn, Kn, ldk, qg, kg, Lc);
     if (tid < BC) {
         const int64_t t = tc + tid;
         gr[tid] = (a.gate && tid < Lc) ? fmaxf(a.g[b * a.gb + t * a.gt + hv * a.gh], LOG_DECAY_MIN)
@@ -1377,13 +1389,7 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
     const int ldr = K + 8;
     __nv_bfloat16 *Qr = (__nv_bfloat16 *)Qn, *Kr = (__nv_bfloat16 *)Kn;
     float *rq = dbv + BC, *rk = rq + BC;
-    if (tcp) {
-        if constexpr (std::is_same<T, __nv_bfloat16>::value)
-            load_raw_rows(Qr, Kr, ldr, qg, a.qt, kg, a.kt, Lc, K, a.vec);
-    } else {
-        load_rows(Qn, ldk, qg, a.qt, Lc, K, K);
-        load_rows(Kn, ldk, kg, a.kt, Lc, K, K);
-    }
+    chunk_rows(a, tcp, Qn, Kn, ldk, qg, kg, Lc);
     load_f(Mm, ldc, w.mats + u * 3 * BC * BC, BC, BC, BC, BC);
     if (a.delta) load_f(GKm, ldc, w.mats + (u * 3 + 1) * BC * BC, BC, BC, BC, BC);
     chunk_gates(a, w, u, b, tc, hv, Lc, eg, dd, btv);
@@ -1554,8 +1560,7 @@ __global__ void __launch_bounds__(BT, 2) /* two blocks an SM: at most 128 regist
             const T *xq = qg + i * a.qt, *xk = kg + i * a.kt;
             if constexpr (std::is_same<T, __nv_bfloat16>::value)
                 if (tcp) xq = Qr + i * ldr, xk = Kr + i * ldr;
-            row_back(dq + b * qs.b + t * qs.t + h * qs.h, xq, dQa + i * ldk, K, a.scale,
-                     a.l2norm);
+            row_back(dq + b * qs.b + t * qs.t + h * qs.h, xq, dQa + i * ldk, K, a.scale, a.l2norm);
             row_back(dk + b * ks.b + t * ks.t + h * ks.h, xk, dKa + i * ldk, K, 1.0f, a.l2norm);
         }
         return;
@@ -1800,10 +1805,10 @@ dn_status dn_cuda_la_backward(const dn_la_bwd_params *bp) {
     cudaError_t e = dn_cuda_scratch((void **)&ws, total, s);
     if (e == cudaSuccess) {
         char *at = ws;
-        void **slots[] = {(void **)&w.mats,  (void **)&w.gam,  (void **)&w.ck,  (void **)&w.dsk,
-                          (void **)&w.ckh,   (void **)&w.dskh, (void **)&w.Ub,  (void **)&w.Rb,
-                          (void **)&w.dYb,   (void **)&w.part, (void **)&w.partL,
-                          (void **)&w.dQs,   (void **)&w.dKs,  (void **)&w.pack};
+        void **slots[] = {(void **)&w.mats, (void **)&w.gam,  (void **)&w.ck,    (void **)&w.dsk,
+                          (void **)&w.ckh,  (void **)&w.dskh, (void **)&w.Ub,    (void **)&w.Rb,
+                          (void **)&w.dYb,  (void **)&w.part, (void **)&w.partL, (void **)&w.dQs,
+                          (void **)&w.dKs,  (void **)&w.pack};
         const size_t ns = sizeof slots / sizeof slots[0]; /* then cb, cmap */
         for (size_t i = 0; i < ns; i++) {
             *slots[i] = sizes[i] ? at : NULL;
