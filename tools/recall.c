@@ -403,13 +403,36 @@ done:
     return ret;
 }
 
+/* "T256/64": slice e's length and number of pairs */
+static const char *slice_name(char *h, size_t cap, int e) {
+    snprintf(h, cap, "T%lld/%lld", (long long)eval_slices[e].T, (long long)eval_slices[e].pairs);
+    return h;
+}
+
+/* Accuracy by where the queried pair sits in the context: the header (under a title), then a
+ * line per slice of one model (or of a mean over seeds), the four quarters of the pair list,
+ * oldest first (a state that overwrites old pairs loses the first quarters; one that decays them
+ * loses them too; uniform interference spreads its losses). */
+static void quarters_header(FILE *f, const char *title) {
+    fprintf(f, "%s\n%-15s %5s %9s %8s %8s %8s %8s\n", title, "mixer", "width", "slice", "Q1", "Q2",
+            "Q3", "Q4");
+}
+static void quarters_rows(FILE *f, char mixer, int64_t width, const double (*q)[4]) {
+    for (int e = 0; e < N_EVAL; e++) {
+        char h[24];
+        fprintf(f, "%-15s %5lld %9s", mixer_name(mixer), (long long)width,
+                slice_name(h, sizeof h, e));
+        for (int k = 0; k < 4; k++)
+            fprintf(f, " %7.1f%%", 100 * q[e][k]);
+        fprintf(f, "\n");
+    }
+}
+
 static void print_table(FILE *f, const recall_run *runs, int n) {
     fprintf(f, "%-15s %5s %8s %10s", "mixer", "width", "params", "state@512");
     for (int e = 0; e < N_EVAL; e++) {
         char h[24];
-        snprintf(h, sizeof h, "T%lld/%lld", (long long)eval_slices[e].T,
-                 (long long)eval_slices[e].pairs);
-        fprintf(f, " %8s", h);
+        fprintf(f, " %8s", slice_name(h, sizeof h, e));
     }
     fprintf(f, " %7s %6s\n", "train_s", "steps");
     for (int i = 0; i < n; i++) {
@@ -422,24 +445,11 @@ static void print_table(FILE *f, const recall_run *runs, int n) {
     }
 }
 
-/* Accuracy by where the queried pair sits in the context: a line per run and slice, the four
- * quarters of the pair list, oldest first (a state that overwrites old pairs loses the first
- * quarters; one that decays them loses them too; uniform interference spreads its losses). */
 static void print_quarters(FILE *f, const recall_run *runs, int n) {
-    fprintf(f,
-            "accuracy by the pair's place in the context (quarters of the pairs, oldest first)\n");
-    fprintf(f, "%-15s %5s %9s %8s %8s %8s %8s\n", "mixer", "width", "slice", "Q1", "Q2", "Q3",
-            "Q4");
+    quarters_header(
+        f, "accuracy by the pair's place in the context (quarters of the pairs, oldest first)");
     for (int i = 0; i < n; i++)
-        for (int e = 0; e < N_EVAL; e++) {
-            char h[24];
-            snprintf(h, sizeof h, "T%lld/%lld", (long long)eval_slices[e].T,
-                     (long long)eval_slices[e].pairs);
-            fprintf(f, "%-15s %5lld %9s", mixer_name(runs[i].mixer), (long long)runs[i].width, h);
-            for (int q = 0; q < 4; q++)
-                fprintf(f, " %7.1f%%", 100 * runs[i].acc_q[e][q]);
-            fprintf(f, "\n");
-        }
+        quarters_rows(f, runs[i].mixer, runs[i].width, runs[i].acc_q);
 }
 
 /* runs.tsv: the settings on the first line, then one finished model per line (exact values, so
@@ -631,9 +641,7 @@ static void print_merged(FILE *f, const merged_run *g, int ng, const char *seeds
     fprintf(f, "%-15s %5s %5s %10s", "mixer", "width", "seeds", "state@512");
     for (int e = 0; e < N_EVAL; e++) {
         char h[24];
-        snprintf(h, sizeof h, "T%lld/%lld", (long long)eval_slices[e].T,
-                 (long long)eval_slices[e].pairs);
-        fprintf(f, " %11s", h);
+        fprintf(f, " %11s", slice_name(h, sizeof h, e));
     }
     fprintf(f, "\n");
     for (int i = 0; i < ng; i++) {
@@ -646,19 +654,10 @@ static void print_merged(FILE *f, const merged_run *g, int ng, const char *seeds
             fprintf(f, " %5.1f-%5.1f", 100 * g[i].lo[e], 100 * g[i].hi[e]);
         fprintf(f, "\n");
     }
-    fprintf(f, "\nmean accuracy by the pair's place in the context (quarters, oldest first)\n");
-    fprintf(f, "%-15s %5s %9s %8s %8s %8s %8s\n", "mixer", "width", "slice", "Q1", "Q2", "Q3",
-            "Q4");
+    fprintf(f, "\n");
+    quarters_header(f, "mean accuracy by the pair's place in the context (quarters, oldest first)");
     for (int i = 0; i < ng; i++)
-        for (int e = 0; e < N_EVAL; e++) {
-            char h[24];
-            snprintf(h, sizeof h, "T%lld/%lld", (long long)eval_slices[e].T,
-                     (long long)eval_slices[e].pairs);
-            fprintf(f, "%-15s %5lld %9s", mixer_name(g[i].mixer), (long long)g[i].width, h);
-            for (int q = 0; q < 4; q++)
-                fprintf(f, " %7.1f%%", 100 * g[i].q[e][q]);
-            fprintf(f, "\n");
-        }
+        quarters_rows(f, g[i].mixer, g[i].width, g[i].q);
 }
 
 static int merge_main(int argc, char **argv) {
